@@ -1,0 +1,69 @@
+//! The one error type of the HTTP API, and its single mapping to responses.
+//!
+//! Every handler returns `Result<_, ApiError>`. `IntoResponse` turns it into
+//! one JSON shape, `{"error": {"code": "...", "message": "..."}}`, with a
+//! stable machine code and the status that tells the client what to do:
+//! 4xx for its own input, 503 when the store cannot take writes, 500 for
+//! anything else. Client errors are not logged; server errors are logged
+//! once, here.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use pepper_storage::Error as StoreError;
+
+/// An error answered to an HTTP client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with an explicit status and machine code.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+
+    /// 404 for a path the API does not have.
+    pub fn no_route(path: &str) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "no_route", format!("no such endpoint: {path}"))
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The machine code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        let (status, code) = match &e {
+            StoreError::InvalidInput { .. } => (StatusCode::BAD_REQUEST, "invalid_input"),
+            StoreError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            StoreError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            StoreError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
+            StoreError::Poisoned(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_poisoned"),
+            StoreError::Closed => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            StoreError::Corruption { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "corruption"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code, message = %self.message, "request failed");
+        }
+        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}

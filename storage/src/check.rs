@@ -1,0 +1,397 @@
+//! Offline integrity check of a data folder (`pepper check`).
+//!
+//! The check opens the store read-only and verifies, from one snapshot:
+//!
+//! 1. every log record decodes and its crc matches, and it sits under the key
+//!    of its own sequence number;
+//! 2. sequence numbers are contiguous from the floor to the last record, and
+//!    the `next_seq` counter is one past the last record;
+//! 3. record times never decrease, and the `log_bytes` counter is exact;
+//! 4. the materialized views agree with the log: replaying the retained log
+//!    gives exactly the latest tuples, the lease table and the documents it
+//!    touched, and each tuple's history rows are a suffix (history retention
+//!    trims the oldest) of the tuple-set records in the log.
+//!
+//! Rows older than the floor cannot be compared with a record the log no
+//! longer has; they are counted as unverifiable, not as problems.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::keys::{self, CF_DOCS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_TUPLES};
+use crate::record::{Body, Party, Record};
+use crate::rows::{decode_row, DocRow, HistoryRow, Lease, TupleRow};
+use crate::store::Shared;
+
+/// Most problems a report lists one by one; the rest are only counted.
+pub const CHECK_PROBLEMS_LISTED_MAX: usize = 1000;
+
+/// The outcome of [`check`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Records in the log.
+    pub records: u64,
+    /// The lowest retained sequence number.
+    pub floor: u64,
+    /// The last sequence number (0 if the log was never written).
+    pub last_seq: u64,
+    /// Rows checked against the log.
+    pub rows_verified: u64,
+    /// Rows older than the retained log, which cannot be compared.
+    pub rows_unverifiable: u64,
+    /// The problems found, at most [`CHECK_PROBLEMS_LISTED_MAX`] of them.
+    pub problems: Vec<String>,
+    /// How many problems there were in all.
+    pub problem_count: u64,
+}
+
+impl CheckReport {
+    /// Whether the store passed.
+    pub fn is_ok(&self) -> bool {
+        self.problem_count == 0
+    }
+
+    fn problem(&mut self, p: String) {
+        self.problem_count += 1;
+        if self.problems.len() < CHECK_PROBLEMS_LISTED_MAX {
+            self.problems.push(p);
+        }
+    }
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "log: {} records, seq {}..={} ({} rows verified against the log, {} older than the retained log)",
+            self.records, self.floor, self.last_seq, self.rows_verified, self.rows_unverifiable
+        )?;
+        if self.is_ok() {
+            return write!(f, "ok: no problems found");
+        }
+        for p in &self.problems {
+            writeln!(f, "problem: {p}")?;
+        }
+        if self.problem_count > self.problems.len() as u64 {
+            writeln!(f, "... and {} more", self.problem_count - self.problems.len() as u64)?;
+        }
+        write!(f, "FAILED: {} problem(s)", self.problem_count)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Set {
+    seq: u64,
+    time_us: u64,
+    value: String,
+    expires_at_us: Option<u64>,
+    source: Party,
+}
+
+enum LeaseState {
+    Granted(Lease),
+    /// Renewed, but granted before the floor: only the renewed fields are known.
+    Renewed {
+        ttl_ms: u64,
+        expires_at_us: u64,
+        seq: u64,
+    },
+    Ended,
+}
+
+#[derive(Default)]
+struct Replay {
+    tuples: HashMap<(String, String), Set>,
+    history: HashMap<(String, String), Vec<Set>>,
+    leases: HashMap<String, LeaseState>,
+    docs: HashMap<String, Option<(u64, u64, Vec<u8>)>>,
+}
+
+impl Replay {
+    fn apply(&mut self, rec: &Record) {
+        match &rec.body {
+            Body::Event(_) => {}
+            Body::TupleSet(t) => {
+                let set = Set {
+                    seq: rec.seq,
+                    time_us: rec.time_us,
+                    value: t.value.clone(),
+                    expires_at_us: t.expires_at_us,
+                    source: t.source.clone(),
+                };
+                let key = (t.channel.clone(), t.field.clone());
+                self.history.entry(key.clone()).or_default().push(set.clone());
+                self.tuples.insert(key, set);
+            }
+            Body::LeaseGrant(g) => {
+                self.leases.insert(g.id.clone(), LeaseState::Granted(Lease::granted(g, rec.seq)));
+            }
+            Body::LeaseRenew(r) => {
+                let next = match self.leases.remove(&r.id) {
+                    Some(LeaseState::Granted(mut l)) => {
+                        l.ttl_ms = r.ttl_ms;
+                        l.expires_at_us = r.expires_at_us;
+                        l.renewed_seq = rec.seq;
+                        LeaseState::Granted(l)
+                    }
+                    _ => LeaseState::Renewed { ttl_ms: r.ttl_ms, expires_at_us: r.expires_at_us, seq: rec.seq },
+                };
+                self.leases.insert(r.id.clone(), next);
+            }
+            Body::LeaseRelease(e) | Body::LeaseExpire(e) => {
+                self.leases.insert(e.id.clone(), LeaseState::Ended);
+            }
+            Body::DocPut(d) => {
+                self.docs.insert(d.key.clone(), Some((rec.seq, rec.time_us, d.value.clone())));
+            }
+            Body::DocDelete(d) => {
+                self.docs.insert(d.key.clone(), None);
+            }
+        }
+    }
+}
+
+type RawIter<'a> = rocksdb::DBRawIteratorWithThreadMode<'a, rocksdb::DB>;
+
+fn iterate<'a>(
+    shared: &'a Shared,
+    snap: &rocksdb::SnapshotWithThreadMode<'a, rocksdb::DB>,
+    cf: &str,
+) -> Result<RawIter<'a>> {
+    let mut o = rocksdb::ReadOptions::default();
+    o.set_snapshot(snap);
+    o.set_verify_checksums(true);
+    let mut it = shared.db.raw_iterator_cf_opt(shared.cf(cf)?, o);
+    it.seek_to_first();
+    Ok(it)
+}
+
+/// Checks the store in `path` without modifying it.
+///
+/// # Errors
+/// `InvalidInput` if the folder holds no store, `Rocks` if RocksDB cannot
+/// open it. Damage inside the store is reported in the [`CheckReport`], not
+/// as an error.
+pub fn check(path: &Path) -> Result<CheckReport> {
+    let db = crate::db::open_read_only(path)?;
+    let shared = Shared::read_only(db);
+    let snap = shared.db.snapshot();
+    let mut report = CheckReport::default();
+    let read = |cf: &str| iterate(&shared, &snap, cf);
+    let meta = |key: &[u8]| -> Result<Option<u64>> {
+        match snap.get_pinned_cf(shared.cf(CF_META)?, key)? {
+            Some(v) => Ok(Some(keys::decode_u64(&v).ok_or_else(|| Error::corruption("meta", "not a u64"))?)),
+            None => Ok(None),
+        }
+    };
+    let floor = meta(keys::META_FLOOR)?.unwrap_or(1);
+    let next_seq = meta(keys::META_NEXT_SEQ)?.unwrap_or(1);
+    let log_bytes = meta(keys::META_LOG_BYTES)?.unwrap_or(0);
+    report.floor = floor;
+
+    // 1-3: the log itself.
+    let mut replay = Replay::default();
+    let mut expect = floor;
+    let mut last_time = 0u64;
+    let mut bytes = 0u64;
+    let mut last_seq = None;
+    let mut it = read(CF_LOG)?;
+    while it.valid() {
+        let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+        report.records += 1;
+        bytes += value.len() as u64;
+        let Some(seq) = keys::decode_u64(key) else {
+            report.problem(format!("log key {key:02x?} is not a sequence number"));
+            it.next();
+            continue;
+        };
+        if seq != expect {
+            if seq < floor {
+                report.problem(format!("seq {seq}: record below the floor {floor} survived retention"));
+            } else {
+                report.problem(format!(
+                    "seq {expect}..{seq}: sequence numbers are not contiguous (missing {})",
+                    seq - expect
+                ));
+            }
+        }
+        expect = seq + 1;
+        last_seq = Some(seq);
+        match Record::decode(value) {
+            Ok(rec) if rec.seq != seq => report.problem(format!("seq {seq}: record says it is seq {}", rec.seq)),
+            Ok(rec) => {
+                if rec.time_us < last_time {
+                    report.problem(format!(
+                        "seq {seq}: time {} is before the previous record's {last_time}",
+                        rec.time_us
+                    ));
+                }
+                last_time = rec.time_us;
+                replay.apply(&rec);
+            }
+            Err(e) => report.problem(e.to_string()),
+        }
+        it.next();
+    }
+    it.status()?;
+    report.last_seq = next_seq - 1;
+    match last_seq {
+        Some(last) if last + 1 != next_seq => {
+            report.problem(format!("next_seq counter is {next_seq} but the last record is {last}"))
+        }
+        None if floor != next_seq && next_seq != 1 => {
+            report.problem(format!("log is empty but floor {floor} differs from next_seq {next_seq}"))
+        }
+        _ => {}
+    }
+    if bytes != log_bytes {
+        report.problem(format!("log_bytes counter is {log_bytes} but the records hold {bytes} bytes"));
+    }
+
+    // 4: latest tuples.
+    let mut it = read(CF_TUPLES)?;
+    while it.valid() {
+        let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+        let Some((channel, field)) = keys::split_tuple_key(key) else {
+            report.problem(format!("tuples key {key:02x?} has no separator"));
+            it.next();
+            continue;
+        };
+        let name = format!("tuple ({channel}, {field})");
+        match decode_row::<TupleRow>("tuple", key, value) {
+            Err(e) => report.problem(e.to_string()),
+            Ok(row) => match replay.tuples.remove(&(channel.to_string(), field.to_string())) {
+                Some(want) => {
+                    report.rows_verified += 1;
+                    let got = Set {
+                        seq: row.seq,
+                        time_us: row.time_us,
+                        value: row.value,
+                        expires_at_us: row.expires_at_us,
+                        source: row.source,
+                    };
+                    if got != want {
+                        report
+                            .problem(format!("{name}: latest row {got:?} disagrees with the log's last set {want:?}"));
+                    }
+                }
+                None if row.seq >= floor => {
+                    report.problem(format!("{name}: latest row names seq {} but the log has no set for it", row.seq))
+                }
+                None => report.rows_unverifiable += 1,
+            },
+        }
+        it.next();
+    }
+    it.status()?;
+    for ((channel, field), want) in replay.tuples.drain() {
+        report.problem(format!(
+            "tuple ({channel}, {field}): the log sets it at seq {} but it has no latest row",
+            want.seq
+        ));
+    }
+
+    // 4: history.
+    let mut rows: BTreeMap<(String, String), Vec<Set>> = BTreeMap::new();
+    let mut it = read(CF_HISTORY)?;
+    while it.valid() {
+        let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+        match (keys::split_history_key(key), decode_row::<HistoryRow>("history", key, value)) {
+            (None, _) => report.problem(format!("history key {key:02x?} is malformed")),
+            (_, Err(e)) => report.problem(e.to_string()),
+            (Some((_, _, seq)), Ok(_)) if seq < floor => report.rows_unverifiable += 1,
+            (Some((c, f, seq)), Ok(row)) => rows.entry((c.to_string(), f.to_string())).or_default().push(Set {
+                seq,
+                time_us: row.time_us,
+                value: row.value,
+                expires_at_us: row.expires_at_us,
+                source: row.source,
+            }),
+        }
+        it.next();
+    }
+    it.status()?;
+    for (key, got) in rows {
+        let want = replay.history.remove(&key).unwrap_or_default();
+        report.rows_verified += got.len() as u64;
+        let suffix = want.len().checked_sub(got.len()).map(|start| &want[start..]);
+        if suffix != Some(got.as_slice()) {
+            let seqs = |v: &[Set]| v.iter().map(|s| s.seq).collect::<Vec<_>>();
+            report.problem(format!(
+                "history of ({}, {}): rows at seqs {:?} are not the newest of the log's sets {:?}",
+                key.0,
+                key.1,
+                seqs(&got),
+                seqs(&want)
+            ));
+        }
+    }
+
+    // 4: leases.
+    let mut it = read(CF_LEASES)?;
+    while it.valid() {
+        let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+        let id = String::from_utf8_lossy(key).to_string();
+        match decode_row::<Lease>("lease", key, value) {
+            Err(e) => report.problem(e.to_string()),
+            Ok(row) => match replay.leases.remove(&id) {
+                Some(LeaseState::Granted(want)) => {
+                    report.rows_verified += 1;
+                    if row != want {
+                        report.problem(format!("lease {id}: row {row:?} disagrees with the log {want:?}"));
+                    }
+                }
+                Some(LeaseState::Renewed { ttl_ms, expires_at_us, seq }) => {
+                    report.rows_verified += 1;
+                    if (row.ttl_ms, row.expires_at_us, row.renewed_seq) != (ttl_ms, expires_at_us, seq) {
+                        report.problem(format!("lease {id}: row {row:?} disagrees with its renewal at seq {seq}"));
+                    }
+                }
+                Some(LeaseState::Ended) => report.problem(format!("lease {id}: the log ended it but its row remains")),
+                None if row.renewed_seq >= floor => report
+                    .problem(format!("lease {id}: row names seq {} but the log has no record of it", row.renewed_seq)),
+                None => report.rows_unverifiable += 1,
+            },
+        }
+        it.next();
+    }
+    it.status()?;
+    for (id, state) in replay.leases.drain() {
+        if !matches!(state, LeaseState::Ended) {
+            report.problem(format!("lease {id}: the log holds it live but it has no row"));
+        }
+    }
+
+    // 4: documents.
+    let mut it = read(CF_DOCS)?;
+    while it.valid() {
+        let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+        let k = String::from_utf8_lossy(key).to_string();
+        match decode_row::<DocRow>("doc", key, value) {
+            Err(e) => report.problem(e.to_string()),
+            Ok(row) => match replay.docs.remove(&k) {
+                Some(Some(want)) => {
+                    report.rows_verified += 1;
+                    if (row.seq, row.time_us, row.value) != want {
+                        report.problem(format!("document {k}: row disagrees with the log's put at seq {}", want.0));
+                    }
+                }
+                Some(None) => report.problem(format!("document {k}: the log deleted it but its row remains")),
+                None if row.seq >= floor => {
+                    report.problem(format!("document {k}: row names seq {} but the log has no put for it", row.seq))
+                }
+                None => report.rows_unverifiable += 1,
+            },
+        }
+        it.next();
+    }
+    it.status()?;
+    for (k, state) in replay.docs.drain() {
+        if let Some((seq, _, _)) = state {
+            report.problem(format!("document {k}: the log puts it at seq {seq} but it has no row"));
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,73 @@
+//! Named limits of the store.
+//!
+//! Every size, count and queue in the storage crate has a constant here with
+//! a line that says what happens at the limit. Input over a limit is rejected
+//! with [`crate::Error::TooLarge`] or [`crate::Error::InvalidInput`] before
+//! anything is written; queues block the caller (backpressure) rather than
+//! grow.
+
+/// Largest encoded record (header, body and crc), in bytes. Larger records are
+/// rejected with `TooLarge`.
+pub const RECORD_BYTES_MAX: usize = 1024 * 1024;
+
+/// Longest channel name, in bytes. Longer names are rejected.
+pub const CHANNEL_BYTES_MAX: usize = 512;
+
+/// Longest tuple field name, in bytes. Longer names are rejected.
+pub const FIELD_BYTES_MAX: usize = 256;
+
+/// Longest event type or lease type filter entry, in bytes.
+pub const TYPE_BYTES_MAX: usize = 256;
+
+/// Longest service or instance name in an event's `from`/`to` or a tuple's
+/// source, in bytes.
+pub const PARTY_BYTES_MAX: usize = 256;
+
+/// Longest event id, lease id or anycast group name, in bytes.
+pub const ID_BYTES_MAX: usize = 128;
+
+/// Longest origin site name, in bytes (it is length-prefixed by one byte).
+pub const SITE_BYTES_MAX: usize = 255;
+
+/// Most payload types one lease may filter on.
+pub const LEASE_TYPES_MAX: usize = 64;
+
+/// Longest document key, in bytes.
+pub const DOC_KEY_BYTES_MAX: usize = 1024;
+
+/// Most records in one `append` call. Larger batches are rejected with
+/// `TooLarge`; callers split them.
+pub const BATCH_RECORDS_MAX: usize = 1024;
+
+/// Most encoded bytes in one `append` call. Larger batches are rejected.
+pub const BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Most records the writer packs into one group commit (one WriteBatch, one
+/// WAL sync). Further requests wait for the next group.
+pub const GROUP_RECORDS_MAX: usize = 8192;
+
+/// Most encoded record bytes the writer packs into one group commit.
+pub const GROUP_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+/// Most append requests queued for the writer. At the limit, `append` waits
+/// (backpressure); it never drops or grows.
+pub const WRITE_QUEUE_REQUESTS_MAX: usize = 4096;
+
+/// Most log records one feed disk read scans before it yields what matched.
+pub const FEED_CHUNK_RECORDS_MAX: u64 = 4096;
+
+/// Most rows one read (`latest`, `history`, `docs`) returns; callers page
+/// with a cursor.
+pub const READ_ROWS_MAX: usize = 10_000;
+
+/// Most history rows one retention pass deletes; the rest wait for the next
+/// pass, so a pass never builds an unbounded WriteBatch.
+pub const HISTORY_TRIM_ROWS_MAX: usize = 100_000;
+
+/// Most log records one retention pass scans to decide a new floor.
+pub const LOG_TRIM_SCAN_MAX: u64 = 1_000_000;
+
+const _: () = assert!(BATCH_RECORDS_MAX <= GROUP_RECORDS_MAX);
+const _: () = assert!(BATCH_BYTES_MAX <= GROUP_BYTES_MAX);
+const _: () = assert!(RECORD_BYTES_MAX <= BATCH_BYTES_MAX);
+const _: () = assert!(SITE_BYTES_MAX <= u8::MAX as usize);

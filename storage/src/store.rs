@@ -1,0 +1,437 @@
+//! The store handle: open, append, read, feed, retention, close.
+//!
+//! [`Store`] is a cheap, cloneable handle. Writes go through the single
+//! writer thread (see `writer.rs`); reads open a RocksDB snapshot on the
+//! calling thread (or a blocking pool thread, for the async API) and never
+//! wait for the writer. Recovery is RocksDB's WAL replay plus one rule:
+//! numbering continues at the larger of the persisted `next_seq` counter and
+//! the last log key plus one, so a sequence number is never reused even
+//! after retention trimmed the whole log.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rocksdb::{ColumnFamily, IteratorMode, DB};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::{Error, Result};
+use crate::feed::{Feed, Filter};
+use crate::keys::{self, CF_LOG, CF_META};
+use crate::limits::*;
+use crate::record::Body;
+use crate::retention::{Retention, RetentionReport};
+use crate::view::View;
+use crate::writer::{Appended, Prepared, Request, Writer};
+
+/// The data format version this build writes and the newest it reads.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// When an append is acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// After the WAL is fsynced: an acknowledged record survives power loss.
+    #[default]
+    Sync,
+    /// After the WAL is written to the operating system: an acknowledged
+    /// record survives a crash of pepper, but not of the machine.
+    Buffered,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Durability> {
+        match s {
+            "sync" => Ok(Durability::Sync),
+            "buffered" => Ok(Durability::Buffered),
+            other => Err(Error::invalid("durability", format!("{other:?} is neither \"sync\" nor \"buffered\""))),
+        }
+    }
+}
+
+/// How to open a store.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// This site's name, stamped as the origin of every local record.
+    pub site: String,
+    /// When appends are acknowledged.
+    pub durability: Durability,
+    /// What the background retention task trims.
+    pub retention: Retention,
+}
+
+impl Options {
+    /// Options for a site with the default durability (`sync`) and no
+    /// retention.
+    pub fn new(site: impl Into<String>) -> Options {
+        Options { site: site.into(), durability: Durability::Sync, retention: Retention::default() }
+    }
+}
+
+/// Counters of the writer, for benchmarks and metrics.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub groups: AtomicU64,
+    pub records: AtomicU64,
+}
+
+/// A point-in-time copy of the writer's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Group commits written (each one WriteBatch and, under `sync`, one fsync).
+    pub groups: u64,
+    /// Records committed.
+    pub records: u64,
+}
+
+/// State shared by the handle, the writer thread and readers.
+pub(crate) struct Shared {
+    pub db: DB,
+    pub site: String,
+    pub durability: Durability,
+    /// The last durable sequence number (0 before the first record).
+    pub durable: watch::Sender<u64>,
+    /// The lowest sequence number retention kept.
+    pub floor: AtomicU64,
+    poisoned: OnceLock<String>,
+    pub stats: Stats,
+}
+
+impl Shared {
+    pub fn cf(&self, name: &str) -> Result<&ColumnFamily> {
+        self.db.cf_handle(name).ok_or_else(|| Error::corruption(name, "column family is missing"))
+    }
+
+    pub fn poison(&self, reason: String) {
+        let _ = self.poisoned.set(reason);
+    }
+
+    pub fn poison_reason(&self) -> Option<String> {
+        self.poisoned.get().cloned()
+    }
+}
+
+/// A handle to an open store. Cloning it is cheap; the store closes when the
+/// last handle is dropped or [`Store::close`] is called.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    path: PathBuf,
+    tx: Option<mpsc::Sender<Request>>,
+    writer: Option<JoinHandle<()>>,
+    retention: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(mut slot) = self.retention.lock() {
+            if let Some((stop, handle)) = slot.take() {
+                drop(stop);
+                // The retention thread may itself hold the last handle; it
+                // cannot join itself.
+                if handle.thread().id() != std::thread::current().id() {
+                    let _ = handle.join();
+                }
+            }
+        }
+        // Dropping the sender lets the writer drain its queue and exit.
+        self.tx.take();
+        if let Some(handle) = self.writer.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch, from the system clock.
+pub fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+fn read_meta(db: &DB, meta: &ColumnFamily, key: &[u8]) -> Result<Option<u64>> {
+    match db.get_pinned_cf(meta, key)? {
+        None => Ok(None),
+        Some(v) => keys::decode_u64(&v)
+            .map(Some)
+            .ok_or_else(|| Error::corruption(format!("meta {}", String::from_utf8_lossy(key)), "not a u64")),
+    }
+}
+
+impl Store {
+    /// Opens the store in `path`, creating it if needed, and recovers.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad site name, `UnsupportedFormat` for data from a
+    /// newer pepper, `Io` if another process has the folder open, and
+    /// `Rocks` or `Corruption` if the data cannot be recovered.
+    pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        validate_site(&options.site)?;
+        let db = crate::db::open(&path)?;
+        let meta = db.cf_handle(CF_META).ok_or_else(|| Error::corruption(CF_META, "column family is missing"))?;
+        match db.get_pinned_cf(meta, keys::META_FORMAT)? {
+            Some(v) if v.len() == 1 && v[0] <= FORMAT_VERSION => {}
+            Some(v) if v.len() == 1 => return Err(Error::UnsupportedFormat { found: v[0], supported: FORMAT_VERSION }),
+            Some(_) => return Err(Error::corruption("meta format", "not one byte")),
+            None => {
+                let mut opts = rocksdb::WriteOptions::default();
+                opts.set_sync(true);
+                let mut batch = rocksdb::WriteBatch::default();
+                batch.put_cf(meta, keys::META_FORMAT, [FORMAT_VERSION]);
+                db.write_opt(batch, &opts)?;
+            }
+        }
+        let log = db.cf_handle(CF_LOG).ok_or_else(|| Error::corruption(CF_LOG, "column family is missing"))?;
+        let last_key = match db.iterator_cf(log, IteratorMode::End).next() {
+            Some(item) => {
+                let (k, _) = item?;
+                Some(keys::decode_u64(&k).ok_or_else(|| Error::corruption("log", "key is not a u64"))?)
+            }
+            None => None,
+        };
+        let next_seq = read_meta(&db, meta, keys::META_NEXT_SEQ)?.unwrap_or(1).max(last_key.map_or(1, |k| k + 1));
+        let floor = read_meta(&db, meta, keys::META_FLOOR)?.unwrap_or(1);
+        let log_bytes = read_meta(&db, meta, keys::META_LOG_BYTES)?.unwrap_or(0);
+        let last_time_us = read_meta(&db, meta, keys::META_LAST_TIME)?.unwrap_or(0);
+        let (durable, _) = watch::channel(next_seq - 1);
+        let shared = Arc::new(Shared {
+            db,
+            site: options.site.clone(),
+            durability: options.durability,
+            durable,
+            floor: AtomicU64::new(floor),
+            poisoned: OnceLock::new(),
+            stats: Stats::default(),
+        });
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE_REQUESTS_MAX);
+        let writer = Writer::new(shared.clone(), next_seq, log_bytes, last_time_us, floor);
+        let writer = std::thread::Builder::new().name("pepper-writer".into()).spawn(move || writer.run(rx))?;
+        tracing::info!(path = %path.display(), next_seq, floor, "store opened");
+        let store = Store {
+            inner: Arc::new(Inner { shared, path, tx: Some(tx), writer: Some(writer), retention: Mutex::new(None) }),
+        };
+        if options.retention.is_enabled() {
+            store.start_retention(options.retention)?;
+        }
+        Ok(store)
+    }
+
+    /// The folder the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// This site's name, the origin of local records.
+    pub fn site(&self) -> &str {
+        &self.inner.shared.site
+    }
+
+    /// The last durable sequence number, 0 if the log was never written.
+    pub fn last_seq(&self) -> u64 {
+        *self.inner.shared.durable.borrow()
+    }
+
+    /// The lowest sequence number retention kept; a feed from below it gets
+    /// `Compacted`.
+    pub fn earliest_seq(&self) -> u64 {
+        self.inner.shared.floor.load(Ordering::Acquire)
+    }
+
+    /// The durability the store was opened with.
+    pub fn durability(&self) -> Durability {
+        self.inner.shared.durability
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.inner.shared.stats;
+        StatsSnapshot { groups: s.groups.load(Ordering::Relaxed), records: s.records.load(Ordering::Relaxed) }
+    }
+
+    /// Why the store refuses writes, if it does.
+    pub fn poisoned(&self) -> Option<String> {
+        self.inner.shared.poison_reason()
+    }
+
+    /// Appends records atomically: either all of them commit, with
+    /// contiguous sequence numbers, or none does. Returns once the batch is
+    /// durable under the store's durability setting.
+    ///
+    /// # Errors
+    /// `InvalidInput`/`TooLarge` for input breaking a limit, `NotFound` or
+    /// `Conflict` for lease mutations that do not apply (nothing is written in
+    /// any of these cases), `Poisoned` after a failed WAL write, `Closed` at
+    /// shutdown.
+    pub async fn append(&self, bodies: Vec<Body>) -> Result<Appended> {
+        let (req, rx) = self.request(bodies)?;
+        self.sender()?.send(req).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// [`Store::append`] for callers outside an async runtime. It blocks the
+    /// calling thread; never call it on an async executor thread.
+    ///
+    /// # Errors
+    /// As [`Store::append`].
+    pub fn append_blocking(&self, bodies: Vec<Body>) -> Result<Appended> {
+        let (req, rx) = self.request(bodies)?;
+        self.sender()?.blocking_send(req).map_err(|_| Error::Closed)?;
+        rx.blocking_recv().map_err(|_| Error::Closed)?
+    }
+
+    fn sender(&self) -> Result<&mpsc::Sender<Request>> {
+        if let Some(reason) = self.inner.shared.poison_reason() {
+            return Err(Error::Poisoned(reason));
+        }
+        self.inner.tx.as_ref().ok_or(Error::Closed)
+    }
+
+    fn request(&self, bodies: Vec<Body>) -> Result<(Request, oneshot::Receiver<Result<Appended>>)> {
+        if bodies.is_empty() {
+            return Err(Error::invalid("batch", "an append needs at least one record"));
+        }
+        if bodies.len() > BATCH_RECORDS_MAX {
+            return Err(Error::TooLarge { what: "batch", size: bodies.len(), max: BATCH_RECORDS_MAX });
+        }
+        let overhead = crate::record::HEADER_BYTES + self.site().len() + crate::record::CRC_BYTES;
+        let mut records = Vec::with_capacity(bodies.len());
+        let mut bytes = 0usize;
+        for body in bodies {
+            crate::validate::body(&body)?;
+            let mut encoded_body = Vec::new();
+            body.encode_into(&mut encoded_body)?;
+            let len = overhead + encoded_body.len();
+            if len > RECORD_BYTES_MAX {
+                return Err(Error::TooLarge { what: "record", size: len, max: RECORD_BYTES_MAX });
+            }
+            bytes += len;
+            if bytes > BATCH_BYTES_MAX {
+                return Err(Error::TooLarge { what: "batch bytes", size: bytes, max: BATCH_BYTES_MAX });
+            }
+            records.push(Prepared { body, encoded_body });
+        }
+        let (reply, rx) = oneshot::channel();
+        Ok((Request::Append { records, bytes, reply }, rx))
+    }
+
+    /// Runs `f` on a consistent snapshot, on a blocking-pool thread.
+    ///
+    /// # Errors
+    /// Whatever `f` returns, or `Closed` if the runtime is shutting down.
+    pub async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&View<'_>) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read_blocking(f))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(format!("read task failed: {e}"))))?
+    }
+
+    /// Runs `f` on a consistent snapshot on the calling thread, which may
+    /// block on disk.
+    ///
+    /// # Errors
+    /// Whatever `f` returns.
+    pub fn read_blocking<T>(&self, f: impl FnOnce(&View<'_>) -> Result<T>) -> Result<T> {
+        let view = View::new(&self.inner.shared)?;
+        f(&view)
+    }
+
+    /// A change feed from `from_seq` (inclusive), filtered. See [`Feed`].
+    pub fn feed(&self, from_seq: u64, filter: Filter) -> Feed {
+        Feed::new(self.clone(), from_seq, filter)
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    pub(crate) fn subscribe_durable(&self) -> watch::Receiver<u64> {
+        self.inner.shared.durable.subscribe()
+    }
+
+    pub(crate) async fn submit_trim(&self, req: Request) -> Result<()> {
+        self.sender()?.send(req).await.map_err(|_| Error::Closed)
+    }
+
+    pub(crate) fn submit_trim_blocking(&self, req: Request) -> Result<()> {
+        self.sender()?.blocking_send(req).map_err(|_| Error::Closed)
+    }
+
+    /// Applies the retention policy once, as of `now_us`, on the calling
+    /// thread. The background task calls this on its interval; tests call it
+    /// with a chosen clock.
+    ///
+    /// # Errors
+    /// Read errors while planning, or the writer's refusal.
+    pub fn enforce_retention_blocking(&self, policy: &Retention, now_us: u64) -> Result<RetentionReport> {
+        crate::retention::enforce(self, policy, now_us)
+    }
+
+    fn start_retention(&self, policy: Retention) -> Result<()> {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let interval = policy.interval;
+        let handle = std::thread::Builder::new().name("pepper-retention".into()).spawn(move || loop {
+            match stopped.recv_timeout(interval) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            let Some(inner) = weak.upgrade() else { return };
+            let store = Store { inner };
+            match store.enforce_retention_blocking(&policy, now_us()) {
+                Ok(report) if report.is_empty() => {}
+                Ok(report) => tracing::info!(?report, "retention trimmed"),
+                Err(e) => tracing::warn!(error = %e, "retention pass failed"),
+            }
+        })?;
+        if let Ok(mut slot) = self.inner.retention.lock() {
+            *slot = Some((stop, handle));
+        }
+        Ok(())
+    }
+
+    /// Closes the store: waits for queued writes to commit and the background
+    /// threads to stop. Other clones of the handle keep it open until they
+    /// are dropped too.
+    pub fn close(self) {
+        drop(self);
+    }
+}
+
+/// How long [`Retention::default`]'s background task sleeps between passes.
+pub const RETENTION_INTERVAL_DEFAULT: Duration = Duration::from_secs(10);
+
+fn validate_site(site: &str) -> Result<()> {
+    if site.is_empty() || site.len() > SITE_BYTES_MAX {
+        return Err(Error::invalid("site", format!("site name must be 1 to {SITE_BYTES_MAX} bytes")));
+    }
+    if site.chars().any(|c| c.is_control() || c == '/') {
+        return Err(Error::invalid("site", "site name may not contain control characters or '/'"));
+    }
+    Ok(())
+}
+
+impl Shared {
+    /// A `Shared` over a read-only database, for the offline check.
+    pub(crate) fn read_only(db: DB) -> Shared {
+        let (durable, _) = watch::channel(0);
+        Shared {
+            db,
+            site: String::new(),
+            durability: Durability::Sync,
+            durable,
+            floor: AtomicU64::new(1),
+            poisoned: OnceLock::new(),
+            stats: Stats::default(),
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Input checks that every record passes before it is queued for the writer.
+//!
+//! The storage layer checks only what its own encodings and limits need:
+//! lengths, the `00` byte that separates key parts, and the shape of a
+//! channel (rooted, with a trailing slash). The router applies PsEPR's full
+//! channel grammar on top.
+
+use crate::error::{Error, Result};
+use crate::limits::*;
+use crate::record::{Body, Party};
+
+/// Checks a channel name as a key component.
+///
+/// # Errors
+/// `InvalidInput` or `TooLarge` naming the rule it breaks.
+pub fn channel(what: &'static str, c: &str) -> Result<()> {
+    if c.len() > CHANNEL_BYTES_MAX {
+        return Err(Error::TooLarge { what, size: c.len(), max: CHANNEL_BYTES_MAX });
+    }
+    if !c.starts_with('/') || !c.ends_with('/') {
+        return Err(Error::invalid(what, format!("{c:?} must start and end with '/'")));
+    }
+    no_nul(what, c)
+}
+
+fn field(f: &str) -> Result<()> {
+    if f.is_empty() {
+        return Err(Error::invalid("field", "must not be empty"));
+    }
+    bounded("field", f, FIELD_BYTES_MAX)?;
+    no_nul("field", f)
+}
+
+fn bounded(what: &'static str, s: &str, max: usize) -> Result<()> {
+    if s.len() > max {
+        return Err(Error::TooLarge { what, size: s.len(), max });
+    }
+    Ok(())
+}
+
+fn id(what: &'static str, s: &str) -> Result<()> {
+    if s.is_empty() {
+        return Err(Error::invalid(what, "must not be empty"));
+    }
+    bounded(what, s, ID_BYTES_MAX)
+}
+
+fn no_nul(what: &'static str, s: &str) -> Result<()> {
+    if s.bytes().any(|b| b == 0) {
+        return Err(Error::invalid(what, "must not contain a NUL byte"));
+    }
+    Ok(())
+}
+
+fn party(p: &Party) -> Result<()> {
+    bounded("service", &p.service, PARTY_BYTES_MAX)?;
+    bounded("instance", &p.instance, PARTY_BYTES_MAX)
+}
+
+fn lease_types(types: &[String]) -> Result<()> {
+    if types.len() > LEASE_TYPES_MAX {
+        return Err(Error::TooLarge { what: "lease types", size: types.len(), max: LEASE_TYPES_MAX });
+    }
+    types.iter().try_for_each(|t| bounded("lease type", t, TYPE_BYTES_MAX))
+}
+
+/// Checks one record body.
+///
+/// # Errors
+/// `InvalidInput` or `TooLarge` naming the offending field.
+pub fn body(b: &Body) -> Result<()> {
+    match b {
+        Body::Event(e) => {
+            channel("channel", &e.channel)?;
+            bounded("event id", &e.id, ID_BYTES_MAX)?;
+            if e.event_type.is_empty() {
+                return Err(Error::invalid("type", "must not be empty"));
+            }
+            bounded("type", &e.event_type, TYPE_BYTES_MAX)?;
+            party(&e.from)?;
+            bounded("to.service", e.to.service.as_deref().unwrap_or(""), PARTY_BYTES_MAX)?;
+            bounded("to.instance", e.to.instance.as_deref().unwrap_or(""), PARTY_BYTES_MAX)
+        }
+        Body::TupleSet(t) => {
+            channel("channel", &t.channel)?;
+            field(&t.field)?;
+            party(&t.source)
+        }
+        Body::LeaseGrant(g) => {
+            id("lease id", &g.id)?;
+            channel("lease pattern", &g.pattern)?;
+            lease_types(&g.types)?;
+            if let Some(group) = &g.group {
+                id("lease group", group)?;
+            }
+            Ok(())
+        }
+        Body::LeaseRenew(r) => id("lease id", &r.id),
+        Body::LeaseRelease(e) | Body::LeaseExpire(e) => id("lease id", &e.id),
+        Body::DocPut(d) => doc_key(&d.key),
+        Body::DocDelete(d) => doc_key(&d.key),
+    }
+}
+
+fn doc_key(k: &str) -> Result<()> {
+    if k.is_empty() {
+        return Err(Error::invalid("document key", "must not be empty"));
+    }
+    bounded("document key", k, DOC_KEY_BYTES_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::TupleSet;
+
+    fn tuple(channel: &str, field: &str) -> Body {
+        Body::TupleSet(TupleSet {
+            channel: channel.into(),
+            field: field.into(),
+            value: "v".into(),
+            expires_at_us: None,
+            source: Party::default(),
+        })
+    }
+
+    #[test]
+    fn channels_must_be_rooted_bounded_and_nul_free() {
+        assert!(body(&tuple("/a/b/", "f")).is_ok());
+        for bad in ["", "/", "a/", "/a", "/a\0/"] {
+            if bad == "/" {
+                continue;
+            }
+            assert!(matches!(body(&tuple(bad, "f")), Err(Error::InvalidInput { .. })), "{bad:?}");
+        }
+        let long = format!("/{}/", "x".repeat(CHANNEL_BYTES_MAX));
+        assert!(matches!(body(&tuple(&long, "f")), Err(Error::TooLarge { .. })));
+    }
+
+    #[test]
+    fn fields_must_be_non_empty_bounded_and_nul_free() {
+        assert!(body(&tuple("/a/", "")).is_err());
+        assert!(body(&tuple("/a/", "x\0y")).is_err());
+        assert!(matches!(body(&tuple("/a/", &"f".repeat(FIELD_BYTES_MAX + 1))), Err(Error::TooLarge { .. })));
+    }
+}

@@ -1,0 +1,356 @@
+//! Snapshot reads of the materialized views.
+//!
+//! A [`View`] wraps one RocksDB snapshot. Every read through it sees the same
+//! state, and [`View::seq`] names the sequence number that state reflects:
+//! the `next_seq` counter is written in the same batch as the records, so
+//! reading it from the snapshot gives exactly the last record the snapshot
+//! contains. A view never waits for the writer and never blocks it.
+
+use rocksdb::{ReadOptions, SnapshotWithThreadMode, DB};
+
+use crate::error::{Error, Result};
+use crate::keys::{self, CF_DOCS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_TUPLES};
+use crate::limits::READ_ROWS_MAX;
+use crate::record::Record;
+use crate::rows::{decode_row, Doc, DocRow, HistoryEntry, HistoryRow, Lease, Tuple, TupleRow};
+use crate::store::Shared;
+
+/// A page of results with the cursor to pass for the next page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page<T, C> {
+    /// The rows of this page, in key order.
+    pub items: Vec<T>,
+    /// Where the next page starts, if there are more rows.
+    pub next: Option<C>,
+}
+
+/// Where a page of tuples starts: strictly after this (channel, field).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TupleCursor {
+    /// The channel of the last tuple returned.
+    pub channel: String,
+    /// The field of the last tuple returned.
+    pub field: String,
+}
+
+/// Which end of a history range comes first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Order {
+    /// Oldest first.
+    #[default]
+    Asc,
+    /// Newest first.
+    Desc,
+}
+
+/// A range of a tuple's history, by sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryRange {
+    /// The lowest sequence number included.
+    pub from_seq: u64,
+    /// The highest sequence number included.
+    pub to_seq: u64,
+    /// Most rows to return, at most [`READ_ROWS_MAX`].
+    pub limit: usize,
+    /// Oldest or newest first.
+    pub order: Order,
+}
+
+impl Default for HistoryRange {
+    fn default() -> HistoryRange {
+        HistoryRange { from_seq: 0, to_seq: u64::MAX, limit: READ_ROWS_MAX, order: Order::Asc }
+    }
+}
+
+/// A consistent, read-only view of the store at one sequence number.
+pub struct View<'a> {
+    shared: &'a Shared,
+    snap: SnapshotWithThreadMode<'a, DB>,
+    seq: u64,
+    floor: u64,
+}
+
+fn limit_ok(limit: usize) -> Result<usize> {
+    if limit == 0 {
+        return Err(Error::invalid("limit", "must be at least 1"));
+    }
+    if limit > READ_ROWS_MAX {
+        return Err(Error::TooLarge { what: "limit", size: limit, max: READ_ROWS_MAX });
+    }
+    Ok(limit)
+}
+
+impl<'a> View<'a> {
+    pub(crate) fn new(shared: &'a Shared) -> Result<View<'a>> {
+        let snap = shared.db.snapshot();
+        let meta = shared.cf(CF_META)?;
+        let read = |key: &[u8]| -> Result<Option<u64>> {
+            match snap.get_pinned_cf(meta, key)? {
+                Some(v) => Ok(Some(keys::decode_u64(&v).ok_or_else(|| Error::corruption("meta", "not a u64"))?)),
+                None => Ok(None),
+            }
+        };
+        let seq = read(keys::META_NEXT_SEQ)?.map_or(0, |n| n - 1);
+        let floor = read(keys::META_FLOOR)?.unwrap_or(1);
+        Ok(View { shared, snap, seq, floor })
+    }
+
+    /// The sequence number of the last record this view reflects (0 if none).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub(crate) fn snapshot(&self) -> &SnapshotWithThreadMode<'a, DB> {
+        &self.snap
+    }
+
+    /// The lowest sequence number still in the log in this view.
+    pub fn earliest_seq(&self) -> u64 {
+        self.floor
+    }
+
+    fn opts(&self, lower: Option<Vec<u8>>, upper: Option<Vec<u8>>) -> ReadOptions {
+        let mut o = ReadOptions::default();
+        o.set_snapshot(&self.snap);
+        o.set_verify_checksums(true);
+        if let Some(l) = lower {
+            o.set_iterate_lower_bound(l);
+        }
+        if let Some(u) = upper {
+            o.set_iterate_upper_bound(u);
+        }
+        o
+    }
+
+    /// The latest value of one tuple.
+    ///
+    /// # Errors
+    /// `Corruption` if the row does not decode; `Rocks` on read errors.
+    pub fn tuple(&self, channel: &str, field: &str) -> Result<Option<Tuple>> {
+        let key = keys::tuple_key(channel, field);
+        match self.snap.get_pinned_cf(self.shared.cf(CF_TUPLES)?, &key)? {
+            Some(bytes) => Ok(Some(Tuple::from_row(channel, field, decode_row::<TupleRow>("tuple", &key, &bytes)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// The latest values of every tuple whose channel starts with
+    /// `channel_prefix`, in (channel, field) order, one page at a time.
+    ///
+    /// # Errors
+    /// `InvalidInput`/`TooLarge` for a bad limit; `Corruption` for bad rows.
+    pub fn latest(
+        &self,
+        channel_prefix: &str,
+        after: Option<&TupleCursor>,
+        limit: usize,
+    ) -> Result<Page<Tuple, TupleCursor>> {
+        let limit = limit_ok(limit)?;
+        let prefix = channel_prefix.as_bytes().to_vec();
+        let upper = keys::prefix_end(&prefix);
+        let mut it = self.snap.raw_iterator_cf_opt(self.shared.cf(CF_TUPLES)?, self.opts(Some(prefix.clone()), upper));
+        match after {
+            Some(c) => {
+                let mut start = keys::tuple_key(&c.channel, &c.field);
+                start.push(0); // strictly after the cursor
+                it.seek(start);
+            }
+            None => it.seek(&prefix),
+        }
+        let mut items = Vec::new();
+        while it.valid() {
+            let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+            if items.len() == limit {
+                let next =
+                    items.last().map(|t: &Tuple| TupleCursor { channel: t.channel.clone(), field: t.field.clone() });
+                return Ok(Page { items, next });
+            }
+            let (channel, field) =
+                keys::split_tuple_key(key).ok_or_else(|| Error::corruption("tuples", "key without separator"))?;
+            items.push(Tuple::from_row(channel, field, decode_row("tuple", key, value)?));
+            it.next();
+        }
+        it.status()?;
+        Ok(Page { items, next: None })
+    }
+
+    /// A range of one tuple's history.
+    ///
+    /// # Errors
+    /// `InvalidInput`/`TooLarge` for a bad limit; `Corruption` for bad rows.
+    pub fn history(&self, channel: &str, field: &str, range: HistoryRange) -> Result<Vec<HistoryEntry>> {
+        let limit = limit_ok(range.limit)?;
+        if range.from_seq > range.to_seq {
+            return Ok(Vec::new());
+        }
+        let lower = keys::history_key(channel, field, range.from_seq);
+        let upper = match range.to_seq.checked_add(1) {
+            Some(end) => keys::history_key(channel, field, end),
+            None => keys::prefix_end(&keys::history_prefix(channel, field)).unwrap_or_default(),
+        };
+        let mut it = self.snap.raw_iterator_cf_opt(self.shared.cf(CF_HISTORY)?, self.opts(Some(lower), Some(upper)));
+        match range.order {
+            Order::Asc => it.seek_to_first(),
+            Order::Desc => it.seek_to_last(),
+        }
+        let mut out = Vec::new();
+        while it.valid() && out.len() < limit {
+            let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+            let (_, _, seq) =
+                keys::split_history_key(key).ok_or_else(|| Error::corruption("history", "malformed key"))?;
+            let row: HistoryRow = decode_row("history", key, value)?;
+            out.push(HistoryEntry {
+                seq,
+                time_us: row.time_us,
+                value: row.value,
+                expires_at_us: row.expires_at_us,
+                source: row.source,
+            });
+            match range.order {
+                Order::Asc => it.next(),
+                Order::Desc => it.prev(),
+            }
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// Every live lease, by id.
+    ///
+    /// # Errors
+    /// `Corruption` for bad rows.
+    pub fn leases(&self) -> Result<Vec<Lease>> {
+        let mut it = self.snap.raw_iterator_cf_opt(self.shared.cf(CF_LEASES)?, self.opts(None, None));
+        it.seek_to_first();
+        let mut out = Vec::new();
+        while it.valid() {
+            let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+            out.push(decode_row("lease", key, value)?);
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// One lease by id.
+    ///
+    /// # Errors
+    /// `Corruption` for a bad row.
+    pub fn lease(&self, id: &str) -> Result<Option<Lease>> {
+        match self.snap.get_pinned_cf(self.shared.cf(CF_LEASES)?, id.as_bytes())? {
+            Some(bytes) => Ok(Some(decode_row("lease", id.as_bytes(), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// One document by key.
+    ///
+    /// # Errors
+    /// `Corruption` for a bad row.
+    pub fn doc(&self, key: &str) -> Result<Option<Doc>> {
+        match self.snap.get_pinned_cf(self.shared.cf(CF_DOCS)?, key.as_bytes())? {
+            Some(bytes) => {
+                let row: DocRow = decode_row("doc", key.as_bytes(), &bytes)?;
+                Ok(Some(Doc { key: key.to_string(), value: row.value, seq: row.seq, time_us: row.time_us }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Documents whose key starts with `prefix`, in key order, one page at a
+    /// time; the cursor is the last key returned.
+    ///
+    /// # Errors
+    /// `InvalidInput`/`TooLarge` for a bad limit; `Corruption` for bad rows.
+    pub fn docs(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page<Doc, String>> {
+        let limit = limit_ok(limit)?;
+        let lower = prefix.as_bytes().to_vec();
+        let upper = keys::prefix_end(&lower);
+        let mut it = self.snap.raw_iterator_cf_opt(self.shared.cf(CF_DOCS)?, self.opts(Some(lower.clone()), upper));
+        match after {
+            Some(a) => {
+                let mut start = a.as_bytes().to_vec();
+                start.push(0);
+                it.seek(start);
+            }
+            None => it.seek(&lower),
+        }
+        let mut items: Vec<Doc> = Vec::new();
+        while it.valid() {
+            let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+            if items.len() == limit {
+                let next = items.last().map(|d| d.key.clone());
+                return Ok(Page { items, next });
+            }
+            let row: DocRow = decode_row("doc", key, value)?;
+            let key = String::from_utf8(key.to_vec()).map_err(|_| Error::corruption("docs", "key is not UTF-8"))?;
+            items.push(Doc { key, value: row.value, seq: row.seq, time_us: row.time_us });
+            it.next();
+        }
+        it.status()?;
+        Ok(Page { items, next: None })
+    }
+
+    /// Log records from `from_seq` up to `to_seq` (inclusive), at most
+    /// `limit` of them, each crc-checked. Sequence numbers must be contiguous:
+    /// a hole inside the retained log is reported as corruption.
+    ///
+    /// # Errors
+    /// `Corruption` for a bad record or a hole.
+    pub fn records(&self, from_seq: u64, to_seq: u64, limit: usize) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        self.scan_log(from_seq, to_seq, limit as u64, |rec| {
+            out.push(rec);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` on each log record in `[from_seq, to_seq]` (at most `limit`),
+    /// checking crc and contiguity. Returns the sequence number after the last
+    /// record visited.
+    pub(crate) fn scan_log(
+        &self,
+        from_seq: u64,
+        to_seq: u64,
+        limit: u64,
+        mut f: impl FnMut(Record) -> Result<()>,
+    ) -> Result<u64> {
+        let from_seq = from_seq.max(self.floor);
+        let to_seq = to_seq.min(self.seq).min(from_seq.saturating_add(limit).saturating_sub(1));
+        if from_seq > to_seq {
+            return Ok(from_seq);
+        }
+        let upper = keys::log_key(to_seq + 1).to_vec();
+        let mut o = self.opts(Some(keys::log_key(from_seq).to_vec()), Some(upper));
+        o.set_readahead_size(2 * 1024 * 1024);
+        let mut it = self.snap.raw_iterator_cf_opt(self.shared.cf(CF_LOG)?, o);
+        it.seek_to_first();
+        let mut expect = from_seq;
+        while it.valid() {
+            let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+            let seq = keys::decode_u64(key).ok_or_else(|| Error::corruption("log", "key is not a u64"))?;
+            if seq != expect {
+                return Err(Error::corruption(
+                    format!("seq {expect}"),
+                    format!("log has a hole: next record is {seq}"),
+                ));
+            }
+            let rec = Record::decode(value)?;
+            if rec.seq != seq {
+                return Err(Error::corruption(format!("seq {seq}"), format!("record says it is seq {}", rec.seq)));
+            }
+            f(rec)?;
+            expect += 1;
+            it.next();
+        }
+        it.status()?;
+        if expect != to_seq + 1 {
+            return Err(Error::corruption(
+                format!("seq {expect}"),
+                format!("log ends before {to_seq}, which the snapshot covers"),
+            ));
+        }
+        Ok(expect)
+    }
+}

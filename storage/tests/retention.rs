@@ -1,0 +1,94 @@
+//! Retention of the log by age and size, and of history by count and age.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use pepper_storage::*;
+
+#[tokio::test]
+async fn log_by_age_trims_a_prefix_and_keeps_views() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..10 {
+        store.append(vec![tuple("/a/", &format!("f{i}"), "v")]).await.unwrap();
+    }
+    let newest = store.read(|v| v.records(10, 10, 1)).await.unwrap()[0].time_us;
+    // Nothing is older than an hour as of the newest record.
+    let policy = Retention { log_max_age: Some(Duration::from_secs(3600)), ..Retention::default() };
+    assert!(enforce_retention(&store, &policy, newest).await.unwrap().is_empty());
+    // Two hours later, every record is.
+    let report = enforce_retention(&store, &policy, newest + 7_200_000_000).await.unwrap();
+    assert_eq!((report.log_records, report.floor), (10, 11));
+    // Views are untouched by log retention.
+    let latest = store.read(|v| v.latest("/a/", None, 100)).await.unwrap();
+    assert_eq!(latest.items.len(), 10);
+    store.close();
+    let report = check(dir.path()).unwrap();
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.rows_unverifiable, 20, "10 latest + 10 history rows predate the log");
+}
+
+#[tokio::test]
+async fn log_by_bytes_keeps_the_newest_under_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..50 {
+        store.append(vec![event("/a/", "t", &[i as u8; 100])]).await.unwrap();
+    }
+    let size = store.read(|v| v.records(1, 1, 1)).await.unwrap()[0].encode().unwrap().len() as u64;
+    let policy = Retention { log_max_bytes: Some(size * 20 + size / 2), ..Retention::default() };
+    let report = enforce_retention(&store, &policy, now_us()).await.unwrap();
+    assert_eq!(report.log_records, 30);
+    assert_eq!(report.log_bytes, size * 30);
+    assert_eq!(store.read(|v| v.records(0, u64::MAX, 100)).await.unwrap().len(), 20);
+    // A second pass finds nothing to do.
+    assert!(enforce_retention(&store, &policy, now_us()).await.unwrap().is_empty());
+    store.close();
+    assert!(check(dir.path()).unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn history_by_count_and_age_never_touches_latest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..10 {
+        store.append(vec![tuple("/a/", "x", &i.to_string()), tuple("/a/", "y", &i.to_string())]).await.unwrap();
+    }
+    store.append(vec![tuple("/b/", "z", "only")]).await.unwrap();
+    let policy = Retention { history_max_count: Some(3), ..Retention::default() };
+    let report = enforce_retention(&store, &policy, now_us()).await.unwrap();
+    assert_eq!(report.history_rows, 14);
+    let hist = store.read(|v| v.history("/a/", "x", HistoryRange::default())).await.unwrap();
+    assert_eq!(hist.iter().map(|h| h.value.as_str()).collect::<Vec<_>>(), ["7", "8", "9"]);
+    assert_eq!(store.read(|v| v.history("/b/", "z", HistoryRange::default())).await.unwrap().len(), 1);
+
+    let policy = Retention { history_max_age: Some(Duration::from_secs(60)), ..Retention::default() };
+    let report = enforce_retention(&store, &policy, now_us() + 3_600_000_000).await.unwrap();
+    assert_eq!(report.history_rows, 7);
+    assert!(store.read(|v| v.history("/a/", "x", HistoryRange::default())).await.unwrap().is_empty());
+    let latest = store.read(|v| v.tuple("/a/", "x")).await.unwrap().unwrap();
+    assert_eq!(latest.value, "9", "history retention never trims latest values");
+    store.close();
+    let report = check(dir.path()).unwrap();
+    assert!(report.is_ok(), "{report}");
+}
+
+#[test]
+fn the_background_task_trims_on_its_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        retention: Retention { log_max_bytes: Some(0), interval: Duration::from_millis(20), ..Retention::default() },
+        ..Options::new("s")
+    };
+    let store = Store::open(dir.path(), options).unwrap();
+    store.append_blocking(vec![tuple("/a/", "f", "1")]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while store.earliest_seq() != 2 {
+        assert!(std::time::Instant::now() < deadline, "background retention never ran");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    store.close();
+}

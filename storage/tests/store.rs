@@ -1,0 +1,296 @@
+//! Appends, group commit, atomicity, limits, views and recovery.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use pepper_storage::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_get_contiguous_numbers_and_every_ack_is_present() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    const WRITERS: usize = 32;
+    const EACH: usize = 40;
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acks = Vec::new();
+            for i in 0..EACH {
+                // Mix single records and two-record batches.
+                let bodies = if i % 3 == 0 {
+                    vec![tuple(&format!("/w/{w}/"), "f", &i.to_string()), doc(&format!("w{w}/{i}"), b"x")]
+                } else {
+                    vec![tuple(&format!("/w/{w}/"), "f", &i.to_string())]
+                };
+                let n = bodies.len() as u64;
+                let a = store.append(bodies).await.unwrap();
+                assert_eq!(a.last - a.first + 1, n);
+                acks.push((a, w, i));
+            }
+            acks
+        }));
+    }
+    let mut seen = BTreeSet::new();
+    let mut acks = Vec::new();
+    for t in tasks {
+        for (a, w, i) in t.await.unwrap() {
+            for s in a.first..=a.last {
+                assert!(seen.insert(s), "seq {s} acknowledged twice");
+            }
+            acks.push((a, w, i));
+        }
+    }
+    let total = seen.len() as u64;
+    assert_eq!(
+        seen.iter().copied().collect::<Vec<_>>(),
+        (1..=total).collect::<Vec<_>>(),
+        "numbers are contiguous from 1"
+    );
+    assert_eq!(store.last_seq(), total);
+    // Concurrent writers share group commits.
+    let stats = store.stats();
+    assert_eq!(stats.records, total);
+    assert!(stats.groups < total, "no grouping happened: {stats:?}");
+
+    let records = store.read(move |v| v.records(1, u64::MAX, 100_000)).await.unwrap();
+    assert_eq!(records.len() as u64, total);
+    for (a, w, i) in acks {
+        let rec = &records[(a.first - 1) as usize];
+        match &rec.body {
+            Body::TupleSet(t) => assert_eq!(
+                (t.channel.as_str(), t.value.as_str()),
+                (format!("/w/{w}/").as_str(), i.to_string().as_str())
+            ),
+            other => panic!("seq {} is {other:?}", a.first),
+        }
+    }
+}
+
+#[tokio::test]
+async fn numbering_and_state_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.append(vec![tuple("/a/", "f", "1"), tuple("/a/", "f", "2")]).await.unwrap();
+    store.append(vec![grant("l1", "/a/"), doc("k", b"v")]).await.unwrap();
+    store.close();
+    let store = open(dir.path());
+    assert_eq!(store.last_seq(), 4);
+    let a = store.append(vec![tuple("/a/", "f", "3")]).await.unwrap();
+    assert_eq!(a.first, 5);
+    let (t, l, d, seq) =
+        store.read(|v| Ok((v.tuple("/a/", "f")?, v.lease("l1")?, v.doc("k")?, v.seq()))).await.unwrap();
+    assert_eq!(t.unwrap().value, "3");
+    assert_eq!(l.unwrap().granted_seq, 3);
+    assert_eq!(d.unwrap().value, b"v");
+    assert_eq!(seq, 5);
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.append(vec![tuple("/a/", "f", "1")]).await.unwrap();
+    let cases: Vec<Vec<Body>> = vec![
+        vec![],
+        vec![tuple("/a/", "f", "ok"), tuple("no-slash", "f", "x")],
+        vec![tuple("/a/", "", "x")],
+        vec![tuple(&format!("/{}/", "c".repeat(limits::CHANNEL_BYTES_MAX)), "f", "x")],
+        vec![doc("big", &vec![0u8; limits::RECORD_BYTES_MAX])],
+        (0..=limits::BATCH_RECORDS_MAX).map(|i| tuple("/a/", &i.to_string(), "x")).collect(),
+        vec![event("/a/", "", b"")],
+    ];
+    for bodies in cases {
+        let err = store.append(bodies).await.unwrap_err();
+        assert!(err.is_bad_input(), "{err}");
+    }
+    // Lease preconditions: the whole request is refused, and it takes no
+    // sequence number.
+    let err = store
+        .append(vec![
+            tuple("/a/", "f", "2"),
+            Body::LeaseRenew(LeaseRenew { id: "nope".into(), ttl_ms: 1, expires_at_us: 1 }),
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound { what: "lease", .. }), "{err}");
+    store.append(vec![grant("l", "/a/")]).await.unwrap();
+    let err = store.append(vec![grant("l", "/b/")]).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err}");
+    let err = store.append(vec![grant("m", "/b/"), grant("m", "/c/")]).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err}");
+    assert_eq!(store.last_seq(), 2);
+    let (t, m) = store.read(|v| Ok((v.tuple("/a/", "f")?, v.lease("m")?))).await.unwrap();
+    assert_eq!(t.unwrap().value, "1");
+    assert!(m.is_none());
+    let next = store.append(vec![tuple("/a/", "f", "3")]).await.unwrap();
+    assert_eq!(next.first, 3, "refused requests consumed no sequence numbers");
+}
+
+#[tokio::test]
+async fn lease_lifecycle_in_one_batch_and_across_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // Grant and renew in the same request see each other.
+    store
+        .append(vec![
+            grant("l1", "/a/"),
+            Body::LeaseRenew(LeaseRenew { id: "l1".into(), ttl_ms: 9, expires_at_us: 99 }),
+        ])
+        .await
+        .unwrap();
+    let l = store.read(|v| v.lease("l1")).await.unwrap().unwrap();
+    assert_eq!((l.ttl_ms, l.expires_at_us, l.granted_seq, l.renewed_seq), (9, 99, 1, 2));
+    store.append(vec![grant("l2", "/b/")]).await.unwrap();
+    store.append(vec![Body::LeaseExpire(LeaseEnd { id: "l1".into() })]).await.unwrap();
+    let err = store.append(vec![Body::LeaseRelease(LeaseEnd { id: "l1".into() })]).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }));
+    store.append(vec![Body::LeaseRelease(LeaseEnd { id: "l2".into() })]).await.unwrap();
+    assert!(store.read(|v| v.leases()).await.unwrap().is_empty());
+    // A released id can be granted again.
+    store.append(vec![grant("l1", "/c/")]).await.unwrap();
+    assert_eq!(store.read(|v| v.leases()).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn latest_pages_by_prefix_and_history_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..25 {
+        store.append(vec![tuple(&format!("/p/n{:02}/", i), "load", &i.to_string())]).await.unwrap();
+    }
+    store.append(vec![tuple("/q/", "load", "other")]).await.unwrap();
+    store.append(vec![tuple("/p0/", "load", "sibling, not under /p/")]).await.unwrap();
+    for i in 0..10 {
+        store.append(vec![tuple("/h/", "f", &format!("v{i}"))]).await.unwrap();
+    }
+    let all = store
+        .read(|v| {
+            let mut out = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = v.latest("/p/", cursor.as_ref(), 10)?;
+                out.extend(page.items);
+                match page.next {
+                    Some(c) => cursor = Some(c),
+                    None => return Ok(out),
+                }
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 25);
+    assert!(all.windows(2).all(|w| w[0].channel < w[1].channel));
+    assert!(all.iter().all(|t| t.channel.starts_with("/p/")));
+
+    let asc = store.read(|v| v.history("/h/", "f", HistoryRange::default())).await.unwrap();
+    assert_eq!(
+        asc.iter().map(|h| h.value.as_str()).collect::<Vec<_>>(),
+        (0..10).map(|i| format!("v{i}")).collect::<Vec<_>>()
+    );
+    let (from, to) = (asc[2].seq, asc[6].seq);
+    let desc = store
+        .read(move |v| v.history("/h/", "f", HistoryRange { from_seq: from, to_seq: to, limit: 3, order: Order::Desc }))
+        .await
+        .unwrap();
+    assert_eq!(desc.iter().map(|h| h.value.as_str()).collect::<Vec<_>>(), ["v6", "v5", "v4"]);
+    let err = store.read(|v| v.history("/h/", "f", HistoryRange { limit: 0, ..Default::default() })).await.unwrap_err();
+    assert!(err.is_bad_input());
+}
+
+#[tokio::test]
+async fn documents_by_key_and_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for k in ["m/a", "m/b", "m/c", "n/a"] {
+        store.append(vec![doc(k, k.as_bytes())]).await.unwrap();
+    }
+    store.append(vec![Body::DocDelete(DocDelete { key: "m/b".into() })]).await.unwrap();
+    let page = store.read(|v| v.docs("m/", None, 1)).await.unwrap();
+    assert_eq!(page.items[0].key, "m/a");
+    let next = page.next.unwrap();
+    let page = store.read(move |v| v.docs("m/", Some(&next), 10)).await.unwrap();
+    assert_eq!(page.items.iter().map(|d| d.key.as_str()).collect::<Vec<_>>(), ["m/c"]);
+    assert!(page.next.is_none());
+    assert!(store.read(|v| v.doc("m/b")).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_view_reflects_one_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.append(vec![tuple("/a/", "f", "1")]).await.unwrap();
+    let store2 = store.clone();
+    let (seq, before, after) = tokio::task::spawn_blocking(move || {
+        store2.read_blocking(|v| {
+            let before = v.tuple("/a/", "f")?;
+            store2.append_blocking(vec![tuple("/a/", "f", "2")])?;
+            Ok((v.seq(), before, v.tuple("/a/", "f")?))
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(seq, 1);
+    assert_eq!(before, after, "a write after the snapshot is invisible to it");
+    assert_eq!(store.read(|v| v.tuple("/a/", "f")).await.unwrap().unwrap().value, "2");
+}
+
+#[tokio::test]
+async fn corrupt_record_is_an_error_never_data() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.append(vec![tuple("/a/", "f", "1"), tuple("/a/", "f", "2")]).await.unwrap();
+        store.close();
+    }
+    // Flip one byte of record 2 behind the store's back.
+    {
+        let cfs = keys::ALL_CFS;
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), cfs).unwrap();
+        let log = db.cf_handle(keys::CF_LOG).unwrap();
+        let mut v = db.get_cf(log, keys::log_key(2)).unwrap().unwrap();
+        let n = v.len();
+        v[n - 6] ^= 0x40;
+        db.put_cf(log, keys::log_key(2), v).unwrap();
+    }
+    let report = check(dir.path()).unwrap();
+    assert!(!report.is_ok());
+    assert!(report.problems.iter().any(|p| p.contains("crc mismatch")), "{report}");
+    let store = open(dir.path());
+    let err = store.read(|v| v.records(1, 2, 10)).await.unwrap_err();
+    assert!(matches!(err, Error::Corruption { .. }), "{err}");
+    let mut feed = store.feed(1, Filter::default());
+    assert!(matches!(feed.next().await.unwrap(), FeedItem::Record(r) if r.seq == 1));
+    assert!(matches!(feed.next().await, Err(Error::Corruption { .. })));
+}
+
+#[tokio::test]
+async fn check_passes_on_a_healthy_store_and_catches_view_drift() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.append(vec![tuple("/a/", "f", "1"), grant("l", "/a/"), doc("d", b"1")]).await.unwrap();
+        store.append(vec![tuple("/a/", "f", "2"), event("/a/", "t", b"p")]).await.unwrap();
+        store.close();
+    }
+    let report = check(dir.path()).unwrap();
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.records, 5);
+    // Make the latest view disagree with the log.
+    {
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), keys::ALL_CFS).unwrap();
+        let tuples = db.cf_handle(keys::CF_TUPLES).unwrap();
+        db.delete_cf(tuples, keys::tuple_key("/a/", "f")).unwrap();
+        let docs = db.cf_handle(keys::CF_DOCS).unwrap();
+        db.put_cf(docs, b"ghost", [1u8, 1, 1, 1]).unwrap();
+    }
+    let report = check(dir.path()).unwrap();
+    assert!(!report.is_ok());
+    let text = report.to_string();
+    assert!(text.contains("has no latest row"), "{text}");
+    assert!(text.contains("ghost"), "{text}");
+}
