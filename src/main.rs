@@ -9,10 +9,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use pepper_storage::{Durability, Options, Store};
+use pepper_storage::{Durability, Options, Retention, Store};
 
 #[derive(Parser)]
 #[command(
@@ -43,14 +44,49 @@ enum Command {
         /// `buffered` (after it is written to the OS).
         #[arg(long, env = "PEPPER_DURABILITY", value_enum, default_value_t = DurabilityArg::Sync)]
         durability: DurabilityArg,
+        #[command(flatten)]
+        retention: RetentionArgs,
     },
     /// Check a data folder offline: record crcs, contiguous sequence numbers,
     /// and views that agree with the log. Exits non-zero on any problem.
     Check {
         /// Folder of the store to check.
-        #[arg(long, default_value = "./pepper-data")]
+        #[arg(long, env = "PEPPER_DATA", default_value = "./pepper-data")]
         data: PathBuf,
     },
+}
+
+/// Retention flags; each one left out keeps everything along its axis.
+#[derive(clap::Args)]
+struct RetentionArgs {
+    /// Trim log records older than this many seconds.
+    #[arg(long, env = "PEPPER_LOG_MAX_AGE_S")]
+    log_max_age_s: Option<u64>,
+    /// Trim the oldest log records while the log holds more than this many bytes.
+    #[arg(long, env = "PEPPER_LOG_MAX_BYTES")]
+    log_max_bytes: Option<u64>,
+    /// Keep at most this many history rows per (channel, field).
+    #[arg(long, env = "PEPPER_HISTORY_MAX_COUNT")]
+    history_max_count: Option<u64>,
+    /// Trim history rows older than this many seconds.
+    #[arg(long, env = "PEPPER_HISTORY_MAX_AGE_S")]
+    history_max_age_s: Option<u64>,
+    /// Seconds between retention passes.
+    #[arg(long, env = "PEPPER_RETENTION_INTERVAL_S", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    retention_interval_s: u64,
+}
+
+impl From<RetentionArgs> for Retention {
+    fn from(a: RetentionArgs) -> Retention {
+        Retention {
+            log_max_age: a.log_max_age_s.map(Duration::from_secs),
+            log_max_bytes: a.log_max_bytes,
+            history_max_count: a.history_max_count,
+            history_max_age: a.history_max_age_s.map(Duration::from_secs),
+            interval: Duration::from_secs(a.retention_interval_s),
+            ..Retention::default()
+        }
+    }
 }
 
 /// The `--durability` values.
@@ -78,7 +114,14 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { data, listen, site, durability } => serve(data, listen, site, durability.into()),
+        Command::Serve { data, listen, site, durability, retention } => {
+            let options = Options {
+                site: site.unwrap_or_else(host_name),
+                durability: durability.into(),
+                retention: retention.into(),
+            };
+            serve(data, listen, options)
+        }
         Command::Check { data } => check(&data),
     };
     match result {
@@ -105,9 +148,7 @@ fn host_name() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-fn serve(data: PathBuf, listen: SocketAddr, site: Option<String>, durability: Durability) -> anyhow::Result<ExitCode> {
-    let site = site.unwrap_or_else(host_name);
-    let options = Options { durability, ..Options::new(site) };
+fn serve(data: PathBuf, listen: SocketAddr, options: Options) -> anyhow::Result<ExitCode> {
     let store = Store::open(&data, options).with_context(|| format!("cannot open the store in {}", data.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {

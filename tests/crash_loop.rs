@@ -3,6 +3,12 @@
 //! checks that every acknowledged record is there and intact, that no batch
 //! is torn, that numbering continues, and that `pepper check` passes.
 //!
+//! SIGKILL ends the process, not the machine: the operating system still
+//! holds whatever the WAL write handed it, so this test proves atomicity,
+//! recovery and numbering, but cannot tell `sync` from `buffered` (that would
+//! take a power cut; `sync`'s fsync is covered by setting it explicitly and by
+//! the poisoning test of the write path).
+//!
 //! The child is this same test binary, re-run with a filter that selects the
 //! ignored `crash_child` test and an environment variable naming the folder.
 #![allow(clippy::unwrap_used, missing_docs)]

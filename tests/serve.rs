@@ -99,4 +99,11 @@ fn bad_flags_are_refused() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("possible values: sync, buffered"));
+    let out = Command::new(env!("CARGO_BIN_EXE_pepper"))
+        .args(["serve", "--retention-interval-s", "0", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--retention-interval-s"));
 }

@@ -7,7 +7,10 @@
 
 use std::path::Path;
 
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, Options, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, Options, WriteBufferManager,
+    DB,
+};
 
 use crate::error::{Error, Result};
 use crate::keys::{ALL_CFS, CF_HISTORY, CF_LOG, CF_TUPLES};
@@ -17,7 +20,11 @@ use crate::keys::{ALL_CFS, CF_HISTORY, CF_LOG, CF_TUPLES};
 pub const BLOCK_CACHE_BYTES: usize = 128 * 1024 * 1024;
 
 /// Size of one memtable, in bytes, before it is flushed to an SST file.
-pub const MEMTABLE_BYTES: usize = 64 * 1024 * 1024;
+pub const MEMTABLE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Memory all memtables of all column families may use together, in bytes.
+/// Past it, RocksDB flushes the largest memtables early; writers do not stall.
+pub const MEMTABLES_BYTES_MAX: usize = 128 * 1024 * 1024;
 
 /// Total WAL size after which RocksDB flushes the column families that pin
 /// the oldest WAL file, so recovery never replays more than this.
@@ -25,6 +32,7 @@ pub const WAL_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
 fn db_options() -> Options {
     let mut o = Options::default();
+    o.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager(MEMTABLES_BYTES_MAX, false));
     o.create_if_missing(true);
     o.create_missing_column_families(true);
     // Correctness: refuse to open on detected corruption rather than serve

@@ -2,10 +2,12 @@
 //!
 //! Variants are grouped by what the caller should do about them:
 //! fix the input (`InvalidInput`, `TooLarge`), look elsewhere (`NotFound`),
-//! resolve a conflict (`Conflict`), retry later (`Closed` during shutdown is
-//! not retryable, `Overloaded` is), or give up and alert an operator
-//! (`Poisoned`, `Corruption`, `Rocks`, `Io`). A reader behind retention is not
-//! an error: the feed returns [`crate::FeedItem::Compacted`] as a value.
+//! resolve a conflict (`Conflict`), stop (`Closed` at shutdown), or alert an
+//! operator (`Poisoned`, `Corruption`, `UnsupportedFormat`, `Rocks`). Only
+//! `Io` (such as a data folder still locked by a process that is exiting) may
+//! succeed on a plain retry. A full write queue is not an error: `append`
+//! waits. A reader behind retention is not an error either: the feed returns
+//! [`crate::FeedItem::Compacted`] as a value.
 
 /// Result alias for the storage crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -81,7 +83,7 @@ pub enum Error {
 impl Error {
     /// Whether the same call may succeed if retried unchanged later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Rocks(_) | Error::Io(_))
+        matches!(self, Error::Io(_))
     }
 
     /// Whether the caller's input was at fault (HTTP 4xx).

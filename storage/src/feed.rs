@@ -19,13 +19,14 @@
 //! but makes the switch-over a second code path where gaps hide.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Weak};
 
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::limits::FEED_CHUNK_RECORDS_MAX;
 use crate::record::Record;
-use crate::store::Store;
+use crate::store::{Shared, Store};
 use crate::view::View;
 
 /// Which records a feed yields. An empty filter yields every record.
@@ -72,8 +73,11 @@ pub enum FeedItem {
 }
 
 /// A change feed. Obtain one with [`Store::feed`].
+///
+/// A feed does not keep the store open: once the store is closed, it ends
+/// with `Closed`.
 pub struct Feed {
-    store: Store,
+    shared: Weak<Shared>,
     next: u64,
     filter: Filter,
     durable: watch::Receiver<u64>,
@@ -87,9 +91,10 @@ enum Chunk {
 }
 
 impl Feed {
-    pub(crate) fn new(store: Store, from_seq: u64, filter: Filter) -> Feed {
-        let durable = store.subscribe_durable();
-        Feed { store, next: from_seq.max(1), filter, durable, buffer: VecDeque::new(), ended: false }
+    pub(crate) fn new(store: &Store, from_seq: u64, filter: Filter) -> Feed {
+        let durable = store.shared().durable.subscribe();
+        let shared = Arc::downgrade(store.shared());
+        Feed { shared, next: from_seq.max(1), filter, durable, buffer: VecDeque::new(), ended: false }
     }
 
     /// The sequence number the feed will look at next.
@@ -100,8 +105,7 @@ impl Feed {
     /// Waits for the next matching record.
     ///
     /// # Errors
-    /// `Corruption` if the log is damaged, `Closed` once the store is closed
-    /// and every durable record has been yielded.
+    /// `Corruption` if the log is damaged, `Closed` once the store is closed.
     pub async fn next(&mut self) -> Result<FeedItem> {
         loop {
             if let Some(rec) = self.buffer.pop_front() {
@@ -112,10 +116,13 @@ impl Feed {
             }
             let durable = *self.durable.borrow_and_update();
             if self.next <= durable {
-                let (store, from, filter) = (self.store.clone(), self.next, self.filter.clone());
-                let chunk = tokio::task::spawn_blocking(move || read_chunk(&store, from, durable, &filter))
-                    .await
-                    .map_err(|e| Error::Io(std::io::Error::other(format!("feed read task failed: {e}"))))??;
+                let (shared, from, filter) = (self.shared.clone(), self.next, self.filter.clone());
+                let chunk = tokio::task::spawn_blocking(move || match shared.upgrade() {
+                    Some(shared) => read_chunk(&shared, from, durable, &filter),
+                    None => Err(Error::Closed),
+                })
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(format!("feed read task failed: {e}"))))??;
                 match chunk {
                     Chunk::Records { records, next } => {
                         self.next = next;
@@ -129,8 +136,8 @@ impl Feed {
                 continue;
             }
             if self.durable.changed().await.is_err() {
-                // The writer is gone: drain what is durable, then end.
-                self.ended = *self.durable.borrow() < self.next;
+                // The store was closed.
+                self.ended = true;
             }
         }
     }
@@ -147,8 +154,8 @@ impl Feed {
     }
 }
 
-fn read_chunk(store: &Store, from: u64, durable: u64, filter: &Filter) -> Result<Chunk> {
-    let view = View::new(store.shared())?;
+fn read_chunk(shared: &Shared, from: u64, durable: u64, filter: &Filter) -> Result<Chunk> {
+    let view = View::new(shared)?;
     // The floor is read from the same snapshot as the records: if it says
     // `from` is retained, the snapshot holds every record from `from` on.
     if from < view.earliest_seq() {

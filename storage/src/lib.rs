@@ -28,14 +28,14 @@ mod view;
 mod writer;
 
 pub use check::{check, CheckReport, CHECK_PROBLEMS_LISTED_MAX};
-pub use db::{BLOCK_CACHE_BYTES, MEMTABLE_BYTES, WAL_BYTES_MAX};
+pub use db::{BLOCK_CACHE_BYTES, MEMTABLES_BYTES_MAX, MEMTABLE_BYTES, WAL_BYTES_MAX};
 pub use error::{Error, Result};
 pub use feed::{Feed, FeedItem, Filter};
 pub use record::{
     Body, Distribution, DocDelete, DocPut, Event, Kind, LeaseEnd, LeaseGrant, LeaseRenew, Party, Record, Target,
     TupleSet, RECORD_VERSION,
 };
-pub use retention::{enforce_async as enforce_retention, Retention, RetentionReport};
+pub use retention::{Retention, RetentionReport};
 pub use rows::{Doc, HistoryEntry, Lease, Tuple, ROW_VERSION};
 pub use store::{now_us, Durability, Options, StatsSnapshot, Store, FORMAT_VERSION, RETENTION_INTERVAL_DEFAULT};
 pub use view::{HistoryRange, Order, Page, TupleCursor, View};

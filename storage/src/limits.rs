@@ -60,9 +60,9 @@ pub const FEED_CHUNK_RECORDS_MAX: u64 = 4096;
 /// with a cursor.
 pub const READ_ROWS_MAX: usize = 10_000;
 
-/// Most history rows one retention pass deletes; the rest wait for the next
-/// pass, so a pass never builds an unbounded WriteBatch.
-pub const HISTORY_TRIM_ROWS_MAX: usize = 100_000;
+/// Default for the most history iterator steps one retention pass takes; the
+/// pass then stops at a tuple boundary and the next one resumes there.
+pub const HISTORY_TRIM_STEPS_MAX: u64 = 1_000_000;
 
 /// Most log records one retention pass scans to decide a new floor.
 pub const LOG_TRIM_SCAN_MAX: u64 = 1_000_000;

@@ -4,29 +4,41 @@
 //! write, so trims are ordered with appends and the counters they change
 //! (`floor`, `log_bytes`) stay exact:
 //!
-//! - **Log.** Record times never decrease along the log, so everything older
-//!   than the age limit is a prefix; so is whatever must go to bring the log
-//!   under its byte limit. The pass deletes that prefix with one range
-//!   delete and raises the floor. Feeds below the new floor get `Compacted`.
-//! - **History.** For each (channel, field), the oldest rows beyond the
-//!   count limit and the rows older than the age limit go. The latest value
-//!   lives in its own family and is never trimmed.
+//! - **Log.** Record times never decrease along the log (LOG-4), so
+//!   everything older than the age limit is a prefix; so is whatever must go
+//!   to bring the log under its byte limit. The pass deletes that prefix with
+//!   one range delete and raises the floor. Feeds below the new floor get
+//!   `Compacted`.
+//! - **History.** Each (channel, field) keeps its rows as one contiguous run
+//!   of keys, oldest first. Rows older than the age limit are a prefix of the
+//!   run (times never decrease), found by walking forward from its start; the
+//!   rows beyond the count limit are the prefix before the `max`-th newest,
+//!   found by walking back from its end. Either way the pass deletes one key
+//!   range per tuple and never reads the rows it keeps beyond the limit. The
+//!   latest value lives in its own family and is never trimmed.
 //!
-//! A pass is bounded ([`LOG_TRIM_SCAN_MAX`], [`HISTORY_TRIM_ROWS_MAX`]); a
-//! large backlog is worked off over several passes. A plan made on a stale
-//! snapshot (the floor moved in between) is refused by the writer and simply
-//! redone on the next pass.
+//! Every pass is bounded: the log scan by [`LOG_TRIM_SCAN_MAX`] records, the
+//! history walk by [`Retention::history_steps_per_pass`] iterator steps. A
+//! history pass that runs out of steps remembers the tuple it reached and the
+//! next pass resumes there, so one busy tuple never starves the others and a
+//! large store is covered over several passes rather than in one long stall.
+//!
+//! A plan made on a stale snapshot (the floor moved in between) is refused by
+//! the writer and simply redone on the next pass. Range deletes of history
+//! rows are safe against concurrent appends: new rows always have larger
+//! sequence numbers, so they sort after every planned range.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 use crate::keys::{self, CF_HISTORY, CF_LOG};
-use crate::limits::{HISTORY_TRIM_ROWS_MAX, LOG_TRIM_SCAN_MAX};
+use crate::limits::{HISTORY_TRIM_STEPS_MAX, LOG_TRIM_SCAN_MAX};
 use crate::record::peek_time_us;
-use crate::rows::{decode_row, HistoryRow};
-use crate::store::{Store, RETENTION_INTERVAL_DEFAULT};
+use crate::rows::history_row_time;
+use crate::store::{Shared, RETENTION_INTERVAL_DEFAULT};
 use crate::view::View;
 use crate::writer::Request;
 
@@ -43,6 +55,9 @@ pub struct Retention {
     pub history_max_age: Option<Duration>,
     /// How often the background task runs a pass.
     pub interval: Duration,
+    /// Most history iterator steps one pass takes before it stops at a tuple
+    /// boundary and leaves the rest to the next pass.
+    pub history_steps_per_pass: u64,
 }
 
 impl Default for Retention {
@@ -53,6 +68,7 @@ impl Default for Retention {
             history_max_count: None,
             history_max_age: None,
             interval: RETENTION_INTERVAL_DEFAULT,
+            history_steps_per_pass: HISTORY_TRIM_STEPS_MAX,
         }
     }
 }
@@ -76,14 +92,16 @@ pub struct RetentionReport {
     pub log_bytes: u64,
     /// The floor after the pass.
     pub floor: u64,
-    /// History rows removed.
-    pub history_rows: u64,
+    /// Tuples whose oldest history rows were removed.
+    pub history_tuples: u64,
+    /// Whether the history walk stopped early and the next pass resumes it.
+    pub history_resumes: bool,
 }
 
 impl RetentionReport {
     /// Whether the pass removed nothing.
     pub fn is_empty(&self) -> bool {
-        self.log_records == 0 && self.history_rows == 0
+        self.log_records == 0 && self.history_tuples == 0
     }
 }
 
@@ -99,33 +117,30 @@ pub(crate) struct LogTrim {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct TrimPlan {
     pub log: Option<LogTrim>,
-    pub history: Vec<Vec<u8>>,
+    /// History key ranges `[start, end)`, each within one tuple's run.
+    pub history: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-pub(crate) fn enforce(store: &Store, policy: &Retention, now_us: u64) -> Result<RetentionReport> {
-    let (plan, report) = store.read_blocking(|view| plan(store, view, policy, now_us))?;
-    if plan.log.is_none() && plan.history.is_empty() {
+impl TrimPlan {
+    fn is_empty(&self) -> bool {
+        self.log.is_none() && self.history.is_empty()
+    }
+}
+
+/// Plans one pass and has the writer apply it, blocking the calling thread.
+pub(crate) fn enforce(
+    shared: &Arc<Shared>,
+    tx: &mpsc::Sender<Request>,
+    policy: &Retention,
+    now_us: u64,
+) -> Result<RetentionReport> {
+    let (plan, report) = plan(shared, policy, now_us)?;
+    if plan.is_empty() {
         return Ok(report);
     }
     let (reply, rx) = oneshot::channel();
-    store.submit_trim_blocking(Request::Trim { plan, reply })?;
+    tx.blocking_send(Request::Trim { plan, reply }).map_err(|_| Error::Closed)?;
     rx.blocking_recv().map_err(|_| Error::Closed)??;
-    Ok(report)
-}
-
-/// [`enforce`] for async callers: the pass runs on a blocking-pool thread.
-pub async fn enforce_async(store: &Store, policy: &Retention, now_us: u64) -> Result<RetentionReport> {
-    let (store2, policy) = (store.clone(), policy.clone());
-    let (plan, report) =
-        tokio::task::spawn_blocking(move || store2.read_blocking(|view| plan(&store2, view, &policy, now_us)))
-            .await
-            .map_err(|e| Error::Io(std::io::Error::other(format!("retention task failed: {e}"))))??;
-    if plan.log.is_none() && plan.history.is_empty() {
-        return Ok(report);
-    }
-    let (reply, rx) = oneshot::channel();
-    store.submit_trim(Request::Trim { plan, reply }).await?;
-    rx.await.map_err(|_| Error::Closed)??;
     Ok(report)
 }
 
@@ -133,104 +148,160 @@ fn cutoff(now_us: u64, age: Option<Duration>) -> Option<u64> {
     age.map(|a| now_us.saturating_sub(a.as_micros().min(u128::from(u64::MAX)) as u64))
 }
 
-fn plan(store: &Store, view: &View<'_>, policy: &Retention, now_us: u64) -> Result<(TrimPlan, RetentionReport)> {
-    let shared = store.shared();
+fn plan(shared: &Shared, policy: &Retention, now_us: u64) -> Result<(TrimPlan, RetentionReport)> {
+    let view = View::new(shared)?;
     let mut plan = TrimPlan::default();
     let mut report = RetentionReport { floor: view.earliest_seq(), ..RetentionReport::default() };
-
-    // Log: find the end of the prefix that is too old or over the byte budget.
-    let age_cut = cutoff(now_us, policy.log_max_age);
-    if age_cut.is_some() || policy.log_max_bytes.is_some() {
-        let total = {
-            let meta = shared.cf(keys::CF_META)?;
-            let mut o = rocksdb::ReadOptions::default();
-            o.set_snapshot(view.snapshot());
-            match shared.db.get_pinned_cf_opt(meta, keys::META_LOG_BYTES, &o)? {
-                Some(v) => keys::decode_u64(&v).ok_or_else(|| Error::corruption("meta log_bytes", "not a u64"))?,
-                None => 0,
-            }
-        };
-        let mut excess = policy.log_max_bytes.map_or(0, |max| total.saturating_sub(max));
-        let from = view.earliest_seq();
-        let mut to = from;
-        let mut bytes = 0u64;
-        let mut o = rocksdb::ReadOptions::default();
-        o.set_snapshot(view.snapshot());
-        o.set_iterate_lower_bound(keys::log_key(from).to_vec());
-        if let Some(end) = view.seq().checked_add(1) {
-            o.set_iterate_upper_bound(keys::log_key(end).to_vec());
-        }
-        let mut it = shared.db.raw_iterator_cf_opt(shared.cf(CF_LOG)?, o);
-        it.seek_to_first();
-        let mut scanned = 0;
-        while it.valid() && scanned < LOG_TRIM_SCAN_MAX {
-            let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
-            let seq = keys::decode_u64(key).ok_or_else(|| Error::corruption("log", "key is not a u64"))?;
-            let old = match (age_cut, peek_time_us(value)) {
-                (Some(cut), Some(t)) => t < cut,
-                _ => false,
-            };
-            if !old && excess == 0 {
-                break;
-            }
-            let len = value.len() as u64;
-            excess = excess.saturating_sub(len);
-            bytes += len;
-            to = seq + 1;
-            scanned += 1;
-            it.next();
-        }
-        it.status()?;
-        if to > from {
-            report.log_records = to - from;
-            report.log_bytes = bytes;
-            report.floor = to;
-            plan.log = Some(LogTrim { from, to, bytes });
-        }
-    }
-
-    // History: per (channel, field), the oldest rows beyond the count and the
-    // rows older than the age limit. Keys sort by tuple, then seq, so each
-    // tuple's rows are one contiguous run, oldest first.
-    let age_cut = cutoff(now_us, policy.history_max_age);
-    if age_cut.is_some() || policy.history_max_count.is_some() {
-        let mut o = rocksdb::ReadOptions::default();
-        o.set_snapshot(view.snapshot());
-        let mut it = shared.db.raw_iterator_cf_opt(shared.cf(CF_HISTORY)?, o);
-        it.seek_to_first();
-        let mut run: Vec<(Vec<u8>, bool)> = Vec::new(); // (key, older than the cut)
-        let mut run_prefix: Vec<u8> = Vec::new();
-        let flush = |run: &mut Vec<(Vec<u8>, bool)>, out: &mut Vec<Vec<u8>>| {
-            let over = policy.history_max_count.map_or(0, |max| (run.len() as u64).saturating_sub(max));
-            for (i, (key, old)) in run.drain(..).enumerate() {
-                if (i as u64) < over || old {
-                    out.push(key);
-                }
-            }
-        };
-        while it.valid() && plan.history.len() < HISTORY_TRIM_ROWS_MAX {
-            let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
-            let prefix = &key[..key.len().saturating_sub(8)];
-            if prefix != run_prefix.as_slice() {
-                flush(&mut run, &mut plan.history);
-                run_prefix = prefix.to_vec();
-            }
-            let old = match age_cut {
-                Some(cut) => decode_row::<HistoryRow>("history", key, value)?.time_us < cut,
-                None => false,
-            };
-            run.push((key.to_vec(), old));
-            if run.len() >= HISTORY_TRIM_ROWS_MAX {
-                // One tuple's history is larger than a pass: trim its oldest
-                // rows now and let the next pass continue.
-                break;
-            }
-            it.next();
-        }
-        it.status()?;
-        flush(&mut run, &mut plan.history);
-        plan.history.truncate(HISTORY_TRIM_ROWS_MAX);
-        report.history_rows = plan.history.len() as u64;
-    }
+    plan_log(shared, &view, policy, now_us, &mut plan, &mut report)?;
+    plan_history(shared, &view, policy, now_us, &mut plan, &mut report)?;
     Ok((plan, report))
+}
+
+fn read_options(view: &View<'_>) -> rocksdb::ReadOptions {
+    let mut o = rocksdb::ReadOptions::default();
+    o.set_snapshot(view.snapshot());
+    o.set_verify_checksums(true);
+    o
+}
+
+/// The end of the log prefix that is too old or over the byte budget.
+fn plan_log(
+    shared: &Shared,
+    view: &View<'_>,
+    policy: &Retention,
+    now_us: u64,
+    plan: &mut TrimPlan,
+    report: &mut RetentionReport,
+) -> Result<()> {
+    let age_cut = cutoff(now_us, policy.log_max_age);
+    if age_cut.is_none() && policy.log_max_bytes.is_none() {
+        return Ok(());
+    }
+    let total =
+        match shared.db.get_pinned_cf_opt(shared.cf(keys::CF_META)?, keys::META_LOG_BYTES, &read_options(view))? {
+            Some(v) => keys::decode_u64(&v).ok_or_else(|| Error::corruption("meta log_bytes", "not a u64"))?,
+            None => 0,
+        };
+    let mut excess = policy.log_max_bytes.map_or(0, |max| total.saturating_sub(max));
+    let from = view.earliest_seq();
+    let mut o = read_options(view);
+    o.set_iterate_lower_bound(keys::log_key(from).to_vec());
+    if let Some(end) = view.seq().checked_add(1) {
+        o.set_iterate_upper_bound(keys::log_key(end).to_vec());
+    }
+    let mut it = shared.db.raw_iterator_cf_opt(shared.cf(CF_LOG)?, o);
+    it.seek_to_first();
+    let (mut to, mut bytes, mut scanned) = (from, 0u64, 0u64);
+    while it.valid() && scanned < LOG_TRIM_SCAN_MAX {
+        let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+        let seq = keys::decode_u64(key).ok_or_else(|| Error::corruption("log", "key is not a u64"))?;
+        let old = matches!((age_cut, peek_time_us(value)), (Some(cut), Some(t)) if t < cut);
+        if !old && excess == 0 {
+            break;
+        }
+        let len = value.len() as u64;
+        excess = excess.saturating_sub(len);
+        bytes += len;
+        to = seq + 1;
+        scanned += 1;
+        it.next();
+    }
+    it.status()?;
+    if to > from {
+        report.log_records = to - from;
+        report.log_bytes = bytes;
+        report.floor = to;
+        plan.log = Some(LogTrim { from, to, bytes });
+    }
+    Ok(())
+}
+
+/// One key range per tuple whose oldest history rows must go.
+fn plan_history(
+    shared: &Shared,
+    view: &View<'_>,
+    policy: &Retention,
+    now_us: u64,
+    plan: &mut TrimPlan,
+    report: &mut RetentionReport,
+) -> Result<()> {
+    let age_cut = cutoff(now_us, policy.history_max_age);
+    if age_cut.is_none() && policy.history_max_count.is_none() {
+        return Ok(());
+    }
+    let mut resume = shared.history_resume.lock().map_err(|_| Error::Closed)?;
+    let mut it = shared.db.raw_iterator_cf_opt(shared.cf(CF_HISTORY)?, read_options(view));
+    match resume.take() {
+        Some(key) => it.seek(key),
+        None => it.seek_to_first(),
+    }
+    let budget = policy.history_steps_per_pass.max(1);
+    let mut steps = 0u64;
+    let in_run = |it: &rocksdb::DBRawIteratorWithThreadMode<'_, rocksdb::DB>, prefix: &[u8]| {
+        it.valid() && it.key().is_some_and(|k| k.starts_with(prefix))
+    };
+    while it.valid() {
+        let Some(run_start) = it.key().map(<[u8]>::to_vec) else { break };
+        // The tuple's run: every key starting with `channel 00 field 00`.
+        let Some(prefix) = run_start.len().checked_sub(8).map(|n| run_start[..n].to_vec()) else {
+            return Err(Error::corruption("history", "key shorter than a sequence number"));
+        };
+        let end = keys::prefix_end(&prefix).ok_or_else(|| Error::corruption("history", "key has no successor"))?;
+        if steps >= budget {
+            *resume = Some(prefix);
+            report.history_resumes = true;
+            break;
+        }
+        let mut cut: Option<Vec<u8>> = None;
+        if let Some(age_cut) = age_cut {
+            // Old rows are a prefix of the run: walk until the first young one.
+            while in_run(&it, &prefix) && steps < budget {
+                steps += 1;
+                let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+                if history_row_time(key, value)? >= age_cut {
+                    break;
+                }
+                it.next();
+            }
+            cut =
+                Some(if in_run(&it, &prefix) { it.key().map(<[u8]>::to_vec).unwrap_or_default() } else { end.clone() });
+            if steps >= budget && in_run(&it, &prefix) {
+                // Out of steps inside an old prefix: trim what was seen and
+                // resume with this tuple.
+                push_range(plan, report, &run_start, cut);
+                *resume = Some(prefix);
+                report.history_resumes = true;
+                break;
+            }
+        }
+        if let Some(max) = policy.history_max_count {
+            // Walk back over the `max` newest rows; anything older goes.
+            it.seek_for_prev(&end);
+            let mut oldest_kept = end.clone();
+            let mut kept = 0;
+            while kept < max && in_run(&it, &prefix) {
+                oldest_kept = it.key().map(<[u8]>::to_vec).unwrap_or_default();
+                kept += 1;
+                steps += 1;
+                it.prev();
+            }
+            if in_run(&it, &prefix) {
+                cut = cut.max(Some(oldest_kept));
+            }
+        }
+        push_range(plan, report, &run_start, cut);
+        it.seek(&end);
+        steps += 1;
+    }
+    it.status()?;
+    Ok(())
+}
+
+fn push_range(plan: &mut TrimPlan, report: &mut RetentionReport, start: &[u8], cut: Option<Vec<u8>>) {
+    if let Some(cut) = cut {
+        if cut.as_slice() > start {
+            plan.history.push((start.to_vec(), cut));
+            report.history_tuples += 1;
+        }
+    }
 }

@@ -35,6 +35,17 @@ pub(crate) fn decode_row<T: DeserializeOwned>(what: &str, key: &[u8], bytes: &[u
     }
 }
 
+/// The time of a history row, without decoding the rest of it: `time_us` is
+/// the row's first field.
+pub(crate) fn history_row_time(key: &[u8], bytes: &[u8]) -> Result<u64> {
+    match bytes.split_first() {
+        Some((&ROW_VERSION, body)) => postcard::take_from_bytes::<u64>(body)
+            .map(|(t, _)| t)
+            .map_err(|e| Error::corruption(format!("history {}", String::from_utf8_lossy(key)), e.to_string())),
+        _ => decode_row::<HistoryRow>("history", key, bytes).map(|r| r.time_us),
+    }
+}
+
 /// The stored latest value of a tuple; the key holds channel and field.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct TupleRow {

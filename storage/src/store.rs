@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -98,6 +98,11 @@ pub(crate) struct Shared {
     pub floor: AtomicU64,
     poisoned: OnceLock<String>,
     pub stats: Stats,
+    /// Where the next history retention pass resumes (a tuple's key prefix).
+    pub history_resume: Mutex<Option<Vec<u8>>>,
+    /// Test hook: the writer's next batch write fails as if the WAL did.
+    #[cfg(test)]
+    pub fail_next_write: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -126,22 +131,18 @@ struct Inner {
     path: PathBuf,
     tx: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
-    retention: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
+    retention: Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Ok(mut slot) = self.retention.lock() {
-            if let Some((stop, handle)) = slot.take() {
-                drop(stop);
-                // The retention thread may itself hold the last handle; it
-                // cannot join itself.
-                if handle.thread().id() != std::thread::current().id() {
-                    let _ = handle.join();
-                }
-            }
+        // The retention thread holds a sender to the writer: stop it first.
+        if let Some((stop, handle)) = self.retention.take() {
+            drop(stop);
+            let _ = handle.join();
         }
-        // Dropping the sender lets the writer drain its queue and exit.
+        // Dropping the last sender lets the writer commit what is queued and
+        // exit; joining it waits at most for that last group commit.
         self.tx.take();
         if let Some(handle) = self.writer.take() {
             let _ = handle.join();
@@ -208,18 +209,19 @@ impl Store {
             floor: AtomicU64::new(floor),
             poisoned: OnceLock::new(),
             stats: Stats::default(),
+            history_resume: Mutex::new(None),
+            #[cfg(test)]
+            fail_next_write: std::sync::atomic::AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_REQUESTS_MAX);
         let writer = Writer::new(shared.clone(), next_seq, log_bytes, last_time_us, floor);
         let writer = std::thread::Builder::new().name("pepper-writer".into()).spawn(move || writer.run(rx))?;
-        tracing::info!(path = %path.display(), next_seq, floor, "store opened");
-        let store = Store {
-            inner: Arc::new(Inner { shared, path, tx: Some(tx), writer: Some(writer), retention: Mutex::new(None) }),
+        let retention = match options.retention.is_enabled() {
+            true => Some(start_retention(shared.clone(), tx.clone(), options.retention)?),
+            false => None,
         };
-        if options.retention.is_enabled() {
-            store.start_retention(options.retention)?;
-        }
-        Ok(store)
+        tracing::info!(path = %path.display(), next_seq, floor, "store opened");
+        Ok(Store { inner: Arc::new(Inner { shared, path, tx: Some(tx), writer: Some(writer), retention }) })
     }
 
     /// The folder the store lives in.
@@ -347,64 +349,61 @@ impl Store {
 
     /// A change feed from `from_seq` (inclusive), filtered. See [`Feed`].
     pub fn feed(&self, from_seq: u64, filter: Filter) -> Feed {
-        Feed::new(self.clone(), from_seq, filter)
+        Feed::new(self, from_seq, filter)
     }
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.inner.shared
     }
 
-    pub(crate) fn subscribe_durable(&self) -> watch::Receiver<u64> {
-        self.inner.shared.durable.subscribe()
-    }
-
-    pub(crate) async fn submit_trim(&self, req: Request) -> Result<()> {
-        self.sender()?.send(req).await.map_err(|_| Error::Closed)
-    }
-
-    pub(crate) fn submit_trim_blocking(&self, req: Request) -> Result<()> {
-        self.sender()?.blocking_send(req).map_err(|_| Error::Closed)
-    }
-
     /// Applies the retention policy once, as of `now_us`, on the calling
-    /// thread. The background task calls this on its interval; tests call it
-    /// with a chosen clock.
+    /// thread, which may block on disk and on the writer. The background task
+    /// runs the same pass on its interval; tests call it with a chosen clock.
     ///
     /// # Errors
     /// Read errors while planning, or the writer's refusal.
     pub fn enforce_retention_blocking(&self, policy: &Retention, now_us: u64) -> Result<RetentionReport> {
-        crate::retention::enforce(self, policy, now_us)
+        crate::retention::enforce(&self.inner.shared, self.sender()?, policy, now_us)
     }
 
-    fn start_retention(&self, policy: Retention) -> Result<()> {
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        let interval = policy.interval;
-        let handle = std::thread::Builder::new().name("pepper-retention".into()).spawn(move || loop {
-            match stopped.recv_timeout(interval) {
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                _ => return,
-            }
-            let Some(inner) = weak.upgrade() else { return };
-            let store = Store { inner };
-            match store.enforce_retention_blocking(&policy, now_us()) {
-                Ok(report) if report.is_empty() => {}
-                Ok(report) => tracing::info!(?report, "retention trimmed"),
-                Err(e) => tracing::warn!(error = %e, "retention pass failed"),
-            }
-        })?;
-        if let Ok(mut slot) = self.inner.retention.lock() {
-            *slot = Some((stop, handle));
-        }
-        Ok(())
+    /// [`Store::enforce_retention_blocking`] on a blocking-pool thread.
+    ///
+    /// # Errors
+    /// As [`Store::enforce_retention_blocking`].
+    pub async fn enforce_retention(&self, policy: &Retention, now_us: u64) -> Result<RetentionReport> {
+        let (store, policy) = (self.clone(), policy.clone());
+        tokio::task::spawn_blocking(move || store.enforce_retention_blocking(&policy, now_us))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(format!("retention task failed: {e}"))))?
     }
 
     /// Closes the store: waits for queued writes to commit and the background
-    /// threads to stop. Other clones of the handle keep it open until they
-    /// are dropped too.
+    /// threads to stop, then closes RocksDB. Other clones of the handle keep
+    /// it open until they are dropped too; feeds do not (they end with
+    /// `Closed`). It blocks: call it from a blocking context.
     pub fn close(self) {
         drop(self);
     }
+}
+
+fn start_retention(
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Request>,
+    policy: Retention,
+) -> Result<(std::sync::mpsc::Sender<()>, JoinHandle<()>)> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let handle = std::thread::Builder::new().name("pepper-retention".into()).spawn(move || loop {
+        match stopped.recv_timeout(policy.interval) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        match crate::retention::enforce(&shared, &tx, &policy, now_us()) {
+            Ok(report) if report.is_empty() => {}
+            Ok(report) => tracing::info!(?report, "retention trimmed"),
+            Err(e) => tracing::warn!(error = %e, "retention pass failed"),
+        }
+    })?;
+    Ok((stop, handle))
 }
 
 /// How long [`Retention::default`]'s background task sleeps between passes.
@@ -432,6 +431,46 @@ impl Shared {
             floor: AtomicU64::new(1),
             poisoned: OnceLock::new(),
             stats: Stats::default(),
+            history_resume: Mutex::new(None),
+            #[cfg(test)]
+            fail_next_write: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Party, TupleSet};
+
+    fn tuple(value: &str) -> Body {
+        Body::TupleSet(TupleSet {
+            channel: "/a/".into(),
+            field: "f".into(),
+            value: value.into(),
+            expires_at_us: None,
+            source: Party::default(),
+        })
+    }
+
+    #[test]
+    fn a_failed_wal_write_poisons_the_store_until_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Options::new("s")).expect("open");
+        store.append_blocking(vec![tuple("1")]).expect("first append");
+        store.inner.shared.fail_next_write.store(true, Ordering::Release);
+        let err = store.append_blocking(vec![tuple("2")]).expect_err("the injected failure must surface");
+        assert!(matches!(err, Error::Poisoned(_)), "{err}");
+        // Every later write is refused, though the WAL would work again.
+        let err = store.append_blocking(vec![tuple("3")]).expect_err("poisoned");
+        assert!(matches!(err, Error::Poisoned(ref r) if r.contains("injected")), "{err}");
+        assert!(store.poisoned().is_some());
+        // Reads still work, and show only what was acknowledged.
+        let t = store.read_blocking(|v| v.tuple("/a/", "f")).expect("read").expect("tuple");
+        assert_eq!((t.value.as_str(), store.last_seq()), ("1", 1));
+        store.close();
+        let store = Store::open(dir.path(), Options::new("s")).expect("reopen");
+        assert_eq!(store.poisoned(), None);
+        assert_eq!(store.append_blocking(vec![tuple("4")]).expect("after reopen").first, 2);
     }
 }

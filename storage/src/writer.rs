@@ -128,7 +128,8 @@ impl Writer {
         let start = (self.next_seq, self.log_bytes, self.last_time_us, self.floor);
         let time_us = now_us().max(self.last_time_us);
         let mut dirty = false;
-        for req in group {
+        let mut group = group.into_iter();
+        while let Some(req) = group.next() {
             match req {
                 Request::Append { records, reply, .. } => {
                     // A refused request touches nothing: it is checked before
@@ -144,12 +145,15 @@ impl Writer {
                         }
                         Err(e) => {
                             // The batch may hold part of this request: drop the
-                            // whole group unwritten. Nothing reached the WAL, so
-                            // the store is not poisoned.
+                            // whole group unwritten, and tell every caller in it.
+                            // Nothing reached the WAL, so the store is not poisoned.
                             let reason = e.to_string();
                             let abort =
                                 || Error::corruption("write group", format!("group aborted unwritten: {reason}"));
                             let _ = reply.send(Err(abort()));
+                            for rest in group {
+                                reply_err(rest, abort());
+                            }
                             self.fail_group(start, abort, acks, trim_acks);
                             return;
                         }
@@ -178,7 +182,7 @@ impl Writer {
         opts.set_sync(self.shared.durability == Durability::Sync);
         opts.disable_wal(false);
         let records = acks.iter().map(|(_, a)| a.last - a.first + 1).sum::<u64>();
-        if let Err(e) = self.shared.db.write_opt(batch, &opts) {
+        if let Err(e) = self.write(batch, &opts) {
             let reason = format!("WAL write failed: {e}");
             tracing::error!(%reason, "store poisoned; refusing writes until reopened");
             self.shared.poison(reason.clone());
@@ -196,6 +200,15 @@ impl Writer {
         for reply in trim_acks {
             let _ = reply.send(Ok(()));
         }
+    }
+
+    /// The one place the writer hands a batch to RocksDB.
+    fn write(&self, batch: WriteBatch, opts: &WriteOptions) -> Result<(), String> {
+        #[cfg(test)]
+        if self.shared.fail_next_write.swap(false, Ordering::AcqRel) {
+            return Err("injected WAL failure".to_string());
+        }
+        self.shared.db.write_opt(batch, opts).map_err(|e| e.to_string())
     }
 
     fn fail_group(
@@ -338,8 +351,8 @@ impl Writer {
             self.log_bytes -= log.bytes;
         }
         let history = self.shared.cf(CF_HISTORY)?;
-        for key in &plan.history {
-            batch.delete_cf(history, key);
+        for (start, end) in &plan.history {
+            batch.delete_range_cf(history, start, end);
         }
         Ok(())
     }

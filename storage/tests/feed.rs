@@ -120,7 +120,7 @@ async fn a_start_below_retention_gets_compacted_with_the_earliest_seq() {
     // Keep roughly the newest 40 records by bytes.
     let rec_bytes = store.read(|v| v.records(100, 100, 1)).await.unwrap()[0].encode().unwrap().len() as u64;
     let policy = Retention { log_max_bytes: Some(rec_bytes * 40), ..Retention::default() };
-    let report = enforce_retention(&store, &policy, now_us()).await.unwrap();
+    let report = store.enforce_retention(&policy, now_us()).await.unwrap();
     assert_eq!(report.floor, 61, "{report:?}");
     assert_eq!(store.earliest_seq(), 61);
 
@@ -138,7 +138,7 @@ async fn a_start_below_retention_gets_compacted_with_the_earliest_seq() {
     let mut lagging = store.feed(61, Filter::default());
     assert_eq!(next_record(&mut lagging).await.seq, 61);
     let policy = Retention { log_max_bytes: Some(0), ..Retention::default() };
-    enforce_retention(&store, &policy, now_us()).await.unwrap();
+    store.enforce_retention(&policy, now_us()).await.unwrap();
     let mut last = 61;
     loop {
         match lagging.next().await.unwrap() {

@@ -18,9 +18,9 @@ async fn log_by_age_trims_a_prefix_and_keeps_views() {
     let newest = store.read(|v| v.records(10, 10, 1)).await.unwrap()[0].time_us;
     // Nothing is older than an hour as of the newest record.
     let policy = Retention { log_max_age: Some(Duration::from_secs(3600)), ..Retention::default() };
-    assert!(enforce_retention(&store, &policy, newest).await.unwrap().is_empty());
+    assert!(store.enforce_retention(&policy, newest).await.unwrap().is_empty());
     // Two hours later, every record is.
-    let report = enforce_retention(&store, &policy, newest + 7_200_000_000).await.unwrap();
+    let report = store.enforce_retention(&policy, newest + 7_200_000_000).await.unwrap();
     assert_eq!((report.log_records, report.floor), (10, 11));
     // Views are untouched by log retention.
     let latest = store.read(|v| v.latest("/a/", None, 100)).await.unwrap();
@@ -40,12 +40,12 @@ async fn log_by_bytes_keeps_the_newest_under_budget() {
     }
     let size = store.read(|v| v.records(1, 1, 1)).await.unwrap()[0].encode().unwrap().len() as u64;
     let policy = Retention { log_max_bytes: Some(size * 20 + size / 2), ..Retention::default() };
-    let report = enforce_retention(&store, &policy, now_us()).await.unwrap();
+    let report = store.enforce_retention(&policy, now_us()).await.unwrap();
     assert_eq!(report.log_records, 30);
     assert_eq!(report.log_bytes, size * 30);
     assert_eq!(store.read(|v| v.records(0, u64::MAX, 100)).await.unwrap().len(), 20);
     // A second pass finds nothing to do.
-    assert!(enforce_retention(&store, &policy, now_us()).await.unwrap().is_empty());
+    assert!(store.enforce_retention(&policy, now_us()).await.unwrap().is_empty());
     store.close();
     assert!(check(dir.path()).unwrap().is_ok());
 }
@@ -59,21 +59,84 @@ async fn history_by_count_and_age_never_touches_latest() {
     }
     store.append(vec![tuple("/b/", "z", "only")]).await.unwrap();
     let policy = Retention { history_max_count: Some(3), ..Retention::default() };
-    let report = enforce_retention(&store, &policy, now_us()).await.unwrap();
-    assert_eq!(report.history_rows, 14);
+    let report = store.enforce_retention(&policy, now_us()).await.unwrap();
+    assert_eq!(report.history_tuples, 2, "x and y lose 7 rows each; z has only one");
     let hist = store.read(|v| v.history("/a/", "x", HistoryRange::default())).await.unwrap();
     assert_eq!(hist.iter().map(|h| h.value.as_str()).collect::<Vec<_>>(), ["7", "8", "9"]);
     assert_eq!(store.read(|v| v.history("/b/", "z", HistoryRange::default())).await.unwrap().len(), 1);
 
     let policy = Retention { history_max_age: Some(Duration::from_secs(60)), ..Retention::default() };
-    let report = enforce_retention(&store, &policy, now_us() + 3_600_000_000).await.unwrap();
-    assert_eq!(report.history_rows, 7);
+    let report = store.enforce_retention(&policy, now_us() + 3_600_000_000).await.unwrap();
+    assert_eq!(report.history_tuples, 3);
     assert!(store.read(|v| v.history("/a/", "x", HistoryRange::default())).await.unwrap().is_empty());
     let latest = store.read(|v| v.tuple("/a/", "x")).await.unwrap().unwrap();
     assert_eq!(latest.value, "9", "history retention never trims latest values");
     store.close();
     let report = check(dir.path()).unwrap();
     assert!(report.is_ok(), "{report}");
+}
+
+#[tokio::test]
+async fn a_busy_tuple_never_starves_the_others_and_passes_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // "/a/" sorts first and holds far more rows than one pass may walk.
+    for chunk in 0..10 {
+        let bodies = (0..100).map(|i| tuple("/a/", "busy", &format!("{chunk}-{i}"))).collect();
+        store.append(bodies).await.unwrap();
+    }
+    for c in ["/b/", "/c/", "/d/"] {
+        for i in 0..5 {
+            store.append(vec![tuple(c, "f", &i.to_string())]).await.unwrap();
+        }
+    }
+    let policy = Retention { history_max_count: Some(2), history_steps_per_pass: 4, ..Retention::default() };
+    let mut passes = 0;
+    loop {
+        passes += 1;
+        assert!(passes < 50, "retention never converged");
+        let report = store.enforce_retention(&policy, now_us()).await.unwrap();
+        let done = store
+            .read(|v| {
+                let mut lens = Vec::new();
+                for (c, f) in [("/a/", "busy"), ("/b/", "f"), ("/c/", "f"), ("/d/", "f")] {
+                    lens.push(v.history(c, f, HistoryRange::default())?.len());
+                }
+                Ok(lens)
+            })
+            .await
+            .unwrap();
+        if done == [2, 2, 2, 2] {
+            assert!(passes > 1, "a 4-step budget cannot cover four tuples in one pass: {report:?}");
+            break;
+        }
+    }
+    let kept = store.read(|v| v.history("/a/", "busy", HistoryRange::default())).await.unwrap();
+    assert_eq!(kept.iter().map(|h| h.value.as_str()).collect::<Vec<_>>(), ["9-98", "9-99"]);
+    store.close();
+    assert!(check(dir.path()).unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn an_old_prefix_longer_than_a_pass_is_trimmed_over_several() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let bodies = (0..500).map(|i| tuple("/a/", "f", &i.to_string())).collect();
+    store.append(bodies).await.unwrap();
+    let policy = Retention {
+        history_max_age: Some(Duration::from_secs(1)),
+        history_steps_per_pass: 100,
+        ..Retention::default()
+    };
+    let later = now_us() + 60_000_000;
+    let mut passes = 0;
+    while !store.read(|v| v.history("/a/", "f", HistoryRange::default())).await.unwrap().is_empty() {
+        passes += 1;
+        assert!(passes <= 10, "the old prefix is not shrinking");
+        store.enforce_retention(&policy, later).await.unwrap();
+    }
+    assert!(passes >= 5, "500 old rows at 100 steps a pass take several passes, took {passes}");
+    assert_eq!(store.read(|v| v.tuple("/a/", "f")).await.unwrap().unwrap().value, "499");
 }
 
 #[test]

@@ -294,3 +294,21 @@ async fn check_passes_on_a_healthy_store_and_catches_view_drift() {
     assert!(text.contains("has no latest row"), "{text}");
     assert!(text.contains("ghost"), "{text}");
 }
+
+#[tokio::test]
+async fn close_ends_open_feeds_and_releases_the_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.append(vec![tuple("/a/", "f", "1")]).await.unwrap();
+    let mut feed = store.feed(1, Filter::default());
+    assert!(matches!(feed.next().await.unwrap(), FeedItem::Record(r) if r.seq == 1));
+    let waiting = tokio::spawn(async move { feed.next().await });
+    let closer = store.clone();
+    tokio::task::spawn_blocking(move || closer.close()).await.unwrap();
+    drop(store);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), waiting).await.expect("feed hung").unwrap();
+    assert!(matches!(ended, Err(Error::Closed)), "{ended:?}");
+    // The folder is free again.
+    let store = open(dir.path());
+    assert_eq!(store.last_seq(), 1);
+}
