@@ -157,13 +157,6 @@ fn plan(shared: &Shared, policy: &Retention, now_us: u64) -> Result<(TrimPlan, R
     Ok((plan, report))
 }
 
-fn read_options(view: &View<'_>) -> rocksdb::ReadOptions {
-    let mut o = rocksdb::ReadOptions::default();
-    o.set_snapshot(view.snapshot());
-    o.set_verify_checksums(true);
-    o
-}
-
 /// The end of the log prefix that is too old or over the byte budget.
 fn plan_log(
     shared: &Shared,
@@ -178,17 +171,14 @@ fn plan_log(
         return Ok(());
     }
     let total =
-        match shared.db.get_pinned_cf_opt(shared.cf(keys::CF_META)?, keys::META_LOG_BYTES, &read_options(view))? {
+        match shared.db.get_pinned_cf_opt(shared.cf(keys::CF_META)?, keys::META_LOG_BYTES, &view.opts(None, None))? {
             Some(v) => keys::decode_u64(&v).ok_or_else(|| Error::corruption("meta log_bytes", "not a u64"))?,
             None => 0,
         };
     let mut excess = policy.log_max_bytes.map_or(0, |max| total.saturating_sub(max));
     let from = view.earliest_seq();
-    let mut o = read_options(view);
-    o.set_iterate_lower_bound(keys::log_key(from).to_vec());
-    if let Some(end) = view.seq().checked_add(1) {
-        o.set_iterate_upper_bound(keys::log_key(end).to_vec());
-    }
+    let upper = view.seq().checked_add(1).map(|end| keys::log_key(end).to_vec());
+    let o = view.opts(Some(keys::log_key(from).to_vec()), upper);
     let mut it = shared.db.raw_iterator_cf_opt(shared.cf(CF_LOG)?, o);
     it.seek_to_first();
     let (mut to, mut bytes, mut scanned) = (from, 0u64, 0u64);
@@ -230,7 +220,7 @@ fn plan_history(
         return Ok(());
     }
     let mut resume = shared.history_resume.lock().map_err(|_| Error::Closed)?;
-    let mut it = shared.db.raw_iterator_cf_opt(shared.cf(CF_HISTORY)?, read_options(view));
+    let mut it = shared.db.raw_iterator_cf_opt(shared.cf(CF_HISTORY)?, view.opts(None, None));
     match resume.take() {
         Some(key) => it.seek(key),
         None => it.seek_to_first(),

@@ -100,16 +100,13 @@ impl<'a> View<'a> {
         self.seq
     }
 
-    pub(crate) fn snapshot(&self) -> &SnapshotWithThreadMode<'a, DB> {
-        &self.snap
-    }
-
     /// The lowest sequence number still in the log in this view.
     pub fn earliest_seq(&self) -> u64 {
         self.floor
     }
 
-    fn opts(&self, lower: Option<Vec<u8>>, upper: Option<Vec<u8>>) -> ReadOptions {
+    /// Read options bound to this view's snapshot, with checksums verified.
+    pub(crate) fn opts(&self, lower: Option<Vec<u8>>, upper: Option<Vec<u8>>) -> ReadOptions {
         let mut o = ReadOptions::default();
         o.set_snapshot(&self.snap);
         o.set_verify_checksums(true);
