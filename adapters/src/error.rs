@@ -31,6 +31,40 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "no_route", format!("no such endpoint: {path}"))
     }
 
+    /// 400 for a channel name that breaks PsEPR's grammar.
+    pub fn bad_channel(e: pepper_router::Error) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_channel", e.to_string())
+    }
+
+    /// 403 for a client publishing on pepper's control plane.
+    pub fn reserved_channel(channel: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "reserved_channel",
+            format!("channel {channel} is reserved for pepper's control plane"),
+        )
+    }
+
+    /// 400 for an event envelope that breaks a rule.
+    pub fn invalid_event(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", message)
+    }
+
+    /// 400 for XML that is malformed, hostile or not a PsEPR envelope.
+    pub fn invalid_xml(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_xml", message)
+    }
+
+    /// 413 for input over a named limit.
+    pub fn too_large(what: &str, size: usize, max: usize) -> ApiError {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("{what} is {size}, over the limit of {max}"))
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status

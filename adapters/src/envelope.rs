@@ -1,0 +1,263 @@
+//! The event envelope on the wire, in JSON, and its mapping to log records.
+//!
+//! A published event (input) has `channel`, `type` and `payload`, and may
+//! have `id` (for idempotent retries), `from`, `to` and `distribution`. A
+//! delivered event (output) adds what the site assigned: `seq`, `time`
+//! (RFC 3339, UTC, microseconds) and `site`.
+//!
+//! ```json
+//! {"id": "e-1", "channel": "/example.com/node/h1/", "type": "attribute",
+//!  "from": {"service": "agent", "instance": "h1"},
+//!  "to": {"service": "pldb"}, "distribution": "all",
+//!  "payload": {"field": "load", "value": "0.5", "expire": 90},
+//!  "seq": 42, "time": "2026-11-27T11:00:00.000000Z", "site": "lab"}
+//! ```
+//!
+//! **Types.** PsEPR payload types are namespace URIs such as
+//! `http://psepr.org/xs/payload/attribute`. pepper stores the types in that
+//! namespace by their short name (`attribute`), so a lease on `attribute`
+//! and one on the URI see the same events; any other type is kept as given.
+//!
+//! **Payloads** are any JSON value. The log stores the payload's compact JSON
+//! encoding, so what a subscriber receives is exactly what was published.
+//!
+//! Unknown fields are refused rather than ignored: a misspelt `distribution`
+//! must not silently become `all`.
+
+use pepper_router::Channel;
+use pepper_storage::{Distribution, Event, Party, Record, Target};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+
+/// The namespace of PsEPR's own payload types.
+pub const PSEPR_PAYLOAD_NS: &str = "http://psepr.org/xs/payload/";
+
+/// The canonical form of a payload type: PsEPR's URIs by short name.
+pub fn canonical_type(t: &str) -> &str {
+    t.strip_prefix(PSEPR_PAYLOAD_NS).filter(|s| !s.is_empty()).unwrap_or(t)
+}
+
+/// The namespace URI of a payload type, for the XML envelope.
+pub fn type_namespace(t: &str) -> String {
+    if t.contains(':') {
+        t.to_string()
+    } else {
+        format!("{PSEPR_PAYLOAD_NS}{t}")
+    }
+}
+
+/// A sender or receiver identity.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartyJson {
+    /// The service.
+    #[serde(default)]
+    pub service: String,
+    /// The instance of the service.
+    #[serde(default)]
+    pub instance: String,
+}
+
+/// The receivers an event is narrowed to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetJson {
+    /// Only this service's leases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Only this instance's leases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+}
+
+/// `all` or `one`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DistributionJson {
+    /// Every matching lease.
+    #[default]
+    All,
+    /// One lease of each anycast group.
+    One,
+}
+
+/// An event as a client publishes it.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventIn {
+    /// Client-chosen id for idempotent retries; the site assigns one if absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The channel to publish on.
+    pub channel: String,
+    /// The payload type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The sender.
+    #[serde(default)]
+    pub from: PartyJson,
+    /// The receivers it is narrowed to.
+    #[serde(default)]
+    pub to: TargetJson,
+    /// All receivers, or one per group.
+    #[serde(default)]
+    pub distribution: DistributionJson,
+    /// The payload.
+    #[serde(default)]
+    pub payload: serde_json::Value,
+}
+
+/// An event as a subscriber receives it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EventOut {
+    /// The event's id.
+    pub id: String,
+    /// Its channel.
+    pub channel: String,
+    /// Its payload type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The sender.
+    pub from: PartyJson,
+    /// The receivers it was narrowed to.
+    pub to: TargetJson,
+    /// All receivers, or one per group.
+    pub distribution: DistributionJson,
+    /// The payload.
+    pub payload: serde_json::Value,
+    /// Its sequence number on the site that logged it.
+    pub seq: u64,
+    /// When that site committed it (RFC 3339).
+    pub time: String,
+    /// The site it originated on.
+    pub site: String,
+}
+
+/// A new server-assigned event id: 128 random bits in hex.
+pub fn new_event_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+impl EventIn {
+    /// Validates the event and turns it into the log's event body. Clients
+    /// may not publish on pepper's reserved `/pepper/` channels.
+    ///
+    /// # Errors
+    /// 400 `invalid_channel`, `invalid_event` or 403 `reserved_channel`.
+    pub fn into_event(self) -> Result<Event, ApiError> {
+        let channel = Channel::parse(&self.channel).map_err(ApiError::bad_channel)?;
+        if channel.is_reserved() {
+            return Err(ApiError::reserved_channel(channel.as_str()));
+        }
+        let event_type = canonical_type(self.event_type.trim());
+        if event_type.is_empty() {
+            return Err(ApiError::invalid_event("type must not be empty"));
+        }
+        let id = match self.id {
+            Some(id) if id.is_empty() => return Err(ApiError::invalid_event("id must not be empty when given")),
+            Some(id) => id,
+            None => new_event_id(),
+        };
+        let payload = serde_json::to_vec(&self.payload)
+            .map_err(|e| ApiError::invalid_event(format!("payload does not encode: {e}")))?;
+        Ok(Event {
+            id,
+            channel: channel.as_str().to_string(),
+            event_type: event_type.to_string(),
+            from: Party { service: self.from.service, instance: self.from.instance },
+            to: Target { service: self.to.service, instance: self.to.instance },
+            distribution: match self.distribution {
+                DistributionJson::All => Distribution::All,
+                DistributionJson::One => Distribution::One,
+            },
+            payload,
+        })
+    }
+}
+
+/// An RFC 3339 UTC time with microseconds.
+pub fn rfc3339_us(time_us: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(time_us);
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+impl EventOut {
+    /// The wire form of a logged event; `None` if the record is not an event.
+    pub fn from_record(record: &Record) -> Option<EventOut> {
+        let pepper_storage::Body::Event(e) = &record.body else { return None };
+        // The log holds the JSON the site encoded; anything else would be
+        // damage, which is passed on as text rather than dropped.
+        let payload = serde_json::from_slice(&e.payload)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&e.payload).into_owned()));
+        Some(EventOut {
+            id: e.id.clone(),
+            channel: e.channel.clone(),
+            event_type: e.event_type.clone(),
+            from: PartyJson { service: e.from.service.clone(), instance: e.from.instance.clone() },
+            to: TargetJson { service: e.to.service.clone(), instance: e.to.instance.clone() },
+            distribution: match e.distribution {
+                Distribution::All => DistributionJson::All,
+                Distribution::One => DistributionJson::One,
+            },
+            payload,
+            seq: record.seq,
+            time: rfc3339_us(record.time_us),
+            site: record.origin.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Event, String> {
+        let e: EventIn = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        e.into_event().map_err(|e| e.message().to_string())
+    }
+
+    #[test]
+    fn json_round_trip_through_the_log() {
+        let e = parse(
+            r#"{"id":"e-1","channel":"/example.com/h1/","type":"http://psepr.org/xs/payload/attribute",
+                "from":{"service":"agent","instance":"h1"},"to":{"service":"pldb"},"distribution":"one",
+                "payload":{"field":"load","value":"0.5","expire":90}}"#,
+        )
+        .expect("valid");
+        assert_eq!(e.event_type, "attribute", "PsEPR URIs are stored by short name");
+        assert_eq!(e.distribution, Distribution::One);
+        let rec = Record {
+            seq: 7,
+            time_us: 1_700_000_000_000_000,
+            origin: "lab".into(),
+            body: pepper_storage::Body::Event(e),
+        };
+        let out = EventOut::from_record(&rec).expect("event");
+        let json = serde_json::to_value(&out).expect("json");
+        assert_eq!(json["payload"]["expire"], 90);
+        assert_eq!(json["seq"], 7);
+        assert_eq!(json["time"], "2023-11-14T22:13:20.000000Z");
+        assert_eq!(json["to"], serde_json::json!({"service": "pldb"}));
+        assert_eq!(json["distribution"], "one");
+    }
+
+    #[test]
+    fn bad_events_are_refused_with_reasons() {
+        for (json, needle) in [
+            (r#"{"channel":"/a/","type":"t","colour":"red"}"#, "unknown field"),
+            (r#"{"channel":"/a/","type":"t","distribution":"some"}"#, "unknown variant"),
+            (r#"{"channel":"a","type":"t"}"#, "start with '/'"),
+            (r#"{"channel":"/pepper/sites/","type":"t"}"#, "reserved"),
+            (r#"{"channel":"/a/","type":" "}"#, "type must not be empty"),
+            (r#"{"channel":"/a/","type":"t","id":""}"#, "id must not be empty"),
+            (r#"{"type":"t"}"#, "missing field `channel`"),
+        ] {
+            let err = parse(json).expect_err(json);
+            assert!(err.contains(needle), "{json}: {err}");
+        }
+        let e = parse(r#"{"channel":"/a/","type":"ping"}"#).expect("minimal");
+        assert_eq!(e.id.len(), 32, "server-assigned id");
+        assert_eq!(e.payload, b"null");
+    }
+}
