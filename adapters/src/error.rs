@@ -18,12 +18,14 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Extra machine-readable fields of the error object.
+    extra: Option<(&'static str, serde_json::Value)>,
 }
 
 impl ApiError {
     /// An error with an explicit status and machine code.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), extra: None }
     }
 
     /// 404 for a path the API does not have.
@@ -56,8 +58,30 @@ impl ApiError {
     }
 
     /// 413 for input over a named limit.
-    pub fn too_large(what: &str, size: usize, max: usize) -> ApiError {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("{what} is {size}, over the limit of {max}"))
+    pub fn too_large(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+    }
+
+    /// 400 for a body that is not what the endpoint takes.
+    pub fn invalid_body(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", message)
+    }
+
+    /// 400 for a query string that is not what the endpoint takes.
+    pub fn invalid_query(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message)
+    }
+
+    /// 410 for a start below what retention kept, with the earliest
+    /// sequence number the client can resume from.
+    pub fn compacted(asked: u64, earliest: u64) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::GONE,
+            "compacted",
+            format!("sequence number {asked} was trimmed by retention; the log starts at {earliest}"),
+        );
+        e.extra = Some(("earliest_seq", serde_json::Value::from(earliest)));
+        e
     }
 
     /// The message.
@@ -97,7 +121,11 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         }
-        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        let mut error = serde_json::json!({ "code": self.code, "message": self.message });
+        if let (Some((key, value)), Some(map)) = (self.extra, error.as_object_mut()) {
+            map.insert(key.to_string(), value);
+        }
+        let body = serde_json::json!({ "error": error });
         (self.status, Json(body)).into_response()
     }
 }

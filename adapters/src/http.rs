@@ -1,22 +1,58 @@
 //! The HTTP API (axum), under `/v1/`.
 //!
 //! Handlers are thin: they parse, call the store (whose RocksDB calls run on
-//! the blocking pool, never on the async executor), and map the outcome.
-//! Today the API has one endpoint:
+//! the blocking pool or the writer thread, never on the async executor), and
+//! map the outcome. Every error leaves through [`ApiError`], in one JSON
+//! shape. Endpoints so far:
 //!
-//! - `GET /v1/health`: 200 with the site, durability and the log's
-//!   sequence range while the store accepts writes; 503 with the error shape
-//!   once it refuses them (after a failed WAL write), so a load balancer or
-//!   supervisor takes the site out of rotation.
+//! - `GET /v1/health`: 200 with the site, durability and the log's sequence
+//!   range while the store accepts writes; 503 once it refuses them (after a
+//!   failed WAL write), so a load balancer or supervisor takes the site out.
+//! - `POST /v1/events`: publishes one event or a batch, in JSON (an object or
+//!   an array) or PsEPR XML (`<event>` or `<events>`, with an XML
+//!   content type). A batch is one atomic append. It answers 200 only after
+//!   the commit is durable: `{"seq", "id"}` for one event, `{"first_seq",
+//!   "last_seq", "ids"}` for a batch.
+//! - `GET /v1/events?channel=&types=&from_seq=&limit=`: pages through the
+//!   events in the log, oldest first, as JSON or (with `Accept:
+//!   application/xml`) as an `<events>` document. `next_seq` continues the
+//!   page; a start below retention answers 410 with `earliest_seq`.
+//!
+//! Limits: [`BODY_BYTES_MAX`] per request body (413), [`EVENTS_PER_REQUEST_MAX`]
+//! events per publish (413), [`EVENTS_PAGE_MAX`] events per page and
+//! [`EVENTS_SCAN_MAX`] log records scanned per page request.
 
-use axum::extract::State;
-use axum::http::Uri;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use pepper_storage::{Durability, Store};
-use serde::Serialize;
+use pepper_router::Channel;
+use pepper_storage::limits::BATCH_RECORDS_MAX;
+use pepper_storage::{Body as RecordBody, Durability, Filter, Kind, Scan, Store};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
+use crate::envelope::{canonical_type, EventIn, EventOut};
 use crate::error::ApiError;
+
+/// Largest request body, in bytes. Larger bodies get 413 before they are
+/// parsed.
+pub const BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Most events one publish may carry (the store's batch limit). More get 413.
+pub const EVENTS_PER_REQUEST_MAX: usize = BATCH_RECORDS_MAX;
+
+/// Most events one `GET /v1/events` page returns.
+pub const EVENTS_PAGE_MAX: usize = 1000;
+
+/// Most log records one `GET /v1/events` request scans looking for matches;
+/// a sparse channel may return an empty page with a `next_seq` further on.
+pub const EVENTS_SCAN_MAX: u64 = 100_000;
+
+const _: () = assert!(BODY_BYTES_MAX <= pepper_storage::limits::BATCH_BYTES_MAX);
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -29,6 +65,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/events", get(list_events).post(publish))
         .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()) })
         .with_state(state)
 }
@@ -57,4 +94,126 @@ async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiError>
         last_seq: store.last_seq(),
         earliest_seq: store.earliest_seq(),
     }))
+}
+
+fn is_xml(headers: &HeaderMap, name: header::HeaderName) -> bool {
+    headers.get(name).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        let v = v.to_ascii_lowercase();
+        v.contains("application/xml") || v.contains("text/xml") || v.contains("+xml")
+    })
+}
+
+/// Parses a publish body into events and whether it was a single event.
+fn parse_publish(headers: &HeaderMap, body: &[u8]) -> Result<(Vec<EventIn>, bool), ApiError> {
+    let text = std::str::from_utf8(body).map_err(|e| ApiError::invalid_body(format!("body is not UTF-8: {e}")))?;
+    if is_xml(headers, header::CONTENT_TYPE) {
+        return crate::xml::parse_body(text);
+    }
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| ApiError::invalid_body(format!("body is not JSON: {e}")))?;
+    match value {
+        Value::Array(items) => {
+            if items.len() > EVENTS_PER_REQUEST_MAX {
+                return Err(ApiError::too_large(format!(
+                    "{} events in one request, over the limit of {EVENTS_PER_REQUEST_MAX}",
+                    items.len()
+                )));
+            }
+            let events = items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    serde_json::from_value(v).map_err(|e| ApiError::invalid_event(format!("event {}: {e}", i + 1)))
+                })
+                .collect::<Result<Vec<EventIn>, _>>()?;
+            Ok((events, false))
+        }
+        v @ Value::Object(_) => {
+            let event = serde_json::from_value(v).map_err(|e| ApiError::invalid_event(e.to_string()))?;
+            Ok((vec![event], true))
+        }
+        _ => Err(ApiError::invalid_body("body must be an event object or an array of events")),
+    }
+}
+
+async fn publish(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+    let bytes = axum::body::to_bytes(body, BODY_BYTES_MAX)
+        .await
+        .map_err(|_| ApiError::too_large(format!("request body is over the limit of {BODY_BYTES_MAX} bytes")))?;
+    let (events, single) = parse_publish(&headers, &bytes)?;
+    if events.is_empty() {
+        return Err(ApiError::invalid_body("no events to publish"));
+    }
+    if events.len() > EVENTS_PER_REQUEST_MAX {
+        return Err(ApiError::too_large(format!(
+            "{} events in one request, over the limit of {EVENTS_PER_REQUEST_MAX}",
+            events.len()
+        )));
+    }
+    let many = events.len() > 1;
+    let mut bodies = Vec::with_capacity(events.len());
+    let mut ids = Vec::with_capacity(events.len());
+    for (i, e) in events.into_iter().enumerate() {
+        let event = e.into_event().map_err(|err| match many {
+            true => ApiError::new(err.status(), err.code(), format!("event {}: {}", i + 1, err.message())),
+            false => err,
+        })?;
+        ids.push(event.id.clone());
+        bodies.push(RecordBody::Event(event));
+    }
+    let appended = state.store.append(bodies).await?;
+    Ok(Json(match single {
+        true => json!({ "seq": appended.first, "id": ids[0] }),
+        false => json!({ "first_seq": appended.first, "last_seq": appended.last, "ids": ids }),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    channel: Option<String>,
+    types: Option<String>,
+    from_seq: Option<u64>,
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct EventsPage {
+    events: Vec<EventOut>,
+    next_seq: u64,
+    last_seq: u64,
+}
+
+async fn list_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > EVENTS_PAGE_MAX {
+        return Err(ApiError::invalid_query(format!("limit must be 1 to {EVENTS_PAGE_MAX}")));
+    }
+    let channel_prefix = match q.channel {
+        Some(c) => Some(Channel::parse(&c).map_err(ApiError::bad_channel)?.as_str().to_string()),
+        None => None,
+    };
+    let types = q
+        .types
+        .map(|t| t.split(',').map(|s| canonical_type(s.trim()).to_string()).filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default();
+    let filter = Filter { channel_prefix, types, kinds: vec![Kind::Event] };
+    let from = q.from_seq.unwrap_or(1);
+    let (scan, last_seq) =
+        state.store.read(move |v| Ok((v.scan(from, u64::MAX, &filter, limit, EVENTS_SCAN_MAX)?, v.seq()))).await?;
+    let (records, next_seq) = match scan {
+        Scan::Records { records, next_seq } => (records, next_seq),
+        Scan::Compacted { earliest } => return Err(ApiError::compacted(from, earliest)),
+    };
+    let events: Vec<EventOut> = records.iter().filter_map(EventOut::from_record).collect();
+    if is_xml(&headers, header::ACCEPT) {
+        let xml = crate::xml::write_events(&events, false);
+        return Ok(([(header::CONTENT_TYPE, "application/xml")], xml).into_response());
+    }
+    Ok(Json(EventsPage { events, next_seq, last_seq }).into_response())
 }

@@ -181,11 +181,25 @@ fn push_text(stack: &mut [Element], pos: u64, text: &str) -> Result<(), ApiError
 /// # Errors
 /// 400 `invalid_xml` naming the problem.
 pub fn parse_events(input: &str) -> Result<Vec<EventIn>, ApiError> {
+    parse_body(input).map(|(events, _)| events)
+}
+
+/// Like [`parse_events`], and says whether the body was a single `<event>`
+/// (`true`) or an `<events>` batch.
+///
+/// # Errors
+/// 400 `invalid_xml` naming the problem.
+pub fn parse_body(input: &str) -> Result<(Vec<EventIn>, bool), ApiError> {
     let root = parse_tree(input)?;
     let in_ns = |el: &Element| el.ns.as_deref() == Some(EVENT_NS);
+    let single = root.name == "event";
+    parse_root(&root, in_ns).map(|events| (events, single))
+}
+
+fn parse_root(root: &Element, in_ns: impl Fn(&Element) -> bool) -> Result<Vec<EventIn>, ApiError> {
     match root.name.as_str() {
-        "event" if in_ns(&root) => Ok(vec![event(&root)?]),
-        "events" if in_ns(&root) => root
+        "event" if in_ns(root) => Ok(vec![event(root)?]),
+        "events" if in_ns(root) => root
             .children
             .iter()
             .enumerate()

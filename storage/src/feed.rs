@@ -25,9 +25,9 @@ use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::limits::FEED_CHUNK_RECORDS_MAX;
-use crate::record::Record;
+use crate::record::{Kind, Record};
 use crate::store::{Shared, Store};
-use crate::view::View;
+use crate::view::{Scan, View};
 
 /// Which records a feed yields. An empty filter yields every record.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -39,11 +39,16 @@ pub struct Filter {
     /// the kind name (`tuple.set`, `lease.grant`, `doc.put`, ...) of any
     /// other record. Empty means every type.
     pub types: Vec<String>,
+    /// Only records of these kinds. Empty means every kind.
+    pub kinds: Vec<Kind>,
 }
 
 impl Filter {
     /// Whether `record` passes the filter.
     pub fn matches(&self, record: &Record) -> bool {
+        if !self.kinds.is_empty() && !self.kinds.contains(&record.kind()) {
+            return false;
+        }
         if let Some(prefix) = &self.channel_prefix {
             match record.body.channel() {
                 Some(c) if c.starts_with(prefix.as_str()) => {}
@@ -155,26 +160,8 @@ impl Feed {
 }
 
 fn read_chunk(shared: &Shared, from: u64, durable: u64, filter: &Filter) -> Result<Chunk> {
-    let view = View::new(shared)?;
-    // The floor is read from the same snapshot as the records: if it says
-    // `from` is retained, the snapshot holds every record from `from` on.
-    if from < view.earliest_seq() {
-        return Ok(Chunk::Compacted { earliest: view.earliest_seq() });
-    }
-    let mut records = Vec::new();
-    let mut scanned_to = from;
-    let scan = view.scan_log(from, durable, FEED_CHUNK_RECORDS_MAX, |rec| {
-        scanned_to = rec.seq + 1;
-        if filter.matches(&rec) {
-            records.push(rec);
-        }
-        Ok(())
-    });
-    match scan {
-        Ok(next) => Ok(Chunk::Records { records, next }),
-        // Yield the good records before a damaged one; the next read stops
-        // at the damage and reports it.
-        Err(_) if scanned_to > from => Ok(Chunk::Records { records, next: scanned_to }),
-        Err(e) => Err(e),
+    match View::new(shared)?.scan(from, durable, filter, usize::MAX, FEED_CHUNK_RECORDS_MAX)? {
+        Scan::Records { records, next_seq } => Ok(Chunk::Records { records, next: next_seq }),
+        Scan::Compacted { earliest } => Ok(Chunk::Compacted { earliest }),
     }
 }

@@ -9,6 +9,7 @@
 use rocksdb::{ReadOptions, SnapshotWithThreadMode, DB};
 
 use crate::error::{Error, Result};
+use crate::feed::Filter;
 use crate::keys::{self, CF_DOCS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_TUPLES};
 use crate::limits::READ_ROWS_MAX;
 use crate::record::Record;
@@ -290,7 +291,8 @@ impl<'a> View<'a> {
 
     /// Log records from `from_seq` up to `to_seq` (inclusive), at most
     /// `limit` of them, each crc-checked. Sequence numbers must be contiguous:
-    /// a hole inside the retained log is reported as corruption.
+    /// a hole inside the retained log is reported as corruption. Records below
+    /// the floor are skipped; use [`View::scan`] to be told about them.
     ///
     /// # Errors
     /// `Corruption` for a bad record or a hole.
@@ -298,20 +300,53 @@ impl<'a> View<'a> {
         let mut out = Vec::new();
         self.scan_log(from_seq, to_seq, limit as u64, |rec| {
             out.push(rec);
-            Ok(())
+            Ok(true)
         })?;
         Ok(out)
     }
 
+    /// Reads the log from `from_seq` through `to_seq` (capped at this view's
+    /// sequence number) and returns the records that pass `filter`: at most
+    /// `limit` of them, after scanning at most `scan_max` records. The result
+    /// says where to continue, or that `from_seq` is below the floor.
+    ///
+    /// Records before a damaged one are returned; the next scan, starting at
+    /// the damage, reports it.
+    ///
+    /// # Errors
+    /// `Corruption` when the first record to read is damaged.
+    pub fn scan(&self, from_seq: u64, to_seq: u64, filter: &Filter, limit: usize, scan_max: u64) -> Result<Scan> {
+        let from_seq = from_seq.max(1);
+        // The floor comes from the same snapshot as the records: if it says
+        // `from_seq` is retained, the snapshot holds every record from it on.
+        if from_seq < self.floor {
+            return Ok(Scan::Compacted { earliest: self.floor });
+        }
+        let mut records = Vec::new();
+        let mut next_seq = from_seq;
+        let result = self.scan_log(from_seq, to_seq, scan_max, |rec| {
+            next_seq = rec.seq + 1;
+            if filter.matches(&rec) {
+                records.push(rec);
+            }
+            Ok(records.len() < limit)
+        });
+        match result {
+            Ok(next) => Ok(Scan::Records { records, next_seq: next.max(next_seq) }),
+            Err(_) if next_seq > from_seq => Ok(Scan::Records { records, next_seq }),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Calls `f` on each log record in `[from_seq, to_seq]` (at most `limit`),
-    /// checking crc and contiguity. Returns the sequence number after the last
-    /// record visited.
-    pub(crate) fn scan_log(
+    /// checking crc and contiguity, until `f` returns `false`. Returns the
+    /// sequence number after the last record visited.
+    fn scan_log(
         &self,
         from_seq: u64,
         to_seq: u64,
         limit: u64,
-        mut f: impl FnMut(Record) -> Result<()>,
+        mut f: impl FnMut(Record) -> Result<bool>,
     ) -> Result<u64> {
         let from_seq = from_seq.max(self.floor);
         let to_seq = to_seq.min(self.seq).min(from_seq.saturating_add(limit).saturating_sub(1));
@@ -337,8 +372,10 @@ impl<'a> View<'a> {
             if rec.seq != seq {
                 return Err(Error::corruption(format!("seq {seq}"), format!("record says it is seq {}", rec.seq)));
             }
-            f(rec)?;
             expect += 1;
+            if !f(rec)? {
+                return Ok(expect);
+            }
             it.next();
         }
         it.status()?;
@@ -350,4 +387,21 @@ impl<'a> View<'a> {
         }
         Ok(expect)
     }
+}
+
+/// What [`View::scan`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scan {
+    /// The matching records, and the sequence number to continue from.
+    Records {
+        /// Records that passed the filter, in order.
+        records: Vec<Record>,
+        /// The first sequence number not yet scanned.
+        next_seq: u64,
+    },
+    /// The start lies below what retention kept.
+    Compacted {
+        /// The lowest retained sequence number.
+        earliest: u64,
+    },
 }

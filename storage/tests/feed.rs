@@ -101,13 +101,19 @@ async fn filters_select_by_channel_prefix_and_type() {
             seqs
         }
     };
-    assert_eq!(collect(Filter { channel_prefix: Some("/x/".into()), types: vec![] }).await, [1, 2, 4, 6]);
-    assert_eq!(collect(Filter { channel_prefix: None, types: vec!["ping".into()] }).await, [1, 3, 6]);
+    assert_eq!(collect(Filter { channel_prefix: Some("/x/".into()), ..Filter::default() }).await, [1, 2, 4, 6]);
+    assert_eq!(collect(Filter { types: vec!["ping".into()], ..Filter::default() }).await, [1, 3, 6]);
     assert_eq!(
-        collect(Filter { channel_prefix: Some("/x/".into()), types: vec!["ping".into(), "tuple.set".into()] }).await,
+        collect(Filter {
+            channel_prefix: Some("/x/".into()),
+            types: vec!["ping".into(), "tuple.set".into()],
+            ..Filter::default()
+        })
+        .await,
         [1, 4, 6]
     );
-    assert_eq!(collect(Filter { channel_prefix: None, types: vec!["doc.put".into()] }).await, [5]);
+    assert_eq!(collect(Filter { types: vec!["doc.put".into()], ..Filter::default() }).await, [5]);
+    assert_eq!(collect(Filter { kinds: vec![Kind::Event], ..Filter::default() }).await, [1, 2, 3, 6]);
 }
 
 #[tokio::test]

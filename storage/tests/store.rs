@@ -312,3 +312,28 @@ async fn close_ends_open_feeds_and_releases_the_folder() {
     let store = open(dir.path());
     assert_eq!(store.last_seq(), 1);
 }
+
+#[tokio::test]
+async fn scan_pages_through_matching_records_and_reports_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..20 {
+        let channel = if i % 2 == 0 { "/even/" } else { "/odd/" };
+        store.append(vec![event(channel, "t", &[i])]).await.unwrap();
+    }
+    let filter = Filter { channel_prefix: Some("/even/".into()), ..Filter::default() };
+    let f = filter.clone();
+    let page = store.read(move |v| v.scan(1, u64::MAX, &f, 3, 1000)).await.unwrap();
+    let Scan::Records { records, next_seq } = page else { panic!("compacted") };
+    assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 3, 5]);
+    assert_eq!(next_seq, 6);
+    // A scan budget smaller than the gap to the next match returns nothing
+    // yet, but moves the cursor.
+    let f = filter.clone();
+    let page = store.read(move |v| v.scan(6, u64::MAX, &f, 3, 1)).await.unwrap();
+    assert_eq!(page, Scan::Records { records: vec![], next_seq: 7 });
+    let policy = Retention { log_max_bytes: Some(0), ..Retention::default() };
+    store.enforce_retention(&policy, now_us()).await.unwrap();
+    let page = store.read(move |v| v.scan(6, u64::MAX, &filter, 3, 100)).await.unwrap();
+    assert_eq!(page, Scan::Compacted { earliest: 21 });
+}
