@@ -54,6 +54,53 @@ enum Command {
         #[arg(long, env = "PEPPER_DATA", default_value = "./pepper-data")]
         data: PathBuf,
     },
+    /// Publish one event to a site and print its sequence number.
+    ///
+    /// The payload is an attribute (`--field F --value V`), any JSON value
+    /// (`--json P`), or nothing. `--xml FILE` instead posts a whole PsEPR
+    /// XML envelope (`<event>` or `<events>`) from FILE, or stdin for `-`.
+    Send(SendArgs),
+}
+
+/// `pepper send`'s arguments.
+#[derive(clap::Args)]
+struct SendArgs {
+    /// The channel to publish on, such as /example.com/node/h1/.
+    #[arg(required_unless_present = "xml")]
+    channel: Option<String>,
+    /// The payload type; `attribute` with --field, otherwise required.
+    #[arg(long = "type", value_name = "TYPE")]
+    event_type: Option<String>,
+    /// Attribute payload: the field name.
+    #[arg(long, requires = "value", conflicts_with_all = ["json", "xml"])]
+    field: Option<String>,
+    /// Attribute payload: the value.
+    #[arg(long, requires = "field")]
+    value: Option<String>,
+    /// Attribute payload: seconds until the value expires.
+    #[arg(long, requires = "field")]
+    expire: Option<u64>,
+    /// The payload as JSON.
+    #[arg(long, conflicts_with = "xml")]
+    json: Option<String>,
+    /// Post this PsEPR XML envelope instead (`-` for stdin).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["channel", "event_type"])]
+    xml: Option<PathBuf>,
+    /// Event id, for an idempotent retry.
+    #[arg(long)]
+    id: Option<String>,
+    /// The sender's service.
+    #[arg(long, default_value = "pepper-cli")]
+    from_service: String,
+    /// The sender's instance (default: this host's name).
+    #[arg(long)]
+    from_instance: Option<String>,
+    /// Deliver to one lease of each anycast group instead of all.
+    #[arg(long)]
+    one: bool,
+    /// The site to talk to.
+    #[arg(long, env = "PEPPER_SERVER", default_value = "http://127.0.0.1:7171")]
+    server: String,
 }
 
 /// Retention flags; each one left out keeps everything along its axis.
@@ -123,6 +170,7 @@ fn main() -> ExitCode {
             serve(data, listen, options)
         }
         Command::Check { data } => check(&data),
+        Command::Send(args) => send(args),
     };
     match result {
         Ok(code) => code,
@@ -137,6 +185,67 @@ fn check(data: &std::path::Path) -> anyhow::Result<ExitCode> {
     let report = pepper_storage::check(data).with_context(|| format!("cannot check {}", data.display()))?;
     println!("{report}");
     Ok(if report.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Sends a request and prints the JSON answer, or the API's error message.
+fn answer(response: reqwest::blocking::Response) -> anyhow::Result<ExitCode> {
+    let status = response.status();
+    let body: serde_json::Value = response.json().context("the server's answer is not JSON")?;
+    if status.is_success() {
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let message = body["error"]["message"].as_str().unwrap_or("no message");
+    let code = body["error"]["code"].as_str().unwrap_or("unknown");
+    anyhow::bail!("{status} {code}: {message}")
+}
+
+fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
+    let http = reqwest::blocking::Client::new();
+    let url = format!("{}/v1/events", args.server.trim_end_matches('/'));
+    let request = match (&args.xml, &args.channel) {
+        (Some(file), _) => {
+            let body = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("cannot read the XML envelope from stdin")?
+            } else {
+                std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+            };
+            http.post(&url).header("content-type", "application/xml").body(body)
+        }
+        (None, Some(channel)) => {
+            let (event_type, payload) = match (&args.field, &args.json) {
+                (Some(field), _) => {
+                    let mut p = serde_json::json!({ "field": field, "value": args.value.clone().unwrap_or_default() });
+                    if let Some(expire) = args.expire {
+                        p["expire"] = expire.into();
+                    }
+                    (args.event_type.clone().unwrap_or_else(|| "attribute".into()), p)
+                }
+                (None, json) => {
+                    let payload = match json {
+                        Some(text) => serde_json::from_str(text).context("--json is not valid JSON")?,
+                        None => serde_json::Value::Null,
+                    };
+                    let Some(t) = args.event_type.clone() else { anyhow::bail!("--type is required without --field") };
+                    (t, payload)
+                }
+            };
+            let mut event = serde_json::json!({
+                "channel": channel,
+                "type": event_type,
+                "payload": payload,
+                "from": { "service": args.from_service, "instance": args.from_instance.clone().unwrap_or_else(host_name) },
+                "distribution": if args.one { "one" } else { "all" },
+            });
+            if let Some(id) = &args.id {
+                event["id"] = id.clone().into();
+            }
+            http.post(&url).json(&event)
+        }
+        (None, None) => anyhow::bail!("a channel or --xml is required"),
+    };
+    let response = request.send().with_context(|| format!("cannot reach {}", args.server))?;
+    answer(response)
 }
 
 fn host_name() -> String {

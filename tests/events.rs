@@ -189,3 +189,51 @@ fn a_page_from_before_retention_is_gone_with_the_earliest_seq() {
     let page: Value = http.get(server.at("/v1/events?from_seq=4")).send().unwrap().json().unwrap();
     assert_eq!(page["events"], json!([]));
 }
+
+#[test]
+fn pepper_send_publishes_attributes_json_and_xml() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let send = |args: &[&str], stdin: Option<&str>| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pepper"))
+            .arg("send")
+            .args(args)
+            .args(["--server", &server.url])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+        drop(input);
+        child.wait_with_output().unwrap()
+    };
+    let out = send(&["/example.com/node/h1/", "--field", "load", "--value", "0.5", "--expire", "90"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(r#""seq":1"#));
+    let out = send(&["/example.com/x/", "--type", "ping", "--json", r#"{"n": 2}"#, "--id", "retry-1"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = send(&["--xml", "-"], Some(ATTR_XML));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let http = Client::new();
+    let page: Value = http.get(server.at("/v1/events")).send().unwrap().json().unwrap();
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[0]["payload"], json!({"field": "load", "value": "0.5", "expire": 90}));
+    assert_eq!(events[0]["type"], "attribute");
+    assert_eq!(events[0]["from"]["service"], "pepper-cli");
+    assert_eq!((events[1]["id"].as_str(), &events[1]["payload"]), (Some("retry-1"), &json!({"n": 2})));
+    assert_eq!(events[2]["id"], "x-1");
+
+    // Errors come back as the API's message and a non-zero exit.
+    let out = send(&["no-slash/", "--type", "ping"], None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid_channel") && err.contains("start with '/'"), "{err}");
+    let out = send(&["/a.org/", "--json", "{"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--json is not valid JSON"));
+}
