@@ -134,7 +134,7 @@ impl Writer {
                 Request::Append { records, reply, .. } => {
                     // A refused request touches nothing: it is checked before
                     // any of its effects enter the batch.
-                    if let Err(e) = self.check_preconditions(&overlay, &records) {
+                    if let Err(e) = self.check_preconditions(&overlay, &records, time_us) {
                         let _ = reply.send(Err(e));
                         continue;
                     }
@@ -249,28 +249,56 @@ impl Writer {
 
     /// Checks that every lease mutation of one request applies, without
     /// changing anything, so a refused request leaves no trace in the batch.
-    fn check_preconditions(&self, overlay: &LeaseOverlay, records: &[Prepared]) -> Result<()> {
-        let mut local: HashMap<&str, bool> = HashMap::new();
+    ///
+    /// The server enforces lease lifetimes here, against the group's time:
+    /// a lease whose expiry has passed can no longer be renewed, and an
+    /// expire record applies only to a lease that really has lapsed (a
+    /// renewal that won the race keeps the lease alive).
+    fn check_preconditions(&self, overlay: &LeaseOverlay, records: &[Prepared], time_us: u64) -> Result<()> {
+        // id -> its expiry while live after the records seen so far, None once ended.
+        let mut local: HashMap<&str, Option<u64>> = HashMap::new();
+        let not_found = |id: &str| Error::NotFound { what: "lease", key: id.to_string() };
         for rec in records {
-            let (id, must_exist) = match &rec.body {
-                Body::LeaseGrant(g) => (g.id.as_str(), false),
-                Body::LeaseRenew(r) => (r.id.as_str(), true),
-                Body::LeaseRelease(e) | Body::LeaseExpire(e) => (e.id.as_str(), true),
+            let id = match &rec.body {
+                Body::LeaseGrant(g) => g.id.as_str(),
+                Body::LeaseRenew(r) => r.id.as_str(),
+                Body::LeaseRelease(e) | Body::LeaseExpire(e) => e.id.as_str(),
                 _ => continue,
             };
-            let exists = match local.get(id) {
-                Some(live) => *live,
-                None => self.lease(overlay, id)?.is_some(),
+            let current = match local.get(id) {
+                Some(state) => *state,
+                None => self.lease(overlay, id)?.map(|l| l.expires_at_us),
             };
-            match (must_exist, exists) {
-                (true, false) => return Err(Error::NotFound { what: "lease", key: id.to_string() }),
-                (false, true) => {
-                    return Err(Error::Conflict { what: "lease", detail: format!("lease {id} already exists") })
-                }
-                _ => {}
-            }
-            let live_after = matches!(rec.body, Body::LeaseGrant(_) | Body::LeaseRenew(_));
-            local.insert(id, live_after);
+            let next = match &rec.body {
+                Body::LeaseGrant(g) => match current {
+                    Some(_) => {
+                        return Err(Error::Conflict { what: "lease", detail: format!("lease {id} already exists") })
+                    }
+                    None => Some(g.expires_at_us),
+                },
+                Body::LeaseRenew(r) => match current {
+                    Some(expires) if expires > time_us => Some(r.expires_at_us),
+                    Some(_) => {
+                        return Err(Error::NotFound { what: "lease", key: format!("{id} (it has lapsed)") })
+                    }
+                    None => return Err(not_found(id)),
+                },
+                Body::LeaseExpire(_) => match current {
+                    Some(expires) if expires <= time_us => None,
+                    Some(_) => {
+                        return Err(Error::Conflict {
+                            what: "lease",
+                            detail: format!("lease {id} has not lapsed; it was renewed"),
+                        })
+                    }
+                    None => return Err(not_found(id)),
+                },
+                _ => match current {
+                    Some(_) => None,
+                    None => return Err(not_found(id)),
+                },
+            };
+            local.insert(id, next);
         }
         Ok(())
     }

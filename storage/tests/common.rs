@@ -39,8 +39,13 @@ pub fn grant(id: &str, pattern: &str) -> Body {
         pattern: pattern.into(),
         types: vec![],
         ttl_ms: 1000,
-        expires_at_us: 5,
+        expires_at_us: far_future(),
         group: None,
         from_seq: None,
     })
+}
+
+/// An expiry no test outlives.
+pub fn far_future() -> u64 {
+    pepper_storage::now_us() + 3_600_000_000
 }

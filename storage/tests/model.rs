@@ -97,7 +97,7 @@ fn body(op: &Op) -> Body {
         Op::Del(k) => Body::DocDelete(DocDelete { key: format!("k{k}") }),
         Op::Grant(i) => grant(&format!("l{i}"), "/m/"),
         Op::Renew(i, t) => {
-            Body::LeaseRenew(LeaseRenew { id: format!("l{i}"), ttl_ms: u64::from(*t), expires_at_us: 1 })
+            Body::LeaseRenew(LeaseRenew { id: format!("l{i}"), ttl_ms: u64::from(*t), expires_at_us: far_future() })
         }
         Op::Release(i) => Body::LeaseRelease(LeaseEnd { id: format!("l{i}") }),
     }
