@@ -46,6 +46,11 @@ enum Command {
         durability: DurabilityArg,
         #[command(flatten)]
         retention: RetentionArgs,
+        /// The longest time to live a lease is granted, in seconds; longer
+        /// requests are granted this.
+        #[arg(long, env = "PEPPER_LEASE_TTL_MAX_S", default_value_t = pepper_adapters::lease::LEASE_TTL_MAX_S_DEFAULT,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        lease_ttl_max_s: u64,
     },
     /// Check a data folder offline: record crcs, contiguous sequence numbers,
     /// and views that agree with the log. Exits non-zero on any problem.
@@ -161,13 +166,13 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { data, listen, site, durability, retention } => {
+        Command::Serve { data, listen, site, durability, retention, lease_ttl_max_s } => {
             let options = Options {
                 site: site.unwrap_or_else(host_name),
                 durability: durability.into(),
                 retention: retention.into(),
             };
-            serve(data, listen, options)
+            serve(data, listen, options, pepper_adapters::ApiConfig { lease_ttl_max_s })
         }
         Command::Check { data } => check(&data),
         Command::Send(args) => send(args),
@@ -257,7 +262,12 @@ fn host_name() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-fn serve(data: PathBuf, listen: SocketAddr, options: Options) -> anyhow::Result<ExitCode> {
+fn serve(
+    data: PathBuf,
+    listen: SocketAddr,
+    options: Options,
+    config: pepper_adapters::ApiConfig,
+) -> anyhow::Result<ExitCode> {
     let store = Store::open(&data, options).with_context(|| format!("cannot open the store in {}", data.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -266,8 +276,15 @@ fn serve(data: PathBuf, listen: SocketAddr, options: Options) -> anyhow::Result<
         let addr = listener.local_addr()?;
         println!("listening on http://{addr}");
         tracing::info!(%addr, site = store.site(), data = %data.display(), "pepper serving");
-        let app = pepper_adapters::router(pepper_adapters::AppState { store: store.clone() });
-        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+        let state = pepper_adapters::AppState::load(store.clone(), config).await?;
+        let expiry = tokio::spawn(pepper_adapters::lease::run_expiry(state.clone()));
+        let app = pepper_adapters::router(state.clone());
+        let stopping = async move {
+            shutdown_signal().await;
+            state.begin_shutdown();
+        };
+        axum::serve(listener, app).with_graceful_shutdown(stopping).await?;
+        expiry.abort();
         anyhow::Ok(())
     })?;
     tracing::info!("shutting down; closing the store");

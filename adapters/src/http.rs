@@ -27,7 +27,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use pepper_router::Channel;
 use pepper_storage::limits::BATCH_RECORDS_MAX;
@@ -35,8 +35,12 @@ use pepper_storage::{Body as RecordBody, Durability, Filter, Kind, Scan, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use std::sync::Arc;
+
 use crate::envelope::{canonical_type, EventIn, EventOut};
 use crate::error::ApiError;
+use crate::lease::{self, LeaseIndex};
+use crate::sse;
 
 /// Largest request body, in bytes. Larger bodies get 413 before they are
 /// parsed.
@@ -54,11 +58,55 @@ pub const EVENTS_SCAN_MAX: u64 = 100_000;
 
 const _: () = assert!(BODY_BYTES_MAX <= pepper_storage::limits::BATCH_BYTES_MAX);
 
+/// Settings of the API that come from the site's configuration.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// The longest time to live a lease is granted, in seconds.
+    pub lease_ttl_max_s: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> ApiConfig {
+        ApiConfig { lease_ttl_max_s: crate::lease::LEASE_TTL_MAX_S_DEFAULT }
+    }
+}
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     /// The site's store.
     pub store: Store,
+    /// Live leases' expiries.
+    pub leases: Arc<LeaseIndex>,
+    /// The API's settings.
+    pub config: ApiConfig,
+    /// Set once the server is stopping, so live streams end and graceful
+    /// shutdown does not wait on them forever.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl AppState {
+    /// The state for `store`, with the lease index loaded from it.
+    ///
+    /// # Errors
+    /// Store read errors.
+    pub async fn load(store: Store, config: ApiConfig) -> Result<AppState, pepper_storage::Error> {
+        let leases = store.read(|v| v.leases()).await?;
+        let (stopping, _) = tokio::sync::watch::channel(false);
+        Ok(AppState { store, leases: Arc::new(LeaseIndex::new(&leases)), config, stopping: Arc::new(stopping) })
+    }
+
+    /// Ends every live stream (each client resumes from its last event id
+    /// elsewhere or after the restart). Call it when shutdown begins.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once shutdown has begun.
+    pub(crate) async fn stopped(&self) {
+        let mut rx = self.stopping.subscribe();
+        let _ = rx.wait_for(|stopping| *stopping).await;
+    }
 }
 
 /// The API's routes over `state`.
@@ -66,6 +114,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/events", get(list_events).post(publish))
+        .route("/v1/leases", get(lease::list).post(lease::grant))
+        .route("/v1/leases/{id}", get(lease::get_one).delete(lease::release))
+        .route("/v1/leases/{id}/renew", post(lease::renew))
+        .route("/v1/leases/{id}/events", get(sse::lease_events))
+        .route("/v1/watch", get(sse::watch))
         .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()) })
         .with_state(state)
 }

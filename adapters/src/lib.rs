@@ -12,7 +12,9 @@
 pub mod envelope;
 mod error;
 mod http;
+pub mod lease;
+mod sse;
 pub mod xml;
 
 pub use error::ApiError;
-pub use http::{router, AppState};
+pub use http::{router, ApiConfig, AppState};

@@ -171,7 +171,14 @@ impl Pattern {
 
     /// Whether the pattern covers `channel` (its subtree included).
     pub fn matches(&self, channel: &Channel) -> bool {
-        let mut elements = channel.elements();
+        self.matches_name(channel.as_str())
+    }
+
+    /// [`Pattern::matches`] on a channel name that was validated before,
+    /// such as one read back from the log, without validating it again.
+    pub fn matches_name(&self, channel: &str) -> bool {
+        let inner = channel.strip_prefix('/').and_then(|c| c.strip_suffix('/')).unwrap_or(channel);
+        let mut elements = inner.split('/').filter(|e| !e.is_empty());
         self.segments.iter().all(|s| match (s, elements.next()) {
             (Segment::Any, Some(_)) => true,
             (Segment::Literal(l), Some(e)) => l == e,

@@ -347,6 +347,14 @@ impl Store {
         f(&view)
     }
 
+    /// Waits until the durable log reaches `seq`, for at most `timeout`.
+    /// Returns whether it did.
+    pub async fn wait_for_seq(&self, seq: u64, timeout: Duration) -> bool {
+        let mut rx = self.inner.shared.durable.subscribe();
+        let reached = tokio::time::timeout(timeout, rx.wait_for(|durable| *durable >= seq)).await;
+        matches!(reached, Ok(Ok(_)))
+    }
+
     /// A change feed from `from_seq` (inclusive), filtered. See [`Feed`].
     pub fn feed(&self, from_seq: u64, filter: Filter) -> Feed {
         Feed::new(self, from_seq, filter)

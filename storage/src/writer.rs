@@ -278,9 +278,7 @@ impl Writer {
                 },
                 Body::LeaseRenew(r) => match current {
                     Some(expires) if expires > time_us => Some(r.expires_at_us),
-                    Some(_) => {
-                        return Err(Error::NotFound { what: "lease", key: format!("{id} (it has lapsed)") })
-                    }
+                    Some(_) => return Err(Error::NotFound { what: "lease", key: format!("{id} (it has lapsed)") }),
                     None => return Err(not_found(id)),
                 },
                 Body::LeaseExpire(_) => match current {

@@ -68,3 +68,69 @@ pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
     check()
 }
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sse {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: String,
+}
+
+impl Sse {
+    /// The data as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.data).unwrap()
+    }
+}
+
+/// Reads Server-Sent Events from a streaming response.
+pub struct SseReader {
+    lines: std::io::Lines<BufReader<reqwest::blocking::Response>>,
+}
+
+impl SseReader {
+    /// Opens `url` as an event stream, with optional extra headers.
+    pub fn open(url: &str, headers: &[(&str, &str)]) -> SseReader {
+        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        let mut req = client.get(url).header("accept", "text/event-stream");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().unwrap();
+        assert_eq!(res.status(), 200, "{url}");
+        SseReader { lines: BufReader::new(res).lines() }
+    }
+
+    /// The next event, or `None` when the stream ends.
+    pub fn next(&mut self) -> Option<Sse> {
+        let (mut id, mut event, mut data) = (None, String::from("message"), String::new());
+        let mut any = false;
+        for line in self.lines.by_ref() {
+            let line = line.ok()?;
+            if line.is_empty() {
+                if any {
+                    return Some(Sse { id, event, data });
+                }
+                continue;
+            }
+            if line.starts_with(':') {
+                continue; // keep-alive comment
+            }
+            let (field, value) = line.split_once(':').map_or((line.as_str(), ""), |(f, v)| (f, v.trim_start()));
+            any = true;
+            match field {
+                "id" => id = Some(value.to_string()),
+                "event" => event = value.to_string(),
+                "data" => {
+                    if !data.is_empty() {
+                        data.push('\n');
+                    }
+                    data.push_str(value);
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+}

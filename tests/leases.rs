@@ -1,0 +1,222 @@
+//! Leases and live delivery over HTTP against the real binary: grant,
+//! renew, release, server-side expiry, SSE order and filters, resume after
+//! a restart, watch and long-poll.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{eventually, Server, SseReader};
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+
+fn publish(http: &Client, server: &Server, channel: &str, ty: &str, n: u64) -> u64 {
+    let res: Value = http
+        .post(server.at("/v1/events"))
+        .json(&json!({"channel": channel, "type": ty, "payload": {"n": n}}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    res["seq"].as_u64().unwrap()
+}
+
+fn grant(http: &Client, server: &Server, body: Value) -> Value {
+    let res = http.post(server.at("/v1/leases")).json(&body).send().unwrap();
+    assert_eq!(res.status(), 201);
+    res.json().unwrap()
+}
+
+#[test]
+fn grant_renew_release_and_the_ttl_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--lease-ttl-max-s", "60"]);
+    let http = Client::new();
+    let lease =
+        grant(&http, &server, json!({"channel": "/example.com/", "ttl_s": 1000, "types": ["attribute"], "id": "mine"}));
+    assert_eq!((lease["id"].as_str(), lease["ttl_s"].as_u64()), (Some("mine"), Some(60)), "TTL capped");
+    assert!(lease["expires_at"].as_str().unwrap().ends_with('Z'));
+
+    let res = http
+        .post(server.at("/v1/leases"))
+        .json(&json!({"channel": "/example.com/", "ttl_s": 5, "id": "mine"}))
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    for (body, needle) in [
+        (json!({"channel": "nope", "ttl_s": 5}), "start with '/'"),
+        (json!({"channel": "/a.org/x*/", "ttl_s": 5}), "whole element"),
+        (json!({"channel": "/a.org/", "ttl_s": 0}), "ttl_s"),
+        (json!({"channel": "/a.org/", "ttl_s": 5, "colour": 1}), "unknown field"),
+        (json!({"channel": "/a.org/", "ttl_s": 5, "group": ""}), "group"),
+    ] {
+        let res = http.post(server.at("/v1/leases")).json(&body).send().unwrap();
+        assert_eq!(res.status(), 400, "{body}");
+        let err: Value = res.json().unwrap();
+        assert!(err["error"]["message"].as_str().unwrap().contains(needle), "{body}: {err}");
+    }
+
+    let renewed: Value =
+        http.post(server.at("/v1/leases/mine/renew")).json(&json!({"ttl_s": 30})).send().unwrap().json().unwrap();
+    assert_eq!(renewed["ttl_s"], 30);
+    // Renew is idempotent and keeps the granted TTL without a body.
+    let again: Value = http.post(server.at("/v1/leases/mine/renew")).send().unwrap().json().unwrap();
+    assert_eq!(again["ttl_s"], 30);
+    let listed: Value = http.get(server.at("/v1/leases")).send().unwrap().json().unwrap();
+    assert_eq!(listed["leases"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        http.get(server.at("/v1/leases/mine")).send().unwrap().json::<Value>().unwrap()["types"],
+        json!(["attribute"])
+    );
+
+    assert_eq!(http.delete(server.at("/v1/leases/mine")).send().unwrap().status(), 204);
+    assert_eq!(http.delete(server.at("/v1/leases/mine")).send().unwrap().status(), 404);
+    assert_eq!(http.post(server.at("/v1/leases/mine/renew")).send().unwrap().status(), 404);
+    assert_eq!(http.get(server.at("/v1/leases/mine/events")).send().unwrap().status(), 404);
+}
+
+#[test]
+fn sse_delivers_in_order_with_subtree_wildcard_and_type_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    let lease = grant(&http, &server, json!({"channel": "/example.com/node/*/", "ttl_s": 60, "types": ["ping"]}));
+    let id = lease["id"].as_str().unwrap().to_string();
+    let mut stream = SseReader::open(&server.at(&format!("/v1/leases/{id}/events")), &[]);
+    let mut want = Vec::new();
+    for n in 0..20 {
+        match n % 4 {
+            0 => want.push(publish(&http, &server, &format!("/example.com/node/h{n}/"), "ping", n)),
+            1 => want.push(publish(&http, &server, &format!("/example.com/node/h{n}/deep/er/"), "ping", n)),
+            2 => drop(publish(&http, &server, "/example.com/node/", "ping", n)), // `*` needs an element
+            _ => drop(publish(&http, &server, &format!("/example.com/node/h{n}/"), "pong", n)), // wrong type
+        }
+    }
+    for seq in &want {
+        let e = stream.next().unwrap();
+        assert_eq!(e.event, "ping");
+        assert_eq!(e.id.as_deref(), Some(seq.to_string().as_str()), "in log order, nothing skipped");
+        assert_eq!(e.json()["seq"].as_u64(), Some(*seq));
+    }
+    // Releasing the lease ends its stream explicitly, after everything before it.
+    let last = publish(&http, &server, "/example.com/node/last/", "ping", 99);
+    assert_eq!(http.delete(server.at(&format!("/v1/leases/{id}"))).send().unwrap().status(), 204);
+    let e = stream.next().unwrap();
+    assert_eq!(e.id.as_deref(), Some(last.to_string().as_str()));
+    let end = stream.next().unwrap();
+    assert_eq!(end.event, "pepper.lease_ended");
+    assert_eq!(end.json()["reason"], "released");
+    assert!(stream.next().is_none(), "the stream closes after lease_ended");
+}
+
+#[test]
+fn an_expired_lease_ends_within_a_second_and_is_announced() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    let lease = grant(&http, &server, json!({"channel": "/a.org/", "ttl_s": 1}));
+    let id = lease["id"].as_str().unwrap().to_string();
+    let mut stream = SseReader::open(&server.at(&format!("/v1/leases/{id}/events")), &[]);
+    let start = Instant::now();
+    let end = stream.next().unwrap();
+    let waited = start.elapsed();
+    assert_eq!(end.event, "pepper.lease_ended");
+    assert_eq!(end.json()["reason"], "expired");
+    assert!(waited < Duration::from_millis(2500), "ended {waited:?} after a 1 s lease was opened");
+    assert_eq!(http.get(server.at(&format!("/v1/leases/{id}"))).send().unwrap().status(), 404);
+    let control: Value = http.get(server.at("/v1/events?channel=/pepper/leases/")).send().unwrap().json().unwrap();
+    let expired = &control["events"][0];
+    assert_eq!((expired["type"].as_str(), &expired["payload"]["id"]), (Some("lease.expired"), &json!(id)));
+}
+
+#[test]
+fn renewal_keeps_a_lease_alive_past_its_first_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    let lease = grant(&http, &server, json!({"channel": "/a.org/", "ttl_s": 1, "id": "kept"}));
+    assert_eq!(lease["ttl_s"], 1);
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        let res = http.post(server.at("/v1/leases/kept/renew")).send().unwrap();
+        assert_eq!(res.status(), 200, "renewed in time, the lease must still be live");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(http.get(server.at("/v1/leases/kept")).send().unwrap().status(), 200);
+    // Left alone, it lapses.
+    assert!(
+        eventually(Duration::from_secs(5), || http.get(server.at("/v1/leases/kept")).send().unwrap().status() == 404)
+    );
+}
+
+#[test]
+fn resume_with_last_event_id_across_a_restart_has_no_gap_or_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = Client::new();
+    let server = Server::start(dir.path(), &[]);
+    let lease = grant(&http, &server, json!({"channel": "/a.org/", "ttl_s": 600}));
+    let id = lease["id"].as_str().unwrap().to_string();
+    let mut seqs: Vec<u64> = (0..5).map(|n| publish(&http, &server, "/a.org/x/", "t", n)).collect();
+    let mut stream = SseReader::open(&server.at(&format!("/v1/leases/{id}/events")), &[]);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(stream.next().unwrap().id.unwrap().parse::<u64>().unwrap());
+    }
+    // Stopping the server with a stream open ends the stream instead of
+    // hanging the shutdown.
+    assert!(server.stop().success());
+    // What was already sent can still be read; then the stream ends.
+    while let Some(e) = stream.next() {
+        got.push(e.id.unwrap().parse().unwrap());
+    }
+
+    let server = Server::start(dir.path(), &[]);
+    seqs.extend((5..8).map(|n| publish(&http, &server, "/a.org/y/", "t", n)));
+    let last = got.last().unwrap().to_string();
+    let mut stream = SseReader::open(&server.at(&format!("/v1/leases/{id}/events")), &[("last-event-id", &last)]);
+    while got.len() < seqs.len() {
+        got.push(stream.next().unwrap().id.unwrap().parse().unwrap());
+    }
+    assert_eq!(got, seqs);
+    // ?from_seq does the same.
+    let mut stream = SseReader::open(&server.at(&format!("/v1/leases/{id}/events?from_seq={}", seqs[6])), &[]);
+    assert_eq!(stream.next().unwrap().id.unwrap(), seqs[6].to_string());
+    let res = http.get(server.at(&format!("/v1/leases/{id}/events"))).header("last-event-id", "x").send().unwrap();
+    assert_eq!(res.status(), 400);
+}
+
+#[test]
+fn watch_streams_a_channel_and_long_poll_serves_clients_without_sse() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    let first = publish(&http, &server, "/a.org/old/", "t", 0);
+    let mut watch = SseReader::open(&server.at(&format!("/v1/watch?channel=/a.org/&from_seq={first}")), &[]);
+    assert_eq!(watch.next().unwrap().id.unwrap(), first.to_string());
+    let next = publish(&http, &server, "/a.org/new/", "t", 1);
+    publish(&http, &server, "/b.org/", "t", 2);
+    assert_eq!(watch.next().unwrap().id.unwrap(), next.to_string());
+
+    let lease = grant(&http, &server, json!({"channel": "/a.org/", "ttl_s": 60, "from_seq": 1}));
+    let id = lease["id"].as_str().unwrap().to_string();
+    let page: Value =
+        http.get(server.at(&format!("/v1/leases/{id}/events?max=10&wait_ms=0"))).send().unwrap().json().unwrap();
+    let got: Vec<u64> = page["events"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(got, [first, next]);
+    let from = page["next_seq"].as_u64().unwrap();
+    // A long poll with nothing new waits, and returns as soon as something arrives.
+    let url = server.at(&format!("/v1/leases/{id}/events?max=10&wait_ms=10000&from_seq={from}"));
+    let waiter = std::thread::spawn(move || {
+        let start = Instant::now();
+        let page: Value = Client::new().get(url).send().unwrap().json().unwrap();
+        (page, start.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let late = publish(&http, &server, "/a.org/late/", "t", 3);
+    let (page, waited) = waiter.join().unwrap();
+    assert_eq!(page["events"][0]["seq"].as_u64(), Some(late));
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    let res = http.get(server.at(&format!("/v1/leases/{id}/events?max=0"))).send().unwrap();
+    assert_eq!(res.status(), 400);
+}
