@@ -51,6 +51,10 @@ enum Command {
         #[arg(long, env = "PEPPER_LEASE_TTL_MAX_S", default_value_t = pepper_adapters::lease::LEASE_TTL_MAX_S_DEFAULT,
               value_parser = clap::value_parser!(u64).range(1..))]
         lease_ttl_max_s: u64,
+        /// How long an event id is remembered, in seconds: publishing it again
+        /// within this window returns the original sequence number.
+        #[arg(long, env = "PEPPER_DEDUPE_WINDOW_S", default_value_t = pepper_storage::DEDUPE_WINDOW_DEFAULT.as_secs())]
+        dedupe_window_s: u64,
     },
     /// Check a data folder offline: record crcs, contiguous sequence numbers,
     /// and views that agree with the log. Exits non-zero on any problem.
@@ -159,6 +163,9 @@ impl From<DurabilityArg> for Durability {
     }
 }
 
+/// How long shutdown waits for open connections to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -166,11 +173,12 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { data, listen, site, durability, retention, lease_ttl_max_s } => {
+        Command::Serve { data, listen, site, durability, retention, lease_ttl_max_s, dedupe_window_s } => {
             let options = Options {
                 site: site.unwrap_or_else(host_name),
                 durability: durability.into(),
                 retention: retention.into(),
+                dedupe_window: Duration::from_secs(dedupe_window_s),
             };
             serve(data, listen, options, pepper_adapters::ApiConfig { lease_ttl_max_s })
         }
@@ -279,11 +287,22 @@ fn serve(
         let state = pepper_adapters::AppState::load(store.clone(), config).await?;
         let expiry = tokio::spawn(pepper_adapters::lease::run_expiry(state.clone()));
         let app = pepper_adapters::router(state.clone());
-        let stopping = async move {
-            shutdown_signal().await;
-            state.begin_shutdown();
+        let stopping = {
+            let state = state.clone();
+            async move {
+                shutdown_signal().await;
+                state.begin_shutdown();
+            }
         };
-        axum::serve(listener, app).with_graceful_shutdown(stopping).await?;
+        let server = axum::serve(listener, app).with_graceful_shutdown(stopping);
+        // A client that stopped reading can keep its stream from ever
+        // noticing the shutdown; it gets SHUTDOWN_GRACE, then is cut off.
+        tokio::select! {
+            served = server => served?,
+            _ = async { state.stopped().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them");
+            }
+        }
         expiry.abort();
         anyhow::Ok(())
     })?;

@@ -237,3 +237,33 @@ fn pepper_send_publishes_attributes_json_and_xml() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--json is not valid JSON"));
 }
+
+#[test]
+fn a_retried_event_id_is_logged_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    let event = json!({"id": "retry-me", "channel": "/a.org/", "type": "t"});
+    let first: Value = http.post(server.at("/v1/events")).json(&event).send().unwrap().json().unwrap();
+    let again: Value = http.post(server.at("/v1/events")).json(&event).send().unwrap().json().unwrap();
+    assert_eq!(first["seq"], again["seq"]);
+    assert_eq!(again["replayed"], true);
+    assert_eq!(last_seq(&http, &server), 1);
+    let batch =
+        json!([{"id": "b1", "channel": "/a.org/", "type": "t"}, {"id": "b2", "channel": "/a.org/", "type": "t"}]);
+    let first: Value = http.post(server.at("/v1/events")).json(&batch).send().unwrap().json().unwrap();
+    let again: Value = http.post(server.at("/v1/events")).json(&batch).send().unwrap().json().unwrap();
+    assert_eq!((&first["first_seq"], &first["last_seq"]), (&again["first_seq"], &again["last_seq"]));
+    assert_eq!(last_seq(&http, &server), 3);
+    let mixed =
+        json!([{"id": "b2", "channel": "/a.org/", "type": "t"}, {"id": "b3", "channel": "/a.org/", "type": "t"}]);
+    let res = http.post(server.at("/v1/events")).json(&mixed).send().unwrap();
+    assert_eq!(res.status(), 409);
+    assert!(res.json::<Value>().unwrap()["error"]["message"].as_str().unwrap().contains("b2 (seq 3)"));
+    assert_eq!(last_seq(&http, &server), 3);
+    // Still remembered after a restart.
+    assert!(server.stop().success());
+    let server = Server::start(dir.path(), &[]);
+    let again: Value = http.post(server.at("/v1/events")).json(&event).send().unwrap().json().unwrap();
+    assert_eq!((again["seq"].as_u64(), &again["replayed"]), (Some(1), &json!(true)));
+}

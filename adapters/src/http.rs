@@ -103,7 +103,7 @@ impl AppState {
     }
 
     /// Resolves once shutdown has begun.
-    pub(crate) async fn stopped(&self) {
+    pub async fn stopped(&self) {
         let mut rx = self.stopping.subscribe();
         let _ = rx.wait_for(|stopping| *stopping).await;
     }
@@ -214,11 +214,21 @@ async fn publish(State(state): State<AppState>, headers: HeaderMap, body: Body) 
         ids.push(event.id.clone());
         bodies.push(RecordBody::Event(event));
     }
-    let appended = state.store.append(bodies).await?;
-    Ok(Json(match single {
+    // The append runs in its own task so a client that hangs up mid-commit
+    // cannot cancel it halfway: the outcome is the same either way.
+    let store = state.store.clone();
+    let appended = tokio::spawn(async move { store.append(bodies).await })
+        .await
+        .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let mut answer = match single {
         true => json!({ "seq": appended.first, "id": ids[0] }),
         false => json!({ "first_seq": appended.first, "last_seq": appended.last, "ids": ids }),
-    }))
+    };
+    if appended.replayed {
+        // A retry of ids already logged within the dedupe window.
+        answer["replayed"] = json!(true);
+    }
+    Ok(Json(answer))
 }
 
 #[derive(Debug, Deserialize)]

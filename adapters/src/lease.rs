@@ -63,10 +63,16 @@ pub struct LeaseIndex {
     inner: Mutex<Expiries>,
 }
 
+/// The index is versioned by the sequence number of the record that set
+/// each entry (grant, renew, release or expire), because handlers and the
+/// expiry task update it after their commits, in any order: an update older
+/// than the entry it would change is ignored. An entry left for a lease that
+/// has ended heals itself: expiring it finds no lease and removes it.
 #[derive(Debug, Default)]
 struct Expiries {
     by_time: BTreeSet<(u64, String)>,
-    by_id: HashMap<String, u64>,
+    /// id -> (expiry, version).
+    by_id: HashMap<String, (u64, u64)>,
 }
 
 impl LeaseIndex {
@@ -74,7 +80,7 @@ impl LeaseIndex {
     pub fn new(leases: &[Lease]) -> LeaseIndex {
         let index = LeaseIndex::default();
         for l in leases {
-            index.set(&l.id, l.expires_at_us);
+            index.set(&l.id, l.expires_at_us, l.renewed_seq);
         }
         index
     }
@@ -87,21 +93,32 @@ impl LeaseIndex {
         f(&mut guard)
     }
 
-    /// Records that lease `id` expires at `expires_at_us`.
-    pub fn set(&self, id: &str, expires_at_us: u64) {
+    /// Records that lease `id` expires at `expires_at_us`, as of the record
+    /// at `version`.
+    pub fn set(&self, id: &str, expires_at_us: u64, version: u64) {
         self.with(|e| {
-            if let Some(old) = e.by_id.insert(id.to_string(), expires_at_us) {
-                e.by_time.remove(&(old, id.to_string()));
+            match e.by_id.get(id) {
+                Some((_, v)) if *v >= version => return,
+                Some((old, _)) => {
+                    let old = *old;
+                    e.by_time.remove(&(old, id.to_string()));
+                }
+                None => {}
             }
+            e.by_id.insert(id.to_string(), (expires_at_us, version));
             e.by_time.insert((expires_at_us, id.to_string()));
         });
     }
 
-    /// Forgets lease `id`.
-    pub fn remove(&self, id: &str) {
+    /// Forgets lease `id`, ended by the record at `version`, unless a newer
+    /// record set its entry.
+    pub fn remove(&self, id: &str, version: u64) {
         self.with(|e| {
-            if let Some(old) = e.by_id.remove(id) {
-                e.by_time.remove(&(old, id.to_string()));
+            if let Some((old, v)) = e.by_id.get(id).copied() {
+                if v <= version {
+                    e.by_id.remove(id);
+                    e.by_time.remove(&(old, id.to_string()));
+                }
             }
         });
     }
@@ -116,9 +133,17 @@ impl LeaseIndex {
         self.len() == 0
     }
 
-    /// Leases whose expiry is at or before `now_us`, at most `max`.
-    pub fn due(&self, now_us: u64, max: usize) -> Vec<String> {
-        self.with(|e| e.by_time.iter().take_while(|(t, _)| *t <= now_us).take(max).map(|(_, id)| id.clone()).collect())
+    /// Leases whose expiry is at or before `now_us`, at most `max`, with
+    /// their versions.
+    pub fn due(&self, now_us: u64, max: usize) -> Vec<(String, u64)> {
+        self.with(|e| {
+            e.by_time
+                .iter()
+                .take_while(|(t, _)| *t <= now_us)
+                .take(max)
+                .map(|(_, id)| (id.clone(), e.by_id.get(id).map_or(0, |(_, v)| *v)))
+                .collect()
+        })
     }
 }
 
@@ -126,7 +151,7 @@ impl LeaseIndex {
 pub async fn expire_due(state: &AppState) {
     let due = state.leases.due(now_us(), LEASE_EXPIRIES_PER_TICK_MAX);
     let mut tasks = Vec::with_capacity(due.len());
-    for id in due {
+    for (id, version) in due {
         let state = state.clone();
         tasks.push(tokio::spawn(async move {
             let expired = Body::Event(Event {
@@ -139,9 +164,16 @@ pub async fn expire_due(state: &AppState) {
                 payload: json!({ "id": id }).to_string().into_bytes(),
             });
             match state.store.append(vec![Body::LeaseExpire(LeaseEnd { id: id.clone() }), expired]).await {
-                Ok(_) | Err(StoreError::NotFound { .. }) => state.leases.remove(&id),
-                // Renewed meanwhile: the renewal already moved its expiry.
-                Err(StoreError::Conflict { .. }) => {}
+                Ok(appended) => state.leases.remove(&id, appended.first),
+                Err(StoreError::NotFound { .. }) => state.leases.remove(&id, version),
+                // Renewed meanwhile: take the stored expiry, whatever the
+                // renewal's own index update does.
+                Err(StoreError::Conflict { .. }) => {
+                    let id2 = id.clone();
+                    if let Ok(Some(lease)) = state.store.read(move |v| v.lease(&id2)).await {
+                        state.leases.set(&id, lease.expires_at_us, lease.renewed_seq);
+                    }
+                }
                 Err(e) => tracing::warn!(lease = %id, error = %e, "lease expiry failed; retrying next tick"),
             }
         }));
@@ -228,6 +260,24 @@ fn granted_ttl_s(requested: u64, max: u64) -> Result<u64, ApiError> {
     Ok(requested.min(max))
 }
 
+/// Appends one lease record and then updates the index with the record's
+/// sequence number, in a task of its own: a client that hangs up cannot
+/// cancel it between the commit and the index update.
+async fn commit(
+    state: &AppState,
+    body: Body,
+    update: impl FnOnce(&LeaseIndex, u64) + Send + 'static,
+) -> Result<pepper_storage::Appended, ApiError> {
+    let state = state.clone();
+    tokio::spawn(async move {
+        let appended = state.store.append(vec![body]).await.map_err(lease_error)?;
+        update(&state.leases, appended.first);
+        Ok(appended)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+}
+
 fn lease_error(e: StoreError) -> ApiError {
     match e {
         StoreError::NotFound { key, .. } => {
@@ -268,7 +318,14 @@ pub(crate) async fn grant(
             format!("this site holds {LEASES_MAX} leases, its limit"),
         ));
     }
+    if let Some(from) = req.from_seq {
+        let (earliest, head) = (state.store.earliest_seq(), state.store.last_seq() + 1);
+        if from < earliest.max(1) || from > head {
+            return Err(ApiError::invalid_body(format!("from_seq must lie between {} and {head}", earliest.max(1))));
+        }
+    }
     let id = req.id.unwrap_or_else(new_event_id);
+    let id2 = id.clone();
     let expires_at_us = now_us() + ttl_s * 1_000_000;
     let grant = LeaseGrant {
         id: id.clone(),
@@ -279,8 +336,8 @@ pub(crate) async fn grant(
         group: req.group.clone(),
         from_seq: req.from_seq,
     };
-    let appended = state.store.append(vec![Body::LeaseGrant(grant)]).await.map_err(lease_error)?;
-    state.leases.set(&id, expires_at_us);
+    let appended =
+        commit(&state, Body::LeaseGrant(grant), move |leases, seq| leases.set(&id2, expires_at_us, seq)).await?;
     let body = LeaseJson {
         id,
         channel: pattern.as_str().to_string(),
@@ -297,9 +354,14 @@ pub(crate) async fn grant(
 pub(crate) async fn renew(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Option<Json<RenewRequest>>,
+    body: axum::body::Bytes,
 ) -> Result<Json<LeaseJson>, ApiError> {
-    let req = body.map(|Json(r)| r).unwrap_or_default();
+    // An empty body renews with the granted TTL; anything else must be JSON.
+    let req: RenewRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RenewRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid_body(format!("body is not a renewal: {e}")))?
+    };
     let id2 = id.clone();
     let current = state.store.read(move |v| v.lease(&id2)).await?;
     let Some(current) = current else {
@@ -308,8 +370,8 @@ pub(crate) async fn renew(
     let ttl_s = granted_ttl_s(req.ttl_s.unwrap_or(current.ttl_ms / 1000), state.config.lease_ttl_max_s)?;
     let expires_at_us = now_us() + ttl_s * 1_000_000;
     let renew = LeaseRenew { id: id.clone(), ttl_ms: ttl_s * 1000, expires_at_us };
-    state.store.append(vec![Body::LeaseRenew(renew)]).await.map_err(lease_error)?;
-    state.leases.set(&id, expires_at_us);
+    let id2 = id.clone();
+    commit(&state, Body::LeaseRenew(renew), move |leases, seq| leases.set(&id2, expires_at_us, seq)).await?;
     let mut lease = current;
     lease.ttl_ms = ttl_s * 1000;
     lease.expires_at_us = expires_at_us;
@@ -317,8 +379,8 @@ pub(crate) async fn renew(
 }
 
 pub(crate) async fn release(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    state.store.append(vec![Body::LeaseRelease(LeaseEnd { id: id.clone() })]).await.map_err(lease_error)?;
-    state.leases.remove(&id);
+    let id2 = id.clone();
+    commit(&state, Body::LeaseRelease(LeaseEnd { id }), move |leases, seq| leases.remove(&id2, seq)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -346,15 +408,23 @@ mod tests {
     #[test]
     fn the_index_orders_by_expiry_and_forgets() {
         let index = LeaseIndex::default();
-        index.set("a", 30);
-        index.set("b", 10);
-        index.set("c", 20);
-        assert_eq!(index.due(20, 10), ["b", "c"]);
-        index.set("b", 40); // renewed
-        assert_eq!(index.due(20, 10), ["c"]);
-        assert_eq!(index.due(100, 2), ["c", "a"]);
-        index.remove("c");
-        assert_eq!(index.due(100, 10), ["a", "b"]);
+        let ids = |v: Vec<(String, u64)>| v.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+        index.set("a", 30, 1);
+        index.set("b", 10, 2);
+        index.set("c", 20, 3);
+        assert_eq!(ids(index.due(20, 10)), ["b", "c"]);
+        index.set("b", 40, 4); // renewed
+        assert_eq!(ids(index.due(20, 10)), ["c"]);
+        assert_eq!(ids(index.due(100, 2)), ["c", "a"]);
+        index.remove("c", 5);
+        assert_eq!(ids(index.due(100, 10)), ["a", "b"]);
         assert_eq!(index.len(), 2);
+        // Updates older than the entry are ignored, in either order.
+        index.set("b", 5, 3);
+        assert_eq!(index.due(10, 10), []);
+        index.remove("a", 7);
+        index.set("a", 50, 8); // re-granted after the release
+        index.remove("a", 6); // a late, older removal must not erase it
+        assert_eq!(ids(index.due(100, 10)), ["b", "a"]);
     }
 }

@@ -113,8 +113,15 @@ pub(crate) struct WatchQuery {
 }
 
 /// The first sequence number to deliver: after `Last-Event-ID`, else
-/// `from_seq`, else `default`. It may not lie beyond the log's head.
-fn start_seq(state: &AppState, headers: &HeaderMap, from_seq: Option<u64>, default: u64) -> Result<u64, ApiError> {
+/// `from_seq`, else `default`. It may not lie beyond the log's head as of
+/// `seen`, nor below what retention kept.
+fn start_seq(
+    state: &AppState,
+    headers: &HeaderMap,
+    from_seq: Option<u64>,
+    default: u64,
+    seen: u64,
+) -> Result<u64, ApiError> {
     let from = match headers.get("last-event-id") {
         Some(v) => {
             let text = v.to_str().unwrap_or_default().trim();
@@ -125,7 +132,10 @@ fn start_seq(state: &AppState, headers: &HeaderMap, from_seq: Option<u64>, defau
         }
         None => from_seq.unwrap_or(default),
     };
-    let head = state.store.last_seq() + 1;
+    // `seen` is the sequence number the caller's view of the lease reflects:
+    // starting at or before `seen + 1` guarantees the stream sees the
+    // lease's end record, whenever it comes.
+    let head = seen + 1;
     if from > head {
         return Err(ApiError::invalid_query(format!("from_seq {from} is beyond the log's head ({head})")));
     }
@@ -144,12 +154,13 @@ pub(crate) async fn lease_events(
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     let id2 = id.clone();
-    let Some(lease) = state.store.read(move |v| v.lease(&id2)).await? else {
+    let (lease, seen) = state.store.read(move |v| Ok((v.lease(&id2)?, v.seq()))).await?;
+    let Some(lease) = lease else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no live lease {id}")));
     };
     let pattern = Pattern::parse(&lease.pattern).map_err(ApiError::bad_channel)?;
     let sub = Subscription { pattern, types: lease.types.clone(), lease: Some(id) };
-    let from = start_seq(&state, &headers, q.from_seq, lease.from_seq.unwrap_or(lease.granted_seq + 1))?;
+    let from = start_seq(&state, &headers, q.from_seq, lease.from_seq.unwrap_or(lease.granted_seq + 1), seen)?;
     if q.wait_ms.is_some() || q.max.is_some() {
         return long_poll(state, sub, from, q.wait_ms.unwrap_or(0), q.max.unwrap_or(100)).await;
     }
@@ -167,7 +178,8 @@ pub(crate) async fn watch(
         .types
         .map(|t| t.split(',').map(|s| canonical_type(s.trim()).to_string()).filter(|s| !s.is_empty()).collect())
         .unwrap_or_default();
-    let from = start_seq(&state, &headers, q.from_seq, state.store.last_seq() + 1)?;
+    let seen = state.store.last_seq();
+    let from = start_seq(&state, &headers, q.from_seq, seen + 1, seen)?;
     Ok(sse(state, Subscription { pattern, types, lease: None }, from))
 }
 

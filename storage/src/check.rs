@@ -8,9 +8,9 @@
 //!    the `next_seq` counter is one past the last record;
 //! 3. record times never decrease, and the `log_bytes` counter is exact;
 //! 4. the materialized views agree with the log: replaying the retained log
-//!    gives exactly the latest tuples, the lease table and the documents it
-//!    touched, and each tuple's history rows are a suffix (history retention
-//!    trims the oldest) of the tuple-set records in the log.
+//!    gives exactly the latest tuples, the lease table, the documents and the
+//!    event id index it touched, and each tuple's history rows are a suffix
+//!    (history retention trims the oldest) of the tuple-set records in the log.
 //!
 //! Rows older than the floor cannot be compared with a record the log no
 //! longer has; they are counted as unverifiable, not as problems.
@@ -20,7 +20,7 @@ use std::fmt;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::keys::{self, CF_DOCS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_TUPLES};
+use crate::keys::{self, CF_DOCS, CF_EVENT_IDS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_TUPLES};
 use crate::record::{Body, Party, Record};
 use crate::rows::{decode_row, DocRow, HistoryRow, Lease, TupleRow};
 use crate::store::Shared;
@@ -107,12 +107,16 @@ struct Replay {
     history: HashMap<(String, String), Vec<Set>>,
     leases: HashMap<String, LeaseState>,
     docs: HashMap<String, Option<(u64, u64, Vec<u8>)>>,
+    event_ids: HashMap<String, (u64, u64)>,
 }
 
 impl Replay {
     fn apply(&mut self, rec: &Record) {
         match &rec.body {
-            Body::Event(_) => {}
+            Body::Event(e) if e.id.is_empty() => {}
+            Body::Event(e) => {
+                self.event_ids.insert(e.id.clone(), (rec.seq, rec.time_us));
+            }
             Body::TupleSet(t) => {
                 let set = Set {
                     seq: rec.seq,
@@ -392,6 +396,36 @@ pub fn check(path: &Path) -> Result<CheckReport> {
         if let Some((seq, _, _)) = state {
             report.problem(format!("document {k}: the log puts it at seq {seq} but it has no row"));
         }
+    }
+
+    // 4: the event id index.
+    let mut it = read(CF_EVENT_IDS)?;
+    while it.valid() {
+        let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+        let id = String::from_utf8_lossy(key).to_string();
+        match (keys::decode_event_id_value(value), replay.event_ids.remove(&id)) {
+            (None, _) => report.problem(format!("event id {id}: index value is not 16 bytes")),
+            (Some(got), Some(want)) => {
+                report.rows_verified += 1;
+                if got != want {
+                    report.problem(format!(
+                        "event id {id}: index says seq {} but the log's last event with it is {}",
+                        got.0, want.0
+                    ));
+                }
+            }
+            (Some((seq, _)), None) if seq >= floor => {
+                report.problem(format!("event id {id}: index names seq {seq} but the log has no event with that id"))
+            }
+            (Some((seq, _)), None) => {
+                report.problem(format!("event id {id}: index entry for seq {seq} survived retention of its event"))
+            }
+        }
+        it.next();
+    }
+    it.status()?;
+    for (id, (seq, _)) in replay.event_ids.drain() {
+        report.problem(format!("event id {id}: the log has it at seq {seq} but the index does not"));
     }
     Ok(report)
 }

@@ -10,6 +10,7 @@
 //! | `history` | channel `00` field `00` seq (u64 BE)  | history row           |
 //! | `leases`  | lease id                              | lease row             |
 //! | `docs`    | document key                          | document row          |
+//! | `event_ids` | event id                            | seq, time (u64 BE each) |
 //! | `meta`    | ASCII name                            | u64 BE or u8          |
 //!
 //! Big-endian sequence numbers sort numerically under RocksDB's bytewise
@@ -31,9 +32,25 @@ pub const CF_LEASES: &str = "leases";
 pub const CF_DOCS: &str = "docs";
 /// Counters and markers kept in the same batches as the records.
 pub const CF_META: &str = "meta";
+/// The sequence number and time of the last event logged under each event
+/// id, for idempotent retries.
+pub const CF_EVENT_IDS: &str = "event_ids";
 
 /// Every column family pepper opens, in a fixed order.
-pub const ALL_CFS: [&str; 6] = [CF_LOG, CF_TUPLES, CF_HISTORY, CF_LEASES, CF_DOCS, CF_META];
+pub const ALL_CFS: [&str; 7] = [CF_LOG, CF_TUPLES, CF_HISTORY, CF_LEASES, CF_DOCS, CF_META, CF_EVENT_IDS];
+
+/// The `event_ids` value: seq then time, u64 big-endian each.
+pub fn event_id_value(seq: u64, time_us: u64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&seq.to_be_bytes());
+    v[8..].copy_from_slice(&time_us.to_be_bytes());
+    v
+}
+
+/// Decodes an `event_ids` value into (seq, time).
+pub fn decode_event_id_value(v: &[u8]) -> Option<(u64, u64)> {
+    Some((decode_u64(v.get(..8)?)?, decode_u64(v.get(8..16)?)?))
+}
 
 /// `meta` key: the next sequence number to assign (u64 BE). Written with
 /// every group, so numbering survives even a log trimmed to nothing.

@@ -37,6 +37,9 @@ pub use record::{
 };
 pub use retention::{Retention, RetentionReport};
 pub use rows::{Doc, HistoryEntry, Lease, Tuple, ROW_VERSION};
-pub use store::{now_us, Durability, Options, StatsSnapshot, Store, FORMAT_VERSION, RETENTION_INTERVAL_DEFAULT};
+pub use store::{
+    now_us, Durability, Options, StatsSnapshot, Store, DEDUPE_WINDOW_DEFAULT, FORMAT_VERSION,
+    RETENTION_INTERVAL_DEFAULT,
+};
 pub use view::{HistoryRange, Order, Page, Scan, TupleCursor, View};
 pub use writer::Appended;

@@ -74,6 +74,9 @@ pub enum Distribution {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// Event id: client-chosen for idempotent retries, or server-assigned.
+    /// A retry of an id logged within the dedupe window is answered with the
+    /// original sequence number instead of being logged again. Empty means
+    /// no id: the event is never deduplicated.
     pub id: String,
     /// The channel it was published on.
     pub channel: String,

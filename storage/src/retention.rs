@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{Error, Result};
 use crate::keys::{self, CF_HISTORY, CF_LOG};
 use crate::limits::{HISTORY_TRIM_STEPS_MAX, LOG_TRIM_SCAN_MAX};
-use crate::record::peek_time_us;
+use crate::record::{peek_time_us, Body, Kind, Record};
 use crate::rows::history_row_time;
 use crate::store::{Shared, RETENTION_INTERVAL_DEFAULT};
 use crate::view::View;
@@ -111,6 +111,8 @@ pub(crate) struct LogTrim {
     pub from: u64,
     pub to: u64,
     pub bytes: u64,
+    /// Ids of the trimmed events, whose index entries go with them.
+    pub event_ids: Vec<String>,
 }
 
 /// What the writer is asked to delete.
@@ -182,12 +184,20 @@ fn plan_log(
     let mut it = shared.db.raw_iterator_cf_opt(shared.cf(CF_LOG)?, o);
     it.seek_to_first();
     let (mut to, mut bytes, mut scanned) = (from, 0u64, 0u64);
+    let mut event_ids = Vec::new();
     while it.valid() && scanned < LOG_TRIM_SCAN_MAX {
         let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
         let seq = keys::decode_u64(key).ok_or_else(|| Error::corruption("log", "key is not a u64"))?;
         let old = matches!((age_cut, peek_time_us(value)), (Some(cut), Some(t)) if t < cut);
         if !old && excess == 0 {
             break;
+        }
+        if value.get(1) == Some(&(Kind::Event as u8)) {
+            if let Body::Event(e) = Record::decode(value)?.body {
+                if !e.id.is_empty() {
+                    event_ids.push(e.id);
+                }
+            }
         }
         let len = value.len() as u64;
         excess = excess.saturating_sub(len);
@@ -201,7 +211,7 @@ fn plan_log(
         report.log_records = to - from;
         report.log_bytes = bytes;
         report.floor = to;
-        plan.log = Some(LogTrim { from, to, bytes });
+        plan.log = Some(LogTrim { from, to, bytes, event_ids });
     }
     Ok(())
 }

@@ -27,7 +27,9 @@ use crate::view::View;
 use crate::writer::{Appended, Prepared, Request, Writer};
 
 /// The data format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u8 = 1;
+/// Version 2 added the `event_ids` index; a version-1 folder is upgraded on
+/// open.
+pub const FORMAT_VERSION: u8 = 2;
 
 /// When an append is acknowledged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,13 +63,24 @@ pub struct Options {
     pub durability: Durability,
     /// What the background retention task trims.
     pub retention: Retention,
+    /// How long an event id is remembered for idempotent retries. The log's
+    /// retention bounds it too: a trimmed event's id is forgotten.
+    pub dedupe_window: Duration,
 }
+
+/// Default of [`Options::dedupe_window`].
+pub const DEDUPE_WINDOW_DEFAULT: Duration = Duration::from_secs(600);
 
 impl Options {
     /// Options for a site with the default durability (`sync`) and no
     /// retention.
     pub fn new(site: impl Into<String>) -> Options {
-        Options { site: site.into(), durability: Durability::Sync, retention: Retention::default() }
+        Options {
+            site: site.into(),
+            durability: Durability::Sync,
+            retention: Retention::default(),
+            dedupe_window: DEDUPE_WINDOW_DEFAULT,
+        }
     }
 }
 
@@ -92,6 +105,8 @@ pub(crate) struct Shared {
     pub db: DB,
     pub site: String,
     pub durability: Durability,
+    /// How long event ids are remembered for retries.
+    pub dedupe_window: Duration,
     /// The last durable sequence number (0 before the first record).
     pub durable: watch::Sender<u64>,
     /// The lowest sequence number retention kept.
@@ -176,8 +191,9 @@ impl Store {
         validate_site(&options.site)?;
         let db = crate::db::open(&path)?;
         let meta = db.cf_handle(CF_META).ok_or_else(|| Error::corruption(CF_META, "column family is missing"))?;
-        match db.get_pinned_cf(meta, keys::META_FORMAT)? {
-            Some(v) if v.len() == 1 && v[0] <= FORMAT_VERSION => {}
+        match db.get_pinned_cf(meta, keys::META_FORMAT)?.map(|v| v.to_vec()) {
+            Some(v) if v == [FORMAT_VERSION] => {}
+            Some(v) if v == [1] => migrate_v1(&db)?,
             Some(v) if v.len() == 1 => return Err(Error::UnsupportedFormat { found: v[0], supported: FORMAT_VERSION }),
             Some(_) => return Err(Error::corruption("meta format", "not one byte")),
             None => {
@@ -205,6 +221,7 @@ impl Store {
             db,
             site: options.site.clone(),
             durability: options.durability,
+            dedupe_window: options.dedupe_window,
             durable,
             floor: AtomicU64::new(floor),
             poisoned: OnceLock::new(),
@@ -414,6 +431,36 @@ fn start_retention(
     Ok((stop, handle))
 }
 
+/// Upgrades a format-1 folder: format 2 adds the `event_ids` index, which is
+/// rebuilt from the retained log. It can be interrupted and rerun: the
+/// format byte changes only in the last, synced batch.
+fn migrate_v1(db: &DB) -> Result<()> {
+    let cf = |name: &str| db.cf_handle(name).ok_or_else(|| Error::corruption(name, "column family is missing"));
+    let (log, ids, meta) = (cf(CF_LOG)?, cf(keys::CF_EVENT_IDS)?, cf(CF_META)?);
+    let mut batch = rocksdb::WriteBatch::default();
+    let mut indexed = 0u64;
+    for item in db.iterator_cf(log, IteratorMode::Start) {
+        let (_, value) = item?;
+        let record = crate::record::Record::decode(&value)?;
+        match &record.body {
+            Body::Event(e) if !e.id.is_empty() => {
+                batch.put_cf(ids, e.id.as_bytes(), keys::event_id_value(record.seq, record.time_us));
+                indexed += 1;
+            }
+            _ => {}
+        }
+        if batch.len() >= 10_000 {
+            db.write(std::mem::take(&mut batch))?;
+        }
+    }
+    batch.put_cf(meta, keys::META_FORMAT, [FORMAT_VERSION]);
+    let mut opts = rocksdb::WriteOptions::default();
+    opts.set_sync(true);
+    db.write_opt(batch, &opts)?;
+    tracing::info!(indexed, "upgraded the data folder from format 1 to 2");
+    Ok(())
+}
+
 /// How long [`Retention::default`]'s background task sleeps between passes.
 pub const RETENTION_INTERVAL_DEFAULT: Duration = Duration::from_secs(10);
 
@@ -435,6 +482,7 @@ impl Shared {
             db,
             site: String::new(),
             durability: Durability::Sync,
+            dedupe_window: DEDUPE_WINDOW_DEFAULT,
             durable,
             floor: AtomicU64::new(1),
             poisoned: OnceLock::new(),

@@ -33,7 +33,7 @@ use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
-use crate::keys::{self, CF_DOCS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_TUPLES};
+use crate::keys::{self, CF_DOCS, CF_EVENT_IDS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_TUPLES};
 use crate::limits::{GROUP_BYTES_MAX, GROUP_RECORDS_MAX};
 use crate::record::{frame, Body};
 use crate::retention::TrimPlan;
@@ -47,6 +47,10 @@ pub struct Appended {
     pub first: u64,
     /// The last record's sequence number.
     pub last: u64,
+    /// True when every record was an event already logged under the same id
+    /// within the dedupe window: nothing new was written, and `first..=last`
+    /// are the original sequence numbers.
+    pub replayed: bool,
 }
 
 /// A record validated and encoded by its caller, waiting for a sequence number.
@@ -81,6 +85,17 @@ pub(crate) struct Writer {
 
 /// Lease state as the group sees it: `Some(None)` means deleted in this group.
 type LeaseOverlay = HashMap<String, Option<Lease>>;
+
+/// Event ids logged earlier in this group: id -> (seq, time).
+type IdOverlay = HashMap<String, (u64, u64)>;
+
+/// What the dedupe check says about one append.
+enum Dedupe {
+    /// No event in it was logged before within the window.
+    New,
+    /// Every record is an event logged before: answer with the originals.
+    Replay { first: u64, last: u64 },
+}
 
 impl Writer {
     pub(crate) fn new(shared: Arc<Shared>, next_seq: u64, log_bytes: u64, last_time_us: u64, floor: u64) -> Writer {
@@ -123,6 +138,7 @@ impl Writer {
         }
         let mut batch = WriteBatch::default();
         let mut overlay = LeaseOverlay::new();
+        let mut ids = IdOverlay::new();
         let mut acks: Vec<(oneshot::Sender<Result<Appended>>, Appended)> = Vec::new();
         let mut trim_acks = Vec::new();
         let start = (self.next_seq, self.log_bytes, self.last_time_us, self.floor);
@@ -138,7 +154,18 @@ impl Writer {
                         let _ = reply.send(Err(e));
                         continue;
                     }
-                    match self.append(&mut batch, &mut overlay, records, time_us) {
+                    match self.dedupe(&ids, &records, time_us) {
+                        Ok(Dedupe::New) => {}
+                        Ok(Dedupe::Replay { first, last }) => {
+                            let _ = reply.send(Ok(Appended { first, last, replayed: true }));
+                            continue;
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                            continue;
+                        }
+                    }
+                    match self.append(&mut batch, &mut overlay, &mut ids, records, time_us) {
                         Ok(appended) => {
                             dirty = true;
                             acks.push((reply, appended));
@@ -231,6 +258,7 @@ impl Writer {
         &mut self,
         batch: &mut WriteBatch,
         overlay: &mut LeaseOverlay,
+        ids: &mut IdOverlay,
         records: Vec<Prepared>,
         time_us: u64,
     ) -> Result<Appended> {
@@ -240,11 +268,64 @@ impl Writer {
             let bytes = frame(seq, time_us, &self.shared.site, rec.body.kind(), &rec.encoded_body)?;
             batch.put_cf(self.shared.cf(CF_LOG)?, keys::log_key(seq), &bytes);
             self.materialize(batch, overlay, seq, time_us, &rec.body)?;
+            if let Body::Event(e) = &rec.body {
+                if !e.id.is_empty() {
+                    ids.insert(e.id.clone(), (seq, time_us));
+                }
+            }
             self.log_bytes += bytes.len() as u64;
             self.next_seq += 1;
         }
         self.last_time_us = time_us;
-        Ok(Appended { first, last: self.next_seq - 1 })
+        Ok(Appended { first, last: self.next_seq - 1, replayed: false })
+    }
+
+    /// Looks up the request's event ids. An id logged within the dedupe
+    /// window makes its event a retry: if every record of the request is such
+    /// a retry, the request is answered with the original sequence numbers
+    /// and writes nothing; a request mixing retries and new records is
+    /// refused, since answering it either way would be wrong.
+    fn dedupe(&self, ids: &IdOverlay, records: &[Prepared], time_us: u64) -> Result<Dedupe> {
+        let window_us = self.shared.dedupe_window.as_micros().min(u128::from(u64::MAX)) as u64;
+        let mut seen: Vec<(String, u64)> = Vec::new();
+        for rec in records {
+            let Body::Event(e) = &rec.body else { continue };
+            if e.id.is_empty() {
+                continue;
+            }
+            let found = match ids.get(&e.id) {
+                Some(v) => Some(*v),
+                None => match self.shared.db.get_pinned_cf(self.shared.cf(CF_EVENT_IDS)?, e.id.as_bytes())? {
+                    Some(v) => Some(keys::decode_event_id_value(&v).ok_or_else(|| {
+                        Error::corruption(format!("event id {}", e.id), "index value is not 16 bytes")
+                    })?),
+                    None => None,
+                },
+            };
+            if let Some((seq, at)) = found {
+                if time_us.saturating_sub(at) <= window_us {
+                    seen.push((e.id.clone(), seq));
+                }
+            }
+        }
+        if seen.is_empty() {
+            return Ok(Dedupe::New);
+        }
+        if seen.len() == records.len() {
+            let first = seen.iter().map(|(_, s)| *s).min().unwrap_or_default();
+            let last = seen.iter().map(|(_, s)| *s).max().unwrap_or_default();
+            return Ok(Dedupe::Replay { first, last });
+        }
+        let list: Vec<String> = seen.iter().map(|(id, seq)| format!("{id} (seq {seq})")).collect();
+        Err(Error::Conflict {
+            what: "event id",
+            detail: format!(
+                "{} of {} events were already published: {}; retry the batch unchanged or without them",
+                seen.len(),
+                records.len(),
+                list.join(", ")
+            ),
+        })
     }
 
     /// Checks that every lease mutation of one request applies, without
@@ -322,7 +403,11 @@ impl Writer {
     ) -> Result<()> {
         let s = &self.shared;
         match body {
-            Body::Event(_) => {}
+            // An event without an id is never deduplicated, so not indexed.
+            Body::Event(e) if e.id.is_empty() => {}
+            Body::Event(e) => {
+                batch.put_cf(s.cf(CF_EVENT_IDS)?, e.id.as_bytes(), keys::event_id_value(seq, time_us));
+            }
             Body::TupleSet(t) => {
                 let row = TupleRow {
                     seq,
@@ -373,6 +458,15 @@ impl Writer {
                 });
             }
             batch.delete_range_cf(self.shared.cf(CF_LOG)?, keys::log_key(log.from), keys::log_key(log.to));
+            // The id index follows the log: drop the ids of trimmed events,
+            // unless a later event took the id over.
+            let event_ids = self.shared.cf(CF_EVENT_IDS)?;
+            for id in &log.event_ids {
+                let current = self.shared.db.get_pinned_cf(event_ids, id.as_bytes())?;
+                if current.and_then(|v| keys::decode_event_id_value(&v)).is_some_and(|(seq, _)| seq < log.to) {
+                    batch.delete_cf(event_ids, id.as_bytes());
+                }
+            }
             self.floor = log.to;
             self.log_bytes -= log.bytes;
         }

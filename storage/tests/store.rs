@@ -337,3 +337,81 @@ async fn scan_pages_through_matching_records_and_reports_compaction() {
     let page = store.read(move |v| v.scan(6, u64::MAX, &filter, 3, 100)).await.unwrap();
     assert_eq!(page, Scan::Compacted { earliest: 21 });
 }
+
+fn event_with_id(id: &str) -> Body {
+    let Body::Event(mut e) = event("/a/", "t", b"p") else { unreachable!() };
+    e.id = id.into();
+    Body::Event(e)
+}
+
+#[tokio::test]
+async fn a_retried_event_id_returns_the_original_sequence_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let first = store.append(vec![event_with_id("a")]).await.unwrap();
+    assert!(!first.replayed);
+    let again = store.append(vec![event_with_id("a")]).await.unwrap();
+    assert_eq!((again.first, again.last, again.replayed), (first.first, first.first, true));
+    let batch = store.append(vec![event_with_id("b"), event_with_id("c")]).await.unwrap();
+    let retry = store.append(vec![event_with_id("b"), event_with_id("c")]).await.unwrap();
+    assert_eq!((retry.first, retry.last, retry.replayed), (batch.first, batch.last, true));
+    // Mixing a retry with a new event is refused and writes nothing.
+    let err = store.append(vec![event_with_id("c"), event_with_id("d")]).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }) && err.to_string().contains("c (seq"), "{err}");
+    assert_eq!(store.last_seq(), 3);
+    // Two requests with the same id in one group: the second is a retry.
+    let (x, y) = tokio::join!(store.append(vec![event_with_id("e")]), store.append(vec![event_with_id("e")]));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_eq!(x.first, y.first);
+    assert!(x.replayed != y.replayed);
+    assert_eq!(store.last_seq(), 4);
+    store.close();
+    // After a restart the ids are still remembered.
+    let store = open(dir.path());
+    assert!(store.append(vec![event_with_id("a")]).await.unwrap().replayed);
+    store.close();
+    assert!(check(dir.path()).unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn ids_outside_the_window_or_trimmed_are_new_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options { dedupe_window: std::time::Duration::ZERO, ..Options::new("s") };
+    let store = Store::open(dir.path(), options).unwrap();
+    let a = store.append(vec![event_with_id("a")]).await.unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let b = store.append(vec![event_with_id("a")]).await.unwrap();
+    assert!(!b.replayed && b.first == a.first + 1, "outside a zero window the id is new");
+    store.close();
+    assert!(check(dir.path()).unwrap().is_ok(), "the index points at the newest event with the id");
+
+    let store = open(dir.path());
+    let policy = Retention { log_max_bytes: Some(0), ..Retention::default() };
+    store.enforce_retention(&policy, now_us()).await.unwrap();
+    let c = store.append(vec![event_with_id("a")]).await.unwrap();
+    assert!(!c.replayed, "a trimmed event's id is forgotten");
+    store.close();
+    let report = check(dir.path()).unwrap();
+    assert!(report.is_ok(), "{report}");
+}
+
+#[test]
+fn a_format_1_folder_is_upgraded_and_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.append_blocking(vec![event_with_id("old")]).unwrap();
+        store.close();
+    }
+    // Make it look like format 1: no id index, format byte 1.
+    {
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), keys::ALL_CFS).unwrap();
+        db.delete_cf(db.cf_handle(keys::CF_EVENT_IDS).unwrap(), b"old").unwrap();
+        db.put_cf(db.cf_handle(keys::CF_META).unwrap(), keys::META_FORMAT, [1u8]).unwrap();
+    }
+    assert!(!check(dir.path()).unwrap().is_ok(), "before the upgrade the index is missing");
+    let store = open(dir.path());
+    assert!(store.append_blocking(vec![event_with_id("old")]).unwrap().replayed);
+    store.close();
+    assert!(check(dir.path()).unwrap().is_ok());
+}
