@@ -1,0 +1,100 @@
+//! HTTP publish throughput against the real `pepper` binary on loopback.
+//!
+//! Run: `cargo bench --bench http`. The bench starts `pepper serve` on an
+//! ephemeral loopback port with a temporary data folder (durability `sync`),
+//! and drives it from this process with 64 concurrent keep-alive clients:
+//! single-event publishes, then batches of 100 events per request. Each
+//! acknowledgement means the event was durably committed.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use serde_json::json;
+
+const CLIENTS: usize = 64;
+const BATCH: usize = 100;
+
+struct Server {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pepper"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--site", "bench", "--data"])
+            .arg(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line.trim().strip_prefix("listening on ").unwrap().to_string();
+        Server { child, url, _dir: dir }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn publish(c: &mut Criterion) {
+    let server = Server::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let client = reqwest::Client::builder().pool_max_idle_per_host(CLIENTS).build().unwrap();
+    let url = format!("{}/v1/events", server.url);
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut group = c.benchmark_group("http-publish");
+    group.sample_size(10).measurement_time(Duration::from_secs(10)).warm_up_time(Duration::from_secs(2));
+    for batch in [1usize, BATCH] {
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(BenchmarkId::new("durable", format!("{CLIENTS}-clients-{batch}-per-request")), |b| {
+            b.iter_custom(|iters| {
+                let per = iters.div_ceil(CLIENTS as u64);
+                let start = Instant::now();
+                runtime.block_on(async {
+                    let tasks: Vec<_> = (0..CLIENTS)
+                        .map(|w| {
+                            let (client, url, counter) = (client.clone(), url.clone(), counter.clone());
+                            tokio::spawn(async move {
+                                for _ in 0..per {
+                                    let events: Vec<_> = (0..batch)
+                                        .map(|_| {
+                                            let n = counter.fetch_add(1, Ordering::Relaxed);
+                                            json!({"channel": format!("/bench.example.com/node/n{w}/"), "type": "attribute",
+                                                   "payload": {"field": format!("f{}", n % 64), "value": format!("{n:0100}")}})
+                                        })
+                                        .collect();
+                                    let body = if batch == 1 { events[0].clone() } else { json!(events) };
+                                    let res = client.post(&url).json(&body).send().await.unwrap();
+                                    assert!(res.status().is_success(), "{}", res.status());
+                                    res.bytes().await.unwrap();
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                });
+                start.elapsed().mul_f64(iters as f64 / (per * CLIENTS as u64) as f64)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, publish);
+criterion_main!(benches);
