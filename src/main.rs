@@ -69,6 +69,28 @@ enum Command {
     /// (`--json P`), or nothing. `--xml FILE` instead posts a whole PsEPR
     /// XML envelope (`<event>` or `<events>`) from FILE, or stdin for `-`.
     Send(SendArgs),
+    /// Print the events on a channel as they arrive, one JSON object per
+    /// line. A dropped connection is resumed from the last event seen, with
+    /// nothing skipped and nothing repeated.
+    Watch {
+        /// The channel pattern to watch (`*` matches one element).
+        channel: String,
+        /// Only these payload types (comma-separated).
+        #[arg(long)]
+        types: Option<String>,
+        /// Start at this sequence number instead of with the next event.
+        #[arg(long)]
+        from_seq: Option<u64>,
+        /// The site to talk to.
+        #[arg(long, env = "PEPPER_SERVER", default_value = "http://127.0.0.1:7171")]
+        server: String,
+    },
+    /// List the site's live leases.
+    Leases {
+        /// The site to talk to.
+        #[arg(long, env = "PEPPER_SERVER", default_value = "http://127.0.0.1:7171")]
+        server: String,
+    },
 }
 
 /// `pepper send`'s arguments.
@@ -184,6 +206,8 @@ fn main() -> ExitCode {
         }
         Command::Check { data } => check(&data),
         Command::Send(args) => send(args),
+        Command::Watch { channel, types, from_seq, server } => watch(&server, &channel, types.as_deref(), from_seq),
+        Command::Leases { server } => leases(&server),
     };
     match result {
         Ok(code) => code,
@@ -259,6 +283,108 @@ fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
     };
     let response = request.send().with_context(|| format!("cannot reach {}", args.server))?;
     answer(response)
+}
+
+fn leases(server: &str) -> anyhow::Result<ExitCode> {
+    let url = format!("{}/v1/leases", server.trim_end_matches('/'));
+    let response = reqwest::blocking::get(&url).with_context(|| format!("cannot reach {server}"))?;
+    if !response.status().is_success() {
+        return answer(response);
+    }
+    let body: serde_json::Value = response.json().context("the server's answer is not JSON")?;
+    let leases = body["leases"].as_array().cloned().unwrap_or_default();
+    println!("{:<34} {:<40} {:>7}  {:<28} types", "id", "channel", "ttl_s", "expires_at");
+    for l in &leases {
+        let types = l["types"].as_array().map(|t| t.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","));
+        println!(
+            "{:<34} {:<40} {:>7}  {:<28} {}",
+            l["id"].as_str().unwrap_or_default(),
+            l["channel"].as_str().unwrap_or_default(),
+            l["ttl_s"].as_u64().unwrap_or_default(),
+            l["expires_at"].as_str().unwrap_or_default(),
+            types.filter(|t| !t.is_empty()).unwrap_or_else(|| "*".into())
+        );
+    }
+    println!("{} lease(s) as of seq {}", leases.len(), body["seq"]);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Longest wait between reconnection attempts of `pepper watch`.
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+fn watch(server: &str, channel: &str, types: Option<&str>, from_seq: Option<u64>) -> anyhow::Result<ExitCode> {
+    use std::io::{BufRead, Write};
+    let http = reqwest::blocking::Client::builder().timeout(None).build()?;
+    let root = server.trim_end_matches('/');
+    // Pin the start to a sequence number, so a reconnect before the first
+    // event still resumes exactly where this watch began.
+    let mut next = match from_seq {
+        Some(f) => f,
+        None => {
+            let health: serde_json::Value = http
+                .get(format!("{root}/v1/health"))
+                .send()
+                .with_context(|| format!("cannot reach {server}"))?
+                .json()
+                .context("the server's health answer is not JSON")?;
+            health["last_seq"].as_u64().context("the server's health answer has no last_seq")? + 1
+        }
+    };
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let mut query = vec![("channel", channel.to_string()), ("from_seq", next.to_string())];
+        if let Some(t) = types {
+            query.push(("types", t.to_string()));
+        }
+        let request = http.get(format!("{root}/v1/watch")).query(&query).header("accept", "text/event-stream");
+        let response = match request.send() {
+            Ok(r) if r.status().is_success() => r,
+            Ok(r) if r.status().is_client_error() => return answer(r),
+            Ok(r) => {
+                eprintln!("pepper watch: {} from {server}; retrying", r.status());
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
+                continue;
+            }
+            Err(e) => {
+                eprintln!("pepper watch: cannot reach {server} ({e}); retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(200);
+        let (mut id, mut event, mut data) = (None::<u64>, String::new(), String::new());
+        for line in std::io::BufReader::new(response).lines() {
+            let Ok(line) = line else { break };
+            if line.is_empty() {
+                if event == "pepper.compacted" {
+                    let v: serde_json::Value = serde_json::from_str(&data).unwrap_or_default();
+                    let earliest = v["earliest_seq"].as_u64().unwrap_or(next);
+                    eprintln!(
+                        "pepper watch: events before seq {earliest} were trimmed by retention; continuing from there"
+                    );
+                    next = earliest;
+                } else if let (Some(seq), false) = (id, data.is_empty()) {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{data}");
+                    let _ = out.flush();
+                    next = seq + 1;
+                }
+                (id, event, data) = (None, String::new(), String::new());
+                continue;
+            }
+            if let Some(v) = line.strip_prefix("id:") {
+                id = v.trim().parse().ok();
+            } else if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim().to_string();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            }
+        }
+        eprintln!("pepper watch: connection to {server} ended; resuming from seq {next}");
+        std::thread::sleep(backoff);
+    }
 }
 
 fn host_name() -> String {

@@ -220,3 +220,50 @@ fn watch_streams_a_channel_and_long_poll_serves_clients_without_sse() {
     let res = http.get(server.at(&format!("/v1/leases/{id}/events?max=0"))).send().unwrap();
     assert_eq!(res.status(), 400);
 }
+
+#[test]
+fn pepper_watch_prints_events_and_resumes_after_a_restart() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    // A fixed port, so the watcher can find the restarted server.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = Server::start(dir.path(), &["--listen", &listen]);
+    let http = Client::new();
+    let mut watcher = std::process::Command::new(env!("CARGO_BIN_EXE_pepper"))
+        .args(["watch", "/a.org/", "--from-seq", "1", "--server", &server.url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let first = publish(&http, &server, "/a.org/x/", "t", 0);
+    let line: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    seen.push(line["seq"].as_u64().unwrap());
+    assert_eq!(seen, [first]);
+    assert!(server.stop().success());
+    let server = Server::start(dir.path(), &["--listen", &listen]);
+    let after: Vec<u64> = (1..4).map(|n| publish(&http, &server, "/a.org/y/", "t", n)).collect();
+    publish(&http, &server, "/b.org/", "t", 9);
+    for want in after {
+        let line: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert_eq!(line["seq"].as_u64(), Some(want), "resumed with no gap and no duplicate");
+    }
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pepper"))
+        .args(["leases", "--server", &server.url])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 lease(s)"));
+    grant(&http, &server, json!({"channel": "/a.org/", "ttl_s": 60, "id": "listed"}));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pepper"))
+        .args(["leases", "--server", &server.url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("listed") && text.contains("1 lease(s)"), "{text}");
+}

@@ -18,14 +18,12 @@ impl Server {
     /// Starts `pepper serve` on `data` with extra flags, and waits until it
     /// prints the address it listens on.
     pub fn start(data: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pepper"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--site", "test-site", "--data"])
-            .arg(data)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pepper"));
+        command.args(["serve", "--site", "test-site", "--data"]).arg(data);
+        if !extra.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = command.args(extra).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let url = line
