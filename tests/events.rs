@@ -267,3 +267,25 @@ fn a_retried_event_id_is_logged_once() {
     let again: Value = http.post(server.at("/v1/events")).json(&event).send().unwrap().json().unwrap();
     assert_eq!((again["seq"].as_u64(), &again["replayed"]), (Some(1), &json!(true)));
 }
+
+#[test]
+fn metrics_count_commits_requests_and_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    for _ in 0..3 {
+        http.post(server.at("/v1/events")).json(&json!({"channel": "/a.org/", "type": "t"})).send().unwrap();
+    }
+    http.post(server.at("/v1/leases")).json(&json!({"channel": "/a.org/", "ttl_s": 60})).send().unwrap();
+    let text = http.get(server.at("/metrics")).send().unwrap().text().unwrap();
+    for needle in [
+        "pepper_log_last_seq 4",
+        "pepper_store_records_committed 4",
+        "pepper_leases_live 1",
+        r#"pepper_http_requests_total{route="/v1/events",method="POST",status="200"} 3"#,
+        "pepper_http_request_seconds_bucket",
+        "pepper_deliveries_total 0",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+}

@@ -40,6 +40,7 @@ use std::sync::Arc;
 use crate::envelope::{canonical_type, EventIn, EventOut};
 use crate::error::ApiError;
 use crate::lease::{self, LeaseIndex};
+use crate::metrics::Metrics;
 use crate::sse;
 
 /// Largest request body, in bytes. Larger bodies get 413 before they are
@@ -83,6 +84,8 @@ pub struct AppState {
     /// Set once the server is stopping, so live streams end and graceful
     /// shutdown does not wait on them forever.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Counters and histograms for `GET /metrics`.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -93,7 +96,13 @@ impl AppState {
     pub async fn load(store: Store, config: ApiConfig) -> Result<AppState, pepper_storage::Error> {
         let leases = store.read(|v| v.leases()).await?;
         let (stopping, _) = tokio::sync::watch::channel(false);
-        Ok(AppState { store, leases: Arc::new(LeaseIndex::new(&leases)), config, stopping: Arc::new(stopping) })
+        Ok(AppState {
+            store,
+            leases: Arc::new(LeaseIndex::new(&leases)),
+            config,
+            stopping: Arc::new(stopping),
+            metrics: Arc::new(Metrics::default()),
+        })
     }
 
     /// Ends every live stream (each client resumes from its last event id
@@ -111,7 +120,9 @@ impl AppState {
 
 /// The API's routes over `state`.
 pub fn router(state: AppState) -> Router {
+    let metrics = state.metrics.clone();
     Router::new()
+        .route("/metrics", get(crate::metrics::scrape))
         .route("/v1/health", get(health))
         .route("/v1/events", get(list_events).post(publish))
         .route("/v1/leases", get(lease::list).post(lease::grant))
@@ -120,6 +131,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leases/{id}/events", get(sse::lease_events))
         .route("/v1/watch", get(sse::watch))
         .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()) })
+        .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track))
         .with_state(state)
 }
 

@@ -13,6 +13,7 @@ pub mod envelope;
 mod error;
 mod http;
 pub mod lease;
+mod metrics;
 mod sse;
 pub mod xml;
 

@@ -206,6 +206,9 @@ fn sse(state: AppState, sub: Subscription, from: u64) -> Response {
             let event = match next {
                 Ok(FeedItem::Record(record)) => match st.sub.deliver(&record) {
                     Delivery::Event(out) => {
+                        let m = &st.state.metrics;
+                        m.deliveries.inc();
+                        m.delivery_lag.observe(st.state.store.last_seq().saturating_sub(record.seq) as f64);
                         let data = serde_json::to_string(&out).unwrap_or_default();
                         SseEvent::default().id(record.seq.to_string()).event(out.event_type.clone()).data(data)
                     }
@@ -262,7 +265,10 @@ async fn long_poll(
         let mut next = next_seq;
         for record in &records {
             match sub.deliver(record) {
-                Delivery::Event(e) => events.push(*e),
+                Delivery::Event(e) => {
+                    state.metrics.deliveries.inc();
+                    events.push(*e)
+                }
                 Delivery::LeaseEnded { reason } => {
                     ended = Some(reason);
                     next = record.seq + 1;

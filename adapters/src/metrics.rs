@@ -1,0 +1,125 @@
+//! `GET /metrics`: the site's health in Prometheus text format.
+//!
+//! Counted as they happen: HTTP requests and their latency per route and
+//! method, events delivered to subscribers, and how far behind the log's
+//! head each delivered event was (the feed lag, in records). Read at scrape
+//! time from the store: group commits, records committed (so records per
+//! commit), the log's sequence range, and live leases.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::error::ApiError;
+use crate::http::AppState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+    method: String,
+    status: u16,
+}
+
+/// The site's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RouteLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// Events delivered to SSE and long-poll subscribers.
+    pub(crate) deliveries: Counter,
+    /// Records between the log's head and each event when it was delivered.
+    pub(crate) delivery_lag: Histogram,
+    commits: Gauge,
+    records: Gauge,
+    last_seq: Gauge,
+    earliest_seq: Gauge,
+    leases: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to ~1.6 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut registry = Registry::with_prefix("pepper");
+        let requests = Family::<RouteLabels, Counter>::default();
+        let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let deliveries = Counter::default();
+        let delivery_lag = Histogram::new(exponential_buckets(1.0, 4.0, 12));
+        let (commits, records, last_seq, earliest_seq, leases) =
+            (Gauge::default(), Gauge::default(), Gauge::default(), Gauge::default(), Gauge::default());
+        registry.register("http_requests", "HTTP requests answered", requests.clone());
+        registry.register("http_request_seconds", "HTTP request latency", latency.clone());
+        registry.register("deliveries", "Events delivered to subscribers", deliveries.clone());
+        registry.register(
+            "delivery_lag_records",
+            "Records between the log head and a delivered event",
+            delivery_lag.clone(),
+        );
+        registry.register(
+            "store_group_commits",
+            "Group commits written (one WAL sync each under sync)",
+            commits.clone(),
+        );
+        registry.register("store_records_committed", "Records committed", records.clone());
+        registry.register("log_last_seq", "The last durable sequence number", last_seq.clone());
+        registry.register("log_earliest_seq", "The lowest sequence number retention kept", earliest_seq.clone());
+        registry.register("leases_live", "Live leases", leases.clone());
+        Metrics {
+            registry,
+            requests,
+            latency,
+            deliveries,
+            delivery_lag,
+            commits,
+            records,
+            last_seq,
+            earliest_seq,
+            leases,
+        }
+    }
+}
+
+fn as_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Axum middleware: counts and times every request by route.
+pub(crate) async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let route =
+        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = request.method().to_string();
+    let start = Instant::now();
+    let response = next.run(request).await;
+    let labels = RouteLabels { route, method, status: response.status().as_u16() };
+    metrics.requests.get_or_create(&labels).inc();
+    metrics.latency.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
+    response
+}
+
+pub(crate) async fn scrape(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let m = &state.metrics;
+    let stats = state.store.stats();
+    m.commits.set(as_i64(stats.groups));
+    m.records.set(as_i64(stats.records));
+    m.last_seq.set(as_i64(state.store.last_seq()));
+    m.earliest_seq.set(as_i64(state.store.earliest_seq()));
+    m.leases.set(as_i64(state.leases.len() as u64));
+    let mut text = String::new();
+    encode(&mut text, &m.registry)
+        .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
+}
