@@ -12,8 +12,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
-use pepper_storage::{Durability, Options, Retention, Store};
+use clap::{Parser, Subcommand};
+
+mod config;
+use pepper_storage::{Options, Store};
 
 #[derive(Parser)]
 #[command(
@@ -29,33 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run this site: open the store and serve the HTTP API.
-    Serve {
-        /// Folder of the site's store; created if missing.
-        #[arg(long, env = "PEPPER_DATA", default_value = "./pepper-data")]
-        data: PathBuf,
-        /// Address to listen on. Port 0 picks a free port; the chosen address
-        /// is printed on stdout as `listening on http://ADDR`.
-        #[arg(long, env = "PEPPER_LISTEN", default_value = "127.0.0.1:7171")]
-        listen: SocketAddr,
-        /// This site's name. Defaults to the host name.
-        #[arg(long, env = "PEPPER_SITE")]
-        site: Option<String>,
-        /// When writes are acknowledged: `sync` (after the WAL is fsynced) or
-        /// `buffered` (after it is written to the OS).
-        #[arg(long, env = "PEPPER_DURABILITY", value_enum, default_value_t = DurabilityArg::Sync)]
-        durability: DurabilityArg,
-        #[command(flatten)]
-        retention: RetentionArgs,
-        /// The longest time to live a lease is granted, in seconds; longer
-        /// requests are granted this.
-        #[arg(long, env = "PEPPER_LEASE_TTL_MAX_S", default_value_t = pepper_adapters::lease::LEASE_TTL_MAX_S_DEFAULT,
-              value_parser = clap::value_parser!(u64).range(1..))]
-        lease_ttl_max_s: u64,
-        /// How long an event id is remembered, in seconds: publishing it again
-        /// within this window returns the original sequence number.
-        #[arg(long, env = "PEPPER_DEDUPE_WINDOW_S", default_value_t = pepper_storage::DEDUPE_WINDOW_DEFAULT.as_secs())]
-        dedupe_window_s: u64,
-    },
+    Serve(config::ServeArgs),
     /// Check a data folder offline: record crcs, contiguous sequence numbers,
     /// and views that agree with the log. Exits non-zero on any problem.
     Check {
@@ -134,57 +110,6 @@ struct SendArgs {
     server: String,
 }
 
-/// Retention flags; each one left out keeps everything along its axis.
-#[derive(clap::Args)]
-struct RetentionArgs {
-    /// Trim log records older than this many seconds.
-    #[arg(long, env = "PEPPER_LOG_MAX_AGE_S")]
-    log_max_age_s: Option<u64>,
-    /// Trim the oldest log records while the log holds more than this many bytes.
-    #[arg(long, env = "PEPPER_LOG_MAX_BYTES")]
-    log_max_bytes: Option<u64>,
-    /// Keep at most this many history rows per (channel, field).
-    #[arg(long, env = "PEPPER_HISTORY_MAX_COUNT")]
-    history_max_count: Option<u64>,
-    /// Trim history rows older than this many seconds.
-    #[arg(long, env = "PEPPER_HISTORY_MAX_AGE_S")]
-    history_max_age_s: Option<u64>,
-    /// Seconds between retention passes.
-    #[arg(long, env = "PEPPER_RETENTION_INTERVAL_S", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-    retention_interval_s: u64,
-}
-
-impl From<RetentionArgs> for Retention {
-    fn from(a: RetentionArgs) -> Retention {
-        Retention {
-            log_max_age: a.log_max_age_s.map(Duration::from_secs),
-            log_max_bytes: a.log_max_bytes,
-            history_max_count: a.history_max_count,
-            history_max_age: a.history_max_age_s.map(Duration::from_secs),
-            interval: Duration::from_secs(a.retention_interval_s),
-            ..Retention::default()
-        }
-    }
-}
-
-/// The `--durability` values.
-#[derive(Clone, Copy, ValueEnum)]
-enum DurabilityArg {
-    /// Acknowledge after the WAL is fsynced.
-    Sync,
-    /// Acknowledge after the WAL is written to the operating system.
-    Buffered,
-}
-
-impl From<DurabilityArg> for Durability {
-    fn from(d: DurabilityArg) -> Durability {
-        match d {
-            DurabilityArg::Sync => Durability::Sync,
-            DurabilityArg::Buffered => Durability::Buffered,
-        }
-    }
-}
-
 /// How long shutdown waits for open connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -195,14 +120,8 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { data, listen, site, durability, retention, lease_ttl_max_s, dedupe_window_s } => {
-            let options = Options {
-                site: site.unwrap_or_else(host_name),
-                durability: durability.into(),
-                retention: retention.into(),
-                dedupe_window: Duration::from_secs(dedupe_window_s),
-            };
-            serve(data, listen, options, pepper_adapters::ApiConfig { lease_ttl_max_s })
+        Command::Serve(args) => {
+            config::resolve(args).and_then(|site| serve(site.data, site.listen, site.options, site.api))
         }
         Command::Check { data } => check(&data),
         Command::Send(args) => send(args),
@@ -387,7 +306,7 @@ fn watch(server: &str, channel: &str, types: Option<&str>, from_seq: Option<u64>
     }
 }
 
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|s| s.trim().to_string())

@@ -69,3 +69,55 @@ fn bad_flags_are_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--retention-interval-s"));
 }
+
+#[test]
+fn a_config_file_sets_what_flags_leave_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pepper.toml");
+    std::fs::write(
+        &config,
+        "site = \"from-file\"\nlease_ttl_max_s = 7\n[retention]\nhistory_max_count = 3\ninterval_s = 1\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let http = reqwest::blocking::Client::new();
+    // The file's site name and TTL cap apply...
+    let server = Server::start(&data, &["--config", config.to_str().unwrap()]);
+    let health: serde_json::Value = http.get(server.at("/v1/health")).send().unwrap().json().unwrap();
+    assert_eq!(health["site"], "from-file");
+    let lease: serde_json::Value = http
+        .post(server.at("/v1/leases"))
+        .json(&serde_json::json!({"channel": "/a.org/", "ttl_s": 600}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(lease["ttl_s"], 7);
+    drop(server);
+    // ...and a flag beats the file.
+    let config2 = dir.path().join("pepper2.toml");
+    std::fs::write(&config2, "site = \"from-file\"\nlease_ttl_max_s = 9\n").unwrap();
+    let args = ["--config", config2.to_str().unwrap(), "--lease-ttl-max-s", "5", "--site", "from-flag"];
+    let server = Server::start(&data, &args);
+    let health: serde_json::Value = http.get(server.at("/v1/health")).send().unwrap().json().unwrap();
+    assert_eq!(health["site"], "from-flag");
+    let lease: serde_json::Value = http
+        .post(server.at("/v1/leases"))
+        .json(&serde_json::json!({"channel": "/a.org/", "ttl_s": 600}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(lease["ttl_s"], 5);
+    drop(server);
+    // A misspelt key is refused, naming it.
+    std::fs::write(&config, "lease_ttl_max = 7\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pepper"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config", config.to_str().unwrap(), "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid config file") && err.contains("lease_ttl_max"), "{err}");
+}

@@ -19,7 +19,10 @@ impl Server {
     /// prints the address it listens on.
     pub fn start(data: &Path, extra: &[&str]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_pepper"));
-        command.args(["serve", "--site", "test-site", "--data"]).arg(data);
+        command.args(["serve", "--data"]).arg(data);
+        if !extra.contains(&"--site") && !extra.contains(&"--config") {
+            command.args(["--site", "test-site"]);
+        }
         if !extra.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }

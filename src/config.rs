@@ -1,0 +1,188 @@
+//! `pepper serve`'s settings: flags, environment variables and a TOML file.
+//!
+//! Each setting comes from, in order of precedence: its flag, its
+//! `PEPPER_*` environment variable, the config file (`--config FILE`), then
+//! the built-in default. Every key of the file is a flag's name with `_` for
+//! `-`, and retention keys sit in a `[retention]` table:
+//!
+//! ```toml
+//! site = "lab-1"
+//! listen = "127.0.0.1:7171"
+//! data = "/var/lib/pepper"
+//! durability = "sync"          # or "buffered"
+//! lease_ttl_max_s = 3600
+//! dedupe_window_s = 600
+//!
+//! [retention]
+//! log_max_age_s = 604800
+//! log_max_bytes = 10737418240
+//! history_max_count = 1000
+//! history_max_age_s = 2592000
+//! interval_s = 10
+//! ```
+//!
+//! Unknown keys are refused, so a misspelt setting never silently falls
+//! back to its default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::ValueEnum;
+use pepper_storage::{Durability, Options, Retention};
+use serde::Deserialize;
+
+/// The default listen address: loopback only.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:7171";
+/// The default data folder.
+pub const DATA_DEFAULT: &str = "./pepper-data";
+/// The default seconds between retention passes.
+pub const RETENTION_INTERVAL_S_DEFAULT: u64 = 10;
+
+/// `--durability` and `durability =` values.
+#[derive(Clone, Copy, Debug, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityArg {
+    /// Acknowledge after the WAL is fsynced.
+    Sync,
+    /// Acknowledge after the WAL is written to the operating system.
+    Buffered,
+}
+
+impl From<DurabilityArg> for Durability {
+    fn from(d: DurabilityArg) -> Durability {
+        match d {
+            DurabilityArg::Sync => Durability::Sync,
+            DurabilityArg::Buffered => Durability::Buffered,
+        }
+    }
+}
+
+/// `pepper serve`'s flags. Those left out fall back to the config file, then
+/// to the defaults named in their help.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// A TOML file of settings (see the README); flags override it.
+    #[arg(long, env = "PEPPER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Folder of the site's store; created if missing [default: ./pepper-data].
+    #[arg(long, env = "PEPPER_DATA")]
+    data: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7171]. Port 0 picks a free
+    /// port; the chosen address is printed as `listening on http://ADDR`.
+    #[arg(long, env = "PEPPER_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// This site's name [default: the host name].
+    #[arg(long, env = "PEPPER_SITE")]
+    site: Option<String>,
+    /// When writes are acknowledged [default: sync]: after the WAL is
+    /// fsynced, or (buffered) after it is written to the OS.
+    #[arg(long, env = "PEPPER_DURABILITY", value_enum)]
+    durability: Option<DurabilityArg>,
+    /// The longest time to live a lease is granted, in seconds [default: 3600].
+    #[arg(long, env = "PEPPER_LEASE_TTL_MAX_S", value_parser = clap::value_parser!(u64).range(1..))]
+    lease_ttl_max_s: Option<u64>,
+    /// How long an event id is remembered for idempotent retries, in
+    /// seconds [default: 600].
+    #[arg(long, env = "PEPPER_DEDUPE_WINDOW_S")]
+    dedupe_window_s: Option<u64>,
+    /// Trim log records older than this many seconds.
+    #[arg(long, env = "PEPPER_LOG_MAX_AGE_S")]
+    log_max_age_s: Option<u64>,
+    /// Trim the oldest log records while the log holds more bytes than this.
+    #[arg(long, env = "PEPPER_LOG_MAX_BYTES")]
+    log_max_bytes: Option<u64>,
+    /// Keep at most this many history rows per (channel, field).
+    #[arg(long, env = "PEPPER_HISTORY_MAX_COUNT")]
+    history_max_count: Option<u64>,
+    /// Trim history rows older than this many seconds.
+    #[arg(long, env = "PEPPER_HISTORY_MAX_AGE_S")]
+    history_max_age_s: Option<u64>,
+    /// Seconds between retention passes [default: 10].
+    #[arg(long, env = "PEPPER_RETENTION_INTERVAL_S", value_parser = clap::value_parser!(u64).range(1..))]
+    retention_interval_s: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    site: Option<String>,
+    durability: Option<DurabilityArg>,
+    lease_ttl_max_s: Option<u64>,
+    dedupe_window_s: Option<u64>,
+    #[serde(default)]
+    retention: FileRetention,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRetention {
+    log_max_age_s: Option<u64>,
+    log_max_bytes: Option<u64>,
+    history_max_count: Option<u64>,
+    history_max_age_s: Option<u64>,
+    interval_s: Option<u64>,
+}
+
+/// Everything `serve` needs, resolved.
+pub struct Site {
+    /// The data folder.
+    pub data: PathBuf,
+    /// The listen address.
+    pub listen: SocketAddr,
+    /// The store's options.
+    pub options: Options,
+    /// The API's settings.
+    pub api: pepper_adapters::ApiConfig,
+}
+
+/// Merges flags, the config file and defaults.
+///
+/// # Errors
+/// An unreadable or invalid config file, or an out-of-range value in it.
+pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str::<FileConfig>(&text).with_context(|| format!("invalid config file {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let r = file.retention;
+    let interval_s = args.retention_interval_s.or(r.interval_s).unwrap_or(RETENTION_INTERVAL_S_DEFAULT);
+    let lease_ttl_max_s =
+        args.lease_ttl_max_s.or(file.lease_ttl_max_s).unwrap_or(pepper_adapters::lease::LEASE_TTL_MAX_S_DEFAULT);
+    if interval_s == 0 || lease_ttl_max_s == 0 {
+        anyhow::bail!("retention interval_s and lease_ttl_max_s must be at least 1");
+    }
+    let listen = match args.listen.or(file.listen) {
+        Some(l) => l,
+        None => LISTEN_DEFAULT.parse().context("the default listen address")?,
+    };
+    let retention = Retention {
+        log_max_age: args.log_max_age_s.or(r.log_max_age_s).map(Duration::from_secs),
+        log_max_bytes: args.log_max_bytes.or(r.log_max_bytes),
+        history_max_count: args.history_max_count.or(r.history_max_count),
+        history_max_age: args.history_max_age_s.or(r.history_max_age_s).map(Duration::from_secs),
+        interval: Duration::from_secs(interval_s),
+        ..Retention::default()
+    };
+    let options = Options {
+        site: args.site.or(file.site).unwrap_or_else(crate::host_name),
+        durability: args.durability.or(file.durability).unwrap_or(DurabilityArg::Sync).into(),
+        retention,
+        dedupe_window: args
+            .dedupe_window_s
+            .or(file.dedupe_window_s)
+            .map_or(pepper_storage::DEDUPE_WINDOW_DEFAULT, Duration::from_secs),
+    };
+    Ok(Site {
+        data: args.data.or(file.data).unwrap_or_else(|| PathBuf::from(DATA_DEFAULT)),
+        listen,
+        options,
+        api: pepper_adapters::ApiConfig { lease_ttl_max_s },
+    })
+}
