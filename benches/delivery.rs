@@ -10,8 +10,8 @@
 //! are printed as `SUMMARY` lines.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,35 +29,6 @@ fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-struct Server {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pepper"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--site", "bench", "--data"])
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line.trim().strip_prefix("listening on ").unwrap().to_string();
-    Server { child, url, _dir: dir }
-}
-
 fn delivery(c: &mut Criterion) {
     let leases = env_or("PEPPER_BENCH_LEASES", 1000) as usize;
     let rate = env_or("PEPPER_BENCH_RATE", 2000);
@@ -69,7 +40,7 @@ fn delivery(c: &mut Criterion) {
         b.iter_custom(|iters| {
             // One scenario run per criterion sample is enough: the figures
             // that matter are the latency percentiles printed below.
-            let server = start();
+            let server = common::Server::start();
             let client = reqwest::Client::builder().pool_max_idle_per_host(leases + 64).build().unwrap();
             let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()));
             let received = Arc::new(AtomicU64::new(0));
