@@ -292,3 +292,28 @@ async fn list_events(
     }
     Ok(Json(EventsPage { events, next_seq, last_seq }).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn an_oversized_body_gets_413_in_the_error_shape_and_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), pepper_storage::Options::new("t")).expect("open");
+        let state = AppState::load(store.clone(), ApiConfig::default()).await.expect("state");
+        let body = format!(r#"{{"channel": "/a.org/", "type": "t", "payload": "{}"}}"#, "x".repeat(BODY_BYTES_MAX));
+        let request = Request::post("/v1/events")
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .expect("request");
+        let response = router(state).oneshot(request).await.expect("response");
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024).await.expect("body");
+        let err: Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(err["error"]["code"], "too_large");
+        assert_eq!(store.last_seq(), 0);
+    }
+}
