@@ -267,3 +267,41 @@ fn pepper_watch_prints_events_and_resumes_after_a_restart() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("listed") && text.contains("1 lease(s)"), "{text}");
 }
+
+#[test]
+fn to_narrows_the_receivers_to_the_named_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    let pldb = grant(
+        &http,
+        &server,
+        json!({"channel": "/a.org/", "ttl_s": 60, "service": "pldb", "instance": "p1", "from_seq": 1}),
+    );
+    let other = grant(&http, &server, json!({"channel": "/a.org/", "ttl_s": 60, "service": "agent", "from_seq": 1}));
+    assert_eq!(pldb["service"], "pldb");
+    let send = |to: Value| -> u64 {
+        let res: Value = http
+            .post(server.at("/v1/events"))
+            .json(&json!({"channel": "/a.org/x/", "type": "t", "to": to}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        res["seq"].as_u64().unwrap()
+    };
+    let everyone = send(json!({}));
+    let to_pldb = send(json!({"service": "pldb"}));
+    let to_p1 = send(json!({"service": "pldb", "instance": "p1"}));
+    let to_p2 = send(json!({"service": "pldb", "instance": "p2"}));
+    let to_agent = send(json!({"service": "agent"}));
+    let seqs = |lease: &Value| -> Vec<u64> {
+        let id = lease["id"].as_str().unwrap();
+        let page: Value =
+            http.get(server.at(&format!("/v1/leases/{id}/events?wait_ms=0&max=100"))).send().unwrap().json().unwrap();
+        page["events"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(seqs(&pldb), [everyone, to_pldb, to_p1]);
+    assert_eq!(seqs(&other), [everyone, to_agent]);
+    let _ = to_p2;
+}

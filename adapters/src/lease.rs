@@ -206,6 +206,12 @@ pub(crate) struct GrantRequest {
     from_seq: Option<u64>,
     #[serde(default)]
     id: Option<String>,
+    /// The holder's service, matched against an event's `to.service`.
+    #[serde(default)]
+    service: String,
+    /// The holder's instance, matched against an event's `to.instance`.
+    #[serde(default)]
+    instance: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -236,6 +242,12 @@ pub struct LeaseJson {
     pub from_seq: Option<u64>,
     /// The sequence number of its grant.
     pub granted_seq: u64,
+    /// The holder's service, if given.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub service: String,
+    /// The holder's instance, if given.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub instance: String,
 }
 
 impl From<&Lease> for LeaseJson {
@@ -249,6 +261,8 @@ impl From<&Lease> for LeaseJson {
             expires_at: rfc3339_us(l.expires_at_us),
             from_seq: l.from_seq,
             granted_seq: l.granted_seq,
+            service: l.holder.service.clone(),
+            instance: l.holder.instance.clone(),
         }
     }
 }
@@ -335,6 +349,7 @@ pub(crate) async fn grant(
         expires_at_us,
         group: req.group.clone(),
         from_seq: req.from_seq,
+        holder: Party { service: req.service.clone(), instance: req.instance.clone() },
     };
     let appended =
         commit(&state, Body::LeaseGrant(grant), move |leases, seq| leases.set(&id2, expires_at_us, seq)).await?;
@@ -347,6 +362,8 @@ pub(crate) async fn grant(
         expires_at: rfc3339_us(expires_at_us),
         from_seq: req.from_seq,
         granted_seq: appended.first,
+        service: req.service,
+        instance: req.instance,
     };
     Ok((StatusCode::CREATED, Json(body)))
 }

@@ -32,7 +32,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pepper_router::Pattern;
-use pepper_storage::{Body, Feed, FeedItem, Filter, Kind, Record, Scan};
+use pepper_storage::{Body, Feed, FeedItem, Filter, Kind, Party, Record, Scan, Target};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -59,6 +59,9 @@ struct Subscription {
     types: Vec<String>,
     /// The lease whose end closes the stream; `None` for a watch.
     lease: Option<String>,
+    /// The lease holder, matched against each event's `to`; a watch has no
+    /// holder and receives every matching event.
+    holder: Option<Party>,
 }
 
 /// What a log record means to a subscriber.
@@ -77,11 +80,20 @@ impl Subscription {
         Filter { kinds, ..Filter::default() }
     }
 
+    /// Whether an event's `to` lets this subscriber receive it: each part of
+    /// `to` that is given must equal the holder's.
+    fn addressed(&self, to: &Target) -> bool {
+        let Some(holder) = &self.holder else { return true };
+        to.service.as_ref().is_none_or(|s| *s == holder.service)
+            && to.instance.as_ref().is_none_or(|i| *i == holder.instance)
+    }
+
     fn deliver(&self, record: &Record) -> Delivery {
         match &record.body {
             Body::Event(e)
                 if self.pattern.matches_name(&e.channel)
-                    && (self.types.is_empty() || self.types.contains(&e.event_type)) =>
+                    && (self.types.is_empty() || self.types.contains(&e.event_type))
+                    && self.addressed(&e.to) =>
             {
                 EventOut::from_record(record).map_or(Delivery::Nothing, |e| Delivery::Event(Box::new(e)))
             }
@@ -159,7 +171,7 @@ pub(crate) async fn lease_events(
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no live lease {id}")));
     };
     let pattern = Pattern::parse(&lease.pattern).map_err(ApiError::bad_channel)?;
-    let sub = Subscription { pattern, types: lease.types.clone(), lease: Some(id) };
+    let sub = Subscription { pattern, types: lease.types.clone(), lease: Some(id), holder: Some(lease.holder.clone()) };
     let from = start_seq(&state, &headers, q.from_seq, lease.from_seq.unwrap_or(lease.granted_seq + 1), seen)?;
     if q.wait_ms.is_some() || q.max.is_some() {
         return long_poll(state, sub, from, q.wait_ms.unwrap_or(0), q.max.unwrap_or(100)).await;
@@ -180,7 +192,7 @@ pub(crate) async fn watch(
         .unwrap_or_default();
     let seen = state.store.last_seq();
     let from = start_seq(&state, &headers, q.from_seq, seen + 1, seen)?;
-    Ok(sse(state, Subscription { pattern, types, lease: None }, from))
+    Ok(sse(state, Subscription { pattern, types, lease: None, holder: None }, from))
 }
 
 struct StreamState {

@@ -338,7 +338,7 @@ pub fn check(path: &Path) -> Result<CheckReport> {
     while it.valid() {
         let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
         let id = String::from_utf8_lossy(key).to_string();
-        match decode_row::<Lease>("lease", key, value) {
+        match crate::rows::decode_lease_row(key, value) {
             Err(e) => report.problem(e.to_string()),
             Ok(row) => match replay.leases.remove(&id) {
                 Some(LeaseState::Granted(want)) => {

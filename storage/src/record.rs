@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The record frame version this build writes.
+/// The record frame version of every kind whose body never changed.
 pub const RECORD_VERSION: u8 = 1;
 
 /// Bytes before the origin name: version, kind, seq, time, origin length.
@@ -124,6 +124,21 @@ pub struct LeaseGrant {
     pub group: Option<String>,
     /// The sequence number the lease's stream starts from.
     pub from_seq: Option<u64>,
+    /// Who holds the lease, matched against an event's `to` (added in
+    /// record version 2 of this kind; version 1 grants have an empty holder).
+    pub holder: Party,
+}
+
+/// A lease grant as record version 1 laid it out: without `holder`.
+#[derive(Deserialize)]
+struct LeaseGrantV1 {
+    id: String,
+    pattern: String,
+    types: Vec<String>,
+    ttl_ms: u64,
+    expires_at_us: u64,
+    group: Option<String>,
+    from_seq: Option<u64>,
 }
 
 /// Extends a live lease.
@@ -230,6 +245,15 @@ impl Kind {
         }
     }
 
+    /// The record version this build writes for the kind: the newest layout
+    /// of its body. Decoders read every version up to it.
+    pub fn version(self) -> u8 {
+        match self {
+            Kind::LeaseGrant => 2,
+            _ => RECORD_VERSION,
+        }
+    }
+
     fn from_byte(b: u8) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| *k as u8 == b)
     }
@@ -283,7 +307,7 @@ impl Body {
         res.map_err(|e| Error::invalid("record body", e.to_string()))
     }
 
-    fn decode(kind: Kind, bytes: &[u8]) -> std::result::Result<Body, postcard::Error> {
+    fn decode(version: u8, kind: Kind, bytes: &[u8]) -> std::result::Result<Body, postcard::Error> {
         fn whole<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> std::result::Result<T, postcard::Error> {
             let (value, rest) = postcard::take_from_bytes(bytes)?;
             if rest.is_empty() {
@@ -295,6 +319,19 @@ impl Body {
         Ok(match kind {
             Kind::Event => Body::Event(whole(bytes)?),
             Kind::TupleSet => Body::TupleSet(whole(bytes)?),
+            Kind::LeaseGrant if version == 1 => {
+                let g: LeaseGrantV1 = whole(bytes)?;
+                Body::LeaseGrant(LeaseGrant {
+                    id: g.id,
+                    pattern: g.pattern,
+                    types: g.types,
+                    ttl_ms: g.ttl_ms,
+                    expires_at_us: g.expires_at_us,
+                    group: g.group,
+                    from_seq: g.from_seq,
+                    holder: Party::default(),
+                })
+            }
             Kind::LeaseGrant => Body::LeaseGrant(whole(bytes)?),
             Kind::LeaseRenew => Body::LeaseRenew(whole(bytes)?),
             Kind::LeaseRelease => Body::LeaseRelease(whole(bytes)?),
@@ -354,11 +391,12 @@ impl Record {
                 format!("crc mismatch: stored {stored:#010x}, computed {computed:#010x}"),
             ));
         }
-        if data[0] != RECORD_VERSION {
-            return Err(Error::corruption(at(), format!("unknown record version {}", data[0])));
-        }
+        let version = data[0];
         let kind = Kind::from_byte(data[1])
             .ok_or_else(|| Error::corruption(at(), format!("unknown record kind {}", data[1])))?;
+        if version == 0 || version > kind.version() {
+            return Err(Error::corruption(at(), format!("unknown record version {version} for {}", kind.name())));
+        }
         let seq = read_u64(&data[2..10]);
         let time_us = read_u64(&data[10..18]);
         let origin_len = data[18] as usize;
@@ -367,7 +405,7 @@ impl Record {
         };
         let origin =
             std::str::from_utf8(origin).map_err(|_| Error::corruption(at(), "origin is not UTF-8"))?.to_string();
-        let body = Body::decode(kind, &data[HEADER_BYTES + origin_len..])
+        let body = Body::decode(version, kind, &data[HEADER_BYTES + origin_len..])
             .map_err(|e| Error::corruption(at(), format!("{} body does not decode: {e}", kind.name())))?;
         Ok(Record { seq, time_us, origin, body })
     }
@@ -386,7 +424,7 @@ pub(crate) fn frame(seq: u64, time_us: u64, origin: &str, kind: Kind, body: &[u8
         return Err(Error::TooLarge { what: "record", size: len, max: crate::limits::RECORD_BYTES_MAX });
     }
     let mut out = Vec::with_capacity(len);
-    out.push(RECORD_VERSION);
+    out.push(kind.version());
     out.push(kind as u8);
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&time_us.to_le_bytes());
@@ -445,6 +483,7 @@ mod tests {
                 expires_at_us: 99,
                 group: Some("g".into()),
                 from_seq: Some(5),
+                holder: Party { service: "svc".into(), instance: "i".into() },
             }),
             Body::LeaseRenew(LeaseRenew { id: "l1".into(), ttl_ms: 10, expires_at_us: 100 }),
             Body::LeaseRelease(LeaseEnd { id: "l1".into() }),
@@ -459,7 +498,7 @@ mod tests {
         for (i, body) in samples().into_iter().enumerate() {
             let rec = Record { seq: 1 + i as u64, time_us: 1_700_000_000_000_000, origin: "site-a".into(), body };
             let bytes = rec.encode().expect("encode");
-            assert_eq!(bytes[0], RECORD_VERSION);
+            assert_eq!(bytes[0], rec.kind().version());
             assert_eq!(bytes[1], rec.kind() as u8);
             assert_eq!(Record::decode(&bytes).expect("decode"), rec);
         }
@@ -486,6 +525,48 @@ mod tests {
             hex.join(" "),
             "01 02 01 00 00 00 00 00 00 00 00 40 1e 18 24 0a 06 00 02 73 31 03 2f 61 2f 01 66 01 31 00 00 00 50 14 1b c1"
         );
+    }
+
+    /// A lease grant logged before `holder` existed still reads, with an
+    /// empty holder.
+    #[test]
+    fn version_1_lease_grants_still_decode() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            id: &'a str,
+            pattern: &'a str,
+            types: Vec<&'a str>,
+            ttl_ms: u64,
+            expires_at_us: u64,
+            group: Option<&'a str>,
+            from_seq: Option<u64>,
+        }
+        let v1 = V1 {
+            id: "l",
+            pattern: "/a/",
+            types: vec!["t"],
+            ttl_ms: 5,
+            expires_at_us: 6,
+            group: None,
+            from_seq: Some(2),
+        };
+        let mut body = Vec::new();
+        postcard::to_io(&v1, &mut body).expect("encode");
+        let mut bytes = frame(9, 1, "s", Kind::LeaseGrant, &body).expect("frame");
+        bytes[0] = 1;
+        let n = bytes.len() - CRC_BYTES;
+        let crc = crc32fast::hash(&bytes[..n]);
+        bytes[n..].copy_from_slice(&crc.to_le_bytes());
+        let Body::LeaseGrant(g) = Record::decode(&bytes).expect("v1 decodes").body else { panic!("kind") };
+        assert_eq!((g.id.as_str(), g.ttl_ms, g.from_seq, g.holder), ("l", 5, Some(2), Party::default()));
+        // Version 2 of a kind that never had one is refused.
+        let tuple = Record { seq: 1, time_us: 1, origin: "s".into(), body: samples().remove(1) };
+        let mut bytes = tuple.encode().expect("encode");
+        bytes[0] = 2;
+        let crc = crc32fast::hash(&bytes[..bytes.len() - CRC_BYTES]);
+        let n = bytes.len() - CRC_BYTES;
+        bytes[n..].copy_from_slice(&crc.to_le_bytes());
+        assert!(Record::decode(&bytes).expect_err("v2 tuple").to_string().contains("unknown record version 2"));
     }
 
     #[test]

@@ -142,6 +142,58 @@ pub struct Lease {
     pub granted_seq: u64,
     /// The sequence number of the latest grant or renew record.
     pub renewed_seq: u64,
+    /// Who holds it, matched against an event's `to`.
+    pub holder: Party,
+}
+
+/// The version of lease rows this build writes; version 1 had no holder.
+pub(crate) const LEASE_ROW_VERSION: u8 = 2;
+
+/// A lease row as version 1 laid it out.
+#[derive(Deserialize)]
+struct LeaseV1 {
+    id: String,
+    pattern: String,
+    types: Vec<String>,
+    ttl_ms: u64,
+    expires_at_us: u64,
+    group: Option<String>,
+    from_seq: Option<u64>,
+    granted_seq: u64,
+    renewed_seq: u64,
+}
+
+pub(crate) fn encode_lease_row(lease: &Lease) -> Vec<u8> {
+    let mut out = encode_row(lease);
+    out[0] = LEASE_ROW_VERSION;
+    out
+}
+
+pub(crate) fn decode_lease_row(key: &[u8], bytes: &[u8]) -> Result<Lease> {
+    let at = || format!("lease {}", String::from_utf8_lossy(key));
+    match bytes.split_first() {
+        Some((&LEASE_ROW_VERSION, body)) => {
+            postcard::from_bytes(body).map_err(|e| Error::corruption(at(), format!("row does not decode: {e}")))
+        }
+        Some((1, body)) => {
+            let l: LeaseV1 =
+                postcard::from_bytes(body).map_err(|e| Error::corruption(at(), format!("row does not decode: {e}")))?;
+            Ok(Lease {
+                id: l.id,
+                pattern: l.pattern,
+                types: l.types,
+                ttl_ms: l.ttl_ms,
+                expires_at_us: l.expires_at_us,
+                group: l.group,
+                from_seq: l.from_seq,
+                granted_seq: l.granted_seq,
+                renewed_seq: l.renewed_seq,
+                holder: Party::default(),
+            })
+        }
+        Some((v, _)) => Err(Error::corruption(at(), format!("unknown lease row version {v}"))),
+        None => Err(Error::corruption(at(), "empty row")),
+    }
 }
 
 impl Lease {
@@ -156,6 +208,7 @@ impl Lease {
             from_seq: g.from_seq,
             granted_seq: seq,
             renewed_seq: seq,
+            holder: g.holder.clone(),
         }
     }
 }

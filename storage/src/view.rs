@@ -223,7 +223,7 @@ impl<'a> View<'a> {
         let mut out = Vec::new();
         while it.valid() {
             let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
-            out.push(decode_row("lease", key, value)?);
+            out.push(crate::rows::decode_lease_row(key, value)?);
             it.next();
         }
         it.status()?;
@@ -236,7 +236,7 @@ impl<'a> View<'a> {
     /// `Corruption` for a bad row.
     pub fn lease(&self, id: &str) -> Result<Option<Lease>> {
         match self.snap.get_pinned_cf(self.shared.cf(CF_LEASES)?, id.as_bytes())? {
-            Some(bytes) => Ok(Some(decode_row("lease", id.as_bytes(), &bytes)?)),
+            Some(bytes) => Ok(Some(crate::rows::decode_lease_row(id.as_bytes(), &bytes)?)),
             None => Ok(None),
         }
     }

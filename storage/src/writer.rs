@@ -388,7 +388,7 @@ impl Writer {
         }
         let cf = self.shared.cf(CF_LEASES)?;
         match self.shared.db.get_pinned_cf(cf, id.as_bytes())? {
-            Some(bytes) => Ok(Some(crate::rows::decode_row("lease", id.as_bytes(), &bytes)?)),
+            Some(bytes) => Ok(Some(crate::rows::decode_lease_row(id.as_bytes(), &bytes)?)),
             None => Ok(None),
         }
     }
@@ -423,7 +423,7 @@ impl Writer {
             }
             Body::LeaseGrant(g) => {
                 let lease = Lease::granted(g, seq);
-                batch.put_cf(s.cf(CF_LEASES)?, g.id.as_bytes(), encode_row(&lease));
+                batch.put_cf(s.cf(CF_LEASES)?, g.id.as_bytes(), crate::rows::encode_lease_row(&lease));
                 overlay.insert(g.id.clone(), Some(lease));
             }
             Body::LeaseRenew(r) => {
@@ -433,7 +433,7 @@ impl Writer {
                 lease.ttl_ms = r.ttl_ms;
                 lease.expires_at_us = r.expires_at_us;
                 lease.renewed_seq = seq;
-                batch.put_cf(s.cf(CF_LEASES)?, r.id.as_bytes(), encode_row(&lease));
+                batch.put_cf(s.cf(CF_LEASES)?, r.id.as_bytes(), crate::rows::encode_lease_row(&lease));
                 overlay.insert(r.id.clone(), Some(lease));
             }
             Body::LeaseRelease(e) | Body::LeaseExpire(e) => {

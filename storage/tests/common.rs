@@ -42,6 +42,7 @@ pub fn grant(id: &str, pattern: &str) -> Body {
         expires_at_us: far_future(),
         group: None,
         from_seq: None,
+        holder: Party::default(),
     })
 }
 
