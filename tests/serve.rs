@@ -80,35 +80,29 @@ fn a_config_file_sets_what_flags_leave_out() {
     )
     .unwrap();
     let data = dir.path().join("data");
-    let http = reqwest::blocking::Client::new();
+    // The site's name, and the TTL it grants when asked for 600 s.
+    let site_and_granted_ttl = |server: &Server| {
+        let http = reqwest::blocking::Client::new();
+        let health: serde_json::Value = http.get(server.at("/v1/health")).send().unwrap().json().unwrap();
+        let lease: serde_json::Value = http
+            .post(server.at("/v1/leases"))
+            .json(&serde_json::json!({"channel": "/a.org/", "ttl_s": 600}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        (health["site"].as_str().unwrap().to_string(), lease["ttl_s"].as_u64().unwrap())
+    };
     // The file's site name and TTL cap apply...
     let server = Server::start(&data, &["--config", config.to_str().unwrap()]);
-    let health: serde_json::Value = http.get(server.at("/v1/health")).send().unwrap().json().unwrap();
-    assert_eq!(health["site"], "from-file");
-    let lease: serde_json::Value = http
-        .post(server.at("/v1/leases"))
-        .json(&serde_json::json!({"channel": "/a.org/", "ttl_s": 600}))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    assert_eq!(lease["ttl_s"], 7);
+    assert_eq!(site_and_granted_ttl(&server), ("from-file".to_string(), 7));
     drop(server);
     // ...and a flag beats the file.
     let config2 = dir.path().join("pepper2.toml");
     std::fs::write(&config2, "site = \"from-file\"\nlease_ttl_max_s = 9\n").unwrap();
     let args = ["--config", config2.to_str().unwrap(), "--lease-ttl-max-s", "5", "--site", "from-flag"];
     let server = Server::start(&data, &args);
-    let health: serde_json::Value = http.get(server.at("/v1/health")).send().unwrap().json().unwrap();
-    assert_eq!(health["site"], "from-flag");
-    let lease: serde_json::Value = http
-        .post(server.at("/v1/leases"))
-        .json(&serde_json::json!({"channel": "/a.org/", "ttl_s": 600}))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    assert_eq!(lease["ttl_s"], 5);
+    assert_eq!(site_and_granted_ttl(&server), ("from-flag".to_string(), 5));
     drop(server);
     // A misspelt key is refused, naming it.
     std::fs::write(&config, "lease_ttl_max = 7\n").unwrap();

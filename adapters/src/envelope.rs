@@ -38,6 +38,12 @@ pub fn canonical_type(t: &str) -> &str {
     t.strip_prefix(PSEPR_PAYLOAD_NS).filter(|s| !s.is_empty()).unwrap_or(t)
 }
 
+/// A type filter as given (a comma-split query or a JSON list), trimmed and
+/// canonical, with empty entries dropped.
+pub fn canonical_types<'a>(types: impl IntoIterator<Item = &'a (impl AsRef<str> + 'a + ?Sized)>) -> Vec<String> {
+    types.into_iter().map(|t| canonical_type(t.as_ref().trim()).to_string()).filter(|t| !t.is_empty()).collect()
+}
+
 /// The namespace URI of a payload type, for the XML envelope.
 pub fn type_namespace(t: &str) -> String {
     if t.contains(':') {

@@ -33,6 +33,16 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "no_route", format!("no such endpoint: {path}"))
     }
 
+    /// 404 for a lease that is not live.
+    pub fn no_lease(id: &str) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no live lease {id}"))
+    }
+
+    /// 500 for a task that panicked or was cancelled by the runtime.
+    pub fn task_failed(e: tokio::task::JoinError) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("request task failed: {e}"))
+    }
+
     /// 400 for a channel name that breaks PsEPR's grammar.
     pub fn bad_channel(e: pepper_router::Error) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_channel", e.to_string())

@@ -37,7 +37,7 @@ use serde_json::{json, Value};
 
 use std::sync::Arc;
 
-use crate::envelope::{canonical_type, EventIn, EventOut};
+use crate::envelope::{canonical_types, EventIn, EventOut};
 use crate::error::ApiError;
 use crate::lease::{self, LeaseIndex};
 use crate::metrics::Metrics;
@@ -229,9 +229,7 @@ async fn publish(State(state): State<AppState>, headers: HeaderMap, body: Body) 
     // The append runs in its own task so a client that hangs up mid-commit
     // cannot cancel it halfway: the outcome is the same either way.
     let store = state.store.clone();
-    let appended = tokio::spawn(async move { store.append(bodies).await })
-        .await
-        .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let appended = tokio::spawn(async move { store.append(bodies).await }).await.map_err(ApiError::task_failed)??;
     let mut answer = match single {
         true => json!({ "seq": appended.first, "id": ids[0] }),
         false => json!({ "first_seq": appended.first, "last_seq": appended.last, "ids": ids }),
@@ -273,10 +271,7 @@ async fn list_events(
         Some(c) => Some(Channel::parse(&c).map_err(ApiError::bad_channel)?.as_str().to_string()),
         None => None,
     };
-    let types = q
-        .types
-        .map(|t| t.split(',').map(|s| canonical_type(s.trim()).to_string()).filter(|s| !s.is_empty()).collect())
-        .unwrap_or_default();
+    let types = q.types.as_deref().map(|t| canonical_types(t.split(','))).unwrap_or_default();
     let filter = Filter { channel_prefix, types, kinds: vec![Kind::Event] };
     let from = q.from_seq.unwrap_or(1);
     let (scan, last_seq) =

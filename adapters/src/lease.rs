@@ -37,7 +37,7 @@ use pepper_storage::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::envelope::{canonical_type, new_event_id, rfc3339_us};
+use crate::envelope::{canonical_types, new_event_id, rfc3339_us};
 use crate::error::ApiError;
 use crate::http::AppState;
 
@@ -289,14 +289,12 @@ async fn commit(
         Ok(appended)
     })
     .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(ApiError::task_failed)?
 }
 
 fn lease_error(e: StoreError) -> ApiError {
     match e {
-        StoreError::NotFound { key, .. } => {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no live lease {key}"))
-        }
+        StoreError::NotFound { key, .. } => ApiError::no_lease(&key),
         StoreError::Conflict { detail, .. } => ApiError::new(StatusCode::CONFLICT, "conflict", detail),
         other => other.into(),
     }
@@ -312,8 +310,8 @@ pub(crate) async fn grant(
     if req.types.len() > LEASE_TYPES_MAX {
         return Err(ApiError::too_large(format!("{} types, over the limit of {LEASE_TYPES_MAX}", req.types.len())));
     }
-    let types: Vec<String> = req.types.iter().map(|t| canonical_type(t.trim()).to_string()).collect();
-    if types.iter().any(String::is_empty) {
+    let types = canonical_types(&req.types);
+    if types.len() != req.types.len() {
         return Err(ApiError::invalid_body("types must not contain an empty type"));
     }
     for (what, value) in [("id", &req.id), ("group", &req.group)] {
@@ -382,7 +380,7 @@ pub(crate) async fn renew(
     let id2 = id.clone();
     let current = state.store.read(move |v| v.lease(&id2)).await?;
     let Some(current) = current else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no live lease {id}")));
+        return Err(ApiError::no_lease(&id));
     };
     let ttl_s = granted_ttl_s(req.ttl_s.unwrap_or(current.ttl_ms / 1000), state.config.lease_ttl_max_s)?;
     let expires_at_us = now_us() + ttl_s * 1_000_000;
@@ -414,7 +412,7 @@ pub(crate) async fn get_one(
     let id2 = id.clone();
     match state.store.read(move |v| v.lease(&id2)).await? {
         Some(l) => Ok(Json(LeaseJson::from(&l))),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no live lease {id}"))),
+        None => Err(ApiError::no_lease(&id)),
     }
 }
 

@@ -36,7 +36,7 @@ use pepper_storage::{Body, Feed, FeedItem, Filter, Kind, Party, Record, Scan, Ta
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::envelope::{canonical_type, EventOut};
+use crate::envelope::{canonical_types, EventOut};
 use crate::error::ApiError;
 use crate::http::AppState;
 
@@ -168,7 +168,7 @@ pub(crate) async fn lease_events(
     let id2 = id.clone();
     let (lease, seen) = state.store.read(move |v| Ok((v.lease(&id2)?, v.seq()))).await?;
     let Some(lease) = lease else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no live lease {id}")));
+        return Err(ApiError::no_lease(&id));
     };
     let pattern = Pattern::parse(&lease.pattern).map_err(ApiError::bad_channel)?;
     let sub = Subscription { pattern, types: lease.types.clone(), lease: Some(id), holder: Some(lease.holder.clone()) };
@@ -186,10 +186,7 @@ pub(crate) async fn watch(
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     let pattern = Pattern::parse(&q.channel).map_err(ApiError::bad_channel)?;
-    let types = q
-        .types
-        .map(|t| t.split(',').map(|s| canonical_type(s.trim()).to_string()).filter(|s| !s.is_empty()).collect())
-        .unwrap_or_default();
+    let types = q.types.as_deref().map(|t| canonical_types(t.split(','))).unwrap_or_default();
     let seen = state.store.last_seq();
     let from = start_seq(&state, &headers, q.from_seq, seen + 1, seen)?;
     Ok(sse(state, Subscription { pattern, types, lease: None, holder: None }, from))

@@ -42,18 +42,6 @@ pub enum Durability {
     Buffered,
 }
 
-impl std::str::FromStr for Durability {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Durability> {
-        match s {
-            "sync" => Ok(Durability::Sync),
-            "buffered" => Ok(Durability::Buffered),
-            other => Err(Error::invalid("durability", format!("{other:?} is neither \"sync\" nor \"buffered\""))),
-        }
-    }
-}
-
 /// How to open a store.
 #[derive(Clone, Debug)]
 pub struct Options {
