@@ -13,7 +13,7 @@ use rocksdb::{
 };
 
 use crate::error::{Error, Result};
-use crate::keys::{ALL_CFS, CF_HISTORY, CF_LOG, CF_TUPLES};
+use crate::keys::{ALL_CFS, CF_EVENT_IDS, CF_HISTORY, CF_LOG, CF_TUPLES};
 
 /// Block cache shared by every column family, in bytes. It is a cache: at the
 /// limit it evicts.
@@ -74,9 +74,10 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
     table.set_block_cache(cache);
     table.set_cache_index_and_filter_blocks(true);
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-    // Point lookups on tuples hit a bloom filter first; the log and history
-    // are read by range and gain nothing from one.
-    if name == CF_TUPLES {
+    // Point lookups hit a bloom filter first: latest tuples, and event ids,
+    // which the writer looks up for every event (nearly always a miss). The
+    // log and history are read by range and gain nothing from one.
+    if name == CF_TUPLES || name == CF_EVENT_IDS {
         table.set_bloom_filter(10.0, false);
         table.set_whole_key_filtering(true);
     }
