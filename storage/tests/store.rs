@@ -415,3 +415,19 @@ fn a_format_1_folder_is_upgraded_and_indexed() {
     store.close();
     assert!(check(dir.path()).unwrap().is_ok());
 }
+
+#[test]
+fn buffered_durability_acknowledges_and_recovers_what_it_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options { durability: Durability::Buffered, ..Options::new("s") };
+    let store = Store::open(dir.path(), options.clone()).unwrap();
+    assert_eq!(store.durability(), Durability::Buffered);
+    let a = store.append_blocking((0..100).map(|i| tuple("/b/", &format!("f{i}"), "v")).collect()).unwrap();
+    assert_eq!((a.first, a.last), (1, 100));
+    store.close();
+    let store = Store::open(dir.path(), options).unwrap();
+    assert_eq!(store.last_seq(), 100);
+    assert_eq!(store.read_blocking(|v| v.latest("/b/", None, 1000)).unwrap().items.len(), 100);
+    store.close();
+    assert!(check(dir.path()).unwrap().is_ok());
+}
