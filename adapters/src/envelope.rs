@@ -178,6 +178,7 @@ impl EventIn {
                 DistributionJson::One => Distribution::One,
             },
             payload,
+            assigned: Vec::new(),
         })
     }
 }

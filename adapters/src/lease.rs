@@ -162,6 +162,7 @@ pub async fn expire_due(state: &AppState) {
                 to: Target::default(),
                 distribution: Distribution::All,
                 payload: json!({ "id": id }).to_string().into_bytes(),
+                assigned: Vec::new(),
             });
             match state.store.append(vec![Body::LeaseExpire(LeaseEnd { id: id.clone() }), expired]).await {
                 Ok(appended) => state.leases.remove(&id, appended.first),

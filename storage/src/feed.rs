@@ -107,6 +107,12 @@ impl Feed {
         self.buffer.front().map_or(self.next, |r| r.seq)
     }
 
+    /// Whether the feed has read everything durable so far: its next call to
+    /// [`Feed::next`] would wait for a new commit (or return `Closed`).
+    pub fn is_caught_up(&self) -> bool {
+        self.buffer.is_empty() && self.next > *self.durable.borrow()
+    }
+
     /// Waits for the next matching record.
     ///
     /// # Errors

@@ -13,6 +13,7 @@
 //! the caller to the WAL and the feed, and `docs/storage-format.md` gives the
 //! bytes on disk.
 
+mod anycast;
 mod check;
 mod db;
 mod error;

@@ -10,8 +10,9 @@
 /// rejected with `TooLarge`.
 pub const RECORD_BYTES_MAX: usize = 1024 * 1024;
 
-/// Longest channel name, in bytes. Longer names are rejected.
-pub const CHANNEL_BYTES_MAX: usize = 512;
+/// Longest channel name, in bytes. Longer names are rejected. The router's
+/// limit, so a channel the store takes is one the router can parse.
+pub const CHANNEL_BYTES_MAX: usize = pepper_router::CHANNEL_BYTES_MAX;
 
 /// Longest tuple field name, in bytes. Longer names are rejected.
 pub const FIELD_BYTES_MAX: usize = 256;
@@ -49,6 +50,17 @@ pub const GROUP_RECORDS_MAX: usize = 8192;
 /// Most encoded record bytes the writer packs into one group commit.
 pub const GROUP_BYTES_MAX: usize = 32 * 1024 * 1024;
 
+/// Most anycast groups live at once on a site. A lease grant that would
+/// start one more is refused with `TooLarge`; joining an existing group is
+/// always possible.
+pub const ANYCAST_GROUPS_MAX: usize = 256;
+
+/// Room kept free in every distribution-`one` event for the lease ids the
+/// writer adds at commit (one per group, each at most [`ID_BYTES_MAX`]
+/// bytes plus its length prefix, and the list's own prefix). Such an event's
+/// encoding may be at most `RECORD_BYTES_MAX - ASSIGNED_BYTES_RESERVE`.
+pub const ASSIGNED_BYTES_RESERVE: usize = ANYCAST_GROUPS_MAX * (ID_BYTES_MAX + 2) + 3;
+
 /// Most append requests queued for the writer. At the limit, `append` waits
 /// (backpressure); it never drops or grows.
 pub const WRITE_QUEUE_REQUESTS_MAX: usize = 4096;
@@ -70,4 +82,5 @@ pub const LOG_TRIM_SCAN_MAX: u64 = 1_000_000;
 const _: () = assert!(BATCH_RECORDS_MAX <= GROUP_RECORDS_MAX);
 const _: () = assert!(BATCH_BYTES_MAX <= GROUP_BYTES_MAX);
 const _: () = assert!(RECORD_BYTES_MAX <= BATCH_BYTES_MAX);
+const _: () = assert!(ASSIGNED_BYTES_RESERVE < RECORD_BYTES_MAX / 8);
 const _: () = assert!(SITE_BYTES_MAX <= u8::MAX as usize);

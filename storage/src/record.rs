@@ -60,6 +60,15 @@ pub struct Target {
     pub instance: Option<String>,
 }
 
+impl Target {
+    /// Whether a lease held by `holder` may receive the event: each part of
+    /// the target that is given must equal the holder's.
+    pub fn admits(&self, holder: &Party) -> bool {
+        self.service.as_ref().is_none_or(|s| *s == holder.service)
+            && self.instance.as_ref().is_none_or(|i| *i == holder.instance)
+    }
+}
+
 /// How many matching receivers get an event.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Distribution {
@@ -90,6 +99,24 @@ pub struct Event {
     pub distribution: Distribution,
     /// The payload, opaque to the store.
     pub payload: Vec<u8>,
+    /// For distribution `one`: the leases the writer chose at commit, one
+    /// per anycast group with a live member that matches the event, in
+    /// group order. Callers leave it empty; the writer fills it in. Stored
+    /// so that live delivery and every later catch-up agree on the receiver.
+    /// Added in record version 2 of events; version 1 events have none.
+    pub assigned: Vec<String>,
+}
+
+/// An event as record version 1 laid it out: without `assigned`.
+#[derive(Deserialize)]
+struct EventV1 {
+    id: String,
+    channel: String,
+    event_type: String,
+    from: Party,
+    to: Target,
+    distribution: Distribution,
+    payload: Vec<u8>,
 }
 
 /// Sets the latest value of the tuple (channel, field) and appends a history row.
@@ -249,7 +276,7 @@ impl Kind {
     /// of its body. Decoders read every version up to it.
     pub fn version(self) -> u8 {
         match self {
-            Kind::LeaseGrant => 2,
+            Kind::Event | Kind::LeaseGrant => 2,
             _ => RECORD_VERSION,
         }
     }
@@ -317,6 +344,19 @@ impl Body {
             }
         }
         Ok(match kind {
+            Kind::Event if version == 1 => {
+                let e: EventV1 = whole(bytes)?;
+                Body::Event(Event {
+                    id: e.id,
+                    channel: e.channel,
+                    event_type: e.event_type,
+                    from: e.from,
+                    to: e.to,
+                    distribution: e.distribution,
+                    payload: e.payload,
+                    assigned: Vec::new(),
+                })
+            }
             Kind::Event => Body::Event(whole(bytes)?),
             Kind::TupleSet => Body::TupleSet(whole(bytes)?),
             Kind::LeaseGrant if version == 1 => {
@@ -467,6 +507,7 @@ mod tests {
                 to: Target { service: Some("s".into()), instance: None },
                 distribution: Distribution::One,
                 payload: b"<x>1</x>".to_vec(),
+                assigned: vec!["l1".into()],
             }),
             Body::TupleSet(TupleSet {
                 channel: "/example.com/node/h1/".into(),
@@ -567,6 +608,56 @@ mod tests {
         let n = bytes.len() - CRC_BYTES;
         bytes[n..].copy_from_slice(&crc.to_le_bytes());
         assert!(Record::decode(&bytes).expect_err("v2 tuple").to_string().contains("unknown record version 2"));
+    }
+
+    /// An event logged before `assigned` existed still reads, with no
+    /// assignment.
+    #[test]
+    fn version_1_events_still_decode() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            id: &'a str,
+            channel: &'a str,
+            event_type: &'a str,
+            from: Party,
+            to: Target,
+            distribution: Distribution,
+            payload: &'a [u8],
+        }
+        let v1 = V1 {
+            id: "e",
+            channel: "/a/",
+            event_type: "t",
+            from: Party::default(),
+            to: Target::default(),
+            distribution: Distribution::One,
+            payload: b"p",
+        };
+        let mut body = Vec::new();
+        postcard::to_io(&v1, &mut body).expect("encode");
+        let mut bytes = frame(3, 1, "s", Kind::Event, &body).expect("frame");
+        bytes[0] = 1;
+        let n = bytes.len() - CRC_BYTES;
+        let crc = crc32fast::hash(&bytes[..n]);
+        bytes[n..].copy_from_slice(&crc.to_le_bytes());
+        let Body::Event(e) = Record::decode(&bytes).expect("v1 decodes").body else { panic!("kind") };
+        assert_eq!((e.id.as_str(), e.distribution, e.payload.as_slice()), ("e", Distribution::One, &b"p"[..]));
+        assert!(e.assigned.is_empty());
+    }
+
+    #[test]
+    fn targets_admit_matching_holders() {
+        let holder = Party { service: "s".into(), instance: "i".into() };
+        let t = |service: Option<&str>, instance: Option<&str>| Target {
+            service: service.map(Into::into),
+            instance: instance.map(Into::into),
+        };
+        assert!(t(None, None).admits(&holder));
+        assert!(t(Some("s"), None).admits(&holder));
+        assert!(t(Some("s"), Some("i")).admits(&holder));
+        assert!(!t(Some("x"), None).admits(&holder));
+        assert!(!t(Some("s"), Some("j")).admits(&holder));
+        assert!(!t(None, Some("j")).admits(&holder));
     }
 
     #[test]

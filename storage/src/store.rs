@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::feed::{Feed, Filter};
 use crate::keys::{self, CF_LOG, CF_META};
 use crate::limits::*;
-use crate::record::Body;
+use crate::record::{Body, Distribution};
 use crate::retention::{Retention, RetentionReport};
 use crate::view::View;
 use crate::writer::{Appended, Prepared, Request, Writer};
@@ -219,7 +219,8 @@ impl Store {
             fail_next_write: std::sync::atomic::AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_REQUESTS_MAX);
-        let writer = Writer::new(shared.clone(), next_seq, log_bytes, last_time_us, floor);
+        let anycast = crate::anycast::Anycast::load(&shared)?;
+        let writer = Writer::new(shared.clone(), next_seq, log_bytes, last_time_us, floor, anycast);
         let writer = std::thread::Builder::new().name("pepper-writer".into()).spawn(move || writer.run(rx))?;
         let retention = match options.retention.is_enabled() {
             true => Some(start_retention(shared.clone(), tx.clone(), options.retention)?),
@@ -314,8 +315,13 @@ impl Store {
             let mut encoded_body = Vec::new();
             body.encode_into(&mut encoded_body)?;
             let len = overhead + encoded_body.len();
-            if len > RECORD_BYTES_MAX {
-                return Err(Error::TooLarge { what: "record", size: len, max: RECORD_BYTES_MAX });
+            // The writer may add lease ids to a distribution-`one` event.
+            let max = match &body {
+                Body::Event(e) if e.distribution == Distribution::One => RECORD_BYTES_MAX - ASSIGNED_BYTES_RESERVE,
+                _ => RECORD_BYTES_MAX,
+            };
+            if len > max {
+                return Err(Error::TooLarge { what: "record", size: len, max });
             }
             bytes += len;
             if bytes > BATCH_BYTES_MAX {

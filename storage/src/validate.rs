@@ -89,6 +89,7 @@ pub fn body(b: &Body) -> Result<()> {
         Body::LeaseGrant(g) => {
             id("lease id", &g.id)?;
             channel("lease pattern", &g.pattern)?;
+            pepper_router::Pattern::parse(&g.pattern).map_err(|e| Error::invalid("lease pattern", e.to_string()))?;
             lease_types(&g.types)?;
             if let Some(group) = &g.group {
                 id("lease group", group)?;

@@ -32,10 +32,11 @@ use std::sync::Arc;
 use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::anycast::Anycast;
 use crate::error::{Error, Result};
 use crate::keys::{self, CF_DOCS, CF_EVENT_IDS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_TUPLES};
-use crate::limits::{GROUP_BYTES_MAX, GROUP_RECORDS_MAX};
-use crate::record::{frame, Body};
+use crate::limits::{ANYCAST_GROUPS_MAX, GROUP_BYTES_MAX, GROUP_RECORDS_MAX};
+use crate::record::{frame, Body, Distribution};
 use crate::retention::TrimPlan;
 use crate::rows::{encode_row, DocRow, HistoryRow, Lease, TupleRow};
 use crate::store::{now_us, Durability, Shared};
@@ -81,6 +82,8 @@ pub(crate) struct Writer {
     log_bytes: u64,
     last_time_us: u64,
     floor: u64,
+    /// Committed anycast groups, for distribution `one`.
+    anycast: Anycast,
 }
 
 /// Lease state as the group sees it: `Some(None)` means deleted in this group.
@@ -98,8 +101,15 @@ enum Dedupe {
 }
 
 impl Writer {
-    pub(crate) fn new(shared: Arc<Shared>, next_seq: u64, log_bytes: u64, last_time_us: u64, floor: u64) -> Writer {
-        Writer { shared, next_seq, log_bytes, last_time_us, floor }
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        next_seq: u64,
+        log_bytes: u64,
+        last_time_us: u64,
+        floor: u64,
+        anycast: Anycast,
+    ) -> Writer {
+        Writer { shared, next_seq, log_bytes, last_time_us, floor, anycast }
     }
 
     /// Runs until every sender is dropped, then returns.
@@ -217,6 +227,11 @@ impl Writer {
             return;
         }
         self.shared.floor.store(self.floor, Ordering::Release);
+        for (id, lease) in &overlay {
+            if let Err(e) = self.anycast.apply(id, lease.as_ref()) {
+                tracing::error!(lease = %id, error = %e, "lease left out of its anycast group");
+            }
+        }
         self.shared.stats.groups.fetch_add(1, Ordering::Relaxed);
         self.shared.stats.records.fetch_add(records, Ordering::Relaxed);
         // FEED-2: readers learn of a record only after its batch is durable.
@@ -263,8 +278,17 @@ impl Writer {
         time_us: u64,
     ) -> Result<Appended> {
         let first = self.next_seq;
-        for rec in records {
+        for mut rec in records {
             let seq = self.next_seq;
+            if let Body::Event(e) = &mut rec.body {
+                if e.distribution == Distribution::One {
+                    e.assigned = self.anycast.choose(overlay, e, time_us)?;
+                    if !e.assigned.is_empty() {
+                        rec.encoded_body.clear();
+                        rec.body.encode_into(&mut rec.encoded_body)?;
+                    }
+                }
+            }
             let bytes = frame(seq, time_us, &self.shared.site, rec.body.kind(), &rec.encoded_body)?;
             batch.put_cf(self.shared.cf(CF_LOG)?, keys::log_key(seq), &bytes);
             self.materialize(batch, overlay, seq, time_us, &rec.body)?;
@@ -355,7 +379,13 @@ impl Writer {
                     Some(_) => {
                         return Err(Error::Conflict { what: "lease", detail: format!("lease {id} already exists") })
                     }
-                    None => Some(g.expires_at_us),
+                    None => {
+                        let groups = g.group.as_deref().and_then(|name| self.anycast.groups_after_join(overlay, name));
+                        if let Some(n) = groups.filter(|n| *n > ANYCAST_GROUPS_MAX) {
+                            return Err(Error::TooLarge { what: "anycast groups", size: n, max: ANYCAST_GROUPS_MAX });
+                        }
+                        Some(g.expires_at_us)
+                    }
                 },
                 Body::LeaseRenew(r) => match current {
                     Some(expires) if expires > time_us => Some(r.expires_at_us),

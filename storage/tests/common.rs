@@ -26,6 +26,7 @@ pub fn event(channel: &str, ty: &str, payload: &[u8]) -> Body {
         to: Target::default(),
         distribution: Default::default(),
         payload: payload.to_vec(),
+        assigned: Vec::new(),
     })
 }
 

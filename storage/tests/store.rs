@@ -431,3 +431,88 @@ fn buffered_durability_acknowledges_and_recovers_what_it_acknowledged() {
     store.close();
     assert!(check(dir.path()).unwrap().is_ok());
 }
+
+fn group_grant(id: &str, group: &str, pattern: &str, expires_at_us: u64) -> Body {
+    let Body::LeaseGrant(mut g) = grant(id, pattern) else { unreachable!() };
+    g.group = Some(group.into());
+    g.expires_at_us = expires_at_us;
+    Body::LeaseGrant(g)
+}
+
+fn one_event(channel: &str) -> Body {
+    let Body::Event(mut e) = event(channel, "t", b"1") else { unreachable!() };
+    e.distribution = pepper_storage::Distribution::One;
+    Body::Event(e)
+}
+
+async fn assigned(store: &Store, seq: u64) -> Vec<String> {
+    let records = store.read(move |v| v.records(seq, seq, 1)).await.unwrap();
+    match &records[0].body {
+        Body::Event(e) => e.assigned.clone(),
+        other => panic!("seq {seq} is {other:?}"),
+    }
+}
+
+/// Distribution `one` is decided by the writer and stored in the record:
+/// one live member per group, round robin, lapsed members skipped at once,
+/// and the groups survive a reopen.
+#[tokio::test]
+async fn distribution_one_assigns_one_live_member_per_group_at_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // Granted in the same batch as the first event: the event sees them.
+    let first = store
+        .append(vec![
+            group_grant("a", "g", "/x/", far_future()),
+            group_grant("b", "g", "/x/", far_future()),
+            group_grant("z", "h", "/", far_future()),
+            grant("plain", "/x/"),
+            one_event("/x/y/"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(assigned(&store, first.last).await, ["a", "z"]);
+    let mut picks = Vec::new();
+    for _ in 0..4 {
+        let seq = store.append(vec![one_event("/x/")]).await.unwrap().first;
+        picks.push(assigned(&store, seq).await.concat());
+    }
+    assert_eq!(picks, ["bz", "az", "bz", "az"]);
+    // An `all` event is never assigned; a channel outside every group is
+    // assigned to nobody.
+    let all = store.append(vec![event("/x/", "t", b"1")]).await.unwrap().first;
+    assert!(assigned(&store, all).await.is_empty());
+    let outside = store.append(vec![one_event("/elsewhere/")]).await.unwrap().first;
+    assert_eq!(assigned(&store, outside).await, ["z"]);
+
+    // A member that lapsed is skipped before any expire record exists.
+    store.append(vec![group_grant("c", "g", "/x/", pepper_storage::now_us() + 1)]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    for _ in 0..4 {
+        let seq = store.append(vec![one_event("/x/")]).await.unwrap().first;
+        assert!(!assigned(&store, seq).await.contains(&"c".to_string()));
+    }
+
+    // The groups are rebuilt from the lease table on reopen.
+    store.close();
+    let store = open(dir.path());
+    store.append(vec![Body::LeaseRelease(pepper_storage::LeaseEnd { id: "a".into() })]).await.unwrap();
+    for _ in 0..3 {
+        let seq = store.append(vec![one_event("/x/")]).await.unwrap().first;
+        assert_eq!(assigned(&store, seq).await, ["b", "z"]);
+    }
+}
+
+#[tokio::test]
+async fn anycast_groups_are_a_named_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let max = pepper_storage::limits::ANYCAST_GROUPS_MAX;
+    let grants: Vec<Body> =
+        (0..max).map(|i| group_grant(&format!("l{i}"), &format!("g{i}"), "/x/", far_future())).collect();
+    store.append(grants).await.unwrap();
+    let err = store.append(vec![group_grant("over", "one-more", "/x/", far_future())]).await.unwrap_err();
+    assert!(matches!(err, pepper_storage::Error::TooLarge { what: "anycast groups", .. }), "{err}");
+    // Joining an existing group still works.
+    store.append(vec![group_grant("join", "g0", "/x/", far_future())]).await.unwrap();
+}
