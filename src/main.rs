@@ -284,6 +284,8 @@ fn watch(server: &str, channel: &str, types: Option<&str>, from_seq: Option<u64>
                         "pepper watch: events before seq {earliest} were trimmed by retention; continuing from there"
                     );
                     next = earliest;
+                } else if event == "pepper.overflow" {
+                    eprintln!("pepper watch: this terminal fell behind the live stream; resuming from seq {next}");
                 } else if let (Some(seq), false) = (id, data.is_empty()) {
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "{data}");

@@ -23,6 +23,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// 503 `overloaded`: a named limit on concurrent work is reached. The
+    /// response carries `Retry-After: 1`.
+    pub fn overloaded(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
+    }
+
     /// An error with an explicit status and machine code.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError { status, code, message: message.into(), extra: None }
@@ -136,6 +142,10 @@ impl IntoResponse for ApiError {
             map.insert(key.to_string(), value);
         }
         let body = serde_json::json!({ "error": error });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.code == "overloaded" {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        response
     }
 }

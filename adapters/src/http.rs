@@ -18,14 +18,16 @@
 //!   application/xml`) as an `<events>` document. `next_seq` continues the
 //!   page; a start below retention answers 410 with `earliest_seq`.
 //!
-//! Limits: [`BODY_BYTES_MAX`] per request body (413), [`EVENTS_PER_REQUEST_MAX`]
+//! Limits: [`REQUESTS_IN_FLIGHT_MAX`] requests at once (503 with
+//! `Retry-After`), [`BODY_BYTES_MAX`] per request body (413), [`EVENTS_PER_REQUEST_MAX`]
 //! events per publish (413), [`EVENTS_PAGE_MAX`] events per page and
 //! [`EVENTS_SCAN_MAX`] log records scanned per page request.
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, Uri};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -36,7 +38,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use std::sync::Arc;
+use tokio::sync::Semaphore;
 
+use crate::dispatch::Dispatcher;
 use crate::envelope::{canonical_types, EventIn, EventOut};
 use crate::error::ApiError;
 use crate::lease::{self, LeaseIndex};
@@ -49,6 +53,10 @@ pub const BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Most events one publish may carry (the store's batch limit). More get 413.
 pub const EVENTS_PER_REQUEST_MAX: usize = BATCH_RECORDS_MAX;
+
+/// Most requests handled at once. One more is answered 503 with
+/// `Retry-After` at once rather than queued.
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 4096;
 
 /// Most events one `GET /v1/events` page returns.
 pub const EVENTS_PAGE_MAX: usize = 1000;
@@ -86,22 +94,34 @@ pub struct AppState {
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
     /// Counters and histograms for `GET /metrics`.
     pub(crate) metrics: Arc<Metrics>,
+    /// Routes each committed event to the live streams it matches.
+    pub(crate) dispatcher: Dispatcher,
+    /// One permit per open SSE stream ([`crate::sse::SUBSCRIBERS_MAX`]).
+    pub(crate) subscriber_slots: Arc<Semaphore>,
+    /// One permit per request being handled ([`REQUESTS_IN_FLIGHT_MAX`]).
+    requests_in_flight: Arc<Semaphore>,
 }
 
 impl AppState {
-    /// The state for `store`, with the lease index loaded from it.
+    /// The state for `store`, with the lease index loaded from it. Starts
+    /// the site's dispatcher, which runs until [`AppState::begin_shutdown`].
     ///
     /// # Errors
     /// Store read errors.
     pub async fn load(store: Store, config: ApiConfig) -> Result<AppState, pepper_storage::Error> {
         let leases = store.read(|v| v.leases()).await?;
-        let (stopping, _) = tokio::sync::watch::channel(false);
+        let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
+        let metrics = Arc::new(Metrics::default());
+        let dispatcher = Dispatcher::spawn(store.clone(), metrics.clone(), stopping_rx);
         Ok(AppState {
             store,
             leases: Arc::new(LeaseIndex::new(&leases)),
             config,
             stopping: Arc::new(stopping),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
+            dispatcher,
+            subscriber_slots: Arc::new(Semaphore::new(crate::sse::SUBSCRIBERS_MAX)),
+            requests_in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
         })
     }
 
@@ -109,6 +129,11 @@ impl AppState {
     /// elsewhere or after the restart). Call it when shutdown begins.
     pub fn begin_shutdown(&self) {
         self.stopping.send_replace(true);
+    }
+
+    /// A receiver that turns true once shutdown has begun.
+    pub(crate) fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
     }
 
     /// Resolves once shutdown has begun.
@@ -131,8 +156,23 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leases/{id}/events", get(sse::lease_events))
         .route("/v1/watch", get(sse::watch))
         .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()) })
+        .layer(axum::middleware::from_fn_with_state(state.requests_in_flight.clone(), limit_in_flight))
         .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track))
         .with_state(state)
+}
+
+/// Axum middleware: answers 503 with `Retry-After` when
+/// [`REQUESTS_IN_FLIGHT_MAX`] requests are already being handled, instead of
+/// queueing without bound. An SSE stream holds its permit only until its
+/// headers are sent; open streams count against `SUBSCRIBERS_MAX` instead.
+async fn limit_in_flight(State(slots): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
+    match slots.try_acquire() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => ApiError::overloaded(format!(
+            "the site is handling {REQUESTS_IN_FLIGHT_MAX} requests already; retry shortly"
+        ))
+        .into_response(),
+    }
 }
 
 #[derive(Serialize)]

@@ -297,6 +297,11 @@ fn lease_error(e: StoreError) -> ApiError {
     match e {
         StoreError::NotFound { key, .. } => ApiError::no_lease(&key),
         StoreError::Conflict { detail, .. } => ApiError::new(StatusCode::CONFLICT, "conflict", detail),
+        StoreError::TooLarge { what: "anycast groups", max, .. } => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_groups",
+            format!("this site holds {max} anycast groups, its limit; join an existing group"),
+        ),
         other => other.into(),
     }
 }

@@ -1,14 +1,21 @@
-//! pepper's adapters: everything that owns a socket, a timer or a thread on
+//! pepper's adapters: everything that owns a socket, a timer or a task on
 //! behalf of the logic crates below, and the wire formats they speak.
 //!
-//! - `http`: the axum server; today `GET /v1/health`.
+//! - `http`: the axum server, its routes, limits and shared state.
+//! - `lease`: granting, renewing, releasing and expiring leases.
+//! - `dispatch`: the one task that routes each committed event to the live
+//!   streams it matches.
+//! - `sse`: lease streams and watches (SSE and long-poll), from catch-up on
+//!   their own cursor to the live stream.
 //! - `envelope`: the JSON event envelope and its mapping to log records.
 //! - `xml`: the PsEPR XML envelope, read defensively from untrusted clients.
+//! - `metrics`: `GET /metrics`.
 //! - `error`: the one API error type and its JSON shape.
 //!
-//! The event, lease and watch endpoints that use the envelopes arrive with
-//! the rest of the router.
+//! `docs/api.md` describes every endpoint; `docs/architecture.md` follows an
+//! event from the publish to a subscriber.
 
+mod dispatch;
 pub mod envelope;
 mod error;
 mod http;
@@ -17,5 +24,7 @@ mod metrics;
 mod sse;
 pub mod xml;
 
+pub use dispatch::{DISPATCH_COMMANDS_MAX, HANDOFF_LAG_MAX, SUBSCRIBER_BUFFER_EVENTS};
 pub use error::ApiError;
-pub use http::{router, ApiConfig, AppState};
+pub use http::{router, ApiConfig, AppState, BODY_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX};
+pub use sse::SUBSCRIBERS_MAX;

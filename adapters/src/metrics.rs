@@ -1,10 +1,11 @@
 //! `GET /metrics`: the site's health in Prometheus text format.
 //!
 //! Counted as they happen: HTTP requests and their latency per route and
-//! method, events delivered to subscribers, and how far behind the log's
-//! head each delivered event was (the feed lag, in records). Read at scrape
+//! method, events delivered to subscribers, how far behind the log's head
+//! each delivered event was (the feed lag, in records), and streams
+//! disconnected for a full buffer. Read at scrape
 //! time from the store: group commits, records committed (so records per
-//! commit), the log's sequence range, and live leases.
+//! commit), the log's sequence range, live leases and open streams.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,6 +41,9 @@ pub struct Metrics {
     pub(crate) deliveries: Counter,
     /// Records between the log's head and each event when it was delivered.
     pub(crate) delivery_lag: Histogram,
+    /// Live streams disconnected because their buffer was full.
+    pub(crate) overflows: Counter,
+    streams: Gauge,
     commits: Gauge,
     records: Gauge,
     last_seq: Gauge,
@@ -58,6 +62,8 @@ impl Default for Metrics {
         let requests = Family::<RouteLabels, Counter>::default();
         let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let deliveries = Counter::default();
+        let overflows = Counter::default();
+        let streams = Gauge::default();
         let delivery_lag = Histogram::new(exponential_buckets(1.0, 4.0, 12));
         let (commits, records, last_seq, earliest_seq, leases) =
             (Gauge::default(), Gauge::default(), Gauge::default(), Gauge::default(), Gauge::default());
@@ -69,6 +75,8 @@ impl Default for Metrics {
             "Records between the log head and a delivered event",
             delivery_lag.clone(),
         );
+        registry.register("stream_overflows", "Live streams disconnected for a full buffer", overflows.clone());
+        registry.register("streams_open", "Open SSE streams (lease streams and watches)", streams.clone());
         registry.register(
             "store_group_commits",
             "Group commits written (one WAL sync each under sync)",
@@ -84,6 +92,8 @@ impl Default for Metrics {
             latency,
             deliveries,
             delivery_lag,
+            overflows,
+            streams,
             commits,
             records,
             last_seq,
@@ -118,6 +128,7 @@ pub(crate) async fn scrape(State(state): State<AppState>) -> Result<Response, Ap
     m.last_seq.set(as_i64(state.store.last_seq()));
     m.earliest_seq.set(as_i64(state.store.earliest_seq()));
     m.leases.set(as_i64(state.leases.len() as u64));
+    m.streams.set(as_i64((crate::sse::SUBSCRIBERS_MAX - state.subscriber_slots.available_permits()) as u64));
     let mut text = String::new();
     encode(&mut text, &m.registry)
         .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;

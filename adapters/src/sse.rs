@@ -1,28 +1,39 @@
 //! Live delivery: Server-Sent Events and long-poll, for leases and watches.
 //!
-//! Each subscriber reads the log through its own change feed, from its own
-//! cursor: it catches up from disk and then follows the live tail with no
-//! gap and no duplicate, because both are the same loop over the same
-//! durable sequence numbers. The SSE `id:` of every event is its sequence
-//! number, so a client resumes exactly where it stopped with `Last-Event-ID`
-//! (or `?from_seq=`), across a dropped connection or a server restart.
+//! An SSE stream goes through three phases on one cursor, the next sequence
+//! number it owes the client:
 //!
-//! A slow client is never skipped and never slows anyone else: its stream is
-//! only read as fast as its socket drains, it holds at most one feed chunk in
-//! memory, and the writer never waits for it. What it has not read yet stays
-//! in the log; if retention trims it first, the stream says so with a
-//! `pepper.compacted` event rather than skipping.
+//! 1. **Catch-up.** It reads the log with its own change feed from where the
+//!    client asked (`Last-Event-ID`, `?from_seq`, the lease's start, or the
+//!    head), as fast as the client's socket drains.
+//! 2. **Handoff.** Once within [`HANDOFF_LAG_MAX`] records of the head, it
+//!    joins the site's [dispatcher](crate::dispatch) at its cursor. The
+//!    dispatcher answers with its own position; the stream reads whatever
+//!    lies between the two from the log.
+//! 3. **Live.** It forwards what the dispatcher pushes into its buffer.
+//!
+//! The SSE `id:` of every event is its sequence number, so a client resumes
+//! exactly where it stopped with `Last-Event-ID` (or `?from_seq=`), across a
+//! dropped connection or a server restart.
+//!
+//! A slow client never slows anyone else or the writer. While catching up it
+//! is only read as fast as it drains. Live, its buffer holds at most
+//! [`SUBSCRIBER_BUFFER_EVENTS`]; when the dispatcher finds it full, the
+//! stream delivers what it holds and ends with a `pepper.overflow` event
+//! carrying `resume_seq`, the first sequence number it did not deliver. If
+//! retention trims what a client has not read yet, the stream says so with a
+//! `pepper.compacted` event. Neither ever skips silently.
 //!
 //! A lease stream ends with an explicit `pepper.lease_ended` event, placed in
 //! the log's order: every matching event logged before the lease's release
 //! or expire record is delivered first.
 //!
-//! Rejected for now: one dispatcher that reads the log once and pushes each
-//! record to the matching leases through the routing trie. It scales better
-//! with many leases on one site and is the next step; per-subscriber feeds
-//! come first because they are correct by construction.
+//! Long-poll (`?wait_ms=&max=`) answers from the log with one bounded scan
+//! per request; it needs no registration.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
@@ -32,16 +43,22 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pepper_router::Pattern;
-use pepper_storage::{Body, Feed, FeedItem, Filter, Kind, Party, Record, Scan, Target};
+use pepper_storage::{Feed, FeedItem, Record, Scan};
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::OwnedSemaphorePermit;
 
+use crate::dispatch::{Item, Live, Outgoing, Subscription, Wants, HANDOFF_LAG_MAX, SUBSCRIBER_BUFFER_EVENTS};
 use crate::envelope::{canonical_types, EventOut};
 use crate::error::ApiError;
 use crate::http::AppState;
 
 /// How often an idle SSE stream sends a keep-alive comment.
 pub const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Most SSE streams (lease streams and watches) open at once on a site.
+/// One more is refused with 503 and `Retry-After`.
+pub const SUBSCRIBERS_MAX: usize = 10_000;
 
 /// Longest a long-poll request waits for a first event, in milliseconds.
 pub const LONG_POLL_WAIT_MS_MAX: u64 = 30_000;
@@ -52,61 +69,8 @@ pub const LONG_POLL_EVENTS_MAX: usize = 1000;
 /// Most log records one long-poll scan reads.
 pub const LONG_POLL_SCAN_MAX: u64 = 100_000;
 
-/// What one subscriber wants.
-#[derive(Clone, Debug)]
-struct Subscription {
-    pattern: Pattern,
-    types: Vec<String>,
-    /// The lease whose end closes the stream; `None` for a watch.
-    lease: Option<String>,
-    /// The lease holder, matched against each event's `to`; a watch has no
-    /// holder and receives every matching event.
-    holder: Option<Party>,
-}
-
-/// What a log record means to a subscriber.
-enum Delivery {
-    Event(Box<EventOut>),
-    LeaseEnded { reason: &'static str },
-    Nothing,
-}
-
-impl Subscription {
-    fn filter(&self) -> Filter {
-        let mut kinds = vec![Kind::Event];
-        if self.lease.is_some() {
-            kinds.extend([Kind::LeaseRelease, Kind::LeaseExpire]);
-        }
-        Filter { kinds, ..Filter::default() }
-    }
-
-    /// Whether an event's `to` lets this subscriber receive it: each part of
-    /// `to` that is given must equal the holder's.
-    fn addressed(&self, to: &Target) -> bool {
-        let Some(holder) = &self.holder else { return true };
-        to.service.as_ref().is_none_or(|s| *s == holder.service)
-            && to.instance.as_ref().is_none_or(|i| *i == holder.instance)
-    }
-
-    fn deliver(&self, record: &Record) -> Delivery {
-        match &record.body {
-            Body::Event(e)
-                if self.pattern.matches_name(&e.channel)
-                    && (self.types.is_empty() || self.types.contains(&e.event_type))
-                    && self.addressed(&e.to) =>
-            {
-                EventOut::from_record(record).map_or(Delivery::Nothing, |e| Delivery::Event(Box::new(e)))
-            }
-            Body::LeaseRelease(end) if self.lease.as_deref() == Some(&end.id) => {
-                Delivery::LeaseEnded { reason: "released" }
-            }
-            Body::LeaseExpire(end) if self.lease.as_deref() == Some(&end.id) => {
-                Delivery::LeaseEnded { reason: "expired" }
-            }
-            _ => Delivery::Nothing,
-        }
-    }
-}
+/// Most records one handoff gap read returns at a time.
+const GAP_CHUNK_RECORDS: usize = 256;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -171,12 +135,18 @@ pub(crate) async fn lease_events(
         return Err(ApiError::no_lease(&id));
     };
     let pattern = Pattern::parse(&lease.pattern).map_err(ApiError::bad_channel)?;
-    let sub = Subscription { pattern, types: lease.types.clone(), lease: Some(id), holder: Some(lease.holder.clone()) };
+    let sub = Subscription {
+        pattern,
+        types: lease.types.clone(),
+        lease: Some(id),
+        holder: Some(lease.holder.clone()),
+        group: lease.group.clone(),
+    };
     let from = start_seq(&state, &headers, q.from_seq, lease.from_seq.unwrap_or(lease.granted_seq + 1), seen)?;
     if q.wait_ms.is_some() || q.max.is_some() {
         return long_poll(state, sub, from, q.wait_ms.unwrap_or(0), q.max.unwrap_or(100)).await;
     }
-    Ok(sse(state, sub, from))
+    sse(state, sub, from)
 }
 
 pub(crate) async fn watch(
@@ -189,62 +159,163 @@ pub(crate) async fn watch(
     let types = q.types.as_deref().map(|t| canonical_types(t.split(','))).unwrap_or_default();
     let seen = state.store.last_seq();
     let from = start_seq(&state, &headers, q.from_seq, seen + 1, seen)?;
-    Ok(sse(state, Subscription { pattern, types, lease: None, holder: None }, from))
+    sse(state, Subscription { pattern, types, lease: None, holder: None, group: None }, from)
 }
 
-struct StreamState {
+/// What a stream tells its client next.
+enum Out {
+    Event(Arc<Outgoing>),
+    LeaseEnded { seq: u64, reason: &'static str },
+    Compacted { earliest: u64 },
+    Overflow { resume_seq: u64 },
+    Failed(String),
+}
+
+/// Where a stream is on its way from its own cursor to the live stream.
+enum Phase {
+    CatchUp(Feed),
+    /// Reading `[next, live.from)` from the log before the live buffer.
+    Gap {
+        next: u64,
+        live: Live,
+        records: VecDeque<Record>,
+    },
+    Live(Live),
+    Done,
+}
+
+/// One SSE stream's cursor through the three phases.
+struct Subscriber {
     state: AppState,
-    feed: Feed,
     sub: Subscription,
-    done: bool,
+    phase: Phase,
+    /// Holds one of the site's [`SUBSCRIBERS_MAX`] stream slots.
+    _slot: OwnedSemaphorePermit,
 }
 
-fn sse(state: AppState, sub: Subscription, from: u64) -> Response {
-    let feed = state.store.feed(from, sub.filter());
-    let stream = futures_util::stream::unfold(StreamState { state, feed, sub, done: false }, |mut st| async move {
-        if st.done {
-            return None;
+impl Subscriber {
+    /// What `record` gives the client, if anything.
+    fn deliver(&mut self, record: &Record) -> Option<Out> {
+        match self.sub.wants(record) {
+            Wants::Event => {
+                let out = Outgoing::from_record(record)?;
+                self.state.metrics.deliveries.inc();
+                Some(Out::Event(Arc::new(out)))
+            }
+            Wants::LeaseEnded { reason } => Some(Out::LeaseEnded { seq: record.seq, reason }),
+            Wants::Nothing => None,
         }
+    }
+
+    /// The next thing to send, or `None` when the stream ends without a
+    /// word (the site is stopping; the client resumes from its last id).
+    async fn next(&mut self) -> Option<Out> {
         loop {
-            let next = tokio::select! {
-                next = st.feed.next() => next,
-                // The server is stopping: end the stream; the client resumes
-                // from its last id.
-                _ = st.state.stopped() => return None,
-            };
-            let event = match next {
-                Ok(FeedItem::Record(record)) => match st.sub.deliver(&record) {
-                    Delivery::Event(out) => {
-                        let m = &st.state.metrics;
-                        m.deliveries.inc();
-                        m.delivery_lag.observe(st.state.store.last_seq().saturating_sub(record.seq) as f64);
-                        let data = serde_json::to_string(&out).unwrap_or_default();
-                        SseEvent::default().id(record.seq.to_string()).event(out.event_type.clone()).data(data)
+            match &mut self.phase {
+                Phase::Done => return None,
+                Phase::CatchUp(feed) if feed.lag() <= HANDOFF_LAG_MAX => {
+                    let from = feed.position();
+                    let Ok(live) = self.state.dispatcher.join(self.sub.clone(), from).await else { return None };
+                    self.phase = if live.from > from {
+                        Phase::Gap { next: from, live, records: VecDeque::new() }
+                    } else {
+                        Phase::Live(live)
+                    };
+                }
+                Phase::CatchUp(feed) => match feed.next().await {
+                    Ok(FeedItem::Record(record)) => {
+                        if let Some(out) = self.deliver(&record) {
+                            return Some(out);
+                        }
                     }
-                    Delivery::LeaseEnded { reason } => {
-                        st.done = true;
-                        let data = json!({ "id": st.sub.lease, "reason": reason, "seq": record.seq });
-                        SseEvent::default().event("pepper.lease_ended").data(data.to_string())
-                    }
-                    Delivery::Nothing => continue,
+                    Ok(FeedItem::Compacted { earliest }) => return Some(Out::Compacted { earliest }),
+                    Err(pepper_storage::Error::Closed) => return None,
+                    Err(e) => return Some(Out::Failed(e.to_string())),
                 },
-                Ok(FeedItem::Compacted { earliest }) => {
-                    st.done = true;
-                    SseEvent::default().event("pepper.compacted").data(json!({ "earliest_seq": earliest }).to_string())
+                Phase::Gap { next, live, records } => {
+                    if let Some(record) = records.pop_front() {
+                        if let Some(out) = self.deliver(&record) {
+                            return Some(out);
+                        }
+                        continue;
+                    }
+                    if *next >= live.from {
+                        let Phase::Gap { live, .. } = std::mem::replace(&mut self.phase, Phase::Done) else {
+                            return None;
+                        };
+                        self.phase = Phase::Live(live);
+                        continue;
+                    }
+                    let (from, to, filter) = (*next, live.from - 1, self.sub.filter());
+                    let scan =
+                        self.state.store.read(move |v| v.scan(from, to, &filter, GAP_CHUNK_RECORDS, u64::MAX)).await;
+                    match scan {
+                        Ok(Scan::Records { records: found, next_seq }) => {
+                            *next = next_seq;
+                            records.extend(found);
+                        }
+                        Ok(Scan::Compacted { earliest }) => return Some(Out::Compacted { earliest }),
+                        Err(pepper_storage::Error::Closed) => return None,
+                        Err(e) => return Some(Out::Failed(e.to_string())),
+                    }
                 }
-                // The site is shutting down: end the stream; the client
-                // resumes from its last id.
-                Err(pepper_storage::Error::Closed) => return None,
-                Err(e) => {
-                    st.done = true;
-                    tracing::error!(error = %e, "feed failed under an SSE stream");
-                    SseEvent::default().event("pepper.error").data(json!({ "message": e.to_string() }).to_string())
-                }
-            };
-            return Some((Ok::<_, Infallible>(event), st));
+                Phase::Live(live) => match live.rx.recv().await {
+                    Some(Item::Event(out)) => return Some(Out::Event(out)),
+                    Some(Item::LeaseEnded { seq, reason }) => return Some(Out::LeaseEnded { seq, reason }),
+                    None => {
+                        return live.overflowed_at().map(|resume_seq| Out::Overflow { resume_seq });
+                    }
+                },
+            }
         }
+    }
+}
+
+fn sse(state: AppState, sub: Subscription, from: u64) -> Result<Response, ApiError> {
+    let slot = state.subscriber_slots.clone().try_acquire_owned().map_err(|_| {
+        ApiError::overloaded(format!("the site already serves {SUBSCRIBERS_MAX} live streams; retry later"))
+    })?;
+    let feed = state.store.feed(from, sub.filter());
+    let subscriber = Subscriber { state, sub, phase: Phase::CatchUp(feed), _slot: slot };
+    let stopping = subscriber.state.stopping();
+    let stream = futures_util::stream::unfold((subscriber, stopping), |(mut s, mut stopping)| async move {
+        let next = tokio::select! {
+            next = s.next() => next,
+            // The server is stopping: end the stream; the client resumes
+            // from its last id.
+            _ = async { let _ = stopping.wait_for(|stop| *stop).await; } => None,
+        };
+        let event = match next? {
+            Out::Event(out) => {
+                SseEvent::default().id(out.seq.to_string()).event(out.event_type.as_str()).data(out.json.as_str())
+            }
+            Out::LeaseEnded { seq, reason } => {
+                s.phase = Phase::Done;
+                let data = json!({ "id": s.sub.lease, "reason": reason, "seq": seq });
+                SseEvent::default().event("pepper.lease_ended").data(data.to_string())
+            }
+            Out::Compacted { earliest } => {
+                s.phase = Phase::Done;
+                SseEvent::default().event("pepper.compacted").data(json!({ "earliest_seq": earliest }).to_string())
+            }
+            Out::Overflow { resume_seq } => {
+                s.phase = Phase::Done;
+                let message = format!(
+                    "this stream fell {SUBSCRIBER_BUFFER_EVENTS} events behind and was disconnected; \
+                     reconnect with Last-Event-ID or from_seq={resume_seq}"
+                );
+                let data = json!({ "resume_seq": resume_seq, "message": message });
+                SseEvent::default().event("pepper.overflow").data(data.to_string())
+            }
+            Out::Failed(message) => {
+                s.phase = Phase::Done;
+                tracing::error!(%message, "an SSE stream failed");
+                SseEvent::default().event("pepper.error").data(json!({ "message": message }).to_string())
+            }
+        };
+        Some((Ok::<_, Infallible>(event), (s, stopping)))
     });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE)).into_response()
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE)).into_response())
 }
 
 async fn long_poll(
@@ -273,17 +344,19 @@ async fn long_poll(
         let mut ended = None;
         let mut next = next_seq;
         for record in &records {
-            match sub.deliver(record) {
-                Delivery::Event(e) => {
-                    state.metrics.deliveries.inc();
-                    events.push(*e)
+            match sub.wants(record) {
+                Wants::Event => {
+                    if let Some(e) = EventOut::from_record(record) {
+                        state.metrics.deliveries.inc();
+                        events.push(e);
+                    }
                 }
-                Delivery::LeaseEnded { reason } => {
+                Wants::LeaseEnded { reason } => {
                     ended = Some(reason);
                     next = record.seq + 1;
                     break;
                 }
-                Delivery::Nothing => {}
+                Wants::Nothing => {}
             }
         }
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -88,6 +88,8 @@ pub struct Feed {
     durable: watch::Receiver<u64>,
     buffer: VecDeque<Record>,
     ended: bool,
+    /// The disk read in flight, kept across a cancelled [`Feed::next`].
+    reading: Option<tokio::task::JoinHandle<Result<Chunk>>>,
 }
 
 enum Chunk {
@@ -99,7 +101,7 @@ impl Feed {
     pub(crate) fn new(store: &Store, from_seq: u64, filter: Filter) -> Feed {
         let durable = store.shared().durable.subscribe();
         let shared = Arc::downgrade(store.shared());
-        Feed { shared, next: from_seq.max(1), filter, durable, buffer: VecDeque::new(), ended: false }
+        Feed { shared, next: from_seq.max(1), filter, durable, buffer: VecDeque::new(), ended: false, reading: None }
     }
 
     /// The sequence number the feed will look at next.
@@ -107,13 +109,16 @@ impl Feed {
         self.buffer.front().map_or(self.next, |r| r.seq)
     }
 
-    /// Whether the feed has read everything durable so far: its next call to
-    /// [`Feed::next`] would wait for a new commit (or return `Closed`).
-    pub fn is_caught_up(&self) -> bool {
-        self.buffer.is_empty() && self.next > *self.durable.borrow()
+    /// How many log records the feed is behind the durable head: 0 once it
+    /// has read everything committed so far.
+    pub fn lag(&self) -> u64 {
+        (*self.durable.borrow() + 1).saturating_sub(self.position())
     }
 
     /// Waits for the next matching record.
+    ///
+    /// Cancel safe: dropping the future loses nothing, so it can race other
+    /// futures in `tokio::select!`.
     ///
     /// # Errors
     /// `Corruption` if the log is damaged, `Closed` once the store is closed.
@@ -125,15 +130,23 @@ impl Feed {
             if self.ended {
                 return Err(Error::Closed);
             }
-            let durable = *self.durable.borrow_and_update();
-            if self.next <= durable {
-                let (shared, from, filter) = (self.shared.clone(), self.next, self.filter.clone());
-                let chunk = tokio::task::spawn_blocking(move || match shared.upgrade() {
-                    Some(shared) => read_chunk(&shared, from, durable, &filter),
-                    None => Err(Error::Closed),
-                })
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(format!("feed read task failed: {e}"))))??;
+            if self.reading.is_none() {
+                let durable = *self.durable.borrow_and_update();
+                if self.next <= durable {
+                    let (shared, from, filter) = (self.shared.clone(), self.next, self.filter.clone());
+                    self.reading = Some(tokio::task::spawn_blocking(move || match shared.upgrade() {
+                        Some(shared) => read_chunk(&shared, from, durable, &filter),
+                        None => Err(Error::Closed),
+                    }));
+                }
+            }
+            if let Some(reading) = &mut self.reading {
+                // Cancel safety: if this await is cancelled, the read stays
+                // in `reading` and the next call picks up its result.
+                let chunk = reading.await;
+                self.reading = None;
+                let chunk =
+                    chunk.map_err(|e| Error::Io(std::io::Error::other(format!("feed read task failed: {e}"))))??;
                 match chunk {
                     Chunk::Records { records, next } => {
                         self.next = next;

@@ -1,0 +1,400 @@
+//! The dispatcher: one pass over the log routes every record to the live
+//! subscribers (lease streams and watches) it matches.
+//!
+//! One task per site follows the log with a single change feed. For each
+//! event it walks the routing trie ([`pepper_router::Trie`]) of the
+//! subscribers' channel patterns, O(depth) whatever their number, checks
+//! each hit's type filter, `to` and anycast assignment, encodes the event's
+//! JSON once, and pushes a shared copy into each receiver's bounded buffer
+//! ([`SUBSCRIBER_BUFFER_EVENTS`]). It never waits for a subscriber: a push
+//! that finds the buffer full detaches that subscriber and records the
+//! sequence number it must resume from; its stream then drains what it has
+//! and ends with that position (never a silent skip). A lease's release or
+//! expire record ends its streams the same way, in log order.
+//!
+//! **Handoff.** A subscriber starts on its own cursor: it catches up from the
+//! log with its own feed, and registers here once it is within
+//! [`HANDOFF_LAG_MAX`] records of the head, giving the sequence number it
+//! will read next (`from`). The dispatcher handles the registration between
+//! two records, at its position `D` (every record below `D` is dispatched,
+//! none at or above it). From then on it sends the subscriber every match at
+//! or above `max(from, D)`. If `D > from`, the subscriber reads `[from, D)`
+//! from the log itself before it reads its buffer. So the catch-up and live
+//! parts meet exactly: no gap, no duplicate, in sequence order.
+//!
+//! Distribution `one` needs no state here: the writer stored the chosen
+//! lease of each group in the event (`Event::assigned`), and live delivery
+//! and catch-up read the same answer.
+//!
+//! Rejected: one feed per subscriber (the first version). It is correct by
+//! construction, but every commit wakes every subscriber to re-read the log,
+//! so with 1,000 leases each event cost 1,000 disk reads and the delivery
+//! p99 grew past 60 ms.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pepper_router::{Channel, Pattern, Trie};
+use pepper_storage::{Body, Event, FeedItem, Filter, Kind, Party, Record, Store};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::envelope::EventOut;
+use crate::metrics::Metrics;
+
+/// Most events buffered for one subscriber between the dispatcher and its
+/// socket. A subscriber whose buffer is full is disconnected with the
+/// sequence number to resume from.
+pub const SUBSCRIBER_BUFFER_EVENTS: usize = 1024;
+
+/// A catching-up subscriber joins the live stream once it is at most this
+/// many records behind the log's head; it reads that gap from the log
+/// itself while its buffer fills.
+pub const HANDOFF_LAG_MAX: u64 = 256;
+
+/// Most registrations and departures queued for the dispatcher.
+pub const DISPATCH_COMMANDS_MAX: usize = 4096;
+
+/// How often the dispatcher drops subscribers whose stream has gone.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What one subscriber wants.
+#[derive(Clone, Debug)]
+pub(crate) struct Subscription {
+    pub pattern: Pattern,
+    /// Payload types; empty means all.
+    pub types: Vec<String>,
+    /// The lease whose end closes the stream; `None` for a watch.
+    pub lease: Option<String>,
+    /// The lease holder, matched against each event's `to`; a watch has no
+    /// holder and receives every matching event.
+    pub holder: Option<Party>,
+    /// The lease's anycast group: it receives a distribution-`one` event
+    /// only if the writer assigned the event to it.
+    pub group: Option<String>,
+}
+
+/// What a log record means to one subscriber.
+pub(crate) enum Wants {
+    Event,
+    LeaseEnded { reason: &'static str },
+    Nothing,
+}
+
+impl Subscription {
+    /// The records a subscriber's own feed reads.
+    pub(crate) fn filter(&self) -> Filter {
+        let mut kinds = vec![Kind::Event];
+        if self.lease.is_some() {
+            kinds.extend([Kind::LeaseRelease, Kind::LeaseExpire]);
+        }
+        Filter { kinds, ..Filter::default() }
+    }
+
+    /// Whether an event whose channel the pattern matches is for this
+    /// subscriber: its type, its `to`, and for distribution `one`, the
+    /// writer's choice.
+    fn wants_event(&self, e: &Event) -> bool {
+        (self.types.is_empty() || self.types.contains(&e.event_type))
+            && self.holder.as_ref().is_none_or(|h| e.to.admits(h))
+            && match (&self.group, &self.lease) {
+                (Some(_), Some(lease)) if e.distribution == pepper_storage::Distribution::One => {
+                    e.assigned.contains(lease)
+                }
+                _ => true,
+            }
+    }
+
+    /// What `record` means to this subscriber.
+    pub(crate) fn wants(&self, record: &Record) -> Wants {
+        match &record.body {
+            Body::Event(e) if self.pattern.matches_name(&e.channel) && self.wants_event(e) => Wants::Event,
+            Body::LeaseRelease(end) if self.lease.as_deref() == Some(&end.id) => {
+                Wants::LeaseEnded { reason: "released" }
+            }
+            Body::LeaseExpire(end) if self.lease.as_deref() == Some(&end.id) => Wants::LeaseEnded { reason: "expired" },
+            _ => Wants::Nothing,
+        }
+    }
+}
+
+/// An event ready for the wire: its JSON is encoded once, whatever the
+/// number of receivers.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub seq: u64,
+    pub event_type: String,
+    pub json: String,
+}
+
+impl Outgoing {
+    pub(crate) fn from_record(record: &Record) -> Option<Outgoing> {
+        let out = EventOut::from_record(record)?;
+        let json = serde_json::to_string(&out).ok()?;
+        Some(Outgoing { seq: record.seq, event_type: out.event_type, json })
+    }
+}
+
+/// What the dispatcher sends a live subscriber.
+#[derive(Debug)]
+pub(crate) enum Item {
+    Event(Arc<Outgoing>),
+    LeaseEnded { seq: u64, reason: &'static str },
+}
+
+/// A registered subscriber's end of the live stream.
+pub(crate) struct Live {
+    /// The items at or above `from`, in sequence order.
+    pub rx: mpsc::Receiver<Item>,
+    /// The dispatcher's position when it registered the subscriber: the
+    /// subscriber reads anything below it (and at or above its own cursor)
+    /// from the log.
+    pub from: u64,
+    /// Set by the dispatcher when it detached the subscriber for a full
+    /// buffer: the first sequence number not delivered. 0 while attached.
+    overflow: Arc<AtomicU64>,
+    id: u64,
+    commands: mpsc::Sender<Command>,
+}
+
+impl Live {
+    /// The sequence number to resume from if the dispatcher detached this
+    /// subscriber because its buffer was full.
+    pub(crate) fn overflowed_at(&self) -> Option<u64> {
+        match self.overflow.load(Ordering::Acquire) {
+            0 => None,
+            seq => Some(seq),
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        // If the queue is full, the periodic sweep finds the closed buffer.
+        let _ = self.commands.try_send(Command::Leave { id: self.id });
+    }
+}
+
+/// Why a registration failed.
+#[derive(Debug)]
+pub(crate) enum RegisterError {
+    /// The dispatcher has stopped: the site is shutting down.
+    Stopped,
+}
+
+enum Command {
+    Join { sub: Subscription, from: u64, reply: oneshot::Sender<Live> },
+    Leave { id: u64 },
+}
+
+/// The handle to the site's dispatcher.
+#[derive(Clone)]
+pub struct Dispatcher {
+    commands: mpsc::Sender<Command>,
+}
+
+impl Dispatcher {
+    /// Starts the dispatcher on `store`, from the log's head, until
+    /// `stopping` turns true or the store closes.
+    pub(crate) fn spawn(store: Store, metrics: Arc<Metrics>, stopping: watch::Receiver<bool>) -> Dispatcher {
+        let (commands, rx) = mpsc::channel(DISPATCH_COMMANDS_MAX);
+        let task = Task {
+            store,
+            metrics,
+            commands: commands.clone(),
+            trie: Trie::new(),
+            subscribers: HashMap::new(),
+            by_lease: HashMap::new(),
+            next_id: 1,
+            hits: Vec::new(),
+        };
+        tokio::spawn(task.run(rx, stopping));
+        Dispatcher { commands }
+    }
+
+    /// Joins the live stream for `sub`, whose own cursor is at `from`.
+    pub(crate) async fn join(&self, sub: Subscription, from: u64) -> Result<Live, RegisterError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Join { sub, from, reply }).await.map_err(|_| RegisterError::Stopped)?;
+        rx.await.map_err(|_| RegisterError::Stopped)
+    }
+}
+
+struct Entry {
+    sub: Subscription,
+    /// The lowest sequence number this subscriber takes from the dispatcher.
+    from: u64,
+    tx: mpsc::Sender<Item>,
+    overflow: Arc<AtomicU64>,
+}
+
+struct Task {
+    store: Store,
+    metrics: Arc<Metrics>,
+    commands: mpsc::Sender<Command>,
+    trie: Trie<u64>,
+    subscribers: HashMap<u64, Entry>,
+    by_lease: HashMap<String, Vec<u64>>,
+    next_id: u64,
+    /// Scratch space for one record's trie hits.
+    hits: Vec<u64>,
+}
+
+impl Task {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut stopping: watch::Receiver<bool>) {
+        let filter = Filter { kinds: vec![Kind::Event, Kind::LeaseRelease, Kind::LeaseExpire], ..Filter::default() };
+        let mut feed = self.store.feed(self.store.last_seq() + 1, filter.clone());
+        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                biased;
+                _ = async { let _ = stopping.wait_for(|s| *s).await; } => break,
+                command = commands.recv() => match command {
+                    Some(Command::Join { sub, from, reply }) => self.join(sub, from, feed.position(), reply),
+                    Some(Command::Leave { id }) => self.remove(id),
+                    None => break,
+                },
+                next = feed.next() => match next {
+                    Ok(FeedItem::Record(record)) => self.dispatch(&record),
+                    Ok(FeedItem::Compacted { earliest }) => {
+                        // Retention overtook the dispatcher itself: detach
+                        // everyone at its position (they resume from their
+                        // own cursors, or learn they were compacted) and
+                        // carry on from what is left.
+                        tracing::warn!(position = feed.position(), earliest, "dispatcher fell behind retention");
+                        let at = feed.position();
+                        for id in self.subscribers.keys().copied().collect::<Vec<_>>() {
+                            self.overflow(id, at);
+                        }
+                        feed = self.store.feed(earliest, filter.clone());
+                    }
+                    Err(pepper_storage::Error::Closed) => break,
+                    Err(e) => {
+                        // Ending every stream sends each client back to its
+                        // own cursor, where it meets the same error with a
+                        // message, instead of waiting on a silent feed.
+                        tracing::error!(error = %e, "dispatcher feed failed; ending live streams");
+                        for id in self.subscribers.keys().copied().collect::<Vec<_>>() {
+                            self.remove(id);
+                        }
+                        tokio::time::sleep(SWEEP_INTERVAL).await;
+                        feed = self.store.feed(feed.position(), filter.clone());
+                    }
+                },
+                _ = sweep.tick() => {
+                    let gone: Vec<u64> =
+                        self.subscribers.iter().filter(|(_, e)| e.tx.is_closed()).map(|(id, _)| *id).collect();
+                    gone.into_iter().for_each(|id| self.remove(id));
+                }
+            }
+        }
+        tracing::debug!(subscribers = self.subscribers.len(), "dispatcher stopped");
+    }
+
+    fn join(&mut self, sub: Subscription, from: u64, position: u64, reply: oneshot::Sender<Live>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER_EVENTS);
+        let overflow = Arc::new(AtomicU64::new(0));
+        let live = Live { rx, from: position, overflow: overflow.clone(), id, commands: self.commands.clone() };
+        if reply.send(live).is_err() {
+            // The subscriber went away while it waited.
+            return;
+        }
+        self.trie.insert(&sub.pattern, id);
+        if let Some(lease) = &sub.lease {
+            self.by_lease.entry(lease.clone()).or_default().push(id);
+        }
+        self.subscribers.insert(id, Entry { sub, from: from.max(position), tx, overflow });
+    }
+
+    fn remove(&mut self, id: u64) {
+        let Some(entry) = self.subscribers.remove(&id) else { return };
+        self.trie.remove(&entry.sub.pattern, &id);
+        if let Some(lease) = &entry.sub.lease {
+            if let Some(ids) = self.by_lease.get_mut(lease) {
+                ids.retain(|i| *i != id);
+                if ids.is_empty() {
+                    self.by_lease.remove(lease);
+                }
+            }
+        }
+    }
+
+    /// Detaches a subscriber whose buffer is full; `at` is the first
+    /// sequence number it did not get.
+    fn overflow(&mut self, id: u64, at: u64) {
+        if let Some(entry) = self.subscribers.get(&id) {
+            entry.overflow.store(at, Ordering::Release);
+            self.metrics.overflows.inc();
+            tracing::info!(subscriber = id, lease = ?entry.sub.lease, resume_seq = at, "slow subscriber disconnected");
+        }
+        self.remove(id);
+    }
+
+    fn send(&mut self, id: u64, item: Item, seq: u64) -> bool {
+        let Some(entry) = self.subscribers.get(&id) else { return false };
+        match entry.tx.try_send(item) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.overflow(id, seq);
+                false
+            }
+            Err(TrySendError::Closed(_)) => {
+                self.remove(id);
+                false
+            }
+        }
+    }
+
+    fn dispatch(&mut self, record: &Record) {
+        match &record.body {
+            Body::Event(e) => {
+                let Ok(channel) = Channel::parse(&e.channel) else {
+                    // Published events were checked by the router; anything
+                    // else came from a damaged or foreign log.
+                    tracing::warn!(seq = record.seq, channel = %e.channel, "event on an unroutable channel");
+                    return;
+                };
+                let mut hits = std::mem::take(&mut self.hits);
+                hits.clear();
+                self.trie.for_each_match(&channel, |id| hits.push(*id));
+                let mut out: Option<Arc<Outgoing>> = None;
+                let mut delivered = 0u64;
+                for &id in &hits {
+                    let Some(entry) = self.subscribers.get(&id) else { continue };
+                    if record.seq < entry.from || !entry.sub.wants_event(e) {
+                        continue;
+                    }
+                    let item = match &out {
+                        Some(item) => item.clone(),
+                        None => match Outgoing::from_record(record) {
+                            Some(o) => out.insert(Arc::new(o)).clone(),
+                            None => break,
+                        },
+                    };
+                    if self.send(id, Item::Event(item), record.seq) {
+                        delivered += 1;
+                    }
+                }
+                self.hits = hits;
+                if delivered > 0 {
+                    self.metrics.deliveries.inc_by(delivered);
+                    self.metrics.delivery_lag.observe(self.store.last_seq().saturating_sub(record.seq) as f64);
+                }
+            }
+            Body::LeaseRelease(end) | Body::LeaseExpire(end) => {
+                let reason = if matches!(record.body, Body::LeaseRelease(_)) { "released" } else { "expired" };
+                for id in self.by_lease.get(&end.id).cloned().unwrap_or_default() {
+                    if self.subscribers.get(&id).is_some_and(|e| record.seq >= e.from) {
+                        self.send(id, Item::LeaseEnded { seq: record.seq, reason }, record.seq);
+                        self.remove(id);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
