@@ -12,6 +12,7 @@
 //! durability = "sync"          # or "buffered"
 //! lease_ttl_max_s = 3600
 //! dedupe_window_s = 600
+//! stream_buffer_events = 1024  # per live stream; a full one is disconnected
 //!
 //! [retention]
 //! log_max_age_s = 604800
@@ -83,6 +84,10 @@ pub struct ServeArgs {
     /// The longest time to live a lease is granted, in seconds [default: 3600].
     #[arg(long, env = "PEPPER_LEASE_TTL_MAX_S", value_parser = clap::value_parser!(u64).range(1..))]
     lease_ttl_max_s: Option<u64>,
+    /// Events buffered per live stream before a client that does not keep
+    /// up is disconnected with a position to resume from [default: 1024].
+    #[arg(long, env = "PEPPER_STREAM_BUFFER_EVENTS", value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    stream_buffer_events: Option<u64>,
     /// How long an event id is remembered for idempotent retries, in
     /// seconds [default: 600].
     #[arg(long, env = "PEPPER_DEDUPE_WINDOW_S")]
@@ -112,6 +117,7 @@ struct FileConfig {
     site: Option<String>,
     durability: Option<DurabilityArg>,
     lease_ttl_max_s: Option<u64>,
+    stream_buffer_events: Option<u64>,
     dedupe_window_s: Option<u64>,
     #[serde(default)]
     retention: FileRetention,
@@ -158,6 +164,11 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
     if interval_s == 0 || lease_ttl_max_s == 0 {
         anyhow::bail!("retention interval_s and lease_ttl_max_s must be at least 1");
     }
+    let stream_buffer_events = match args.stream_buffer_events.or(file.stream_buffer_events) {
+        None => pepper_adapters::SUBSCRIBER_BUFFER_EVENTS,
+        Some(n @ 1..=1_048_576) => usize::try_from(n).context("stream_buffer_events")?,
+        Some(n) => anyhow::bail!("stream_buffer_events must be 1 to 1048576, not {n}"),
+    };
     let listen = match args.listen.or(file.listen) {
         Some(l) => l,
         None => LISTEN_DEFAULT.parse().context("the default listen address")?,
@@ -183,6 +194,6 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
         data: args.data.or(file.data).unwrap_or_else(|| PathBuf::from(DATA_DEFAULT)),
         listen,
         options,
-        api: pepper_adapters::ApiConfig { lease_ttl_max_s },
+        api: pepper_adapters::ApiConfig { lease_ttl_max_s, stream_buffer_events },
     })
 }

@@ -305,3 +305,177 @@ fn to_narrows_the_receivers_to_the_named_holder() {
     assert_eq!(seqs(&other), [everyone, to_agent]);
     let _ = to_p2;
 }
+
+fn publish_one(http: &Client, server: &Server, channel: &str, n: u64) -> u64 {
+    let res: Value = http
+        .post(server.at("/v1/events"))
+        .json(&json!({"channel": channel, "type": "job", "distribution": "one", "payload": {"n": n}}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    res["seq"].as_u64().unwrap()
+}
+
+/// The events a lease's log-backed long-poll gives, from its start.
+fn caught_up_seqs(http: &Client, server: &Server, id: &str) -> Vec<u64> {
+    let page: Value =
+        http.get(server.at(&format!("/v1/leases/{id}/events?wait_ms=0&max=1000"))).send().unwrap().json().unwrap();
+    page["events"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+}
+
+fn read_seqs(stream: &mut SseReader, n: usize) -> Vec<u64> {
+    (0..n)
+        .map(|_| {
+            let e = stream.next().expect("stream ended early");
+            assert_eq!(e.event, "job", "{}", e.data);
+            e.id.unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn distribution_one_reaches_exactly_one_live_member_of_each_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    let member = |name: &str| {
+        grant(&http, &server, json!({"channel": "/d.org/jobs/", "ttl_s": 60, "group": "workers", "id": name}))
+    };
+    let (a, b, c) = (member("a"), member("b"), member("c"));
+    let solo = grant(&http, &server, json!({"channel": "/d.org/", "ttl_s": 60}));
+    // A member whose lease lapses: it must stop being chosen at once.
+    let lapsing = grant(&http, &server, json!({"channel": "/d.org/jobs/", "ttl_s": 1, "group": "workers", "id": "d"}));
+    let open = |lease: &Value| {
+        SseReader::open(&server.at(&format!("/v1/leases/{}/events", lease["id"].as_str().unwrap())), &[])
+    };
+    let (mut sa, mut sb, mut sc, mut ssolo) = (open(&a), open(&b), open(&c), open(&solo));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(eventually(Duration::from_secs(3), || {
+        http.get(server.at("/v1/leases/d")).send().unwrap().status() == 404
+    }));
+
+    // 30 events, round robin over a, b and c (lease-id order).
+    let first: Vec<u64> = (0..30).map(|n| publish_one(&http, &server, "/d.org/jobs/x/", n)).collect();
+    let got_a = read_seqs(&mut sa, 10);
+    let got_b = read_seqs(&mut sb, 10);
+    let got_c = read_seqs(&mut sc, 10);
+    let mut union: Vec<u64> = got_a.iter().chain(&got_b).chain(&got_c).copied().collect();
+    union.sort_unstable();
+    assert_eq!(union, first, "each event went to exactly one member");
+    // A lease outside the group gets every event.
+    assert_eq!(read_seqs(&mut ssolo, 30), first);
+    let _ = lapsing;
+
+    // Catch-up from the log agrees with what was delivered live.
+    assert_eq!(caught_up_seqs(&http, &server, "a"), got_a);
+    assert_eq!(caught_up_seqs(&http, &server, "b"), got_b);
+
+    // Release a: its stream ends, and the following events go to b and c.
+    assert_eq!(http.delete(server.at("/v1/leases/a")).send().unwrap().status(), 204);
+    let end = sa.next().unwrap();
+    assert_eq!(end.event, "pepper.lease_ended", "{}", end.data);
+    let second: Vec<u64> = (0..20).map(|n| publish_one(&http, &server, "/d.org/jobs/y/", n)).collect();
+    let mut rest: Vec<u64> = read_seqs(&mut sb, 10).into_iter().chain(read_seqs(&mut sc, 10)).collect();
+    rest.sort_unstable();
+    assert_eq!(rest, second);
+    assert_eq!(read_seqs(&mut ssolo, 20), second);
+}
+
+/// A client that stops reading is disconnected once its buffer is full,
+/// with the position to resume from; nobody else is slowed, and resuming
+/// from that position loses and repeats nothing.
+#[test]
+fn a_slow_stream_is_disconnected_with_a_resume_position_and_skips_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A buffer over one publish batch (40), so a reader that keeps up
+    // between batches never fills it.
+    let server = Server::start(dir.path(), &["--stream-buffer-events", "64"]);
+    let http = Client::new();
+    let slow = grant(&http, &server, json!({"channel": "/s.org/", "ttl_s": 600}));
+    let id = slow["id"].as_str().unwrap().to_string();
+    let url = server.at(&format!("/v1/leases/{id}/events"));
+    let mut stream = SseReader::open(&url, &[]);
+    let mut watcher = SseReader::open(&server.at("/v1/watch?channel=/s.org/"), &[]);
+    // Enough bytes to fill the socket buffers between the server and the
+    // client that does not read, and then its 64-event buffer.
+    let big = "x".repeat(64 * 1024);
+    let mut seqs = Vec::new();
+    for _ in 0..12 {
+        let batch: Vec<Value> =
+            (0..40).map(|_| json!({"channel": "/s.org/a/", "type": "blob", "payload": {"b": big}})).collect();
+        let res: Value = http.post(server.at("/v1/events")).json(&batch).send().unwrap().json().unwrap();
+        assert!(res["first_seq"].is_u64(), "{res}");
+        seqs.extend(res["first_seq"].as_u64().unwrap()..=res["last_seq"].as_u64().unwrap());
+        // The watcher keeps up and sees everything, live.
+        for want in res["first_seq"].as_u64().unwrap()..=res["last_seq"].as_u64().unwrap() {
+            assert_eq!(watcher.next().unwrap().id.unwrap().parse::<u64>().unwrap(), want);
+        }
+    }
+    // Now read the slow stream: contiguous events, then the overflow notice.
+    let mut got = Vec::new();
+    let resume = loop {
+        let e = stream.next().expect("the stream ends with pepper.overflow, not silently");
+        match e.event.as_str() {
+            "blob" => got.push(e.id.unwrap().parse::<u64>().unwrap()),
+            "pepper.overflow" => break e.json()["resume_seq"].as_u64().unwrap(),
+            other => panic!("unexpected {other}: {}", e.data),
+        }
+    };
+    assert!(stream.next().is_none(), "the stream closes after the notice");
+    assert!(!got.is_empty() && got.len() < seqs.len(), "{} of {}", got.len(), seqs.len());
+    assert_eq!(got, seqs[..got.len()], "in order, nothing skipped");
+    assert_eq!(resume, got.last().unwrap() + 1);
+    let metrics = http.get(server.at("/metrics")).send().unwrap().text().unwrap();
+    assert!(metrics.contains("pepper_stream_overflows_total 1"), "{metrics}");
+    // Resuming from the last id delivers the rest, exactly once.
+    let last = got.last().unwrap().to_string();
+    let mut resumed = SseReader::open(&url, &[("last-event-id", last.as_str())]);
+    let rest: Vec<u64> =
+        (got.len()..seqs.len()).map(|_| resumed.next().unwrap().id.unwrap().parse().unwrap()).collect();
+    assert_eq!(rest, seqs[got.len()..]);
+}
+
+/// A stream that starts far behind the head catches up from the log while
+/// events keep arriving, and joins the live stream without a gap or a
+/// duplicate.
+#[test]
+fn catch_up_under_load_hands_off_to_live_without_gap_or_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    let lease = grant(&http, &server, json!({"channel": "/h.org/", "ttl_s": 600, "from_seq": 1}));
+    let id = lease["id"].as_str().unwrap().to_string();
+    // A backlog well over the handoff distance.
+    let mut sent = Vec::new();
+    for _ in 0..4 {
+        let batch: Vec<Value> =
+            (0..500).map(|n| json!({"channel": "/h.org/a/", "type": "t", "payload": {"n": n}})).collect();
+        let res: Value = http.post(server.at("/v1/events")).json(&batch).send().unwrap().json().unwrap();
+        sent.extend(res["first_seq"].as_u64().unwrap()..=res["last_seq"].as_u64().unwrap());
+    }
+    // Keep publishing while the stream catches up.
+    let publisher = {
+        let url = server.at("/v1/events");
+        std::thread::spawn(move || {
+            let http = Client::new();
+            (0..300)
+                .map(|n| {
+                    let res: Value = http
+                        .post(&url)
+                        .json(&json!({"channel": "/h.org/b/", "type": "t", "payload": {"n": n}}))
+                        .send()
+                        .unwrap()
+                        .json()
+                        .unwrap();
+                    res["seq"].as_u64().unwrap()
+                })
+                .collect::<Vec<u64>>()
+        })
+    };
+    let mut stream = SseReader::open(&server.at(&format!("/v1/leases/{id}/events")), &[]);
+    let live = publisher.join().unwrap();
+    sent.extend(live);
+    let got: Vec<u64> = (0..sent.len()).map(|_| stream.next().unwrap().id.unwrap().parse().unwrap()).collect();
+    assert_eq!(got, sent);
+}

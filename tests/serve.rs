@@ -114,4 +114,14 @@ fn a_config_file_sets_what_flags_leave_out() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid config file") && err.contains("lease_ttl_max"), "{err}");
+    // So is a value out of its range.
+    std::fs::write(&config, "stream_buffer_events = 0\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pepper"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config", config.to_str().unwrap(), "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stream_buffer_events must be 1 to 1048576"), "{err}");
 }

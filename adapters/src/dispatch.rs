@@ -44,8 +44,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::envelope::EventOut;
 use crate::metrics::Metrics;
 
-/// Most events buffered for one subscriber between the dispatcher and its
-/// socket. A subscriber whose buffer is full is disconnected with the
+/// Default for the most events buffered for one subscriber between the
+/// dispatcher and its socket (`stream_buffer_events` in the site's
+/// settings). A subscriber whose buffer is full is disconnected with the
 /// sequence number to resume from.
 pub const SUBSCRIBER_BUFFER_EVENTS: usize = 1024;
 
@@ -198,7 +199,12 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Starts the dispatcher on `store`, from the log's head, until
     /// `stopping` turns true or the store closes.
-    pub(crate) fn spawn(store: Store, metrics: Arc<Metrics>, stopping: watch::Receiver<bool>) -> Dispatcher {
+    pub(crate) fn spawn(
+        store: Store,
+        metrics: Arc<Metrics>,
+        stopping: watch::Receiver<bool>,
+        buffer_events: usize,
+    ) -> Dispatcher {
         let (commands, rx) = mpsc::channel(DISPATCH_COMMANDS_MAX);
         let task = Task {
             store,
@@ -209,6 +215,7 @@ impl Dispatcher {
             by_lease: HashMap::new(),
             next_id: 1,
             hits: Vec::new(),
+            buffer_events,
         };
         tokio::spawn(task.run(rx, stopping));
         Dispatcher { commands }
@@ -240,6 +247,8 @@ struct Task {
     next_id: u64,
     /// Scratch space for one record's trie hits.
     hits: Vec<u64>,
+    /// Each subscriber's buffer, in events.
+    buffer_events: usize,
 }
 
 impl Task {
@@ -296,7 +305,7 @@ impl Task {
     fn join(&mut self, sub: Subscription, from: u64, position: u64, reply: oneshot::Sender<Live>) {
         let id = self.next_id;
         self.next_id += 1;
-        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER_EVENTS);
+        let (tx, rx) = mpsc::channel(self.buffer_events);
         let overflow = Arc::new(AtomicU64::new(0));
         let live = Live { rx, from: position, overflow: overflow.clone(), id, commands: self.commands.clone() };
         if reply.send(live).is_err() {

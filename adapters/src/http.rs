@@ -72,11 +72,17 @@ const _: () = assert!(BODY_BYTES_MAX <= pepper_storage::limits::BATCH_BYTES_MAX)
 pub struct ApiConfig {
     /// The longest time to live a lease is granted, in seconds.
     pub lease_ttl_max_s: u64,
+    /// Events buffered per live stream before a client that does not keep
+    /// up is disconnected ([`crate::SUBSCRIBER_BUFFER_EVENTS`] by default).
+    pub stream_buffer_events: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> ApiConfig {
-        ApiConfig { lease_ttl_max_s: crate::lease::LEASE_TTL_MAX_S_DEFAULT }
+        ApiConfig {
+            lease_ttl_max_s: crate::lease::LEASE_TTL_MAX_S_DEFAULT,
+            stream_buffer_events: crate::SUBSCRIBER_BUFFER_EVENTS,
+        }
     }
 }
 
@@ -112,7 +118,8 @@ impl AppState {
         let leases = store.read(|v| v.leases()).await?;
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let metrics = Arc::new(Metrics::default());
-        let dispatcher = Dispatcher::spawn(store.clone(), metrics.clone(), stopping_rx);
+        let dispatcher =
+            Dispatcher::spawn(store.clone(), metrics.clone(), stopping_rx, config.stream_buffer_events.max(1));
         Ok(AppState {
             store,
             leases: Arc::new(LeaseIndex::new(&leases)),
@@ -350,5 +357,34 @@ mod tests {
         let err: Value = serde_json::from_slice(&bytes).expect("json");
         assert_eq!(err["error"]["code"], "too_large");
         assert_eq!(store.last_seq(), 0);
+    }
+
+    /// With every request slot taken, a request is answered 503 at once,
+    /// with `Retry-After`, and writes nothing; so is an SSE stream past the
+    /// stream limit.
+    #[tokio::test]
+    async fn overload_gets_503_with_retry_after_and_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), pepper_storage::Options::new("t")).expect("open");
+        let mut state = AppState::load(store.clone(), ApiConfig::default()).await.expect("state");
+        state.requests_in_flight = Arc::new(Semaphore::new(0));
+        let request = Request::post("/v1/events")
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"channel": "/a.org/", "type": "t"}"#))
+            .expect("request");
+        let response = router(state.clone()).oneshot(request).await.expect("response");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("1"));
+        let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024).await.expect("body");
+        let err: Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(err["error"]["code"], "overloaded");
+        assert_eq!(store.last_seq(), 0);
+
+        state.requests_in_flight = Arc::new(Semaphore::new(1));
+        state.subscriber_slots = Arc::new(Semaphore::new(0));
+        let request = Request::get("/v1/watch?channel=/a.org/").body(Body::empty()).expect("request");
+        let response = router(state).oneshot(request).await.expect("response");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
     }
 }

@@ -18,7 +18,7 @@
 //!
 //! A slow client never slows anyone else or the writer. While catching up it
 //! is only read as fast as it drains. Live, its buffer holds at most
-//! [`SUBSCRIBER_BUFFER_EVENTS`]; when the dispatcher finds it full, the
+//! `stream_buffer_events` ([`crate::SUBSCRIBER_BUFFER_EVENTS`] by default); when the dispatcher finds it full, the
 //! stream delivers what it holds and ends with a `pepper.overflow` event
 //! carrying `resume_seq`, the first sequence number it did not deliver. If
 //! retention trims what a client has not read yet, the stream says so with a
@@ -48,7 +48,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::dispatch::{Item, Live, Outgoing, Subscription, Wants, HANDOFF_LAG_MAX, SUBSCRIBER_BUFFER_EVENTS};
+use crate::dispatch::{Item, Live, Outgoing, Subscription, Wants, HANDOFF_LAG_MAX};
 use crate::envelope::{canonical_types, EventOut};
 use crate::error::ApiError;
 use crate::http::AppState;
@@ -301,8 +301,9 @@ fn sse(state: AppState, sub: Subscription, from: u64) -> Result<Response, ApiErr
             Out::Overflow { resume_seq } => {
                 s.phase = Phase::Done;
                 let message = format!(
-                    "this stream fell {SUBSCRIBER_BUFFER_EVENTS} events behind and was disconnected; \
-                     reconnect with Last-Event-ID or from_seq={resume_seq}"
+                    "this stream fell {} events behind and was disconnected; \
+                     reconnect with Last-Event-ID or from_seq={resume_seq}",
+                    s.state.config.stream_buffer_events
                 );
                 let data = json!({ "resume_seq": resume_seq, "message": message });
                 SseEvent::default().event("pepper.overflow").data(data.to_string())

@@ -165,3 +165,32 @@ async fn a_start_below_retention_gets_compacted_with_the_earliest_seq() {
     let store = open(dir.path());
     assert_eq!(store.append(vec![tuple("/a/", "f", "x")]).await.unwrap().first, 5101);
 }
+
+/// `Feed::next` is cancel safe: a reader that keeps abandoning it (as a
+/// `select!` loop does) still sees every record once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_next_loses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 0..200u32 {
+                store.append(vec![event("/a/", "t", &i.to_le_bytes())]).await.unwrap();
+            }
+        })
+    };
+    let mut feed = store.feed(1, Filter::default());
+    let mut seen = Vec::new();
+    while seen.len() < 200 {
+        // Give up after a few microseconds, over and over.
+        if let Ok(item) = tokio::time::timeout(std::time::Duration::from_micros(5), feed.next()).await {
+            match item.unwrap() {
+                FeedItem::Record(r) => seen.push(r.seq),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    writer.await.unwrap();
+    assert_eq!(seen, (1..=200).collect::<Vec<u64>>());
+}
