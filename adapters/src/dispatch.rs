@@ -1,7 +1,8 @@
 //! The dispatcher: one pass over the log routes every record to the live
 //! subscribers (lease streams and watches) it matches.
 //!
-//! One task per site follows the log with a single change feed. For each
+//! One task per site follows the log with a single change feed (while
+//! anyone is subscribed; an idle site reads nothing back). For each
 //! event it walks the routing trie ([`pepper_router::Trie`]) of the
 //! subscribers' channel patterns, O(depth) whatever their number, checks
 //! each hit's type filter, `to` and anycast assignment, encodes the event's
@@ -37,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pepper_router::{Channel, Pattern, Trie};
-use pepper_storage::{Body, Event, FeedItem, Filter, Kind, Party, Record, Store};
+use pepper_storage::{Body, Event, Feed, FeedItem, Filter, Kind, Party, Record, Store};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -229,6 +230,13 @@ impl Dispatcher {
     }
 }
 
+async fn next_item(feed: &mut Option<Feed>) -> pepper_storage::Result<FeedItem> {
+    match feed {
+        Some(feed) => feed.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 struct Entry {
     sub: Subscription,
     /// The lowest sequence number this subscriber takes from the dispatcher.
@@ -253,31 +261,34 @@ struct Task {
 
 impl Task {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut stopping: watch::Receiver<bool>) {
-        let filter = Filter { kinds: vec![Kind::Event, Kind::LeaseRelease, Kind::LeaseExpire], ..Filter::default() };
-        let mut feed = self.store.feed(self.store.last_seq() + 1, filter.clone());
+        // `None` while nobody is subscribed: an idle site reads nothing back
+        // from its log. A join starts a feed at the head; the subscriber
+        // reads anything before that itself.
+        let mut feed: Option<Feed> = None;
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
         loop {
             tokio::select! {
                 biased;
                 _ = async { let _ = stopping.wait_for(|s| *s).await; } => break,
                 command = commands.recv() => match command {
-                    Some(Command::Join { sub, from, reply }) => self.join(sub, from, feed.position(), reply),
+                    Some(Command::Join { sub, from, reply }) => {
+                        let feed = feed.get_or_insert_with(|| self.store.feed(self.store.last_seq() + 1, Self::filter()));
+                        self.join(sub, from, feed.position(), reply);
+                    }
                     Some(Command::Leave { id }) => self.remove(id),
                     None => break,
                 },
-                next = feed.next() => match next {
+                next = next_item(&mut feed), if feed.is_some() => match next {
                     Ok(FeedItem::Record(record)) => self.dispatch(&record),
                     Ok(FeedItem::Compacted { earliest }) => {
                         // Retention overtook the dispatcher itself: detach
-                        // everyone at its position (they resume from their
-                        // own cursors, or learn they were compacted) and
-                        // carry on from what is left.
-                        tracing::warn!(position = feed.position(), earliest, "dispatcher fell behind retention");
-                        let at = feed.position();
+                        // everyone at its position; each resumes from its own
+                        // cursor, or learns it was compacted.
+                        let at = feed.as_ref().map_or(earliest, Feed::position);
+                        tracing::warn!(position = at, earliest, "dispatcher fell behind retention");
                         for id in self.subscribers.keys().copied().collect::<Vec<_>>() {
                             self.overflow(id, at);
                         }
-                        feed = self.store.feed(earliest, filter.clone());
                     }
                     Err(pepper_storage::Error::Closed) => break,
                     Err(e) => {
@@ -288,8 +299,6 @@ impl Task {
                         for id in self.subscribers.keys().copied().collect::<Vec<_>>() {
                             self.remove(id);
                         }
-                        tokio::time::sleep(SWEEP_INTERVAL).await;
-                        feed = self.store.feed(feed.position(), filter.clone());
                     }
                 },
                 _ = sweep.tick() => {
@@ -298,8 +307,17 @@ impl Task {
                     gone.into_iter().for_each(|id| self.remove(id));
                 }
             }
+            if self.subscribers.is_empty() {
+                feed = None;
+            }
         }
         tracing::debug!(subscribers = self.subscribers.len(), "dispatcher stopped");
+    }
+
+    /// The records the dispatcher reads: events, and the lease ends that
+    /// close lease streams.
+    fn filter() -> Filter {
+        Filter { kinds: vec![Kind::Event, Kind::LeaseRelease, Kind::LeaseExpire], ..Filter::default() }
     }
 
     fn join(&mut self, sub: Subscription, from: u64, position: u64, reply: oneshot::Sender<Live>) {
