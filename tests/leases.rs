@@ -382,15 +382,26 @@ fn distribution_one_reaches_exactly_one_live_member_of_each_group() {
     assert_eq!(read_seqs(&mut ssolo, 20), second);
 }
 
-/// A client that stops reading is disconnected once its buffer is full,
-/// with the position to resume from; nobody else is slowed, and resuming
-/// from that position loses and repeats nothing.
+/// A client that stops reading is disconnected once its buffer is full (by
+/// event count), with the position to resume from; nobody else is slowed,
+/// and resuming from that position loses and repeats nothing.
 #[test]
 fn a_slow_stream_is_disconnected_with_a_resume_position_and_skips_nothing() {
-    let dir = tempfile::tempdir().unwrap();
     // A buffer over one publish batch (40), so a reader that keeps up
     // between batches never fills it.
-    let server = Server::start(dir.path(), &["--stream-buffer-events", "64"]);
+    slow_stream_overflows(&["--stream-buffer-events", "64"]);
+}
+
+/// The same with the default count limit (1,024 events), where the 16 MiB
+/// byte budget of 64 KiB events is what fills first.
+#[test]
+fn a_slow_stream_of_large_events_overflows_its_byte_budget() {
+    slow_stream_overflows(&[]);
+}
+
+fn slow_stream_overflows(args: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), args);
     let http = Client::new();
     let slow = grant(&http, &server, json!({"channel": "/s.org/", "ttl_s": 600}));
     let id = slow["id"].as_str().unwrap().to_string();
@@ -398,10 +409,10 @@ fn a_slow_stream_is_disconnected_with_a_resume_position_and_skips_nothing() {
     let mut stream = SseReader::open(&url, &[]);
     let mut watcher = SseReader::open(&server.at("/v1/watch?channel=/s.org/"), &[]);
     // Enough bytes to fill the socket buffers between the server and the
-    // client that does not read, and then its 64-event buffer.
+    // client that does not read, and then its buffer.
     let big = "x".repeat(64 * 1024);
     let mut seqs = Vec::new();
-    for _ in 0..12 {
+    for _ in 0..16 {
         let batch: Vec<Value> =
             (0..40).map(|_| json!({"channel": "/s.org/a/", "type": "blob", "payload": {"b": big}})).collect();
         let res: Value = http.post(server.at("/v1/events")).json(&batch).send().unwrap().json().unwrap();

@@ -7,7 +7,8 @@
 //! subscribers' channel patterns, O(depth) whatever their number, checks
 //! each hit's type filter, `to` and anycast assignment, encodes the event's
 //! JSON once, and pushes a shared copy into each receiver's bounded buffer
-//! ([`SUBSCRIBER_BUFFER_EVENTS`]). It never waits for a subscriber: a push
+//! ([`SUBSCRIBER_BUFFER_EVENTS`] events by default, and at most
+//! [`SUBSCRIBER_BUFFER_BYTES_MAX`] of JSON). It never waits for a subscriber: a push
 //! that finds the buffer full detaches that subscriber and records the
 //! sequence number it must resume from; its stream then drains what it has
 //! and ends with that position (never a silent skip). A lease's release or
@@ -33,7 +34,7 @@
 //! p99 grew past 60 ms.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +51,12 @@ use crate::metrics::Metrics;
 /// settings). A subscriber whose buffer is full is disconnected with the
 /// sequence number to resume from.
 pub const SUBSCRIBER_BUFFER_EVENTS: usize = 1024;
+
+/// Most bytes of event JSON buffered for one subscriber, whatever the
+/// event count: a subscriber over it is disconnected like one whose buffer
+/// is full. (Events are shared between subscribers, so this bounds what one
+/// slow client can pin in memory.)
+pub const SUBSCRIBER_BUFFER_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// A catching-up subscriber joins the live stream once it is at most this
 /// many records behind the log's head; it reads that gap from the log
@@ -149,7 +156,9 @@ pub(crate) enum Item {
 /// A registered subscriber's end of the live stream.
 pub(crate) struct Live {
     /// The items at or above `from`, in sequence order.
-    pub rx: mpsc::Receiver<Item>,
+    rx: mpsc::Receiver<Item>,
+    /// Bytes of event JSON in `rx`.
+    queued: Arc<AtomicUsize>,
     /// The dispatcher's position when it registered the subscriber: the
     /// subscriber reads anything below it (and at or above its own cursor)
     /// from the log.
@@ -162,6 +171,16 @@ pub(crate) struct Live {
 }
 
 impl Live {
+    /// The next item, or `None` once the dispatcher detached the subscriber
+    /// (see [`Live::overflowed_at`]) or stopped.
+    pub(crate) async fn recv(&mut self) -> Option<Item> {
+        let item = self.rx.recv().await?;
+        if let Item::Event(out) = &item {
+            self.queued.fetch_sub(out.json.len(), Ordering::AcqRel);
+        }
+        Some(item)
+    }
+
     /// The sequence number to resume from if the dispatcher detached this
     /// subscriber because its buffer was full.
     pub(crate) fn overflowed_at(&self) -> Option<u64> {
@@ -243,6 +262,8 @@ struct Entry {
     from: u64,
     tx: mpsc::Sender<Item>,
     overflow: Arc<AtomicU64>,
+    /// Bytes of event JSON sent and not yet received.
+    queued: Arc<AtomicUsize>,
 }
 
 struct Task {
@@ -325,7 +346,15 @@ impl Task {
         self.next_id += 1;
         let (tx, rx) = mpsc::channel(self.buffer_events);
         let overflow = Arc::new(AtomicU64::new(0));
-        let live = Live { rx, from: position, overflow: overflow.clone(), id, commands: self.commands.clone() };
+        let queued = Arc::new(AtomicUsize::new(0));
+        let live = Live {
+            rx,
+            queued: queued.clone(),
+            from: position,
+            overflow: overflow.clone(),
+            id,
+            commands: self.commands.clone(),
+        };
         if reply.send(live).is_err() {
             // The subscriber went away while it waited.
             return;
@@ -334,7 +363,7 @@ impl Task {
         if let Some(lease) = &sub.lease {
             self.by_lease.entry(lease.clone()).or_default().push(id);
         }
-        self.subscribers.insert(id, Entry { sub, from: from.max(position), tx, overflow });
+        self.subscribers.insert(id, Entry { sub, from: from.max(position), tx, overflow, queued });
     }
 
     fn remove(&mut self, id: u64) {
@@ -363,6 +392,15 @@ impl Task {
 
     fn send(&mut self, id: u64, item: Item, seq: u64) -> bool {
         let Some(entry) = self.subscribers.get(&id) else { return false };
+        let bytes = match &item {
+            Item::Event(out) => out.json.len(),
+            Item::LeaseEnded { .. } => 0,
+        };
+        if entry.queued.load(Ordering::Acquire) + bytes > SUBSCRIBER_BUFFER_BYTES_MAX {
+            self.overflow(id, seq);
+            return false;
+        }
+        entry.queued.fetch_add(bytes, Ordering::AcqRel);
         match entry.tx.try_send(item) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {

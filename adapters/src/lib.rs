@@ -24,7 +24,7 @@ mod metrics;
 mod sse;
 pub mod xml;
 
-pub use dispatch::{DISPATCH_COMMANDS_MAX, HANDOFF_LAG_MAX, SUBSCRIBER_BUFFER_EVENTS};
+pub use dispatch::{DISPATCH_COMMANDS_MAX, HANDOFF_LAG_MAX, SUBSCRIBER_BUFFER_BYTES_MAX, SUBSCRIBER_BUFFER_EVENTS};
 pub use error::ApiError;
 pub use http::{router, ApiConfig, AppState, BODY_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX};
 pub use sse::SUBSCRIBERS_MAX;

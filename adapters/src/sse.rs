@@ -259,7 +259,7 @@ impl Subscriber {
                         Err(e) => return Some(Out::Failed(e.to_string())),
                     }
                 }
-                Phase::Live(live) => match live.rx.recv().await {
+                Phase::Live(live) => match live.recv().await {
                     Some(Item::Event(out)) => return Some(Out::Event(out)),
                     Some(Item::LeaseEnded { seq, reason }) => return Some(Out::LeaseEnded { seq, reason }),
                     None => {
