@@ -484,4 +484,40 @@ mod tests {
         index.remove("a", 6); // a late, older removal must not erase it
         assert_eq!(ids(index.due(100, 10)), ["b", "a"]);
     }
+
+    /// A batch whose append is refused because one of its leases was
+    /// renewed meanwhile falls back to one append per lease: the others
+    /// expire, the renewed one lives on with its new expiry in the index.
+    #[tokio::test]
+    async fn a_renewal_inside_an_expiry_batch_spares_only_that_lease() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = pepper_storage::Store::open(dir.path(), pepper_storage::Options::new("t")).expect("open");
+        let soon = now_us() + 100_000;
+        let grant = |id: &str| {
+            Body::LeaseGrant(LeaseGrant {
+                id: id.into(),
+                pattern: "/a.org/".into(),
+                types: Vec::new(),
+                ttl_ms: 100,
+                expires_at_us: soon,
+                group: None,
+                from_seq: None,
+                holder: Party::default(),
+            })
+        };
+        store.append(vec![grant("a"), grant("b"), grant("c")]).await.expect("grant");
+        let state = AppState::load(store.clone(), crate::ApiConfig::default()).await.expect("state");
+        // b is renewed in the store, but the index still has its old expiry.
+        let later = now_us() + 3_600_000_000;
+        store
+            .append(vec![Body::LeaseRenew(LeaseRenew { id: "b".into(), ttl_ms: 3_600_000, expires_at_us: later })])
+            .await
+            .expect("renew");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        expire_due(&state).await;
+        let live: Vec<String> = store.read(|v| v.leases()).await.expect("leases").into_iter().map(|l| l.id).collect();
+        assert_eq!(live, ["b"]);
+        assert_eq!(state.leases.len(), 1);
+        assert!(state.leases.due(later - 1, 10).is_empty(), "b's index entry has its renewed expiry");
+    }
 }
