@@ -490,3 +490,28 @@ fn catch_up_under_load_hands_off_to_live_without_gap_or_duplicate() {
     let got: Vec<u64> = (0..sent.len()).map(|_| stream.next().unwrap().id.unwrap().parse().unwrap()).collect();
     assert_eq!(got, sent);
 }
+
+/// A lease id can be used again once its lease ended. The new lease's
+/// stream, even when it starts before the old lease's end, is not ended by
+/// the old end record, and does not receive anycast events the old lease
+/// was given.
+#[test]
+fn a_reused_lease_id_is_a_new_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    let body = json!({"channel": "/r.org/", "ttl_s": 60, "group": "g", "id": "r", "from_seq": 1});
+    grant(&http, &server, body.clone());
+    let plain = publish(&http, &server, "/r.org/a/", "t", 1);
+    let old_one = publish_one(&http, &server, "/r.org/a/", 2);
+    assert_eq!(http.delete(server.at("/v1/leases/r")).send().unwrap().status(), 204);
+    grant(&http, &server, body);
+    let new_one = publish_one(&http, &server, "/r.org/a/", 3);
+    let mut stream = SseReader::open(&server.at("/v1/leases/r/events"), &[]);
+    let first = stream.next().unwrap();
+    assert_eq!(first.id.as_deref(), Some(plain.to_string().as_str()), "{}", first.data);
+    let second = stream.next().unwrap();
+    assert_eq!(second.id.as_deref(), Some(new_one.to_string().as_str()), "{} {}", second.event, second.data);
+    assert_eq!(caught_up_seqs(&http, &server, "r"), [plain, new_one]);
+    let _ = old_one;
+}

@@ -34,7 +34,7 @@
 //! p99 grew past 60 ms.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,6 +83,10 @@ pub(crate) struct Subscription {
     /// The lease's anycast group: it receives a distribution-`one` event
     /// only if the writer assigned the event to it.
     pub group: Option<String>,
+    /// The sequence number of the lease's grant (0 for a watch). Lease ids
+    /// can be reused once a lease ends: an end record or an anycast
+    /// assignment at or below it belongs to an earlier lease of that id.
+    pub granted_seq: u64,
 }
 
 /// What a log record means to one subscriber.
@@ -105,25 +109,29 @@ impl Subscription {
     /// Whether an event whose channel the pattern matches is for this
     /// subscriber: its type, its `to`, and for distribution `one`, the
     /// writer's choice.
-    fn wants_event(&self, e: &Event) -> bool {
+    fn wants_event(&self, seq: u64, e: &Event) -> bool {
         (self.types.is_empty() || self.types.contains(&e.event_type))
             && self.holder.as_ref().is_none_or(|h| e.to.admits(h))
             && match (&self.group, &self.lease) {
                 (Some(_), Some(lease)) if e.distribution == pepper_storage::Distribution::One => {
-                    e.assigned.contains(lease)
+                    seq > self.granted_seq && e.assigned.contains(lease)
                 }
                 _ => true,
             }
     }
 
+    /// Whether a release or expire record of lease `id` at `seq` ends this
+    /// subscriber's lease.
+    fn ended_by(&self, seq: u64, id: &str) -> bool {
+        seq > self.granted_seq && self.lease.as_deref() == Some(id)
+    }
+
     /// What `record` means to this subscriber.
     pub(crate) fn wants(&self, record: &Record) -> Wants {
         match &record.body {
-            Body::Event(e) if self.pattern.matches_name(&e.channel) && self.wants_event(e) => Wants::Event,
-            Body::LeaseRelease(end) if self.lease.as_deref() == Some(&end.id) => {
-                Wants::LeaseEnded { reason: "released" }
-            }
-            Body::LeaseExpire(end) if self.lease.as_deref() == Some(&end.id) => Wants::LeaseEnded { reason: "expired" },
+            Body::Event(e) if self.pattern.matches_name(&e.channel) && self.wants_event(record.seq, e) => Wants::Event,
+            Body::LeaseRelease(end) if self.ended_by(record.seq, &end.id) => Wants::LeaseEnded { reason: "released" },
+            Body::LeaseExpire(end) if self.ended_by(record.seq, &end.id) => Wants::LeaseEnded { reason: "expired" },
             _ => Wants::Nothing,
         }
     }
@@ -163,16 +171,15 @@ pub(crate) struct Live {
     /// subscriber reads anything below it (and at or above its own cursor)
     /// from the log.
     pub from: u64,
-    /// Set by the dispatcher when it detached the subscriber for a full
-    /// buffer: the first sequence number not delivered. 0 while attached.
-    overflow: Arc<AtomicU64>,
+    /// Why and where the dispatcher detached the subscriber, if it did.
+    detached: Arc<Detached>,
     id: u64,
     commands: mpsc::Sender<Command>,
 }
 
 impl Live {
     /// The next item, or `None` once the dispatcher detached the subscriber
-    /// (see [`Live::overflowed_at`]) or stopped.
+    /// (see [`Live::detached`]) or stopped.
     pub(crate) async fn recv(&mut self) -> Option<Item> {
         let item = self.rx.recv().await?;
         if let Item::Event(out) = &item {
@@ -181,13 +188,11 @@ impl Live {
         Some(item)
     }
 
-    /// The sequence number to resume from if the dispatcher detached this
-    /// subscriber because its buffer was full.
-    pub(crate) fn overflowed_at(&self) -> Option<u64> {
-        match self.overflow.load(Ordering::Acquire) {
-            0 => None,
-            seq => Some(seq),
-        }
+    /// Why the dispatcher detached this subscriber, and the first sequence
+    /// number it did not deliver; `None` if it did not (the site is
+    /// stopping).
+    pub(crate) fn detached(&self) -> Option<(Detach, u64)> {
+        self.detached.get()
     }
 }
 
@@ -195,6 +200,45 @@ impl Drop for Live {
     fn drop(&mut self) {
         // If the queue is full, the periodic sweep finds the closed buffer.
         let _ = self.commands.try_send(Command::Leave { id: self.id });
+    }
+}
+
+/// Why the dispatcher detached a live subscriber.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Detach {
+    /// Its buffer held `stream_buffer_events` events.
+    Full = 1,
+    /// Its buffer held [`SUBSCRIBER_BUFFER_BYTES_MAX`] bytes of JSON.
+    Bytes = 2,
+    /// Retention trimmed the log ahead of the dispatcher itself.
+    Behind = 3,
+    /// The dispatcher's feed failed (the site's log says why).
+    Failed = 4,
+}
+
+/// Where the dispatcher records a detach, for the subscriber to read after
+/// its buffer runs dry. Written before the sender is dropped.
+#[derive(Debug, Default)]
+struct Detached {
+    why: AtomicU8,
+    at: AtomicU64,
+}
+
+impl Detached {
+    fn set(&self, why: Detach, at: u64) {
+        self.at.store(at, Ordering::Release);
+        self.why.store(why as u8, Ordering::Release);
+    }
+
+    fn get(&self) -> Option<(Detach, u64)> {
+        let why = match self.why.load(Ordering::Acquire) {
+            1 => Detach::Full,
+            2 => Detach::Bytes,
+            3 => Detach::Behind,
+            4 => Detach::Failed,
+            _ => return None,
+        };
+        Some((why, self.at.load(Ordering::Acquire)))
     }
 }
 
@@ -261,7 +305,7 @@ struct Entry {
     /// The lowest sequence number this subscriber takes from the dispatcher.
     from: u64,
     tx: mpsc::Sender<Item>,
-    overflow: Arc<AtomicU64>,
+    detached: Arc<Detached>,
     /// Bytes of event JSON sent and not yet received.
     queued: Arc<AtomicUsize>,
 }
@@ -307,9 +351,7 @@ impl Task {
                         // cursor, or learns it was compacted.
                         let at = feed.as_ref().map_or(earliest, Feed::position);
                         tracing::warn!(position = at, earliest, "dispatcher fell behind retention");
-                        for id in self.subscribers.keys().copied().collect::<Vec<_>>() {
-                            self.overflow(id, at);
-                        }
+                        self.detach_all(Detach::Behind, at);
                     }
                     Err(pepper_storage::Error::Closed) => break,
                     Err(e) => {
@@ -317,9 +359,8 @@ impl Task {
                         // own cursor, where it meets the same error with a
                         // message, instead of waiting on a silent feed.
                         tracing::error!(error = %e, "dispatcher feed failed; ending live streams");
-                        for id in self.subscribers.keys().copied().collect::<Vec<_>>() {
-                            self.remove(id);
-                        }
+                        let at = feed.as_ref().map_or(0, Feed::position);
+                        self.detach_all(Detach::Failed, at);
                     }
                 },
                 _ = sweep.tick() => {
@@ -344,14 +385,15 @@ impl Task {
     fn join(&mut self, sub: Subscription, from: u64, position: u64, reply: oneshot::Sender<Live>) {
         let id = self.next_id;
         self.next_id += 1;
-        let (tx, rx) = mpsc::channel(self.buffer_events);
-        let overflow = Arc::new(AtomicU64::new(0));
+        // One slot more than the events may fill: a lease's end always fits.
+        let (tx, rx) = mpsc::channel(self.buffer_events + 1);
+        let detached = Arc::new(Detached::default());
         let queued = Arc::new(AtomicUsize::new(0));
         let live = Live {
             rx,
             queued: queued.clone(),
             from: position,
-            overflow: overflow.clone(),
+            detached: detached.clone(),
             id,
             commands: self.commands.clone(),
         };
@@ -363,7 +405,7 @@ impl Task {
         if let Some(lease) = &sub.lease {
             self.by_lease.entry(lease.clone()).or_default().push(id);
         }
-        self.subscribers.insert(id, Entry { sub, from: from.max(position), tx, overflow, queued });
+        self.subscribers.insert(id, Entry { sub, from: from.max(position), tx, detached, queued });
     }
 
     fn remove(&mut self, id: u64) {
@@ -379,32 +421,45 @@ impl Task {
         }
     }
 
-    /// Detaches a subscriber whose buffer is full; `at` is the first
-    /// sequence number it did not get.
-    fn overflow(&mut self, id: u64, at: u64) {
+    /// Detaches subscriber `id`; `at` is the first sequence number it did
+    /// not get (never below where it joined).
+    fn detach(&mut self, id: u64, why: Detach, at: u64) {
         if let Some(entry) = self.subscribers.get(&id) {
-            entry.overflow.store(at, Ordering::Release);
-            self.metrics.overflows.inc();
-            tracing::info!(subscriber = id, lease = ?entry.sub.lease, resume_seq = at, "slow subscriber disconnected");
+            let at = at.max(entry.from);
+            entry.detached.set(why, at);
+            if matches!(why, Detach::Full | Detach::Bytes) {
+                self.metrics.overflows.inc();
+            }
+            tracing::info!(subscriber = id, lease = ?entry.sub.lease, ?why, resume_seq = at, "live stream detached");
         }
         self.remove(id);
     }
 
+    fn detach_all(&mut self, why: Detach, at: u64) {
+        for id in self.subscribers.keys().copied().collect::<Vec<_>>() {
+            self.detach(id, why, at);
+        }
+    }
+
     fn send(&mut self, id: u64, item: Item, seq: u64) -> bool {
         let Some(entry) = self.subscribers.get(&id) else { return false };
-        let bytes = match &item {
-            Item::Event(out) => out.json.len(),
-            Item::LeaseEnded { .. } => 0,
-        };
-        if entry.queued.load(Ordering::Acquire) + bytes > SUBSCRIBER_BUFFER_BYTES_MAX {
-            self.overflow(id, seq);
-            return false;
+        if let Item::Event(out) = &item {
+            // The last slot is kept for the lease's end.
+            if entry.tx.capacity() <= 1 {
+                self.detach(id, Detach::Full, seq);
+                return false;
+            }
+            let bytes = out.json.len();
+            if entry.queued.load(Ordering::Acquire) + bytes > SUBSCRIBER_BUFFER_BYTES_MAX {
+                self.detach(id, Detach::Bytes, seq);
+                return false;
+            }
+            entry.queued.fetch_add(bytes, Ordering::AcqRel);
         }
-        entry.queued.fetch_add(bytes, Ordering::AcqRel);
         match entry.tx.try_send(item) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
-                self.overflow(id, seq);
+                self.detach(id, Detach::Full, seq);
                 false
             }
             Err(TrySendError::Closed(_)) => {
@@ -430,7 +485,7 @@ impl Task {
                 let mut delivered = 0u64;
                 for &id in &hits {
                     let Some(entry) = self.subscribers.get(&id) else { continue };
-                    if record.seq < entry.from || !entry.sub.wants_event(e) {
+                    if record.seq < entry.from || !entry.sub.wants_event(record.seq, e) {
                         continue;
                     }
                     let item = match &out {
@@ -453,7 +508,8 @@ impl Task {
             Body::LeaseRelease(end) | Body::LeaseExpire(end) => {
                 let reason = if matches!(record.body, Body::LeaseRelease(_)) { "released" } else { "expired" };
                 for id in self.by_lease.get(&end.id).cloned().unwrap_or_default() {
-                    if self.subscribers.get(&id).is_some_and(|e| record.seq >= e.from) {
+                    let ends = |e: &Entry| record.seq >= e.from && e.sub.ended_by(record.seq, &end.id);
+                    if self.subscribers.get(&id).is_some_and(ends) {
                         self.send(id, Item::LeaseEnded { seq: record.seq, reason }, record.seq);
                         self.remove(id);
                     }

@@ -48,7 +48,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::dispatch::{Item, Live, Outgoing, Subscription, Wants, HANDOFF_LAG_MAX};
+use crate::dispatch::{Detach, Item, Live, Outgoing, Subscription, Wants, HANDOFF_LAG_MAX};
 use crate::envelope::{canonical_types, EventOut};
 use crate::error::ApiError;
 use crate::http::AppState;
@@ -141,6 +141,7 @@ pub(crate) async fn lease_events(
         lease: Some(id),
         holder: Some(lease.holder.clone()),
         group: lease.group.clone(),
+        granted_seq: lease.granted_seq,
     };
     let from = start_seq(&state, &headers, q.from_seq, lease.from_seq.unwrap_or(lease.granted_seq + 1), seen)?;
     if q.wait_ms.is_some() || q.max.is_some() {
@@ -159,7 +160,7 @@ pub(crate) async fn watch(
     let types = q.types.as_deref().map(|t| canonical_types(t.split(','))).unwrap_or_default();
     let seen = state.store.last_seq();
     let from = start_seq(&state, &headers, q.from_seq, seen + 1, seen)?;
-    sse(state, Subscription { pattern, types, lease: None, holder: None, group: None }, from)
+    sse(state, Subscription { pattern, types, lease: None, holder: None, group: None, granted_seq: 0 }, from)
 }
 
 /// What a stream tells its client next.
@@ -167,7 +168,7 @@ enum Out {
     Event(Arc<Outgoing>),
     LeaseEnded { seq: u64, reason: &'static str },
     Compacted { earliest: u64 },
-    Overflow { resume_seq: u64 },
+    Detached { why: Detach, resume_seq: u64 },
     Failed(String),
 }
 
@@ -263,7 +264,7 @@ impl Subscriber {
                     Some(Item::Event(out)) => return Some(Out::Event(out)),
                     Some(Item::LeaseEnded { seq, reason }) => return Some(Out::LeaseEnded { seq, reason }),
                     None => {
-                        return live.overflowed_at().map(|resume_seq| Out::Overflow { resume_seq });
+                        return live.detached().map(|(why, resume_seq)| Out::Detached { why, resume_seq });
                     }
                 },
             }
@@ -298,15 +299,39 @@ fn sse(state: AppState, sub: Subscription, from: u64) -> Result<Response, ApiErr
                 s.phase = Phase::Done;
                 SseEvent::default().event("pepper.compacted").data(json!({ "earliest_seq": earliest }).to_string())
             }
-            Out::Overflow { resume_seq } => {
+            Out::Detached { why, resume_seq } => {
                 s.phase = Phase::Done;
-                let message = format!(
-                    "this stream fell {} events behind and was disconnected; \
-                     reconnect with Last-Event-ID or from_seq={resume_seq}",
-                    s.state.config.stream_buffer_events
-                );
-                let data = json!({ "resume_seq": resume_seq, "message": message });
-                SseEvent::default().event("pepper.overflow").data(data.to_string())
+                let resume = format!("reconnect with Last-Event-ID or from_seq={resume_seq}");
+                let (event, reason, message) = match why {
+                    Detach::Full => (
+                        "pepper.overflow",
+                        "buffer_full",
+                        format!(
+                            "this stream fell {} events behind the live stream and was disconnected; {resume}",
+                            s.state.config.stream_buffer_events
+                        ),
+                    ),
+                    Detach::Bytes => (
+                        "pepper.overflow",
+                        "buffer_bytes",
+                        format!(
+                            "this stream held {} MiB of undelivered events and was disconnected; {resume}",
+                            crate::SUBSCRIBER_BUFFER_BYTES_MAX / (1024 * 1024)
+                        ),
+                    ),
+                    Detach::Behind => (
+                        "pepper.error",
+                        "dispatcher_behind",
+                        format!("the site's live stream fell behind its retention; {resume}"),
+                    ),
+                    Detach::Failed => (
+                        "pepper.error",
+                        "dispatcher_failed",
+                        format!("the site's live stream failed (its log says why); {resume}"),
+                    ),
+                };
+                let data = json!({ "resume_seq": resume_seq, "reason": reason, "message": message });
+                SseEvent::default().event(event).data(data.to_string())
             }
             Out::Failed(message) => {
                 s.phase = Phase::Done;

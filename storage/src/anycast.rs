@@ -120,13 +120,20 @@ impl Anycast {
     }
 
     /// How many groups there would be if a lease joined group `name`, given
-    /// the lease changes `pending` earlier in the write group; `None` if the
-    /// group already exists. Ended leases still count until committed: the
-    /// limit is approximate in the safe direction.
-    pub(crate) fn groups_after_join(&self, pending: &HashMap<String, Option<Lease>>, name: &str) -> Option<usize> {
+    /// the lease changes `pending` earlier in the write group and the groups
+    /// `also` started earlier in the same request; `None` if the group
+    /// already exists. Ended leases still count until committed: the limit
+    /// is approximate in the safe direction.
+    pub(crate) fn groups_after_join(
+        &self,
+        pending: &HashMap<String, Option<Lease>>,
+        also: &BTreeSet<&str>,
+        name: &str,
+    ) -> Option<usize> {
         let mut new: BTreeSet<&str> = pending
             .values()
             .filter_map(|l| l.as_ref()?.group.as_deref())
+            .chain(also.iter().copied())
             .filter(|g| !self.groups.contains_key(*g))
             .collect();
         if self.groups.contains_key(name) || new.contains(name) {
@@ -134,6 +141,13 @@ impl Anycast {
         }
         new.insert(name);
         Some(self.groups.len() + new.len())
+    }
+
+    /// Drops groups left without a committed member: those emptied by ended
+    /// leases, and those `choose` created for members of a write group that
+    /// then failed or ended them again. Called after every write group.
+    pub(crate) fn prune(&mut self) {
+        self.groups.retain(|_, g| !g.members.is_empty());
     }
 
     /// Chooses the receiving lease of each group for `event`, committed at

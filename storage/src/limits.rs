@@ -53,7 +53,7 @@ pub const GROUP_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Most anycast groups live at once on a site. A lease grant that would
 /// start one more is refused with `TooLarge`; joining an existing group is
 /// always possible.
-pub const ANYCAST_GROUPS_MAX: usize = 256;
+pub const ANYCAST_GROUPS_MAX: usize = 64;
 
 /// Room kept free in every distribution-`one` event for the lease ids the
 /// writer adds at commit (one per group, each at most [`ID_BYTES_MAX`]
@@ -67,6 +67,11 @@ pub const WRITE_QUEUE_REQUESTS_MAX: usize = 4096;
 
 /// Most log records one feed disk read scans before it yields what matched.
 pub const FEED_CHUNK_RECORDS_MAX: u64 = 4096;
+
+/// About the most bytes of encoded records one log scan (a feed chunk, a
+/// page of events) returns; it stops after the record that crosses it, so
+/// a scan always makes progress.
+pub const SCAN_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// Most rows one read (`latest`, `history`, `docs`) returns; callers page
 /// with a cursor.

@@ -309,7 +309,7 @@ impl Store {
         }
         let overhead = crate::record::HEADER_BYTES + self.site().len() + crate::record::CRC_BYTES;
         let mut records = Vec::with_capacity(bodies.len());
-        let mut bytes = 0usize;
+        let (mut encoded, mut bytes) = (0usize, 0usize);
         for body in bodies {
             crate::validate::body(&body)?;
             let mut encoded_body = Vec::new();
@@ -323,10 +323,12 @@ impl Store {
             if len > max {
                 return Err(Error::TooLarge { what: "record", size: len, max });
             }
-            bytes += len;
-            if bytes > BATCH_BYTES_MAX {
-                return Err(Error::TooLarge { what: "batch bytes", size: bytes, max: BATCH_BYTES_MAX });
+            encoded += len;
+            if encoded > BATCH_BYTES_MAX {
+                return Err(Error::TooLarge { what: "batch bytes", size: encoded, max: BATCH_BYTES_MAX });
             }
+            // The writer's group budget also counts what the writer may add.
+            bytes += len + (RECORD_BYTES_MAX - max);
             records.push(Prepared { body, encoded_body });
         }
         let (reply, rx) = oneshot::channel();

@@ -11,7 +11,7 @@ use rocksdb::{ReadOptions, SnapshotWithThreadMode, DB};
 use crate::error::{Error, Result};
 use crate::feed::Filter;
 use crate::keys::{self, CF_DOCS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_TUPLES};
-use crate::limits::READ_ROWS_MAX;
+use crate::limits::{READ_ROWS_MAX, SCAN_BYTES_MAX};
 use crate::record::Record;
 use crate::rows::{decode_row, Doc, DocRow, HistoryEntry, HistoryRow, Lease, Tuple, TupleRow};
 use crate::store::Shared;
@@ -298,7 +298,7 @@ impl<'a> View<'a> {
     /// `Corruption` for a bad record or a hole.
     pub fn records(&self, from_seq: u64, to_seq: u64, limit: usize) -> Result<Vec<Record>> {
         let mut out = Vec::new();
-        self.scan_log(from_seq, to_seq, limit as u64, |rec| {
+        self.scan_log(from_seq, to_seq, limit as u64, |rec, _| {
             out.push(rec);
             Ok(true)
         })?;
@@ -307,8 +307,9 @@ impl<'a> View<'a> {
 
     /// Reads the log from `from_seq` through `to_seq` (capped at this view's
     /// sequence number) and returns the records that pass `filter`: at most
-    /// `limit` of them, after scanning at most `scan_max` records. The result
-    /// says where to continue, or that `from_seq` is below the floor.
+    /// `limit` of them and about [`SCAN_BYTES_MAX`] of encoded records (at
+    /// least one), after scanning at most `scan_max` records. The result says
+    /// where to continue, or that `from_seq` is below the floor.
     ///
     /// Records before a damaged one are returned; the next scan, starting at
     /// the damage, reports it.
@@ -323,13 +324,15 @@ impl<'a> View<'a> {
             return Ok(Scan::Compacted { earliest: self.floor });
         }
         let mut records = Vec::new();
+        let mut bytes = 0usize;
         let mut next_seq = from_seq;
-        let result = self.scan_log(from_seq, to_seq, scan_max, |rec| {
+        let result = self.scan_log(from_seq, to_seq, scan_max, |rec, len| {
             next_seq = rec.seq + 1;
             if filter.matches(&rec) {
                 records.push(rec);
+                bytes += len;
             }
-            Ok(records.len() < limit)
+            Ok(records.len() < limit && bytes < SCAN_BYTES_MAX)
         });
         match result {
             Ok(next) => Ok(Scan::Records { records, next_seq: next.max(next_seq) }),
@@ -346,7 +349,7 @@ impl<'a> View<'a> {
         from_seq: u64,
         to_seq: u64,
         limit: u64,
-        mut f: impl FnMut(Record) -> Result<bool>,
+        mut f: impl FnMut(Record, usize) -> Result<bool>,
     ) -> Result<u64> {
         let from_seq = from_seq.max(self.floor);
         let to_seq = to_seq.min(self.seq).min(from_seq.saturating_add(limit).saturating_sub(1));
@@ -368,12 +371,13 @@ impl<'a> View<'a> {
                     format!("log has a hole: next record is {seq}"),
                 ));
             }
+            let len = value.len();
             let rec = Record::decode(value)?;
             if rec.seq != seq {
                 return Err(Error::corruption(format!("seq {seq}"), format!("record says it is seq {}", rec.seq)));
             }
             expect += 1;
-            if !f(rec)? {
+            if !f(rec, len)? {
                 return Ok(expect);
             }
             it.next();

@@ -25,7 +25,7 @@
 //! fails, the writer is poisoned: the outcome on disk is unknown, so every
 //! later request is refused until the store is reopened and recovery decides.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -232,6 +232,7 @@ impl Writer {
                 tracing::error!(lease = %id, error = %e, "lease left out of its anycast group");
             }
         }
+        self.anycast.prune();
         self.shared.stats.groups.fetch_add(1, Ordering::Relaxed);
         self.shared.stats.records.fetch_add(records, Ordering::Relaxed);
         // FEED-2: readers learn of a record only after its batch is durable.
@@ -261,6 +262,7 @@ impl Writer {
         trims: Vec<oneshot::Sender<Result<()>>>,
     ) {
         (self.next_seq, self.log_bytes, self.last_time_us, self.floor) = start;
+        self.anycast.prune();
         for (reply, _) in acks {
             let _ = reply.send(Err(err()));
         }
@@ -362,6 +364,8 @@ impl Writer {
     fn check_preconditions(&self, overlay: &LeaseOverlay, records: &[Prepared], time_us: u64) -> Result<()> {
         // id -> its expiry while live after the records seen so far, None once ended.
         let mut local: HashMap<&str, Option<u64>> = HashMap::new();
+        // Anycast groups granted into earlier in this request.
+        let mut new_groups: BTreeSet<&str> = BTreeSet::new();
         let not_found = |id: &str| Error::NotFound { what: "lease", key: id.to_string() };
         for rec in records {
             let id = match &rec.body {
@@ -380,9 +384,16 @@ impl Writer {
                         return Err(Error::Conflict { what: "lease", detail: format!("lease {id} already exists") })
                     }
                     None => {
-                        let groups = g.group.as_deref().and_then(|name| self.anycast.groups_after_join(overlay, name));
-                        if let Some(n) = groups.filter(|n| *n > ANYCAST_GROUPS_MAX) {
-                            return Err(Error::TooLarge { what: "anycast groups", size: n, max: ANYCAST_GROUPS_MAX });
+                        if let Some(name) = g.group.as_deref() {
+                            let groups = self.anycast.groups_after_join(overlay, &new_groups, name);
+                            if let Some(n) = groups.filter(|n| *n > ANYCAST_GROUPS_MAX) {
+                                return Err(Error::TooLarge {
+                                    what: "anycast groups",
+                                    size: n,
+                                    max: ANYCAST_GROUPS_MAX,
+                                });
+                            }
+                            new_groups.insert(name);
                         }
                         Some(g.expires_at_us)
                     }

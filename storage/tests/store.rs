@@ -515,4 +515,33 @@ async fn anycast_groups_are_a_named_limit() {
     assert!(matches!(err, pepper_storage::Error::TooLarge { what: "anycast groups", .. }), "{err}");
     // Joining an existing group still works.
     store.append(vec![group_grant("join", "g0", "/x/", far_future())]).await.unwrap();
+    // Several new groups in one request count together.
+    store.append(vec![Body::LeaseRelease(pepper_storage::LeaseEnd { id: "l1".into() })]).await.unwrap();
+    let two = vec![group_grant("n1", "new-1", "/x/", far_future()), group_grant("n2", "new-2", "/x/", far_future())];
+    assert!(matches!(store.append(two).await, Err(pepper_storage::Error::TooLarge { .. })));
+    // A group that lived only inside one write group leaves nothing behind.
+    store
+        .append(vec![
+            group_grant("brief", "brief", "/x/", far_future()),
+            one_event("/x/"),
+            Body::LeaseRelease(pepper_storage::LeaseEnd { id: "brief".into() }),
+        ])
+        .await
+        .unwrap();
+    store.append(vec![group_grant("last", "the-last-one", "/x/", far_future())]).await.unwrap();
+}
+
+#[tokio::test]
+async fn events_must_leave_assigned_empty_and_use_router_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let Body::Event(mut e) = one_event("/x/") else { unreachable!() };
+    e.assigned = vec!["someone".into()];
+    let err = store.append(vec![Body::Event(e)]).await.unwrap_err();
+    assert!(err.to_string().contains("assigned"), "{err}");
+    for bad in ["/a//b/", "/a/*/", "/"] {
+        let err = store.append(vec![event(bad, "t", b"1")]).await.unwrap_err();
+        assert!(matches!(err, pepper_storage::Error::InvalidInput { .. }), "{bad}: {err}");
+    }
+    assert_eq!(store.last_seq(), 0);
 }
