@@ -104,24 +104,19 @@ fn a_config_file_sets_what_flags_leave_out() {
     let server = Server::start(&data, &args);
     assert_eq!(site_and_granted_ttl(&server), ("from-flag".to_string(), 5));
     drop(server);
-    // A misspelt key is refused, naming it.
-    std::fs::write(&config, "lease_ttl_max = 7\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_pepper"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config", config.to_str().unwrap(), "--data"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    // A misspelt key is refused, naming it, and so is a value out of range.
+    let refused = |contents: &str| -> String {
+        std::fs::write(&config, contents).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_pepper"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config", config.to_str().unwrap(), "--data"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{contents}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused("lease_ttl_max = 7\n");
     assert!(err.contains("invalid config file") && err.contains("lease_ttl_max"), "{err}");
-    // So is a value out of its range.
-    std::fs::write(&config, "stream_buffer_events = 0\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_pepper"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config", config.to_str().unwrap(), "--data"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused("stream_buffer_events = 0\n");
     assert!(err.contains("stream_buffer_events must be 1 to 1048576"), "{err}");
 }

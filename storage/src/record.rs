@@ -568,6 +568,15 @@ mod tests {
         );
     }
 
+    /// `bytes` relabelled as record version `version`, with a valid crc.
+    fn with_version(mut bytes: Vec<u8>, version: u8) -> Vec<u8> {
+        bytes[0] = version;
+        let n = bytes.len() - CRC_BYTES;
+        let crc = crc32fast::hash(&bytes[..n]);
+        bytes[n..].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
     /// A lease grant logged before `holder` existed still reads, with an
     /// empty holder.
     #[test]
@@ -593,20 +602,12 @@ mod tests {
         };
         let mut body = Vec::new();
         postcard::to_io(&v1, &mut body).expect("encode");
-        let mut bytes = frame(9, 1, "s", Kind::LeaseGrant, &body).expect("frame");
-        bytes[0] = 1;
-        let n = bytes.len() - CRC_BYTES;
-        let crc = crc32fast::hash(&bytes[..n]);
-        bytes[n..].copy_from_slice(&crc.to_le_bytes());
+        let bytes = with_version(frame(9, 1, "s", Kind::LeaseGrant, &body).expect("frame"), 1);
         let Body::LeaseGrant(g) = Record::decode(&bytes).expect("v1 decodes").body else { panic!("kind") };
         assert_eq!((g.id.as_str(), g.ttl_ms, g.from_seq, g.holder), ("l", 5, Some(2), Party::default()));
         // Version 2 of a kind that never had one is refused.
         let tuple = Record { seq: 1, time_us: 1, origin: "s".into(), body: samples().remove(1) };
-        let mut bytes = tuple.encode().expect("encode");
-        bytes[0] = 2;
-        let crc = crc32fast::hash(&bytes[..bytes.len() - CRC_BYTES]);
-        let n = bytes.len() - CRC_BYTES;
-        bytes[n..].copy_from_slice(&crc.to_le_bytes());
+        let bytes = with_version(tuple.encode().expect("encode"), 2);
         assert!(Record::decode(&bytes).expect_err("v2 tuple").to_string().contains("unknown record version 2"));
     }
 
@@ -635,11 +636,7 @@ mod tests {
         };
         let mut body = Vec::new();
         postcard::to_io(&v1, &mut body).expect("encode");
-        let mut bytes = frame(3, 1, "s", Kind::Event, &body).expect("frame");
-        bytes[0] = 1;
-        let n = bytes.len() - CRC_BYTES;
-        let crc = crc32fast::hash(&bytes[..n]);
-        bytes[n..].copy_from_slice(&crc.to_le_bytes());
+        let bytes = with_version(frame(3, 1, "s", Kind::Event, &body).expect("frame"), 1);
         let Body::Event(e) = Record::decode(&bytes).expect("v1 decodes").body else { panic!("kind") };
         assert_eq!((e.id.as_str(), e.distribution, e.payload.as_slice()), ("e", Distribution::One, &b"p"[..]));
         assert!(e.assigned.is_empty());
