@@ -179,6 +179,7 @@ fn expire_records(state: &AppState, id: &str) -> [Body; 2] {
         distribution: Distribution::All,
         payload: json!({ "id": id }).to_string().into_bytes(),
         assigned: Vec::new(),
+        tuple: None,
     });
     [Body::LeaseExpire(LeaseEnd { id: id.to_string() }), expired]
 }

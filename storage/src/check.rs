@@ -8,9 +8,11 @@
 //!    the `next_seq` counter is one past the last record;
 //! 3. record times never decrease, and the `log_bytes` counter is exact;
 //! 4. the materialized views agree with the log: replaying the retained log
-//!    gives exactly the latest tuples, the lease table, the documents and the
-//!    event id index it touched, and each tuple's history rows are a suffix
-//!    (history retention trims the oldest) of the tuple-set records in the log.
+//!    gives exactly the latest tuples, the tombstones of ended tuples, the
+//!    lease table, the documents and the event id index it touched. Each
+//!    history row matches a tuple write in the log, and every write that
+//!    changed the value since the oldest kept row has its row (retention
+//!    trims the oldest; a write that repeats the value adds none).
 //!
 //! Rows older than the floor cannot be compared with a record the log no
 //! longer has; they are counted as unverifiable, not as problems.
@@ -20,9 +22,9 @@ use std::fmt;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::keys::{self, CF_DOCS, CF_EVENT_IDS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_TUPLES};
+use crate::keys::{self, CF_DOCS, CF_EVENT_IDS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_TOMBSTONES, CF_TUPLES};
 use crate::record::{Body, Party, Record};
-use crate::rows::{decode_row, DocRow, HistoryRow, Lease, TupleRow};
+use crate::rows::{decode_row, DocRow, HistoryRow, Lease, TombstoneRow, TupleRow};
 use crate::store::Shared;
 
 /// Most problems a report lists one by one; the rest are only counted.
@@ -90,6 +92,16 @@ struct Set {
     source: Party,
 }
 
+/// A tuple after the records replayed so far.
+enum TupleState {
+    Live(Set),
+    Gone(TombstoneRow),
+}
+
+/// A replayed tuple write, and whether it changed the value: `None` when
+/// the value before it lies below the floor, unknown.
+type Write = (Set, Option<bool>);
+
 enum LeaseState {
     Granted(Lease),
     /// Renewed, but granted before the floor: only the renewed fields are known.
@@ -103,8 +115,10 @@ enum LeaseState {
 
 #[derive(Default)]
 struct Replay {
-    tuples: HashMap<(String, String), Set>,
-    history: HashMap<(String, String), Vec<Set>>,
+    /// Whether the retained log starts at seq 1, so nothing came before it.
+    whole_log: bool,
+    tuples: HashMap<(String, String), TupleState>,
+    history: HashMap<(String, String), Vec<Write>>,
     leases: HashMap<String, LeaseState>,
     docs: HashMap<String, Option<(u64, u64, Vec<u8>)>>,
     event_ids: HashMap<String, (u64, u64)>,
@@ -112,22 +126,37 @@ struct Replay {
 
 impl Replay {
     fn apply(&mut self, rec: &Record) {
+        if let Some(w) = rec.body.tuple_write() {
+            let set = Set {
+                seq: rec.seq,
+                time_us: rec.time_us,
+                value: w.value.to_string(),
+                expires_at_us: w.expires_at_us,
+                source: w.source.clone(),
+            };
+            let key = (w.channel.to_string(), w.field.to_string());
+            let changed = match self.tuples.get(&key) {
+                Some(TupleState::Live(prev)) => Some(prev.value != set.value),
+                Some(TupleState::Gone(_)) => Some(true),
+                None if self.whole_log => Some(true),
+                None => None,
+            };
+            self.history.entry(key.clone()).or_default().push((set.clone(), changed));
+            self.tuples.insert(key, TupleState::Live(set));
+        }
         match &rec.body {
             Body::Event(e) if e.id.is_empty() => {}
             Body::Event(e) => {
                 self.event_ids.insert(e.id.clone(), (rec.seq, rec.time_us));
             }
-            Body::TupleSet(t) => {
-                let set = Set {
-                    seq: rec.seq,
-                    time_us: rec.time_us,
-                    value: t.value.clone(),
-                    expires_at_us: t.expires_at_us,
-                    source: t.source.clone(),
+            Body::TupleSet(_) => {}
+            Body::TupleExpire(t) | Body::TupleDelete(t) => {
+                let reason = match &rec.body {
+                    Body::TupleExpire(_) => crate::rows::TombstoneReason::Expired,
+                    _ => crate::rows::TombstoneReason::Deleted,
                 };
-                let key = (t.channel.clone(), t.field.clone());
-                self.history.entry(key.clone()).or_default().push(set.clone());
-                self.tuples.insert(key, set);
+                let gone = TombstoneRow { seq: rec.seq, time_us: rec.time_us, reason };
+                self.tuples.insert((t.channel.clone(), t.field.clone()), TupleState::Gone(gone));
             }
             Body::LeaseGrant(g) => {
                 self.leases.insert(g.id.clone(), LeaseState::Granted(Lease::granted(g, rec.seq)));
@@ -158,6 +187,16 @@ impl Replay {
 }
 
 type RawIter<'a> = rocksdb::DBRawIteratorWithThreadMode<'a, rocksdb::DB>;
+
+/// Whether the snapshot has a latest row for (channel, field).
+fn latest_seen(
+    shared: &Shared,
+    snap: &rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>,
+    channel: &str,
+    field: &str,
+) -> Result<bool> {
+    Ok(snap.get_pinned_cf(shared.cf(CF_TUPLES)?, keys::tuple_key(channel, field))?.is_some())
+}
 
 fn iterate<'a>(
     shared: &'a Shared,
@@ -196,7 +235,7 @@ pub fn check(path: &Path) -> Result<CheckReport> {
     report.floor = floor;
 
     // 1-3: the log itself.
-    let mut replay = Replay::default();
+    let mut replay = Replay { whole_log: floor <= 1, ..Replay::default() };
     let mut expect = floor;
     let mut last_time = 0u64;
     let mut bytes = 0u64;
@@ -266,8 +305,8 @@ pub fn check(path: &Path) -> Result<CheckReport> {
         let name = format!("tuple ({channel}, {field})");
         match decode_row::<TupleRow>("tuple", key, value) {
             Err(e) => report.problem(e.to_string()),
-            Ok(row) => match replay.tuples.remove(&(channel.to_string(), field.to_string())) {
-                Some(want) => {
+            Ok(row) => match replay.tuples.get(&(channel.to_string(), field.to_string())) {
+                Some(TupleState::Live(want)) => {
                     report.rows_verified += 1;
                     let got = Set {
                         seq: row.seq,
@@ -276,10 +315,13 @@ pub fn check(path: &Path) -> Result<CheckReport> {
                         expires_at_us: row.expires_at_us,
                         source: row.source,
                     };
-                    if got != want {
+                    if got != *want {
                         report
                             .problem(format!("{name}: latest row {got:?} disagrees with the log's last set {want:?}"));
                     }
+                }
+                Some(TupleState::Gone(g)) => {
+                    report.problem(format!("{name}: has a latest row but the log ended it at seq {}", g.seq))
                 }
                 None if row.seq >= floor => {
                     report.problem(format!("{name}: latest row names seq {} but the log has no set for it", row.seq))
@@ -290,11 +332,50 @@ pub fn check(path: &Path) -> Result<CheckReport> {
         it.next();
     }
     it.status()?;
-    for ((channel, field), want) in replay.tuples.drain() {
-        report.problem(format!(
-            "tuple ({channel}, {field}): the log sets it at seq {} but it has no latest row",
-            want.seq
-        ));
+
+    // 4: tombstones.
+    let mut it = read(CF_TOMBSTONES)?;
+    while it.valid() {
+        let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+        let Some((channel, field)) = keys::split_tuple_key(key) else {
+            report.problem(format!("tombstones key {key:02x?} has no separator"));
+            it.next();
+            continue;
+        };
+        let name = format!("tombstone ({channel}, {field})");
+        match decode_row::<TombstoneRow>("tombstone", key, value) {
+            Err(e) => report.problem(e.to_string()),
+            Ok(row) => match replay.tuples.remove(&(channel.to_string(), field.to_string())) {
+                Some(TupleState::Gone(want)) => {
+                    report.rows_verified += 1;
+                    if row != want {
+                        report.problem(format!("{name}: row {row:?} disagrees with the log's end {want:?}"));
+                    }
+                }
+                Some(TupleState::Live(set)) => {
+                    report.problem(format!("{name}: the tuple is live again since seq {}", set.seq))
+                }
+                None if row.seq >= floor => {
+                    report.problem(format!("{name}: names seq {} but the log has no end there", row.seq))
+                }
+                None => report.rows_unverifiable += 1,
+            },
+        }
+        it.next();
+    }
+    it.status()?;
+    for ((channel, field), state) in replay.tuples.drain() {
+        match state {
+            TupleState::Live(want) if !latest_seen(&shared, &snap, &channel, &field)? => report.problem(format!(
+                "tuple ({channel}, {field}): the log sets it at seq {} but it has no latest row",
+                want.seq
+            )),
+            TupleState::Gone(g) => report.problem(format!(
+                "tuple ({channel}, {field}): the log ended it at seq {} but it has no tombstone",
+                g.seq
+            )),
+            TupleState::Live(_) => {}
+        }
     }
 
     // 4: history.
@@ -318,18 +399,26 @@ pub fn check(path: &Path) -> Result<CheckReport> {
     }
     it.status()?;
     for (key, got) in rows {
-        let want = replay.history.remove(&key).unwrap_or_default();
+        let writes = replay.history.remove(&key).unwrap_or_default();
         report.rows_verified += got.len() as u64;
-        let suffix = want.len().checked_sub(got.len()).map(|start| &want[start..]);
-        if suffix != Some(got.as_slice()) {
-            let seqs = |v: &[Set]| v.iter().map(|s| s.seq).collect::<Vec<_>>();
-            report.problem(format!(
-                "history of ({}, {}): rows at seqs {:?} are not the newest of the log's sets {:?}",
-                key.0,
-                key.1,
-                seqs(&got),
-                seqs(&want)
-            ));
+        let by_seq: HashMap<u64, &Set> = writes.iter().map(|(s, _)| (s.seq, s)).collect();
+        for row in &got {
+            if by_seq.get(&row.seq) != Some(&row) {
+                report.problem(format!(
+                    "history of ({}, {}): row at seq {} matches no write in the log",
+                    key.0, key.1, row.seq
+                ));
+            }
+        }
+        let oldest = got.first().map_or(u64::MAX, |s| s.seq);
+        let have: std::collections::HashSet<u64> = got.iter().map(|s| s.seq).collect();
+        for (set, changed) in &writes {
+            if set.seq >= oldest && *changed == Some(true) && !have.contains(&set.seq) {
+                report.problem(format!(
+                    "history of ({}, {}): the value changed at seq {} but no row records it",
+                    key.0, key.1, set.seq
+                ));
+            }
         }
     }
 

@@ -11,6 +11,7 @@
 //! | `leases`  | lease id                              | lease row             |
 //! | `docs`    | document key                          | document row          |
 //! | `event_ids` | event id                            | seq, time (u64 BE each) |
+//! | `tombstones` | channel `00` field                 | tombstone row         |
 //! | `meta`    | ASCII name                            | u64 BE or u8          |
 //!
 //! Big-endian sequence numbers sort numerically under RocksDB's bytewise
@@ -36,8 +37,14 @@ pub const CF_META: &str = "meta";
 /// id, for idempotent retries.
 pub const CF_EVENT_IDS: &str = "event_ids";
 
+/// Tuples that left the latest values (expired or deleted), with the
+/// sequence number of the record that ended them, so a client can ask what
+/// changed since a sequence number, removals included.
+pub const CF_TOMBSTONES: &str = "tombstones";
+
 /// Every column family pepper opens, in a fixed order.
-pub const ALL_CFS: [&str; 7] = [CF_LOG, CF_TUPLES, CF_HISTORY, CF_LEASES, CF_DOCS, CF_META, CF_EVENT_IDS];
+pub const ALL_CFS: [&str; 8] =
+    [CF_LOG, CF_TUPLES, CF_HISTORY, CF_LEASES, CF_DOCS, CF_META, CF_EVENT_IDS, CF_TOMBSTONES];
 
 /// The `event_ids` value: seq then time, u64 big-endian each.
 pub fn event_id_value(seq: u64, time_us: u64) -> [u8; 16] {

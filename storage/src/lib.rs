@@ -34,10 +34,10 @@ pub use error::{Error, Result};
 pub use feed::{Feed, FeedItem, Filter};
 pub use record::{
     Body, Distribution, DocDelete, DocPut, Event, Kind, LeaseEnd, LeaseGrant, LeaseRenew, Party, Record, Target,
-    TupleSet, RECORD_VERSION,
+    TupleEnd, TupleSet, TupleUpdate, TupleWrite, RECORD_VERSION,
 };
 pub use retention::{Retention, RetentionReport};
-pub use rows::{Doc, HistoryEntry, Lease, Tuple, ROW_VERSION};
+pub use rows::{Doc, HistoryEntry, Lease, Tombstone, TombstoneReason, Tuple, ROW_VERSION};
 pub use store::{
     now_us, Durability, Options, StatsSnapshot, Store, DEDUPE_WINDOW_DEFAULT, FORMAT_VERSION,
     RETENTION_INTERVAL_DEFAULT,

@@ -105,6 +105,34 @@ pub struct Event {
     /// so that live delivery and every later catch-up agree on the receiver.
     /// Added in record version 2 of events; version 1 events have none.
     pub assigned: Vec<String>,
+    /// The tuple this event also sets, for a PsEPR attribute event: the
+    /// tuple (channel, field) takes `value`, with `from` as its source.
+    /// Added in record version 3 of events; older events set none.
+    pub tuple: Option<TupleUpdate>,
+}
+
+/// The tuple an attribute event sets on its own channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TupleUpdate {
+    /// The field name.
+    pub field: String,
+    /// The new value.
+    pub value: String,
+    /// When the value expires, in microseconds since the Unix epoch.
+    pub expires_at_us: Option<u64>,
+}
+
+/// An event as record version 2 laid it out: without `tuple`.
+#[derive(Deserialize)]
+struct EventV2 {
+    id: String,
+    channel: String,
+    event_type: String,
+    from: Party,
+    to: Target,
+    distribution: Distribution,
+    payload: Vec<u8>,
+    assigned: Vec<String>,
 }
 
 /// An event as record version 1 laid it out: without `assigned`.
@@ -195,6 +223,17 @@ pub struct DocPut {
     pub value: Vec<u8>,
 }
 
+/// Ends a tuple: it leaves the latest values (its history stays). Used for
+/// `tuple.expire`, written by the site when the tuple's expiry passed, and
+/// `tuple.delete`, asked for by a client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TupleEnd {
+    /// The channel the tuple lives on.
+    pub channel: String,
+    /// The field name.
+    pub field: String,
+}
+
 /// Deletes a keyed document.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DocDelete {
@@ -221,6 +260,26 @@ pub enum Body {
     DocPut(DocPut),
     /// A document was deleted.
     DocDelete(DocDelete),
+    /// A tuple's expiry passed and the site ended it.
+    TupleExpire(TupleEnd),
+    /// A client deleted a tuple.
+    TupleDelete(TupleEnd),
+}
+
+/// A write of a tuple's latest value, from a tuple-set record or an
+/// attribute event.
+#[derive(Clone, Copy, Debug)]
+pub struct TupleWrite<'a> {
+    /// The tuple's channel.
+    pub channel: &'a str,
+    /// The tuple's field.
+    pub field: &'a str,
+    /// The new value.
+    pub value: &'a str,
+    /// When it expires.
+    pub expires_at_us: Option<u64>,
+    /// Who set it.
+    pub source: &'a Party,
 }
 
 /// The kind of a record, as stored in its second byte.
@@ -243,11 +302,15 @@ pub enum Kind {
     DocPut = 7,
     /// [`Body::DocDelete`].
     DocDelete = 8,
+    /// [`Body::TupleExpire`].
+    TupleExpire = 9,
+    /// [`Body::TupleDelete`].
+    TupleDelete = 10,
 }
 
 impl Kind {
     /// Every kind, in byte order.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Event,
         Kind::TupleSet,
         Kind::LeaseGrant,
@@ -256,6 +319,8 @@ impl Kind {
         Kind::LeaseExpire,
         Kind::DocPut,
         Kind::DocDelete,
+        Kind::TupleExpire,
+        Kind::TupleDelete,
     ];
 
     /// The stable name of the kind, as used in feed type filters.
@@ -269,6 +334,8 @@ impl Kind {
             Kind::LeaseExpire => "lease.expire",
             Kind::DocPut => "doc.put",
             Kind::DocDelete => "doc.delete",
+            Kind::TupleExpire => "tuple.expire",
+            Kind::TupleDelete => "tuple.delete",
         }
     }
 
@@ -276,7 +343,8 @@ impl Kind {
     /// of its body. Decoders read every version up to it.
     pub fn version(self) -> u8 {
         match self {
-            Kind::Event | Kind::LeaseGrant => 2,
+            Kind::Event => 3,
+            Kind::LeaseGrant => 2,
             _ => RECORD_VERSION,
         }
     }
@@ -298,6 +366,30 @@ impl Body {
             Body::LeaseExpire(_) => Kind::LeaseExpire,
             Body::DocPut(_) => Kind::DocPut,
             Body::DocDelete(_) => Kind::DocDelete,
+            Body::TupleExpire(_) => Kind::TupleExpire,
+            Body::TupleDelete(_) => Kind::TupleDelete,
+        }
+    }
+
+    /// The tuple this record sets, if any: a tuple-set record, or an
+    /// attribute event.
+    pub fn tuple_write(&self) -> Option<TupleWrite<'_>> {
+        match self {
+            Body::TupleSet(t) => Some(TupleWrite {
+                channel: &t.channel,
+                field: &t.field,
+                value: &t.value,
+                expires_at_us: t.expires_at_us,
+                source: &t.source,
+            }),
+            Body::Event(Event { channel, from, tuple: Some(t), .. }) => Some(TupleWrite {
+                channel,
+                field: &t.field,
+                value: &t.value,
+                expires_at_us: t.expires_at_us,
+                source: from,
+            }),
+            _ => None,
         }
     }
 
@@ -308,6 +400,7 @@ impl Body {
             Body::Event(e) => Some(&e.channel),
             Body::TupleSet(t) => Some(&t.channel),
             Body::LeaseGrant(g) => Some(&g.pattern),
+            Body::TupleExpire(t) | Body::TupleDelete(t) => Some(&t.channel),
             _ => None,
         }
     }
@@ -330,6 +423,7 @@ impl Body {
             Body::LeaseRelease(b) | Body::LeaseExpire(b) => postcard::to_io(b, &mut *out).map(|_| ()),
             Body::DocPut(b) => postcard::to_io(b, &mut *out).map(|_| ()),
             Body::DocDelete(b) => postcard::to_io(b, &mut *out).map(|_| ()),
+            Body::TupleExpire(b) | Body::TupleDelete(b) => postcard::to_io(b, &mut *out).map(|_| ()),
         };
         res.map_err(|e| Error::invalid("record body", e.to_string()))
     }
@@ -355,6 +449,21 @@ impl Body {
                     distribution: e.distribution,
                     payload: e.payload,
                     assigned: Vec::new(),
+                    tuple: None,
+                })
+            }
+            Kind::Event if version == 2 => {
+                let e: EventV2 = whole(bytes)?;
+                Body::Event(Event {
+                    id: e.id,
+                    channel: e.channel,
+                    event_type: e.event_type,
+                    from: e.from,
+                    to: e.to,
+                    distribution: e.distribution,
+                    payload: e.payload,
+                    assigned: e.assigned,
+                    tuple: None,
                 })
             }
             Kind::Event => Body::Event(whole(bytes)?),
@@ -378,6 +487,8 @@ impl Body {
             Kind::LeaseExpire => Body::LeaseExpire(whole(bytes)?),
             Kind::DocPut => Body::DocPut(whole(bytes)?),
             Kind::DocDelete => Body::DocDelete(whole(bytes)?),
+            Kind::TupleExpire => Body::TupleExpire(whole(bytes)?),
+            Kind::TupleDelete => Body::TupleDelete(whole(bytes)?),
         })
     }
 }
@@ -508,6 +619,7 @@ mod tests {
                 distribution: Distribution::One,
                 payload: b"<x>1</x>".to_vec(),
                 assigned: vec!["l1".into()],
+                tuple: Some(TupleUpdate { field: "load".into(), value: "0.5".into(), expires_at_us: Some(9) }),
             }),
             Body::TupleSet(TupleSet {
                 channel: "/example.com/node/h1/".into(),
@@ -531,6 +643,8 @@ mod tests {
             Body::LeaseExpire(LeaseEnd { id: "l2".into() }),
             Body::DocPut(DocPut { key: "root/cimv2:X.Name=\"a\"".into(), value: vec![0, 1, 2, 255] }),
             Body::DocDelete(DocDelete { key: "k".into() }),
+            Body::TupleExpire(TupleEnd { channel: "/example.com/node/h1/".into(), field: "load".into() }),
+            Body::TupleDelete(TupleEnd { channel: "/example.com/node/h1/".into(), field: "mem".into() }),
         ]
     }
 
@@ -639,7 +753,7 @@ mod tests {
         let bytes = with_version(frame(3, 1, "s", Kind::Event, &body).expect("frame"), 1);
         let Body::Event(e) = Record::decode(&bytes).expect("v1 decodes").body else { panic!("kind") };
         assert_eq!((e.id.as_str(), e.distribution, e.payload.as_slice()), ("e", Distribution::One, &b"p"[..]));
-        assert!(e.assigned.is_empty());
+        assert!(e.assigned.is_empty() && e.tuple.is_none());
     }
 
     #[test]

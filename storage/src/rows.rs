@@ -65,6 +65,48 @@ pub(crate) struct HistoryRow {
     pub source: Party,
 }
 
+/// Why a tuple left the latest values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TombstoneReason {
+    /// Its expiry passed.
+    Expired,
+    /// A client deleted it.
+    Deleted,
+}
+
+impl TombstoneReason {
+    /// `expired` or `deleted`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TombstoneReason::Expired => "expired",
+            TombstoneReason::Deleted => "deleted",
+        }
+    }
+}
+
+/// The stored tombstone of a tuple; the key holds channel and field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TombstoneRow {
+    pub seq: u64,
+    pub time_us: u64,
+    pub reason: TombstoneReason,
+}
+
+/// A tuple that left the latest values, and the record that ended it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Tombstone {
+    /// The channel.
+    pub channel: String,
+    /// The field.
+    pub field: String,
+    /// The sequence number of the expire or delete record.
+    pub seq: u64,
+    /// When it ended, in microseconds since the Unix epoch.
+    pub time_us: u64,
+    /// Why.
+    pub reason: TombstoneReason,
+}
+
 /// The stored document; the key is the document key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct DocRow {

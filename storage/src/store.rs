@@ -29,7 +29,7 @@ use crate::writer::{Appended, Prepared, Request, Writer};
 /// The data format version this build writes and the newest it reads.
 /// Version 2 added the `event_ids` index; a version-1 folder is upgraded on
 /// open.
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 
 /// When an append is acknowledged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -182,6 +182,15 @@ impl Store {
         match db.get_pinned_cf(meta, keys::META_FORMAT)?.map(|v| v.to_vec()) {
             Some(v) if v == [FORMAT_VERSION] => {}
             Some(v) if v == [1] => migrate_v1(&db)?,
+            // Version 3 added the `tombstones` family, which opening creates
+            // empty: nothing to rewrite.
+            Some(v) if v == [2] => {
+                let mut opts = rocksdb::WriteOptions::default();
+                opts.set_sync(true);
+                let mut batch = rocksdb::WriteBatch::default();
+                batch.put_cf(meta, keys::META_FORMAT, [FORMAT_VERSION]);
+                db.write_opt(batch, &opts)?;
+            }
             Some(v) if v.len() == 1 => return Err(Error::UnsupportedFormat { found: v[0], supported: FORMAT_VERSION }),
             Some(_) => return Err(Error::corruption("meta format", "not one byte")),
             None => {

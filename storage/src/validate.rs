@@ -82,6 +82,9 @@ pub fn body(b: &Body) -> Result<()> {
             if !e.assigned.is_empty() {
                 return Err(Error::invalid("assigned", "is chosen by the writer at commit; leave it empty"));
             }
+            if let Some(t) = &e.tuple {
+                field(&t.field)?;
+            }
             Ok(())
         }
         Body::TupleSet(t) => {
@@ -106,6 +109,10 @@ pub fn body(b: &Body) -> Result<()> {
         Body::LeaseRelease(e) | Body::LeaseExpire(e) => id("lease id", &e.id),
         Body::DocPut(d) => doc_key(&d.key),
         Body::DocDelete(d) => doc_key(&d.key),
+        Body::TupleExpire(t) | Body::TupleDelete(t) => {
+            channel("channel", &t.channel)?;
+            field(&t.field)
+        }
     }
 }
 

@@ -10,10 +10,10 @@ use rocksdb::{ReadOptions, SnapshotWithThreadMode, DB};
 
 use crate::error::{Error, Result};
 use crate::feed::Filter;
-use crate::keys::{self, CF_DOCS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_TUPLES};
+use crate::keys::{self, CF_DOCS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_TOMBSTONES, CF_TUPLES};
 use crate::limits::{READ_ROWS_MAX, SCAN_BYTES_MAX};
 use crate::record::Record;
-use crate::rows::{decode_row, Doc, DocRow, HistoryEntry, HistoryRow, Lease, Tuple, TupleRow};
+use crate::rows::{decode_row, Doc, DocRow, HistoryEntry, HistoryRow, Lease, Tombstone, TombstoneRow, Tuple, TupleRow};
 use crate::store::Shared;
 
 /// A page of results with the cursor to pass for the next page.
@@ -60,6 +60,23 @@ pub struct HistoryRange {
 impl Default for HistoryRange {
     fn default() -> HistoryRange {
         HistoryRange { from_seq: 0, to_seq: u64::MAX, limit: READ_ROWS_MAX, order: Order::Asc }
+    }
+}
+
+/// Rows keyed by (channel, field).
+trait HasTupleKey {
+    fn tuple_key(&self) -> (&str, &str);
+}
+
+impl HasTupleKey for Tuple {
+    fn tuple_key(&self) -> (&str, &str) {
+        (&self.channel, &self.field)
+    }
+}
+
+impl HasTupleKey for Tombstone {
+    fn tuple_key(&self) -> (&str, &str) {
+        (&self.channel, &self.field)
     }
 }
 
@@ -143,10 +160,48 @@ impl<'a> View<'a> {
         after: Option<&TupleCursor>,
         limit: usize,
     ) -> Result<Page<Tuple, TupleCursor>> {
+        self.tuple_page(CF_TUPLES, channel_prefix, after, limit, |channel, field, key, value| {
+            Ok(Tuple::from_row(channel, field, decode_row("tuple", key, value)?))
+        })
+    }
+
+    /// The tombstones of tuples whose channel starts with `channel_prefix`
+    /// and which left the latest values (expired or deleted), in (channel,
+    /// field) order, one page at a time. A tuple set again has none.
+    ///
+    /// # Errors
+    /// `InvalidInput`/`TooLarge` for a bad limit; `Corruption` for bad rows.
+    pub fn tombstones(
+        &self,
+        channel_prefix: &str,
+        after: Option<&TupleCursor>,
+        limit: usize,
+    ) -> Result<Page<Tombstone, TupleCursor>> {
+        self.tuple_page(CF_TOMBSTONES, channel_prefix, after, limit, |channel, field, key, value| {
+            let row: TombstoneRow = decode_row("tombstone", key, value)?;
+            Ok(Tombstone {
+                channel: channel.to_string(),
+                field: field.to_string(),
+                seq: row.seq,
+                time_us: row.time_us,
+                reason: row.reason,
+            })
+        })
+    }
+
+    /// One page of a family keyed by tuple key, under a channel prefix.
+    fn tuple_page<T: HasTupleKey>(
+        &self,
+        cf: &str,
+        channel_prefix: &str,
+        after: Option<&TupleCursor>,
+        limit: usize,
+        decode: impl Fn(&str, &str, &[u8], &[u8]) -> Result<T>,
+    ) -> Result<Page<T, TupleCursor>> {
         let limit = limit_ok(limit)?;
         let prefix = channel_prefix.as_bytes().to_vec();
         let upper = keys::prefix_end(&prefix);
-        let mut it = self.snap.raw_iterator_cf_opt(self.shared.cf(CF_TUPLES)?, self.opts(Some(prefix.clone()), upper));
+        let mut it = self.snap.raw_iterator_cf_opt(self.shared.cf(cf)?, self.opts(Some(prefix.clone()), upper));
         match after {
             Some(c) => {
                 let mut start = keys::tuple_key(&c.channel, &c.field);
@@ -159,13 +214,15 @@ impl<'a> View<'a> {
         while it.valid() {
             let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
             if items.len() == limit {
-                let next =
-                    items.last().map(|t: &Tuple| TupleCursor { channel: t.channel.clone(), field: t.field.clone() });
+                let next = items.last().map(|t: &T| {
+                    let (channel, field) = t.tuple_key();
+                    TupleCursor { channel: channel.to_string(), field: field.to_string() }
+                });
                 return Ok(Page { items, next });
             }
             let (channel, field) =
-                keys::split_tuple_key(key).ok_or_else(|| Error::corruption("tuples", "key without separator"))?;
-            items.push(Tuple::from_row(channel, field, decode_row("tuple", key, value)?));
+                keys::split_tuple_key(key).ok_or_else(|| Error::corruption(cf, "key without separator"))?;
+            items.push(decode(channel, field, key, value)?);
             it.next();
         }
         it.status()?;

@@ -34,11 +34,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::anycast::Anycast;
 use crate::error::{Error, Result};
-use crate::keys::{self, CF_DOCS, CF_EVENT_IDS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_TUPLES};
+use crate::keys::{self, CF_DOCS, CF_EVENT_IDS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_TOMBSTONES, CF_TUPLES};
 use crate::limits::{ANYCAST_GROUPS_MAX, GROUP_BYTES_MAX, GROUP_RECORDS_MAX};
 use crate::record::{frame, Body, Distribution};
 use crate::retention::TrimPlan;
-use crate::rows::{encode_row, DocRow, HistoryRow, Lease, TupleRow};
+use crate::rows::{decode_row, encode_row, DocRow, HistoryRow, Lease, TombstoneReason, TombstoneRow, TupleRow};
 use crate::store::{now_us, Durability, Shared};
 
 /// The sequence numbers one append was given: `first..=last`, contiguous.
@@ -88,6 +88,10 @@ pub(crate) struct Writer {
 
 /// Lease state as the group sees it: `Some(None)` means deleted in this group.
 type LeaseOverlay = HashMap<String, Option<Lease>>;
+
+/// Tuple state as the group sees it, by tuple key: `Some(None)` means the
+/// tuple has no latest row (ended in this group).
+type TupleOverlay = HashMap<Vec<u8>, Option<TupleRow>>;
 
 /// Event ids logged earlier in this group: id -> (seq, time).
 type IdOverlay = HashMap<String, (u64, u64)>;
@@ -148,6 +152,7 @@ impl Writer {
         }
         let mut batch = WriteBatch::default();
         let mut overlay = LeaseOverlay::new();
+        let mut tuples = TupleOverlay::new();
         let mut ids = IdOverlay::new();
         let mut acks: Vec<(oneshot::Sender<Result<Appended>>, Appended)> = Vec::new();
         let mut trim_acks = Vec::new();
@@ -160,7 +165,7 @@ impl Writer {
                 Request::Append { records, reply, .. } => {
                     // A refused request touches nothing: it is checked before
                     // any of its effects enter the batch.
-                    if let Err(e) = self.check_preconditions(&overlay, &records, time_us) {
+                    if let Err(e) = self.check_preconditions(&overlay, &tuples, &records, time_us) {
                         let _ = reply.send(Err(e));
                         continue;
                     }
@@ -175,7 +180,7 @@ impl Writer {
                             continue;
                         }
                     }
-                    match self.append(&mut batch, &mut overlay, &mut ids, records, time_us) {
+                    match self.append(&mut batch, &mut overlay, &mut tuples, &mut ids, records, time_us) {
                         Ok(appended) => {
                             dirty = true;
                             acks.push((reply, appended));
@@ -275,6 +280,7 @@ impl Writer {
         &mut self,
         batch: &mut WriteBatch,
         overlay: &mut LeaseOverlay,
+        tuples: &mut TupleOverlay,
         ids: &mut IdOverlay,
         records: Vec<Prepared>,
         time_us: u64,
@@ -294,6 +300,7 @@ impl Writer {
             let bytes = frame(seq, time_us, &self.shared.site, rec.body.kind(), &rec.encoded_body)?;
             batch.put_cf(self.shared.cf(CF_LOG)?, keys::log_key(seq), &bytes);
             self.materialize(batch, overlay, seq, time_us, &rec.body)?;
+            self.materialize_tuple(batch, tuples, seq, time_us, &rec.body)?;
             if let Body::Event(e) = &rec.body {
                 if !e.id.is_empty() {
                     ids.insert(e.id.clone(), (seq, time_us));
@@ -361,7 +368,18 @@ impl Writer {
     /// a lease whose expiry has passed can no longer be renewed, and an
     /// expire record applies only to a lease that really has lapsed (a
     /// renewal that won the race keeps the lease alive).
-    fn check_preconditions(&self, overlay: &LeaseOverlay, records: &[Prepared], time_us: u64) -> Result<()> {
+    ///
+    /// Tuples likewise: an expire record applies only to a live tuple whose
+    /// expiry has passed (a refresh that won the race keeps it), and a delete
+    /// only to a live tuple.
+    fn check_preconditions(
+        &self,
+        overlay: &LeaseOverlay,
+        tuples: &TupleOverlay,
+        records: &[Prepared],
+        time_us: u64,
+    ) -> Result<()> {
+        self.check_tuples(tuples, records, time_us)?;
         // id -> its expiry while live after the records seen so far, None once ended.
         let mut local: HashMap<&str, Option<u64>> = HashMap::new();
         // Anycast groups granted into earlier in this request.
@@ -423,6 +441,98 @@ impl Writer {
         Ok(())
     }
 
+    fn check_tuples(&self, tuples: &TupleOverlay, records: &[Prepared], time_us: u64) -> Result<()> {
+        // tuple key -> its expiry (None: never) while live after the records
+        // seen so far in this request; None once ended.
+        let mut local: HashMap<Vec<u8>, Option<Option<u64>>> = HashMap::new();
+        for rec in records {
+            if let Some(w) = rec.body.tuple_write() {
+                local.insert(keys::tuple_key(w.channel, w.field), Some(w.expires_at_us));
+                continue;
+            }
+            let (Body::TupleExpire(t) | Body::TupleDelete(t)) = &rec.body else { continue };
+            let key = keys::tuple_key(&t.channel, &t.field);
+            let current = match local.get(&key) {
+                Some(state) => *state,
+                None => self.tuple(tuples, &key)?.map(|row| row.expires_at_us),
+            };
+            let what = "tuple";
+            let name = || format!("({}, {})", t.channel, t.field);
+            match (&rec.body, current) {
+                (_, None) => return Err(Error::NotFound { what, key: name() }),
+                (Body::TupleExpire(_), Some(expires)) if expires.is_none_or(|e| e > time_us) => {
+                    return Err(Error::Conflict { what, detail: format!("tuple {} has not expired", name()) })
+                }
+                _ => {}
+            }
+            local.insert(key, None);
+        }
+        Ok(())
+    }
+
+    fn tuple(&self, tuples: &TupleOverlay, key: &[u8]) -> Result<Option<TupleRow>> {
+        if let Some(state) = tuples.get(key) {
+            return Ok(state.clone());
+        }
+        match self.shared.db.get_pinned_cf(self.shared.cf(CF_TUPLES)?, key)? {
+            Some(bytes) => Ok(Some(decode_row("tuple", key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The tuple effects of a record: a set (from a tuple-set record or an
+    /// attribute event) writes the latest row, a history row only when the
+    /// value changed (or the tuple was not live), and clears a tombstone; an
+    /// expire or delete removes the latest row and leaves a tombstone. The
+    /// history is never touched by an end.
+    fn materialize_tuple(
+        &self,
+        batch: &mut WriteBatch,
+        tuples: &mut TupleOverlay,
+        seq: u64,
+        time_us: u64,
+        body: &Body,
+    ) -> Result<()> {
+        let s = &self.shared;
+        if let Some(w) = body.tuple_write() {
+            let key = keys::tuple_key(w.channel, w.field);
+            let ended_here = matches!(tuples.get(&key), Some(None));
+            let prev = self.tuple(tuples, &key)?;
+            let row = TupleRow {
+                seq,
+                time_us,
+                value: w.value.to_string(),
+                expires_at_us: w.expires_at_us,
+                source: w.source.clone(),
+            };
+            batch.put_cf(s.cf(CF_TUPLES)?, &key, encode_row(&row));
+            if prev.as_ref().is_none_or(|p| p.value != row.value) {
+                let hist = HistoryRow {
+                    time_us,
+                    value: row.value.clone(),
+                    expires_at_us: row.expires_at_us,
+                    source: row.source.clone(),
+                };
+                batch.put_cf(s.cf(CF_HISTORY)?, keys::history_key(w.channel, w.field, seq), encode_row(&hist));
+            }
+            if prev.is_none() && (ended_here || s.db.get_pinned_cf(s.cf(CF_TOMBSTONES)?, &key)?.is_some()) {
+                batch.delete_cf(s.cf(CF_TOMBSTONES)?, &key);
+            }
+            tuples.insert(key, Some(row));
+            return Ok(());
+        }
+        let (reason, t) = match body {
+            Body::TupleExpire(t) => (TombstoneReason::Expired, t),
+            Body::TupleDelete(t) => (TombstoneReason::Deleted, t),
+            _ => return Ok(()),
+        };
+        let key = keys::tuple_key(&t.channel, &t.field);
+        batch.delete_cf(s.cf(CF_TUPLES)?, &key);
+        batch.put_cf(s.cf(CF_TOMBSTONES)?, &key, encode_row(&TombstoneRow { seq, time_us, reason }));
+        tuples.insert(key, None);
+        Ok(())
+    }
+
     fn lease(&self, overlay: &LeaseOverlay, id: &str) -> Result<Option<Lease>> {
         if let Some(state) = overlay.get(id) {
             return Ok(state.clone());
@@ -449,19 +559,8 @@ impl Writer {
             Body::Event(e) => {
                 batch.put_cf(s.cf(CF_EVENT_IDS)?, e.id.as_bytes(), keys::event_id_value(seq, time_us));
             }
-            Body::TupleSet(t) => {
-                let row = TupleRow {
-                    seq,
-                    time_us,
-                    value: t.value.clone(),
-                    expires_at_us: t.expires_at_us,
-                    source: t.source.clone(),
-                };
-                batch.put_cf(s.cf(CF_TUPLES)?, keys::tuple_key(&t.channel, &t.field), encode_row(&row));
-                let hist =
-                    HistoryRow { time_us, value: row.value, expires_at_us: row.expires_at_us, source: row.source };
-                batch.put_cf(s.cf(CF_HISTORY)?, keys::history_key(&t.channel, &t.field, seq), encode_row(&hist));
-            }
+            // Tuple effects, of these and of attribute events: materialize_tuple.
+            Body::TupleSet(_) | Body::TupleExpire(_) | Body::TupleDelete(_) => {}
             Body::LeaseGrant(g) => {
                 let lease = Lease::granted(g, seq);
                 batch.put_cf(s.cf(CF_LEASES)?, g.id.as_bytes(), crate::rows::encode_lease_row(&lease));

@@ -545,3 +545,64 @@ async fn events_must_leave_assigned_empty_and_use_router_channels() {
     }
     assert_eq!(store.last_seq(), 0);
 }
+
+fn attribute(channel: &str, field: &str, value: &str, expires_at_us: Option<u64>) -> Body {
+    let Body::Event(mut e) = event(channel, "attribute", b"{}") else { unreachable!() };
+    e.from = Party { service: "agent".into(), instance: "h1".into() };
+    e.tuple = Some(TupleUpdate { field: field.into(), value: value.into(), expires_at_us });
+    Body::Event(e)
+}
+
+/// An attribute event sets its tuple; a repeated value refreshes the latest
+/// row without a history row; an expire applies only once the expiry
+/// passed, leaves a tombstone and keeps the history; a new set clears it.
+#[tokio::test]
+async fn attribute_events_set_tuples_and_tuples_expire_into_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let ch = "/a.org/node/h1/";
+    let first = store.append(vec![attribute(ch, "load", "0.5", None)]).await.unwrap().first;
+    let soon = pepper_storage::now_us() + 50_000;
+    let again = store.append(vec![attribute(ch, "load", "0.5", Some(soon))]).await.unwrap().first;
+    let t = store.read(move |v| v.tuple(ch, "load")).await.unwrap().unwrap();
+    assert_eq!(
+        (t.value.as_str(), t.seq, t.expires_at_us, t.source.service.as_str()),
+        ("0.5", again, Some(soon), "agent")
+    );
+    let history = |store: &Store| {
+        let store = store.clone();
+        async move {
+            store
+                .read(move |v| v.history(ch, "load", HistoryRange::default()))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|h| (h.seq, h.value))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(history(&store).await, [(first, "0.5".to_string())], "a repeat adds no history row");
+    // Not expired yet: the expire record is refused and changes nothing.
+    let end = |field: &str| Body::TupleExpire(TupleEnd { channel: ch.into(), field: field.into() });
+    assert!(matches!(store.append(vec![end("load")]).await, Err(Error::Conflict { .. })));
+    assert!(matches!(store.append(vec![end("nope")]).await, Err(Error::NotFound { .. })));
+    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    let expired = store.append(vec![end("load")]).await.unwrap().first;
+    assert!(store.read(move |v| v.tuple(ch, "load")).await.unwrap().is_none());
+    let stones = store.read(|v| v.tombstones("/a.org/", None, 10)).await.unwrap().items;
+    assert_eq!(stones.len(), 1);
+    assert_eq!((stones[0].seq, stones[0].reason), (expired, TombstoneReason::Expired));
+    assert_eq!(history(&store).await.len(), 1, "the history stays");
+    // Set again, to the same value: live again, a history row, no tombstone.
+    let back = store.append(vec![attribute(ch, "load", "0.5", None)]).await.unwrap().first;
+    assert_eq!(history(&store).await.last().unwrap().0, back);
+    assert!(store.read(|v| v.tombstones("/", None, 10)).await.unwrap().items.is_empty());
+    // Deleting leaves a "deleted" tombstone.
+    store.append(vec![Body::TupleDelete(TupleEnd { channel: ch.into(), field: "load".into() })]).await.unwrap();
+    let stones = store.read(|v| v.tombstones("/", None, 10)).await.unwrap().items;
+    assert_eq!(stones[0].reason, TombstoneReason::Deleted);
+    let path = store.path().to_path_buf();
+    store.close();
+    let report = pepper_storage::check(&path).unwrap();
+    assert!(report.is_ok(), "{report}");
+}
