@@ -333,6 +333,8 @@ fn serve(
         tracing::info!(%addr, site = store.site(), data = %data.display(), "pepper serving");
         let state = pepper_adapters::AppState::load(store.clone(), config).await?;
         let expiry = tokio::spawn(pepper_adapters::lease::run_expiry(state.clone()));
+        let tuple_expiry = tokio::spawn(pepper_adapters::pldb::run_tuple_expiry(state.clone()));
+        let pldbget = tokio::spawn(pepper_adapters::pldb::run_pldbget(state.clone()));
         let app = pepper_adapters::router(state.clone());
         let stopping = {
             let state = state.clone();
@@ -351,6 +353,8 @@ fn serve(
             }
         }
         expiry.abort();
+        tuple_expiry.abort();
+        pldbget.abort();
         anyhow::Ok(())
     })?;
     tracing::info!("shutting down; closing the store");

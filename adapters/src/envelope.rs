@@ -25,7 +25,7 @@
 //! must not silently become `all`.
 
 use pepper_router::Channel;
-use pepper_storage::{Distribution, Event, Party, Record, Target};
+use pepper_storage::{Distribution, Event, Party, Record, Target, TupleUpdate};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
@@ -165,6 +165,10 @@ impl EventIn {
             Some(id) => id,
             None => new_event_id(),
         };
+        let tuple = match event_type {
+            ATTRIBUTE_TYPE => Some(attribute_tuple(&self.payload)?),
+            _ => None,
+        };
         let payload = serde_json::to_vec(&self.payload)
             .map_err(|e| ApiError::invalid_event(format!("payload does not encode: {e}")))?;
         Ok(Event {
@@ -179,8 +183,43 @@ impl EventIn {
             },
             payload,
             assigned: Vec::new(),
+            tuple,
         })
     }
+}
+
+/// The payload type whose events set PLDB tuples.
+pub const ATTRIBUTE_TYPE: &str = "attribute";
+
+/// The longest expiry an attribute may ask for, in seconds (ten years).
+pub const ATTRIBUTE_EXPIRE_S_MAX: u64 = 10 * 365 * 24 * 3600;
+
+/// The tuple an attribute payload (`{"field", "value", "expire"?}`) sets.
+/// The value may be a string, a number or a boolean (stored as text);
+/// `expire` is in seconds from now.
+///
+/// # Errors
+/// 400 `invalid_event` naming what is missing or wrong.
+pub fn attribute_tuple(payload: &serde_json::Value) -> Result<TupleUpdate, ApiError> {
+    let bad = |m: &str| ApiError::invalid_event(format!("attribute payload: {m}"));
+    let obj = payload.as_object().ok_or_else(|| bad("must be an object with field and value"))?;
+    let field = match obj.get("field") {
+        Some(serde_json::Value::String(f)) if !f.is_empty() => f.clone(),
+        _ => return Err(bad("field must be a non-empty string")),
+    };
+    let value = match obj.get("value") {
+        Some(serde_json::Value::String(v)) => v.clone(),
+        Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => v.to_string(),
+        _ => return Err(bad("value must be a string, a number or a boolean")),
+    };
+    let expires_at_us = match obj.get("expire") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(e) => match e.as_u64() {
+            Some(s) if s <= ATTRIBUTE_EXPIRE_S_MAX => Some(pepper_storage::now_us() + s * 1_000_000),
+            _ => return Err(bad(&format!("expire must be whole seconds, 0 to {ATTRIBUTE_EXPIRE_S_MAX}"))),
+        },
+    };
+    Ok(TupleUpdate { field, value, expires_at_us })
 }
 
 /// An RFC 3339 UTC time with microseconds.

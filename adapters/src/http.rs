@@ -43,7 +43,8 @@ use tokio::sync::Semaphore;
 use crate::dispatch::Dispatcher;
 use crate::envelope::{canonical_types, EventIn, EventOut};
 use crate::error::ApiError;
-use crate::lease::{self, LeaseIndex};
+use crate::expiry::ExpiryIndex;
+use crate::lease;
 use crate::metrics::Metrics;
 use crate::sse;
 
@@ -92,7 +93,9 @@ pub struct AppState {
     /// The site's store.
     pub store: Store,
     /// Live leases' expiries.
-    pub leases: Arc<LeaseIndex>,
+    pub leases: Arc<ExpiryIndex>,
+    /// Live tuples' expiries.
+    pub tuples: Arc<ExpiryIndex>,
     /// The API's settings.
     pub config: ApiConfig,
     /// Set once the server is stopping, so live streams end and graceful
@@ -116,13 +119,15 @@ impl AppState {
     /// Store read errors.
     pub async fn load(store: Store, config: ApiConfig) -> Result<AppState, pepper_storage::Error> {
         let leases = store.read(|v| v.leases()).await?;
+        let tuples = crate::pldb::load_tuple_index(&store).await?;
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let metrics = Arc::new(Metrics::default());
         let dispatcher =
             Dispatcher::spawn(store.clone(), metrics.clone(), stopping_rx, config.stream_buffer_events.max(1));
         Ok(AppState {
             store,
-            leases: Arc::new(LeaseIndex::new(&leases)),
+            leases: Arc::new(ExpiryIndex::of_leases(&leases)),
+            tuples: Arc::new(tuples),
             config,
             stopping: Arc::new(stopping),
             metrics,
@@ -162,6 +167,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leases/{id}/renew", post(lease::renew))
         .route("/v1/leases/{id}/events", get(sse::lease_events))
         .route("/v1/watch", get(sse::watch))
+        .route("/v1/tuples", get(crate::pldb::list).delete(crate::pldb::delete))
+        .route("/v1/tuples/history", get(crate::pldb::history))
         .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()) })
         .layer(axum::middleware::from_fn_with_state(state.requests_in_flight.clone(), limit_in_flight))
         .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track))
@@ -265,18 +272,29 @@ async fn publish(State(state): State<AppState>, headers: HeaderMap, body: Body) 
     let many = events.len() > 1;
     let mut bodies = Vec::with_capacity(events.len());
     let mut ids = Vec::with_capacity(events.len());
+    let mut tuple_writes = Vec::with_capacity(events.len());
     for (i, e) in events.into_iter().enumerate() {
         let event = e.into_event().map_err(|err| match many {
             true => ApiError::new(err.status(), err.code(), format!("event {}: {}", i + 1, err.message())),
             false => err,
         })?;
         ids.push(event.id.clone());
+        tuple_writes.push(event.tuple.as_ref().map(|t| (crate::pldb::index_key(&event.channel, &t.field), t.expires_at_us)));
         bodies.push(RecordBody::Event(event));
     }
-    // The append runs in its own task so a client that hangs up mid-commit
-    // cannot cancel it halfway: the outcome is the same either way.
-    let store = state.store.clone();
-    let appended = tokio::spawn(async move { store.append(bodies).await }).await.map_err(ApiError::task_failed)??;
+    // The append, and the tuple expiry index update after it, run in their
+    // own task so a client that hangs up mid-commit cannot cancel them
+    // halfway: the outcome is the same either way.
+    let st = state.clone();
+    let appended = tokio::spawn(async move {
+        let appended = st.store.append(bodies).await?;
+        if !appended.replayed {
+            crate::pldb::note_tuple_writes(&st.tuples, appended.first, &tuple_writes);
+        }
+        Ok::<_, pepper_storage::Error>(appended)
+    })
+    .await
+    .map_err(ApiError::task_failed)??;
     let mut answer = match single {
         true => json!({ "seq": appended.first, "id": ids[0] }),
         false => json!({ "first_seq": appended.first, "last_seq": appended.last, "ids": ids }),

@@ -3,6 +3,8 @@
 //!
 //! - `http`: the axum server, its routes, limits and shared state.
 //! - `lease`: granting, renewing, releasing and expiring leases.
+//! - `pldb`: tuples (latest values and history), their expiry, and `pldbget`.
+//! - `expiry`: the in-memory expiry index behind lease and tuple expiry.
 //! - `dispatch`: the one task that routes each committed event to the live
 //!   streams it matches.
 //! - `sse`: lease streams and watches (SSE and long-poll), from catch-up on
@@ -18,9 +20,11 @@
 mod dispatch;
 pub mod envelope;
 mod error;
+pub mod expiry;
 mod http;
 pub mod lease;
 mod metrics;
+pub mod pldb;
 mod sse;
 pub mod xml;
 
