@@ -87,6 +87,9 @@ pub(crate) struct Subscription {
     /// can be reused once a lease ends: an end record or an anycast
     /// assignment at or below it belongs to an earlier lease of that id.
     pub granted_seq: u64,
+    /// Whether the stream also carries tuple ends (`tuple.expired`,
+    /// `tuple.deleted`): a watch with `snapshot=true`.
+    pub tuples: bool,
 }
 
 /// What a log record means to one subscriber.
@@ -102,6 +105,9 @@ impl Subscription {
         let mut kinds = vec![Kind::Event];
         if self.lease.is_some() {
             kinds.extend([Kind::LeaseRelease, Kind::LeaseExpire]);
+        }
+        if self.tuples {
+            kinds.extend([Kind::TupleExpire, Kind::TupleDelete]);
         }
         Filter { kinds, ..Filter::default() }
     }
@@ -130,6 +136,9 @@ impl Subscription {
     pub(crate) fn wants(&self, record: &Record) -> Wants {
         match &record.body {
             Body::Event(e) if self.pattern.matches_name(&e.channel) && self.wants_event(record.seq, e) => Wants::Event,
+            Body::TupleExpire(t) | Body::TupleDelete(t) if self.tuples && self.pattern.matches_name(&t.channel) => {
+                Wants::Event
+            }
             Body::LeaseRelease(end) if self.ended_by(record.seq, &end.id) => Wants::LeaseEnded { reason: "released" },
             Body::LeaseExpire(end) if self.ended_by(record.seq, &end.id) => Wants::LeaseEnded { reason: "expired" },
             _ => Wants::Nothing,
@@ -147,10 +156,26 @@ pub(crate) struct Outgoing {
 }
 
 impl Outgoing {
+    /// An event, or a tuple's end (`tuple.expired` or `tuple.deleted`).
     pub(crate) fn from_record(record: &Record) -> Option<Outgoing> {
-        let out = EventOut::from_record(record)?;
-        let json = serde_json::to_string(&out).ok()?;
-        Some(Outgoing { seq: record.seq, event_type: out.event_type, json })
+        let (t, reason) = match &record.body {
+            Body::TupleExpire(t) => (t, pepper_storage::TombstoneReason::Expired),
+            Body::TupleDelete(t) => (t, pepper_storage::TombstoneReason::Deleted),
+            _ => {
+                let out = EventOut::from_record(record)?;
+                let json = serde_json::to_string(&out).ok()?;
+                return Some(Outgoing { seq: record.seq, event_type: out.event_type, json });
+            }
+        };
+        let gone = pepper_storage::Tombstone {
+            channel: t.channel.clone(),
+            field: t.field.clone(),
+            seq: record.seq,
+            time_us: record.time_us,
+            reason,
+        };
+        let json = crate::pldb::tombstone_json(&gone).to_string();
+        Some(Outgoing { seq: record.seq, event_type: format!("tuple.{}", reason.name()), json })
     }
 }
 
@@ -379,7 +404,8 @@ impl Task {
     /// The records the dispatcher reads: events, and the lease ends that
     /// close lease streams.
     fn filter() -> Filter {
-        Filter { kinds: vec![Kind::Event, Kind::LeaseRelease, Kind::LeaseExpire], ..Filter::default() }
+        let kinds = vec![Kind::Event, Kind::LeaseRelease, Kind::LeaseExpire, Kind::TupleExpire, Kind::TupleDelete];
+        Filter { kinds, ..Filter::default() }
     }
 
     fn join(&mut self, sub: Subscription, from: u64, position: u64, reply: oneshot::Sender<Live>) {
@@ -469,42 +495,47 @@ impl Task {
         }
     }
 
+    /// Sends `record`, on `channel`, to every subscriber whose pattern
+    /// covers the channel and that `wants` it.
+    fn route(&mut self, record: &Record, channel: &str, wants: impl Fn(&Subscription) -> bool) {
+        let Ok(channel) = Channel::parse(channel) else {
+            // The store takes only channels the router parses; anything else
+            // came from a damaged log.
+            tracing::warn!(seq = record.seq, %channel, "record on an unroutable channel");
+            return;
+        };
+        let mut hits = std::mem::take(&mut self.hits);
+        hits.clear();
+        self.trie.for_each_match(&channel, |id| hits.push(*id));
+        let mut out: Option<Arc<Outgoing>> = None;
+        let mut delivered = 0u64;
+        for &id in &hits {
+            let Some(entry) = self.subscribers.get(&id) else { continue };
+            if record.seq < entry.from || !wants(&entry.sub) {
+                continue;
+            }
+            let item = match &out {
+                Some(item) => item.clone(),
+                None => match Outgoing::from_record(record) {
+                    Some(o) => out.insert(Arc::new(o)).clone(),
+                    None => break,
+                },
+            };
+            if self.send(id, Item::Event(item), record.seq) {
+                delivered += 1;
+            }
+        }
+        self.hits = hits;
+        if delivered > 0 {
+            self.metrics.deliveries.inc_by(delivered);
+            self.metrics.delivery_lag.observe(self.store.last_seq().saturating_sub(record.seq) as f64);
+        }
+    }
+
     fn dispatch(&mut self, record: &Record) {
         match &record.body {
-            Body::Event(e) => {
-                let Ok(channel) = Channel::parse(&e.channel) else {
-                    // Published events were checked by the router; anything
-                    // else came from a damaged or foreign log.
-                    tracing::warn!(seq = record.seq, channel = %e.channel, "event on an unroutable channel");
-                    return;
-                };
-                let mut hits = std::mem::take(&mut self.hits);
-                hits.clear();
-                self.trie.for_each_match(&channel, |id| hits.push(*id));
-                let mut out: Option<Arc<Outgoing>> = None;
-                let mut delivered = 0u64;
-                for &id in &hits {
-                    let Some(entry) = self.subscribers.get(&id) else { continue };
-                    if record.seq < entry.from || !entry.sub.wants_event(record.seq, e) {
-                        continue;
-                    }
-                    let item = match &out {
-                        Some(item) => item.clone(),
-                        None => match Outgoing::from_record(record) {
-                            Some(o) => out.insert(Arc::new(o)).clone(),
-                            None => break,
-                        },
-                    };
-                    if self.send(id, Item::Event(item), record.seq) {
-                        delivered += 1;
-                    }
-                }
-                self.hits = hits;
-                if delivered > 0 {
-                    self.metrics.deliveries.inc_by(delivered);
-                    self.metrics.delivery_lag.observe(self.store.last_seq().saturating_sub(record.seq) as f64);
-                }
-            }
+            Body::Event(e) => self.route(record, &e.channel, |sub| sub.wants_event(record.seq, e)),
+            Body::TupleExpire(t) | Body::TupleDelete(t) => self.route(record, &t.channel, |sub| sub.tuples),
             Body::LeaseRelease(end) | Body::LeaseExpire(end) => {
                 let reason = if matches!(record.body, Body::LeaseRelease(_)) { "released" } else { "expired" };
                 for id in self.by_lease.get(&end.id).cloned().unwrap_or_default() {

@@ -103,7 +103,6 @@ impl ExpiryIndex {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +129,4 @@ mod tests {
         index.remove("a", 6); // a late, older removal must not erase it
         assert_eq!(ids(index.due(100, 10)), ["b", "a"]);
     }
-
 }

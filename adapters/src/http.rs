@@ -279,7 +279,8 @@ async fn publish(State(state): State<AppState>, headers: HeaderMap, body: Body) 
             false => err,
         })?;
         ids.push(event.id.clone());
-        tuple_writes.push(event.tuple.as_ref().map(|t| (crate::pldb::index_key(&event.channel, &t.field), t.expires_at_us)));
+        tuple_writes
+            .push(event.tuple.as_ref().map(|t| (crate::pldb::index_key(&event.channel, &t.field), t.expires_at_us)));
         bodies.push(RecordBody::Event(event));
     }
     // The append, and the tuple expiry index update after it, run in their

@@ -36,8 +36,8 @@ use axum::extract::{Query, State};
 use axum::Json;
 use pepper_router::Channel;
 use pepper_storage::{
-    now_us, Body, Error as StoreError, Event, FeedItem, Filter, HistoryEntry, HistoryRange, Kind, Order, Party,
-    Target, Tombstone, Tuple, TupleCursor, TupleEnd,
+    now_us, Body, Error as StoreError, Event, FeedItem, Filter, HistoryEntry, HistoryRange, Kind, Order, Party, Target,
+    Tombstone, Tuple, TupleCursor, TupleEnd,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -339,11 +339,9 @@ pub(crate) async fn delete(
     .await
     .map_err(ApiError::task_failed)?
     .map_err(|e| match e {
-        StoreError::NotFound { key, .. } => ApiError::new(
-            axum::http::StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no live tuple {key}"),
-        ),
+        StoreError::NotFound { key, .. } => {
+            ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", format!("no live tuple {key}"))
+        }
         other => other.into(),
     })?;
     Ok(Json(json!({ "seq": appended.first })))
@@ -366,10 +364,8 @@ pub(crate) fn note_tuple_writes(index: &ExpiryIndex, first: u64, writes: &[Optio
 /// [`TUPLE_EXPIRE_BATCH`].
 pub async fn expire_due_tuples(state: &AppState) {
     let due = state.tuples.due(now_us(), TUPLE_EXPIRIES_PER_TICK_MAX);
-    let tasks: Vec<_> = due
-        .chunks(TUPLE_EXPIRE_BATCH)
-        .map(|batch| tokio::spawn(expire_batch(state.clone(), batch.to_vec())))
-        .collect();
+    let tasks: Vec<_> =
+        due.chunks(TUPLE_EXPIRE_BATCH).map(|batch| tokio::spawn(expire_batch(state.clone(), batch.to_vec()))).collect();
     for t in tasks {
         let _ = t.await;
     }
@@ -409,8 +405,7 @@ async fn expire_batch(state: AppState, batch: Vec<(String, u64)>) {
             Err(StoreError::NotFound { .. }) => state.tuples.remove(&key, version),
             // Refreshed meanwhile: take the stored expiry.
             Err(StoreError::Conflict { .. }) => {
-                let Some((channel, field)) = split_index_key(&key).map(|(c, f)| (c.to_string(), f.to_string()))
-                else {
+                let Some((channel, field)) = split_index_key(&key).map(|(c, f)| (c.to_string(), f.to_string())) else {
                     continue;
                 };
                 if let Ok(Some(t)) = state.store.read(move |v| v.tuple(&channel, &field)).await {
@@ -553,10 +548,7 @@ mod tests {
     #[test]
     fn bounds_are_sequence_numbers_or_times() {
         assert_eq!(parse_bound("since", "42").ok(), Some(Bound::Seq(42)));
-        assert_eq!(
-            parse_bound("since", "2026-11-27T12:00:00Z").ok(),
-            Some(Bound::TimeUs(1_795_780_800_000_000))
-        );
+        assert_eq!(parse_bound("since", "2026-11-27T12:00:00Z").ok(), Some(Bound::TimeUs(1_795_780_800_000_000)));
         assert!(parse_bound("since", "yesterday").is_err());
     }
 }

@@ -46,7 +46,7 @@ use pepper_router::Pattern;
 use pepper_storage::{Feed, FeedItem, Record, Scan};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::dispatch::{Detach, Item, Live, Outgoing, Subscription, Wants, HANDOFF_LAG_MAX};
 use crate::envelope::{canonical_types, EventOut};
@@ -86,6 +86,8 @@ pub(crate) struct WatchQuery {
     channel: String,
     types: Option<String>,
     from_seq: Option<u64>,
+    #[serde(default)]
+    snapshot: bool,
 }
 
 /// The first sequence number to deliver: after `Last-Event-ID`, else
@@ -98,16 +100,7 @@ fn start_seq(
     default: u64,
     seen: u64,
 ) -> Result<u64, ApiError> {
-    let from = match headers.get("last-event-id") {
-        Some(v) => {
-            let text = v.to_str().unwrap_or_default().trim();
-            let last: u64 = text
-                .parse()
-                .map_err(|_| ApiError::invalid_query(format!("Last-Event-ID {text:?} is not a sequence number")))?;
-            last + 1
-        }
-        None => from_seq.unwrap_or(default),
-    };
+    let from = resume_from(headers, from_seq)?.unwrap_or(default);
     // `seen` is the sequence number the caller's view of the lease reflects:
     // starting at or before `seen + 1` guarantees the stream sees the
     // lease's end record, whenever it comes.
@@ -142,6 +135,7 @@ pub(crate) async fn lease_events(
         holder: Some(lease.holder.clone()),
         group: lease.group.clone(),
         granted_seq: lease.granted_seq,
+        tuples: false,
     };
     let from = start_seq(&state, &headers, q.from_seq, lease.from_seq.unwrap_or(lease.granted_seq + 1), seen)?;
     if q.wait_ms.is_some() || q.max.is_some() {
@@ -158,14 +152,139 @@ pub(crate) async fn watch(
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     let pattern = Pattern::parse(&q.channel).map_err(ApiError::bad_channel)?;
     let types = q.types.as_deref().map(|t| canonical_types(t.split(','))).unwrap_or_default();
+    let sub =
+        Subscription { pattern, types, lease: None, holder: None, group: None, granted_seq: 0, tuples: q.snapshot };
     let seen = state.store.last_seq();
-    let from = start_seq(&state, &headers, q.from_seq, seen + 1, seen)?;
-    sse(state, Subscription { pattern, types, lease: None, holder: None, group: None, granted_seq: 0 }, from)
+    if !q.snapshot {
+        let from = start_seq(&state, &headers, q.from_seq, seen + 1, seen)?;
+        return sse(state, sub, from);
+    }
+    // With a snapshot: a fresh watch gets every latest value, then the
+    // changes after exactly that snapshot. A resume continues from its
+    // position; one from before what retention kept gets the tuples changed
+    // since then, and the tombstones of those removed, instead of 410.
+    let Some(asked) = resume_from(&headers, q.from_seq)? else {
+        return sse_with_snapshot(state, sub, None);
+    };
+    match start_seq(&state, &headers, q.from_seq, seen + 1, seen) {
+        Ok(from) => sse(state, sub, from),
+        Err(e) if e.code() == "compacted" => sse_with_snapshot(state, sub, Some(asked)),
+        Err(e) => Err(e),
+    }
+}
+
+/// The position a resume asks for, if it asks.
+fn resume_from(headers: &HeaderMap, from_seq: Option<u64>) -> Result<Option<u64>, ApiError> {
+    match headers.get("last-event-id") {
+        Some(v) => {
+            let text = v.to_str().unwrap_or_default().trim();
+            let last: u64 = text
+                .parse()
+                .map_err(|_| ApiError::invalid_query(format!("Last-Event-ID {text:?} is not a sequence number")))?;
+            Ok(Some(last + 1))
+        }
+        None => Ok(from_seq),
+    }
+}
+
+/// Most snapshot items in flight between the reading thread and the stream.
+const SNAPSHOT_CHANNEL_ITEMS: usize = 1024;
+
+/// Tuples read per page while taking a snapshot.
+const SNAPSHOT_PAGE_TUPLES: usize = 1000;
+
+/// What the snapshot reader hands the stream.
+enum SnapshotItem {
+    Tuple(Box<pepper_storage::Tuple>),
+    Removed(Box<pepper_storage::Tombstone>),
+    /// The snapshot is complete, at this sequence number.
+    Done {
+        seq: u64,
+        tuples: u64,
+        removed: u64,
+    },
+    Failed(String),
+}
+
+/// Reads the latest values under `sub`'s pattern from one view, in pages,
+/// into a bounded channel: memory stays bounded however large the subtree.
+/// With `since`, only what changed at or after it, and the tombstones of
+/// tuples removed since.
+fn read_snapshot(state: &AppState, sub: &Subscription, since: Option<u64>) -> mpsc::Receiver<SnapshotItem> {
+    let (tx, rx) = mpsc::channel(SNAPSHOT_CHANNEL_ITEMS);
+    let (pattern, store) = (sub.pattern.clone(), state.store.clone());
+    tokio::spawn(async move {
+        let tx2 = tx.clone();
+        let result = store
+            .read(move |v| {
+                let prefix = pattern.literal_prefix();
+                let now = pepper_storage::now_us();
+                let min_seq = since.unwrap_or(0);
+                let (mut tuples, mut removed) = (0u64, 0u64);
+                let mut after = None;
+                loop {
+                    let page = v.latest(&prefix, after.as_ref(), SNAPSHOT_PAGE_TUPLES)?;
+                    for t in page.items {
+                        if pattern.matches_name(&t.channel) && t.seq >= min_seq && !crate::pldb::is_expired(&t, now) {
+                            tuples += 1;
+                            if tx.blocking_send(SnapshotItem::Tuple(Box::new(t))).is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    match page.next {
+                        Some(next) => after = Some(next),
+                        None => break,
+                    }
+                }
+                if since.is_some() {
+                    let mut after = None;
+                    loop {
+                        let page = v.tombstones(&prefix, after.as_ref(), SNAPSHOT_PAGE_TUPLES)?;
+                        for t in page.items {
+                            if pattern.matches_name(&t.channel) && t.seq >= min_seq {
+                                removed += 1;
+                                if tx.blocking_send(SnapshotItem::Removed(Box::new(t))).is_err() {
+                                    return Ok(());
+                                }
+                            }
+                        }
+                        match page.next {
+                            Some(next) => after = Some(next),
+                            None => break,
+                        }
+                    }
+                }
+                let _ = tx.blocking_send(SnapshotItem::Done { seq: v.seq(), tuples, removed });
+                Ok(())
+            })
+            .await;
+        if let Err(e) = result {
+            let _ = tx2.send(SnapshotItem::Failed(e.to_string())).await;
+        }
+    });
+    rx
+}
+
+fn sse_with_snapshot(state: AppState, sub: Subscription, since: Option<u64>) -> Result<Response, ApiError> {
+    let slot = take_slot(&state)?;
+    let rx = read_snapshot(&state, &sub, since);
+    let snapshot = Phase::Snapshot { rx, since };
+    Ok(stream(Subscriber { state, sub, phase: snapshot, _slot: slot }))
+}
+
+fn take_slot(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
+    state.subscriber_slots.clone().try_acquire_owned().map_err(|_| {
+        ApiError::overloaded(format!("the site already serves {SUBSCRIBERS_MAX} live streams; retry later"))
+    })
 }
 
 /// What a stream tells its client next.
 enum Out {
     Event(Arc<Outgoing>),
+    Tuple(Box<pepper_storage::Tuple>),
+    Removed(Box<pepper_storage::Tombstone>),
+    SnapshotDone { seq: u64, tuples: u64, removed: u64, since: Option<u64> },
     LeaseEnded { seq: u64, reason: &'static str },
     Compacted { earliest: u64 },
     Detached { why: Detach, resume_seq: u64 },
@@ -174,6 +293,12 @@ enum Out {
 
 /// Where a stream is on its way from its own cursor to the live stream.
 enum Phase {
+    /// Sending a snapshot of the latest values (`since`: only the changes
+    /// since then); the live part starts after its sequence number.
+    Snapshot {
+        rx: mpsc::Receiver<SnapshotItem>,
+        since: Option<u64>,
+    },
     CatchUp(Feed),
     /// Reading `[next, live.from)` from the log before the live buffer.
     Gap {
@@ -214,6 +339,19 @@ impl Subscriber {
         loop {
             match &mut self.phase {
                 Phase::Done => return None,
+                Phase::Snapshot { rx, since } => {
+                    let since = *since;
+                    match rx.recv().await {
+                        Some(SnapshotItem::Tuple(t)) => return Some(Out::Tuple(t)),
+                        Some(SnapshotItem::Removed(t)) => return Some(Out::Removed(t)),
+                        Some(SnapshotItem::Done { seq, tuples, removed }) => {
+                            self.phase = Phase::CatchUp(self.state.store.feed(seq + 1, self.sub.filter()));
+                            return Some(Out::SnapshotDone { seq, tuples, removed, since });
+                        }
+                        Some(SnapshotItem::Failed(message)) => return Some(Out::Failed(message)),
+                        None => return None,
+                    }
+                }
                 Phase::CatchUp(feed) if feed.lag() <= HANDOFF_LAG_MAX => {
                     let from = feed.position();
                     let Ok(live) = self.state.dispatcher.join(self.sub.clone(), from).await else { return None };
@@ -273,11 +411,13 @@ impl Subscriber {
 }
 
 fn sse(state: AppState, sub: Subscription, from: u64) -> Result<Response, ApiError> {
-    let slot = state.subscriber_slots.clone().try_acquire_owned().map_err(|_| {
-        ApiError::overloaded(format!("the site already serves {SUBSCRIBERS_MAX} live streams; retry later"))
-    })?;
+    let slot = take_slot(&state)?;
     let feed = state.store.feed(from, sub.filter());
-    let subscriber = Subscriber { state, sub, phase: Phase::CatchUp(feed), _slot: slot };
+    Ok(stream(Subscriber { state, sub, phase: Phase::CatchUp(feed), _slot: slot }))
+}
+
+/// The SSE response for a subscriber.
+fn stream(subscriber: Subscriber) -> Response {
     let stopping = subscriber.state.stopping();
     let stream = futures_util::stream::unfold((subscriber, stopping), |(mut s, mut stopping)| async move {
         let next = tokio::select! {
@@ -287,6 +427,20 @@ fn sse(state: AppState, sub: Subscription, from: u64) -> Result<Response, ApiErr
             _ = async { let _ = stopping.wait_for(|stop| *stop).await; } => None,
         };
         let event = match next? {
+            Out::Tuple(t) => SseEvent::default()
+                .event("tuple")
+                .data(serde_json::to_string(&crate::pldb::TupleJson::from(t.as_ref())).unwrap_or_default()),
+            Out::Removed(t) => SseEvent::default()
+                .event(format!("tuple.{}", t.reason.name()))
+                .data(crate::pldb::tombstone_json(&t).to_string()),
+            Out::SnapshotDone { seq, tuples, removed, since } => {
+                let mut data = json!({ "seq": seq, "tuples": tuples });
+                if let Some(since) = since {
+                    data["since"] = json!(since);
+                    data["removed"] = json!(removed);
+                }
+                SseEvent::default().id(seq.to_string()).event("pepper.snapshot").data(data.to_string())
+            }
             Out::Event(out) => {
                 SseEvent::default().id(out.seq.to_string()).event(out.event_type.as_str()).data(out.json.as_str())
             }
@@ -341,7 +495,7 @@ fn sse(state: AppState, sub: Subscription, from: u64) -> Result<Response, ApiErr
         };
         Some((Ok::<_, Infallible>(event), (s, stopping)))
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE)).into_response())
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE)).into_response()
 }
 
 async fn long_poll(

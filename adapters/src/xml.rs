@@ -303,6 +303,25 @@ fn text_element(w: &mut Writer<Vec<u8>>, name: &str, text: &str) {
     let _ = w.write_event(Event::End(BytesEnd::new(name)));
 }
 
+/// Writes a JSON value as element `name`: an object as child elements, an
+/// array as one element per item (so `{"attribute": [a, b]}` becomes two
+/// `<attribute>` elements, as in a PLDB reply), anything else as text.
+fn write_value(w: &mut Writer<Vec<u8>>, name: &str, v: &Value) {
+    match v {
+        Value::Array(items) => items.iter().for_each(|item| write_value(w, name, item)),
+        Value::Object(fields) => {
+            let _ = w.write_event(Event::Start(BytesStart::new(name)));
+            for (k, v) in fields {
+                write_value(w, k, v);
+            }
+            let _ = w.write_event(Event::End(BytesEnd::new(name)));
+        }
+        Value::String(s) => text_element(w, name, s),
+        Value::Null => text_element(w, name, ""),
+        other => text_element(w, name, &other.to_string()),
+    }
+}
+
 fn write_event(w: &mut Writer<Vec<u8>>, e: &EventOut, with_ns: bool) {
     let mut start = BytesStart::new("event");
     if with_ns {
@@ -333,14 +352,9 @@ fn write_event(w: &mut Writer<Vec<u8>>, e: &EventOut, with_ns: bool) {
     payload.push_attribute(("xmlns", ns.as_str()));
     let _ = w.write_event(Event::Start(payload));
     match &e.payload {
-        Value::Object(fields) if fields.values().all(|v| !v.is_object() && !v.is_array()) => {
+        Value::Object(fields) => {
             for (k, v) in fields {
-                let text = match v {
-                    Value::String(s) => s.clone(),
-                    Value::Null => String::new(),
-                    other => other.to_string(),
-                };
-                text_element(w, k, &text);
+                write_value(w, k, v);
             }
         }
         Value::String(s) => {

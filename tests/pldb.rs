@@ -1,0 +1,320 @@
+//! PLDB against the real binary: tuples from attribute events, latest and
+//! history queries, expiry, delete, snapshot-then-watch, resume from before
+//! retention, and pldbget over channels.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{eventually, Server, SseReader};
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+
+fn attr(http: &Client, server: &Server, channel: &str, field: &str, value: &str, expire: Option<u64>) -> u64 {
+    let mut payload = json!({"field": field, "value": value});
+    if let Some(e) = expire {
+        payload["expire"] = json!(e);
+    }
+    let res: Value = http
+        .post(server.at("/v1/events"))
+        .json(&json!({"channel": channel, "type": "attribute", "from": {"service": "agent", "instance": "h1"},
+                      "payload": payload}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    res["seq"].as_u64().unwrap_or_else(|| panic!("{res}"))
+}
+
+fn get(http: &Client, server: &Server, path: &str) -> Value {
+    let res = http.get(server.at(path)).send().unwrap();
+    assert_eq!(res.status(), 200, "{path}");
+    res.json().unwrap()
+}
+
+fn fields(page: &Value) -> Vec<(String, String, String)> {
+    page["tuples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["channel"].as_str().unwrap().to_string(),
+                t["field"].as_str().unwrap().to_string(),
+                t["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn latest_values_history_and_paging() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    let h1 = "/lab.org/node/h1/";
+    let s1 = attr(&http, &server, h1, "load", "0.5", None);
+    let s2 = attr(&http, &server, h1, "load", "0.5", None); // repeat: refresh only
+    let s3 = attr(&http, &server, h1, "load", "0.7", None);
+    attr(&http, &server, h1, "mem", "512", None);
+    attr(&http, &server, "/lab.org/node/h1/packages/", "bash", "5.2", None);
+    attr(&http, &server, "/lab.org/node/h2/", "load", "1.0", None);
+    // XML attribute payloads set tuples too.
+    let xml = r#"<event xmlns="http://psepr.org/xs/event"><to><channel>/lab.org/node/h2/</channel></to>
+        <from><service>agent</service><instance>h2</instance></from>
+        <payload xmlns="http://psepr.org/xs/payload/attribute"><field>mem</field><value>2048</value></payload></event>"#;
+    let res = http.post(server.at("/v1/events")).header("content-type", "application/xml").body(xml).send().unwrap();
+    assert_eq!(res.status(), 200);
+
+    // The channel itself, without its subtree.
+    let page = get(&http, &server, "/v1/tuples?channel=/lab.org/node/h1/");
+    assert_eq!(
+        fields(&page),
+        [
+            (h1.to_string(), "load".to_string(), "0.7".to_string()),
+            (h1.to_string(), "mem".to_string(), "512".to_string())
+        ]
+    );
+    assert!(page["seq"].as_u64().unwrap() >= s3);
+    assert_eq!(page["tuples"][0]["seq"], s3);
+    assert_eq!(page["tuples"][0]["source"]["service"], "agent");
+    // The subtree, and one field.
+    assert_eq!(fields(&get(&http, &server, "/v1/tuples?channel=/lab.org/node/&recursive=true")).len(), 5);
+    let one = get(&http, &server, "/v1/tuples?channel=/lab.org/node/h2/&field=mem");
+    assert_eq!(fields(&one), [("/lab.org/node/h2/".to_string(), "mem".to_string(), "2048".to_string())]);
+    // Paging with a cursor covers the subtree once, in order.
+    let mut seen = Vec::new();
+    let mut path = "/v1/tuples?channel=/lab.org/&recursive=true&limit=2".to_string();
+    loop {
+        let page = get(&http, &server, &path);
+        seen.extend(fields(&page));
+        match page["next_cursor"].as_str() {
+            Some(c) => path = format!("/v1/tuples?channel=/lab.org/&recursive=true&limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5);
+    assert!(seen.windows(2).all(|w| (&w[0].0, &w[0].1) < (&w[1].0, &w[1].1)));
+
+    // History: changes only, by sequence number or time, either order.
+    let hist = |q: &str| -> Vec<u64> {
+        get(&http, &server, &format!("/v1/tuples/history?channel={h1}&field=load{q}"))["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["seq"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(hist(""), [s1, s3], "the repeat at {s2} adds no history row");
+    assert_eq!(hist("&order=desc"), [s3, s1]);
+    assert_eq!(hist(&format!("&since={}", s1 + 1)), [s3]);
+    assert_eq!(hist(&format!("&until={s2}")), [s1]);
+    assert_eq!(hist("&since=2000-01-01T00:00:00Z&limit=1"), [s1]);
+    assert_eq!(hist("&until=2000-01-01T00:00:00Z"), Vec::<u64>::new());
+
+    // Bad queries are 400 with a message and change nothing.
+    for (q, needle) in [
+        ("/v1/tuples?channel=nope/", "start with '/'"),
+        ("/v1/tuples?channel=/a.org/&limit=0", "limit"),
+        ("/v1/tuples?channel=/a.org/&cursor=zz", "cursor"),
+        ("/v1/tuples/history?channel=/a.org/&field=f&since=soon", "since"),
+        ("/v1/tuples/history?channel=/a.org/&field=f&order=up", "order"),
+    ] {
+        let res = http.get(server.at(q)).send().unwrap();
+        assert_eq!(res.status(), 400, "{q}");
+        let err: Value = res.json().unwrap();
+        assert!(err["error"]["message"].as_str().unwrap().contains(needle), "{q}: {err}");
+    }
+    let bad = http
+        .post(server.at("/v1/events"))
+        .json(&json!({"channel": h1, "type": "attribute", "payload": {"value": "x"}}))
+        .send()
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+
+    // Delete: the tuple leaves the latest values, its history stays.
+    let res = http.delete(server.at(&format!("/v1/tuples?channel={h1}&field=mem"))).send().unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(fields(&get(&http, &server, "/v1/tuples?channel=/lab.org/node/h1/")).len(), 1);
+    let again = http.delete(server.at(&format!("/v1/tuples?channel={h1}&field=mem"))).send().unwrap();
+    assert_eq!(again.status(), 404);
+    assert_eq!(
+        get(&http, &server, &format!("/v1/tuples/history?channel={h1}&field=mem"))["history"][0]["value"],
+        "512"
+    );
+}
+
+#[test]
+fn an_expired_tuple_leaves_the_latest_values_and_keeps_its_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    let ch = "/lab.org/node/h1/";
+    let mut watch = SseReader::open(&server.at(&format!("/v1/watch?channel={ch}&snapshot=true")), &[]);
+    assert_eq!(watch.next().unwrap().event, "pepper.snapshot");
+    attr(&http, &server, ch, "uptime", "10", Some(1));
+    attr(&http, &server, ch, "kernel", "6.1", None);
+    assert_eq!(fields(&get(&http, &server, &format!("/v1/tuples?channel={ch}"))).len(), 2);
+    assert!(eventually(Duration::from_secs(3), || {
+        fields(&get(&http, &server, &format!("/v1/tuples?channel={ch}"))).len() == 1
+    }));
+    let hist = get(&http, &server, &format!("/v1/tuples/history?channel={ch}&field=uptime"));
+    assert_eq!(hist["history"].as_array().unwrap().len(), 1);
+    // The watch saw both sets, then the expiry record on the channel.
+    let kinds: Vec<String> = (0..3).map(|_| watch.next().unwrap().event).collect();
+    assert_eq!(kinds, ["attribute", "attribute", "tuple.expired"]);
+    // Refreshing before the expiry keeps a tuple alive.
+    attr(&http, &server, ch, "uptime", "11", Some(2));
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(700));
+        attr(&http, &server, ch, "uptime", "11", Some(2));
+    }
+    assert_eq!(fields(&get(&http, &server, &format!("/v1/tuples?channel={ch}&field=uptime"))).len(), 1);
+}
+
+/// The snapshot and the live changes after it meet exactly: applying both
+/// gives the final state, and every change after the snapshot arrives once.
+#[test]
+fn snapshot_then_watch_has_no_gap_under_concurrent_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    for n in 0..200 {
+        attr(&http, &server, &format!("/lab.org/node/h{}/", n % 20), &format!("f{n}"), "0", None);
+    }
+    let url = server.at("/v1/events");
+    let writer = std::thread::spawn(move || {
+        let http = Client::new();
+        let mut seqs = Vec::new();
+        for i in 1..=300u64 {
+            let n = (i * 7) % 200;
+            let body = json!({"channel": format!("/lab.org/node/h{}/", n % 20), "type": "attribute",
+                              "payload": {"field": format!("f{n}"), "value": i.to_string()}});
+            let res: Value = http.post(&url).json(&body).send().unwrap().json().unwrap();
+            seqs.push(res["seq"].as_u64().unwrap());
+        }
+        seqs
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let mut watch = SseReader::open(&server.at("/v1/watch?channel=/lab.org/&snapshot=true"), &[]);
+    let mut state: BTreeMap<(String, String), String> = BTreeMap::new();
+    let snapshot_seq = loop {
+        let e = watch.next().unwrap();
+        match e.event.as_str() {
+            "tuple" => {
+                let t = e.json();
+                state.insert(
+                    (t["channel"].as_str().unwrap().into(), t["field"].as_str().unwrap().into()),
+                    t["value"].as_str().unwrap().into(),
+                );
+            }
+            "pepper.snapshot" => break e.id.unwrap().parse::<u64>().unwrap(),
+            other => panic!("{other} before the snapshot ended"),
+        }
+    };
+    assert_eq!(state.len(), 200);
+    let written = writer.join().unwrap();
+    let after: Vec<u64> = written.iter().copied().filter(|s| *s > snapshot_seq).collect();
+    for want in &after {
+        let e = watch.next().unwrap();
+        assert_eq!(e.id.as_deref().unwrap().parse::<u64>().unwrap(), *want, "in order, none skipped");
+        let ev = e.json();
+        state.insert(
+            (ev["channel"].as_str().unwrap().into(), ev["payload"]["field"].as_str().unwrap().into()),
+            ev["payload"]["value"].as_str().unwrap().into(),
+        );
+    }
+    let mut final_state = BTreeMap::new();
+    let mut path = "/v1/tuples?channel=/lab.org/&recursive=true&limit=1000".to_string();
+    loop {
+        let page = get(&http, &server, &path);
+        for (c, f, v) in fields(&page) {
+            final_state.insert((c, f), v);
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => path = format!("/v1/tuples?channel=/lab.org/&recursive=true&limit=1000&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(state, final_state);
+}
+
+/// A watch that resumes from a position retention already trimmed gets
+/// what changed since then, removals included, instead of 410.
+#[test]
+fn a_resume_from_before_retention_gets_the_changes_since() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--log-max-bytes", "4000", "--retention-interval-s", "1"]);
+    let http = Client::new();
+    let ch = "/lab.org/node/h1/";
+    attr(&http, &server, ch, "old", "1", None);
+    attr(&http, &server, ch, "gone", "1", None);
+    let mark = attr(&http, &server, ch, "marker", "1", None);
+    attr(&http, &server, ch, "new", "2", None);
+    assert_eq!(http.delete(server.at(&format!("/v1/tuples?channel={ch}&field=gone"))).send().unwrap().status(), 200);
+    // Push the log past its byte limit so retention trims past `mark`.
+    for n in 0..60 {
+        attr(&http, &server, "/lab.org/filler/", &format!("x{n}"), &"v".repeat(100), None);
+    }
+    assert!(eventually(Duration::from_secs(10), || {
+        get(&http, &server, "/v1/health")["earliest_seq"].as_u64().unwrap() > mark + 1
+    }));
+    let plain = http.get(server.at(&format!("/v1/watch?channel={ch}&from_seq={}", mark + 1))).send().unwrap();
+    assert_eq!(plain.status(), 410, "without a snapshot, a trimmed start is 410");
+    let mut watch =
+        SseReader::open(&server.at(&format!("/v1/watch?channel={ch}&snapshot=true&from_seq={}", mark + 1)), &[]);
+    let mut got = Vec::new();
+    loop {
+        let e = watch.next().unwrap();
+        if e.event == "pepper.snapshot" {
+            assert_eq!(e.json()["since"], mark + 1);
+            break;
+        }
+        got.push((e.event.clone(), e.json()["field"].as_str().unwrap().to_string()));
+    }
+    got.sort();
+    assert_eq!(got, [("tuple".to_string(), "new".to_string()), ("tuple.deleted".to_string(), "gone".to_string())]);
+}
+
+#[test]
+fn pldbget_is_answered_on_the_reply_channel_with_relative_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    attr(&http, &server, "/lab.org/node/h1/", "load", "0.5", Some(90));
+    attr(&http, &server, "/lab.org/node/h1/packages/", "bash", "5.2", None);
+    attr(&http, &server, "/lab.org/node/h2/", "load", "9", None);
+    let mut replies = SseReader::open(&server.at("/v1/watch?channel=/client.org/replies/"), &[]);
+    let res = http
+        .post(server.at("/v1/events"))
+        .json(&json!({"channel": "/pldb/", "type": "http://psepr.org/xs/payload/pldbget",
+                      "from": {"service": "cli", "instance": "1"},
+                      "payload": {"channel": "/lab.org/node/h1/", "reply": "/client.org/replies/"}}))
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let reply = replies.next().unwrap();
+    assert_eq!(reply.event, "pldbattrlist");
+    let body = reply.json();
+    assert_eq!(body["channel"], "/client.org/replies/");
+    assert_eq!(body["to"]["service"], "cli");
+    let attrs: Vec<(String, String)> = body["payload"]["attribute"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["field"].as_str().unwrap().to_string(), a["value"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(attrs, [("load".to_string(), "0.5".to_string()), ("packages/bash".to_string(), "5.2".to_string())]);
+    assert!(body["payload"]["attribute"][0]["expire"].as_u64().unwrap() <= 90);
+    // The reply also reads as PsEPR XML.
+    let xml = http
+        .get(server.at("/v1/events?channel=/client.org/replies/"))
+        .header("accept", "application/xml")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(xml.contains("<attribute><field>packages/bash</field>"), "{xml}");
+}
