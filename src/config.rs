@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// A TOML file of settings (see the README); flags override it.
     #[arg(long, env = "PEPPER_CONFIG")]
     config: Option<PathBuf>,
+    /// Also run the node agent: publish this host's state to this site, on
+    /// `/<site>/node/<hostname>/`.
+    #[arg(long, env = "PEPPER_AGENT")]
+    agent: bool,
     /// Folder of the site's store; created if missing [default: ./pepper-data].
     #[arg(long, env = "PEPPER_DATA")]
     data: Option<PathBuf>,
@@ -119,6 +123,7 @@ struct FileConfig {
     lease_ttl_max_s: Option<u64>,
     stream_buffer_events: Option<u64>,
     dedupe_window_s: Option<u64>,
+    agent: Option<bool>,
     #[serde(default)]
     retention: FileRetention,
 }
@@ -143,6 +148,8 @@ pub struct Site {
     pub options: Options,
     /// The API's settings.
     pub api: pepper_adapters::ApiConfig,
+    /// Whether to run the node agent too.
+    pub agent: bool,
 }
 
 /// Merges flags, the config file and defaults.
@@ -195,5 +202,6 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
         listen,
         options,
         api: pepper_adapters::ApiConfig { lease_ttl_max_s, stream_buffer_events },
+        agent: args.agent || file.agent.unwrap_or(false),
     })
 }

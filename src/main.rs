@@ -6,7 +6,6 @@
 //! site named after the host, with its data in `./pepper-data`, listening on
 //! 127.0.0.1:7171.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -14,8 +13,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod agent;
 mod config;
-use pepper_storage::{Options, Store};
+use pepper_storage::Store;
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +57,50 @@ enum Command {
         /// Start at this sequence number instead of with the next event.
         #[arg(long)]
         from_seq: Option<u64>,
+        /// The site to talk to.
+        #[arg(long, env = "PEPPER_SERVER", default_value = "http://127.0.0.1:7171")]
+        server: String,
+    },
+    /// Publish this host's state (load, memory, uptime, kernel, CPUs,
+    /// installed packages, kernel checksum) to a site as PLDB attributes,
+    /// on `/<authority>/node/<hostname>/`, whenever a value changes.
+    Agent {
+        /// The site to publish to.
+        #[arg(long, env = "PEPPER_SERVER", default_value = "http://127.0.0.1:7171")]
+        server: String,
+        /// The naming authority of the node channel.
+        #[arg(long, default_value = "local")]
+        authority: String,
+        /// Seconds between looks for changes.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+        interval_s: u64,
+        /// Seconds each value lives unless refreshed (the agent refreshes
+        /// every third of it).
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(3..))]
+        expire_s: u64,
+        /// Read the host's files under this folder instead of `/`.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
+    /// Print the latest values under a channel, or one tuple's history.
+    Tuples {
+        /// The channel, such as /local/node/host1/.
+        channel: String,
+        /// One field only.
+        #[arg(long)]
+        field: Option<String>,
+        /// The whole subtree under the channel.
+        #[arg(long, short)]
+        recursive: bool,
+        /// The field's history instead of its latest value.
+        #[arg(long, requires = "field")]
+        history: bool,
+        /// History from this sequence number or RFC 3339 time.
+        #[arg(long, requires = "history")]
+        since: Option<String>,
+        /// History up to this sequence number or RFC 3339 time.
+        #[arg(long, requires = "history")]
+        until: Option<String>,
         /// The site to talk to.
         #[arg(long, env = "PEPPER_SERVER", default_value = "http://127.0.0.1:7171")]
         server: String,
@@ -120,13 +164,22 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => {
-            config::resolve(args).and_then(|site| serve(site.data, site.listen, site.options, site.api))
-        }
+        Command::Serve(args) => config::resolve(args).and_then(serve),
         Command::Check { data } => check(&data),
         Command::Send(args) => send(args),
         Command::Watch { channel, types, from_seq, server } => watch(&server, &channel, types.as_deref(), from_seq),
         Command::Leases { server } => leases(&server),
+        Command::Agent { server, authority, interval_s, expire_s, root } => agent::run(agent::AgentConfig {
+            server,
+            authority,
+            interval: Duration::from_secs(interval_s),
+            expire_s,
+            root,
+        })
+        .map(|()| ExitCode::SUCCESS),
+        Command::Tuples { channel, field, recursive, history, since, until, server } => {
+            tuples(&server, &channel, field.as_deref(), recursive, history.then_some((since, until)))
+        }
     };
     match result {
         Ok(code) => code,
@@ -228,6 +281,70 @@ fn leases(server: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Prints latest values (following every page) or one tuple's history.
+fn tuples(
+    server: &str,
+    channel: &str,
+    field: Option<&str>,
+    recursive: bool,
+    history: Option<(Option<String>, Option<String>)>,
+) -> anyhow::Result<ExitCode> {
+    let http = reqwest::blocking::Client::new();
+    let root = server.trim_end_matches('/');
+    if let (Some((since, until)), Some(field)) = (history, field) {
+        let mut query = vec![("channel", channel.to_string()), ("field", field.to_string()), ("limit", "1000".into())];
+        query.extend(since.map(|s| ("since", s)));
+        query.extend(until.map(|u| ("until", u)));
+        let res = http.get(format!("{root}/v1/tuples/history")).query(&query).send();
+        let res = res.with_context(|| format!("cannot reach {server}"))?;
+        if !res.status().is_success() {
+            return answer(res);
+        }
+        let body: serde_json::Value = res.json().context("the server's answer is not JSON")?;
+        for h in body["history"].as_array().into_iter().flatten() {
+            println!(
+                "{:>10}  {}  {}",
+                h["seq"],
+                h["time"].as_str().unwrap_or_default(),
+                h["value"].as_str().unwrap_or_default()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut cursor: Option<String> = None;
+    let mut count = 0usize;
+    loop {
+        let mut query = vec![("channel", channel.to_string()), ("limit", "1000".to_string())];
+        query.extend(field.map(|f| ("field", f.to_string())));
+        if recursive {
+            query.push(("recursive", "true".into()));
+        }
+        query.extend(cursor.take().map(|c| ("cursor", c)));
+        let res = http.get(format!("{root}/v1/tuples")).query(&query).send();
+        let res = res.with_context(|| format!("cannot reach {server}"))?;
+        if !res.status().is_success() {
+            return answer(res);
+        }
+        let body: serde_json::Value = res.json().context("the server's answer is not JSON")?;
+        for t in body["tuples"].as_array().into_iter().flatten() {
+            count += 1;
+            println!(
+                "{}{}  {}",
+                t["channel"].as_str().unwrap_or_default(),
+                t["field"].as_str().unwrap_or_default(),
+                t["value"].as_str().unwrap_or_default()
+            );
+        }
+        match body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => {
+                eprintln!("{count} tuple(s) as of seq {}", body["seq"]);
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+}
+
 /// Longest wait between reconnection attempts of `pepper watch`.
 const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -317,12 +434,8 @@ pub(crate) fn host_name() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-fn serve(
-    data: PathBuf,
-    listen: SocketAddr,
-    options: Options,
-    config: pepper_adapters::ApiConfig,
-) -> anyhow::Result<ExitCode> {
+fn serve(site: config::Site) -> anyhow::Result<ExitCode> {
+    let config::Site { data, listen, options, api: config, agent } = site;
     let store = Store::open(&data, options).with_context(|| format!("cannot open the store in {}", data.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -330,6 +443,23 @@ fn serve(
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         println!("listening on http://{addr}");
+        if agent {
+            // The agent talks to this site over loopback like any client.
+            let port = addr.port();
+            let authority = store.site().to_string();
+            std::thread::Builder::new().name("pepper-agent".into()).spawn(move || {
+                let config = agent::AgentConfig {
+                    server: format!("http://127.0.0.1:{port}"),
+                    authority,
+                    interval: Duration::from_secs(10),
+                    expire_s: 300,
+                    root: PathBuf::from("/"),
+                };
+                if let Err(e) = agent::run(config) {
+                    tracing::error!(error = %format!("{e:#}"), "the node agent stopped");
+                }
+            })?;
+        }
         tracing::info!(%addr, site = store.site(), data = %data.display(), "pepper serving");
         let state = pepper_adapters::AppState::load(store.clone(), config).await?;
         let expiry = tokio::spawn(pepper_adapters::lease::run_expiry(state.clone()));

@@ -318,3 +318,29 @@ fn pldbget_is_answered_on_the_reply_channel_with_relative_fields() {
         .unwrap();
     assert!(xml.contains("<attribute><field>packages/bash</field>"), "{xml}");
 }
+
+/// `pepper serve --agent` shows this machine's state in PLDB within
+/// seconds, and `pepper tuples` prints it.
+#[test]
+fn the_agent_publishes_this_host_and_pepper_tuples_prints_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--agent"]);
+    let http = Client::new();
+    let mut tuples = Vec::new();
+    assert!(eventually(Duration::from_secs(10), || {
+        tuples = fields(&get(&http, &server, "/v1/tuples?channel=/test-site/node/&recursive=true&limit=1000"));
+        tuples.iter().any(|(_, f, _)| f == "kernel")
+    }));
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert!(tuples.iter().any(|(_, f, v)| f == "kernel" && v == kernel.trim()), "{tuples:?}");
+    for field in ["load1", "mem_total_kb", "cpus", "uptime_min"] {
+        assert!(tuples.iter().any(|(_, f, _)| f == field), "{field} missing from {tuples:?}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pepper"))
+        .args(["tuples", "/test-site/node/", "--recursive", "--server", &server.url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.contains("/kernel  ") || l.ends_with(kernel.trim())), "{text}");
+}
