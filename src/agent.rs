@@ -279,6 +279,7 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -20,6 +20,13 @@
 //! history_max_count = 1000
 //! history_max_age_s = 2592000
 //! interval_s = 10
+//!
+//! # History limits for a channel subtree; the longest matching prefix
+//! # wins, and a limit left out keeps everything for that subtree.
+//! [[retention.history]]
+//! prefix = "/example.com/node/"
+//! max_count = 100
+//! max_age_s = 86400
 //! ```
 //!
 //! Unknown keys are refused, so a misspelt setting never silently falls
@@ -136,6 +143,16 @@ struct FileRetention {
     history_max_count: Option<u64>,
     history_max_age_s: Option<u64>,
     interval_s: Option<u64>,
+    #[serde(default)]
+    history: Vec<FileHistoryRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHistoryRule {
+    prefix: String,
+    max_count: Option<u64>,
+    max_age_s: Option<u64>,
 }
 
 /// Everything `serve` needs, resolved.
@@ -185,6 +202,19 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
         log_max_bytes: args.log_max_bytes.or(r.log_max_bytes),
         history_max_count: args.history_max_count.or(r.history_max_count),
         history_max_age: args.history_max_age_s.or(r.history_max_age_s).map(Duration::from_secs),
+        history_rules: r
+            .history
+            .into_iter()
+            .map(|rule| {
+                pepper_router::Channel::parse(&rule.prefix)
+                    .with_context(|| format!("retention.history prefix {:?}", rule.prefix))?;
+                Ok(pepper_storage::HistoryRule {
+                    prefix: rule.prefix,
+                    max_count: rule.max_count,
+                    max_age: rule.max_age_s.map(Duration::from_secs),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?,
         interval: Duration::from_secs(interval_s),
         ..Retention::default()
     };

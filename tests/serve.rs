@@ -117,6 +117,8 @@ fn a_config_file_sets_what_flags_leave_out() {
     };
     let err = refused("lease_ttl_max = 7\n");
     assert!(err.contains("invalid config file") && err.contains("lease_ttl_max"), "{err}");
+    let err = refused("[[retention.history]]\nprefix = \"nope\"\nmax_count = 3\n");
+    assert!(err.contains("retention.history prefix"), "{err}");
     let err = refused("stream_buffer_events = 0\n");
     assert!(err.contains("stream_buffer_events must be 1 to 1048576"), "{err}");
 }

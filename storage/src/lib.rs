@@ -36,7 +36,7 @@ pub use record::{
     Body, Distribution, DocDelete, DocPut, Event, Kind, LeaseEnd, LeaseGrant, LeaseRenew, Party, Record, Target,
     TupleEnd, TupleSet, TupleUpdate, TupleWrite, RECORD_VERSION,
 };
-pub use retention::{Retention, RetentionReport};
+pub use retention::{HistoryRule, Retention, RetentionReport};
 pub use rows::{Doc, HistoryEntry, Lease, Tombstone, TombstoneReason, Tuple, ROW_VERSION};
 pub use store::{
     now_us, Durability, Options, StatsSnapshot, Store, DEDUPE_WINDOW_DEFAULT, FORMAT_VERSION,

@@ -53,6 +53,10 @@ pub struct Retention {
     pub history_max_count: Option<u64>,
     /// Drop history rows older than this.
     pub history_max_age: Option<Duration>,
+    /// Limits for channel subtrees that differ from the two above. The
+    /// longest prefix that matches a tuple's channel decides, and a rule's
+    /// `None` keeps everything along that axis for its subtree.
+    pub history_rules: Vec<HistoryRule>,
     /// How often the background task runs a pass.
     pub interval: Duration,
     /// Most history iterator steps one pass takes before it stops at a tuple
@@ -67,6 +71,7 @@ impl Default for Retention {
             log_max_bytes: None,
             history_max_count: None,
             history_max_age: None,
+            history_rules: Vec::new(),
             interval: RETENTION_INTERVAL_DEFAULT,
             history_steps_per_pass: HISTORY_TRIM_STEPS_MAX,
         }
@@ -76,11 +81,34 @@ impl Default for Retention {
 impl Retention {
     /// Whether the policy trims anything at all.
     pub fn is_enabled(&self) -> bool {
-        self.log_max_age.is_some()
-            || self.log_max_bytes.is_some()
-            || self.history_max_count.is_some()
-            || self.history_max_age.is_some()
+        self.log_max_age.is_some() || self.log_max_bytes.is_some() || self.trims_history()
     }
+
+    fn trims_history(&self) -> bool {
+        self.history_max_count.is_some()
+            || self.history_max_age.is_some()
+            || self.history_rules.iter().any(|r| r.max_count.is_some() || r.max_age.is_some())
+    }
+
+    /// The history limits (count, age) for tuples on `channel`.
+    pub fn history_limits(&self, channel: &str) -> (Option<u64>, Option<Duration>) {
+        self.history_rules
+            .iter()
+            .filter(|r| channel.starts_with(r.prefix.as_str()))
+            .max_by_key(|r| r.prefix.len())
+            .map_or((self.history_max_count, self.history_max_age), |r| (r.max_count, r.max_age))
+    }
+}
+
+/// History limits for one channel subtree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryRule {
+    /// The channel prefix, such as `/example.com/node/`.
+    pub prefix: String,
+    /// Keep at most this many rows per (channel, field).
+    pub max_count: Option<u64>,
+    /// Drop rows older than this.
+    pub max_age: Option<Duration>,
 }
 
 /// What one pass removed.
@@ -225,8 +253,7 @@ fn plan_history(
     plan: &mut TrimPlan,
     report: &mut RetentionReport,
 ) -> Result<()> {
-    let age_cut = cutoff(now_us, policy.history_max_age);
-    if age_cut.is_none() && policy.history_max_count.is_none() {
+    if !policy.trims_history() {
         return Ok(());
     }
     let mut resume = shared.history_resume.lock().map_err(|_| Error::Closed)?;
@@ -252,6 +279,9 @@ fn plan_history(
             report.history_resumes = true;
             break;
         }
+        let channel = keys::split_tuple_key(&prefix).map_or("", |(c, _)| c);
+        let (max_count, max_age) = policy.history_limits(channel);
+        let age_cut = cutoff(now_us, max_age);
         let mut cut: Option<Vec<u8>> = None;
         if let Some(age_cut) = age_cut {
             // Old rows are a prefix of the run: walk until the first young one.
@@ -274,7 +304,7 @@ fn plan_history(
                 break;
             }
         }
-        if let Some(max) = policy.history_max_count {
+        if let Some(max) = max_count {
             // Walk back over the `max` newest rows; anything older goes.
             it.seek_for_prev(&end);
             let mut oldest_kept = end.clone();

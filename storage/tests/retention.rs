@@ -76,6 +76,48 @@ async fn history_by_count_and_age_never_touches_latest() {
     assert!(report.is_ok(), "{report}");
 }
 
+/// History limits per channel prefix: the longest matching prefix decides,
+/// the global limits apply elsewhere, and a rule without limits keeps all.
+#[tokio::test]
+async fn history_limits_follow_the_longest_matching_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..10 {
+        let v = i.to_string();
+        store
+            .append(vec![
+                tuple("/a.org/node/h1/", "x", &v),
+                tuple("/a.org/node/h1/packages/", "p", &v),
+                tuple("/a.org/other/", "o", &v),
+                tuple("/b.org/", "b", &v),
+            ])
+            .await
+            .unwrap();
+    }
+    let rule = |prefix: &str, max_count| HistoryRule { prefix: prefix.into(), max_count, max_age: None };
+    let policy = Retention {
+        history_max_count: Some(5),
+        history_rules: vec![
+            rule("/a.org/", Some(2)),
+            rule("/a.org/node/h1/packages/", None),
+            rule("/a.org/node/", Some(3)),
+        ],
+        ..Retention::default()
+    };
+    assert_eq!(policy.history_limits("/a.org/node/h1/"), (Some(3), None));
+    store.enforce_retention(&policy, now_us()).await.unwrap();
+    let count = |c: &'static str, f: &'static str| {
+        let store = store.clone();
+        async move { store.read(move |v| v.history(c, f, HistoryRange::default())).await.unwrap().len() }
+    };
+    assert_eq!(count("/a.org/node/h1/", "x").await, 3, "/a.org/node/ beats /a.org/");
+    assert_eq!(count("/a.org/node/h1/packages/", "p").await, 10, "a rule without limits keeps everything");
+    assert_eq!(count("/a.org/other/", "o").await, 2);
+    assert_eq!(count("/b.org/", "b").await, 5, "the global limit elsewhere");
+    store.close();
+    assert!(check(dir.path()).unwrap().is_ok());
+}
+
 #[tokio::test]
 async fn a_busy_tuple_never_starves_the_others_and_passes_resume() {
     let dir = tempfile::tempdir().unwrap();
