@@ -203,12 +203,13 @@ fn snapshot_then_watch_has_no_gap_under_concurrent_writes() {
     let snapshot_seq = loop {
         let e = watch.next().unwrap();
         match e.event.as_str() {
-            "tuple" => {
-                let t = e.json();
-                state.insert(
-                    (t["channel"].as_str().unwrap().into(), t["field"].as_str().unwrap().into()),
-                    t["value"].as_str().unwrap().into(),
-                );
+            "tuples" => {
+                for t in e.json().as_array().unwrap() {
+                    state.insert(
+                        (t["channel"].as_str().unwrap().into(), t["field"].as_str().unwrap().into()),
+                        t["value"].as_str().unwrap().into(),
+                    );
+                }
             }
             "pepper.snapshot" => break e.id.unwrap().parse::<u64>().unwrap(),
             other => panic!("{other} before the snapshot ended"),
@@ -272,10 +273,12 @@ fn a_resume_from_before_retention_gets_the_changes_since() {
             assert_eq!(e.json()["since"], mark + 1);
             break;
         }
-        got.push((e.event.clone(), e.json()["field"].as_str().unwrap().to_string()));
+        for item in e.json().as_array().unwrap() {
+            got.push((e.event.clone(), item["field"].as_str().unwrap().to_string()));
+        }
     }
     got.sort();
-    assert_eq!(got, [("tuple".to_string(), "new".to_string()), ("tuple.deleted".to_string(), "gone".to_string())]);
+    assert_eq!(got, [("tuples".to_string(), "new".to_string()), ("tuples.removed".to_string(), "gone".to_string())]);
 }
 
 #[test]

@@ -45,7 +45,7 @@ use axum::Json;
 use pepper_router::Pattern;
 use pepper_storage::{Feed, FeedItem, Record, Scan};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::dispatch::{Detach, Item, Live, Outgoing, Subscription, Wants, HANDOFF_LAG_MAX};
@@ -187,16 +187,20 @@ fn resume_from(headers: &HeaderMap, from_seq: Option<u64>) -> Result<Option<u64>
     }
 }
 
-/// Most snapshot items in flight between the reading thread and the stream.
-const SNAPSHOT_CHANNEL_ITEMS: usize = 1024;
+/// Most snapshot pages in flight between the reading thread and the stream.
+const SNAPSHOT_CHANNEL_PAGES: usize = 4;
 
-/// Tuples read per page while taking a snapshot.
-const SNAPSHOT_PAGE_TUPLES: usize = 1000;
+/// Tuples per snapshot page: per `tuples` event of the stream.
+pub const SNAPSHOT_PAGE_TUPLES: usize = 1000;
 
 /// What the snapshot reader hands the stream.
 enum SnapshotItem {
-    Tuple(Box<pepper_storage::Tuple>),
-    Removed(Box<pepper_storage::Tombstone>),
+    /// One SSE event's worth: `tuples` or `tuples.removed`, its JSON array
+    /// already encoded (on the reading thread, off the async executor).
+    Page {
+        event: &'static str,
+        json: String,
+    },
     /// The snapshot is complete, at this sequence number.
     Done {
         seq: u64,
@@ -206,12 +210,12 @@ enum SnapshotItem {
     Failed(String),
 }
 
-/// Reads the latest values under `sub`'s pattern from one view, in pages,
-/// into a bounded channel: memory stays bounded however large the subtree.
-/// With `since`, only what changed at or after it, and the tombstones of
-/// tuples removed since.
+/// Reads the latest values under `sub`'s pattern from one view, a page at a
+/// time, into a bounded channel: memory stays bounded however large the
+/// subtree. With `since`, only what changed at or after it, and the
+/// tombstones of tuples removed since.
 fn read_snapshot(state: &AppState, sub: &Subscription, since: Option<u64>) -> mpsc::Receiver<SnapshotItem> {
-    let (tx, rx) = mpsc::channel(SNAPSHOT_CHANNEL_ITEMS);
+    let (tx, rx) = mpsc::channel(SNAPSHOT_CHANNEL_PAGES);
     let (pattern, store) = (sub.pattern.clone(), state.store.clone());
     tokio::spawn(async move {
         let tx2 = tx.clone();
@@ -221,16 +225,24 @@ fn read_snapshot(state: &AppState, sub: &Subscription, since: Option<u64>) -> mp
                 let now = pepper_storage::now_us();
                 let min_seq = since.unwrap_or(0);
                 let (mut tuples, mut removed) = (0u64, 0u64);
+                let send = |event: &'static str, items: Vec<Value>| -> bool {
+                    items.is_empty()
+                        || tx.blocking_send(SnapshotItem::Page { event, json: Value::Array(items).to_string() }).is_ok()
+                };
                 let mut after = None;
                 loop {
                     let page = v.latest(&prefix, after.as_ref(), SNAPSHOT_PAGE_TUPLES)?;
-                    for t in page.items {
-                        if pattern.matches_name(&t.channel) && t.seq >= min_seq && !crate::pldb::is_expired(&t, now) {
-                            tuples += 1;
-                            if tx.blocking_send(SnapshotItem::Tuple(Box::new(t))).is_err() {
-                                return Ok(());
-                            }
-                        }
+                    let items: Vec<Value> = page
+                        .items
+                        .iter()
+                        .filter(|t| {
+                            pattern.matches_name(&t.channel) && t.seq >= min_seq && !crate::pldb::is_expired(t, now)
+                        })
+                        .map(|t| serde_json::to_value(crate::pldb::TupleJson::from(t)).unwrap_or_default())
+                        .collect();
+                    tuples += items.len() as u64;
+                    if !send("tuples", items) {
+                        return Ok(());
                     }
                     match page.next {
                         Some(next) => after = Some(next),
@@ -241,13 +253,15 @@ fn read_snapshot(state: &AppState, sub: &Subscription, since: Option<u64>) -> mp
                     let mut after = None;
                     loop {
                         let page = v.tombstones(&prefix, after.as_ref(), SNAPSHOT_PAGE_TUPLES)?;
-                        for t in page.items {
-                            if pattern.matches_name(&t.channel) && t.seq >= min_seq {
-                                removed += 1;
-                                if tx.blocking_send(SnapshotItem::Removed(Box::new(t))).is_err() {
-                                    return Ok(());
-                                }
-                            }
+                        let items: Vec<Value> = page
+                            .items
+                            .iter()
+                            .filter(|t| pattern.matches_name(&t.channel) && t.seq >= min_seq)
+                            .map(crate::pldb::tombstone_json)
+                            .collect();
+                        removed += items.len() as u64;
+                        if !send("tuples.removed", items) {
+                            return Ok(());
                         }
                         match page.next {
                             Some(next) => after = Some(next),
@@ -282,8 +296,7 @@ fn take_slot(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
 /// What a stream tells its client next.
 enum Out {
     Event(Arc<Outgoing>),
-    Tuple(Box<pepper_storage::Tuple>),
-    Removed(Box<pepper_storage::Tombstone>),
+    Page { event: &'static str, json: String },
     SnapshotDone { seq: u64, tuples: u64, removed: u64, since: Option<u64> },
     LeaseEnded { seq: u64, reason: &'static str },
     Compacted { earliest: u64 },
@@ -342,8 +355,7 @@ impl Subscriber {
                 Phase::Snapshot { rx, since } => {
                     let since = *since;
                     match rx.recv().await {
-                        Some(SnapshotItem::Tuple(t)) => return Some(Out::Tuple(t)),
-                        Some(SnapshotItem::Removed(t)) => return Some(Out::Removed(t)),
+                        Some(SnapshotItem::Page { event, json }) => return Some(Out::Page { event, json }),
                         Some(SnapshotItem::Done { seq, tuples, removed }) => {
                             self.phase = Phase::CatchUp(self.state.store.feed(seq + 1, self.sub.filter()));
                             return Some(Out::SnapshotDone { seq, tuples, removed, since });
@@ -427,12 +439,7 @@ fn stream(subscriber: Subscriber) -> Response {
             _ = async { let _ = stopping.wait_for(|stop| *stop).await; } => None,
         };
         let event = match next? {
-            Out::Tuple(t) => SseEvent::default()
-                .event("tuple")
-                .data(serde_json::to_string(&crate::pldb::TupleJson::from(t.as_ref())).unwrap_or_default()),
-            Out::Removed(t) => SseEvent::default()
-                .event(format!("tuple.{}", t.reason.name()))
-                .data(crate::pldb::tombstone_json(&t).to_string()),
+            Out::Page { event, json } => SseEvent::default().event(event).data(json),
             Out::SnapshotDone { seq, tuples, removed, since } => {
                 let mut data = json!({ "seq": seq, "tuples": tuples });
                 if let Some(since) = since {
