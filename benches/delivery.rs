@@ -99,9 +99,11 @@ fn delivery(c: &mut Criterion) {
                                 tick.tick().await;
                                 let n = (p * per_client + i) % leases as u64;
                                 let body = json!({"channel": format!("/bench.example.com/node/n{n}/load/"),
-                                                  "type": "attribute", "payload": {"field": "load", "t_us": now_us()}});
+                                                  "type": "attribute",
+                                                  "payload": {"field": "load", "value": i.to_string(), "t_us": now_us()}});
                                 let sent_us = now_us();
-                                client.post(&url).json(&body).send().await.unwrap();
+                                let res = client.post(&url).json(&body).send().await.unwrap();
+                                assert!(res.status().is_success(), "publish: {}", res.status());
                                 acks.lock().unwrap().saturating_record(now_us().saturating_sub(sent_us));
                             }
                         })
