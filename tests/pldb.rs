@@ -320,6 +320,18 @@ fn pldbget_is_answered_on_the_reply_channel_with_relative_fields() {
         .text()
         .unwrap();
     assert!(xml.contains("<attribute><field>packages/bash</field>"), "{xml}");
+    // A PsEPR client asks in XML and gets the same answer.
+    let request = r#"<event xmlns="http://psepr.org/xs/event"><to><channel>/pldb/</channel></to>
+        <from><service>psepr-client</service><instance>1</instance></from>
+        <payload xmlns="http://psepr.org/xs/payload/pldbget"><channel>/lab.org/node/h2/</channel>
+        <reply>/client.org/replies/</reply></payload></event>"#;
+    let res =
+        http.post(server.at("/v1/events")).header("content-type", "application/xml").body(request).send().unwrap();
+    assert_eq!(res.status(), 200);
+    let reply = replies.next().unwrap().json();
+    assert_eq!(reply["to"]["service"], "psepr-client");
+    assert_eq!(reply["payload"]["attribute"][0]["field"], "load");
+    assert_eq!(reply["payload"]["attribute"][0]["value"], "9");
 }
 
 /// `pepper serve --agent` shows this machine's state in PLDB within
@@ -346,4 +358,29 @@ fn the_agent_publishes_this_host_and_pepper_tuples_prints_it() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.lines().any(|l| l.contains("/kernel  ") || l.ends_with(kernel.trim())), "{text}");
+}
+
+/// A time bound skips however many rows lie outside it: the answer is
+/// never cut short by the rows it skipped.
+#[test]
+fn history_by_time_skips_long_runs_outside_the_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    let ch = "/lab.org/node/h1/";
+    let batch: Vec<Value> = (0..300)
+        .map(|v| json!({"channel": ch, "type": "attribute", "payload": {"field": "t", "value": v.to_string()}}))
+        .collect();
+    // One batch: one commit time for all 300. Then a later one.
+    http.post(server.at("/v1/events")).json(&batch).send().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let later = attr(&http, &server, ch, "t", "late", None);
+    let all = get(&http, &server, &format!("/v1/tuples/history?channel={ch}&field=t&order=desc&limit=1"));
+    let late_time = all["history"][0]["time"].as_str().unwrap().to_string();
+    let since = get(&http, &server, &format!("/v1/tuples/history?channel={ch}&field=t&since={late_time}&limit=5"));
+    let seqs: Vec<u64> = since["history"].as_array().unwrap().iter().map(|h| h["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [later], "300 older rows skipped, the one in range found");
+    let until =
+        get(&http, &server, &format!("/v1/tuples/history?channel={ch}&field=t&until=2000-01-01T00:00:00Z&order=desc"));
+    assert!(until["history"].as_array().unwrap().is_empty());
 }

@@ -62,8 +62,10 @@ pub const TUPLES_PAGE_MAX: usize = 1000;
 /// Most history rows one `GET /v1/tuples/history` answer returns.
 pub const HISTORY_PAGE_MAX: usize = 1000;
 
-/// Most history rows one history request reads while filtering by time.
-pub const HISTORY_SCAN_MAX: usize = 10_000;
+/// Most history rows one history request reads while filtering by time;
+/// an answer that stopped there says `"truncated": true` (narrow the range
+/// with sequence numbers, or page on from the last one).
+pub const HISTORY_SCAN_MAX: usize = 100_000;
 
 /// Most attributes one `pldbattrlist` reply carries; a reply that stops
 /// there says `"truncated": true`.
@@ -293,20 +295,38 @@ pub(crate) async fn history(
         Some(Bound::Seq(s)) => s,
         _ => u64::MAX,
     };
-    let by_time = matches!(since, Some(Bound::TimeUs(_))) || matches!(until, Some(Bound::TimeUs(_)));
     let field = q.field;
-    let (ch, f) = (channel.clone(), field.clone());
-    let read = if by_time { HISTORY_SCAN_MAX } else { limit };
-    let (rows, seq) = state
-        .store
-        .read(move |v| Ok((v.history(&ch, &f, HistoryRange { from_seq, to_seq, limit: read, order })?, v.seq())))
-        .await?;
-    let in_time = |h: &HistoryEntry| {
+    let in_time = move |h: &HistoryEntry| {
         !matches!(since, Some(Bound::TimeUs(t)) if h.time_us < t)
             && !matches!(until, Some(Bound::TimeUs(t)) if h.time_us > t)
     };
-    let history: Vec<Value> =
-        rows.iter().filter(|h| in_time(h)).take(limit).map(|h| history_json(&channel, &field, h)).collect();
+    // Time bounds filter rows as they are read, a page at a time, so a long
+    // history before `since` (or after `until`) is skipped, never cut short.
+    let (ch, f) = (channel.clone(), field.clone());
+    let (rows, seq, complete) = state
+        .store
+        .read(move |v| {
+            let (mut from, mut to, mut scanned) = (from_seq, to_seq, 0usize);
+            let mut out = Vec::new();
+            while out.len() < limit && scanned < HISTORY_SCAN_MAX && from <= to {
+                let page = v.history(&ch, &f, HistoryRange { from_seq: from, to_seq: to, limit, order })?;
+                let Some(last) = page.last().map(|h| h.seq) else { break };
+                scanned += page.len();
+                out.extend(page.into_iter().filter(|h| in_time(h)));
+                match order {
+                    Order::Asc => from = last.saturating_add(1),
+                    Order::Desc if last == 0 => break,
+                    Order::Desc => to = last - 1,
+                }
+            }
+            out.truncate(limit);
+            Ok((out, v.seq(), scanned < HISTORY_SCAN_MAX))
+        })
+        .await?;
+    let history: Vec<Value> = rows.iter().map(|h| history_json(&channel, &field, h)).collect();
+    if !complete {
+        return Ok(Json(json!({ "seq": seq, "history": history, "truncated": true })));
+    }
     Ok(Json(json!({ "seq": seq, "history": history })))
 }
 
