@@ -8,7 +8,9 @@
 //! an update older than the entry it would change is ignored.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use pepper_storage::Lease;
 
@@ -100,6 +102,22 @@ impl ExpiryIndex {
                 .map(|(_, id)| (id.clone(), e.by_id.get(id).map_or(0, |(_, v)| *v)))
                 .collect()
         })
+    }
+}
+
+/// Runs `pass` every `period` until the runtime stops: the loop of the lease
+/// and tuple expiry tasks. A pass that overruns delays the next tick rather
+/// than bunching the missed ones.
+pub async fn every<F, Fut>(period: Duration, mut pass: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        pass().await;
     }
 }
 

@@ -132,12 +132,7 @@ async fn expire_batch(state: AppState, batch: Vec<(String, u64)>) {
 
 /// Runs [`expire_due`] every [`LEASE_EXPIRY_TICK`] until the runtime stops.
 pub async fn run_expiry(state: AppState) {
-    let mut tick = tokio::time::interval(LEASE_EXPIRY_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        expire_due(&state).await;
-    }
+    crate::expiry::every(LEASE_EXPIRY_TICK, || expire_due(&state)).await;
 }
 
 #[derive(Debug, Deserialize)]

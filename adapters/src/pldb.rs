@@ -443,12 +443,7 @@ async fn expire_batch(state: AppState, batch: Vec<(String, u64)>) {
 /// Runs [`expire_due_tuples`] every [`TUPLE_EXPIRY_TICK`] until the runtime
 /// stops.
 pub async fn run_tuple_expiry(state: AppState) {
-    let mut tick = tokio::time::interval(TUPLE_EXPIRY_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        expire_due_tuples(&state).await;
-    }
+    crate::expiry::every(TUPLE_EXPIRY_TICK, || expire_due_tuples(&state)).await;
 }
 
 /// A `pldbget` request's payload.

@@ -122,6 +122,37 @@ pub struct TupleUpdate {
     pub expires_at_us: Option<u64>,
 }
 
+impl From<EventV1> for EventV2 {
+    fn from(e: EventV1) -> EventV2 {
+        EventV2 {
+            id: e.id,
+            channel: e.channel,
+            event_type: e.event_type,
+            from: e.from,
+            to: e.to,
+            distribution: e.distribution,
+            payload: e.payload,
+            assigned: Vec::new(),
+        }
+    }
+}
+
+impl From<EventV2> for Event {
+    fn from(e: EventV2) -> Event {
+        Event {
+            id: e.id,
+            channel: e.channel,
+            event_type: e.event_type,
+            from: e.from,
+            to: e.to,
+            distribution: e.distribution,
+            payload: e.payload,
+            assigned: e.assigned,
+            tuple: None,
+        }
+    }
+}
+
 /// An event as record version 2 laid it out: without `tuple`.
 #[derive(Deserialize)]
 struct EventV2 {
@@ -438,34 +469,8 @@ impl Body {
             }
         }
         Ok(match kind {
-            Kind::Event if version == 1 => {
-                let e: EventV1 = whole(bytes)?;
-                Body::Event(Event {
-                    id: e.id,
-                    channel: e.channel,
-                    event_type: e.event_type,
-                    from: e.from,
-                    to: e.to,
-                    distribution: e.distribution,
-                    payload: e.payload,
-                    assigned: Vec::new(),
-                    tuple: None,
-                })
-            }
-            Kind::Event if version == 2 => {
-                let e: EventV2 = whole(bytes)?;
-                Body::Event(Event {
-                    id: e.id,
-                    channel: e.channel,
-                    event_type: e.event_type,
-                    from: e.from,
-                    to: e.to,
-                    distribution: e.distribution,
-                    payload: e.payload,
-                    assigned: e.assigned,
-                    tuple: None,
-                })
-            }
+            Kind::Event if version == 1 => Body::Event(EventV2::from(whole::<EventV1>(bytes)?).into()),
+            Kind::Event if version == 2 => Body::Event(whole::<EventV2>(bytes)?.into()),
             Kind::Event => Body::Event(whole(bytes)?),
             Kind::TupleSet => Body::TupleSet(whole(bytes)?),
             Kind::LeaseGrant if version == 1 => {
