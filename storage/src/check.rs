@@ -136,6 +136,9 @@ impl Replay {
             };
             let key = (w.channel.to_string(), w.field.to_string());
             let changed = match self.tuples.get(&key) {
+                // A tuple past its expiry is not live, even before its
+                // expire record: setting it again is a change.
+                Some(TupleState::Live(prev)) if prev.expires_at_us.is_some_and(|at| at <= rec.time_us) => Some(true),
                 Some(TupleState::Live(prev)) => Some(prev.value != set.value),
                 Some(TupleState::Gone(_)) => Some(true),
                 None if self.whole_log => Some(true),
@@ -333,9 +336,12 @@ pub fn check(path: &Path) -> Result<CheckReport> {
     }
     it.status()?;
 
-    // 4: tombstones.
-    let mut it = read(CF_TOMBSTONES)?;
-    while it.valid() {
+    // 4: tombstones (a folder from before format 3 has none).
+    let mut it = match shared.db.cf_handle(CF_TOMBSTONES) {
+        Some(_) => Some(read(CF_TOMBSTONES)?),
+        None => None,
+    };
+    while let Some(it) = it.as_mut().filter(|it| it.valid()) {
         let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
         let Some((channel, field)) = keys::split_tuple_key(key) else {
             report.problem(format!("tombstones key {key:02x?} has no separator"));
@@ -363,7 +369,9 @@ pub fn check(path: &Path) -> Result<CheckReport> {
         }
         it.next();
     }
-    it.status()?;
+    if let Some(it) = &it {
+        it.status()?;
+    }
     for ((channel, field), state) in replay.tuples.drain() {
         match state {
             TupleState::Live(want) if !latest_seen(&shared, &snap, &channel, &field)? => report.problem(format!(
@@ -413,6 +421,12 @@ pub fn check(path: &Path) -> Result<CheckReport> {
         let oldest = got.first().map_or(u64::MAX, |s| s.seq);
         let have: std::collections::HashSet<u64> = got.iter().map(|s| s.seq).collect();
         for (set, changed) in &writes {
+            if *changed == Some(false) && have.contains(&set.seq) {
+                report.problem(format!(
+                    "history of ({}, {}): seq {} repeated the value but has a row",
+                    key.0, key.1, set.seq
+                ));
+            }
             if set.seq >= oldest && *changed == Some(true) && !have.contains(&set.seq) {
                 report.problem(format!(
                     "history of ({}, {}): the value changed at seq {} but no row records it",

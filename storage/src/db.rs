@@ -115,7 +115,13 @@ pub(crate) fn open_read_only(path: &Path) -> Result<DB> {
     let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
     let mut opts = db_options();
     opts.create_if_missing(false);
-    let cfs = ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &cache)));
+    // A folder written by an older format lacks the newer families; open
+    // what it has (a read-only open cannot create them).
+    let existing = DB::list_cf(&opts, path).map_err(|e| describe_open_error(path, e))?;
+    let cfs = ALL_CFS
+        .iter()
+        .filter(|name| existing.iter().any(|e| e == *name))
+        .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &cache)));
     DB::open_cf_descriptors_read_only(&opts, path, cfs, false).map_err(|e| describe_open_error(path, e))
 }
 

@@ -13,7 +13,9 @@
 //!   of keys, oldest first. Rows older than the age limit are a prefix of the
 //!   run (times never decrease), found by walking forward from its start; the
 //!   rows beyond the count limit are the prefix before the `max`-th newest,
-//!   found by walking back from its end. Either way the pass deletes one key
+//!   found by walking back from its end. Age never removes a tuple's newest
+//!   row: a value that has not changed for longer than the age limit is
+//!   refreshed without new rows, and its one row is the history it has. Either way the pass deletes one key
 //!   range per tuple and never reads the rows it keeps beyond the limit. The
 //!   latest value lives in its own family and is never trimmed.
 //!
@@ -293,8 +295,15 @@ fn plan_history(
                 }
                 it.next();
             }
-            cut =
-                Some(if in_run(&it, &prefix) { it.key().map(<[u8]>::to_vec).unwrap_or_default() } else { end.clone() });
+            cut = Some(if in_run(&it, &prefix) {
+                it.key().map(<[u8]>::to_vec).unwrap_or_default()
+            } else {
+                // Every row is old: keep the newest, the value the tuple has
+                // held since (a value that never changes is refreshed
+                // without new rows, so its one row must not age out).
+                it.seek_for_prev(&end);
+                it.key().filter(|k| k.starts_with(&prefix)).map_or_else(|| run_start.clone(), <[u8]>::to_vec)
+            });
             if steps >= budget && in_run(&it, &prefix) {
                 // Out of steps inside an old prefix: trim what was seen and
                 // resume with this tuple.

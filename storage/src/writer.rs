@@ -458,8 +458,14 @@ impl Writer {
             };
             let what = "tuple";
             let name = || format!("({}, {})", t.channel, t.field);
+            let lapsed = current.flatten().is_some_and(|at| at <= time_us);
             match (&rec.body, current) {
                 (_, None) => return Err(Error::NotFound { what, key: name() }),
+                // Past its expiry the tuple is gone for everything but its
+                // expire record.
+                (Body::TupleDelete(_), Some(_)) if lapsed => {
+                    return Err(Error::NotFound { what, key: format!("{} (it expired)", name()) })
+                }
                 (Body::TupleExpire(_), Some(expires)) if expires.is_none_or(|e| e > time_us) => {
                     return Err(Error::Conflict { what, detail: format!("tuple {} has not expired", name()) })
                 }
@@ -497,7 +503,11 @@ impl Writer {
         if let Some(w) = body.tuple_write() {
             let key = keys::tuple_key(w.channel, w.field);
             let ended_here = matches!(tuples.get(&key), Some(None));
-            let prev = self.tuple(tuples, &key)?;
+            let stored = self.tuple(tuples, &key)?;
+            // A row past its expiry is not live: its expire record may just
+            // not be written yet. Setting the tuple again is a change.
+            let lapsed = stored.as_ref().is_some_and(|p| p.expires_at_us.is_some_and(|at| at <= time_us));
+            let prev = stored.filter(|_| !lapsed);
             let row = TupleRow {
                 seq,
                 time_us,
@@ -515,7 +525,7 @@ impl Writer {
                 };
                 batch.put_cf(s.cf(CF_HISTORY)?, keys::history_key(w.channel, w.field, seq), encode_row(&hist));
             }
-            if prev.is_none() && (ended_here || s.db.get_pinned_cf(s.cf(CF_TOMBSTONES)?, &key)?.is_some()) {
+            if prev.is_none() && !lapsed && (ended_here || s.db.get_pinned_cf(s.cf(CF_TOMBSTONES)?, &key)?.is_some()) {
                 batch.delete_cf(s.cf(CF_TOMBSTONES)?, &key);
             }
             tuples.insert(key, Some(row));

@@ -606,3 +606,22 @@ async fn attribute_events_set_tuples_and_tuples_expire_into_tombstones() {
     let report = pepper_storage::check(&path).unwrap();
     assert!(report.is_ok(), "{report}");
 }
+
+/// Past its expiry a tuple is not live, even before its expire record: a
+/// delete finds nothing, and setting the same value again is a change.
+#[tokio::test]
+async fn a_lapsed_tuple_is_not_live_before_its_expire_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let ch = "/a.org/node/h2/";
+    store.append(vec![attribute(ch, "k", "v", Some(pepper_storage::now_us() + 20_000))]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let del = Body::TupleDelete(TupleEnd { channel: ch.into(), field: "k".into() });
+    assert!(matches!(store.append(vec![del]).await, Err(Error::NotFound { .. })));
+    let again = store.append(vec![attribute(ch, "k", "v", None)]).await.unwrap().first;
+    let hist = store.read(move |v| v.history(ch, "k", HistoryRange::default())).await.unwrap();
+    assert_eq!(hist.last().map(|h| h.seq), Some(again), "the same value after a lapse is a change");
+    let path = store.path().to_path_buf();
+    store.close();
+    assert!(pepper_storage::check(&path).unwrap().is_ok());
+}
