@@ -261,6 +261,14 @@ impl Agent {
 /// Runs the agent until the process ends. A failed round is logged and
 /// retried on the next interval.
 pub fn run(config: AgentConfig) -> anyhow::Result<()> {
+    // Values must outlive at least two rounds, or they would expire between
+    // refreshes and come back as new history every time.
+    anyhow::ensure!(
+        config.expire_s >= 2 * config.interval.as_secs(),
+        "--expire-s ({}) must be at least twice --interval-s ({})",
+        config.expire_s,
+        config.interval.as_secs()
+    );
     let host = Host::new(&config.root);
     let channel = format!("/{}/node/{}/", config.authority, host.hostname());
     pepper_router::Channel::parse(&channel).with_context(|| format!("the node channel {channel} is not valid"))?;

@@ -450,12 +450,19 @@ fn serve(site: config::Site) -> anyhow::Result<ExitCode> {
         let addr = listener.local_addr()?;
         println!("listening on http://{addr}");
         if agent {
-            // The agent talks to this site over loopback like any client.
-            let port = addr.port();
+            // The agent talks to this site like any client: on the address
+            // it listens on, or the loopback of that family when it listens
+            // on all of them.
+            let ip = match addr.ip() {
+                std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+                ip => ip,
+            };
+            let target = std::net::SocketAddr::new(ip, addr.port());
             let authority = store.site().to_string();
             std::thread::Builder::new().name("pepper-agent".into()).spawn(move || {
                 let config = agent::AgentConfig {
-                    server: format!("http://127.0.0.1:{port}"),
+                    server: format!("http://{target}"),
                     authority,
                     interval: Duration::from_secs(10),
                     expire_s: 300,

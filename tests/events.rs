@@ -121,6 +121,14 @@ fn malformed_input_gets_a_clear_4xx_and_changes_nothing() {
             "unknown field",
         ),
         (json_ct, b"[]".to_vec(), 400, "invalid_body", "no events"),
+        (json_ct, br#"{"channel": "/a.org/", "type": "pepper.snapshot"}"#.to_vec(), 400, "invalid_event", "reserved"),
+        (
+            json_ct,
+            br#"{"channel": "/a.org/", "type": "attribute", "payload": {"field": "f"}}"#.to_vec(),
+            400,
+            "invalid_event",
+            "value",
+        ),
         (json_ct, b"42".to_vec(), 400, "invalid_body", "event object or an array"),
         (
             json_ct,

@@ -121,12 +121,19 @@ fn latest_values_history_and_paging() {
         ("/v1/tuples?channel=/a.org/&cursor=zz", "cursor"),
         ("/v1/tuples/history?channel=/a.org/&field=f&since=soon", "since"),
         ("/v1/tuples/history?channel=/a.org/&field=f&order=up", "order"),
+        ("/v1/tuples?channel=/a.org/&bogus=1", "unknown field"),
     ] {
         let res = http.get(server.at(q)).send().unwrap();
         assert_eq!(res.status(), 400, "{q}");
         let err: Value = res.json().unwrap();
         assert!(err["error"]["message"].as_str().unwrap().contains(needle), "{q}: {err}");
     }
+    let overflow = http
+        .get(server.at("/v1/watch?channel=/lab.org/&snapshot=true"))
+        .header("last-event-id", u64::MAX.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(overflow.status(), 400, "a Last-Event-ID at u64::MAX is refused, not a crash");
     let bad = http
         .post(server.at("/v1/events"))
         .json(&json!({"channel": h1, "type": "attribute", "payload": {"value": "x"}}))

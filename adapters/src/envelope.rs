@@ -160,6 +160,11 @@ impl EventIn {
         if event_type.is_empty() {
             return Err(ApiError::invalid_event("type must not be empty"));
         }
+        if is_reserved_type(event_type) {
+            return Err(ApiError::invalid_event(format!(
+                "type {event_type:?} is reserved for pepper's own stream events"
+            )));
+        }
         let id = match self.id {
             Some(id) if id.is_empty() => return Err(ApiError::invalid_event("id must not be empty when given")),
             Some(id) => id,
@@ -186,6 +191,13 @@ impl EventIn {
             tuple,
         })
     }
+}
+
+/// Whether a type names one of the events pepper's streams send of their
+/// own (`pepper.*`, snapshot pages, tuple ends), which a published event
+/// must not impersonate.
+pub fn is_reserved_type(t: &str) -> bool {
+    t.starts_with("pepper.") || matches!(t, "tuples" | "tuples.removed" | "tuple.expired" | "tuple.deleted")
 }
 
 /// The payload type whose events set PLDB tuples.

@@ -107,6 +107,8 @@ pub struct AppState {
     pub(crate) dispatcher: Dispatcher,
     /// One permit per open SSE stream ([`crate::sse::SUBSCRIBERS_MAX`]).
     pub(crate) subscriber_slots: Arc<Semaphore>,
+    /// One permit per snapshot being read ([`crate::sse::SNAPSHOTS_MAX`]).
+    pub(crate) snapshot_readers: Arc<Semaphore>,
     /// One permit per request being handled ([`REQUESTS_IN_FLIGHT_MAX`]).
     requests_in_flight: Arc<Semaphore>,
 }
@@ -133,6 +135,7 @@ impl AppState {
             metrics,
             dispatcher,
             subscriber_slots: Arc::new(Semaphore::new(crate::sse::SUBSCRIBERS_MAX)),
+            snapshot_readers: Arc::new(Semaphore::new(crate::sse::SNAPSHOTS_MAX)),
             requests_in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
         })
     }

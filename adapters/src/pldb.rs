@@ -71,6 +71,14 @@ pub const HISTORY_SCAN_MAX: usize = 100_000;
 /// there says `"truncated": true`.
 pub const PLDB_REPLY_ATTRIBUTES_MAX: usize = 1000;
 
+/// About the most bytes of attributes one `pldbattrlist` reply carries (a
+/// reply is one record, at most `RECORD_BYTES_MAX`); a reply cut there says
+/// `"truncated": true`.
+pub const PLDB_REPLY_BYTES_MAX: usize = 512 * 1024;
+
+/// How long the pldbget responder waits before it reopens a failed feed.
+const PLDBGET_RETRY: Duration = Duration::from_secs(1);
+
 /// The channel `pldbget` requests are sent to.
 pub const PLDB_CHANNEL: &str = "/pldb/";
 
@@ -303,13 +311,15 @@ pub(crate) async fn history(
     // Time bounds filter rows as they are read, a page at a time, so a long
     // history before `since` (or after `until`) is skipped, never cut short.
     let (ch, f) = (channel.clone(), field.clone());
+    // Read in pages of at least a thousand rows, however small `limit` is.
+    let page_rows = limit.max(1000);
     let (rows, seq, complete) = state
         .store
         .read(move |v| {
             let (mut from, mut to, mut scanned) = (from_seq, to_seq, 0usize);
             let mut out = Vec::new();
             while out.len() < limit && scanned < HISTORY_SCAN_MAX && from <= to {
-                let page = v.history(&ch, &f, HistoryRange { from_seq: from, to_seq: to, limit, order })?;
+                let page = v.history(&ch, &f, HistoryRange { from_seq: from, to_seq: to, limit: page_rows, order })?;
                 let Some(last) = page.last().map(|h| h.seq) else { break };
                 scanned += page.len();
                 out.extend(page.into_iter().filter(|h| in_time(h)));
@@ -319,8 +329,9 @@ pub(crate) async fn history(
                     Order::Desc => to = last - 1,
                 }
             }
+            let complete = out.len() >= limit || scanned < HISTORY_SCAN_MAX;
             out.truncate(limit);
-            Ok((out, v.seq(), scanned < HISTORY_SCAN_MAX))
+            Ok((out, v.seq(), complete))
         })
         .await?;
     let history: Vec<Value> = rows.iter().map(|h| history_json(&channel, &field, h)).collect();
@@ -471,10 +482,18 @@ async fn answer_pldbget(state: &AppState, request: &Event) -> Result<Body, Strin
         .await
         .map_err(|e| e.to_string())?;
     let now = now_us();
+    let mut bytes = 0usize;
+    let mut cut = false;
     let attributes: Vec<Value> = page
         .items
         .iter()
         .filter(|t| !is_expired(t, now))
+        // The reply is one record: stop before it would outgrow the budget.
+        .take_while(|t| {
+            bytes += t.channel.len() + t.field.len() + t.value.len() + 96;
+            cut = bytes > PLDB_REPLY_BYTES_MAX;
+            !cut
+        })
         .map(|t| {
             // Field names relative to the queried subtree: the tuple's
             // channel below it, then its field.
@@ -488,7 +507,7 @@ async fn answer_pldbget(state: &AppState, request: &Event) -> Result<Body, Strin
         })
         .collect();
     let mut payload = json!({ "channel": subtree, "seq": seq, "attribute": attributes });
-    if page.next.is_some() {
+    if page.next.is_some() || cut {
         payload["truncated"] = json!(true);
     }
     Ok(Body::Event(Event {
@@ -524,8 +543,13 @@ pub async fn run_pldbget(state: AppState) {
             }
             Err(StoreError::Closed) => return,
             Err(e) => {
-                tracing::error!(error = %e, "pldbget feed failed; stopping the responder");
-                return;
+                // Reopen at the same position after a pause: a request is
+                // answered late rather than never.
+                let at = feed.position();
+                tracing::error!(error = %e, position = at, "pldbget feed failed; retrying");
+                tokio::time::sleep(PLDBGET_RETRY).await;
+                feed = state.store.feed(at, feed_filter());
+                continue;
             }
         };
         let Body::Event(request) = &record.body else { continue };

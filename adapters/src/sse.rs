@@ -181,7 +181,10 @@ fn resume_from(headers: &HeaderMap, from_seq: Option<u64>) -> Result<Option<u64>
             let last: u64 = text
                 .parse()
                 .map_err(|_| ApiError::invalid_query(format!("Last-Event-ID {text:?} is not a sequence number")))?;
-            Ok(Some(last + 1))
+            let next = last.checked_add(1).ok_or_else(|| {
+                ApiError::invalid_query(format!("Last-Event-ID {text:?} is beyond any sequence number"))
+            })?;
+            Ok(Some(next))
         }
         None => Ok(from_seq),
     }
@@ -190,8 +193,21 @@ fn resume_from(headers: &HeaderMap, from_seq: Option<u64>) -> Result<Option<u64>
 /// Most snapshot pages in flight between the reading thread and the stream.
 const SNAPSHOT_CHANNEL_PAGES: usize = 4;
 
-/// Tuples per snapshot page: per `tuples` event of the stream.
+/// Most tuples per snapshot page: per `tuples` event of the stream.
 pub const SNAPSHOT_PAGE_TUPLES: usize = 1000;
+
+/// A snapshot page is also cut once its JSON reaches this many bytes.
+pub const SNAPSHOT_PAGE_BYTES_MAX: usize = 1024 * 1024;
+
+/// Most snapshots being read at once. Each holds a blocking-pool thread and
+/// a RocksDB snapshot while its client drains it; one more is refused with
+/// 503 and `Retry-After`.
+pub const SNAPSHOTS_MAX: usize = 16;
+
+/// How long a snapshot waits for its client to take the next page before
+/// the stream fails with `pepper.error` (the client resumes with a new
+/// snapshot).
+pub const SNAPSHOT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the snapshot reader hands the stream.
 enum SnapshotItem {
@@ -214,10 +230,17 @@ enum SnapshotItem {
 /// time, into a bounded channel: memory stays bounded however large the
 /// subtree. With `since`, only what changed at or after it, and the
 /// tombstones of tuples removed since.
-fn read_snapshot(state: &AppState, sub: &Subscription, since: Option<u64>) -> mpsc::Receiver<SnapshotItem> {
+fn read_snapshot(
+    state: &AppState,
+    sub: &Subscription,
+    since: Option<u64>,
+    permit: OwnedSemaphorePermit,
+) -> mpsc::Receiver<SnapshotItem> {
     let (tx, rx) = mpsc::channel(SNAPSHOT_CHANNEL_PAGES);
     let (pattern, store) = (sub.pattern.clone(), state.store.clone());
+    let runtime = tokio::runtime::Handle::current();
     tokio::spawn(async move {
+        let _permit = permit;
         let tx2 = tx.clone();
         let result = store
             .read(move |v| {
@@ -225,9 +248,26 @@ fn read_snapshot(state: &AppState, sub: &Subscription, since: Option<u64>) -> mp
                 let now = pepper_storage::now_us();
                 let min_seq = since.unwrap_or(0);
                 let (mut tuples, mut removed) = (0u64, 0u64);
-                let send = |event: &'static str, items: Vec<Value>| -> bool {
-                    items.is_empty()
-                        || tx.blocking_send(SnapshotItem::Page { event, json: Value::Array(items).to_string() }).is_ok()
+                // Pages go out by count or by bytes, whichever comes first;
+                // a client that stops taking them times the reader out.
+                let send_item = |item: SnapshotItem| -> bool {
+                    let sent = runtime.block_on(tokio::time::timeout(SNAPSHOT_SEND_TIMEOUT, tx.send(item)));
+                    matches!(sent, Ok(Ok(())))
+                };
+                let send = |event: &'static str, all: Vec<Value>| -> bool {
+                    let (mut page, mut bytes) = (Vec::new(), 0usize);
+                    for item in all {
+                        bytes += item.to_string().len();
+                        page.push(item);
+                        if bytes >= SNAPSHOT_PAGE_BYTES_MAX {
+                            let json = Value::Array(std::mem::take(&mut page)).to_string();
+                            bytes = 0;
+                            if !send_item(SnapshotItem::Page { event, json }) {
+                                return false;
+                            }
+                        }
+                    }
+                    page.is_empty() || send_item(SnapshotItem::Page { event, json: Value::Array(page).to_string() })
                 };
                 let mut after = None;
                 loop {
@@ -269,7 +309,7 @@ fn read_snapshot(state: &AppState, sub: &Subscription, since: Option<u64>) -> mp
                         }
                     }
                 }
-                let _ = tx.blocking_send(SnapshotItem::Done { seq: v.seq(), tuples, removed });
+                send_item(SnapshotItem::Done { seq: v.seq(), tuples, removed });
                 Ok(())
             })
             .await;
@@ -281,8 +321,11 @@ fn read_snapshot(state: &AppState, sub: &Subscription, since: Option<u64>) -> mp
 }
 
 fn sse_with_snapshot(state: AppState, sub: Subscription, since: Option<u64>) -> Result<Response, ApiError> {
+    let reader = state.snapshot_readers.clone().try_acquire_owned().map_err(|_| {
+        ApiError::overloaded(format!("the site is already streaming {SNAPSHOTS_MAX} snapshots; retry shortly"))
+    })?;
     let slot = take_slot(&state)?;
-    let rx = read_snapshot(&state, &sub, since);
+    let rx = read_snapshot(&state, &sub, since, reader);
     let snapshot = Phase::Snapshot { rx, since };
     Ok(stream(Subscriber { state, sub, phase: snapshot, _slot: slot }))
 }
