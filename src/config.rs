@@ -20,6 +20,7 @@
 //! history_max_count = 1000
 //! history_max_age_s = 2592000
 //! interval_s = 10
+//! tombstone_max_age_s = 604800  # how long removals are remembered
 //!
 //! # History limits for a channel subtree; the longest matching prefix
 //! # wins, and a limit left out keeps everything for that subtree.
@@ -40,6 +41,9 @@ use anyhow::Context;
 use clap::ValueEnum;
 use pepper_storage::{Durability, Options, Retention};
 use serde::Deserialize;
+
+/// How long tombstones are kept unless configured: a week.
+const TOMBSTONE_MAX_AGE_S_DEFAULT: u64 = 7 * 24 * 3600;
 
 /// The default listen address: loopback only.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7171";
@@ -115,6 +119,11 @@ pub struct ServeArgs {
     /// Trim history rows older than this many seconds.
     #[arg(long, env = "PEPPER_HISTORY_MAX_AGE_S")]
     history_max_age_s: Option<u64>,
+    /// How long the tombstones of expired or deleted tuples are kept, in
+    /// seconds [default: 604800, a week]. A watch resuming from before the
+    /// oldest one kept gets a full snapshot instead of the changes since.
+    #[arg(long, env = "PEPPER_TOMBSTONE_MAX_AGE_S")]
+    tombstone_max_age_s: Option<u64>,
     /// Seconds between retention passes [default: 10].
     #[arg(long, env = "PEPPER_RETENTION_INTERVAL_S", value_parser = clap::value_parser!(u64).range(1..))]
     retention_interval_s: Option<u64>,
@@ -143,6 +152,7 @@ struct FileRetention {
     history_max_count: Option<u64>,
     history_max_age_s: Option<u64>,
     interval_s: Option<u64>,
+    tombstone_max_age_s: Option<u64>,
     #[serde(default)]
     history: Vec<FileHistoryRule>,
 }
@@ -215,6 +225,9 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
                 })
             })
             .collect::<anyhow::Result<_>>()?,
+        tombstone_max_age: Some(Duration::from_secs(
+            args.tombstone_max_age_s.or(r.tombstone_max_age_s).unwrap_or(TOMBSTONE_MAX_AGE_S_DEFAULT),
+        )),
         interval: Duration::from_secs(interval_s),
         ..Retention::default()
     };

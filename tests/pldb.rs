@@ -391,3 +391,39 @@ fn history_by_time_skips_long_runs_outside_the_range() {
         get(&http, &server, &format!("/v1/tuples/history?channel={ch}&field=t&until=2000-01-01T00:00:00Z&order=desc"));
     assert!(until["history"].as_array().unwrap().is_empty());
 }
+
+/// Once the tombstones a resume would need are trimmed, it gets a full
+/// snapshot marked `reset` instead of an incomplete list of changes.
+#[test]
+fn a_resume_from_before_the_tombstone_floor_gets_a_reset_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--log-max-bytes", "3000", "--tombstone-max-age-s", "1", "--retention-interval-s", "1"];
+    let server = Server::start(dir.path(), &args);
+    let http = Client::new();
+    let ch = "/lab.org/node/h1/";
+    let first = attr(&http, &server, ch, "kept", "1", None);
+    attr(&http, &server, ch, "gone", "1", None);
+    assert_eq!(http.delete(server.at(&format!("/v1/tuples?channel={ch}&field=gone"))).send().unwrap().status(), 200);
+    for n in 0..40 {
+        attr(&http, &server, "/lab.org/filler/", &format!("x{n}"), &"v".repeat(100), None);
+    }
+    // Wait until the log is trimmed past `first` and the tombstone aged out.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(eventually(Duration::from_secs(10), || {
+        get(&http, &server, "/v1/health")["earliest_seq"].as_u64().unwrap() > first + 1
+    }));
+    let mut watch =
+        SseReader::open(&server.at(&format!("/v1/watch?channel={ch}&snapshot=true&from_seq={}", first + 1)), &[]);
+    let mut fields_seen = Vec::new();
+    let done = loop {
+        let e = watch.next().unwrap();
+        match e.event.as_str() {
+            "tuples" => fields_seen
+                .extend(e.json().as_array().unwrap().iter().map(|t| t["field"].as_str().unwrap().to_string())),
+            "pepper.snapshot" => break e.json(),
+            other => panic!("{other}: {}", e.data),
+        }
+    };
+    assert_eq!(done["reset"], true, "{done}");
+    assert_eq!(fields_seen, ["kept"], "a full snapshot: the tuple set before `since` too");
+}

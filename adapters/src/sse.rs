@@ -217,11 +217,14 @@ enum SnapshotItem {
         event: &'static str,
         json: String,
     },
-    /// The snapshot is complete, at this sequence number.
+    /// The snapshot is complete, at this sequence number. `reset`: the
+    /// changes since the asked position could not be given (tombstones that
+    /// old were trimmed), so this was a full snapshot instead.
     Done {
         seq: u64,
         tuples: u64,
         removed: u64,
+        reset: bool,
     },
     Failed(String),
 }
@@ -246,6 +249,10 @@ fn read_snapshot(
             .read(move |v| {
                 let prefix = pattern.literal_prefix();
                 let now = pepper_storage::now_us();
+                // Changes since a position need every tombstone since then;
+                // below the tombstone floor, only a full snapshot is exact.
+                let reset = since.is_some_and(|s| s < v.tombstone_floor().unwrap_or(u64::MAX));
+                let since = since.filter(|_| !reset);
                 let min_seq = since.unwrap_or(0);
                 let (mut tuples, mut removed) = (0u64, 0u64);
                 // Pages go out by count or by bytes, whichever comes first;
@@ -309,7 +316,7 @@ fn read_snapshot(
                         }
                     }
                 }
-                send_item(SnapshotItem::Done { seq: v.seq(), tuples, removed });
+                send_item(SnapshotItem::Done { seq: v.seq(), tuples, removed, reset });
                 Ok(())
             })
             .await;
@@ -340,7 +347,7 @@ fn take_slot(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
 enum Out {
     Event(Arc<Outgoing>),
     Page { event: &'static str, json: String },
-    SnapshotDone { seq: u64, tuples: u64, removed: u64, since: Option<u64> },
+    SnapshotDone { seq: u64, tuples: u64, removed: u64, since: Option<u64>, reset: bool },
     LeaseEnded { seq: u64, reason: &'static str },
     Compacted { earliest: u64 },
     Detached { why: Detach, resume_seq: u64 },
@@ -399,9 +406,9 @@ impl Subscriber {
                     let since = *since;
                     match rx.recv().await {
                         Some(SnapshotItem::Page { event, json }) => return Some(Out::Page { event, json }),
-                        Some(SnapshotItem::Done { seq, tuples, removed }) => {
+                        Some(SnapshotItem::Done { seq, tuples, removed, reset }) => {
                             self.phase = Phase::CatchUp(self.state.store.feed(seq + 1, self.sub.filter()));
-                            return Some(Out::SnapshotDone { seq, tuples, removed, since });
+                            return Some(Out::SnapshotDone { seq, tuples, removed, since, reset });
                         }
                         Some(SnapshotItem::Failed(message)) => return Some(Out::Failed(message)),
                         None => return None,
@@ -483,11 +490,17 @@ fn stream(subscriber: Subscriber) -> Response {
         };
         let event = match next? {
             Out::Page { event, json } => SseEvent::default().event(event).data(json),
-            Out::SnapshotDone { seq, tuples, removed, since } => {
+            Out::SnapshotDone { seq, tuples, removed, since, reset } => {
                 let mut data = json!({ "seq": seq, "tuples": tuples });
                 if let Some(since) = since {
                     data["since"] = json!(since);
-                    data["removed"] = json!(removed);
+                    if reset {
+                        // The client drops what it holds under the pattern
+                        // and keeps what this snapshot sent.
+                        data["reset"] = json!(true);
+                    } else {
+                        data["removed"] = json!(removed);
+                    }
                 }
                 SseEvent::default().id(seq.to_string()).event("pepper.snapshot").data(data.to_string())
             }

@@ -233,6 +233,7 @@ pub fn check(path: &Path) -> Result<CheckReport> {
         }
     };
     let floor = meta(keys::META_FLOOR)?.unwrap_or(1);
+    let tombstone_floor = meta(keys::META_TOMBSTONE_FLOOR)?.unwrap_or(0);
     let next_seq = meta(keys::META_NEXT_SEQ)?.unwrap_or(1);
     let log_bytes = meta(keys::META_LOG_BYTES)?.unwrap_or(0);
     report.floor = floor;
@@ -378,6 +379,7 @@ pub fn check(path: &Path) -> Result<CheckReport> {
                 "tuple ({channel}, {field}): the log sets it at seq {} but it has no latest row",
                 want.seq
             )),
+            TupleState::Gone(g) if g.seq < tombstone_floor => report.rows_unverifiable += 1,
             TupleState::Gone(g) => report.problem(format!(
                 "tuple ({channel}, {field}): the log ended it at seq {} but it has no tombstone",
                 g.seq

@@ -68,6 +68,9 @@ pub const META_FLOOR: &[u8] = b"floor";
 pub const META_LOG_BYTES: &[u8] = b"log_bytes";
 /// `meta` key: the time of the newest record (u64 BE, microseconds).
 pub const META_LAST_TIME: &[u8] = b"last_time_us";
+/// `meta` key: tombstones with a lower sequence number may have been
+/// trimmed by retention (u64 BE; absent means none were).
+pub const META_TOMBSTONE_FLOOR: &[u8] = b"tombstone_floor";
 /// `meta` key: the data format version (one byte).
 pub const META_FORMAT: &[u8] = b"format";
 

@@ -81,6 +81,12 @@ pub const READ_ROWS_MAX: usize = 10_000;
 /// pass then stops at a tuple boundary and the next one resumes there.
 pub const HISTORY_TRIM_STEPS_MAX: u64 = 1_000_000;
 
+/// Most tombstones one retention pass removes; the rest wait a pass.
+pub const TOMBSTONE_TRIMS_MAX: usize = 10_000;
+
+/// Most tombstones one retention pass looks at.
+pub const TOMBSTONE_SCAN_MAX: u64 = 1_000_000;
+
 /// Most log records one retention pass scans to decide a new floor.
 pub const LOG_TRIM_SCAN_MAX: u64 = 1_000_000;
 

@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 use crate::keys::{self, CF_HISTORY, CF_LOG};
-use crate::limits::{HISTORY_TRIM_STEPS_MAX, LOG_TRIM_SCAN_MAX};
+use crate::limits::{HISTORY_TRIM_STEPS_MAX, LOG_TRIM_SCAN_MAX, TOMBSTONE_SCAN_MAX, TOMBSTONE_TRIMS_MAX};
 use crate::record::{peek_time_us, Body, Kind, Record};
 use crate::rows::history_row_time;
 use crate::store::{Shared, RETENTION_INTERVAL_DEFAULT};
@@ -55,6 +55,10 @@ pub struct Retention {
     pub history_max_count: Option<u64>,
     /// Drop history rows older than this.
     pub history_max_age: Option<Duration>,
+    /// Drop tombstones of ended tuples older than this. A resume from
+    /// before the newest dropped one gets a full snapshot instead of the
+    /// changes since.
+    pub tombstone_max_age: Option<Duration>,
     /// Limits for channel subtrees that differ from the two above. The
     /// longest prefix that matches a tuple's channel decides, and a rule's
     /// `None` keeps everything along that axis for its subtree.
@@ -74,6 +78,7 @@ impl Default for Retention {
             history_max_count: None,
             history_max_age: None,
             history_rules: Vec::new(),
+            tombstone_max_age: None,
             interval: RETENTION_INTERVAL_DEFAULT,
             history_steps_per_pass: HISTORY_TRIM_STEPS_MAX,
         }
@@ -83,7 +88,10 @@ impl Default for Retention {
 impl Retention {
     /// Whether the policy trims anything at all.
     pub fn is_enabled(&self) -> bool {
-        self.log_max_age.is_some() || self.log_max_bytes.is_some() || self.trims_history()
+        self.log_max_age.is_some()
+            || self.log_max_bytes.is_some()
+            || self.trims_history()
+            || self.tombstone_max_age.is_some()
     }
 
     fn trims_history(&self) -> bool {
@@ -126,12 +134,14 @@ pub struct RetentionReport {
     pub history_tuples: u64,
     /// Whether the history walk stopped early and the next pass resumes it.
     pub history_resumes: bool,
+    /// Tombstones removed.
+    pub tombstones: u64,
 }
 
 impl RetentionReport {
     /// Whether the pass removed nothing.
     pub fn is_empty(&self) -> bool {
-        self.log_records == 0 && self.history_tuples == 0
+        self.log_records == 0 && self.history_tuples == 0 && self.tombstones == 0
     }
 }
 
@@ -151,11 +161,14 @@ pub(crate) struct TrimPlan {
     pub log: Option<LogTrim>,
     /// History key ranges `[start, end)`, each within one tuple's run.
     pub history: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Tombstones to remove: tuple key and the seq of the end record the
+    /// plan saw (a tuple set or ended again since keeps its row).
+    pub tombstones: Vec<(Vec<u8>, u64)>,
 }
 
 impl TrimPlan {
     fn is_empty(&self) -> bool {
-        self.log.is_none() && self.history.is_empty()
+        self.log.is_none() && self.history.is_empty() && self.tombstones.is_empty()
     }
 }
 
@@ -186,7 +199,35 @@ fn plan(shared: &Shared, policy: &Retention, now_us: u64) -> Result<(TrimPlan, R
     let mut report = RetentionReport { floor: view.earliest_seq(), ..RetentionReport::default() };
     plan_log(shared, &view, policy, now_us, &mut plan, &mut report)?;
     plan_history(shared, &view, policy, now_us, &mut plan, &mut report)?;
+    plan_tombstones(shared, &view, policy, now_us, &mut plan, &mut report)?;
     Ok((plan, report))
+}
+
+/// Tombstones older than the age limit, oldest keys first, bounded per pass.
+fn plan_tombstones(
+    shared: &Shared,
+    view: &View<'_>,
+    policy: &Retention,
+    now_us: u64,
+    plan: &mut TrimPlan,
+    report: &mut RetentionReport,
+) -> Result<()> {
+    let Some(cut) = cutoff(now_us, policy.tombstone_max_age) else { return Ok(()) };
+    let mut it = shared.db.raw_iterator_cf_opt(shared.cf(keys::CF_TOMBSTONES)?, view.opts(None, None));
+    it.seek_to_first();
+    let mut scanned = 0u64;
+    while it.valid() && scanned < TOMBSTONE_SCAN_MAX && plan.tombstones.len() < TOMBSTONE_TRIMS_MAX {
+        let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+        let row: crate::rows::TombstoneRow = crate::rows::decode_row("tombstone", key, value)?;
+        if row.time_us < cut {
+            plan.tombstones.push((key.to_vec(), row.seq));
+        }
+        scanned += 1;
+        it.next();
+    }
+    it.status()?;
+    report.tombstones = plan.tombstones.len() as u64;
+    Ok(())
 }
 
 /// The end of the log prefix that is too old or over the byte budget.

@@ -137,6 +137,19 @@ impl<'a> View<'a> {
         o
     }
 
+    /// Tombstones with a lower sequence number may have been trimmed by
+    /// retention: "what ended since seq N" is complete only for N at or
+    /// above it. 0 if none were ever trimmed.
+    ///
+    /// # Errors
+    /// `Corruption` if the counter is malformed.
+    pub fn tombstone_floor(&self) -> Result<u64> {
+        match self.snap.get_pinned_cf(self.shared.cf(CF_META)?, keys::META_TOMBSTONE_FLOOR)? {
+            Some(v) => keys::decode_u64(&v).ok_or_else(|| Error::corruption("meta tombstone_floor", "not a u64")),
+            None => Ok(0),
+        }
+    }
+
     /// The latest value of one tuple.
     ///
     /// # Errors

@@ -201,7 +201,7 @@ impl Writer {
                         }
                     }
                 }
-                Request::Trim { plan, reply } => match self.trim(&mut batch, &plan) {
+                Request::Trim { plan, reply } => match self.trim(&mut batch, &tuples, &plan) {
                     Ok(()) => {
                         dirty = true;
                         trim_acks.push(reply);
@@ -599,7 +599,7 @@ impl Writer {
         Ok(())
     }
 
-    fn trim(&mut self, batch: &mut WriteBatch, plan: &TrimPlan) -> Result<()> {
+    fn trim(&mut self, batch: &mut WriteBatch, tuples: &TupleOverlay, plan: &TrimPlan) -> Result<()> {
         if let Some(log) = &plan.log {
             if log.from != self.floor || log.to > self.next_seq || log.bytes > self.log_bytes {
                 return Err(Error::Conflict {
@@ -623,6 +623,31 @@ impl Writer {
         let history = self.shared.cf(CF_HISTORY)?;
         for (start, end) in &plan.history {
             batch.delete_range_cf(history, start, end);
+        }
+        if !plan.tombstones.is_empty() {
+            // Remove a tombstone only if it is still the one planned: not
+            // cleared by a set, nor replaced by a newer end, in this group
+            // or since the plan's snapshot.
+            let cf = self.shared.cf(CF_TOMBSTONES)?;
+            let meta = self.shared.cf(CF_META)?;
+            let mut floor = match self.shared.db.get_pinned_cf(meta, keys::META_TOMBSTONE_FLOOR)? {
+                Some(v) => {
+                    keys::decode_u64(&v).ok_or_else(|| Error::corruption("meta tombstone_floor", "not a u64"))?
+                }
+                None => 0,
+            };
+            for (key, seq) in &plan.tombstones {
+                if tuples.contains_key(key) {
+                    continue;
+                }
+                let Some(bytes) = self.shared.db.get_pinned_cf(cf, key)? else { continue };
+                let row: TombstoneRow = decode_row("tombstone", key, &bytes)?;
+                if row.seq == *seq {
+                    batch.delete_cf(cf, key);
+                    floor = floor.max(seq + 1);
+                }
+            }
+            batch.put_cf(meta, keys::META_TOMBSTONE_FLOOR, floor.to_be_bytes());
         }
         Ok(())
     }

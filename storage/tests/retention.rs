@@ -201,3 +201,31 @@ fn the_background_task_trims_on_its_interval() {
     }
     store.close();
 }
+
+/// Tombstones older than their age limit go, and the tombstone floor says
+/// from where "what ended since" is no longer complete.
+#[tokio::test]
+async fn old_tombstones_are_trimmed_and_raise_the_tombstone_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let end = |f: &str| Body::TupleDelete(TupleEnd { channel: "/a/".into(), field: f.into() });
+    store.append(vec![tuple("/a/", "x", "1"), tuple("/a/", "y", "1")]).await.unwrap();
+    let x_end = store.append(vec![end("x")]).await.unwrap().first;
+    store.append(vec![end("y")]).await.unwrap();
+    assert_eq!(store.read(|v| v.tombstone_floor()).await.unwrap(), 0);
+    let policy = Retention { tombstone_max_age: Some(Duration::from_secs(60)), ..Retention::default() };
+    // Nothing is old yet.
+    assert_eq!(store.enforce_retention(&policy, now_us()).await.unwrap().tombstones, 0);
+    // y comes back and ends again: its tombstone is new, x's is old.
+    store.append(vec![tuple("/a/", "y", "2")]).await.unwrap();
+    let later = now_us() + 3_600_000_000;
+    let y_end = store.append(vec![end("y")]).await.unwrap().first;
+    let report = store.enforce_retention(&policy, later).await.unwrap();
+    assert_eq!(report.tombstones, 2, "both rows are older than an hour from `later`");
+    assert_eq!(store.read(|v| v.tombstone_floor()).await.unwrap(), y_end + 1);
+    assert!(store.read(|v| v.tombstones("/", None, 10)).await.unwrap().items.is_empty());
+    assert!(x_end < y_end);
+    store.close();
+    let report = check(dir.path()).unwrap();
+    assert!(report.is_ok(), "{report}");
+}
