@@ -1,12 +1,23 @@
 //! pepper's query layer.
 //!
-//! This crate will hold the tuple queries of PLDB (latest values by channel
-//! prefix, history by time or sequence range), the CIM-style model queries
-//! (enumeration with subclasses, a WQL subset, associators and references),
-//! and federated queries that fan out to other sites and answer with a
-//! manifest of which sites answered, with what data and how old it was. Every
-//! read goes through one `pepper-storage` snapshot and states its sequence
-//! number.
+//! Today this crate holds the pure, storage-free parts of the CIM-style
+//! model repository (issue 5), each usable and tested on its own:
 //!
-//! Nothing is implemented here yet: the query layer arrives with the PLDB and
-//! model repository issues.
+//! - [`value`]: CIM property types (`uint32`, `datetime`, `reference`,
+//!   arrays, ...) and typed values, checked from JSON.
+//! - [`path`]: object paths (`root/cimv2:Class.Key="v"`), their grammar,
+//!   canonical key order, escaping and case-insensitive identity.
+//! - [`wql`]: the query language, a WQL/CQL subset, with a real parser, clear
+//!   errors and three-valued evaluation.
+//!
+//! The schema, the instance store (materialized from the log in the same
+//! batch as each change), enumeration, associators and the HTTP API build on
+//! these. Tuple queries live in `pepper-adapters` (`pldb.rs`) over the
+//! store's views; federated queries come with federation.
+
+mod error;
+pub mod path;
+pub mod value;
+pub mod wql;
+
+pub use error::{Error, Result};
