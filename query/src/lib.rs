@@ -9,14 +9,17 @@
 //!   canonical key order, escaping and case-insensitive identity.
 //! - [`wql`]: the query language, a WQL/CQL subset, with a real parser, clear
 //!   errors and three-valued evaluation.
+//! - [`schema`]: classes with single inheritance, keys and associations,
+//!   validation of class changes and of instances, and the built-in
+//!   `root/cimv2` core set.
 //!
-//! The schema, the instance store (materialized from the log in the same
-//! batch as each change), enumeration, associators and the HTTP API build on
-//! these. Tuple queries live in `pepper-adapters` (`pldb.rs`) over the
+//! The instance store (materialized from the log in the same batch as each
+//! change), enumeration, associators and the HTTP API build on these. Tuple queries live in `pepper-adapters` (`pldb.rs`) over the
 //! store's views; federated queries come with federation.
 
 mod error;
 pub mod path;
+pub mod schema;
 pub mod value;
 pub mod wql;
 
