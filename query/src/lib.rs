@@ -12,12 +12,16 @@
 //! - [`schema`]: classes with single inheritance, keys and associations,
 //!   validation of class changes and of instances, and the built-in
 //!   `root/cimv2` core set.
+//! - [`model`]: enumeration (deep or shallow), WQL selection, references and
+//!   associators with their filters, paging, and [`model::MemoryModel`], an
+//!   in-memory repository with the reference and deletion rules.
 //!
 //! The instance store (materialized from the log in the same batch as each
 //! change), enumeration, associators and the HTTP API build on these. Tuple queries live in `pepper-adapters` (`pldb.rs`) over the
 //! store's views; federated queries come with federation.
 
 mod error;
+pub mod model;
 pub mod path;
 pub mod schema;
 pub mod value;
