@@ -17,14 +17,17 @@
 //! Rows older than the floor cannot be compared with a record the log no
 //! longer has; they are counted as unverifiable, not as problems.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::keys::{self, CF_DOCS, CF_EVENT_IDS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_TOMBSTONES, CF_TUPLES};
+use crate::keys::{
+    self, CF_DOCS, CF_EVENT_IDS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_MODEL_CLASSES, CF_MODEL_CLASS_INDEX,
+    CF_MODEL_INSTANCES, CF_MODEL_REF_INDEX, CF_TOMBSTONES, CF_TUPLES,
+};
 use crate::record::{Body, Party, Record};
-use crate::rows::{decode_row, DocRow, HistoryRow, Lease, TombstoneRow, TupleRow};
+use crate::rows::{decode_row, DocRow, HistoryRow, Lease, ModelClassRow, ModelInstanceRow, TombstoneRow, TupleRow};
 use crate::store::Shared;
 
 /// Most problems a report lists one by one; the rest are only counted.
@@ -122,6 +125,10 @@ struct Replay {
     leases: HashMap<String, LeaseState>,
     docs: HashMap<String, Option<(u64, u64, Vec<u8>)>>,
     event_ids: HashMap<String, (u64, u64)>,
+    /// (namespace, identity) -> the last put, or `None` once deleted.
+    instances: HashMap<(String, String), Option<ModelInstanceRow>>,
+    /// (namespace, lowercase class) -> the last definition.
+    classes: HashMap<(String, String), ModelClassRow>,
 }
 
 impl Replay {
@@ -185,11 +192,133 @@ impl Replay {
             Body::DocDelete(d) => {
                 self.docs.insert(d.key.clone(), None);
             }
+            Body::ModelClass(c) => {
+                let row = ModelClassRow {
+                    seq: rec.seq,
+                    time_us: rec.time_us,
+                    name: c.name.clone(),
+                    definition: c.definition.clone(),
+                };
+                self.classes.insert((c.namespace.clone(), c.name.to_ascii_lowercase()), row);
+            }
+            Body::ModelPut(p) => {
+                let row = ModelInstanceRow {
+                    seq: rec.seq,
+                    time_us: rec.time_us,
+                    class: p.class.clone(),
+                    path: p.path.clone(),
+                    properties: p.properties.clone(),
+                    refs: p.refs.clone(),
+                };
+                self.instances.insert((p.namespace.clone(), p.identity.clone()), Some(row));
+            }
+            Body::ModelDelete(d) => {
+                self.instances.insert((d.namespace.clone(), d.identity.clone()), None);
+            }
         }
     }
 }
 
 type RawIter<'a> = rocksdb::DBRawIteratorWithThreadMode<'a, rocksdb::DB>;
+
+/// Model rows against the log, and the two model indexes against the
+/// instance rows (the indexes need no log to be checked).
+fn check_models(
+    shared: &Shared,
+    snap: &rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>,
+    replay: &mut Replay,
+    floor: u64,
+    report: &mut CheckReport,
+) -> Result<()> {
+    let split = |key: &[u8]| -> Option<(String, String)> {
+        let at = key.iter().position(|b| *b == keys::SEP)?;
+        Some((String::from_utf8(key[..at].to_vec()).ok()?, String::from_utf8(key[at + 1..].to_vec()).ok()?))
+    };
+    let mut live: HashMap<(String, String), ModelInstanceRow> = HashMap::new();
+    let mut it = iterate(shared, snap, CF_MODEL_INSTANCES)?;
+    while it.valid() {
+        let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+        let Some(k) = split(key) else {
+            report.problem(format!("model instance key {key:02x?} has no separator"));
+            it.next();
+            continue;
+        };
+        match decode_row::<ModelInstanceRow>("model instance", key, value) {
+            Err(e) => report.problem(e.to_string()),
+            Ok(row) => {
+                match replay.instances.remove(&k) {
+                    Some(Some(want)) if want == row => report.rows_verified += 1,
+                    Some(Some(want)) => report
+                        .problem(format!("instance {}: row disagrees with the log's put at seq {}", k.1, want.seq)),
+                    Some(None) => report.problem(format!("instance {}: the log deleted it but its row remains", k.1)),
+                    None if row.seq >= floor => {
+                        report.problem(format!("instance {}: row names seq {} but the log has no put", k.1, row.seq))
+                    }
+                    None => report.rows_unverifiable += 1,
+                }
+                live.insert(k, row);
+            }
+        }
+        it.next();
+    }
+    it.status()?;
+    for ((_, identity), state) in replay.instances.drain() {
+        if let Some(want) = state {
+            report.problem(format!("instance {identity}: the log puts it at seq {} but it has no row", want.seq));
+        }
+    }
+    let mut it = iterate(shared, snap, CF_MODEL_CLASSES)?;
+    while it.valid() {
+        let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+        if let (Some(k), Ok(row)) = (split(key), decode_row::<ModelClassRow>("model class", key, value)) {
+            match replay.classes.remove(&k) {
+                Some(want) if want == row => report.rows_verified += 1,
+                Some(_) => report.problem(format!("class {}: row disagrees with the log", k.1)),
+                None if row.seq >= floor => {
+                    report.problem(format!("class {}: row names seq {} but the log has no definition", k.1, row.seq))
+                }
+                None => report.rows_unverifiable += 1,
+            }
+        } else {
+            report.problem(format!("model class row {key:02x?} is malformed"));
+        }
+        it.next();
+    }
+    it.status()?;
+    for ((_, name), want) in replay.classes.drain() {
+        report.problem(format!("class {name}: the log defines it at seq {} but it has no row", want.seq));
+    }
+    // The indexes hold exactly the live instances' classes and references.
+    let mut want_class: BTreeSet<Vec<u8>> = BTreeSet::new();
+    let mut want_refs: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for ((ns, identity), row) in &live {
+        want_class.insert(keys::joined(&[ns, &row.class.to_ascii_lowercase(), identity]));
+        for r in &row.refs {
+            want_refs.insert(keys::joined(&[ns, r, identity]));
+        }
+    }
+    for (cf, want, what) in
+        [(CF_MODEL_CLASS_INDEX, want_class, "class index"), (CF_MODEL_REF_INDEX, want_refs, "reference index")]
+    {
+        let mut got = BTreeSet::new();
+        let mut it = iterate(shared, snap, cf)?;
+        while it.valid() {
+            if let Some(k) = it.key() {
+                got.insert(k.to_vec());
+            }
+            it.next();
+        }
+        it.status()?;
+        for k in want.difference(&got) {
+            report.problem(format!("{what}: missing entry {}", String::from_utf8_lossy(k).replace('\0', " | ")));
+        }
+        for k in got.difference(&want) {
+            report.problem(format!("{what}: stray entry {}", String::from_utf8_lossy(k).replace('\0', " | ")));
+        }
+        report.rows_verified += want.len().min(got.len()) as u64;
+    }
+    Ok(())
+}
 
 /// Whether the snapshot has a latest row for (channel, field).
 fn latest_seen(
@@ -501,6 +630,11 @@ pub fn check(path: &Path) -> Result<CheckReport> {
         if let Some((seq, _, _)) = state {
             report.problem(format!("document {k}: the log puts it at seq {seq} but it has no row"));
         }
+    }
+
+    // 4: model classes and instances, against the log.
+    if shared.db.cf_handle(CF_MODEL_INSTANCES).is_some() {
+        check_models(&shared, &snap, &mut replay, floor, &mut report)?;
     }
 
     // 4: the event id index.

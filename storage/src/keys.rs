@@ -42,9 +42,45 @@ pub const CF_EVENT_IDS: &str = "event_ids";
 /// changed since a sequence number, removals included.
 pub const CF_TOMBSTONES: &str = "tombstones";
 
+/// Model classes: namespace `00` lowercase class name.
+pub const CF_MODEL_CLASSES: &str = "model_classes";
+/// Model instances: namespace `00` path identity.
+pub const CF_MODEL_INSTANCES: &str = "model_instances";
+/// Every version of each instance: namespace `00` identity `00` seq.
+pub const CF_MODEL_HISTORY: &str = "model_history";
+/// Instances by class: namespace `00` lowercase class `00` identity.
+pub const CF_MODEL_CLASS_INDEX: &str = "model_class_index";
+/// Who refers to whom: namespace `00` target identity `00` source identity.
+pub const CF_MODEL_REF_INDEX: &str = "model_ref_index";
+
 /// Every column family pepper opens, in a fixed order.
-pub const ALL_CFS: [&str; 8] =
-    [CF_LOG, CF_TUPLES, CF_HISTORY, CF_LEASES, CF_DOCS, CF_META, CF_EVENT_IDS, CF_TOMBSTONES];
+pub const ALL_CFS: [&str; 13] = [
+    CF_LOG,
+    CF_TUPLES,
+    CF_HISTORY,
+    CF_LEASES,
+    CF_DOCS,
+    CF_META,
+    CF_EVENT_IDS,
+    CF_TOMBSTONES,
+    CF_MODEL_CLASSES,
+    CF_MODEL_INSTANCES,
+    CF_MODEL_HISTORY,
+    CF_MODEL_CLASS_INDEX,
+    CF_MODEL_REF_INDEX,
+];
+
+/// A key of parts joined by `00` (no part may contain `00`).
+pub fn joined(parts: &[&str]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(SEP);
+        }
+        k.extend_from_slice(p.as_bytes());
+    }
+    k
+}
 
 /// The `event_ids` value: seq then time, u64 big-endian each.
 pub fn event_id_value(seq: u64, time_us: u64) -> [u8; 16] {

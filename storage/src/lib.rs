@@ -20,6 +20,7 @@ mod error;
 mod feed;
 pub mod keys;
 pub mod limits;
+mod models;
 mod record;
 mod retention;
 mod rows;
@@ -33,11 +34,14 @@ pub use db::{BLOCK_CACHE_BYTES, MEMTABLES_BYTES_MAX, MEMTABLE_BYTES, WAL_BYTES_M
 pub use error::{Error, Result};
 pub use feed::{Feed, FeedItem, Filter};
 pub use record::{
-    Body, Distribution, DocDelete, DocPut, Event, Kind, LeaseEnd, LeaseGrant, LeaseRenew, Party, Record, Target,
-    TupleEnd, TupleSet, TupleUpdate, TupleWrite, RECORD_VERSION,
+    Body, Distribution, DocDelete, DocPut, Event, Kind, LeaseEnd, LeaseGrant, LeaseRenew, ModelClass, ModelDelete,
+    ModelPut, Party, Record, Target, TupleEnd, TupleSet, TupleUpdate, TupleWrite, RECORD_VERSION,
 };
 pub use retention::{HistoryRule, Retention, RetentionReport};
-pub use rows::{Doc, HistoryEntry, Lease, Tombstone, TombstoneReason, Tuple, ROW_VERSION};
+pub use rows::{
+    Doc, HistoryEntry, Lease, ModelClassRow, ModelInstanceRow, ModelVersion, Tombstone, TombstoneReason, Tuple,
+    ROW_VERSION,
+};
 pub use store::{
     now_us, Durability, Options, StatsSnapshot, Store, DEDUPE_WINDOW_DEFAULT, FORMAT_VERSION,
     RETENTION_INTERVAL_DEFAULT,

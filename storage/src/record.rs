@@ -265,6 +265,47 @@ pub struct TupleEnd {
     pub field: String,
 }
 
+/// Defines or replaces a model class (its definition is opaque JSON to the
+/// store; the query layer checks it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelClass {
+    /// The namespace, such as `root/cimv2`.
+    pub namespace: String,
+    /// The class name as declared.
+    pub name: String,
+    /// The class definition, JSON.
+    pub definition: Vec<u8>,
+}
+
+/// Creates or changes a model instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelPut {
+    /// The namespace.
+    pub namespace: String,
+    /// The instance's class as declared.
+    pub class: String,
+    /// Its canonical object path.
+    pub path: String,
+    /// Its path identity (the case-insensitive form), the storage key.
+    pub identity: String,
+    /// Its properties, JSON.
+    pub properties: Vec<u8>,
+    /// The identities its reference properties point at: each must exist.
+    pub refs: Vec<String>,
+    /// True to create (the instance must not exist), false to change (it
+    /// must).
+    pub create: bool,
+}
+
+/// Deletes a model instance; no association may refer to it by then.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelDelete {
+    /// The namespace.
+    pub namespace: String,
+    /// The instance's path identity.
+    pub identity: String,
+}
+
 /// Deletes a keyed document.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DocDelete {
@@ -295,6 +336,12 @@ pub enum Body {
     TupleExpire(TupleEnd),
     /// A client deleted a tuple.
     TupleDelete(TupleEnd),
+    /// A model class was defined.
+    ModelClass(ModelClass),
+    /// A model instance was created or changed.
+    ModelPut(ModelPut),
+    /// A model instance was deleted.
+    ModelDelete(ModelDelete),
 }
 
 /// A write of a tuple's latest value, from a tuple-set record or an
@@ -337,11 +384,17 @@ pub enum Kind {
     TupleExpire = 9,
     /// [`Body::TupleDelete`].
     TupleDelete = 10,
+    /// [`Body::ModelClass`].
+    ModelClass = 11,
+    /// [`Body::ModelPut`].
+    ModelPut = 12,
+    /// [`Body::ModelDelete`].
+    ModelDelete = 13,
 }
 
 impl Kind {
     /// Every kind, in byte order.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Event,
         Kind::TupleSet,
         Kind::LeaseGrant,
@@ -352,6 +405,9 @@ impl Kind {
         Kind::DocDelete,
         Kind::TupleExpire,
         Kind::TupleDelete,
+        Kind::ModelClass,
+        Kind::ModelPut,
+        Kind::ModelDelete,
     ];
 
     /// The stable name of the kind, as used in feed type filters.
@@ -367,6 +423,9 @@ impl Kind {
             Kind::DocDelete => "doc.delete",
             Kind::TupleExpire => "tuple.expire",
             Kind::TupleDelete => "tuple.delete",
+            Kind::ModelClass => "model.class",
+            Kind::ModelPut => "model.put",
+            Kind::ModelDelete => "model.delete",
         }
     }
 
@@ -399,6 +458,9 @@ impl Body {
             Body::DocDelete(_) => Kind::DocDelete,
             Body::TupleExpire(_) => Kind::TupleExpire,
             Body::TupleDelete(_) => Kind::TupleDelete,
+            Body::ModelClass(_) => Kind::ModelClass,
+            Body::ModelPut(_) => Kind::ModelPut,
+            Body::ModelDelete(_) => Kind::ModelDelete,
         }
     }
 
@@ -455,6 +517,9 @@ impl Body {
             Body::DocPut(b) => postcard::to_io(b, &mut *out).map(|_| ()),
             Body::DocDelete(b) => postcard::to_io(b, &mut *out).map(|_| ()),
             Body::TupleExpire(b) | Body::TupleDelete(b) => postcard::to_io(b, &mut *out).map(|_| ()),
+            Body::ModelClass(b) => postcard::to_io(b, &mut *out).map(|_| ()),
+            Body::ModelPut(b) => postcard::to_io(b, &mut *out).map(|_| ()),
+            Body::ModelDelete(b) => postcard::to_io(b, &mut *out).map(|_| ()),
         };
         res.map_err(|e| Error::invalid("record body", e.to_string()))
     }
@@ -494,6 +559,9 @@ impl Body {
             Kind::DocDelete => Body::DocDelete(whole(bytes)?),
             Kind::TupleExpire => Body::TupleExpire(whole(bytes)?),
             Kind::TupleDelete => Body::TupleDelete(whole(bytes)?),
+            Kind::ModelClass => Body::ModelClass(whole(bytes)?),
+            Kind::ModelPut => Body::ModelPut(whole(bytes)?),
+            Kind::ModelDelete => Body::ModelDelete(whole(bytes)?),
         })
     }
 }
@@ -650,6 +718,21 @@ mod tests {
             Body::DocDelete(DocDelete { key: "k".into() }),
             Body::TupleExpire(TupleEnd { channel: "/example.com/node/h1/".into(), field: "load".into() }),
             Body::TupleDelete(TupleEnd { channel: "/example.com/node/h1/".into(), field: "mem".into() }),
+            Body::ModelClass(ModelClass {
+                namespace: "root/cimv2".into(),
+                name: "X".into(),
+                definition: b"{}".to_vec(),
+            }),
+            Body::ModelPut(ModelPut {
+                namespace: "root/cimv2".into(),
+                class: "X".into(),
+                path: "root/cimv2:X.K=1".into(),
+                identity: "root/cimv2:x.k=1".into(),
+                properties: b"{\"K\":1}".to_vec(),
+                refs: vec!["root/cimv2:y.k=2".into()],
+                create: true,
+            }),
+            Body::ModelDelete(ModelDelete { namespace: "root/cimv2".into(), identity: "root/cimv2:x.k=1".into() }),
         ]
     }
 

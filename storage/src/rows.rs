@@ -107,6 +107,50 @@ pub struct Tombstone {
     pub reason: TombstoneReason,
 }
 
+/// The stored model class; the key holds namespace and lowercase name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelClassRow {
+    /// The record that defined it.
+    pub seq: u64,
+    /// When.
+    pub time_us: u64,
+    /// The class name as declared.
+    pub name: String,
+    /// The definition, JSON.
+    pub definition: Vec<u8>,
+}
+
+/// The stored model instance; the key holds namespace and path identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInstanceRow {
+    /// The record that last created or changed it.
+    pub seq: u64,
+    /// When.
+    pub time_us: u64,
+    /// Its class as declared.
+    pub class: String,
+    /// Its canonical object path.
+    pub path: String,
+    /// Its properties, JSON.
+    pub properties: Vec<u8>,
+    /// The identities its references point at.
+    pub refs: Vec<String>,
+}
+
+/// One version of a model instance; the key holds namespace, identity and
+/// the seq of the record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelVersion {
+    /// When.
+    pub time_us: u64,
+    /// Its class.
+    pub class: String,
+    /// Its properties then, JSON (empty for a deletion).
+    pub properties: Vec<u8>,
+    /// Whether this version is its deletion.
+    pub deleted: bool,
+}
+
 /// The stored document; the key is the document key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct DocRow {

@@ -29,7 +29,7 @@ use crate::writer::{Appended, Prepared, Request, Writer};
 /// The data format version this build writes and the newest it reads.
 /// Version 2 added the `event_ids` index; a version-1 folder is upgraded on
 /// open.
-pub const FORMAT_VERSION: u8 = 3;
+pub const FORMAT_VERSION: u8 = 4;
 
 /// When an append is acknowledged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -182,9 +182,9 @@ impl Store {
         match db.get_pinned_cf(meta, keys::META_FORMAT)?.map(|v| v.to_vec()) {
             Some(v) if v == [FORMAT_VERSION] => {}
             Some(v) if v == [1] => migrate_v1(&db)?,
-            // Version 3 added the `tombstones` family, which opening creates
-            // empty: nothing to rewrite.
-            Some(v) if v == [2] => {
+            // Versions 3 and 4 added families (`tombstones`; the `model_*`
+            // ones), which opening creates empty: nothing to rewrite.
+            Some(v) if v == [2] || v == [3] => {
                 let mut opts = rocksdb::WriteOptions::default();
                 opts.set_sync(true);
                 let mut batch = rocksdb::WriteBatch::default();

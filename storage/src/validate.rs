@@ -109,6 +109,20 @@ pub fn body(b: &Body) -> Result<()> {
         Body::LeaseRelease(e) | Body::LeaseExpire(e) => id("lease id", &e.id),
         Body::DocPut(d) => doc_key(&d.key),
         Body::DocDelete(d) => doc_key(&d.key),
+        Body::ModelClass(c) => {
+            crate::models::check_part("namespace", &c.namespace)?;
+            crate::models::check_part("class", &c.name)
+        }
+        Body::ModelPut(p) => {
+            crate::models::check_part("namespace", &p.namespace)?;
+            crate::models::check_part("class", &p.class)?;
+            crate::models::check_part("instance identity", &p.identity)?;
+            p.refs.iter().try_for_each(|r| crate::models::check_part("reference", r))
+        }
+        Body::ModelDelete(d) => {
+            crate::models::check_part("namespace", &d.namespace)?;
+            crate::models::check_part("instance identity", &d.identity)
+        }
         Body::TupleExpire(t) | Body::TupleDelete(t) => {
             channel("channel", &t.channel)?;
             field(&t.field)

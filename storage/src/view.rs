@@ -13,7 +13,10 @@ use crate::feed::Filter;
 use crate::keys::{self, CF_DOCS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_TOMBSTONES, CF_TUPLES};
 use crate::limits::{READ_ROWS_MAX, SCAN_BYTES_MAX};
 use crate::record::Record;
-use crate::rows::{decode_row, Doc, DocRow, HistoryEntry, HistoryRow, Lease, Tombstone, TombstoneRow, Tuple, TupleRow};
+use crate::rows::{
+    decode_row, Doc, DocRow, HistoryEntry, HistoryRow, Lease, ModelClassRow, ModelInstanceRow, ModelVersion, Tombstone,
+    TombstoneRow, Tuple, TupleRow,
+};
 use crate::store::Shared;
 
 /// A page of results with the cursor to pass for the next page.
@@ -280,6 +283,138 @@ impl<'a> View<'a> {
             }
         }
         it.status()?;
+        Ok(out)
+    }
+
+    /// Scans family `cf` under `prefix`, calling `f` on each (key, value)
+    /// until it returns `false`.
+    fn scan_prefix(&self, cf: &str, prefix: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
+        let upper = keys::prefix_end(prefix);
+        let mut it = self.snap.raw_iterator_cf_opt(self.shared.cf(cf)?, self.opts(Some(prefix.to_vec()), upper));
+        it.seek(prefix);
+        while it.valid() {
+            let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+            if !f(key, value)? {
+                break;
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(())
+    }
+
+    /// The classes defined in namespace `ns` (by lowercase name).
+    ///
+    /// # Errors
+    /// `Corruption` for bad rows.
+    pub fn model_classes(&self, ns: &str) -> Result<Vec<ModelClassRow>> {
+        let mut prefix = keys::joined(&[ns]);
+        prefix.push(keys::SEP);
+        let mut out = Vec::new();
+        self.scan_prefix(keys::CF_MODEL_CLASSES, &prefix, |k, v| {
+            out.push(decode_row("model class", k, v)?);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// The instance with path identity `identity` in `ns`.
+    ///
+    /// # Errors
+    /// `Corruption` for a bad row.
+    pub fn model_instance(&self, ns: &str, identity: &str) -> Result<Option<ModelInstanceRow>> {
+        let key = keys::joined(&[ns, identity]);
+        match self.snap.get_pinned_cf(self.shared.cf(keys::CF_MODEL_INSTANCES)?, &key)? {
+            Some(bytes) => Ok(Some(decode_row("model instance", &key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` instances of exactly `class` (any case) in `ns`, in
+    /// identity order, strictly after identity `after`; and the identity to
+    /// continue after, if more remain.
+    ///
+    /// # Errors
+    /// `Corruption` if the class index names a missing instance.
+    pub fn model_instances_of(
+        &self,
+        ns: &str,
+        class: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<ModelInstanceRow, String>> {
+        let limit = limit_ok(limit)?;
+        let mut prefix = keys::joined(&[ns, &class.to_ascii_lowercase()]);
+        prefix.push(keys::SEP);
+        let mut identities = Vec::new();
+        let start = after.map(|a| {
+            let mut k = prefix.clone();
+            k.extend_from_slice(a.as_bytes());
+            k.push(0);
+            k
+        });
+        self.scan_prefix(keys::CF_MODEL_CLASS_INDEX, &prefix, |k, _| {
+            if start.as_ref().is_some_and(|s| k < s.as_slice()) {
+                return Ok(true);
+            }
+            identities.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+            Ok(identities.len() <= limit)
+        })?;
+        let next = (identities.len() > limit).then(|| identities[limit - 1].clone());
+        identities.truncate(limit);
+        let mut items = Vec::with_capacity(identities.len());
+        for id in identities {
+            let row = self
+                .model_instance(ns, &id)?
+                .ok_or_else(|| Error::corruption("model class index", format!("names missing instance {id}")))?;
+            items.push(row);
+        }
+        Ok(Page { items, next })
+    }
+
+    /// The identities of the instances in `ns` that refer to `target`.
+    ///
+    /// # Errors
+    /// `Rocks` on read errors.
+    pub fn model_referrers(&self, ns: &str, target: &str) -> Result<Vec<String>> {
+        let mut prefix = keys::joined(&[ns, target]);
+        prefix.push(keys::SEP);
+        let mut out = Vec::new();
+        self.scan_prefix(keys::CF_MODEL_REF_INDEX, &prefix, |k, _| {
+            out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+            Ok(out.len() < READ_ROWS_MAX)
+        })?;
+        Ok(out)
+    }
+
+    /// The versions of an instance with seq in `[from_seq, to_seq]`, oldest
+    /// first, at most `limit`.
+    ///
+    /// # Errors
+    /// `InvalidInput`/`TooLarge` for a bad limit; `Corruption` for bad rows.
+    pub fn model_history(
+        &self,
+        ns: &str,
+        identity: &str,
+        from_seq: u64,
+        to_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, ModelVersion)>> {
+        let limit = limit_ok(limit)?;
+        let mut prefix = keys::joined(&[ns, identity]);
+        prefix.push(keys::SEP);
+        let mut out = Vec::new();
+        self.scan_prefix(keys::CF_MODEL_HISTORY, &prefix, |k, v| {
+            let seq =
+                keys::decode_u64(&k[prefix.len()..]).ok_or_else(|| Error::corruption("model history", "bad key"))?;
+            if seq > to_seq {
+                return Ok(false);
+            }
+            if seq >= from_seq {
+                out.push((seq, decode_row("model history", k, v)?));
+            }
+            Ok(out.len() < limit)
+        })?;
         Ok(out)
     }
 

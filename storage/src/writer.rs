@@ -36,6 +36,7 @@ use crate::anycast::Anycast;
 use crate::error::{Error, Result};
 use crate::keys::{self, CF_DOCS, CF_EVENT_IDS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_TOMBSTONES, CF_TUPLES};
 use crate::limits::{ANYCAST_GROUPS_MAX, GROUP_BYTES_MAX, GROUP_RECORDS_MAX};
+use crate::models::ModelOverlay;
 use crate::record::{frame, Body, Distribution};
 use crate::retention::TrimPlan;
 use crate::rows::{decode_row, encode_row, DocRow, HistoryRow, Lease, TombstoneReason, TombstoneRow, TupleRow};
@@ -96,6 +97,16 @@ type TupleOverlay = HashMap<Vec<u8>, Option<TupleRow>>;
 /// Event ids logged earlier in this group: id -> (seq, time).
 type IdOverlay = HashMap<String, (u64, u64)>;
 
+/// What earlier requests of a write group did, as later ones (and the
+/// group's own checks) must see it before the batch is written.
+#[derive(Default)]
+struct Overlays {
+    leases: LeaseOverlay,
+    tuples: TupleOverlay,
+    models: ModelOverlay,
+    ids: IdOverlay,
+}
+
 /// What the dedupe check says about one append.
 enum Dedupe {
     /// No event in it was logged before within the window.
@@ -151,9 +162,7 @@ impl Writer {
             return;
         }
         let mut batch = WriteBatch::default();
-        let mut overlay = LeaseOverlay::new();
-        let mut tuples = TupleOverlay::new();
-        let mut ids = IdOverlay::new();
+        let mut ov = Overlays::default();
         let mut acks: Vec<(oneshot::Sender<Result<Appended>>, Appended)> = Vec::new();
         let mut trim_acks = Vec::new();
         let start = (self.next_seq, self.log_bytes, self.last_time_us, self.floor);
@@ -165,11 +174,11 @@ impl Writer {
                 Request::Append { records, reply, .. } => {
                     // A refused request touches nothing: it is checked before
                     // any of its effects enter the batch.
-                    if let Err(e) = self.check_preconditions(&overlay, &tuples, &records, time_us) {
+                    if let Err(e) = self.check_preconditions(&ov.leases, &ov.tuples, &ov.models, &records, time_us) {
                         let _ = reply.send(Err(e));
                         continue;
                     }
-                    match self.dedupe(&ids, &records, time_us) {
+                    match self.dedupe(&ov.ids, &records, time_us) {
                         Ok(Dedupe::New) => {}
                         Ok(Dedupe::Replay { first, last }) => {
                             let _ = reply.send(Ok(Appended { first, last, replayed: true }));
@@ -180,7 +189,7 @@ impl Writer {
                             continue;
                         }
                     }
-                    match self.append(&mut batch, &mut overlay, &mut tuples, &mut ids, records, time_us) {
+                    match self.append(&mut batch, &mut ov, records, time_us) {
                         Ok(appended) => {
                             dirty = true;
                             acks.push((reply, appended));
@@ -201,7 +210,7 @@ impl Writer {
                         }
                     }
                 }
-                Request::Trim { plan, reply } => match self.trim(&mut batch, &tuples, &plan) {
+                Request::Trim { plan, reply } => match self.trim(&mut batch, &ov.tuples, &plan) {
                     Ok(()) => {
                         dirty = true;
                         trim_acks.push(reply);
@@ -232,7 +241,7 @@ impl Writer {
             return;
         }
         self.shared.floor.store(self.floor, Ordering::Release);
-        for (id, lease) in &overlay {
+        for (id, lease) in &ov.leases {
             if let Err(e) = self.anycast.apply(id, lease.as_ref()) {
                 tracing::error!(lease = %id, error = %e, "lease left out of its anycast group");
             }
@@ -279,9 +288,7 @@ impl Writer {
     fn append(
         &mut self,
         batch: &mut WriteBatch,
-        overlay: &mut LeaseOverlay,
-        tuples: &mut TupleOverlay,
-        ids: &mut IdOverlay,
+        ov: &mut Overlays,
         records: Vec<Prepared>,
         time_us: u64,
     ) -> Result<Appended> {
@@ -290,7 +297,7 @@ impl Writer {
             let seq = self.next_seq;
             if let Body::Event(e) = &mut rec.body {
                 if e.distribution == Distribution::One {
-                    e.assigned = self.anycast.choose(overlay, e, time_us)?;
+                    e.assigned = self.anycast.choose(&ov.leases, e, time_us)?;
                     if !e.assigned.is_empty() {
                         rec.encoded_body.clear();
                         rec.body.encode_into(&mut rec.encoded_body)?;
@@ -299,11 +306,12 @@ impl Writer {
             }
             let bytes = frame(seq, time_us, &self.shared.site, rec.body.kind(), &rec.encoded_body)?;
             batch.put_cf(self.shared.cf(CF_LOG)?, keys::log_key(seq), &bytes);
-            self.materialize(batch, overlay, seq, time_us, &rec.body)?;
-            self.materialize_tuple(batch, tuples, seq, time_us, &rec.body)?;
+            self.materialize(batch, &mut ov.leases, seq, time_us, &rec.body)?;
+            self.materialize_tuple(batch, &mut ov.tuples, seq, time_us, &rec.body)?;
+            ov.models.materialize(&self.shared, batch, seq, time_us, &rec.body)?;
             if let Body::Event(e) = &rec.body {
                 if !e.id.is_empty() {
-                    ids.insert(e.id.clone(), (seq, time_us));
+                    ov.ids.insert(e.id.clone(), (seq, time_us));
                 }
             }
             self.log_bytes += bytes.len() as u64;
@@ -376,10 +384,16 @@ impl Writer {
         &self,
         overlay: &LeaseOverlay,
         tuples: &TupleOverlay,
+        models: &ModelOverlay,
         records: &[Prepared],
         time_us: u64,
     ) -> Result<()> {
         self.check_tuples(tuples, records, time_us)?;
+        let model_records: Vec<&Body> =
+            records.iter().map(|r| &r.body).filter(|b| matches!(b, Body::ModelPut(_) | Body::ModelDelete(_))).collect();
+        if !model_records.is_empty() {
+            models.clone().check(&self.shared, &model_records)?;
+        }
         // id -> its expiry while live after the records seen so far, None once ended.
         let mut local: HashMap<&str, Option<u64>> = HashMap::new();
         // Anycast groups granted into earlier in this request.
@@ -595,6 +609,8 @@ impl Writer {
                 batch.put_cf(s.cf(CF_DOCS)?, d.key.as_bytes(), encode_row(&row));
             }
             Body::DocDelete(d) => batch.delete_cf(s.cf(CF_DOCS)?, d.key.as_bytes()),
+            // Model effects: `models.rs`.
+            Body::ModelClass(_) | Body::ModelPut(_) | Body::ModelDelete(_) => {}
         }
         Ok(())
     }
