@@ -103,6 +103,8 @@ pub struct AppState {
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
     /// Counters and histograms for `GET /metrics`.
     pub(crate) metrics: Arc<Metrics>,
+    /// The model repository's schemas.
+    pub(crate) models: Arc<crate::models::Models>,
     /// Routes each committed event to the live streams it matches.
     pub(crate) dispatcher: Dispatcher,
     /// One permit per open SSE stream ([`crate::sse::SUBSCRIBERS_MAX`]).
@@ -122,6 +124,7 @@ impl AppState {
     pub async fn load(store: Store, config: ApiConfig) -> Result<AppState, pepper_storage::Error> {
         let leases = store.read(|v| v.leases()).await?;
         let tuples = crate::pldb::load_tuple_index(&store).await?;
+        let models = Arc::new(crate::models::Models::load(&store).await?);
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let metrics = Arc::new(Metrics::default());
         let dispatcher =
@@ -130,6 +133,7 @@ impl AppState {
             store,
             leases: Arc::new(ExpiryIndex::of_leases(&leases)),
             tuples: Arc::new(tuples),
+            models,
             config,
             stopping: Arc::new(stopping),
             metrics,
@@ -172,6 +176,19 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/watch", get(sse::watch))
         .route("/v1/tuples", get(crate::pldb::list).delete(crate::pldb::delete))
         .route("/v1/tuples/history", get(crate::pldb::history))
+        .route("/v1/namespaces/{ns}/classes", get(crate::models::list_classes).post(crate::models::define_class))
+        .route("/v1/namespaces/{ns}/classes/{class}", get(crate::models::get_class))
+        .route("/v1/namespaces/{ns}/instances", get(crate::models::enumerate).post(crate::models::create_instance))
+        .route(
+            "/v1/namespaces/{ns}/instances/{path}",
+            get(crate::models::get_instance)
+                .put(crate::models::replace_instance)
+                .patch(crate::models::patch_instance)
+                .delete(crate::models::delete_instance),
+        )
+        .route("/v1/namespaces/{ns}/instances/{path}/associators", get(crate::models::associators))
+        .route("/v1/namespaces/{ns}/instances/{path}/references", get(crate::models::references))
+        .route("/v1/namespaces/{ns}/query", post(crate::models::run_query))
         .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()) })
         .layer(axum::middleware::from_fn_with_state(state.requests_in_flight.clone(), limit_in_flight))
         .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track))

@@ -5,6 +5,7 @@
 //! - `lease`: granting, renewing, releasing and expiring leases.
 //! - `pldb`: tuples (latest values and history), their expiry, and `pldbget`.
 //! - `expiry`: the in-memory expiry index behind lease and tuple expiry.
+//! - `models`: the CIM model repository's HTTP API over `pepper-query`.
 //! - `dispatch`: the one task that routes each committed event to the live
 //!   streams it matches.
 //! - `sse`: lease streams and watches (SSE and long-poll), from catch-up on
@@ -24,6 +25,7 @@ pub mod expiry;
 mod http;
 pub mod lease;
 mod metrics;
+pub mod models;
 pub mod pldb;
 mod sse;
 pub mod xml;

@@ -212,6 +212,49 @@ pub fn page(items: Vec<Instance>, after: Option<&str>, limit: usize) -> (Vec<Ins
     (rest, next)
 }
 
+/// An instance after a change: the given properties replace theirs (all
+/// properties are replaced when `replace`; keys not given keep their
+/// values). Types and keys are checked; a key cannot change, since that
+/// would be another instance. Returns the new instance and the names of the
+/// properties whose value changed. References are not looked up here.
+///
+/// # Errors
+/// `Value` for a bad property or a key that changes.
+pub fn merge(
+    schema: &Schema,
+    namespace: &str,
+    old: &Instance,
+    properties: &serde_json::Map<String, serde_json::Value>,
+    replace: bool,
+) -> Result<(Instance, Vec<String>)> {
+    let mut merged: serde_json::Map<String, serde_json::Value> = if replace {
+        serde_json::Map::new()
+    } else {
+        old.properties.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()
+    };
+    for (k, v) in properties {
+        let existing = merged.keys().find(|m| m.eq_ignore_ascii_case(k)).cloned();
+        merged.insert(existing.unwrap_or_else(|| k.clone()), v.clone());
+    }
+    if replace {
+        for (k, _) in &old.path.keys {
+            if !merged.keys().any(|m| m.eq_ignore_ascii_case(k)) {
+                merged.insert(k.clone(), old.get(k).to_json());
+            }
+        }
+    }
+    let (values, new_path) = schema.instance(namespace, &old.class, &merged)?;
+    if new_path.identity() != old.path.identity() {
+        let key =
+            old.path.keys.iter().find(|(k, v)| new_path.key(k) != Some(v)).map_or_else(String::new, |(k, _)| k.clone());
+        return Err(Error::Value { property: key, message: "is a key and cannot change".into() });
+    }
+    let names: BTreeSet<&String> = old.properties.keys().chain(values.keys()).collect();
+    let changed: Vec<String> =
+        names.into_iter().filter(|k| old.properties.get(*k) != values.get(*k)).cloned().collect();
+    Ok((Instance { path: old.path.clone(), class: old.class.clone(), properties: values }, changed))
+}
+
 /// An in-memory model repository: one namespace's schema and instances.
 /// The reference for the store's implementation, and a working repository
 /// on its own.
@@ -285,12 +328,11 @@ impl MemoryModel {
     }
 
     /// Changes the given properties of an instance (all of them when
-    /// `replace`). Keys cannot change: that would be another instance.
+    /// `replace`); see [`merge`]. References are checked as on create.
     /// Returns the instance after the change and the names that changed.
     ///
     /// # Errors
-    /// `Schema` for a missing instance; `Value` for a bad property or a key
-    /// that changes.
+    /// `Schema` for a missing instance; as [`merge`]; a bad reference.
     pub fn modify(
         &mut self,
         path: &ObjectPath,
@@ -299,38 +341,8 @@ impl MemoryModel {
     ) -> Result<(Instance, Vec<String>)> {
         let identity = path.identity();
         let old = self.instances.get(&identity).cloned().ok_or_else(|| Error::Schema(format!("no instance {path}")))?;
-        let mut merged: serde_json::Map<String, serde_json::Value> = if replace {
-            serde_json::Map::new()
-        } else {
-            old.properties.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()
-        };
-        for (k, v) in properties {
-            let existing = merged.keys().find(|m| m.eq_ignore_ascii_case(k)).cloned();
-            merged.insert(existing.unwrap_or_else(|| k.clone()), v.clone());
-        }
-        if replace {
-            // The keys stay as they are unless given.
-            for (k, _) in &old.path.keys {
-                if !merged.keys().any(|m| m.eq_ignore_ascii_case(k)) {
-                    merged.insert(k.clone(), old.get(k).to_json());
-                }
-            }
-        }
-        let (values, new_path) = self.schema.instance(&self.namespace, &old.class, &merged)?;
-        if new_path.identity() != identity {
-            let key = old
-                .path
-                .keys
-                .iter()
-                .find(|(k, v)| new_path.key(k) != Some(v))
-                .map_or_else(String::new, |(k, _)| k.clone());
-            return Err(Error::Value { property: key, message: "is a key and cannot change".into() });
-        }
-        self.check_refs(&values, &old.class)?;
-        let names: BTreeSet<&String> = old.properties.keys().chain(values.keys()).collect();
-        let changed: Vec<String> =
-            names.into_iter().filter(|k| old.properties.get(*k) != values.get(*k)).cloned().collect();
-        let instance = Instance { path: old.path.clone(), class: old.class.clone(), properties: values };
+        let (instance, changed) = merge(&self.schema, &self.namespace, &old, properties, replace)?;
+        self.check_refs(&instance.properties, &old.class)?;
         self.instances.insert(identity, instance.clone());
         Ok((instance, changed))
     }

@@ -318,6 +318,23 @@ impl<'a> View<'a> {
         Ok(out)
     }
 
+    /// Every class of every namespace: (namespace, row).
+    ///
+    /// # Errors
+    /// `Corruption` for bad rows or keys.
+    pub fn all_model_classes(&self) -> Result<Vec<(String, ModelClassRow)>> {
+        let mut out = Vec::new();
+        self.scan_prefix(keys::CF_MODEL_CLASSES, b"", |k, v| {
+            let at = k
+                .iter()
+                .position(|b| *b == keys::SEP)
+                .ok_or_else(|| Error::corruption("model class", "key without separator"))?;
+            out.push((String::from_utf8_lossy(&k[..at]).into_owned(), decode_row("model class", k, v)?));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
     /// The instance with path identity `identity` in `ns`.
     ///
     /// # Errors

@@ -1,0 +1,638 @@
+//! The CIM model repository over HTTP (`/v1/namespaces/{ns}/...`).
+//!
+//! Schemas live in memory, one per namespace (`root/cimv2` starts with
+//! pepper's core set), rebuilt at start from the `model.class` records the
+//! store kept. Instances live in the store only: every read runs the
+//! `pepper-query` model functions over one store snapshot, whose sequence
+//! number the answer states. Every write appends the model record and its
+//! change event on `/pepper/model/<namespace>/<class>/` in one atomic
+//! batch, so leases, watches and routing see model changes like any event.
+//!
+//! The schema checks a class or an instance before anything is written; the
+//! store's writer enforces what must hold against concurrent writers (an
+//! instance created once, references to existing instances, no deletion of
+//! an instance still referred to).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use pepper_query::model::{self, AssocFilter, Instance, Instances};
+use pepper_query::path::ObjectPath;
+use pepper_query::schema::{ClassDef, Schema, CORE_NAMESPACE};
+use pepper_query::value::Value;
+use pepper_storage::{Body, Distribution, Event, ModelClass, ModelDelete, ModelPut, Party, Store, Target, View};
+use serde::Deserialize;
+use serde_json::{json, Map};
+
+use crate::error::ApiError;
+use crate::http::AppState;
+
+/// Most instances one enumeration page returns.
+pub const INSTANCES_PAGE_MAX: usize = 1000;
+
+/// The channel prefix of model change events.
+pub const MODEL_EVENTS_PREFIX: &str = "/pepper/model/";
+
+/// The namespaces' schemas.
+pub struct Models {
+    schemas: RwLock<HashMap<String, Arc<Schema>>>,
+    /// Serializes class changes: a definition is checked against the schema
+    /// it replaces.
+    defining: tokio::sync::Mutex<()>,
+}
+
+fn query_error(e: pepper_query::Error) -> ApiError {
+    match e {
+        pepper_query::Error::Schema(m) if m.starts_with("no class") || m.starts_with("no instance") => {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", m)
+        }
+        pepper_query::Error::Syntax { .. } => ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.to_string()),
+        other => ApiError::new(StatusCode::BAD_REQUEST, "invalid_model", other.to_string()),
+    }
+}
+
+impl Models {
+    /// The core schema, plus every class the store kept, in the order they
+    /// were defined.
+    ///
+    /// # Errors
+    /// Store read errors; a stored class that no longer checks is logged
+    /// and skipped.
+    pub async fn load(store: &Store) -> Result<Models, pepper_storage::Error> {
+        let mut rows = store.read(|v| v.all_model_classes()).await?;
+        rows.sort_by_key(|(_, row)| row.seq);
+        let mut schemas: HashMap<String, Schema> = HashMap::new();
+        schemas.insert(CORE_NAMESPACE.to_string(), Schema::core());
+        for (ns, row) in rows {
+            let schema = schemas.entry(ns.to_ascii_lowercase()).or_default();
+            match serde_json::from_slice::<ClassDef>(&row.definition) {
+                Ok(def) => {
+                    if let Err(e) = schema.define(def, &|_: &str| false) {
+                        tracing::error!(namespace = %ns, class = %row.name, error = %e, "stored class skipped");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(namespace = %ns, class = %row.name, error = %e, "stored class does not parse")
+                }
+            }
+        }
+        let schemas = schemas.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        Ok(Models { schemas: RwLock::new(schemas), defining: tokio::sync::Mutex::new(()) })
+    }
+
+    fn schema(&self, ns: &str) -> Result<Arc<Schema>, ApiError> {
+        let schemas = self.schemas.read().unwrap_or_else(|p| p.into_inner());
+        schemas
+            .get(&ns.to_ascii_lowercase())
+            .cloned()
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no namespace {ns}")))
+    }
+}
+
+/// Instances read from one store snapshot.
+struct ViewSource<'a> {
+    view: &'a View<'a>,
+    ns: &'a str,
+    schema: &'a Schema,
+}
+
+impl ViewSource<'_> {
+    fn instance(&self, row: pepper_storage::ModelInstanceRow) -> Option<Instance> {
+        let path = ObjectPath::parse(&row.path).ok()?;
+        let json: Map<String, serde_json::Value> = serde_json::from_slice(&row.properties).ok()?;
+        let resolved = self.schema.resolve(&row.class).ok()?;
+        let properties = json
+            .iter()
+            .filter_map(|(k, v)| {
+                let def = resolved.property(k)?;
+                Some((def.name.clone(), def.ty.check(&def.name, v).ok()?))
+            })
+            .collect();
+        Some(Instance { path, class: row.class, properties })
+    }
+}
+
+impl Instances for ViewSource<'_> {
+    fn get(&self, identity: &str) -> Option<Instance> {
+        self.view.model_instance(self.ns, identity).ok().flatten().and_then(|r| self.instance(r))
+    }
+
+    fn of_class(&self, class: &str) -> Vec<Instance> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = match self.view.model_instances_of(self.ns, class, after.as_deref(), 10_000) {
+                Ok(page) => page,
+                Err(e) => {
+                    // A damaged index reads as fewer instances, loudly;
+                    // `pepper check` says where.
+                    tracing::error!(class, error = %e, "model class index read failed");
+                    break;
+                }
+            };
+            out.extend(page.items.into_iter().filter_map(|r| self.instance(r)));
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        out
+    }
+
+    fn referring_to(&self, identity: &str) -> Vec<Instance> {
+        self.view.model_referrers(self.ns, identity).unwrap_or_default().iter().filter_map(|id| self.get(id)).collect()
+    }
+}
+
+/// The change event for an instance, in the same batch as its record.
+fn change_event(ns: &str, class: &str, kind: &str, payload: serde_json::Value) -> Body {
+    Body::Event(Event {
+        id: crate::envelope::new_event_id(),
+        channel: format!("{MODEL_EVENTS_PREFIX}{ns}/{class}/"),
+        event_type: format!("model.{kind}"),
+        from: Party { service: "pepper".into(), instance: String::new() },
+        to: Target::default(),
+        distribution: Distribution::All,
+        payload: payload.to_string().into_bytes(),
+        assigned: Vec::new(),
+        tuple: None,
+    })
+}
+
+/// The identities an instance's reference properties point at.
+fn refs_of(values: &std::collections::BTreeMap<String, Value>) -> Vec<String> {
+    let mut out: Vec<String> = values
+        .values()
+        .filter_map(|v| match v {
+            Value::Ref(p) => ObjectPath::parse(p).ok().map(|p| p.identity()),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn props_json(values: &std::collections::BTreeMap<String, Value>) -> serde_json::Value {
+    serde_json::Value::Object(values.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
+}
+
+/// `GET /v1/namespaces/{ns}/classes`.
+pub(crate) async fn list_classes(
+    State(state): State<AppState>,
+    Path(ns): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let schema = state.models.schema(&ns)?;
+    let classes: Vec<&ClassDef> = schema.classes().collect();
+    Ok(Json(json!({ "namespace": ns, "classes": classes })))
+}
+
+/// `GET /v1/namespaces/{ns}/classes/{class}`: the declaration and every
+/// property, inherited ones included.
+pub(crate) async fn get_class(
+    State(state): State<AppState>,
+    Path((ns, class)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let schema = state.models.schema(&ns)?;
+    let resolved = schema.resolve(&class).map_err(query_error)?;
+    let def = schema.get(&class).cloned();
+    Ok(Json(json!({ "class": def, "lineage": resolved.lineage, "properties": resolved.properties,
+                    "association": resolved.association })))
+}
+
+/// `POST /v1/namespaces/{ns}/classes`: defines or replaces a class (and
+/// creates the namespace with its first class).
+pub(crate) async fn define_class(
+    State(state): State<AppState>,
+    Path(ns): Path<String>,
+    body: Result<Json<ClassDef>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Json(def) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
+    if ObjectPath::new(&ns, "X", Vec::new()).is_err() {
+        return Err(ApiError::invalid_body(format!("namespace {ns:?} must be names separated by '/'")));
+    }
+    let _guard = state.models.defining.lock().await;
+    let current = state.models.schema(&ns).unwrap_or_default();
+    let (ns2, def2) = (ns.clone(), def.clone());
+    let next = state
+        .store
+        .read(move |v| {
+            let mut next = (*current).clone();
+            let has = |c: &str| v.model_instances_of(&ns2, c, None, 1).map_or(true, |p| !p.items.is_empty());
+            Ok(next.define(def2, &has).map(|()| next))
+        })
+        .await?
+        .map_err(query_error)?;
+    let definition = serde_json::to_vec(&def).map_err(|e| ApiError::invalid_body(e.to_string()))?;
+    let record = Body::ModelClass(ModelClass { namespace: ns.clone(), name: def.name.clone(), definition });
+    let appended = state.store.append(vec![record]).await?;
+    state.models.schemas.write().unwrap_or_else(|p| p.into_inner()).insert(ns.to_ascii_lowercase(), Arc::new(next));
+    Ok((StatusCode::CREATED, Json(json!({ "class": def.name, "seq": appended.first }))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateBody {
+    class: String,
+    #[serde(default)]
+    properties: Map<String, serde_json::Value>,
+}
+
+/// Checks that every reference of an instance points at an instance of the
+/// declared class (the writer checks they exist).
+fn check_ref_classes(
+    v: &View<'_>,
+    ns: &str,
+    schema: &Schema,
+    class: &str,
+    values: &std::collections::BTreeMap<String, Value>,
+) -> Result<(), pepper_query::Error> {
+    let resolved = schema.resolve(class)?;
+    for p in resolved.references() {
+        let Some(Value::Ref(path)) = values.get(&p.name) else { continue };
+        let target = ObjectPath::parse(path)?;
+        let Ok(Some(row)) = v.model_instance(ns, &target.identity()) else {
+            return Err(pepper_query::Error::Value {
+                property: p.name.clone(),
+                message: format!("refers to {path}, which does not exist"),
+            });
+        };
+        if let Some(c) = &p.class {
+            if !schema.is_a(&row.class, c) {
+                return Err(pepper_query::Error::Value {
+                    property: p.name.clone(),
+                    message: format!("refers to a {}, not a {c}", row.class),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn store_error(e: pepper_storage::Error) -> ApiError {
+    match e {
+        pepper_storage::Error::NotFound { what, key } => {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no {what} {key}"))
+        }
+        pepper_storage::Error::Conflict { detail, .. } => ApiError::new(StatusCode::CONFLICT, "conflict", detail),
+        other => other.into(),
+    }
+}
+
+/// `POST /v1/namespaces/{ns}/instances` `{"class", "properties"}` → 201.
+pub(crate) async fn create_instance(
+    State(state): State<AppState>,
+    Path(ns): Path<String>,
+    body: Result<Json<CreateBody>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
+    let schema = state.models.schema(&ns)?;
+    let (values, path) = schema.instance(&ns, &body.class, &body.properties).map_err(query_error)?;
+    let class = schema.resolve(&body.class).map_err(query_error)?.name;
+    let (ns2, schema2, class2, values2) = (ns.clone(), schema.clone(), class.clone(), values.clone());
+    state
+        .store
+        .read(move |v| Ok(check_ref_classes(v, &ns2, &schema2, &class2, &values2)))
+        .await?
+        .map_err(query_error)?;
+    let properties = props_json(&values);
+    let put = Body::ModelPut(ModelPut {
+        namespace: ns.clone(),
+        class: class.clone(),
+        path: path.to_string(),
+        identity: path.identity(),
+        properties: properties.to_string().into_bytes(),
+        refs: refs_of(&values),
+        create: true,
+    });
+    let event = change_event(
+        &ns,
+        &class,
+        "created",
+        json!({ "path": path.to_string(), "class": class, "properties": properties }),
+    );
+    let appended = state.store.append(vec![put, event]).await.map_err(store_error)?;
+    Ok((StatusCode::CREATED, Json(json!({ "path": path.to_string(), "seq": appended.first }))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnumerateQuery {
+    class: String,
+    #[serde(default = "yes")]
+    deep: bool,
+    #[serde(rename = "where")]
+    condition: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `GET /v1/namespaces/{ns}/instances?class=&deep=&where=&limit=&cursor=`.
+pub(crate) async fn enumerate(
+    State(state): State<AppState>,
+    Path(ns): Path<String>,
+    query: Result<Query<EnumerateQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > INSTANCES_PAGE_MAX {
+        return Err(ApiError::invalid_query(format!("limit must be 1 to {INSTANCES_PAGE_MAX}")));
+    }
+    let schema = state.models.schema(&ns)?;
+    let parsed = match &q.condition {
+        Some(w) => {
+            Some(pepper_query::wql::parse(&format!("SELECT * FROM {} WHERE {w}", q.class)).map_err(query_error)?)
+        }
+        None => None,
+    };
+    let (rows, seq) = state
+        .store
+        .read(move |v| {
+            let src = ViewSource { view: v, ns: &ns, schema: &schema };
+            let rows = match &parsed {
+                Some(query) if q.deep => model::select(&schema, &src, query),
+                Some(query) => model::select(&schema, &src, query)
+                    .map(|r| r.into_iter().filter(|i| i.class.eq_ignore_ascii_case(&query.from)).collect()),
+                None => model::enumerate(&schema, &src, &q.class, q.deep),
+            };
+            Ok((rows, v.seq()))
+        })
+        .await?;
+    let rows = rows.map_err(query_error)?;
+    let (items, next) = model::page(rows, q.cursor.as_deref(), limit);
+    let mut body = json!({ "seq": seq, "instances": items.iter().map(Instance::to_json).collect::<Vec<_>>() });
+    if let Some(n) = next {
+        body["next_cursor"] = json!(n);
+    }
+    Ok(Json(body))
+}
+
+fn parse_path(ns: &str, text: &str) -> Result<ObjectPath, ApiError> {
+    // A path without its namespace is taken in the URL's.
+    let full = if text.contains(':') { text.to_string() } else { format!("{ns}:{text}") };
+    let path = ObjectPath::parse(&full).map_err(query_error)?;
+    if !path.namespace.eq_ignore_ascii_case(ns) {
+        return Err(ApiError::invalid_query(format!("path {path} is not in namespace {ns}")));
+    }
+    Ok(path)
+}
+
+/// `GET /v1/namespaces/{ns}/instances/{path}`.
+pub(crate) async fn get_instance(
+    State(state): State<AppState>,
+    Path((ns, text)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let schema = state.models.schema(&ns)?;
+    let path = parse_path(&ns, &text)?;
+    let (found, seq) = state
+        .store
+        .read(move |v| {
+            let src = ViewSource { view: v, ns: &ns, schema: &schema };
+            Ok((src.get(&path.identity()), v.seq()))
+        })
+        .await?;
+    let instance =
+        found.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no instance {text}")))?;
+    let mut body = instance.to_json();
+    body["seq"] = json!(seq);
+    Ok(Json(body))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeleteQuery {
+    #[serde(default)]
+    cascade: bool,
+}
+
+/// `DELETE /v1/namespaces/{ns}/instances/{path}[?cascade=true]`: refused
+/// with 409 while associations refer to the instance, unless `cascade`,
+/// which deletes them (and what refers to them) in the same batch.
+pub(crate) async fn delete_instance(
+    State(state): State<AppState>,
+    Path((ns, text)): Path<(String, String)>,
+    query: Result<Query<DeleteQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
+    let schema = state.models.schema(&ns)?;
+    let path = parse_path(&ns, &text)?;
+    let ns2 = ns.clone();
+    let plan = state
+        .store
+        .read(move |v| {
+            let src = ViewSource { view: v, ns: &ns2, schema: &schema };
+            let mut memory = Vec::new();
+            // Depth-first: what refers to an instance goes before it.
+            fn collect(src: &ViewSource<'_>, id: &str, cascade: bool, out: &mut Vec<Instance>) -> Result<(), String> {
+                let referrers = src.referring_to(id);
+                if !referrers.is_empty() && !cascade {
+                    let names: Vec<String> = referrers.iter().take(10).map(|a| a.path.to_string()).collect();
+                    return Err(format!(
+                        "{} association(s) refer to it ({}); delete them first or ask for ?cascade=true",
+                        referrers.len(),
+                        names.join(", ")
+                    ));
+                }
+                for r in referrers {
+                    if !out.iter().any(|o| o.path == r.path) {
+                        collect(src, &r.path.identity(), true, out)?;
+                    }
+                }
+                if let Some(i) = src.get(id) {
+                    out.push(i);
+                }
+                Ok(())
+            }
+            Ok(collect(&src, &path.identity(), q.cascade, &mut memory).map(|()| memory))
+        })
+        .await?
+        .map_err(|m| ApiError::new(StatusCode::CONFLICT, "conflict", format!("instance {text}: {m}")))?;
+    if plan.is_empty() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no instance {text}")));
+    }
+    let mut bodies = Vec::new();
+    for i in &plan {
+        bodies.push(Body::ModelDelete(ModelDelete { namespace: ns.clone(), identity: i.path.identity() }));
+        bodies.push(change_event(&ns, &i.class, "deleted", json!({ "path": i.path.to_string(), "class": i.class })));
+    }
+    let appended = state.store.append(bodies).await.map_err(store_error)?;
+    let deleted: Vec<String> = plan.iter().map(|i| i.path.to_string()).collect();
+    Ok(Json(json!({ "deleted": deleted, "seq": appended.last })))
+}
+
+/// Shared by PUT (replace every property) and PATCH (change the given
+/// ones): keys cannot change; the event lists the changed properties.
+async fn modify(
+    state: AppState,
+    ns: String,
+    text: String,
+    properties: Map<String, serde_json::Value>,
+    replace: bool,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let schema = state.models.schema(&ns)?;
+    let path = parse_path(&ns, &text)?;
+    let (ns2, schema2) = (ns.clone(), schema.clone());
+    let old = state
+        .store
+        .read(move |v| Ok(ViewSource { view: v, ns: &ns2, schema: &schema2 }.get(&path.identity())))
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no instance {text}")))?;
+    // The same merge and key rules as the in-memory model; references are
+    // checked against the store below.
+    let (after, changed) = model::merge(&schema, &ns, &old, &properties, replace).map_err(query_error)?;
+    let (ns3, schema3, class3, values3) = (ns.clone(), schema.clone(), after.class.clone(), after.properties.clone());
+    state
+        .store
+        .read(move |v| Ok(check_ref_classes(v, &ns3, &schema3, &class3, &values3)))
+        .await?
+        .map_err(query_error)?;
+    let props = props_json(&after.properties);
+    let put = Body::ModelPut(ModelPut {
+        namespace: ns.clone(),
+        class: after.class.clone(),
+        path: after.path.to_string(),
+        identity: after.path.identity(),
+        properties: props.to_string().into_bytes(),
+        refs: refs_of(&after.properties),
+        create: false,
+    });
+    let changes: Map<String, serde_json::Value> = changed.iter().map(|k| (k.clone(), after.get(k).to_json())).collect();
+    let event = change_event(
+        &ns,
+        &after.class,
+        "modified",
+        json!({ "path": after.path.to_string(), "class": after.class, "changed": changes }),
+    );
+    let appended = state.store.append(vec![put, event]).await.map_err(store_error)?;
+    Ok(Json(json!({ "path": after.path.to_string(), "changed": changed, "seq": appended.first })))
+}
+
+/// `PUT /v1/namespaces/{ns}/instances/{path}` `{"properties"}`.
+pub(crate) async fn replace_instance(
+    State(state): State<AppState>,
+    Path((ns, text)): Path<(String, String)>,
+    body: Result<Json<Map<String, serde_json::Value>>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
+    modify(state, ns, text, properties_of(body)?, true).await
+}
+
+/// `PATCH /v1/namespaces/{ns}/instances/{path}` `{"properties"}`.
+pub(crate) async fn patch_instance(
+    State(state): State<AppState>,
+    Path((ns, text)): Path<(String, String)>,
+    body: Result<Json<Map<String, serde_json::Value>>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
+    modify(state, ns, text, properties_of(body)?, false).await
+}
+
+fn properties_of(body: Map<String, serde_json::Value>) -> Result<Map<String, serde_json::Value>, ApiError> {
+    match body.get("properties") {
+        Some(serde_json::Value::Object(p)) if body.len() == 1 => Ok(p.clone()),
+        _ => Err(ApiError::invalid_body("the body must be {\"properties\": {...}}")),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AssocQuery {
+    assoc_class: Option<String>,
+    result_class: Option<String>,
+    role: Option<String>,
+    result_role: Option<String>,
+}
+
+async fn traverse(
+    state: AppState,
+    ns: String,
+    text: String,
+    q: AssocQuery,
+    associators: bool,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let schema = state.models.schema(&ns)?;
+    let path = parse_path(&ns, &text)?;
+    let filter = AssocFilter {
+        assoc_class: q.assoc_class,
+        result_class: q.result_class,
+        role: q.role,
+        result_role: q.result_role,
+    };
+    let (rows, seq) = state
+        .store
+        .read(move |v| {
+            let src = ViewSource { view: v, ns: &ns, schema: &schema };
+            let rows = match associators {
+                true => model::associators(&schema, &src, &path, &filter),
+                false => model::references(&schema, &src, &path, &filter),
+            };
+            Ok((rows, v.seq()))
+        })
+        .await?;
+    Ok(Json(json!({ "seq": seq, "instances": rows.iter().map(Instance::to_json).collect::<Vec<_>>() })))
+}
+
+/// `GET /v1/namespaces/{ns}/instances/{path}/associators?assoc_class=&result_class=&role=&result_role=`.
+pub(crate) async fn associators(
+    State(state): State<AppState>,
+    Path((ns, text)): Path<(String, String)>,
+    query: Result<Query<AssocQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
+    traverse(state, ns, text, q, true).await
+}
+
+/// `GET /v1/namespaces/{ns}/instances/{path}/references?assoc_class=&role=`.
+pub(crate) async fn references(
+    State(state): State<AppState>,
+    Path((ns, text)): Path<(String, String)>,
+    query: Result<Query<AssocQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
+    traverse(state, ns, text, q, false).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct QueryBody {
+    query: String,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// `POST /v1/namespaces/{ns}/query` `{"query": "SELECT ...", "limit"?, "cursor"?}`.
+pub(crate) async fn run_query(
+    State(state): State<AppState>,
+    Path(ns): Path<String>,
+    body: Result<Json<QueryBody>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
+    let limit = body.limit.unwrap_or(100);
+    if limit == 0 || limit > INSTANCES_PAGE_MAX {
+        return Err(ApiError::invalid_body(format!("limit must be 1 to {INSTANCES_PAGE_MAX}")));
+    }
+    let schema = state.models.schema(&ns)?;
+    let parsed = pepper_query::wql::parse(&body.query).map_err(query_error)?;
+    let (rows, seq) = state
+        .store
+        .read(move |v| {
+            Ok((model::select(&schema, &ViewSource { view: v, ns: &ns, schema: &schema }, &parsed), v.seq()))
+        })
+        .await?;
+    let rows = rows.map_err(query_error)?;
+    let (items, next) = model::page(rows, body.cursor.as_deref(), limit);
+    let mut out = json!({ "seq": seq, "instances": items.iter().map(Instance::to_json).collect::<Vec<_>>() });
+    if let Some(n) = next {
+        out["next_cursor"] = json!(n);
+    }
+    Ok(Json(out))
+}
