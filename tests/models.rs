@@ -176,12 +176,25 @@ fn classes_instances_queries_associations_and_events() {
     assert_eq!(res.status(), 400);
     assert!(res.text().unwrap().contains("is a key and cannot change"));
 
+    // The instance's history: every version, by sequence number or time.
+    let hist = ok(http.get(url(&server, &["instances", &h2, "history"])).send().unwrap());
+    let versions = hist["history"].as_array().unwrap();
+    assert_eq!(versions.len(), 2);
+    assert_eq!(versions[0]["properties"]["Rack"], "r7");
+    assert_eq!(versions[1]["properties"]["Rack"], "r8");
+    let since = versions[1]["seq"].as_u64().unwrap().to_string();
+    let later =
+        ok(http.get(url(&server, &["instances", &h2, "history"])).query(&[("since", since.as_str())]).send().unwrap());
+    assert_eq!(later["history"].as_array().unwrap().len(), 1);
+
     // Deletion rule: refused while referred to, cascade on request.
     let res = http.delete(url(&server, &["instances", &h1])).send().unwrap();
     assert_eq!(res.status(), 409);
     let gone = ok(http.delete(url(&server, &["instances", &h1])).query(&[("cascade", "true")]).send().unwrap());
     assert_eq!(gone["deleted"].as_array().unwrap().len(), 3, "{gone}");
     assert_eq!(http.get(url(&server, &["instances", &a1])).send().unwrap().status(), 404);
+    let h1_hist = ok(http.get(url(&server, &["instances", &h1, "history"])).send().unwrap());
+    assert_eq!(h1_hist["history"].as_array().unwrap().last().unwrap()["deleted"], true);
 
     // A class with instances cannot change its keys.
     let thing = json!({"name": "Lab_Thing", "properties": [{"name": "Id", "type": "string", "key": true}]});

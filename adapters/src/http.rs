@@ -188,6 +188,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/namespaces/{ns}/instances/{path}/associators", get(crate::models::associators))
         .route("/v1/namespaces/{ns}/instances/{path}/references", get(crate::models::references))
+        .route("/v1/namespaces/{ns}/instances/{path}/history", get(crate::models::history))
         .route("/v1/namespaces/{ns}/query", post(crate::models::run_query))
         .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()) })
         .layer(axum::middleware::from_fn_with_state(state.requests_in_flight.clone(), limit_in_flight))

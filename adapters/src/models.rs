@@ -603,6 +603,60 @@ pub(crate) async fn references(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(crate) struct HistoryQuery {
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/namespaces/{ns}/instances/{path}/history?since=&until=&limit=`:
+/// every version of the instance, oldest first, its deletion included;
+/// `since` and `until` (inclusive) are sequence numbers or RFC 3339 times.
+pub(crate) async fn history(
+    State(state): State<AppState>,
+    Path((ns, text)): Path<(String, String)>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use crate::pldb::{parse_bound, Bound};
+    let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > INSTANCES_PAGE_MAX {
+        return Err(ApiError::invalid_query(format!("limit must be 1 to {INSTANCES_PAGE_MAX}")));
+    }
+    let path = parse_path(&ns, &text)?;
+    let since = q.since.as_deref().map(|s| parse_bound("since", s)).transpose()?;
+    let until = q.until.as_deref().map(|s| parse_bound("until", s)).transpose()?;
+    let from = match since {
+        Some(Bound::Seq(s)) => s,
+        _ => 0,
+    };
+    let to = match until {
+        Some(Bound::Seq(s)) => s,
+        _ => u64::MAX,
+    };
+    let (rows, seq) = state
+        .store
+        .read(move |v| {
+            Ok((v.model_history(&ns, &path.identity(), from, to, pepper_storage::limits::READ_ROWS_MAX)?, v.seq()))
+        })
+        .await?;
+    let in_time =
+        |t: u64| !matches!(since, Some(Bound::TimeUs(s)) if t < s) && !matches!(until, Some(Bound::TimeUs(u)) if t > u);
+    let history: Vec<serde_json::Value> = rows
+        .iter()
+        .filter(|(_, v)| in_time(v.time_us))
+        .take(limit)
+        .map(|(s, v)| {
+            let props: serde_json::Value = serde_json::from_slice(&v.properties).unwrap_or(serde_json::Value::Null);
+            json!({ "seq": s, "time": crate::envelope::rfc3339_us(v.time_us), "class": v.class,
+                    "properties": props, "deleted": v.deleted })
+        })
+        .collect();
+    Ok(Json(json!({ "seq": seq, "history": history })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct QueryBody {
     query: String,
     limit: Option<usize>,

@@ -249,12 +249,12 @@ pub(crate) struct HistoryQuery {
 
 /// A bound of a history range: a sequence number or a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Bound {
+pub(crate) enum Bound {
     Seq(u64),
     TimeUs(u64),
 }
 
-fn parse_bound(what: &str, s: &str) -> Result<Bound, ApiError> {
+pub(crate) fn parse_bound(what: &str, s: &str) -> Result<Bound, ApiError> {
     if let Ok(seq) = s.parse::<u64>() {
         return Ok(Bound::Seq(seq));
     }
