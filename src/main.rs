@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 mod agent;
 mod config;
+mod model_cli;
 
 /// mimalloc instead of the system allocator: the server allocates small,
 /// short-lived buffers per request and per record, where glibc's malloc
@@ -111,6 +112,17 @@ enum Command {
         #[arg(long, env = "PEPPER_SERVER", default_value = "http://127.0.0.1:7171")]
         server: String,
     },
+    /// Work with the CIM model repository: classes, instances, queries.
+    Model {
+        /// The namespace.
+        #[arg(long, short, default_value = "root/cimv2", global = true)]
+        namespace: String,
+        /// The site to talk to.
+        #[arg(long, env = "PEPPER_SERVER", default_value = "http://127.0.0.1:7171", global = true)]
+        server: String,
+        #[command(subcommand)]
+        command: model_cli::ModelCommand,
+    },
     /// List the site's live leases.
     Leases {
         /// The site to talk to.
@@ -175,6 +187,7 @@ fn main() -> ExitCode {
         Command::Send(args) => send(args),
         Command::Watch { channel, types, from_seq, server } => watch(&server, &channel, types.as_deref(), from_seq),
         Command::Leases { server } => leases(&server),
+        Command::Model { namespace, server, command } => model_cli::run(&server, &namespace, command),
         Command::Agent { server, authority, interval_s, expire_s, root } => agent::run(agent::AgentConfig {
             server,
             authority,

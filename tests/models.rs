@@ -215,6 +215,26 @@ fn classes_instances_queries_associations_and_events() {
     assert_eq!(seen[6].0, "model.modified");
     assert!(seen[7..].iter().all(|(e, _)| e == "model.deleted"));
 
+    // The same operations from the CLI.
+    let cli = |args: &[&str]| -> (bool, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pepper"))
+            .arg("model")
+            .args(args)
+            .args(["--server", &server.url])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (ok_, text) = cli(&["create", "CIM_SoftwareIdentity", "--props", r#"{"InstanceID": "zsh-5.9"}"#]);
+    assert!(ok_ && text.contains("zsh-5.9"), "{text}");
+    let (ok_, text) = cli(&["query", "SELECT InstanceID FROM CIM_SoftwareIdentity WHERE InstanceID LIKE 'z%'"]);
+    assert!(ok_ && text.contains("zsh-5.9") && !text.contains("bash-5.2"), "{text}");
+    let (ok_, text) = cli(&["get", r#"CIM_SoftwareIdentity.InstanceID="nope""#]);
+    assert!(!ok_ && text.contains("404"), "{text}");
+
     // Everything survives a restart.
     drop(server);
     let server = Server::start(&data, &[]);
