@@ -243,3 +243,95 @@ fn classes_instances_queries_associations_and_events() {
     assert_eq!(deep["instances"][0]["properties"]["Rack"], "r8");
     assert_eq!(ok(http.get(url(&server, &["classes", "Lab_Host"])).send().unwrap())["class"]["name"], "Lab_Host");
 }
+
+/// A model-based test: the same random operations on the site and on the
+/// in-memory repository (`pepper_query::model::MemoryModel`) succeed or fail
+/// alike, and leave the same instances and associations.
+#[test]
+fn the_store_behaves_like_the_in_memory_model() {
+    use pepper_query::model::{self, AssocFilter, MemoryModel};
+    use pepper_query::path::ObjectPath;
+    use pepper_query::schema::Schema;
+    use rand::{Rng, SeedableRng};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    let mut memory = MemoryModel::new(NS, Schema::core());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let host = |n: u32| json!({"CreationClassName": "CIM_ComputerSystem", "Name": format!("h{n}")});
+    let service = |n: u32| {
+        json!({"SystemCreationClassName": "CIM_ComputerSystem", "SystemName": format!("h{n}"),
+                                  "CreationClassName": "CIM_Service", "Name": format!("s{n}")})
+    };
+    let path_of = |class: &str, props: &Value| -> String {
+        let s = Schema::core();
+        s.instance(NS, class, props.as_object().unwrap()).unwrap().1.to_string()
+    };
+    for step in 0..300 {
+        let n = rng.gen_range(0..6u32);
+        let m = rng.gen_range(0..6u32);
+        let (class, props) = match rng.gen_range(0..3) {
+            0 => ("CIM_ComputerSystem", host(n)),
+            1 => ("CIM_Service", service(n)),
+            _ => (
+                "CIM_HostedService",
+                json!({"Antecedent": path_of("CIM_ComputerSystem", &host(n)),
+                                              "Dependent": path_of("CIM_Service", &service(m))}),
+            ),
+        };
+        let path = path_of(class, &props);
+        match rng.gen_range(0..4) {
+            0 | 1 => {
+                let want = memory.create(class, props.as_object().unwrap()).is_ok();
+                let res = http
+                    .post(url(&server, &["instances"]))
+                    .json(&json!({"class": class, "properties": props}))
+                    .send()
+                    .unwrap();
+                assert_eq!(res.status().is_success(), want, "step {step}: create {path}: {}", res.text().unwrap());
+            }
+            2 => {
+                let patch = json!({"EnabledState": rng.gen_range(0..5u32)});
+                let want = if class == "CIM_HostedService" {
+                    // Associations have no EnabledState: both refuse.
+                    false
+                } else {
+                    memory.modify(&ObjectPath::parse(&path).unwrap(), patch.as_object().unwrap(), false).is_ok()
+                };
+                let res =
+                    http.patch(url(&server, &["instances", &path])).json(&json!({"properties": patch})).send().unwrap();
+                assert_eq!(res.status().is_success(), want, "step {step}: patch {path}: {}", res.text().unwrap());
+            }
+            _ => {
+                let cascade = rng.gen_bool(0.5);
+                let want = memory.delete(&ObjectPath::parse(&path).unwrap(), cascade).is_ok();
+                let res = http
+                    .delete(url(&server, &["instances", &path]))
+                    .query(&[("cascade", cascade.to_string())])
+                    .send()
+                    .unwrap();
+                assert_eq!(res.status().is_success(), want, "step {step}: delete {path}: {}", res.text().unwrap());
+            }
+        }
+    }
+    // The same instances, with the same properties, and the same associations.
+    for class in ["CIM_ManagedElement", "CIM_Dependency"] {
+        let want: Vec<Value> =
+            model::enumerate(&memory.schema, &memory, class, true).unwrap().iter().map(|i| i.to_json()).collect();
+        let got =
+            ok(http.get(url(&server, &["instances"])).query(&[("class", class), ("limit", "1000")]).send().unwrap());
+        assert_eq!(got["instances"].as_array().unwrap(), &want, "{class}");
+    }
+    for n in 0..6 {
+        let path = ObjectPath::parse(&path_of("CIM_ComputerSystem", &host(n))).unwrap();
+        let want: Vec<String> = model::associators(&memory.schema, &memory, &path, &AssocFilter::default())
+            .iter()
+            .map(|i| i.path.to_string())
+            .collect();
+        let res = http.get(url(&server, &["instances", &path.to_string(), "associators"])).send().unwrap();
+        let got: Vec<String> =
+            ok(res)["instances"].as_array().unwrap().iter().map(|i| i["path"].as_str().unwrap().to_string()).collect();
+        assert_eq!(got, want, "associators of h{n}");
+    }
+}
