@@ -99,13 +99,29 @@ struct ViewSource<'a> {
     view: &'a View<'a>,
     ns: &'a str,
     schema: &'a Schema,
+    /// Classes resolved so far: an enumeration reads many instances of few
+    /// classes.
+    resolved: std::cell::RefCell<HashMap<String, std::rc::Rc<pepper_query::schema::Resolved>>>,
 }
 
-impl ViewSource<'_> {
+impl<'a> ViewSource<'a> {
+    fn new(view: &'a View<'a>, ns: &'a str, schema: &'a Schema) -> ViewSource<'a> {
+        ViewSource { view, ns, schema, resolved: std::cell::RefCell::new(HashMap::new()) }
+    }
+
+    fn resolve(&self, class: &str) -> Option<std::rc::Rc<pepper_query::schema::Resolved>> {
+        if let Some(r) = self.resolved.borrow().get(class) {
+            return Some(r.clone());
+        }
+        let r = std::rc::Rc::new(self.schema.resolve(class).ok()?);
+        self.resolved.borrow_mut().insert(class.to_string(), r.clone());
+        Some(r)
+    }
+
     fn instance(&self, row: pepper_storage::ModelInstanceRow) -> Option<Instance> {
         let path = ObjectPath::parse(&row.path).ok()?;
         let json: Map<String, serde_json::Value> = serde_json::from_slice(&row.properties).ok()?;
-        let resolved = self.schema.resolve(&row.class).ok()?;
+        let resolved = self.resolve(&row.class)?;
         let properties = json
             .iter()
             .filter_map(|(k, v)| {
@@ -123,29 +139,36 @@ impl Instances for ViewSource<'_> {
     }
 
     fn of_class(&self, class: &str) -> Vec<Instance> {
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
+        let mut out: Vec<Instance> = Vec::new();
         loop {
-            let page = match self.view.model_instances_of(self.ns, class, after.as_deref(), 10_000) {
-                Ok(page) => page,
-                Err(e) => {
-                    // A damaged index reads as fewer instances, loudly;
-                    // `pepper check` says where.
-                    tracing::error!(class, error = %e, "model class index read failed");
-                    break;
-                }
-            };
-            out.extend(page.items.into_iter().filter_map(|r| self.instance(r)));
-            match page.next {
-                Some(n) => after = Some(n),
-                None => break,
+            let after = out.last().map(|i| i.path.identity());
+            let page = self.of_class_after(class, after.as_deref(), 10_000);
+            let done = page.len() < 10_000;
+            out.extend(page);
+            if done {
+                return out;
             }
         }
-        out
     }
 
     fn referring_to(&self, identity: &str) -> Vec<Instance> {
         self.view.model_referrers(self.ns, identity).unwrap_or_default().iter().filter_map(|id| self.get(id)).collect()
+    }
+
+    fn of_class_after(&self, class: &str, after: Option<&str>, limit: usize) -> Vec<Instance> {
+        // A class's instances are one key range: identities begin
+        // `namespace:class.` (or are exactly `namespace:class`, a singleton).
+        let base = format!("{}:{}", self.ns.to_ascii_lowercase(), class.to_ascii_lowercase());
+        let singleton =
+            self.view.model_instance(self.ns, &base).ok().flatten().filter(|_| after.is_none_or(|a| base.as_str() > a));
+        let keyed = self.view.model_instances_by_prefix(self.ns, &format!("{base}."), after, limit);
+        match keyed.map(|page| singleton.into_iter().chain(page.items)) {
+            Ok(rows) => rows.filter_map(|r| self.instance(r)).take(limit).collect(),
+            Err(e) => {
+                tracing::error!(class, error = %e, "model class index read failed");
+                Vec::new()
+            }
+        }
     }
 }
 
@@ -354,21 +377,25 @@ pub(crate) async fn enumerate(
         }
         None => None,
     };
-    let (rows, seq) = state
+    let (page, seq) = state
         .store
         .read(move |v| {
-            let src = ViewSource { view: v, ns: &ns, schema: &schema };
-            let rows = match &parsed {
-                Some(query) if q.deep => model::select(&schema, &src, query),
-                Some(query) => model::select(&schema, &src, query)
-                    .map(|r| r.into_iter().filter(|i| i.class.eq_ignore_ascii_case(&query.from)).collect()),
-                None => model::enumerate(&schema, &src, &q.class, q.deep),
+            let src = ViewSource::new(v, &ns, &schema);
+            let cursor = q.cursor.as_deref();
+            let page = match &parsed {
+                Some(query) => model::select(&schema, &src, query).map(|rows| {
+                    let rows = match q.deep {
+                        true => rows,
+                        false => rows.into_iter().filter(|i| i.class.eq_ignore_ascii_case(&query.from)).collect(),
+                    };
+                    model::page(rows, cursor, limit)
+                }),
+                None => model::enumerate_page(&schema, &src, &q.class, q.deep, cursor, limit),
             };
-            Ok((rows, v.seq()))
+            Ok((page, v.seq()))
         })
         .await?;
-    let rows = rows.map_err(query_error)?;
-    let (items, next) = model::page(rows, q.cursor.as_deref(), limit);
+    let (items, next) = page.map_err(query_error)?;
     let mut body = json!({ "seq": seq, "instances": items.iter().map(Instance::to_json).collect::<Vec<_>>() });
     if let Some(n) = next {
         body["next_cursor"] = json!(n);
@@ -396,7 +423,7 @@ pub(crate) async fn get_instance(
     let (found, seq) = state
         .store
         .read(move |v| {
-            let src = ViewSource { view: v, ns: &ns, schema: &schema };
+            let src = ViewSource::new(v, &ns, &schema);
             Ok((src.get(&path.identity()), v.seq()))
         })
         .await?;
@@ -429,7 +456,7 @@ pub(crate) async fn delete_instance(
     let plan = state
         .store
         .read(move |v| {
-            let src = ViewSource { view: v, ns: &ns2, schema: &schema };
+            let src = ViewSource::new(v, &ns2, &schema);
             let mut memory = Vec::new();
             // Depth-first: what refers to an instance goes before it.
             fn collect(src: &ViewSource<'_>, id: &str, cascade: bool, out: &mut Vec<Instance>) -> Result<(), String> {
@@ -483,7 +510,7 @@ async fn modify(
     let (ns2, schema2) = (ns.clone(), schema.clone());
     let old = state
         .store
-        .read(move |v| Ok(ViewSource { view: v, ns: &ns2, schema: &schema2 }.get(&path.identity())))
+        .read(move |v| Ok(ViewSource::new(v, &ns2, &schema2).get(&path.identity())))
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no instance {text}")))?;
     // The same merge and key rules as the in-memory model; references are
@@ -570,7 +597,7 @@ async fn traverse(
     let (rows, seq) = state
         .store
         .read(move |v| {
-            let src = ViewSource { view: v, ns: &ns, schema: &schema };
+            let src = ViewSource::new(v, &ns, &schema);
             let rows = match associators {
                 true => model::associators(&schema, &src, &path, &filter),
                 false => model::references(&schema, &src, &path, &filter),
@@ -678,9 +705,7 @@ pub(crate) async fn run_query(
     let parsed = pepper_query::wql::parse(&body.query).map_err(query_error)?;
     let (rows, seq) = state
         .store
-        .read(move |v| {
-            Ok((model::select(&schema, &ViewSource { view: v, ns: &ns, schema: &schema }, &parsed), v.seq()))
-        })
+        .read(move |v| Ok((model::select(&schema, &ViewSource::new(v, &ns, &schema), &parsed), v.seq())))
         .await?;
     let rows = rows.map_err(query_error)?;
     let (items, next) = model::page(rows, body.cursor.as_deref(), limit);

@@ -13,7 +13,7 @@ use rocksdb::{
 };
 
 use crate::error::{Error, Result};
-use crate::keys::{ALL_CFS, CF_EVENT_IDS, CF_HISTORY, CF_LOG, CF_TOMBSTONES, CF_TUPLES};
+use crate::keys::{ALL_CFS, CF_EVENT_IDS, CF_HISTORY, CF_LOG, CF_MODEL_INSTANCES, CF_TOMBSTONES, CF_TUPLES};
 
 /// Block cache shared by every column family, in bytes. It is a cache: at the
 /// limit it evicts.
@@ -80,7 +80,7 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
     // Point lookups hit a bloom filter first: latest tuples, and event ids,
     // which the writer looks up for every event (nearly always a miss). The
     // log and history are read by range and gain nothing from one.
-    if name == CF_TUPLES || name == CF_EVENT_IDS || name == CF_TOMBSTONES {
+    if name == CF_TUPLES || name == CF_EVENT_IDS || name == CF_TOMBSTONES || name == CF_MODEL_INSTANCES {
         table.set_bloom_filter(10.0, false);
         table.set_whole_key_filtering(true);
     }

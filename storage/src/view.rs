@@ -389,6 +389,43 @@ impl<'a> View<'a> {
         Ok(Page { items, next })
     }
 
+    /// Up to `limit` instances in `ns` whose identity starts with
+    /// `identity_prefix`, in identity order, strictly after identity
+    /// `after`; and the identity to continue after, if more remain. One
+    /// range scan of the instance family: the query layer's identities put
+    /// a class's instances next to each other.
+    ///
+    /// # Errors
+    /// `InvalidInput`/`TooLarge` for a bad limit; `Corruption` for bad rows.
+    pub fn model_instances_by_prefix(
+        &self,
+        ns: &str,
+        identity_prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<ModelInstanceRow, String>> {
+        let limit = limit_ok(limit)?;
+        let ns_len = ns.len() + 1;
+        let prefix = keys::joined(&[ns, identity_prefix]);
+        let start = after.map(|a| {
+            let mut k = keys::joined(&[ns, a]);
+            k.push(0);
+            k
+        });
+        let mut items: Vec<(String, ModelInstanceRow)> = Vec::new();
+        self.scan_prefix(keys::CF_MODEL_INSTANCES, &prefix, |k, v| {
+            if start.as_ref().is_some_and(|s| k < s.as_slice()) {
+                return Ok(true);
+            }
+            let identity = String::from_utf8_lossy(&k[ns_len..]).into_owned();
+            items.push((identity, decode_row("model instance", k, v)?));
+            Ok(items.len() <= limit)
+        })?;
+        let next = (items.len() > limit).then(|| items[limit - 1].0.clone());
+        items.truncate(limit);
+        Ok(Page { items: items.into_iter().map(|(_, r)| r).collect(), next })
+    }
+
     /// The identities of the instances in `ns` that refer to `target`.
     ///
     /// # Errors
