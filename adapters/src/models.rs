@@ -366,10 +366,7 @@ pub(crate) async fn enumerate(
     query: Result<Query<EnumerateQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > INSTANCES_PAGE_MAX {
-        return Err(ApiError::invalid_query(format!("limit must be 1 to {INSTANCES_PAGE_MAX}")));
-    }
+    let limit = crate::pldb::page_limit(q.limit, INSTANCES_PAGE_MAX).map_err(ApiError::invalid_query)?;
     let schema = state.models.schema(&ns)?;
     let parsed = match &q.condition {
         Some(w) => {
@@ -644,34 +641,20 @@ pub(crate) async fn history(
     Path((ns, text)): Path<(String, String)>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    use crate::pldb::{parse_bound, Bound};
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > INSTANCES_PAGE_MAX {
-        return Err(ApiError::invalid_query(format!("limit must be 1 to {INSTANCES_PAGE_MAX}")));
-    }
+    let limit = crate::pldb::page_limit(q.limit, INSTANCES_PAGE_MAX).map_err(ApiError::invalid_query)?;
     let path = parse_path(&ns, &text)?;
-    let since = q.since.as_deref().map(|s| parse_bound("since", s)).transpose()?;
-    let until = q.until.as_deref().map(|s| parse_bound("until", s)).transpose()?;
-    let from = match since {
-        Some(Bound::Seq(s)) => s,
-        _ => 0,
-    };
-    let to = match until {
-        Some(Bound::Seq(s)) => s,
-        _ => u64::MAX,
-    };
+    let bounds = crate::pldb::Bounds::parse(q.since.as_deref(), q.until.as_deref())?;
+    let (from, to) = bounds.seqs();
     let (rows, seq) = state
         .store
         .read(move |v| {
             Ok((v.model_history(&ns, &path.identity(), from, to, pepper_storage::limits::READ_ROWS_MAX)?, v.seq()))
         })
         .await?;
-    let in_time =
-        |t: u64| !matches!(since, Some(Bound::TimeUs(s)) if t < s) && !matches!(until, Some(Bound::TimeUs(u)) if t > u);
     let history: Vec<serde_json::Value> = rows
         .iter()
-        .filter(|(_, v)| in_time(v.time_us))
+        .filter(|(_, v)| bounds.admits_time(v.time_us))
         .take(limit)
         .map(|(s, v)| {
             let props: serde_json::Value = serde_json::from_slice(&v.properties).unwrap_or(serde_json::Value::Null);
@@ -697,10 +680,7 @@ pub(crate) async fn run_query(
     body: Result<Json<QueryBody>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(body) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
-    let limit = body.limit.unwrap_or(100);
-    if limit == 0 || limit > INSTANCES_PAGE_MAX {
-        return Err(ApiError::invalid_body(format!("limit must be 1 to {INSTANCES_PAGE_MAX}")));
-    }
+    let limit = crate::pldb::page_limit(body.limit, INSTANCES_PAGE_MAX).map_err(ApiError::invalid_body)?;
     let schema = state.models.schema(&ns)?;
     let parsed = pepper_query::wql::parse(&body.query).map_err(query_error)?;
     let (rows, seq) = state

@@ -207,10 +207,7 @@ pub(crate) async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     let channel = Channel::parse(&q.channel).map_err(ApiError::bad_channel)?.as_str().to_string();
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > TUPLES_PAGE_MAX {
-        return Err(ApiError::invalid_query(format!("limit must be 1 to {TUPLES_PAGE_MAX}")));
-    }
+    let limit = page_limit(q.limit, TUPLES_PAGE_MAX).map_err(ApiError::invalid_query)?;
     let cursor = match &q.cursor {
         Some(c) => Some(decode_cursor(c).ok_or_else(|| ApiError::invalid_query("cursor is not one this API gave"))?),
         None => None,
@@ -265,6 +262,50 @@ pub(crate) fn parse_bound(what: &str, s: &str) -> Result<Bound, ApiError> {
     Ok(Bound::TimeUs(us))
 }
 
+/// A history range's two ends, each a sequence number or a time.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Bounds {
+    since: Option<Bound>,
+    until: Option<Bound>,
+}
+
+impl Bounds {
+    /// Parses `since` and `until` query values.
+    pub(crate) fn parse(since: Option<&str>, until: Option<&str>) -> Result<Bounds, ApiError> {
+        Ok(Bounds {
+            since: since.map(|s| parse_bound("since", s)).transpose()?,
+            until: until.map(|s| parse_bound("until", s)).transpose()?,
+        })
+    }
+
+    /// The sequence range the ends allow (everything, for time ends).
+    pub(crate) fn seqs(self) -> (u64, u64) {
+        let from = match self.since {
+            Some(Bound::Seq(s)) => s,
+            _ => 0,
+        };
+        let to = match self.until {
+            Some(Bound::Seq(s)) => s,
+            _ => u64::MAX,
+        };
+        (from, to)
+    }
+
+    /// Whether the ends admit a row written at `time_us`.
+    pub(crate) fn admits_time(self, time_us: u64) -> bool {
+        !matches!(self.since, Some(Bound::TimeUs(t)) if time_us < t)
+            && !matches!(self.until, Some(Bound::TimeUs(t)) if time_us > t)
+    }
+}
+
+/// Checks a page size: 1 to `max`, 100 when not given.
+pub(crate) fn page_limit(limit: Option<usize>, max: usize) -> Result<usize, String> {
+    match limit.unwrap_or(100) {
+        n @ 1.. if n <= max => Ok(n),
+        _ => Err(format!("limit must be 1 to {max}")),
+    }
+}
+
 fn history_json(channel: &str, field: &str, h: &HistoryEntry) -> Value {
     let mut v = json!({ "channel": channel, "field": field, "value": h.value, "seq": h.seq,
                         "time": rfc3339_us(h.time_us),
@@ -284,30 +325,16 @@ pub(crate) async fn history(
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     let channel = Channel::parse(&q.channel).map_err(ApiError::bad_channel)?.as_str().to_string();
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > HISTORY_PAGE_MAX {
-        return Err(ApiError::invalid_query(format!("limit must be 1 to {HISTORY_PAGE_MAX}")));
-    }
+    let limit = page_limit(q.limit, HISTORY_PAGE_MAX).map_err(ApiError::invalid_query)?;
     let order = match q.order.as_deref() {
         None | Some("asc") => Order::Asc,
         Some("desc") => Order::Desc,
         Some(other) => return Err(ApiError::invalid_query(format!("order {other:?} is not asc or desc"))),
     };
-    let since = q.since.as_deref().map(|s| parse_bound("since", s)).transpose()?;
-    let until = q.until.as_deref().map(|s| parse_bound("until", s)).transpose()?;
-    let from_seq = match since {
-        Some(Bound::Seq(s)) => s,
-        _ => 0,
-    };
-    let to_seq = match until {
-        Some(Bound::Seq(s)) => s,
-        _ => u64::MAX,
-    };
+    let bounds = Bounds::parse(q.since.as_deref(), q.until.as_deref())?;
+    let (from_seq, to_seq) = bounds.seqs();
     let field = q.field;
-    let in_time = move |h: &HistoryEntry| {
-        !matches!(since, Some(Bound::TimeUs(t)) if h.time_us < t)
-            && !matches!(until, Some(Bound::TimeUs(t)) if h.time_us > t)
-    };
+    let in_time = move |h: &HistoryEntry| bounds.admits_time(h.time_us);
     // Time bounds filter rows as they are read, a page at a time, so a long
     // history before `since` (or after `until`) is skipped, never cut short.
     let (ch, f) = (channel.clone(), field.clone());
