@@ -162,7 +162,7 @@ impl Instances for ViewSource<'_> {
         let singleton =
             self.view.model_instance(self.ns, &base).ok().flatten().filter(|_| after.is_none_or(|a| base.as_str() > a));
         let keyed = self.view.model_instances_by_prefix(self.ns, &format!("{base}."), after, limit);
-        match keyed.map(|page| singleton.into_iter().chain(page.items)) {
+        match keyed.map(|page| singleton.into_iter().chain(page.items.into_iter().map(|(_, r)| r))) {
             Ok(rows) => rows.filter_map(|r| self.instance(r)).take(limit).collect(),
             Err(e) => {
                 tracing::error!(class, error = %e, "model class index read failed");
@@ -364,7 +364,7 @@ pub(crate) async fn enumerate(
     State(state): State<AppState>,
     Path(ns): Path<String>,
     query: Result<Query<EnumerateQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     let limit = crate::pldb::page_limit(q.limit, INSTANCES_PAGE_MAX).map_err(ApiError::invalid_query)?;
     let schema = state.models.schema(&ns)?;
@@ -374,21 +374,20 @@ pub(crate) async fn enumerate(
         }
         None => None,
     };
+    let Some(query) = parsed else {
+        return enumerate_stored(state, ns, schema, q, limit).await;
+    };
     let (page, seq) = state
         .store
         .read(move |v| {
             let src = ViewSource::new(v, &ns, &schema);
-            let cursor = q.cursor.as_deref();
-            let page = match &parsed {
-                Some(query) => model::select(&schema, &src, query).map(|rows| {
-                    let rows = match q.deep {
-                        true => rows,
-                        false => rows.into_iter().filter(|i| i.class.eq_ignore_ascii_case(&query.from)).collect(),
-                    };
-                    model::page(rows, cursor, limit)
-                }),
-                None => model::enumerate_page(&schema, &src, &q.class, q.deep, cursor, limit),
-            };
+            let page = model::select(&schema, &src, &query).map(|rows| {
+                let rows = match q.deep {
+                    true => rows,
+                    false => rows.into_iter().filter(|i| i.class.eq_ignore_ascii_case(&query.from)).collect(),
+                };
+                model::page(rows, q.cursor.as_deref(), limit)
+            });
             Ok((page, v.seq()))
         })
         .await?;
@@ -397,7 +396,64 @@ pub(crate) async fn enumerate(
     if let Some(n) = next {
         body["next_cursor"] = json!(n);
     }
-    Ok(Json(body))
+    Ok(Json(body).into_response())
+}
+
+/// Enumeration without a condition: each class of the enumeration is one
+/// key range of the instance family, and the stored JSON (checked when it
+/// was written) is sent as it is, with no per-property work. The answer is
+/// the same as [`Instance::to_json`] would give.
+async fn enumerate_stored(
+    state: AppState,
+    ns: String,
+    schema: Arc<Schema>,
+    q: EnumerateQuery,
+    limit: usize,
+) -> Result<axum::response::Response, ApiError> {
+    let resolved = schema.resolve(&q.class).map_err(query_error)?;
+    let classes = if q.deep { schema.with_subclasses(&resolved.name) } else { vec![resolved.name] };
+    let (body, next) = state
+        .store
+        .read(move |v| {
+            let cursor = q.cursor.as_deref();
+            let mut rows: Vec<(String, pepper_storage::ModelInstanceRow)> = Vec::new();
+            for class in &classes {
+                let base = format!("{}:{}", ns.to_ascii_lowercase(), class.to_ascii_lowercase());
+                if cursor.is_none_or(|a| base.as_str() > a) {
+                    if let Some(row) = v.model_instance(&ns, &base)? {
+                        rows.push((base.clone(), row));
+                    }
+                }
+                rows.extend(v.model_instances_by_prefix(&ns, &format!("{base}."), cursor, limit + 1)?.items);
+            }
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            let next = (rows.len() > limit).then(|| rows[limit - 1].0.clone());
+            rows.truncate(limit);
+            let mut out = String::with_capacity(rows.iter().map(|(_, r)| r.properties.len() + r.path.len() + 64).sum());
+            out.push_str(&format!("{{\"seq\":{},\"instances\":[", v.seq()));
+            for (i, (_, row)) in rows.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"path\":");
+                out.push_str(&serde_json::Value::String(row.path.clone()).to_string());
+                out.push_str(",\"class\":");
+                out.push_str(&serde_json::Value::String(row.class.clone()).to_string());
+                out.push_str(",\"properties\":");
+                out.push_str(std::str::from_utf8(&row.properties).unwrap_or("{}"));
+                out.push('}');
+            }
+            out.push(']');
+            Ok((out, next))
+        })
+        .await?;
+    let mut body = body;
+    if let Some(n) = next {
+        body.push_str(",\"next_cursor\":");
+        body.push_str(&serde_json::Value::String(n).to_string());
+    }
+    body.push('}');
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 fn parse_path(ns: &str, text: &str) -> Result<ObjectPath, ApiError> {

@@ -390,8 +390,9 @@ impl<'a> View<'a> {
     }
 
     /// Up to `limit` instances in `ns` whose identity starts with
-    /// `identity_prefix`, in identity order, strictly after identity
-    /// `after`; and the identity to continue after, if more remain. One
+    /// `identity_prefix`, with their identities, in identity order, strictly
+    /// after identity `after`; and the identity to continue after, if more
+    /// remain. One
     /// range scan of the instance family: the query layer's identities put
     /// a class's instances next to each other.
     ///
@@ -403,7 +404,7 @@ impl<'a> View<'a> {
         identity_prefix: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Page<ModelInstanceRow, String>> {
+    ) -> Result<Page<(String, ModelInstanceRow), String>> {
         let limit = limit_ok(limit)?;
         let ns_len = ns.len() + 1;
         let prefix = keys::joined(&[ns, identity_prefix]);
@@ -423,7 +424,7 @@ impl<'a> View<'a> {
         })?;
         let next = (items.len() > limit).then(|| items[limit - 1].0.clone());
         items.truncate(limit);
-        Ok(Page { items: items.into_iter().map(|(_, r)| r).collect(), next })
+        Ok(Page { items, next })
     }
 
     /// The identities of the instances in `ns` that refer to `target`.
