@@ -350,7 +350,7 @@ async fn list_events(
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
-    let limit = crate::pldb::page_limit(q.limit, EVENTS_PAGE_MAX).map_err(ApiError::invalid_query)?;
+    let limit = crate::params::page_limit(q.limit, EVENTS_PAGE_MAX).map_err(ApiError::invalid_query)?;
     let channel_prefix = match q.channel {
         Some(c) => Some(Channel::parse(&c).map_err(ApiError::bad_channel)?.as_str().to_string()),
         None => None,

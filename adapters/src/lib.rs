@@ -26,6 +26,7 @@ mod http;
 pub mod lease;
 mod metrics;
 pub mod models;
+mod params;
 pub mod pldb;
 mod sse;
 pub mod xml;

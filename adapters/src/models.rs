@@ -133,6 +133,29 @@ impl<'a> ViewSource<'a> {
     }
 }
 
+/// Up to `limit` instances of exactly `class`, with their identities, in
+/// identity order after `after`. A class's instances are one key range of
+/// the instance family: identities begin `namespace:class.`, or are exactly
+/// `namespace:class` for a keyless singleton.
+fn class_rows(
+    view: &View<'_>,
+    ns: &str,
+    class: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<(String, pepper_storage::ModelInstanceRow)>, pepper_storage::Error> {
+    let base = format!("{}:{}", ns.to_ascii_lowercase(), class.to_ascii_lowercase());
+    let mut rows = Vec::new();
+    if after.is_none_or(|a| base.as_str() > a) {
+        if let Some(row) = view.model_instance(ns, &base)? {
+            rows.push((base.clone(), row));
+        }
+    }
+    rows.extend(view.model_instances_by_prefix(ns, &format!("{base}."), after, limit)?.items);
+    rows.truncate(limit);
+    Ok(rows)
+}
+
 impl Instances for ViewSource<'_> {
     fn get(&self, identity: &str) -> Option<Instance> {
         self.view.model_instance(self.ns, identity).ok().flatten().and_then(|r| self.instance(r))
@@ -140,11 +163,20 @@ impl Instances for ViewSource<'_> {
 
     fn of_class(&self, class: &str) -> Vec<Instance> {
         let mut out: Vec<Instance> = Vec::new();
+        let mut after: Option<String> = None;
         loop {
-            let after = out.last().map(|i| i.path.identity());
-            let page = self.of_class_after(class, after.as_deref(), 10_000);
-            let done = page.len() < 10_000;
-            out.extend(page);
+            let rows = match class_rows(self.view, self.ns, class, after.as_deref(), 10_000) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    // Damage reads as fewer instances, loudly; `pepper check`
+                    // says where.
+                    tracing::error!(class, error = %e, "model instance read failed");
+                    return out;
+                }
+            };
+            let done = rows.len() < 10_000;
+            after = rows.last().map(|(id, _)| id.clone());
+            out.extend(rows.into_iter().filter_map(|(_, r)| self.instance(r)));
             if done {
                 return out;
             }
@@ -153,22 +185,6 @@ impl Instances for ViewSource<'_> {
 
     fn referring_to(&self, identity: &str) -> Vec<Instance> {
         self.view.model_referrers(self.ns, identity).unwrap_or_default().iter().filter_map(|id| self.get(id)).collect()
-    }
-
-    fn of_class_after(&self, class: &str, after: Option<&str>, limit: usize) -> Vec<Instance> {
-        // A class's instances are one key range: identities begin
-        // `namespace:class.` (or are exactly `namespace:class`, a singleton).
-        let base = format!("{}:{}", self.ns.to_ascii_lowercase(), class.to_ascii_lowercase());
-        let singleton =
-            self.view.model_instance(self.ns, &base).ok().flatten().filter(|_| after.is_none_or(|a| base.as_str() > a));
-        let keyed = self.view.model_instances_by_prefix(self.ns, &format!("{base}."), after, limit);
-        match keyed.map(|page| singleton.into_iter().chain(page.items.into_iter().map(|(_, r)| r))) {
-            Ok(rows) => rows.filter_map(|r| self.instance(r)).take(limit).collect(),
-            Err(e) => {
-                tracing::error!(class, error = %e, "model class index read failed");
-                Vec::new()
-            }
-        }
     }
 }
 
@@ -366,7 +382,7 @@ pub(crate) async fn enumerate(
     query: Result<Query<EnumerateQuery>, QueryRejection>,
 ) -> Result<axum::response::Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
-    let limit = crate::pldb::page_limit(q.limit, INSTANCES_PAGE_MAX).map_err(ApiError::invalid_query)?;
+    let limit = crate::params::page_limit(q.limit, INSTANCES_PAGE_MAX).map_err(ApiError::invalid_query)?;
     let schema = state.models.schema(&ns)?;
     let parsed = match &q.condition {
         Some(w) => {
@@ -418,13 +434,7 @@ async fn enumerate_stored(
             let cursor = q.cursor.as_deref();
             let mut rows: Vec<(String, pepper_storage::ModelInstanceRow)> = Vec::new();
             for class in &classes {
-                let base = format!("{}:{}", ns.to_ascii_lowercase(), class.to_ascii_lowercase());
-                if cursor.is_none_or(|a| base.as_str() > a) {
-                    if let Some(row) = v.model_instance(&ns, &base)? {
-                        rows.push((base.clone(), row));
-                    }
-                }
-                rows.extend(v.model_instances_by_prefix(&ns, &format!("{base}."), cursor, limit + 1)?.items);
+                rows.extend(class_rows(v, &ns, class, cursor, limit + 1)?);
             }
             rows.sort_by(|a, b| a.0.cmp(&b.0));
             let next = (rows.len() > limit).then(|| rows[limit - 1].0.clone());
@@ -698,9 +708,9 @@ pub(crate) async fn history(
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
-    let limit = crate::pldb::page_limit(q.limit, INSTANCES_PAGE_MAX).map_err(ApiError::invalid_query)?;
+    let limit = crate::params::page_limit(q.limit, INSTANCES_PAGE_MAX).map_err(ApiError::invalid_query)?;
     let path = parse_path(&ns, &text)?;
-    let bounds = crate::pldb::Bounds::parse(q.since.as_deref(), q.until.as_deref())?;
+    let bounds = crate::params::Bounds::parse(q.since.as_deref(), q.until.as_deref())?;
     let (from, to) = bounds.seqs();
     let (rows, seq) = state
         .store
@@ -736,7 +746,7 @@ pub(crate) async fn run_query(
     body: Result<Json<QueryBody>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(body) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
-    let limit = crate::pldb::page_limit(body.limit, INSTANCES_PAGE_MAX).map_err(ApiError::invalid_body)?;
+    let limit = crate::params::page_limit(body.limit, INSTANCES_PAGE_MAX).map_err(ApiError::invalid_body)?;
     let schema = state.models.schema(&ns)?;
     let parsed = pepper_query::wql::parse(&body.query).map_err(query_error)?;
     let (rows, seq) = state

@@ -64,15 +64,6 @@ pub trait Instances {
     fn of_class(&self, class: &str) -> Vec<Instance>;
     /// The association instances with a reference to `identity`.
     fn referring_to(&self, identity: &str) -> Vec<Instance>;
-    /// Up to `limit` instances of exactly `class` whose identity comes after
-    /// `after`, in identity order. A source with an index overrides this.
-    fn of_class_after(&self, class: &str, after: Option<&str>, limit: usize) -> Vec<Instance> {
-        let mut all = self.of_class(class);
-        all.retain(|i| after.is_none_or(|a| i.path.identity().as_str() > a));
-        all.sort_by_cached_key(|i| i.path.identity());
-        all.truncate(limit);
-        all
-    }
 }
 
 /// A row for WQL: an instance, with the schema and the other instances for
@@ -109,30 +100,6 @@ pub fn enumerate(schema: &Schema, source: &dyn Instances, class: &str, deep: boo
     let mut out: Vec<Instance> = classes.iter().flat_map(|c| source.of_class(c)).collect();
     out.sort_by_cached_key(|i| i.path.identity());
     Ok(out)
-}
-
-/// One page of [`enumerate`]: the first `limit` instances after identity
-/// `after`, and the identity to continue after if more remain. It reads at
-/// most `limit + 1` instances per class, so paging through a large class
-/// costs what the pages hold, not the whole class each time.
-///
-/// # Errors
-/// `Schema` for an unknown class.
-pub fn enumerate_page(
-    schema: &Schema,
-    source: &dyn Instances,
-    class: &str,
-    deep: bool,
-    after: Option<&str>,
-    limit: usize,
-) -> Result<(Vec<Instance>, Option<String>)> {
-    let resolved = schema.resolve(class)?;
-    let classes = if deep { schema.with_subclasses(&resolved.name) } else { vec![resolved.name] };
-    let mut out: Vec<Instance> = classes.iter().flat_map(|c| source.of_class_after(c, after, limit + 1)).collect();
-    out.sort_by_cached_key(|i| i.path.identity());
-    let next = (out.len() > limit).then(|| out[limit - 1].path.identity());
-    out.truncate(limit);
-    Ok((out, next))
 }
 
 /// Runs a parsed query: enumerates `FROM` deep, keeps rows whose `WHERE`
@@ -580,23 +547,6 @@ mod tests {
         let err = m.modify(&p[1], &obj(json!({"Name": "h3"})), false).unwrap_err();
         assert!(err.to_string().contains("property Name: is a key and cannot change"), "{err}");
         assert!(m.modify(&p[1], &obj(json!({"Rack": 5})), false).unwrap_err().to_string().contains("property Rack"));
-    }
-
-    #[test]
-    fn enumeration_pages_match_the_whole_enumeration() {
-        let (m, _) = model();
-        let all = enumerate(&m.schema, &m, "CIM_ManagedElement", true).unwrap();
-        let mut seen = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let (items, next) = enumerate_page(&m.schema, &m, "CIM_ManagedElement", true, after.as_deref(), 2).unwrap();
-            seen.extend(items);
-            match next {
-                Some(n) => after = Some(n),
-                None => break,
-            }
-        }
-        assert_eq!(seen, all);
     }
 
     #[test]
