@@ -339,6 +339,19 @@ fn pldbget_is_answered_on_the_reply_channel_with_relative_fields() {
     assert_eq!(reply["to"]["service"], "psepr-client");
     assert_eq!(reply["payload"]["attribute"][0]["field"], "load");
     assert_eq!(reply["payload"]["attribute"][0]["value"], "9");
+    assert!(reply["payload"]["truncated"].is_null());
+
+    // A reply is one record: past its byte budget it is cut and says so.
+    let big = "v".repeat(100 * 1024);
+    for n in 0..8 {
+        attr(&http, &server, "/lab.org/node/h3/", &format!("blob{n}"), &big, None);
+    }
+    let ask = json!({"channel": "/pldb/", "type": "pldbget", "payload": {"channel": "/lab.org/node/h3/", "reply": "/client.org/replies/"}});
+    assert_eq!(http.post(server.at("/v1/events")).json(&ask).send().unwrap().status(), 200);
+    let reply = replies.next().unwrap().json();
+    assert_eq!(reply["payload"]["truncated"], true);
+    let sent = reply["payload"]["attribute"].as_array().unwrap().len();
+    assert!(sent > 0 && sent < 8, "{sent} of 8 attributes");
 }
 
 /// `pepper serve --agent` shows this machine's state in PLDB within

@@ -68,6 +68,14 @@ fn bad_flags_are_refused() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--retention-interval-s"));
+    // An agent whose values would expire between two rounds is refused
+    // before it publishes anything (the server it names is never reached).
+    let out = Command::new(env!("CARGO_BIN_EXE_pepper"))
+        .args(["agent", "--interval-s", "600", "--expire-s", "300", "--server", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be at least twice --interval-s"));
 }
 
 #[test]

@@ -420,8 +420,17 @@ mod tests {
         state.requests_in_flight = Arc::new(Semaphore::new(1));
         state.subscriber_slots = Arc::new(Semaphore::new(0));
         let request = Request::get("/v1/watch?channel=/a.org/").body(Body::empty()).expect("request");
-        let response = router(state).oneshot(request).await.expect("response");
+        let response = router(state.clone()).oneshot(request).await.expect("response");
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(response.headers().contains_key(header::RETRY_AFTER));
+
+        // A snapshot past the snapshot-reader limit is refused the same way.
+        state.subscriber_slots = Arc::new(Semaphore::new(1));
+        state.snapshot_readers = Arc::new(Semaphore::new(0));
+        let request = Request::get("/v1/watch?channel=/a.org/&snapshot=true").body(Body::empty()).expect("request");
+        let response = router(state).oneshot(request).await.expect("response");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024).await.expect("body");
+        assert!(String::from_utf8_lossy(&bytes).contains("snapshots"));
     }
 }
