@@ -41,10 +41,22 @@ pub const MODEL_EVENTS_PREFIX: &str = "/pepper/model/";
 /// The namespaces' schemas.
 pub struct Models {
     schemas: RwLock<HashMap<String, Arc<Schema>>>,
-    /// Serializes class changes: a definition is checked against the schema
-    /// it replaces.
-    defining: tokio::sync::Mutex<()>,
+    /// Instance writes hold it shared, from reading the schema to their
+    /// append; a class definition holds it alone, from its check ("does this
+    /// class have instances?") until the new schema is in place. So no
+    /// instance is written against a schema that is being replaced, and no
+    /// key change slips past an instance created meanwhile.
+    schema_lock: tokio::sync::RwLock<()>,
+    /// A modification (PUT, PATCH) reads the instance, merges and writes it
+    /// back while holding the stripe of its identity, so two concurrent
+    /// modifications of one instance both land instead of the later one
+    /// writing over the earlier.
+    stripes: Box<[tokio::sync::Mutex<()>]>,
 }
+
+/// Stripes of [`Models::stripes`]: enough that unrelated instances rarely
+/// share one.
+const MODIFY_STRIPES: usize = 256;
 
 fn query_error(e: pepper_query::Error) -> ApiError {
     match e {
@@ -82,7 +94,18 @@ impl Models {
             }
         }
         let schemas = schemas.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
-        Ok(Models { schemas: RwLock::new(schemas), defining: tokio::sync::Mutex::new(()) })
+        Ok(Models {
+            schemas: RwLock::new(schemas),
+            schema_lock: tokio::sync::RwLock::new(()),
+            stripes: (0..MODIFY_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+        })
+    }
+
+    fn stripe(&self, identity: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        identity.hash(&mut h);
+        &self.stripes[(h.finish() % self.stripes.len() as u64) as usize]
     }
 
     fn schema(&self, ns: &str) -> Result<Arc<Schema>, ApiError> {
@@ -255,7 +278,7 @@ pub(crate) async fn define_class(
     if ObjectPath::new(&ns, "X", Vec::new()).is_err() {
         return Err(ApiError::invalid_body(format!("namespace {ns:?} must be names separated by '/'")));
     }
-    let _guard = state.models.defining.lock().await;
+    let _guard = state.models.schema_lock.write().await;
     let current = state.models.schema(&ns).unwrap_or_default();
     let (ns2, def2) = (ns.clone(), def.clone());
     let next = state
@@ -330,6 +353,7 @@ pub(crate) async fn create_instance(
     body: Result<Json<CreateBody>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Json(body) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
+    let _shared = state.models.schema_lock.read().await;
     let schema = state.models.schema(&ns)?;
     let (values, path) = schema.instance(&ns, &body.class, &body.properties).map_err(query_error)?;
     let class = schema.resolve(&body.class).map_err(query_error)?.name;
@@ -431,12 +455,31 @@ async fn enumerate_stored(
     let (body, next) = state
         .store
         .read(move |v| {
+            // Identity order groups instances by class, and the classes in
+            // order of their lowercase names: identities begin
+            // `namespace:class` and a class name's characters all sort after
+            // the `.` that ends it. So the page is the classes read one
+            // after another in that order, each from the cursor on, until
+            // the page is full: no more rows read than are sent.
             let cursor = q.cursor.as_deref();
+            let ns_lower = ns.to_ascii_lowercase();
+            let mut classes: Vec<String> = classes.iter().map(|c| c.to_ascii_lowercase()).collect();
+            classes.sort();
             let mut rows: Vec<(String, pepper_storage::ModelInstanceRow)> = Vec::new();
             for class in &classes {
-                rows.extend(class_rows(v, &ns, class, cursor, limit + 1)?);
+                let want = limit + 1 - rows.len();
+                if want == 0 {
+                    break;
+                }
+                // A class whose identities all sort before the cursor has
+                // nothing for this page.
+                let last_possible = format!("{ns_lower}:{class}/");
+                if cursor.is_some_and(|c| c >= last_possible.as_str()) {
+                    continue;
+                }
+                rows.extend(class_rows(v, &ns, class, cursor, want)?);
             }
-            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            debug_assert!(rows.windows(2).all(|w| w[0].0 < w[1].0));
             let next = (rows.len() > limit).then(|| rows[limit - 1].0.clone());
             rows.truncate(limit);
             let mut out = String::with_capacity(rows.iter().map(|(_, r)| r.properties.len() + r.path.len() + 64).sum());
@@ -513,6 +556,7 @@ pub(crate) async fn delete_instance(
     query: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
+    let _shared = state.models.schema_lock.read().await;
     let schema = state.models.schema(&ns)?;
     let path = parse_path(&ns, &text)?;
     let ns2 = ns.clone();
@@ -568,8 +612,10 @@ async fn modify(
     properties: Map<String, serde_json::Value>,
     replace: bool,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let _shared = state.models.schema_lock.read().await;
     let schema = state.models.schema(&ns)?;
     let path = parse_path(&ns, &text)?;
+    let _stripe = state.models.stripe(&path.identity()).lock().await;
     let (ns2, schema2) = (ns.clone(), schema.clone());
     let old = state
         .store

@@ -288,10 +288,25 @@ impl<'a> View<'a> {
 
     /// Scans family `cf` under `prefix`, calling `f` on each (key, value)
     /// until it returns `false`.
-    fn scan_prefix(&self, cf: &str, prefix: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
+    fn scan_prefix(&self, cf: &str, prefix: &[u8], f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
+        self.scan_prefix_from(cf, prefix, None, f)
+    }
+
+    /// [`View::scan_prefix`] from key `start` on (when it is past `prefix`):
+    /// a page after a cursor seeks to it instead of reading its way there.
+    fn scan_prefix_from(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+        start: Option<&[u8]>,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
         let upper = keys::prefix_end(prefix);
         let mut it = self.snap.raw_iterator_cf_opt(self.shared.cf(cf)?, self.opts(Some(prefix.to_vec()), upper));
-        it.seek(prefix);
+        match start {
+            Some(s) if s > prefix => it.seek(s),
+            _ => it.seek(prefix),
+        }
         while it.valid() {
             let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
             if !f(key, value)? {
@@ -370,10 +385,7 @@ impl<'a> View<'a> {
             k.push(0);
             k
         });
-        self.scan_prefix(keys::CF_MODEL_CLASS_INDEX, &prefix, |k, _| {
-            if start.as_ref().is_some_and(|s| k < s.as_slice()) {
-                return Ok(true);
-            }
+        self.scan_prefix_from(keys::CF_MODEL_CLASS_INDEX, &prefix, start.as_deref(), |k, _| {
             identities.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
             Ok(identities.len() <= limit)
         })?;
@@ -414,10 +426,7 @@ impl<'a> View<'a> {
             k
         });
         let mut items: Vec<(String, ModelInstanceRow)> = Vec::new();
-        self.scan_prefix(keys::CF_MODEL_INSTANCES, &prefix, |k, v| {
-            if start.as_ref().is_some_and(|s| k < s.as_slice()) {
-                return Ok(true);
-            }
+        self.scan_prefix_from(keys::CF_MODEL_INSTANCES, &prefix, start.as_deref(), |k, v| {
             let identity = String::from_utf8_lossy(&k[ns_len..]).into_owned();
             items.push((identity, decode_row("model instance", k, v)?));
             Ok(items.len() <= limit)
