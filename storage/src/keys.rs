@@ -53,8 +53,16 @@ pub const CF_MODEL_CLASS_INDEX: &str = "model_class_index";
 /// Who refers to whom: namespace `00` target identity `00` source identity.
 pub const CF_MODEL_REF_INDEX: &str = "model_ref_index";
 
+/// Received records: origin site -> the highest of its sequence numbers
+/// appended here (u64 big-endian), written in the same batch as the
+/// records. A peer's retried batch is dropped below it.
+pub const CF_ORIGINS: &str = "origins";
+/// Forwarding: peer site -> the next local sequence number to send it (u64
+/// big-endian), advanced only after the peer acknowledged what came before.
+pub const CF_PEER_CURSORS: &str = "peer_cursors";
+
 /// Every column family pepper opens, in a fixed order.
-pub const ALL_CFS: [&str; 13] = [
+pub const ALL_CFS: [&str; 15] = [
     CF_LOG,
     CF_TUPLES,
     CF_HISTORY,
@@ -68,6 +76,8 @@ pub const ALL_CFS: [&str; 13] = [
     CF_MODEL_HISTORY,
     CF_MODEL_CLASS_INDEX,
     CF_MODEL_REF_INDEX,
+    CF_ORIGINS,
+    CF_PEER_CURSORS,
 ];
 
 /// A key of parts joined by `00` (no part may contain `00`).

@@ -29,7 +29,7 @@ use crate::writer::{Appended, Prepared, Request, Writer};
 /// The data format version this build writes and the newest it reads.
 /// Version 2 added the `event_ids` index; a version-1 folder is upgraded on
 /// open.
-pub const FORMAT_VERSION: u8 = 4;
+pub const FORMAT_VERSION: u8 = 5;
 
 /// When an append is acknowledged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -182,9 +182,10 @@ impl Store {
         match db.get_pinned_cf(meta, keys::META_FORMAT)?.map(|v| v.to_vec()) {
             Some(v) if v == [FORMAT_VERSION] => {}
             Some(v) if v == [1] => migrate_v1(&db)?,
-            // Versions 3 and 4 added families (`tombstones`; the `model_*`
-            // ones), which opening creates empty: nothing to rewrite.
-            Some(v) if v == [2] || v == [3] => {
+            // Versions 3, 4 and 5 added families (`tombstones`; the
+            // `model_*` ones; `origins` and `peer_cursors`), which opening
+            // creates empty: nothing to rewrite.
+            Some(v) if v == [2] || v == [3] || v == [4] => {
                 let mut opts = rocksdb::WriteOptions::default();
                 opts.set_sync(true);
                 let mut batch = rocksdb::WriteBatch::default();
@@ -286,7 +287,7 @@ impl Store {
     /// any of these cases), `Poisoned` after a failed WAL write, `Closed` at
     /// shutdown.
     pub async fn append(&self, bodies: Vec<Body>) -> Result<Appended> {
-        let (req, rx) = self.request(bodies)?;
+        let (req, rx) = self.request(bodies, None)?;
         self.sender()?.send(req).await.map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
     }
@@ -297,7 +298,7 @@ impl Store {
     /// # Errors
     /// As [`Store::append`].
     pub fn append_blocking(&self, bodies: Vec<Body>) -> Result<Appended> {
-        let (req, rx) = self.request(bodies)?;
+        let (req, rx) = self.request(bodies, None)?;
         self.sender()?.blocking_send(req).map_err(|_| Error::Closed)?;
         rx.blocking_recv().map_err(|_| Error::Closed)?
     }
@@ -309,14 +310,95 @@ impl Store {
         self.inner.tx.as_ref().ok_or(Error::Closed)
     }
 
-    fn request(&self, bodies: Vec<Body>) -> Result<(Request, oneshot::Receiver<Result<Appended>>)> {
+    /// Appends events received from peer site `origin`, each with its
+    /// sequence number there, in one atomic batch, as [`Store::append`]
+    /// does. Records at or below the origin's mark (the highest of its
+    /// sequence numbers appended here) are dropped, and the mark moves in
+    /// the same batch: a retried or repeated batch is never appended twice,
+    /// and `dropped` says how many were left out. The records keep their
+    /// origin; their time is this site's commit time, so the log's times
+    /// stay in order. Tuple sidecars are left out (a site records only its
+    /// own tuples), as is an anycast assignment (this site chooses among its
+    /// own leases).
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad origin (this site's own name included), a
+    /// record that is not an event, or origin sequence numbers out of
+    /// order; otherwise as [`Store::append`].
+    pub async fn receive(&self, origin: &str, records: Vec<(u64, Body)>) -> Result<Appended> {
+        validate_site(origin)?;
+        if origin == self.site() {
+            return Err(Error::invalid(
+                "origin",
+                format!("{origin} is this site; a site does not receive its own records"),
+            ));
+        }
+        let mut seqs = Vec::with_capacity(records.len());
+        let mut bodies = Vec::with_capacity(records.len());
+        for (seq, body) in records {
+            if seqs.last().is_some_and(|&last| seq <= last) {
+                return Err(Error::invalid(
+                    "origin seq",
+                    format!("{seq} does not follow {}", seqs.last().copied().unwrap_or(0)),
+                ));
+            }
+            let Body::Event(mut e) = body else {
+                return Err(Error::invalid("received record", format!("origin seq {seq} is not an event")));
+            };
+            e.tuple = None;
+            e.assigned.clear();
+            seqs.push(seq);
+            bodies.push(Body::Event(e));
+        }
+        let (req, rx) = self.request(bodies, Some(crate::writer::Origin { site: origin.to_string(), seqs }))?;
+        self.sender()?.send(req).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// The next local sequence number to forward to `peer`, if one was kept.
+    ///
+    /// # Errors
+    /// Read errors, or `Corruption` for a malformed value.
+    pub fn peer_cursor(&self, peer: &str) -> Result<Option<u64>> {
+        self.inner.shared.read_u64(keys::CF_PEER_CURSORS, peer)
+    }
+
+    /// Keeps `next` as the next local sequence number to forward to `peer`,
+    /// durably (synced) before it returns. Called once the peer has
+    /// acknowledged everything below `next`.
+    ///
+    /// # Errors
+    /// Write errors.
+    pub fn set_peer_cursor(&self, peer: &str, next: u64) -> Result<()> {
+        let shared = &self.inner.shared;
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(shared.durability == Durability::Sync);
+        shared.db.put_cf_opt(shared.cf(keys::CF_PEER_CURSORS)?, peer.as_bytes(), next.to_be_bytes(), &opts)?;
+        Ok(())
+    }
+
+    /// The highest sequence number of site `origin` appended here by
+    /// [`Store::receive`], 0 if none.
+    ///
+    /// # Errors
+    /// Read errors, or `Corruption` for a malformed value.
+    pub fn origin_mark(&self, origin: &str) -> Result<u64> {
+        self.inner.shared.origin_mark(origin)
+    }
+
+    fn request(
+        &self,
+        bodies: Vec<Body>,
+        origin: Option<crate::writer::Origin>,
+    ) -> Result<(Request, oneshot::Receiver<Result<Appended>>)> {
         if bodies.is_empty() {
             return Err(Error::invalid("batch", "an append needs at least one record"));
         }
         if bodies.len() > BATCH_RECORDS_MAX {
             return Err(Error::TooLarge { what: "batch", size: bodies.len(), max: BATCH_RECORDS_MAX });
         }
-        let overhead = crate::record::HEADER_BYTES + self.site().len() + crate::record::CRC_BYTES;
+        let site_len = origin.as_ref().map_or(self.site().len(), |o| o.site.len());
+        let overhead = crate::record::HEADER_BYTES + site_len + crate::record::CRC_BYTES;
         let mut records = Vec::with_capacity(bodies.len());
         let (mut encoded, mut bytes) = (0usize, 0usize);
         for body in bodies {
@@ -341,7 +423,7 @@ impl Store {
             records.push(Prepared { body, encoded_body });
         }
         let (reply, rx) = oneshot::channel();
-        Ok((Request::Append { records, bytes, reply }, rx))
+        Ok((Request::Append { records, bytes, origin, reply }, rx))
     }
 
     /// Runs `f` on a consistent snapshot, on a blocking-pool thread.
@@ -480,6 +562,21 @@ fn validate_site(site: &str) -> Result<()> {
 }
 
 impl Shared {
+    /// A u64 (big-endian) kept under `key` in family `cf`, if any.
+    pub(crate) fn read_u64(&self, cf: &str, key: &str) -> Result<Option<u64>> {
+        let got = self.db.get_pinned_cf(self.cf(cf)?, key.as_bytes())?;
+        match got.as_deref().map(<[u8; 8]>::try_from) {
+            None => Ok(None),
+            Some(Ok(b)) => Ok(Some(u64::from_be_bytes(b))),
+            Some(Err(_)) => Err(Error::corruption(cf, format!("{key}: not 8 bytes"))),
+        }
+    }
+
+    /// The highest sequence number of site `origin` appended here, 0 if none.
+    pub(crate) fn origin_mark(&self, origin: &str) -> Result<u64> {
+        Ok(self.read_u64(keys::CF_ORIGINS, origin)?.unwrap_or(0))
+    }
+
     /// A `Shared` over a read-only database, for the offline check.
     pub(crate) fn read_only(db: DB) -> Shared {
         let (durable, _) = watch::channel(0);

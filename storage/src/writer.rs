@@ -53,6 +53,16 @@ pub struct Appended {
     /// within the dedupe window: nothing new was written, and `first..=last`
     /// are the original sequence numbers.
     pub replayed: bool,
+    /// Records received from a peer and dropped because their origin's
+    /// mark showed they were appended before (see [`crate::Store::receive`]).
+    pub dropped: u64,
+}
+
+/// Where received records come from: their origin site and, for each
+/// record, its sequence number there.
+pub(crate) struct Origin {
+    pub site: String,
+    pub seqs: Vec<u64>,
 }
 
 /// A record validated and encoded by its caller, waiting for a sequence number.
@@ -63,8 +73,17 @@ pub(crate) struct Prepared {
 
 /// What the writer is asked to do.
 pub(crate) enum Request {
-    Append { records: Vec<Prepared>, bytes: usize, reply: oneshot::Sender<Result<Appended>> },
-    Trim { plan: TrimPlan, reply: oneshot::Sender<Result<()>> },
+    Append {
+        records: Vec<Prepared>,
+        bytes: usize,
+        /// Set for records received from a peer ([`crate::Store::receive`]).
+        origin: Option<Origin>,
+        reply: oneshot::Sender<Result<Appended>>,
+    },
+    Trim {
+        plan: TrimPlan,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 impl Request {
@@ -105,6 +124,8 @@ struct Overlays {
     tuples: TupleOverlay,
     models: ModelOverlay,
     ids: IdOverlay,
+    /// Origin marks set earlier in this group.
+    origins: HashMap<String, u64>,
 }
 
 /// What the dedupe check says about one append.
@@ -171,17 +192,54 @@ impl Writer {
         let mut group = group.into_iter();
         while let Some(req) = group.next() {
             match req {
-                Request::Append { records, reply, .. } => {
+                Request::Append { mut records, reply, origin, .. } => {
+                    // Received records: drop those at or below their
+                    // origin's mark (a retried batch), then move the mark.
+                    let mut dropped = 0u64;
+                    if let Some(o) = &origin {
+                        let mark = match ov.origins.get(&o.site) {
+                            Some(m) => *m,
+                            None => match self.shared.origin_mark(&o.site) {
+                                Ok(m) => m,
+                                Err(e) => {
+                                    let _ = reply.send(Err(e));
+                                    continue;
+                                }
+                            },
+                        };
+                        let mut high = mark;
+                        let mut keep = o.seqs.iter().map(|&seq| {
+                            let fresh = seq > high;
+                            high = high.max(seq);
+                            fresh
+                        });
+                        let before = records.len();
+                        records.retain(|_| keep.next().unwrap_or(false));
+                        dropped = (before - records.len()) as u64;
+                        if records.is_empty() {
+                            // Nothing new. The earlier copy may still be in
+                            // this group's batch: answer once it is durable.
+                            let at = self.next_seq;
+                            acks.push((reply, Appended { first: at, last: at - 1, replayed: true, dropped }));
+                            continue;
+                        }
+                    }
                     // A refused request touches nothing: it is checked before
                     // any of its effects enter the batch.
                     if let Err(e) = self.check_preconditions(&ov.leases, &ov.tuples, &ov.models, &records, time_us) {
                         let _ = reply.send(Err(e));
                         continue;
                     }
-                    match self.dedupe(&ov.ids, &records, time_us) {
+                    let dedupe = match origin {
+                        // Received records are deduplicated by their origin's
+                        // mark, not by event id.
+                        Some(_) => Ok(Dedupe::New),
+                        None => self.dedupe(&ov.ids, &records, time_us),
+                    };
+                    match dedupe {
                         Ok(Dedupe::New) => {}
                         Ok(Dedupe::Replay { first, last }) => {
-                            let _ = reply.send(Ok(Appended { first, last, replayed: true }));
+                            let _ = reply.send(Ok(Appended { first, last, replayed: true, dropped: 0 }));
                             continue;
                         }
                         Err(e) => {
@@ -189,9 +247,26 @@ impl Writer {
                             continue;
                         }
                     }
-                    match self.append(&mut batch, &mut ov, records, time_us) {
-                        Ok(appended) => {
+                    let result =
+                        self.append(&mut batch, &mut ov, records, time_us, origin.as_ref().map(|o| o.site.as_str()));
+                    let result = result.and_then(|appended| {
+                        if let Some(o) = &origin {
+                            let high = o
+                                .seqs
+                                .iter()
+                                .copied()
+                                .max()
+                                .unwrap_or(0)
+                                .max(ov.origins.get(&o.site).copied().unwrap_or(0));
+                            batch.put_cf(self.shared.cf(keys::CF_ORIGINS)?, o.site.as_bytes(), high.to_be_bytes());
+                            ov.origins.insert(o.site.clone(), high);
+                        }
+                        Ok(appended)
+                    });
+                    match result {
+                        Ok(mut appended) => {
                             dirty = true;
+                            appended.dropped = dropped;
                             acks.push((reply, appended));
                         }
                         Err(e) => {
@@ -222,6 +297,11 @@ impl Writer {
             }
         }
         if !dirty {
+            // Only received batches that were all duplicates: their earlier
+            // copies are durable already, since nothing of this group is.
+            for (reply, appended) in acks {
+                let _ = reply.send(Ok(appended));
+            }
             return;
         }
         if let Err(e) = self.put_meta(&mut batch) {
@@ -291,6 +371,7 @@ impl Writer {
         ov: &mut Overlays,
         records: Vec<Prepared>,
         time_us: u64,
+        origin: Option<&str>,
     ) -> Result<Appended> {
         let first = self.next_seq;
         for mut rec in records {
@@ -304,8 +385,11 @@ impl Writer {
                     }
                 }
             }
-            let bytes = frame(seq, time_us, &self.shared.site, rec.body.kind(), &rec.encoded_body)?;
+            let bytes = frame(seq, time_us, origin.unwrap_or(&self.shared.site), rec.body.kind(), &rec.encoded_body)?;
             batch.put_cf(self.shared.cf(CF_LOG)?, keys::log_key(seq), &bytes);
+            // Received records are events without tuple sidecars
+            // (`Store::receive` makes sure): they touch no view but the
+            // event-id index.
             self.materialize(batch, &mut ov.leases, seq, time_us, &rec.body)?;
             self.materialize_tuple(batch, &mut ov.tuples, seq, time_us, &rec.body)?;
             ov.models.materialize(&self.shared, batch, seq, time_us, &rec.body)?;
@@ -318,7 +402,7 @@ impl Writer {
             self.next_seq += 1;
         }
         self.last_time_us = time_us;
-        Ok(Appended { first, last: self.next_seq - 1, replayed: false })
+        Ok(Appended { first, last: self.next_seq - 1, replayed: false, dropped: 0 })
     }
 
     /// Looks up the request's event ids. An id logged within the dedupe
