@@ -350,7 +350,29 @@ impl Store {
             seqs.push(seq);
             bodies.push(Body::Event(e));
         }
-        let (req, rx) = self.request(bodies, Some(crate::writer::Origin { site: origin.to_string(), seqs }))?;
+        let (req, rx) = self.request(bodies, Some(crate::writer::Origin { site: origin.to_string(), seqs, gap: false }))?;
+        self.sender()?.send(req).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Appends `markers` (events saying what was lost) for a gap in what
+    /// peer `origin` could send: its records up to `to_seq` are gone from
+    /// its log. They are appended, with the origin's mark moved to `to_seq`
+    /// in the same batch, only if the mark is below it; a repeated gap is
+    /// dropped like a repeated record.
+    ///
+    /// # Errors
+    /// As [`Store::receive`].
+    pub async fn receive_gap(&self, origin: &str, to_seq: u64, markers: Vec<Body>) -> Result<Appended> {
+        validate_site(origin)?;
+        if origin == self.site() {
+            return Err(Error::invalid("origin", format!("{origin} is this site; a site does not receive its own records")));
+        }
+        if markers.iter().any(|b| !matches!(b, Body::Event(_))) {
+            return Err(Error::invalid("gap marker", "markers must be events"));
+        }
+        let seqs = vec![to_seq; markers.len()];
+        let (req, rx) = self.request(markers, Some(crate::writer::Origin { site: origin.to_string(), seqs, gap: true }))?;
         self.sender()?.send(req).await.map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
     }

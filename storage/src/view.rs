@@ -574,6 +574,35 @@ impl<'a> View<'a> {
         Ok(out)
     }
 
+    /// The records from `from_seq` (at or above the floor) through this
+    /// view's sequence number that `keep` accepts, each with its stored
+    /// bytes (crc included, checked on the way), up to `limit` records or
+    /// about `max_bytes` of them (at least one), scanning at most `scan_max`
+    /// records. Returns them and the sequence number after the last record
+    /// scanned. A forwarder sends the bytes as they are, so the receiver
+    /// checks the origin's own crc.
+    ///
+    /// # Errors
+    /// `Corruption` for a damaged record.
+    pub fn frames(
+        &self,
+        from_seq: u64,
+        limit: usize,
+        max_bytes: usize,
+        scan_max: u64,
+        mut keep: impl FnMut(&Record) -> bool,
+    ) -> Result<(Vec<(Record, Vec<u8>)>, u64)> {
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        let next = self.scan_log(from_seq, self.seq, scan_max, |rec, raw| {
+            if keep(&rec) {
+                bytes += raw.len();
+                out.push((rec, raw.to_vec()));
+            }
+            Ok(out.len() < limit && bytes < max_bytes)
+        })?;
+        Ok((out, next))
+    }
+
     /// Reads the log from `from_seq` through `to_seq` (capped at this view's
     /// sequence number) and returns the records that pass `filter`: at most
     /// `limit` of them and about [`SCAN_BYTES_MAX`] of encoded records (at
@@ -595,7 +624,8 @@ impl<'a> View<'a> {
         let mut records = Vec::new();
         let mut bytes = 0usize;
         let mut next_seq = from_seq;
-        let result = self.scan_log(from_seq, to_seq, scan_max, |rec, len| {
+        let result = self.scan_log(from_seq, to_seq, scan_max, |rec, raw| {
+            let len = raw.len();
             next_seq = rec.seq + 1;
             if filter.matches(&rec) {
                 records.push(rec);
@@ -618,7 +648,7 @@ impl<'a> View<'a> {
         from_seq: u64,
         to_seq: u64,
         limit: u64,
-        mut f: impl FnMut(Record, usize) -> Result<bool>,
+        mut f: impl FnMut(Record, &[u8]) -> Result<bool>,
     ) -> Result<u64> {
         let from_seq = from_seq.max(self.floor);
         let to_seq = to_seq.min(self.seq).min(from_seq.saturating_add(limit).saturating_sub(1));
@@ -640,13 +670,12 @@ impl<'a> View<'a> {
                     format!("log has a hole: next record is {seq}"),
                 ));
             }
-            let len = value.len();
             let rec = Record::decode(value)?;
             if rec.seq != seq {
                 return Err(Error::corruption(format!("seq {seq}"), format!("record says it is seq {}", rec.seq)));
             }
             expect += 1;
-            if !f(rec, len)? {
+            if !f(rec, value)? {
                 return Ok(expect);
             }
             it.next();

@@ -63,6 +63,9 @@ pub struct Appended {
 pub(crate) struct Origin {
     pub site: String,
     pub seqs: Vec<u64>,
+    /// The records are markers of a gap ending at `seqs[0]` (every entry
+    /// the same): all of them or none are appended.
+    pub gap: bool,
 }
 
 /// A record validated and encoded by its caller, waiting for a sequence number.
@@ -210,7 +213,9 @@ impl Writer {
                         let mut high = mark;
                         let mut keep = o.seqs.iter().map(|&seq| {
                             let fresh = seq > high;
-                            high = high.max(seq);
+                            if !o.gap {
+                                high = high.max(seq);
+                            }
                             fresh
                         });
                         let before = records.len();

@@ -52,12 +52,23 @@ async fn received_records_keep_their_origin_and_a_retry_is_dropped() {
         assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
     }
     assert_eq!(store.last_seq(), 5);
+    // A gap marker (the origin trimmed up to 20 before sending it): its
+    // markers are appended once, with the mark, and a repeat is dropped.
+    let markers = vec![event("/a/", "pepper.gap", b"1"), event("/b/", "pepper.gap", b"2")];
+    let got = store.receive_gap("site-b", 11, markers.clone()).await.unwrap();
+    assert_eq!((got.dropped, store.last_seq()), (2, 5), "a gap below the mark is old news");
+    let got = store.receive_gap("site-b", 20, markers.clone()).await.unwrap();
+    assert_eq!((got.first, got.last, got.dropped), (6, 7, 0));
+    assert_eq!(store.origin_mark("site-b").unwrap(), 20);
+    assert_eq!(store.receive_gap("site-b", 20, markers).await.unwrap().dropped, 2);
+    let dup = store.receive("site-b", vec![(18, event("/a/", "t", b"old"))]).await.unwrap();
+    assert_eq!(dup.dropped, 1);
     // Marks and cursors survive a restart, and the store checks clean.
     store.set_peer_cursor("site-c", 42).unwrap();
     assert_eq!(store.peer_cursor("site-d").unwrap(), None);
     store.close();
     let store = open(dir.path());
-    assert_eq!(store.origin_mark("site-b").unwrap(), 12);
+    assert_eq!(store.origin_mark("site-b").unwrap(), 20);
     assert_eq!(store.peer_cursor("site-c").unwrap(), Some(42));
     let dup = store.receive("site-b", vec![(12, event("/a/", "t", b"r12"))]).await.unwrap();
     assert_eq!(dup.dropped, 1);
