@@ -14,6 +14,13 @@
 //! dedupe_window_s = 600
 //! stream_buffer_events = 1024  # per live stream; a full one is disconnected
 //!
+//! # Federation (docs/federation.md): peers need the shared peer secret.
+//! region = "eu-west"
+//! url = "http://10.0.0.5:7171"  # how peers reach this site
+//! peers = ["lab-2=http://10.0.0.6:7171"]
+//! peer_secret = "change me"     # or PEPPER_PEER_SECRET
+//! heartbeat_ms = 1000
+//!
 //! [retention]
 //! log_max_age_s = 604800
 //! log_max_bytes = 10737418240
@@ -127,6 +134,25 @@ pub struct ServeArgs {
     /// Seconds between retention passes [default: 10].
     #[arg(long, env = "PEPPER_RETENTION_INTERVAL_S", value_parser = clap::value_parser!(u64).range(1..))]
     retention_interval_s: Option<u64>,
+    /// This site's region, for federated queries with `scope=region:R` and
+    /// for placement.
+    #[arg(long, env = "PEPPER_REGION")]
+    region: Option<String>,
+    /// The url peers reach this site at [default: http:// and the listen
+    /// address].
+    #[arg(long, env = "PEPPER_URL")]
+    url: Option<String>,
+    /// A peer site, NAME=URL; repeat for more. Peers also learn of each
+    /// other from their announcements.
+    #[arg(long = "peer", env = "PEPPER_PEERS", value_delimiter = ',')]
+    peers: Vec<String>,
+    /// The shared secret of site-to-site requests; without it the site
+    /// takes part in no federation.
+    #[arg(long, env = "PEPPER_PEER_SECRET", hide_env_values = true)]
+    peer_secret: Option<String>,
+    /// Milliseconds between heartbeats to peers [default: 1000].
+    #[arg(long, env = "PEPPER_HEARTBEAT_MS", value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    heartbeat_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,6 +166,12 @@ struct FileConfig {
     stream_buffer_events: Option<u64>,
     dedupe_window_s: Option<u64>,
     agent: Option<bool>,
+    region: Option<String>,
+    url: Option<String>,
+    #[serde(default)]
+    peers: Vec<String>,
+    peer_secret: Option<String>,
+    heartbeat_ms: Option<u64>,
     #[serde(default)]
     retention: FileRetention,
 }
@@ -240,11 +272,30 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
             .or(file.dedupe_window_s)
             .map_or(pepper_storage::DEDUPE_WINDOW_DEFAULT, Duration::from_secs),
     };
+    let peers = if args.peers.is_empty() { file.peers } else { args.peers };
+    let peers = peers
+        .iter()
+        .map(|p| match p.split_once('=') {
+            Some((name, url)) if !name.is_empty() && !url.is_empty() => Ok((name.to_string(), url.to_string())),
+            _ => anyhow::bail!("peer {p:?} must be NAME=URL"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let heartbeat_ms = args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(1000);
+    if !(10..=60_000).contains(&heartbeat_ms) {
+        anyhow::bail!("heartbeat_ms must be 10 to 60000, not {heartbeat_ms}");
+    }
+    let federation = pepper_adapters::federation::FederationConfig {
+        region: args.region.or(file.region),
+        url: args.url.or(file.url),
+        peers,
+        secret: args.peer_secret.or(file.peer_secret).filter(|s| !s.is_empty()),
+        heartbeat: Duration::from_millis(heartbeat_ms),
+    };
     Ok(Site {
         data: args.data.or(file.data).unwrap_or_else(|| PathBuf::from(DATA_DEFAULT)),
         listen,
         options,
-        api: pepper_adapters::ApiConfig { lease_ttl_max_s, stream_buffer_events },
+        api: pepper_adapters::ApiConfig { lease_ttl_max_s, stream_buffer_events, federation },
         agent: args.agent || file.agent.unwrap_or(false),
     })
 }

@@ -491,6 +491,7 @@ fn serve(site: config::Site) -> anyhow::Result<ExitCode> {
         let expiry = tokio::spawn(pepper_adapters::lease::run_expiry(state.clone()));
         let tuple_expiry = tokio::spawn(pepper_adapters::pldb::run_tuple_expiry(state.clone()));
         let pldbget = tokio::spawn(pepper_adapters::pldb::run_pldbget(state.clone()));
+        let federation = tokio::spawn(pepper_adapters::federation::run(state.clone(), addr));
         let app = pepper_adapters::router(state.clone());
         let stopping = {
             let state = state.clone();
@@ -511,6 +512,7 @@ fn serve(site: config::Site) -> anyhow::Result<ExitCode> {
         expiry.abort();
         tuple_expiry.abort();
         pldbget.abort();
+        federation.abort();
         anyhow::Ok(())
     })?;
     tracing::info!("shutting down; closing the store");

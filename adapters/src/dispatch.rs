@@ -116,7 +116,7 @@ impl Subscription {
     /// subscriber: its type, its `to`, and for distribution `one`, the
     /// writer's choice.
     fn wants_event(&self, seq: u64, e: &Event) -> bool {
-        (self.types.is_empty() || self.types.contains(&e.event_type))
+        (self.types.is_empty() || self.types.contains(&e.event_type) || e.event_type == crate::federation::GAP_TYPE)
             && self.holder.as_ref().is_none_or(|h| e.to.admits(h))
             && match (&self.group, &self.lease) {
                 (Some(_), Some(lease)) if e.distribution == pepper_storage::Distribution::One => {

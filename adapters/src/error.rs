@@ -100,6 +100,12 @@ impl ApiError {
         e
     }
 
+    /// The error with one more machine-readable field.
+    pub fn with_extra(mut self, key: &'static str, value: serde_json::Value) -> ApiError {
+        self.extra = Some((key, value));
+        self
+    }
+
     /// The message.
     pub fn message(&self) -> &str {
         &self.message

@@ -76,6 +76,8 @@ pub struct ApiConfig {
     /// Events buffered per live stream before a client that does not keep
     /// up is disconnected ([`crate::SUBSCRIBER_BUFFER_EVENTS`] by default).
     pub stream_buffer_events: usize,
+    /// Region, peers, peer secret and heartbeat.
+    pub federation: crate::federation::FederationConfig,
 }
 
 impl Default for ApiConfig {
@@ -83,6 +85,7 @@ impl Default for ApiConfig {
         ApiConfig {
             lease_ttl_max_s: crate::lease::LEASE_TTL_MAX_S_DEFAULT,
             stream_buffer_events: crate::SUBSCRIBER_BUFFER_EVENTS,
+            federation: crate::federation::FederationConfig::default(),
         }
     }
 }
@@ -113,6 +116,8 @@ pub struct AppState {
     pub(crate) snapshot_readers: Arc<Semaphore>,
     /// One permit per request being handled ([`REQUESTS_IN_FLIGHT_MAX`]).
     requests_in_flight: Arc<Semaphore>,
+    /// Peers, interests and forwarders.
+    pub(crate) federation: Arc<crate::federation::Federation>,
 }
 
 impl AppState {
@@ -125,6 +130,8 @@ impl AppState {
         let leases = store.read(|v| v.leases()).await?;
         let tuples = crate::pldb::load_tuple_index(&store).await?;
         let models = Arc::new(crate::models::Models::load(&store).await?);
+        let federation = crate::federation::Federation::new(store.site(), config.federation.clone())
+            .map_err(|reason| pepper_storage::Error::InvalidInput { what: "federation", reason })?;
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let metrics = Arc::new(Metrics::default());
         let dispatcher =
@@ -141,6 +148,7 @@ impl AppState {
             subscriber_slots: Arc::new(Semaphore::new(crate::sse::SUBSCRIBERS_MAX)),
             snapshot_readers: Arc::new(Semaphore::new(crate::sse::SNAPSHOTS_MAX)),
             requests_in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
+            federation: Arc::new(federation),
         })
     }
 
@@ -165,7 +173,15 @@ impl AppState {
 /// The API's routes over `state`.
 pub fn router(state: AppState) -> Router {
     let metrics = state.metrics.clone();
+    // The queries that take a federation scope (see `fanout`).
+    let federated = Router::new()
+        .route("/v1/tuples", get(crate::pldb::list).delete(crate::pldb::delete))
+        .route("/v1/tuples/history", get(crate::pldb::history))
+        .route("/v1/namespaces/{ns}/instances", get(crate::models::enumerate).post(crate::models::create_instance))
+        .route("/v1/namespaces/{ns}/query", post(crate::models::run_query))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::fanout::layer));
     Router::new()
+        .merge(federated)
         .route("/metrics", get(crate::metrics::scrape))
         .route("/v1/health", get(health))
         .route("/v1/events", get(list_events).post(publish))
@@ -174,11 +190,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leases/{id}/renew", post(lease::renew))
         .route("/v1/leases/{id}/events", get(sse::lease_events))
         .route("/v1/watch", get(sse::watch))
-        .route("/v1/tuples", get(crate::pldb::list).delete(crate::pldb::delete))
-        .route("/v1/tuples/history", get(crate::pldb::history))
+        .route("/v1/sites", get(crate::federation::sites))
+        .route("/v1/peer/heartbeat", post(crate::federation::heartbeat))
+        .route("/v1/peer/records", post(crate::federation::records))
         .route("/v1/namespaces/{ns}/classes", get(crate::models::list_classes).post(crate::models::define_class))
         .route("/v1/namespaces/{ns}/classes/{class}", get(crate::models::get_class))
-        .route("/v1/namespaces/{ns}/instances", get(crate::models::enumerate).post(crate::models::create_instance))
         .route(
             "/v1/namespaces/{ns}/instances/{path}",
             get(crate::models::get_instance)
@@ -189,7 +205,6 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/namespaces/{ns}/instances/{path}/associators", get(crate::models::associators))
         .route("/v1/namespaces/{ns}/instances/{path}/references", get(crate::models::references))
         .route("/v1/namespaces/{ns}/instances/{path}/history", get(crate::models::history))
-        .route("/v1/namespaces/{ns}/query", post(crate::models::run_query))
         .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()) })
         .layer(axum::middleware::from_fn_with_state(state.requests_in_flight.clone(), limit_in_flight))
         .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track))

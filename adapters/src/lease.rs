@@ -310,6 +310,9 @@ pub(crate) async fn grant(
         service: req.service,
         instance: req.instance,
     };
+    // Peers learn of a new interest before the grant is answered, so
+    // their events published after it reach the lease.
+    state.federation.lease_granted(&state).await;
     Ok((StatusCode::CREATED, Json(body)))
 }
 
@@ -343,6 +346,7 @@ pub(crate) async fn renew(
 pub(crate) async fn release(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let id2 = id.clone();
     commit(&state, Body::LeaseRelease(LeaseEnd { id }), move |leases, seq| leases.remove(&id2, seq)).await?;
+    state.federation.lease_ended();
     Ok(StatusCode::NO_CONTENT)
 }
 

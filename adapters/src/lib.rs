@@ -12,6 +12,9 @@
 //!   their own cursor to the live stream.
 //! - `envelope`: the JSON event envelope and its mapping to log records.
 //! - `xml`: the PsEPR XML envelope, read defensively from untrusted clients.
+//! - `federation`: peers, heartbeats, interests, and the per-peer
+//!   forwarders that carry events between sites.
+//! - `fanout`: federated queries (`scope=`), merged, with a manifest.
 //! - `metrics`: `GET /metrics`.
 //! - `error`: the one API error type and its JSON shape.
 //!
@@ -22,6 +25,8 @@ mod dispatch;
 pub mod envelope;
 mod error;
 pub mod expiry;
+mod fanout;
+pub mod federation;
 mod http;
 pub mod lease;
 mod metrics;

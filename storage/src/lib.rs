@@ -46,5 +46,5 @@ pub use store::{
     now_us, Durability, Options, StatsSnapshot, Store, DEDUPE_WINDOW_DEFAULT, FORMAT_VERSION,
     RETENTION_INTERVAL_DEFAULT,
 };
-pub use view::{HistoryRange, Order, Page, Scan, TupleCursor, View};
+pub use view::{Frame, HistoryRange, Order, Page, Scan, TupleCursor, View};
 pub use writer::Appended;

@@ -350,7 +350,8 @@ impl Store {
             seqs.push(seq);
             bodies.push(Body::Event(e));
         }
-        let (req, rx) = self.request(bodies, Some(crate::writer::Origin { site: origin.to_string(), seqs, gap: false }))?;
+        let (req, rx) =
+            self.request(bodies, Some(crate::writer::Origin { site: origin.to_string(), seqs, gap: false }))?;
         self.sender()?.send(req).await.map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
     }
@@ -366,13 +367,17 @@ impl Store {
     pub async fn receive_gap(&self, origin: &str, to_seq: u64, markers: Vec<Body>) -> Result<Appended> {
         validate_site(origin)?;
         if origin == self.site() {
-            return Err(Error::invalid("origin", format!("{origin} is this site; a site does not receive its own records")));
+            return Err(Error::invalid(
+                "origin",
+                format!("{origin} is this site; a site does not receive its own records"),
+            ));
         }
         if markers.iter().any(|b| !matches!(b, Body::Event(_))) {
             return Err(Error::invalid("gap marker", "markers must be events"));
         }
         let seqs = vec![to_seq; markers.len()];
-        let (req, rx) = self.request(markers, Some(crate::writer::Origin { site: origin.to_string(), seqs, gap: true }))?;
+        let (req, rx) =
+            self.request(markers, Some(crate::writer::Origin { site: origin.to_string(), seqs, gap: true }))?;
         self.sender()?.send(req).await.map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
     }

@@ -19,6 +19,9 @@ use crate::rows::{
 };
 use crate::store::Shared;
 
+/// A log record with its stored bytes, crc included.
+pub type Frame = (Record, Vec<u8>);
+
 /// A page of results with the cursor to pass for the next page.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Page<T, C> {
@@ -591,7 +594,7 @@ impl<'a> View<'a> {
         max_bytes: usize,
         scan_max: u64,
         mut keep: impl FnMut(&Record) -> bool,
-    ) -> Result<(Vec<(Record, Vec<u8>)>, u64)> {
+    ) -> Result<(Vec<Frame>, u64)> {
         let (mut out, mut bytes) = (Vec::new(), 0usize);
         let next = self.scan_log(from_seq, self.seq, scan_max, |rec, raw| {
             if keep(&rec) {

@@ -43,6 +43,23 @@ impl Server {
         format!("{}{path}", self.url)
     }
 
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, `KILL`...) to the server by its pid.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap().success());
+    }
+
+    /// Kills the server with SIGKILL and waits for it to be gone.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// Stops the server by its own pid with SIGTERM and returns its status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();

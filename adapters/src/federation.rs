@@ -1,0 +1,959 @@
+//! Federation: sites that know each other, and events that cross between
+//! them where some site asked for them.
+//!
+//! Every site keeps a registry of its peers, from its configuration and
+//! from what peers announce. Once per heartbeat interval a site sends each
+//! peer its announcement (`POST /v1/peer/heartbeat`): its name, url,
+//! region, log head, the peers it knows, and its **interests**, the
+//! (pattern, types) of its live leases, aggregated. The peer answers with
+//! its own, so one round trip refreshes both sides and measures latency.
+//! The same announcement is published on `/pepper/sites/<site>/` as a
+//! `pepper.heartbeat` event, so the usual tools observe the federation. A
+//! new lease pushes the interests at once and waits (at most
+//! [`INTEREST_PUSH_WAIT`]) for the peers that are up to have them.
+//!
+//! For each peer a **forwarder** tails the local log from a durable cursor
+//! (`Store::peer_cursor`) and sends the events that originated here and
+//! match the peer's interests, in batches of raw log frames, each with the
+//! crc the origin computed (`POST /v1/peer/records`). The receiver checks
+//! every crc, appends the events with `Store::receive`, which drops what
+//! it has already appended by (origin site, origin seq), and answers; only
+//! then does the cursor advance. A failure is retried with backoff, so a
+//! peer that was down or cut off gets everything it missed, while the
+//! origin's retention holds. When the cursor has fallen below the origin's
+//! retention, the forwarder sends a gap marker instead; the receiver turns
+//! it into a `pepper.gap` event for each of its lease patterns, which every
+//! lease on that pattern receives whatever its types, so a loss is never
+//! silent. Records received from a peer are never forwarded again: each
+//! origin sends its own records to every interested peer directly.
+//!
+//! Site-to-site requests carry the shared peer secret as a bearer token;
+//! without a configured secret, the peer endpoints refuse everything.
+//! `docs/federation.md` has the protocol, the cursors, the dedupe and the
+//! failure cases.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use pepper_router::Pattern;
+use pepper_storage::{now_us, Body, Distribution, Event, Party, Record, Target};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::http::AppState;
+
+/// The channel prefix of site announcements.
+pub const SITES_CHANNEL_PREFIX: &str = "/pepper/sites/";
+
+/// The default time between heartbeats.
+pub const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(1);
+
+/// A peer is `up` while its last announcement is at most this many
+/// heartbeat intervals old, then `suspect` up to [`DOWN_AFTER_HEARTBEATS`],
+/// then `down`.
+pub const SUSPECT_AFTER_HEARTBEATS: u32 = 3;
+/// See [`SUSPECT_AFTER_HEARTBEATS`].
+pub const DOWN_AFTER_HEARTBEATS: u32 = 10;
+
+/// Most peers a site keeps in its registry; announcements naming more are
+/// cut to this.
+pub const PEERS_MAX: usize = 256;
+
+/// Most interests one announcement may carry. A site with more lease
+/// patterns than this advertises their first elements instead (broader,
+/// never narrower).
+pub const INTERESTS_MAX: usize = 4096;
+
+/// Most records in one forwarded batch.
+pub const FORWARD_BATCH_RECORDS: usize = 1000;
+/// About the most bytes of log frames in one forwarded batch.
+pub const FORWARD_BATCH_BYTES: usize = 1024 * 1024;
+/// Most log records a forwarder scans per read, matching or not.
+const FORWARD_SCAN_MAX: u64 = 100_000;
+
+/// How long a lease grant waits for the peers that are up to acknowledge
+/// its interest.
+pub const INTEREST_PUSH_WAIT: Duration = Duration::from_secs(1);
+
+/// The forwarder's retry delay doubles from this after each failure...
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// ...up to this.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Longest site name, url or region accepted from a peer, in bytes.
+const NAME_BYTES_MAX: usize = 256;
+
+/// Federation settings of a site.
+#[derive(Clone, Default)]
+pub struct FederationConfig {
+    /// The site's region, if it has one.
+    pub region: Option<String>,
+    /// The url peers reach this site at; by default `http://` and the
+    /// address it listens on.
+    pub url: Option<String>,
+    /// Peers given by configuration: (name, url).
+    pub peers: Vec<(String, String)>,
+    /// The shared secret of site-to-site requests. Without it the site
+    /// neither accepts nor sends any.
+    pub secret: Option<String>,
+    /// Time between heartbeats ([`HEARTBEAT_DEFAULT`] when zero).
+    pub heartbeat: Duration,
+}
+
+impl std::fmt::Debug for FederationConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FederationConfig")
+            .field("region", &self.region)
+            .field("url", &self.url)
+            .field("peers", &self.peers)
+            .field("secret", &self.secret.as_ref().map(|_| "(set)"))
+            .field("heartbeat", &self.heartbeat)
+            .finish()
+    }
+}
+
+/// What a site is interested in: the events of one lease pattern and types.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Interest {
+    /// A lease pattern.
+    pub pattern: String,
+    /// Event types; empty means all.
+    #[serde(default)]
+    pub types: Vec<String>,
+}
+
+/// A peer as an announcement lists it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Site name.
+    pub name: String,
+    /// Where it is reached.
+    pub url: String,
+    /// Its region, if any.
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+/// A site's announcement: its heartbeat.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Announce {
+    /// Site name.
+    pub name: String,
+    /// Where it is reached.
+    pub url: String,
+    /// Its region, if any.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Its log's last sequence number.
+    pub seq: u64,
+    /// When it was sent, microseconds since the Unix epoch.
+    pub time_us: u64,
+    /// What its leases want from other sites.
+    #[serde(default)]
+    pub interests: Vec<Interest>,
+    /// When `interests` were computed (microseconds, strictly increasing
+    /// at the sender): an announcement overtaken by a newer one on the way
+    /// does not bring back stale interests.
+    #[serde(default)]
+    pub interests_version: u64,
+    /// The peers it knows.
+    #[serde(default)]
+    pub peers: Vec<PeerInfo>,
+}
+
+/// A peer's interests, parsed: (pattern, types; empty means all).
+type Wants = Arc<Vec<(Pattern, Vec<String>)>>;
+
+/// A peer as federated queries see it.
+#[derive(Clone, Debug)]
+pub(crate) struct PeerSummary {
+    pub name: String,
+    pub url: String,
+    pub region: Option<String>,
+    pub state: PeerState,
+    /// Heartbeat round trip, smoothed, in milliseconds.
+    pub rtt_ms: Option<f64>,
+}
+
+/// One peer in the registry.
+#[derive(Debug)]
+struct Peer {
+    url: String,
+    region: Option<String>,
+    /// When its last announcement (or answer to ours) arrived.
+    last_seen: Option<Instant>,
+    last_seen_us: Option<u64>,
+    /// Heartbeat round trip, smoothed.
+    rtt_ms: Option<f64>,
+    /// Its interests, parsed; `None` until it has told us this run, and the
+    /// forwarder waits until then rather than skip what it might want.
+    interests: Option<Wants>,
+    /// The sender's version of `interests`.
+    interests_version: u64,
+    /// Bumped here whenever `interests` change, so a forwarder can tell
+    /// that they changed while it was reading the log.
+    interests_changes: u64,
+    /// The last sequence number of its log it announced.
+    head_seq: u64,
+    /// The next local sequence number to forward to it.
+    cursor: Option<u64>,
+    /// Where forwarding starts for a peer never forwarded to: the log's
+    /// head when its interests first arrived. A record committed after
+    /// that may match them, so none may be skipped.
+    first_cursor: Option<u64>,
+    /// Records it acknowledged from this run's forwarder.
+    forwarded: u64,
+    last_error: Option<String>,
+}
+
+impl Peer {
+    fn new(url: String, region: Option<String>) -> Peer {
+        Peer {
+            url,
+            region,
+            last_seen: None,
+            last_seen_us: None,
+            rtt_ms: None,
+            interests: None,
+            interests_version: 0,
+            interests_changes: 0,
+            head_seq: 0,
+            cursor: None,
+            first_cursor: None,
+            forwarded: 0,
+            last_error: None,
+        }
+    }
+}
+
+/// A peer's liveness, from the age of its last announcement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    /// Heard from within [`SUSPECT_AFTER_HEARTBEATS`] intervals.
+    Up,
+    /// Heard from within [`DOWN_AFTER_HEARTBEATS`] intervals.
+    Suspect,
+    /// Not heard from for longer, or never.
+    Down,
+}
+
+/// A site's federation: its registry of peers and its own announcement.
+pub struct Federation {
+    site: String,
+    region: Option<String>,
+    url: RwLock<String>,
+    secret: Option<String>,
+    heartbeat: Duration,
+    peers: RwLock<BTreeMap<String, Peer>>,
+    /// This site's interests as last computed, and their version.
+    interests: RwLock<(Vec<Interest>, u64)>,
+    /// Peers whose forwarder runs.
+    forwarders: Mutex<HashSet<String>>,
+    /// Wakes the heartbeat loop early (interests changed).
+    wake: tokio::sync::Notify,
+    client: reqwest::Client,
+}
+
+/// A `RwLock` read that survives a panicked writer: the registry holds no
+/// invariant a panic could break halfway.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Federation {
+    /// The federation of site `site`.
+    ///
+    /// # Errors
+    /// A peer entry without a secret, a bad peer name or url, or a peer
+    /// named like this site.
+    pub fn new(site: &str, config: FederationConfig) -> Result<Federation, String> {
+        if !config.peers.is_empty() && config.secret.is_none() {
+            return Err("peers are configured but no peer secret: site-to-site traffic must be authenticated".into());
+        }
+        let mut peers = BTreeMap::new();
+        for (name, url) in config.peers {
+            check_name("peer name", &name)?;
+            check_url(&url)?;
+            if name == site {
+                return Err(format!("peer {name} is this site's own name"));
+            }
+            peers.insert(name, Peer::new(url.trim_end_matches('/').to_string(), None));
+        }
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(8)
+            .build()
+            .map_err(|e| format!("cannot build the peer client: {e}"))?;
+        Ok(Federation {
+            site: site.to_string(),
+            region: config.region,
+            url: RwLock::new(config.url.unwrap_or_default()),
+            secret: config.secret,
+            heartbeat: if config.heartbeat.is_zero() { HEARTBEAT_DEFAULT } else { config.heartbeat },
+            peers: RwLock::new(peers),
+            interests: RwLock::new((Vec::new(), now_us())),
+            forwarders: Mutex::new(HashSet::new()),
+            wake: tokio::sync::Notify::new(),
+            client,
+        })
+    }
+
+    /// Whether site-to-site traffic is on (a peer secret is configured).
+    pub fn enabled(&self) -> bool {
+        self.secret.is_some()
+    }
+
+    /// This site's region.
+    pub fn region(&self) -> Option<&str> {
+        self.region.as_deref()
+    }
+
+    /// The heartbeat interval.
+    pub fn heartbeat(&self) -> Duration {
+        self.heartbeat
+    }
+
+    /// This site's url, as announced.
+    pub fn url(&self) -> String {
+        read(&self.url).clone()
+    }
+
+    fn state_of(&self, p: &Peer) -> PeerState {
+        match p.last_seen.map(|t| t.elapsed()) {
+            Some(age) if age <= self.heartbeat * SUSPECT_AFTER_HEARTBEATS => PeerState::Up,
+            Some(age) if age <= self.heartbeat * DOWN_AFTER_HEARTBEATS => PeerState::Suspect,
+            _ => PeerState::Down,
+        }
+    }
+
+    /// Every known peer.
+    pub(crate) fn peer_list(&self) -> Vec<PeerSummary> {
+        read(&self.peers)
+            .iter()
+            .map(|(n, p)| PeerSummary {
+                name: n.clone(),
+                url: p.url.clone(),
+                region: p.region.clone(),
+                state: self.state_of(p),
+                rtt_ms: p.rtt_ms,
+            })
+            .collect()
+    }
+
+    pub(crate) fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(secret) = &self.secret else {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "federation_off",
+                "this site has no peer secret configured, so it takes no site-to-site requests",
+            ));
+        };
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Compared in time independent of where they differ.
+        let same = given.len() == secret.len()
+            && given.bytes().zip(secret.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if !same {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong peer secret"));
+        }
+        Ok(())
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.secret.as_deref().unwrap_or(""))
+    }
+
+    /// Takes in an announcement from `a.name`, heard directly from it;
+    /// `head` is this site's last sequence number.
+    fn heard(&self, a: &Announce, rtt: Option<Duration>, head: u64) -> Result<(), String> {
+        check_name("site name", &a.name)?;
+        check_url(&a.url)?;
+        if let Some(r) = &a.region {
+            check_name("region", r)?;
+        }
+        if a.name == self.site {
+            return Err(format!("announcement from {} names this site", a.name));
+        }
+        if a.interests.len() > INTERESTS_MAX {
+            return Err(format!("{} interests, over the limit of {INTERESTS_MAX}", a.interests.len()));
+        }
+        let interests = a
+            .interests
+            .iter()
+            .map(|i| Pattern::parse(&i.pattern).map(|p| (p, i.types.clone())).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut peers = write(&self.peers);
+        if !peers.contains_key(&a.name) && peers.len() >= PEERS_MAX {
+            return Err(format!("this site already knows {PEERS_MAX} peers, its limit"));
+        }
+        let p = peers.entry(a.name.clone()).or_insert_with(|| Peer::new(a.url.clone(), a.region.clone()));
+        p.url = a.url.trim_end_matches('/').to_string();
+        p.region = a.region.clone();
+        p.last_seen = Some(Instant::now());
+        p.last_seen_us = Some(now_us());
+        p.head_seq = a.seq;
+        if p.first_cursor.is_none() {
+            p.first_cursor = Some(head + 1);
+        }
+        if p.interests.is_none() || a.interests_version > p.interests_version {
+            p.interests = Some(Arc::new(interests));
+            p.interests_version = a.interests_version;
+            p.interests_changes += 1;
+        }
+        if let Some(rtt) = rtt {
+            let ms = rtt.as_secs_f64() * 1e3;
+            p.rtt_ms = Some(p.rtt_ms.map_or(ms, |old| old * 0.8 + ms * 0.2));
+        }
+        // Peers it knows that we do not: learned, to be confirmed by their
+        // own announcements.
+        for info in &a.peers {
+            if info.name == self.site || peers.contains_key(&info.name) || peers.len() >= PEERS_MAX {
+                continue;
+            }
+            if check_name("peer name", &info.name).is_ok() && check_url(&info.url).is_ok() {
+                peers.insert(
+                    info.name.clone(),
+                    Peer::new(info.url.trim_end_matches('/').to_string(), info.region.clone()),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// This site's announcement now.
+    fn announce(&self, seq: u64) -> Announce {
+        Announce {
+            name: self.site.clone(),
+            url: self.url(),
+            region: self.region.clone(),
+            seq,
+            time_us: now_us(),
+            interests: read(&self.interests).0.clone(),
+            interests_version: read(&self.interests).1,
+            peers: read(&self.peers)
+                .iter()
+                .map(|(n, p)| PeerInfo { name: n.clone(), url: p.url.clone(), region: p.region.clone() })
+                .collect(),
+        }
+    }
+
+    /// Recomputes this site's interests from its live leases. Returns
+    /// whether they changed.
+    async fn refresh_interests(&self, state: &AppState) -> Result<bool, pepper_storage::Error> {
+        let now = now_us();
+        let leases = state.store.read(|v| v.leases()).await?;
+        let mut set: BTreeSet<Interest> = leases
+            .into_iter()
+            .filter(|l| l.expires_at_us > now)
+            .map(|l| Interest { pattern: l.pattern, types: l.types })
+            .collect();
+        if set.len() > INTERESTS_MAX {
+            // Broader, never narrower: each pattern's first element, any type.
+            set = set
+                .into_iter()
+                .map(|i| {
+                    let first = i.pattern.trim_start_matches('/').split('/').next().unwrap_or("").to_string();
+                    Interest { pattern: format!("/{first}/"), types: Vec::new() }
+                })
+                .collect();
+        }
+        let next: Vec<Interest> = set.into_iter().take(INTERESTS_MAX).collect();
+        let mut current = write(&self.interests);
+        if current.0 == next {
+            return Ok(false);
+        }
+        let version = now_us().max(current.1 + 1);
+        *current = (next, version);
+        Ok(true)
+    }
+
+    /// Sends this site's announcement to every peer (to those `up` only,
+    /// when `only_up`), each within `timeout`, and takes in their answers.
+    async fn announce_to_peers(&self, state: &AppState, timeout: Duration, only_up: bool) {
+        let me = self.announce(state.store.last_seq());
+        let targets: Vec<(String, String)> = read(&self.peers)
+            .iter()
+            .filter(|(_, p)| !only_up || self.state_of(p) == PeerState::Up)
+            .map(|(n, p)| (n.clone(), p.url.clone()))
+            .collect();
+        let sends = targets.into_iter().map(|(name, url)| {
+            let me = &me;
+            async move {
+                let started = Instant::now();
+                let sent = self
+                    .client
+                    .post(format!("{url}/v1/peer/heartbeat"))
+                    .header(axum::http::header::AUTHORIZATION, self.bearer())
+                    .timeout(timeout)
+                    .json(me)
+                    .send()
+                    .await;
+                let answer = match sent {
+                    Ok(res) if res.status().is_success() => res.json::<Announce>().await.map_err(|e| e.to_string()),
+                    Ok(res) => Err(format!("answered {}", res.status())),
+                    Err(e) => Err(e.to_string()),
+                };
+                match answer {
+                    Ok(a) if a.name == name => {
+                        if let Err(e) = self.heard(&a, Some(started.elapsed()), state.store.last_seq()) {
+                            tracing::warn!(peer = %name, error = %e, "bad announcement");
+                        }
+                    }
+                    Ok(a) => tracing::warn!(peer = %name, answered_as = %a.name, "peer answered under another name"),
+                    Err(e) => {
+                        if let Some(p) = write(&self.peers).get_mut(&name) {
+                            p.last_error = Some(format!("heartbeat: {e}"));
+                        }
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(sends).await;
+    }
+
+    /// After a lease grant: if this site's interests changed, tells the
+    /// peers that are up at once, waiting at most [`INTEREST_PUSH_WAIT`], so
+    /// their events published after the grant answered reach the lease.
+    pub(crate) async fn lease_granted(&self, state: &AppState) {
+        if !self.enabled() {
+            return;
+        }
+        match self.refresh_interests(state).await {
+            Ok(true) => self.announce_to_peers(state, INTEREST_PUSH_WAIT, true).await,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read leases for interests"),
+        }
+    }
+
+    /// After a lease ended: the next heartbeat withdraws its interest.
+    pub(crate) fn lease_ended(&self) {
+        self.wake.notify_one();
+    }
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > NAME_BYTES_MAX || name.chars().any(|c| c.is_control() || c == '/') {
+        return Err(format!("{what} {name:?} must be 1 to {NAME_BYTES_MAX} bytes without '/' or control characters"));
+    }
+    Ok(())
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && url.len() <= NAME_BYTES_MAX => Ok(()),
+        _ => Err(format!("peer url {url:?} must be an http(s) url of at most {NAME_BYTES_MAX} bytes")),
+    }
+}
+
+/// Runs the site's federation until shutdown: the heartbeat loop, and a
+/// forwarder for every peer it learns of. `listening` is the address the
+/// server is bound to, the default url to announce.
+pub async fn run(state: AppState, listening: std::net::SocketAddr) {
+    let fed = state.federation.clone();
+    if fed.url().is_empty() {
+        let ip = match listening.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+            ip => ip,
+        };
+        if ip != listening.ip() {
+            tracing::warn!(%listening, "listening on every address: announcing loopback; set --url for peers elsewhere");
+        }
+        *write(&fed.url) = format!("http://{}", std::net::SocketAddr::new(ip, listening.port()));
+    }
+    if !fed.enabled() {
+        return;
+    }
+    let mut stopping = state.stopping();
+    let mut last_published = Instant::now() - fed.heartbeat;
+    loop {
+        if let Err(e) = fed.refresh_interests(&state).await {
+            tracing::warn!(error = %e, "cannot read leases for interests");
+        }
+        fed.announce_to_peers(&state, fed.heartbeat.max(Duration::from_millis(500)), false).await;
+        let names: Vec<String> = read(&fed.peers).keys().cloned().collect();
+        for name in names {
+            let started = fed.forwarders.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone());
+            if started {
+                tokio::spawn(forward(state.clone(), name));
+            }
+        }
+        if last_published.elapsed() >= fed.heartbeat && !read(&fed.peers).is_empty() {
+            last_published = Instant::now();
+            publish_heartbeat(&state).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(fed.heartbeat) => {}
+            _ = fed.wake.notified() => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Publishes this site's announcement on `/pepper/sites/<site>/`.
+async fn publish_heartbeat(state: &AppState) {
+    let fed = &state.federation;
+    let me = fed.announce(state.store.last_seq());
+    let payload = json!({ "name": me.name, "url": me.url, "region": me.region, "seq": me.seq,
+                          "time": crate::envelope::rfc3339_us(me.time_us), "peers": me.peers.len(),
+                          "interests": me.interests.len() });
+    let event = Event {
+        id: crate::envelope::new_event_id(),
+        channel: format!("{SITES_CHANNEL_PREFIX}{}/", fed.site),
+        event_type: "pepper.heartbeat".into(),
+        from: Party { service: "pepper".into(), instance: fed.site.clone() },
+        to: Target::default(),
+        distribution: Distribution::All,
+        payload: payload.to_string().into_bytes(),
+        assigned: Vec::new(),
+        tuple: None,
+    };
+    if let Err(e) = state.store.append(vec![Body::Event(event)]).await {
+        tracing::warn!(error = %e, "cannot publish the heartbeat");
+    }
+}
+
+/// Whether `record` goes to a peer with `interests`: an event that
+/// originated here, on a channel and of a type the peer wants.
+fn wanted(site: &str, record: &Record, interests: &[(Pattern, Vec<String>)]) -> bool {
+    let Body::Event(e) = &record.body else { return false };
+    record.origin == site
+        && interests
+            .iter()
+            .any(|(p, types)| p.matches_name(&e.channel) && (types.is_empty() || types.contains(&e.event_type)))
+}
+
+/// What the forwarder reads next.
+enum Next {
+    /// The peer's cursor fell below retention: records `from..to` are gone.
+    Gap { from: u64, to: u64 },
+    /// Matching frames, and where to continue after them.
+    Frames(Vec<pepper_storage::Frame>, u64),
+}
+
+/// The forwarder of one peer; runs until shutdown.
+async fn forward(state: AppState, peer: String) {
+    let fed = state.federation.clone();
+    let mut stopping = state.stopping();
+    let mut backoff = BACKOFF_MIN;
+    let mut persisted_at = Instant::now();
+    loop {
+        if *stopping.borrow() {
+            return;
+        }
+        let (interests, changes, url) = match read(&fed.peers).get(&peer) {
+            Some(p) => (p.interests.clone(), p.interests_changes, p.url.clone()),
+            None => return,
+        };
+        // Until the peer has said what it wants this run, send nothing and
+        // skip nothing.
+        let Some(interests) = interests else {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+            continue;
+        };
+        let cursor = match cursor_of(&state, &peer) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(peer = %peer, error = %e, "cannot read the forwarding cursor");
+                tokio::time::sleep(BACKOFF_MAX).await;
+                continue;
+            }
+        };
+        if cursor > state.store.last_seq() {
+            tokio::select! {
+                _ = state.store.wait_for_seq(cursor, Duration::from_secs(1)) => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+            continue;
+        }
+        let site = fed.site.clone();
+        let next = state
+            .store
+            .read(move |v| {
+                if cursor < v.earliest_seq() {
+                    return Ok(Next::Gap { from: cursor, to: v.earliest_seq() });
+                }
+                let (frames, next) =
+                    v.frames(cursor, FORWARD_BATCH_RECORDS, FORWARD_BATCH_BYTES, FORWARD_SCAN_MAX, |r| {
+                        wanted(&site, r, &interests)
+                    })?;
+                Ok(Next::Frames(frames, next))
+            })
+            .await;
+        // Interests that changed while the log was read may have arrived
+        // before a record this read filtered with the old ones: read again.
+        if read(&fed.peers).get(&peer).is_some_and(|p| p.interests_changes != changes) {
+            continue;
+        }
+        let (sent, next_cursor) = match next {
+            Err(e) => (Err(format!("cannot read the log: {e}")), cursor),
+            Ok(Next::Gap { from, to }) => (send(&fed, &url, Some((from, to - 1)), &[]).await.map(|_| 0), to),
+            Ok(Next::Frames(frames, next)) if frames.is_empty() => {
+                // Nothing for this peer in what was scanned: move on, and
+                // keep the cursor now and then (losing it only rescans).
+                set_cursor(&state, &peer, next, persisted_at.elapsed() >= Duration::from_secs(1));
+                if persisted_at.elapsed() >= Duration::from_secs(1) {
+                    persisted_at = Instant::now();
+                }
+                continue;
+            }
+            Ok(Next::Frames(frames, next)) => {
+                let n = frames.len() as u64;
+                (send(&fed, &url, None, &frames).await.map(|_| n), next)
+            }
+        };
+        match sent {
+            Ok(n) => {
+                set_cursor(&state, &peer, next_cursor, true);
+                persisted_at = Instant::now();
+                backoff = BACKOFF_MIN;
+                if let Some(p) = write(&fed.peers).get_mut(&peer) {
+                    p.forwarded += n;
+                    p.last_error = None;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(peer = %peer, error = %e, "forwarding failed; retrying");
+                if let Some(p) = write(&fed.peers).get_mut(&peer) {
+                    p.last_error = Some(format!("forwarding: {e}"));
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stopping.wait_for(|s| *s) => return,
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// The next sequence number to forward to `peer`: the cached one, the
+/// durable one, or (first contact) where its interests first arrived, kept
+/// at once.
+fn cursor_of(state: &AppState, peer: &str) -> Result<u64, pepper_storage::Error> {
+    let (cached, first) = match read(&state.federation.peers).get(peer) {
+        Some(p) => (p.cursor, p.first_cursor),
+        None => (None, None),
+    };
+    if let Some(c) = cached {
+        return Ok(c);
+    }
+    let c = match state.store.peer_cursor(peer)? {
+        Some(c) => c,
+        None => {
+            let c = first.unwrap_or_else(|| state.store.last_seq() + 1);
+            state.store.set_peer_cursor(peer, c)?;
+            c
+        }
+    };
+    if let Some(p) = write(&state.federation.peers).get_mut(peer) {
+        p.cursor = Some(c);
+    }
+    Ok(c)
+}
+
+fn set_cursor(state: &AppState, peer: &str, next: u64, durable: bool) {
+    if durable {
+        if let Err(e) = state.store.set_peer_cursor(peer, next) {
+            // The cached cursor still moves; a restart resends from the
+            // durable one and the peer drops the repeats.
+            tracing::error!(peer = %peer, error = %e, "cannot keep the forwarding cursor");
+        }
+    }
+    if let Some(p) = write(&state.federation.peers).get_mut(peer) {
+        p.cursor = Some(next);
+    }
+}
+
+/// Sends one batch (or a gap marker) and waits for the peer's answer.
+async fn send(
+    fed: &Federation,
+    url: &str,
+    gap: Option<(u64, u64)>,
+    frames: &[pepper_storage::Frame],
+) -> Result<Value, String> {
+    let mut body = Vec::with_capacity(frames.iter().map(|(_, f)| f.len() + 4).sum());
+    for (_, f) in frames {
+        let len = u32::try_from(f.len()).map_err(|_| "frame over 4 GiB".to_string())?;
+        body.extend_from_slice(&len.to_be_bytes());
+        body.extend_from_slice(f);
+    }
+    let mut req = fed
+        .client
+        .post(format!("{url}/v1/peer/records"))
+        .header(axum::http::header::AUTHORIZATION, fed.bearer())
+        .header(axum::http::header::CONTENT_TYPE, "application/octet-stream")
+        .header("x-pepper-origin", fed.site.as_str())
+        .timeout(Duration::from_secs(10))
+        .body(body);
+    if let Some((from, to)) = gap {
+        req = req.header("x-pepper-gap", format!("{from}-{to}"));
+    }
+    let res = req.send().await.map_err(|e| e.to_string())?;
+    let status = res.status();
+    let answer: Value = res.json().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("answered {status}: {answer}"));
+    }
+    Ok(answer)
+}
+
+/// `POST /v1/peer/heartbeat`: a peer's announcement; answers with ours.
+pub(crate) async fn heartbeat(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<Announce>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Announce>, ApiError> {
+    let fed = &state.federation;
+    fed.authorized(&headers)?;
+    let Json(a) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
+    fed.heard(&a, None, state.store.last_seq()).map_err(ApiError::invalid_body)?;
+    Ok(Json(fed.announce(state.store.last_seq())))
+}
+
+/// `POST /v1/peer/records`: a batch of log frames from their origin (the
+/// `x-pepper-origin` header), each `u32` length then the frame; or a gap
+/// marker (`x-pepper-gap: FROM-TO`). Answers `{"appended", "dropped",
+/// "mark"}`.
+pub(crate) async fn records(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let fed = &state.federation;
+    fed.authorized(&headers)?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let origin = header("x-pepper-origin").ok_or_else(|| ApiError::invalid_body("x-pepper-origin is missing"))?;
+    check_name("origin", &origin).map_err(ApiError::invalid_body)?;
+    if let Some(gap) = header("x-pepper-gap") {
+        let (from, to) = gap
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+            .filter(|(a, b)| a <= b)
+            .ok_or_else(|| ApiError::invalid_body(format!("x-pepper-gap {gap:?} is not FROM-TO")))?;
+        let markers = gap_markers(&state, &origin, from, to).await?;
+        let appended = state.store.receive_gap(&origin, to, markers).await?;
+        tracing::warn!(origin = %origin, from, to, "records lost to the origin's retention; gap markers appended");
+        return Ok(Json(json!({ "appended": appended.last + 1 - appended.first, "dropped": appended.dropped,
+                               "mark": state.store.origin_mark(&origin)? })));
+    }
+    let mut received = Vec::new();
+    let mut rest: &[u8] = &body;
+    while !rest.is_empty() {
+        if rest.len() < 4 {
+            return Err(ApiError::invalid_body("batch ends inside a frame length"));
+        }
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let frame = rest.get(4..4 + len).ok_or_else(|| ApiError::invalid_body("batch ends inside a frame"))?;
+        // The origin's crc, checked here: the frame is as the origin logged it.
+        let record = Record::decode(frame).map_err(|e| ApiError::invalid_body(format!("bad frame: {e}")))?;
+        if record.origin != origin {
+            return Err(ApiError::invalid_body(format!(
+                "frame {} originated on {}, not on {origin}; sites forward only their own records",
+                record.seq, record.origin
+            )));
+        }
+        received.push((record.seq, record.body));
+        rest = &rest[4 + len..];
+    }
+    if received.is_empty() {
+        return Err(ApiError::invalid_body("an empty batch"));
+    }
+    let appended = state.store.receive(&origin, received).await?;
+    let count = if appended.replayed { 0 } else { appended.last + 1 - appended.first };
+    Ok(Json(json!({ "appended": count, "dropped": appended.dropped, "mark": state.store.origin_mark(&origin)? })))
+}
+
+/// One `pepper.gap` event per distinct local lease pattern (on a channel
+/// that pattern matches), or one on the origin's site channel when there is
+/// no lease.
+async fn gap_markers(state: &AppState, origin: &str, from: u64, to: u64) -> Result<Vec<Body>, ApiError> {
+    let leases = state.store.read(|v| v.leases()).await?;
+    let mut channels: BTreeSet<String> = leases
+        .iter()
+        .map(|l| l.pattern.split('/').map(|e| if e == "*" { "pepper-gap" } else { e }).collect::<Vec<_>>().join("/"))
+        .collect();
+    if channels.is_empty() {
+        channels.insert(format!("{SITES_CHANNEL_PREFIX}{origin}/"));
+    }
+    let payload = json!({ "origin": origin, "from_seq": from, "to_seq": to,
+                          "reason": "the origin's retention trimmed these records before they could be sent" });
+    Ok(channels
+        .into_iter()
+        .take(pepper_storage::limits::BATCH_RECORDS_MAX)
+        .map(|channel| {
+            Body::Event(Event {
+                id: crate::envelope::new_event_id(),
+                channel,
+                event_type: GAP_TYPE.into(),
+                from: Party { service: "pepper".into(), instance: origin.to_string() },
+                to: Target::default(),
+                distribution: Distribution::All,
+                payload: payload.to_string().into_bytes(),
+                assigned: Vec::new(),
+                tuple: None,
+            })
+        })
+        .collect())
+}
+
+/// The type of gap markers; leases receive them whatever their types.
+pub const GAP_TYPE: &str = "pepper.gap";
+
+/// `GET /v1/sites`: this site and every peer it knows, with state, last
+/// contact, latency and forwarding lag.
+pub(crate) async fn sites(State(state): State<AppState>) -> Json<Value> {
+    let fed = &state.federation;
+    let head = state.store.last_seq();
+    let peers: Vec<Value> = read(&fed.peers)
+        .iter()
+        .map(|(name, p)| {
+            let lag = p.cursor.map(|c| (head + 1).saturating_sub(c));
+            json!({
+                "name": name,
+                "url": p.url,
+                "region": p.region,
+                "state": fed.state_of(p),
+                "last_seen": p.last_seen_us.map(crate::envelope::rfc3339_us),
+                "last_seen_ms_ago": p.last_seen.map(|t| t.elapsed().as_millis() as u64),
+                "latency_ms": p.rtt_ms,
+                "seq": p.head_seq,
+                "cursor": p.cursor,
+                "cursor_lag": lag,
+                "interests": p.interests.as_ref().map(|i| i.len()),
+                "forwarded": p.forwarded,
+                "last_error": p.last_error,
+            })
+        })
+        .collect();
+    Json(json!({
+        "site": fed.site,
+        "region": fed.region,
+        "url": fed.url(),
+        "seq": head,
+        "federation": fed.enabled(),
+        "heartbeat_ms": fed.heartbeat.as_millis() as u64,
+        "interests": read(&fed.interests).0.clone(),
+        "peers": peers,
+    }))
+}
