@@ -294,3 +294,52 @@ fn expired_leases_withdraw_interest_and_retried_batches_are_dropped() {
     assert_eq!(send(SECRET, damaged).status(), 400);
     assert_eq!(on_b("/dup/"), 1);
 }
+
+#[test]
+fn a_peer_back_after_retention_trimmed_what_it_missed_gets_a_gap_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let a = site(dir.path(), "a", &["--log-max-age-s", "1", "--retention-interval-s", "1"]);
+    let b = site(dir.path(), "b", &["--peer", &format!("a={}", a.url)]);
+    wait_up(&http, &a, &["b"]);
+    wait_up(&http, &b, &["a"]);
+    let lease = grant(&http, &b, json!({"channel": "/fleet/", "ttl_s": 300, "types": ["ping"]}));
+    let ping = |n: u32| json!({"channel": "/fleet/n/", "type": "ping", "payload": n});
+    assert!(publish(&http, &a, &ping(0)).unwrap().status().is_success());
+    let mut stream = SseReader::open(&b.at(&format!("/v1/leases/{lease}/events")), &[]);
+    assert_eq!(stream.next().unwrap().json()["payload"], 0);
+    // b goes away; a's log moves on and retention trims what b missed.
+    let port = b.port();
+    drop(stream);
+    b.kill();
+    for n in 1..=5 {
+        assert!(publish(&http, &a, &ping(n)).unwrap().status().is_success());
+    }
+    let first_missed = sites(&http, &a)["seq"].as_u64().unwrap() - 4;
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            let h: Value = http.get(a.at("/v1/health")).send().unwrap().json().unwrap();
+            h["earliest_seq"].as_u64().unwrap() > first_missed + 4
+        }),
+        "retention never trimmed the missed events"
+    );
+    let b = site(dir.path(), "b", &["--peer", &format!("a={}", a.url), "--listen", &format!("127.0.0.1:{port}")]);
+    // The lease (durable on b) receives the gap marker, whatever its types,
+    // saying which of a's records are gone; then live events again.
+    let mut stream = SseReader::open(&b.at(&format!("/v1/leases/{lease}/events?from_seq=1")), &[]);
+    let mut gap = None;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while gap.is_none() && Instant::now() < deadline {
+        let e = stream.next().unwrap();
+        if e.event == "pepper.gap" {
+            gap = Some(e.json());
+        }
+    }
+    let gap = gap.expect("no gap marker");
+    assert_eq!(gap["payload"]["origin"], "a", "{gap}");
+    assert!(gap["payload"]["from_seq"].as_u64().unwrap() <= first_missed, "{gap}");
+    assert!(gap["payload"]["to_seq"].as_u64().unwrap() >= first_missed + 4, "{gap}");
+    assert!(publish(&http, &a, &ping(6)).unwrap().status().is_success());
+    let next = stream.next().unwrap();
+    assert_eq!((next.event.as_str(), next.json()["payload"].clone()), ("ping", json!(6)));
+}
