@@ -500,6 +500,15 @@ fn serve(site: config::Site) -> anyhow::Result<ExitCode> {
                 state.begin_shutdown();
             }
         };
+        // No Nagle: an SSE event or a small answer written after one that
+        // is not yet acknowledged would otherwise wait for the peer's
+        // delayed ACK (up to 40 ms on Linux).
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let server = axum::serve(listener, app).with_graceful_shutdown(stopping);
         // A client that stopped reading can keep its stream from ever
         // noticing the shutdown; it gets SHUTDOWN_GRACE, then is cut off.

@@ -439,18 +439,22 @@ impl Federation {
 
     /// This site's announcement now.
     fn announce(&self, seq: u64) -> Announce {
+        // One guard at a time: a second read of a lock this thread already
+        // holds can deadlock behind a waiting writer.
+        let (interests, interests_version) = read(&self.interests).clone();
+        let peers = read(&self.peers)
+            .iter()
+            .map(|(n, p)| PeerInfo { name: n.clone(), url: p.url.clone(), region: p.region.clone() })
+            .collect();
         Announce {
             name: self.site.clone(),
             url: self.url(),
             region: self.region.clone(),
             seq,
             time_us: now_us(),
-            interests: read(&self.interests).0.clone(),
-            interests_version: read(&self.interests).1,
-            peers: read(&self.peers)
-                .iter()
-                .map(|(n, p)| PeerInfo { name: n.clone(), url: p.url.clone(), region: p.region.clone() })
-                .collect(),
+            interests,
+            interests_version,
+            peers,
         }
     }
 

@@ -16,9 +16,16 @@ pub struct Server {
 impl Server {
     /// Starts the server and waits until it listens.
     pub fn start() -> Server {
+        Server::start_with(&["--site", "bench"])
+    }
+
+    /// Starts the server with extra flags (`--site` among them).
+    pub fn start_with(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_pepper"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--site", "bench", "--data"])
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .arg("--data")
             .arg(dir.path())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -29,6 +36,14 @@ impl Server {
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let url = line.trim().strip_prefix("listening on ").unwrap().to_string();
         Server { child, url, _dir: dir }
+    }
+}
+
+impl Server {
+    /// Sends `signal` (`STOP`, `CONT`...) to the server by its pid.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap().success());
     }
 }
 

@@ -390,16 +390,22 @@ impl Store {
         self.inner.shared.read_u64(keys::CF_PEER_CURSORS, peer)
     }
 
-    /// Keeps `next` as the next local sequence number to forward to `peer`,
-    /// durably (synced) before it returns. Called once the peer has
-    /// acknowledged everything below `next`.
+    /// Keeps `next` as the next local sequence number to forward to `peer`.
+    /// Called once the peer has acknowledged everything below `next`.
+    ///
+    /// The write goes to the WAL without an fsync of its own: it is made
+    /// durable by the next synced write (any append), and a cursor lost to
+    /// a machine crash only makes the forwarder send again what the peer
+    /// already has, which the peer drops by its origin mark. An fsync per
+    /// forwarded batch would cost every writer on the site latency for no
+    /// safety.
     ///
     /// # Errors
     /// Write errors.
     pub fn set_peer_cursor(&self, peer: &str, next: u64) -> Result<()> {
         let shared = &self.inner.shared;
         let mut opts = rocksdb::WriteOptions::default();
-        opts.set_sync(shared.durability == Durability::Sync);
+        opts.set_sync(false);
         shared.db.put_cf_opt(shared.cf(keys::CF_PEER_CURSORS)?, peer.as_bytes(), next.to_be_bytes(), &opts)?;
         Ok(())
     }
