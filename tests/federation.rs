@@ -221,6 +221,19 @@ fn federated_queries_answer_within_their_deadline_with_a_manifest() {
         http.get(a.at("/v1/namespaces/root%2Fcimv2/instances?class=CIM_ComputerSystem&scope=all")).send().unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().unwrap()["manifest"]["answered"], 3);
+    let res = http
+        .post(a.at("/v1/namespaces/root%2Fcimv2/query?scope=region:eu"))
+        .json(&json!({"query": "SELECT * FROM CIM_ComputerSystem"}))
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().unwrap()["manifest"]["asked"], 2);
+    let history: Value =
+        http.get(a.at("/v1/tuples/history?channel=/fleet/b/&field=load&scope=all")).send().unwrap().json().unwrap();
+    assert_eq!(history["history"].as_array().unwrap().len(), 1, "{history}");
+    assert_eq!(history["history"][0]["site"], "b");
+    // Writes are never fanned out.
+    assert_eq!(http.delete(a.at("/v1/tuples?channel=/fleet/a/&field=load&scope=all")).send().unwrap().status(), 400);
 }
 
 #[test]

@@ -148,6 +148,13 @@ pub(crate) async fn layer(State(state): State<AppState>, mut request: Request, n
         }
         return response;
     }
+    // Only reads fan out: a scope on a write (a delete, a create) would
+    // repeat it on every site.
+    let is_query = request.method() == axum::http::Method::GET
+        || (request.method() == axum::http::Method::POST && request.uri().path().ends_with("/query"));
+    if !is_query {
+        return ApiError::invalid_query("scope applies to queries only; writes are local").into_response();
+    }
     match fan_out(state, params, request).await {
         Ok(r) => r,
         Err(e) => e.into_response(),

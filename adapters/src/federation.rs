@@ -74,6 +74,11 @@ pub const INTERESTS_MAX: usize = 4096;
 pub const FORWARD_BATCH_RECORDS: usize = 1000;
 /// About the most bytes of log frames in one forwarded batch.
 pub const FORWARD_BATCH_BYTES: usize = 1024 * 1024;
+/// Largest `POST /v1/peer/records` body: a full batch plus the one record
+/// that may cross [`FORWARD_BATCH_BYTES`], with their length prefixes.
+pub const PEER_BODY_BYTES_MAX: usize =
+    FORWARD_BATCH_BYTES + pepper_storage::limits::RECORD_BYTES_MAX + 4 * (FORWARD_BATCH_RECORDS + 1);
+
 /// Most log records a forwarder scans per read, matching or not.
 const FORWARD_SCAN_MAX: u64 = 100_000;
 

@@ -192,7 +192,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/watch", get(sse::watch))
         .route("/v1/sites", get(crate::federation::sites))
         .route("/v1/peer/heartbeat", post(crate::federation::heartbeat))
-        .route("/v1/peer/records", post(crate::federation::records))
+        .route(
+            "/v1/peer/records",
+            post(crate::federation::records)
+                .layer(axum::extract::DefaultBodyLimit::max(crate::federation::PEER_BODY_BYTES_MAX)),
+        )
         .route("/v1/namespaces/{ns}/classes", get(crate::models::list_classes).post(crate::models::define_class))
         .route("/v1/namespaces/{ns}/classes/{class}", get(crate::models::get_class))
         .route(
