@@ -317,7 +317,8 @@ impl Writer {
         let mut opts = WriteOptions::default();
         opts.set_sync(self.shared.durability == Durability::Sync);
         opts.disable_wal(false);
-        let records = acks.iter().map(|(_, a)| a.last - a.first + 1).sum::<u64>();
+        // A received batch that was all duplicates acks an empty range.
+        let records = acks.iter().map(|(_, a)| (a.last + 1).saturating_sub(a.first)).sum::<u64>();
         if let Err(e) = self.write(batch, &opts) {
             let reason = format!("WAL write failed: {e}");
             tracing::error!(%reason, "store poisoned; refusing writes until reopened");

@@ -76,3 +76,32 @@ async fn received_records_keep_their_origin_and_a_retry_is_dropped() {
     let report = check(dir.path()).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
+
+/// A batch of duplicates committed in the same write group as real writes:
+/// its empty range must not upset the group's accounting, and every write
+/// in the group lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_share_a_write_group_with_new_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.receive("site-b", vec![(5, event("/a/", "t", b"r5"))]).await.unwrap();
+    for round in 0..50u64 {
+        let tasks: Vec<_> = (0..8u64)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    if i % 2 == 0 {
+                        let dup = store.receive("site-b", vec![(5, event("/a/", "t", b"r5"))]).await.unwrap();
+                        assert_eq!(dup.dropped, 1);
+                    } else {
+                        store.append(vec![event("/a/", "t", format!("{round}-{i}").as_bytes())]).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+    assert_eq!(store.last_seq(), 1 + 50 * 4);
+}
