@@ -466,12 +466,7 @@ fn serve(site: config::Site) -> anyhow::Result<ExitCode> {
             // The agent talks to this site like any client: on the address
             // it listens on, or the loopback of that family when it listens
             // on all of them.
-            let ip = match addr.ip() {
-                std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
-                std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
-                ip => ip,
-            };
-            let target = std::net::SocketAddr::new(ip, addr.port());
+            let target = pepper_adapters::federation::loopback_of(addr);
             let authority = store.site().to_string();
             std::thread::Builder::new().name("pepper-agent".into()).spawn(move || {
                 let config = agent::AgentConfig {

@@ -198,6 +198,11 @@ fn federated_queries_answer_within_their_deadline_with_a_manifest() {
     // Local stays as it was: no manifest.
     assert!(query("local", "").1.get("manifest").is_none());
     assert_eq!(query("nowhere", "").0, 400);
+    // A parameter every site refuses is the caller's error, with the manifest.
+    let (status, v, _) = query("all", "&limit=lots");
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["manifest"]["answered"], 0);
+    assert_eq!(names(&query("sites:b,b", "").1), ["b"], "a site named twice is asked once");
 
     // c stopped: the query returns within its deadline, c timed out.
     c.signal("STOP");
@@ -317,6 +322,9 @@ fn a_peer_back_after_retention_trimmed_what_it_missed_gets_a_gap_marker() {
     wait_up(&http, &a, &["b"]);
     wait_up(&http, &b, &["a"]);
     let lease = grant(&http, &b, json!({"channel": "/fleet/", "ttl_s": 300, "types": ["ping"]}));
+    // A lease on every channel (`/`), wanting a type nobody publishes: only
+    // a gap marker can reach it.
+    let everything = grant(&http, &b, json!({"channel": "/", "ttl_s": 300, "types": ["never"]}));
     let ping = |n: u32| json!({"channel": "/fleet/n/", "type": "ping", "payload": n});
     assert!(publish(&http, &a, &ping(0)).unwrap().status().is_success());
     let mut stream = SseReader::open(&b.at(&format!("/v1/leases/{lease}/events")), &[]);
@@ -349,6 +357,18 @@ fn a_peer_back_after_retention_trimmed_what_it_missed_gets_a_gap_marker() {
         }
     }
     let gap = gap.expect("no gap marker");
+    let mut all = SseReader::open(&b.at(&format!("/v1/leases/{everything}/events?from_seq=1")), &[]);
+    // It gets every marker (`/` matches every channel), its own on a's
+    // site channel included.
+    let mut channels: Vec<String> = (0..2)
+        .map(|_| {
+            let e = all.next().unwrap();
+            assert_eq!(e.event, "pepper.gap");
+            e.json()["channel"].as_str().unwrap().to_string()
+        })
+        .collect();
+    channels.sort();
+    assert_eq!(channels, ["/fleet/", "/pepper/sites/a/"]);
     assert_eq!(gap["payload"]["origin"], "a", "{gap}");
     assert!(gap["payload"]["from_seq"].as_u64().unwrap() <= first_missed, "{gap}");
     assert!(gap["payload"]["to_seq"].as_u64().unwrap() >= first_missed + 4, "{gap}");

@@ -171,7 +171,7 @@ fn sites_in_scope(state: &AppState, scope: &Scope) -> Vec<Asked> {
     let fed = &state.federation;
     let me = state.store.site().to_string();
     let peers = fed.peer_list();
-    let mine = || Asked { site: me.clone(), url: Some(fed.url()) };
+    let mine = || Asked { site: me.clone(), url: Some(fed.local_url()) };
     let peer = |p: &PeerSummary| Asked { site: p.name.clone(), url: Some(p.url.clone()) };
     match scope {
         Scope::Local => vec![mine()],
@@ -186,6 +186,8 @@ fn sites_in_scope(state: &AppState, scope: &Scope) -> Vec<Asked> {
         }
         Scope::Sites(names) => names
             .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .map(|n| {
                 if *n == me {
                     mine()
@@ -266,7 +268,11 @@ async fn fan_out(state: AppState, params: Params, request: Request) -> Result<Re
         if let Some(v) = &value {
             entry["seq"] = v["seq"].clone();
             entry["data_age_ms"] = json!(time.map(|t| now.saturating_sub(t) / 1000));
-            if v.get("next_cursor").is_some() || v.get("truncated").is_some_and(|t| t == true) {
+            if let Some(cursor) = v.get("next_cursor") {
+                // Continue that site alone: `scope=sites:<it>` and this cursor.
+                entry["more"] = json!(true);
+                entry["next_cursor"] = cursor.clone();
+            } else if v.get("truncated").is_some_and(|t| t == true) {
                 entry["more"] = json!(true);
             }
         }
@@ -296,13 +302,25 @@ async fn fan_out(state: AppState, params: Params, request: Request) -> Result<Re
         )
         .with_extra("manifest", manifest));
     }
-    let mut merged = merge(answers);
+    // Every site refused the query itself (a bad parameter): that is the
+    // caller's error, not an empty answer.
+    if answered == 0 {
+        let refusals: Vec<&str> =
+            sites.iter().filter_map(|s| s["error"].as_str()).filter(|e| e.starts_with('4')).collect();
+        if !refusals.is_empty() && refusals.len() == asked {
+            let message = format!("every site refused the query: {}", refusals[0]);
+            return Err(ApiError::invalid_query(message).with_extra("manifest", manifest));
+        }
+    }
+    let descending = params.rest.iter().any(|(k, v)| k == "order" && v == "desc");
+    let mut merged = merge(answers, descending);
     merged.insert("manifest".into(), manifest);
     Ok(Json(Value::Object(merged)).into_response())
 }
 
-/// The answers' items, each tagged with its site, merged by kind.
-fn merge(answers: Vec<(String, Value)>) -> Map<String, Value> {
+/// The answers' items, each tagged with its site, merged by kind; history
+/// newest first when `descending`.
+fn merge(answers: Vec<(String, Value)>, descending: bool) -> Map<String, Value> {
     let mut out = Map::new();
     for field in ["tuples", "history", "instances"] {
         let mut items: Vec<Value> = Vec::new();
@@ -311,7 +329,9 @@ fn merge(answers: Vec<(String, Value)>) -> Map<String, Value> {
             if let Some(list) = answer.get(field).and_then(Value::as_array) {
                 present = true;
                 items.extend(list.iter().cloned().map(|mut item| {
-                    item["site"] = json!(site);
+                    if let Some(fields) = item.as_object_mut() {
+                        fields.insert("site".into(), json!(site));
+                    }
                     item
                 }));
             }
@@ -332,6 +352,7 @@ fn merge(answers: Vec<(String, Value)>) -> Map<String, Value> {
                     text(later, "channel") == text(first, "channel") && text(later, "field") == text(first, "field")
                 });
             }
+            "history" if descending => items.sort_by_key(|a| std::cmp::Reverse(text(a, "time"))),
             "history" => items.sort_by_key(|a| text(a, "time")),
             _ => items.sort_by_key(|a| text(a, "path")),
         }
@@ -368,7 +389,7 @@ mod tests {
         let a = json!({"seq": 5, "tuples": [{"channel": "/n/", "field": "x", "time": "2026-01-01T00:00:02Z", "value": "new"}]});
         let b = json!({"seq": 9, "tuples": [{"channel": "/n/", "field": "x", "time": "2026-01-01T00:00:01Z", "value": "old"},
                                             {"channel": "/m/", "field": "y", "time": "2026-01-01T00:00:01Z", "value": "v"}]});
-        let merged = merge(vec![("a".into(), a), ("b".into(), b)]);
+        let merged = merge(vec![("a".into(), a), ("b".into(), b)], false);
         let tuples = merged["tuples"].as_array().expect("tuples");
         assert_eq!(tuples.len(), 2);
         assert_eq!((tuples[0]["channel"].as_str(), tuples[0]["site"].as_str()), (Some("/m/"), Some("b")));

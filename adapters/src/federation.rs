@@ -167,6 +167,10 @@ pub struct Announce {
     /// does not bring back stale interests.
     #[serde(default)]
     pub interests_version: u64,
+    /// A random number drawn when the site started: versions compare only
+    /// within one run, so a restart with a clock behind is not ignored.
+    #[serde(default)]
+    pub incarnation: u64,
     /// The peers it knows.
     #[serde(default)]
     pub peers: Vec<PeerInfo>,
@@ -199,8 +203,13 @@ struct Peer {
     /// Its interests, parsed; `None` until it has told us this run, and the
     /// forwarder waits until then rather than skip what it might want.
     interests: Option<Wants>,
-    /// The sender's version of `interests`.
+    /// The sender's version of `interests` (0: none yet).
     interests_version: u64,
+    /// The run of the peer those interests came from.
+    incarnation: u64,
+    /// The peer refuses what the forwarder sends (4xx): forwarding to it
+    /// is stuck until an operator looks.
+    stalled: bool,
     /// Bumped here whenever `interests` change, so a forwarder can tell
     /// that they changed while it was reading the log.
     interests_changes: u64,
@@ -227,6 +236,8 @@ impl Peer {
             rtt_ms: None,
             interests: None,
             interests_version: 0,
+            incarnation: 0,
+            stalled: false,
             interests_changes: 0,
             head_seq: 0,
             cursor: None,
@@ -257,8 +268,18 @@ pub struct Federation {
     secret: Option<String>,
     heartbeat: Duration,
     peers: RwLock<BTreeMap<String, Peer>>,
-    /// This site's interests as last computed, and their version.
+    /// This site's interests as last computed, and their version (0 until
+    /// they are first computed: peers then keep waiting instead of taking
+    /// an empty set for the truth).
     interests: RwLock<(Vec<Interest>, u64)>,
+    /// Held across a recomputation of the interests, from reading the
+    /// leases to installing the result, so an older reading never replaces
+    /// a newer one.
+    refreshing: tokio::sync::Mutex<()>,
+    /// Random, per run; see [`Announce::incarnation`].
+    incarnation: u64,
+    /// Loopback url of this site, for its own part of a federated query.
+    local_url: RwLock<String>,
     /// Peers whose forwarder runs.
     forwarders: Mutex<HashSet<String>>,
     /// Wakes the heartbeat loop early (interests changed).
@@ -295,6 +316,12 @@ impl Federation {
             }
             peers.insert(name, Peer::new(url.trim_end_matches('/').to_string(), None));
         }
+        if let Some(url) = &config.url {
+            check_url(url)?;
+        }
+        if let Some(region) = &config.region {
+            check_name("region", region)?;
+        }
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(8)
             .build()
@@ -306,7 +333,10 @@ impl Federation {
             secret: config.secret,
             heartbeat: if config.heartbeat.is_zero() { HEARTBEAT_DEFAULT } else { config.heartbeat },
             peers: RwLock::new(peers),
-            interests: RwLock::new((Vec::new(), now_us())),
+            interests: RwLock::new((Vec::new(), 0)),
+            refreshing: tokio::sync::Mutex::new(()),
+            incarnation: rand::random::<u64>() | 1,
+            local_url: RwLock::new(String::new()),
             forwarders: Mutex::new(HashSet::new()),
             wake: tokio::sync::Notify::new(),
             client,
@@ -331,6 +361,11 @@ impl Federation {
     /// This site's url, as announced.
     pub fn url(&self) -> String {
         read(&self.url).clone()
+    }
+
+    /// This site's url over loopback (empty until it listens).
+    pub(crate) fn local_url(&self) -> String {
+        read(&self.local_url).clone()
     }
 
     fn state_of(&self, p: &Peer) -> PeerState {
@@ -417,7 +452,14 @@ impl Federation {
         if p.first_cursor.is_none() {
             p.first_cursor = Some(head + 1);
         }
-        if p.interests.is_none() || a.interests_version > p.interests_version {
+        if a.incarnation != p.incarnation {
+            // A new run of the peer: its versions start over.
+            p.incarnation = a.incarnation;
+            p.interests_version = 0;
+        }
+        // Version 0: the peer has not computed its interests yet; keep
+        // waiting rather than take an empty set for the truth.
+        if a.interests_version > p.interests_version {
             p.interests = Some(Arc::new(interests));
             p.interests_version = a.interests_version;
             p.interests_changes += 1;
@@ -459,6 +501,7 @@ impl Federation {
             time_us: now_us(),
             interests,
             interests_version,
+            incarnation: self.incarnation,
             peers,
         }
     }
@@ -466,6 +509,7 @@ impl Federation {
     /// Recomputes this site's interests from its live leases. Returns
     /// whether they changed.
     async fn refresh_interests(&self, state: &AppState) -> Result<bool, pepper_storage::Error> {
+        let _one_at_a_time = self.refreshing.lock().await;
         let now = now_us();
         let leases = state.store.read(|v| v.leases()).await?;
         let mut set: BTreeSet<Interest> = leases
@@ -477,15 +521,21 @@ impl Federation {
             // Broader, never narrower: each pattern's first element, any type.
             set = set
                 .into_iter()
-                .map(|i| {
-                    let first = i.pattern.trim_start_matches('/').split('/').next().unwrap_or("").to_string();
-                    Interest { pattern: format!("/{first}/"), types: Vec::new() }
+                .map(|i| match i.pattern.trim_start_matches('/').split('/').next() {
+                    Some(first) if !first.is_empty() && first != "*" => {
+                        Interest { pattern: format!("/{first}/"), types: Vec::new() }
+                    }
+                    _ => Interest { pattern: "/".into(), types: Vec::new() },
                 })
                 .collect();
+            if set.len() > INTERESTS_MAX {
+                // Still too many: everything.
+                set = BTreeSet::from([Interest { pattern: "/".into(), types: Vec::new() }]);
+            }
         }
-        let next: Vec<Interest> = set.into_iter().take(INTERESTS_MAX).collect();
+        let next: Vec<Interest> = set.into_iter().collect();
         let mut current = write(&self.interests);
-        if current.0 == next {
+        if current.1 != 0 && current.0 == next {
             return Ok(false);
         }
         let version = now_us().max(current.1 + 1);
@@ -544,9 +594,10 @@ impl Federation {
         if !self.enabled() {
             return;
         }
+        // Pushed even when the set did not change here: a concurrent
+        // refresh may have installed it without its push being answered yet.
         match self.refresh_interests(state).await {
-            Ok(true) => self.announce_to_peers(state, INTEREST_PUSH_WAIT, true).await,
-            Ok(false) => {}
+            Ok(_) => self.announce_to_peers(state, INTEREST_PUSH_WAIT, true).await,
             Err(e) => tracing::warn!(error = %e, "cannot read leases for interests"),
         }
     }
@@ -571,21 +622,33 @@ fn check_url(url: &str) -> Result<(), String> {
     }
 }
 
+/// The address to reach a server listening on `addr` from the same host:
+/// `addr` itself, or the loopback of its family when it listens on every
+/// address.
+pub fn loopback_of(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, addr.port())
+}
+
 /// Runs the site's federation until shutdown: the heartbeat loop, and a
 /// forwarder for every peer it learns of. `listening` is the address the
 /// server is bound to, the default url to announce.
 pub async fn run(state: AppState, listening: std::net::SocketAddr) {
     let fed = state.federation.clone();
+    // For this site's own part of a federated query, and the url to
+    // announce when none is configured.
+    let loopback = loopback_of(listening);
+    let local = format!("http://{loopback}");
+    *write(&fed.local_url) = local.clone();
     if fed.url().is_empty() {
-        let ip = match listening.ip() {
-            std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
-            ip => ip,
-        };
-        if ip != listening.ip() {
+        if loopback != listening {
             tracing::warn!(%listening, "listening on every address: announcing loopback; set --url for peers elsewhere");
         }
-        *write(&fed.url) = format!("http://{}", std::net::SocketAddr::new(ip, listening.port()));
+        *write(&fed.url) = local;
     }
     if !fed.enabled() {
         return;
@@ -680,7 +743,7 @@ async fn forward(state: AppState, peer: String) {
             }
             continue;
         };
-        let cursor = match cursor_of(&state, &peer) {
+        let cursor = match cursor_of(&state, &peer).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(peer = %peer, error = %e, "cannot read the forwarding cursor");
@@ -715,13 +778,14 @@ async fn forward(state: AppState, peer: String) {
             continue;
         }
         let (sent, next_cursor) = match next {
-            Err(e) => (Err(format!("cannot read the log: {e}")), cursor),
+            Err(e) => (Err(SendError { message: format!("cannot read the log: {e}"), refused: false }), cursor),
             Ok(Next::Gap { from, to }) => (send(&fed, &url, Some((from, to - 1)), &[]).await.map(|_| 0), to),
             Ok(Next::Frames(frames, next)) if frames.is_empty() => {
                 // Nothing for this peer in what was scanned: move on, and
                 // keep the cursor now and then (losing it only rescans).
-                set_cursor(&state, &peer, next, persisted_at.elapsed() >= Duration::from_secs(1));
-                if persisted_at.elapsed() >= Duration::from_secs(1) {
+                let durable = persisted_at.elapsed() >= Duration::from_secs(1);
+                set_cursor(&state, &peer, next, durable).await;
+                if durable {
                     persisted_at = Instant::now();
                 }
                 continue;
@@ -733,18 +797,30 @@ async fn forward(state: AppState, peer: String) {
         };
         match sent {
             Ok(n) => {
-                set_cursor(&state, &peer, next_cursor, true);
+                set_cursor(&state, &peer, next_cursor, true).await;
                 persisted_at = Instant::now();
                 backoff = BACKOFF_MIN;
                 if let Some(p) = write(&fed.peers).get_mut(&peer) {
                     p.forwarded += n;
                     p.last_error = None;
+                    p.stalled = false;
                 }
             }
             Err(e) => {
-                tracing::debug!(peer = %peer, error = %e, "forwarding failed; retrying");
+                // A refusal (4xx) will not pass by itself: say so loudly, once,
+                // and keep trying slowly. Skipping the batch would lose it.
+                let first_refusal = e.refused
+                    && write(&fed.peers).get_mut(&peer).is_some_and(|p| !std::mem::replace(&mut p.stalled, true));
+                if first_refusal {
+                    tracing::error!(peer = %peer, error = %e.message, "the peer refuses what this site forwards; forwarding to it is stalled");
+                } else {
+                    tracing::debug!(peer = %peer, error = %e.message, "forwarding failed; retrying");
+                }
                 if let Some(p) = write(&fed.peers).get_mut(&peer) {
-                    p.last_error = Some(format!("forwarding: {e}"));
+                    p.last_error = Some(format!("forwarding: {}", e.message));
+                }
+                if e.refused {
+                    backoff = BACKOFF_MAX;
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -759,7 +835,7 @@ async fn forward(state: AppState, peer: String) {
 /// The next sequence number to forward to `peer`: the cached one, the
 /// durable one, or (first contact) where its interests first arrived, kept
 /// at once.
-fn cursor_of(state: &AppState, peer: &str) -> Result<u64, pepper_storage::Error> {
+async fn cursor_of(state: &AppState, peer: &str) -> Result<u64, pepper_storage::Error> {
     let (cached, first) = match read(&state.federation.peers).get(peer) {
         Some(p) => (p.cursor, p.first_cursor),
         None => (None, None),
@@ -767,23 +843,29 @@ fn cursor_of(state: &AppState, peer: &str) -> Result<u64, pepper_storage::Error>
     if let Some(c) = cached {
         return Ok(c);
     }
-    let c = match state.store.peer_cursor(peer)? {
-        Some(c) => c,
+    // RocksDB calls run off the async executor.
+    let (store, name) = (state.store.clone(), peer.to_string());
+    let c = tokio::task::spawn_blocking(move || match store.peer_cursor(&name)? {
+        Some(c) => Ok::<u64, pepper_storage::Error>(c),
         None => {
-            let c = first.unwrap_or_else(|| state.store.last_seq() + 1);
-            state.store.set_peer_cursor(peer, c)?;
-            c
+            let c = first.unwrap_or_else(|| store.last_seq() + 1);
+            store.set_peer_cursor(&name, c)?;
+            Ok(c)
         }
-    };
+    })
+    .await
+    .map_err(|e| pepper_storage::Error::Io(std::io::Error::other(format!("cursor task failed: {e}"))))??;
     if let Some(p) = write(&state.federation.peers).get_mut(peer) {
         p.cursor = Some(c);
     }
     Ok(c)
 }
 
-fn set_cursor(state: &AppState, peer: &str, next: u64, durable: bool) {
+async fn set_cursor(state: &AppState, peer: &str, next: u64, durable: bool) {
     if durable {
-        if let Err(e) = state.store.set_peer_cursor(peer, next) {
+        let (store, name) = (state.store.clone(), peer.to_string());
+        let kept = tokio::task::spawn_blocking(move || store.set_peer_cursor(&name, next)).await;
+        if let Err(e) = kept.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
             // The cached cursor still moves; a restart resends from the
             // durable one and the peer drops the repeats.
             tracing::error!(peer = %peer, error = %e, "cannot keep the forwarding cursor");
@@ -794,16 +876,29 @@ fn set_cursor(state: &AppState, peer: &str, next: u64, durable: bool) {
     }
 }
 
+/// Why a batch did not get through.
+struct SendError {
+    message: String,
+    /// The peer answered 4xx: it will refuse the same batch again.
+    refused: bool,
+}
+
+impl From<String> for SendError {
+    fn from(message: String) -> SendError {
+        SendError { message, refused: false }
+    }
+}
+
 /// Sends one batch (or a gap marker) and waits for the peer's answer.
 async fn send(
     fed: &Federation,
     url: &str,
     gap: Option<(u64, u64)>,
     frames: &[pepper_storage::Frame],
-) -> Result<Value, String> {
+) -> Result<Value, SendError> {
     let mut body = Vec::with_capacity(frames.iter().map(|(_, f)| f.len() + 4).sum());
     for (_, f) in frames {
-        let len = u32::try_from(f.len()).map_err(|_| "frame over 4 GiB".to_string())?;
+        let len = u32::try_from(f.len()).map_err(|_| SendError::from("frame over 4 GiB".to_string()))?;
         body.extend_from_slice(&len.to_be_bytes());
         body.extend_from_slice(f);
     }
@@ -822,19 +917,31 @@ async fn send(
     let status = res.status();
     let answer: Value = res.json().await.map_err(|e| e.to_string())?;
     if !status.is_success() {
-        return Err(format!("answered {status}: {answer}"));
+        return Err(SendError { message: format!("answered {status}: {answer}"), refused: status.is_client_error() });
     }
     Ok(answer)
+}
+
+/// Axum middleware on `/v1/peer/`: the peer secret is checked before a
+/// body is read.
+pub(crate) async fn require_peer(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match state.federation.authorized(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 /// `POST /v1/peer/heartbeat`: a peer's announcement; answers with ours.
 pub(crate) async fn heartbeat(
     State(state): State<AppState>,
-    headers: HeaderMap,
     body: Result<Json<Announce>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Announce>, ApiError> {
     let fed = &state.federation;
-    fed.authorized(&headers)?;
     let Json(a) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
     fed.heard(&a, None, state.store.last_seq()).map_err(ApiError::invalid_body)?;
     Ok(Json(fed.announce(state.store.last_seq())))
@@ -849,8 +956,6 @@ pub(crate) async fn records(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let fed = &state.federation;
-    fed.authorized(&headers)?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let origin = header("x-pepper-origin").ok_or_else(|| ApiError::invalid_body("x-pepper-origin is missing"))?;
     check_name("origin", &origin).map_err(ApiError::invalid_body)?;
@@ -898,12 +1003,22 @@ pub(crate) async fn records(
 /// no lease.
 async fn gap_markers(state: &AppState, origin: &str, from: u64, to: u64) -> Result<Vec<Body>, ApiError> {
     let leases = state.store.read(|v| v.leases()).await?;
+    let fallback = format!("{SITES_CHANNEL_PREFIX}{origin}/");
     let mut channels: BTreeSet<String> = leases
         .iter()
-        .map(|l| l.pattern.split('/').map(|e| if e == "*" { "pepper-gap" } else { e }).collect::<Vec<_>>().join("/"))
+        .map(|l| {
+            let channel =
+                l.pattern.split('/').map(|e| if e == "*" { "pepper-gap" } else { e }).collect::<Vec<_>>().join("/");
+            // `/` (every channel) has no channel of its own, and a long
+            // pattern may not fit: the origin's channel matches `/` too.
+            match pepper_router::Channel::parse(&channel) {
+                Ok(_) => channel,
+                Err(_) => fallback.clone(),
+            }
+        })
         .collect();
     if channels.is_empty() {
-        channels.insert(format!("{SITES_CHANNEL_PREFIX}{origin}/"));
+        channels.insert(fallback);
     }
     let payload = json!({ "origin": origin, "from_seq": from, "to_seq": to,
                           "reason": "the origin's retention trimmed these records before they could be sent" });
@@ -952,6 +1067,7 @@ pub(crate) async fn sites(State(state): State<AppState>) -> Json<Value> {
                 "interests": p.interests.as_ref().map(|i| i.len()),
                 "forwarded": p.forwarded,
                 "last_error": p.last_error,
+                "stalled": p.stalled,
             })
         })
         .collect();

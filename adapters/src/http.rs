@@ -180,6 +180,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/namespaces/{ns}/instances", get(crate::models::enumerate).post(crate::models::create_instance))
         .route("/v1/namespaces/{ns}/query", post(crate::models::run_query))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::fanout::layer));
+    // Site to site: the secret is checked before any body is read.
+    let peer = Router::new()
+        .route("/v1/peer/heartbeat", post(crate::federation::heartbeat))
+        .route(
+            "/v1/peer/records",
+            post(crate::federation::records)
+                .layer(axum::extract::DefaultBodyLimit::max(crate::federation::PEER_BODY_BYTES_MAX)),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::federation::require_peer));
     Router::new()
         .merge(federated)
         .route("/metrics", get(crate::metrics::scrape))
@@ -191,12 +200,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leases/{id}/events", get(sse::lease_events))
         .route("/v1/watch", get(sse::watch))
         .route("/v1/sites", get(crate::federation::sites))
-        .route("/v1/peer/heartbeat", post(crate::federation::heartbeat))
-        .route(
-            "/v1/peer/records",
-            post(crate::federation::records)
-                .layer(axum::extract::DefaultBodyLimit::max(crate::federation::PEER_BODY_BYTES_MAX)),
-        )
+        .merge(peer)
         .route("/v1/namespaces/{ns}/classes", get(crate::models::list_classes).post(crate::models::define_class))
         .route("/v1/namespaces/{ns}/classes/{class}", get(crate::models::get_class))
         .route(
