@@ -197,12 +197,33 @@ fn sites_in_scope(state: &AppState, scope: &Scope) -> Vec<Asked> {
             })
             .collect(),
         Scope::Sample(k) => {
-            let mut ranked: Vec<(PeerState, f64, Asked)> = vec![(PeerState::Up, 0.0, mine())];
-            ranked.extend(peers.iter().map(|p| (p.state, p.rtt_ms.unwrap_or(f64::MAX), peer(p))));
-            ranked.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.site.cmp(&b.2.site)));
-            ranked.into_iter().take(*k).map(|(_, _, a)| a).collect()
+            let me = PeerSummary {
+                name: me.clone(),
+                url: fed.local_url(),
+                region: fed.region().map(str::to_string),
+                state: PeerState::Up,
+                rtt_ms: Some(0.0),
+            };
+            sample(std::iter::once(me).chain(peers).collect(), *k)
+                .into_iter()
+                .map(|p| Asked { site: p.name, url: Some(p.url) })
+                .collect()
         }
     }
+}
+
+/// `sample:k`: the k sites to ask, those up before suspect before down,
+/// then by lower heartbeat latency (none counts as the highest), then by
+/// name.
+fn sample(mut sites: Vec<PeerSummary>, k: usize) -> Vec<PeerSummary> {
+    sites.sort_by(|a, b| {
+        a.state
+            .cmp(&b.state)
+            .then(a.rtt_ms.unwrap_or(f64::MAX).total_cmp(&b.rtt_ms.unwrap_or(f64::MAX)))
+            .then(a.name.cmp(&b.name))
+    });
+    sites.truncate(k);
+    sites
 }
 
 async fn fan_out(state: AppState, params: Params, request: Request) -> Result<Response, ApiError> {
@@ -382,6 +403,29 @@ mod tests {
         assert_eq!(p.rest, vec![("channel".to_string(), "/a/".to_string())]);
         assert!(parse_params(Some("deadline_ms=0")).is_err());
         assert!(parse_params(Some("partial=maybe")).is_err());
+    }
+
+    #[test]
+    fn a_sample_prefers_up_then_low_latency() {
+        let site = |name: &str, state, rtt: Option<f64>| PeerSummary {
+            name: name.into(),
+            url: format!("http://{name}"),
+            region: None,
+            state,
+            rtt_ms: rtt,
+        };
+        let sites = vec![
+            site("far", PeerState::Up, Some(9.0)),
+            site("gone", PeerState::Down, Some(0.1)),
+            site("me", PeerState::Up, Some(0.0)),
+            site("shaky", PeerState::Suspect, Some(0.2)),
+            site("near", PeerState::Up, Some(1.0)),
+            site("new", PeerState::Up, None),
+        ];
+        let names = |k| sample(sites.clone(), k).into_iter().map(|p| p.name).collect::<Vec<_>>();
+        assert_eq!(names(3), ["me", "near", "far"]);
+        assert_eq!(names(5), ["me", "near", "far", "new", "shaky"]);
+        assert_eq!(names(9).len(), 6);
     }
 
     #[test]

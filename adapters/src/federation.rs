@@ -1082,3 +1082,88 @@ pub(crate) async fn sites(State(state): State<AppState>) -> Json<Value> {
         "peers": peers,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(peers: &[(&str, &str)]) -> FederationConfig {
+        FederationConfig {
+            peers: peers.iter().map(|(n, u)| (n.to_string(), u.to_string())).collect(),
+            secret: Some("s".into()),
+            ..FederationConfig::default()
+        }
+    }
+
+    fn announce(version: u64, incarnation: u64, patterns: &[&str]) -> Announce {
+        Announce {
+            name: "b".into(),
+            url: "http://127.0.0.1:2".into(),
+            region: None,
+            seq: 10,
+            time_us: now_us(),
+            interests: patterns.iter().map(|p| Interest { pattern: p.to_string(), types: Vec::new() }).collect(),
+            interests_version: version,
+            incarnation,
+            peers: vec![PeerInfo { name: "c".into(), url: "http://127.0.0.1:3".into(), region: None }],
+        }
+    }
+
+    fn interests_of(fed: &Federation, peer: &str) -> Option<Vec<String>> {
+        read(&fed.peers)
+            .get(peer)
+            .and_then(|p| p.interests.as_ref().map(|i| i.iter().map(|(p, _)| p.as_str().to_string()).collect()))
+    }
+
+    #[test]
+    fn configuration_is_checked() {
+        assert!(Federation::new("a", FederationConfig { secret: None, ..config(&[("b", "http://x:1")]) }).is_err());
+        assert!(Federation::new("a", config(&[("a", "http://x:1")])).is_err(), "itself as a peer");
+        assert!(Federation::new("a", config(&[("b", "ftp://x")])).is_err());
+        assert!(Federation::new("a", config(&[("b/c", "http://x:1")])).is_err());
+        let bad_url = FederationConfig { url: Some("no scheme".into()), ..config(&[]) };
+        assert!(Federation::new("a", bad_url).is_err());
+        assert!(Federation::new("a", config(&[("b", "http://x:1")])).is_ok());
+    }
+
+    #[test]
+    fn interests_follow_versions_within_a_run_and_reset_across_runs() {
+        let fed = Federation::new("a", config(&[])).expect("federation");
+        // Not computed yet (version 0): the forwarder keeps waiting.
+        fed.heard(&announce(0, 7, &[]), None, 100).expect("heard");
+        assert_eq!(interests_of(&fed, "b"), None);
+        assert_eq!(read(&fed.peers).get("b").and_then(|p| p.first_cursor), Some(101));
+        // Learned of c from b's list, as a peer to confirm.
+        assert!(read(&fed.peers).contains_key("c"));
+        fed.heard(&announce(5, 7, &["/x/"]), None, 100).expect("heard");
+        assert_eq!(interests_of(&fed, "b"), Some(vec!["/x/".to_string()]));
+        // An overtaken announcement does not bring back older interests.
+        fed.heard(&announce(4, 7, &[]), None, 100).expect("heard");
+        assert_eq!(interests_of(&fed, "b"), Some(vec!["/x/".to_string()]));
+        // A new run of b starts its versions over, even with a clock behind.
+        fed.heard(&announce(2, 8, &["/y/"]), None, 100).expect("heard");
+        assert_eq!(interests_of(&fed, "b"), Some(vec!["/y/".to_string()]));
+        // The first cursor stays where the interests first arrived.
+        assert_eq!(read(&fed.peers).get("b").and_then(|p| p.first_cursor), Some(101));
+        // Bad announcements change nothing.
+        let mut bad = announce(9, 8, &["no slash"]);
+        assert!(fed.heard(&bad, None, 100).is_err());
+        bad = announce(9, 8, &[]);
+        bad.name = "a".into();
+        assert!(fed.heard(&bad, None, 100).is_err(), "its own name");
+        assert_eq!(interests_of(&fed, "b"), Some(vec!["/y/".to_string()]));
+    }
+
+    #[test]
+    fn the_secret_is_required_and_compared() {
+        let fed = Federation::new("a", config(&[])).expect("federation");
+        let mut headers = HeaderMap::new();
+        assert_eq!(fed.authorized(&headers).map_err(|e| e.status()), Err(StatusCode::UNAUTHORIZED));
+        headers.insert(axum::http::header::AUTHORIZATION, "Bearer t".parse().expect("header"));
+        assert_eq!(fed.authorized(&headers).map_err(|e| e.status()), Err(StatusCode::UNAUTHORIZED));
+        headers.insert(axum::http::header::AUTHORIZATION, "Bearer s".parse().expect("header"));
+        assert!(fed.authorized(&headers).is_ok());
+        let off = Federation::new("a", FederationConfig::default()).expect("federation");
+        assert_eq!(off.authorized(&headers).map_err(|e| e.status()), Err(StatusCode::FORBIDDEN));
+    }
+}
