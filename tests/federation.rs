@@ -376,3 +376,47 @@ fn a_peer_back_after_retention_trimmed_what_it_missed_gets_a_gap_marker() {
     let next = stream.next().unwrap();
     assert_eq!((next.event.as_str(), next.json()["payload"].clone()), ("ping", json!(6)));
 }
+
+#[test]
+fn a_receiving_site_killed_mid_stream_gets_every_event_once_after_its_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let a = site(dir.path(), "a", &[]);
+    let b = site(dir.path(), "b", &["--peer", &format!("a={}", a.url)]);
+    wait_up(&http, &a, &["b"]);
+    wait_up(&http, &b, &["a"]);
+    let lease = grant(&http, &b, json!({"channel": "/fleet/", "ttl_s": 300, "types": ["ping"]}));
+    // a publishes 150 events while b is killed partway and restarted.
+    let total = 150;
+    let publisher = {
+        let url = a.url.clone();
+        std::thread::spawn(move || {
+            let http = Client::new();
+            for n in 0..total {
+                std::thread::sleep(Duration::from_millis(5));
+                let body = json!({"id": format!("r{n:04}"), "channel": "/fleet/n/", "type": "ping", "payload": n});
+                assert!(http.post(format!("{url}/v1/events")).json(&body).send().unwrap().status().is_success());
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(250));
+    let port = b.port();
+    b.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    let b = site(dir.path(), "b", &["--peer", &format!("a={}", a.url), "--listen", &format!("127.0.0.1:{port}")]);
+    publisher.join().unwrap();
+    // The lease survived the kill; read it from its start.
+    let mut stream = SseReader::open(&b.at(&format!("/v1/leases/{lease}/events?from_seq=1")), &[]);
+    let (seen, origins) = read_events(&mut stream, total);
+    assert_eq!(seen.len(), total, "every event");
+    assert!(seen.values().all(|&n| n == 1), "each once");
+    assert!(origins.iter().all(|o| o == "a"));
+    // And no repeat trails behind them.
+    let last = json!({"id": "last", "channel": "/fleet/n/", "type": "ping", "payload": "last"});
+    assert!(publish(&http, &a, &last).unwrap().status().is_success());
+    assert_eq!(read_events(&mut stream, 1).0.keys().collect::<Vec<_>>(), ["last"]);
+    assert!(eventually(Duration::from_secs(5), || {
+        let v = sites(&http, &a);
+        v["peers"].as_array().unwrap().iter().find(|p| p["name"] == "b").unwrap()["cursor_lag"] == 0
+    }));
+}
