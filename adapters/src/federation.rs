@@ -590,16 +590,34 @@ impl Federation {
     /// After a lease grant: if this site's interests changed, tells the
     /// peers that are up at once, waiting at most [`INTEREST_PUSH_WAIT`], so
     /// their events published after the grant answered reach the lease.
-    pub(crate) async fn lease_granted(&self, state: &AppState) {
+    pub(crate) async fn lease_granted(&self, state: &AppState, interest: Interest) {
         if !self.enabled() {
             return;
         }
+        // An addition needs no reading of every lease: it goes into the set
+        // as it is (removals wait for the heartbeat's full recomputation).
+        // Only a set at its limit, or not yet computed, is recomputed.
+        let added = {
+            let _one_at_a_time = self.refreshing.lock().await;
+            let mut current = write(&self.interests);
+            if current.1 == 0 || (current.0.len() >= INTERESTS_MAX && !current.0.contains(&interest)) {
+                false
+            } else {
+                if let Err(at) = current.0.binary_search(&interest) {
+                    current.0.insert(at, interest);
+                    current.1 = now_us().max(current.1 + 1);
+                }
+                true
+            }
+        };
+        if !added {
+            if let Err(e) = self.refresh_interests(state).await {
+                tracing::warn!(error = %e, "cannot read leases for interests");
+            }
+        }
         // Pushed even when the set did not change here: a concurrent
         // refresh may have installed it without its push being answered yet.
-        match self.refresh_interests(state).await {
-            Ok(_) => self.announce_to_peers(state, INTEREST_PUSH_WAIT, true).await,
-            Err(e) => tracing::warn!(error = %e, "cannot read leases for interests"),
-        }
+        self.announce_to_peers(state, INTEREST_PUSH_WAIT, true).await;
     }
 
     /// After a lease ended: the next heartbeat withdraws its interest.

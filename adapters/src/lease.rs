@@ -312,7 +312,8 @@ pub(crate) async fn grant(
     };
     // Peers learn of a new interest before the grant is answered, so
     // their events published after it reach the lease.
-    state.federation.lease_granted(&state).await;
+    let interest = crate::federation::Interest { pattern: body.channel.clone(), types: body.types.clone() };
+    state.federation.lease_granted(&state, interest).await;
     Ok((StatusCode::CREATED, Json(body)))
 }
 
