@@ -176,8 +176,10 @@ pub struct Announce {
     pub peers: Vec<PeerInfo>,
 }
 
-/// A peer's interests, parsed: (pattern, types; empty means all).
-type Wants = Arc<Vec<(Pattern, Vec<String>)>>;
+/// A peer's interests, parsed, in a routing trie: each pattern maps to its
+/// types (empty means all), so matching a record is O(channel depth)
+/// whatever the number of interests.
+type Wants = Arc<pepper_router::Trie<Vec<String>>>;
 
 /// A peer as federated queries see it.
 #[derive(Clone, Debug)]
@@ -434,11 +436,11 @@ impl Federation {
         if a.interests.len() > INTERESTS_MAX {
             return Err(format!("{} interests, over the limit of {INTERESTS_MAX}", a.interests.len()));
         }
-        let interests = a
-            .interests
-            .iter()
-            .map(|i| Pattern::parse(&i.pattern).map(|p| (p, i.types.clone())).map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut interests = pepper_router::Trie::new();
+        for i in &a.interests {
+            let pattern = Pattern::parse(&i.pattern).map_err(|e| e.to_string())?;
+            interests.insert(&pattern, i.types.clone());
+        }
         let mut peers = write(&self.peers);
         if !peers.contains_key(&a.name) && peers.len() >= PEERS_MAX {
             return Err(format!("this site already knows {PEERS_MAX} peers, its limit"));
@@ -722,12 +724,18 @@ async fn publish_heartbeat(state: &AppState) {
 
 /// Whether `record` goes to a peer with `interests`: an event that
 /// originated here, on a channel and of a type the peer wants.
-fn wanted(site: &str, record: &Record, interests: &[(Pattern, Vec<String>)]) -> bool {
+fn wanted(site: &str, record: &Record, interests: &pepper_router::Trie<Vec<String>>) -> bool {
     let Body::Event(e) = &record.body else { return false };
-    record.origin == site
-        && interests
-            .iter()
-            .any(|(p, types)| p.matches_name(&e.channel) && (types.is_empty() || types.contains(&e.event_type)))
+    if record.origin != site {
+        return false;
+    }
+    // Channels in the log were validated when they were written.
+    let Ok(channel) = pepper_router::Channel::parse(&e.channel) else { return false };
+    let mut hit = false;
+    interests.for_each_match(&channel, |types| {
+        hit = hit || types.is_empty() || types.contains(&e.event_type);
+    });
+    hit
 }
 
 /// What the forwarder reads next.
@@ -1127,10 +1135,21 @@ mod tests {
         }
     }
 
+    /// Which of a few probe channels the peer's interests cover.
     fn interests_of(fed: &Federation, peer: &str) -> Option<Vec<String>> {
-        read(&fed.peers)
-            .get(peer)
-            .and_then(|p| p.interests.as_ref().map(|i| i.iter().map(|(p, _)| p.as_str().to_string()).collect()))
+        read(&fed.peers).get(peer).and_then(|p| {
+            p.interests.as_ref().map(|trie| {
+                ["/x/", "/y/"]
+                    .into_iter()
+                    .filter(|c| {
+                        let mut hit = false;
+                        trie.for_each_match(&pepper_router::Channel::parse(c).expect("channel"), |_| hit = true);
+                        hit
+                    })
+                    .map(str::to_string)
+                    .collect()
+            })
+        })
     }
 
     #[test]
@@ -1170,6 +1189,34 @@ mod tests {
         bad.name = "a".into();
         assert!(fed.heard(&bad, None, 100).is_err(), "its own name");
         assert_eq!(interests_of(&fed, "b"), Some(vec!["/y/".to_string()]));
+    }
+
+    #[test]
+    fn only_local_events_the_peer_wants_are_forwarded() {
+        let mut interests = pepper_router::Trie::new();
+        interests.insert(&Pattern::parse("/fleet/*/load/").expect("pattern"), vec!["attribute".to_string()]);
+        interests.insert(&Pattern::parse("/alerts/").expect("pattern"), Vec::new());
+        let record = |origin: &str, channel: &str, ty: &str| Record {
+            seq: 1,
+            time_us: 1,
+            origin: origin.into(),
+            body: Body::Event(Event {
+                id: String::new(),
+                channel: channel.into(),
+                event_type: ty.into(),
+                from: Party::default(),
+                to: Target::default(),
+                distribution: Distribution::All,
+                payload: Vec::new(),
+                assigned: Vec::new(),
+                tuple: None,
+            }),
+        };
+        assert!(wanted("a", &record("a", "/fleet/h1/load/", "attribute"), &interests));
+        assert!(!wanted("a", &record("a", "/fleet/h1/load/", "ping"), &interests), "wrong type");
+        assert!(wanted("a", &record("a", "/alerts/disk/", "anything"), &interests), "any type, subtree");
+        assert!(!wanted("a", &record("b", "/alerts/disk/", "anything"), &interests), "received, not ours");
+        assert!(!wanted("a", &record("a", "/fleet/h1/", "attribute"), &interests), "outside the pattern");
     }
 
     #[test]
