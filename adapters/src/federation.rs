@@ -311,7 +311,7 @@ impl Federation {
         }
         let mut peers = BTreeMap::new();
         for (name, url) in config.peers {
-            check_name("peer name", &name)?;
+            check_site(&name)?;
             check_url(&url)?;
             if name == site {
                 return Err(format!("peer {name} is this site's own name"));
@@ -425,7 +425,7 @@ impl Federation {
     /// Takes in an announcement from `a.name`, heard directly from it;
     /// `head` is this site's last sequence number.
     fn heard(&self, a: &Announce, rtt: Option<Duration>, head: u64) -> Result<(), String> {
-        check_name("site name", &a.name)?;
+        check_site(&a.name)?;
         check_url(&a.url)?;
         if let Some(r) = &a.region {
             check_name("region", r)?;
@@ -476,7 +476,7 @@ impl Federation {
             if info.name == self.site || peers.contains_key(&info.name) || peers.len() >= PEERS_MAX {
                 continue;
             }
-            if check_name("peer name", &info.name).is_ok() && check_url(&info.url).is_ok() {
+            if check_site(&info.name).is_ok() && check_url(&info.url).is_ok() {
                 peers.insert(
                     info.name.clone(),
                     Peer::new(info.url.trim_end_matches('/').to_string(), info.region.clone()),
@@ -626,6 +626,12 @@ impl Federation {
     pub(crate) fn lease_ended(&self) {
         self.wake.notify_one();
     }
+}
+
+/// A site name by the store's rule ([`pepper_storage::validate_site`]), so a
+/// peer accepted here is never refused by `Store::receive`.
+fn check_site(name: &str) -> Result<(), String> {
+    pepper_storage::validate_site(name).map_err(|e| format!("{name:?}: {e}"))
 }
 
 fn check_name(what: &str, name: &str) -> Result<(), String> {
@@ -984,7 +990,7 @@ pub(crate) async fn records(
 ) -> Result<Json<Value>, ApiError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let origin = header("x-pepper-origin").ok_or_else(|| ApiError::invalid_body("x-pepper-origin is missing"))?;
-    check_name("origin", &origin).map_err(ApiError::invalid_body)?;
+    check_site(&origin).map_err(ApiError::invalid_body)?;
     if let Some(gap) = header("x-pepper-gap") {
         let (from, to) = gap
             .split_once('-')
@@ -994,7 +1000,7 @@ pub(crate) async fn records(
         let markers = gap_markers(&state, &origin, from, to).await?;
         let appended = state.store.receive_gap(&origin, to, markers).await?;
         tracing::warn!(origin = %origin, from, to, "records lost to the origin's retention; gap markers appended");
-        return Ok(Json(json!({ "appended": appended.last + 1 - appended.first, "dropped": appended.dropped,
+        return Ok(Json(json!({ "appended": appended.written(), "dropped": appended.dropped,
                                "mark": state.store.origin_mark(&origin)? })));
     }
     let mut received = Vec::new();
@@ -1020,8 +1026,9 @@ pub(crate) async fn records(
         return Err(ApiError::invalid_body("an empty batch"));
     }
     let appended = state.store.receive(&origin, received).await?;
-    let count = if appended.replayed { 0 } else { appended.last + 1 - appended.first };
-    Ok(Json(json!({ "appended": count, "dropped": appended.dropped, "mark": state.store.origin_mark(&origin)? })))
+    Ok(Json(
+        json!({ "appended": appended.written(), "dropped": appended.dropped, "mark": state.store.origin_mark(&origin)? }),
+    ))
 }
 
 /// One `pepper.gap` event per distinct local lease pattern (on a channel

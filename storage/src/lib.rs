@@ -43,7 +43,7 @@ pub use rows::{
     ROW_VERSION,
 };
 pub use store::{
-    now_us, Durability, Options, StatsSnapshot, Store, DEDUPE_WINDOW_DEFAULT, FORMAT_VERSION,
+    now_us, validate_site, Durability, Options, StatsSnapshot, Store, DEDUPE_WINDOW_DEFAULT, FORMAT_VERSION,
     RETENTION_INTERVAL_DEFAULT,
 };
 pub use view::{Frame, HistoryRange, Order, Page, Scan, TupleCursor, View};

@@ -584,7 +584,13 @@ fn migrate_v1(db: &DB) -> Result<()> {
 /// How long [`Retention::default`]'s background task sleeps between passes.
 pub const RETENTION_INTERVAL_DEFAULT: Duration = Duration::from_secs(10);
 
-fn validate_site(site: &str) -> Result<()> {
+/// Checks a site name: 1 to [`SITE_BYTES_MAX`] bytes, no control
+/// characters, no `/`. The rule for this site's own name, for origins of
+/// received records, and for peers.
+///
+/// # Errors
+/// `InvalidInput` saying which part of the rule the name breaks.
+pub fn validate_site(site: &str) -> Result<()> {
     if site.is_empty() || site.len() > SITE_BYTES_MAX {
         return Err(Error::invalid("site", format!("site name must be 1 to {SITE_BYTES_MAX} bytes")));
     }

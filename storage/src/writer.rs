@@ -58,6 +58,19 @@ pub struct Appended {
     pub dropped: u64,
 }
 
+impl Appended {
+    /// How many records this append wrote: none when it was a replay of
+    /// event ids already logged, or a received batch that was all repeats
+    /// (whose range is then empty).
+    pub fn written(&self) -> u64 {
+        if self.replayed {
+            0
+        } else {
+            (self.last + 1).saturating_sub(self.first)
+        }
+    }
+}
+
 /// Where received records come from: their origin site and, for each
 /// record, its sequence number there.
 pub(crate) struct Origin {
@@ -317,8 +330,7 @@ impl Writer {
         let mut opts = WriteOptions::default();
         opts.set_sync(self.shared.durability == Durability::Sync);
         opts.disable_wal(false);
-        // A received batch that was all duplicates acks an empty range.
-        let records = acks.iter().map(|(_, a)| (a.last + 1).saturating_sub(a.first)).sum::<u64>();
+        let records = acks.iter().map(|(_, a)| a.written()).sum::<u64>();
         if let Err(e) = self.write(batch, &opts) {
             let reason = format!("WAL write failed: {e}");
             tracing::error!(%reason, "store poisoned; refusing writes until reopened");
