@@ -304,6 +304,27 @@ fn expired_leases_withdraw_interest_and_retried_batches_are_dropped() {
     let again: Value = send(SECRET, body.clone()).json().unwrap();
     assert_eq!((again["appended"].as_u64(), again["dropped"].as_u64()), (Some(0), Some(1)), "{again}");
     assert_eq!(on_b("/dup/"), 1);
+    // A full batch (two records near the record limit) goes through; a body
+    // over the peer batch limit gets 413 in the API's error shape.
+    let mut full = Vec::new();
+    for seq in 8..10u64 {
+        let mut r = record.clone();
+        r.seq = seq;
+        if let pepper_storage::Body::Event(e) = &mut r.body {
+            e.id = format!("big-{seq}");
+            e.channel = "/big/".into();
+            e.payload = vec![b'x'; 1_000_000];
+        }
+        let frame = r.encode().unwrap();
+        full.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+        full.extend_from_slice(&frame);
+    }
+    let res = send(SECRET, full);
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().unwrap()["appended"], 2);
+    let res = send(SECRET, vec![0; pepper_adapters::federation::PEER_BODY_BYTES_MAX + 1]);
+    assert_eq!(res.status(), 413);
+    assert_eq!(res.json::<Value>().unwrap()["error"]["code"], "too_large");
     // The wrong secret, or a damaged frame, is refused and changes nothing.
     assert_eq!(send("wrong", body.clone()).status(), 401);
     let mut damaged = body.clone();

@@ -438,5 +438,18 @@ mod tests {
         assert_eq!(tuples.len(), 2);
         assert_eq!((tuples[0]["channel"].as_str(), tuples[0]["site"].as_str()), (Some("/m/"), Some("b")));
         assert_eq!((tuples[1]["value"].as_str(), tuples[1]["site"].as_str()), (Some("new"), Some("a")));
+        // History in time order, newest first when asked; odd items kept.
+        let h = |t: &str| json!({"time": format!("2026-01-01T00:00:0{t}Z")});
+        let (a, b) = (json!({"history": [h("1"), h("3"), 7]}), json!({"history": [h("2")]}));
+        let times = |desc| {
+            merge(vec![("a".into(), a.clone()), ("b".into(), b.clone())], desc)["history"]
+                .as_array()
+                .expect("history")
+                .iter()
+                .map(|i| i["time"].as_str().unwrap_or("-").to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(times(false), ["-", "2026-01-01T00:00:01Z", "2026-01-01T00:00:02Z", "2026-01-01T00:00:03Z"]);
+        assert_eq!(times(true), ["2026-01-01T00:00:03Z", "2026-01-01T00:00:02Z", "2026-01-01T00:00:01Z", "-"]);
     }
 }

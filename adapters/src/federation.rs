@@ -36,7 +36,6 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -514,28 +513,13 @@ impl Federation {
         let _one_at_a_time = self.refreshing.lock().await;
         let now = now_us();
         let leases = state.store.read(|v| v.leases()).await?;
-        let mut set: BTreeSet<Interest> = leases
-            .into_iter()
-            .filter(|l| l.expires_at_us > now)
-            .map(|l| Interest { pattern: l.pattern, types: l.types })
-            .collect();
-        if set.len() > INTERESTS_MAX {
-            // Broader, never narrower: each pattern's first element, any type.
-            set = set
+        let next = aggregate(
+            leases
                 .into_iter()
-                .map(|i| match i.pattern.trim_start_matches('/').split('/').next() {
-                    Some(first) if !first.is_empty() && first != "*" => {
-                        Interest { pattern: format!("/{first}/"), types: Vec::new() }
-                    }
-                    _ => Interest { pattern: "/".into(), types: Vec::new() },
-                })
-                .collect();
-            if set.len() > INTERESTS_MAX {
-                // Still too many: everything.
-                set = BTreeSet::from([Interest { pattern: "/".into(), types: Vec::new() }]);
-            }
-        }
-        let next: Vec<Interest> = set.into_iter().collect();
+                .filter(|l| l.expires_at_us > now)
+                .map(|l| Interest { pattern: l.pattern, types: l.types })
+                .collect(),
+        );
         let mut current = write(&self.interests);
         if current.1 != 0 && current.0 == next {
             return Ok(false);
@@ -639,6 +623,28 @@ fn check_name(what: &str, name: &str) -> Result<(), String> {
         return Err(format!("{what} {name:?} must be 1 to {NAME_BYTES_MAX} bytes without '/' or control characters"));
     }
     Ok(())
+}
+
+/// The interests to advertise for these, in order: all of them while they
+/// fit in [`INTERESTS_MAX`]; past it, broader, never narrower: each
+/// pattern's first element with any type; still past it, everything (`/`).
+fn aggregate(mut set: BTreeSet<Interest>) -> Vec<Interest> {
+    let everything = || Interest { pattern: "/".into(), types: Vec::new() };
+    if set.len() > INTERESTS_MAX {
+        set = set
+            .into_iter()
+            .map(|i| match i.pattern.trim_start_matches('/').split('/').next() {
+                Some(first) if !first.is_empty() && first != "*" => {
+                    Interest { pattern: format!("/{first}/"), types: Vec::new() }
+                }
+                _ => everything(),
+            })
+            .collect();
+        if set.len() > INTERESTS_MAX {
+            set = BTreeSet::from([everything()]);
+        }
+    }
+    set.into_iter().collect()
 }
 
 fn check_url(url: &str) -> Result<(), String> {
@@ -986,8 +992,12 @@ pub(crate) async fn heartbeat(
 pub(crate) async fn records(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
+    // Read with this route's own limit, the way `POST /v1/events` is.
+    let body = axum::body::to_bytes(body, PEER_BODY_BYTES_MAX)
+        .await
+        .map_err(|_| ApiError::too_large(format!("a peer batch is over the limit of {PEER_BODY_BYTES_MAX} bytes")))?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let origin = header("x-pepper-origin").ok_or_else(|| ApiError::invalid_body("x-pepper-origin is missing"))?;
     check_site(&origin).map_err(ApiError::invalid_body)?;
@@ -1196,6 +1206,41 @@ mod tests {
         bad.name = "a".into();
         assert!(fed.heard(&bad, None, 100).is_err(), "its own name");
         assert_eq!(interests_of(&fed, "b"), Some(vec!["/y/".to_string()]));
+    }
+
+    #[test]
+    fn interests_past_the_limit_get_broader_never_narrower() {
+        let interest =
+            |p: &str, t: &[&str]| Interest { pattern: p.to_string(), types: t.iter().map(|t| t.to_string()).collect() };
+        let few: BTreeSet<Interest> = [interest("/a/b/", &["x"]), interest("/", &[])].into();
+        assert_eq!(aggregate(few.clone()), few.into_iter().collect::<Vec<_>>(), "under the limit: as they are");
+        // Over the limit, under few first elements: their first elements.
+        let mut many: BTreeSet<Interest> = (0..INTERESTS_MAX).map(|n| interest(&format!("/a/n{n}/"), &["x"])).collect();
+        many.insert(interest("/b/*/c/", &[]));
+        many.insert(interest("/*/d/", &["y"]));
+        assert_eq!(aggregate(many), [interest("/", &[]), interest("/a/", &[]), interest("/b/", &[])]);
+        // Over the limit even then: everything.
+        let spread: BTreeSet<Interest> = (0..=INTERESTS_MAX).map(|n| interest(&format!("/s{n}/x/"), &[])).collect();
+        assert_eq!(aggregate(spread), [interest("/", &[])]);
+    }
+
+    #[test]
+    fn the_registry_is_bounded() {
+        let fed = Federation::new("a", config(&[])).expect("federation");
+        for n in 0..PEERS_MAX {
+            let mut a = announce(1, 1, &[]);
+            a.name = format!("p{n}");
+            a.peers.clear();
+            fed.heard(&a, None, 0).expect("room");
+        }
+        let mut one_more = announce(1, 1, &[]);
+        one_more.name = "extra".into();
+        assert!(fed.heard(&one_more, None, 0).is_err());
+        assert_eq!(read(&fed.peers).len(), PEERS_MAX);
+        // A known peer is still heard.
+        let mut known = announce(2, 1, &["/x/"]);
+        known.name = "p0".into();
+        fed.heard(&known, None, 0).expect("known");
     }
 
     #[test]

@@ -183,11 +183,7 @@ pub fn router(state: AppState) -> Router {
     // Site to site: the secret is checked before any body is read.
     let peer = Router::new()
         .route("/v1/peer/heartbeat", post(crate::federation::heartbeat))
-        .route(
-            "/v1/peer/records",
-            post(crate::federation::records)
-                .layer(axum::extract::DefaultBodyLimit::max(crate::federation::PEER_BODY_BYTES_MAX)),
-        )
+        .route("/v1/peer/records", post(crate::federation::records))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::federation::require_peer));
     Router::new()
         .merge(federated)
