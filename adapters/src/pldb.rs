@@ -376,6 +376,12 @@ fn expire_record(key: &str) -> Option<Body> {
 /// One append for the batch; if the store refuses it (a tuple was
 /// refreshed or ended meanwhile), one append per tuple.
 async fn expire_batch(state: AppState, batch: Vec<(String, u64)>) {
+    // A key that names no tuple cannot expire one: drop it first, so that
+    // the i-th record of the batch is the i-th key's.
+    let (batch, bad): (Vec<_>, Vec<_>) = batch.into_iter().partition(|(key, _)| expire_record(key).is_some());
+    for (key, _) in bad {
+        state.tuples.remove(&key, u64::MAX);
+    }
     if batch.len() > 1 {
         let bodies: Vec<Body> = batch.iter().filter_map(|(key, _)| expire_record(key)).collect();
         match state.store.append(bodies).await {
@@ -393,10 +399,7 @@ async fn expire_batch(state: AppState, batch: Vec<(String, u64)>) {
         }
     }
     for (key, version) in batch {
-        let Some(record) = expire_record(&key) else {
-            state.tuples.remove(&key, u64::MAX);
-            continue;
-        };
+        let Some(record) = expire_record(&key) else { continue };
         match state.store.append(vec![record]).await {
             Ok(appended) => state.tuples.remove(&key, appended.first),
             Err(StoreError::NotFound { .. }) => state.tuples.remove(&key, version),
