@@ -79,6 +79,33 @@ fn events_cross_sites_exactly_once_through_a_kill_and_restart() {
     wait_up(&http, &a, &["b", "c"]);
     wait_up(&http, &b, &["a", "c"]);
     wait_up(&http, &c, &["a", "b"]);
+    // Each peer's entry: when it was seen, its latency, its log and our
+    // cursor for it.
+    // (The cursor appears once the peer's forwarder has started.)
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            sites(&http, &b)["peers"].as_array().unwrap().iter().all(|p| {
+                p["last_seen"].is_string()
+                    && p["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0)
+                    && p["seq"].is_u64()
+                    && p["cursor"].is_u64()
+                    && p["cursor_lag"].is_u64()
+            })
+        }),
+        "{}",
+        sites(&http, &b)
+    );
+    // Sites announce themselves on /pepper/sites/, observable like any event.
+    let announced: Value = http.get(a.at("/v1/events?channel=/pepper/sites/a/")).send().unwrap().json().unwrap();
+    let first = &announced["events"][0];
+    assert_eq!(
+        (first["type"].as_str(), first["payload"]["name"].as_str()),
+        (Some("pepper.heartbeat"), Some("a")),
+        "{first}"
+    );
+    assert!(
+        first["payload"]["seq"].is_u64() && first["payload"]["time"].is_string() && first["payload"]["url"].is_string()
+    );
 
     let lease_b = grant(&http, &b, json!({"channel": "/fleet/", "ttl_s": 300}));
     let lease_c = grant(&http, &c, json!({"channel": "/fleet/", "ttl_s": 300, "types": ["ping"]}));
