@@ -231,7 +231,7 @@ pub fn attribute_tuple(payload: &serde_json::Value) -> Result<TupleUpdate, ApiEr
             _ => return Err(bad(&format!("expire must be whole seconds, 0 to {ATTRIBUTE_EXPIRE_S_MAX}"))),
         },
     };
-    Ok(TupleUpdate { field, value, expires_at_us })
+    Ok(TupleUpdate { field, value, expires_at_us, recorded: true })
 }
 
 /// An RFC 3339 UTC time with microseconds.

@@ -215,6 +215,27 @@ impl Replay {
             Body::ModelDelete(d) => {
                 self.instances.insert((d.namespace.clone(), d.identity.clone()), None);
             }
+            Body::TupleImport(t) => {
+                let set = Set {
+                    seq: rec.seq,
+                    time_us: t.time_us,
+                    value: t.value.clone(),
+                    expires_at_us: t.expires_at_us,
+                    source: t.source.clone(),
+                };
+                let key = (t.channel.clone(), t.field.clone());
+                self.history.entry(key.clone()).or_default().push((set.clone(), Some(t.history)));
+                if t.latest {
+                    self.tuples.insert(key, TupleState::Live(set));
+                }
+            }
+            // Starting and stopping a monitor clear its subtree's rows.
+            Body::Monitor(m) if m.state != crate::record::MonitorState::Complete => {
+                let under = |(channel, _): &(String, String)| channel.starts_with(&m.pattern);
+                self.tuples.retain(|k, _| !under(k));
+                self.history.retain(|k, _| !under(k));
+            }
+            Body::Monitor(_) => {}
         }
     }
 }

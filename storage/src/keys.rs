@@ -60,9 +60,11 @@ pub const CF_ORIGINS: &str = "origins";
 /// Forwarding: peer site -> the next local sequence number to send it (u64
 /// big-endian), advanced only after the peer acknowledged what came before.
 pub const CF_PEER_CURSORS: &str = "peer_cursors";
+/// Monitors: recording pattern -> its state row, written by monitor records.
+pub const CF_MONITORS: &str = "monitors";
 
 /// Every column family pepper opens, in a fixed order.
-pub const ALL_CFS: [&str; 15] = [
+pub const ALL_CFS: [&str; 16] = [
     CF_LOG,
     CF_TUPLES,
     CF_HISTORY,
@@ -78,6 +80,7 @@ pub const ALL_CFS: [&str; 15] = [
     CF_MODEL_REF_INDEX,
     CF_ORIGINS,
     CF_PEER_CURSORS,
+    CF_MONITORS,
 ];
 
 /// A key of parts joined by `00` (no part may contain `00`).

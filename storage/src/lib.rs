@@ -22,6 +22,7 @@ pub mod keys;
 pub mod limits;
 mod models;
 mod record;
+mod recording;
 mod retention;
 mod rows;
 mod store;
@@ -35,11 +36,12 @@ pub use error::{Error, Result};
 pub use feed::{Feed, FeedItem, Filter};
 pub use record::{
     Body, Distribution, DocDelete, DocPut, Event, Kind, LeaseEnd, LeaseGrant, LeaseRenew, ModelClass, ModelDelete,
-    ModelPut, Party, Record, Target, TupleEnd, TupleSet, TupleUpdate, TupleWrite, RECORD_VERSION,
+    ModelPut, MonitorChange, MonitorState, Party, Record, Target, TupleEnd, TupleImport, TupleSet, TupleUpdate, TupleWrite,
+    RECORD_VERSION,
 };
 pub use retention::{HistoryRule, Retention, RetentionReport};
 pub use rows::{
-    Doc, HistoryEntry, Lease, ModelClassRow, ModelInstanceRow, ModelVersion, Tombstone, TombstoneReason, Tuple,
+    Doc, HistoryEntry, Lease, ModelClassRow, ModelInstanceRow, ModelVersion, MonitorRow, Tombstone, TombstoneReason, Tuple,
     ROW_VERSION,
 };
 pub use store::{

@@ -95,3 +95,18 @@ const _: () = assert!(BATCH_BYTES_MAX <= GROUP_BYTES_MAX);
 const _: () = assert!(RECORD_BYTES_MAX <= BATCH_BYTES_MAX);
 const _: () = assert!(ASSIGNED_BYTES_RESERVE < RECORD_BYTES_MAX / 8);
 const _: () = assert!(SITE_BYTES_MAX <= u8::MAX as usize);
+
+/// Origin marks one monitor record may carry: one per site that ever
+/// published into the subtree (the federation's peer limit is 256).
+pub const MONITOR_MARKS_MAX: usize = 1024;
+
+/// Bytes of a monitor record's reason.
+pub const MONITOR_REASON_BYTES_MAX: usize = 1024;
+
+/// Updates an importing monitor holds in memory until its backfill
+/// completes. Past it the backfill fails (and is retried): the updates
+/// cannot be dropped without a hole in the replica.
+pub const MONITOR_PENDING_MAX: usize = 200_000;
+
+/// Monitors one site runs at once (recording patterns in its policy).
+pub const MONITORS_MAX: usize = 1024;

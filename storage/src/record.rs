@@ -120,6 +120,58 @@ pub struct TupleUpdate {
     pub value: String,
     /// When the value expires, in microseconds since the Unix epoch.
     pub expires_at_us: Option<u64>,
+    /// Whether the site that logged this record materialized the tuple.
+    /// The writer decides it at commit: a site records a channel under a
+    /// recording policy only while it runs a complete monitor for it (see
+    /// `docs/supervisors.md`), and a replica that takes an update from a
+    /// backfill instead leaves the event unrecorded. The sidecar itself
+    /// stays, so an origin that does not record still forwards the update
+    /// to the sites that do. Callers leave it `true`; the writer overwrites it.
+    /// Added in record version 4 of events; older events were all recorded.
+    pub recorded: bool,
+}
+
+/// A tuple sidecar as record version 3 of events laid it out.
+#[derive(Deserialize)]
+struct TupleUpdateV1 {
+    field: String,
+    value: String,
+    expires_at_us: Option<u64>,
+}
+
+/// An event as record version 3 laid it out: its sidecar without `recorded`.
+#[derive(Deserialize)]
+struct EventV3 {
+    id: String,
+    channel: String,
+    event_type: String,
+    from: Party,
+    to: Target,
+    distribution: Distribution,
+    payload: Vec<u8>,
+    assigned: Vec<String>,
+    tuple: Option<TupleUpdateV1>,
+}
+
+impl From<EventV3> for Event {
+    fn from(e: EventV3) -> Event {
+        Event {
+            id: e.id,
+            channel: e.channel,
+            event_type: e.event_type,
+            from: e.from,
+            to: e.to,
+            distribution: e.distribution,
+            payload: e.payload,
+            assigned: e.assigned,
+            tuple: e.tuple.map(|t| TupleUpdate {
+                field: t.field,
+                value: t.value,
+                expires_at_us: t.expires_at_us,
+                recorded: true,
+            }),
+        }
+    }
 }
 
 impl From<EventV1> for EventV2 {
@@ -191,6 +243,71 @@ pub struct TupleSet {
     pub expires_at_us: Option<u64>,
     /// Who set it.
     pub source: Party,
+}
+
+/// A tuple row copied from another replica by a monitor's backfill, or an
+/// update a monitor took in while it backfilled: it carries the time the
+/// value was set, not the time it was copied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TupleImport {
+    /// The channel the tuple lives on.
+    pub channel: String,
+    /// The field name.
+    pub field: String,
+    /// The value.
+    pub value: String,
+    /// When the value was set, in microseconds since the Unix epoch.
+    pub time_us: u64,
+    /// When the value expires, in microseconds since the Unix epoch.
+    pub expires_at_us: Option<u64>,
+    /// Who set it.
+    pub source: Party,
+    /// Writes a history row (keyed by this record's seq).
+    pub history: bool,
+    /// Sets the tuple's latest value.
+    pub latest: bool,
+}
+
+/// The state of a monitor: a site recording one channel subtree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MonitorState {
+    /// Started: copying the subtree from a live replica. Its rows are not
+    /// complete yet, and live updates wait in memory until it completes.
+    Importing,
+    /// Recording every update of the subtree.
+    Complete,
+    /// Stopped: the subtree's rows are gone from this site.
+    Stopped,
+}
+
+impl MonitorState {
+    /// The state's name in the API and in announcements.
+    pub fn name(self) -> &'static str {
+        match self {
+            MonitorState::Importing => "importing",
+            MonitorState::Complete => "complete",
+            MonitorState::Stopped => "stopped",
+        }
+    }
+}
+
+/// A monitor of a channel subtree changed state on this site. `Importing`
+/// and `Stopped` both remove every tuple, history row and tombstone under
+/// the pattern, so a replica never mixes rows of two recording spans.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorChange {
+    /// The recording policy's pattern: a channel prefix ending in `/`.
+    pub pattern: String,
+    /// The new state.
+    pub state: MonitorState,
+    /// For `Complete`: the replica the backfill copied from (empty: none).
+    pub source: String,
+    /// For `Complete`: per origin site, the highest origin sequence number
+    /// the copied rows include. A received update at or below its origin's
+    /// mark is already in them and is not recorded again.
+    pub marks: Vec<(String, u64)>,
+    /// Why the state changed, for people.
+    pub reason: String,
 }
 
 /// Grants a new lease.
@@ -342,6 +459,10 @@ pub enum Body {
     ModelPut(ModelPut),
     /// A model instance was deleted.
     ModelDelete(ModelDelete),
+    /// A tuple row was copied in by a monitor's backfill.
+    TupleImport(TupleImport),
+    /// A monitor changed state.
+    Monitor(MonitorChange),
 }
 
 /// A write of a tuple's latest value, from a tuple-set record or an
@@ -390,11 +511,15 @@ pub enum Kind {
     ModelPut = 12,
     /// [`Body::ModelDelete`].
     ModelDelete = 13,
+    /// [`Body::TupleImport`].
+    TupleImport = 14,
+    /// [`Body::Monitor`].
+    Monitor = 15,
 }
 
 impl Kind {
     /// Every kind, in byte order.
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Event,
         Kind::TupleSet,
         Kind::LeaseGrant,
@@ -408,6 +533,8 @@ impl Kind {
         Kind::ModelClass,
         Kind::ModelPut,
         Kind::ModelDelete,
+        Kind::TupleImport,
+        Kind::Monitor,
     ];
 
     /// The stable name of the kind, as used in feed type filters.
@@ -426,6 +553,8 @@ impl Kind {
             Kind::ModelClass => "model.class",
             Kind::ModelPut => "model.put",
             Kind::ModelDelete => "model.delete",
+            Kind::TupleImport => "tuple.import",
+            Kind::Monitor => "monitor",
         }
     }
 
@@ -433,7 +562,7 @@ impl Kind {
     /// of its body. Decoders read every version up to it.
     pub fn version(self) -> u8 {
         match self {
-            Kind::Event => 3,
+            Kind::Event => 4,
             Kind::LeaseGrant => 2,
             _ => RECORD_VERSION,
         }
@@ -461,11 +590,15 @@ impl Body {
             Body::ModelClass(_) => Kind::ModelClass,
             Body::ModelPut(_) => Kind::ModelPut,
             Body::ModelDelete(_) => Kind::ModelDelete,
+            Body::TupleImport(_) => Kind::TupleImport,
+            Body::Monitor(_) => Kind::Monitor,
         }
     }
 
     /// The tuple this record sets, if any: a tuple-set record, or an
-    /// attribute event.
+    /// attribute event the site recorded. (A [`Body::TupleImport`] is not a
+    /// write in this sense: it carries its own time and says which rows it
+    /// sets.)
     pub fn tuple_write(&self) -> Option<TupleWrite<'_>> {
         match self {
             Body::TupleSet(t) => Some(TupleWrite {
@@ -475,7 +608,7 @@ impl Body {
                 expires_at_us: t.expires_at_us,
                 source: &t.source,
             }),
-            Body::Event(Event { channel, from, tuple: Some(t), .. }) => Some(TupleWrite {
+            Body::Event(Event { channel, from, tuple: Some(t), .. }) if t.recorded => Some(TupleWrite {
                 channel,
                 field: &t.field,
                 value: &t.value,
@@ -494,6 +627,8 @@ impl Body {
             Body::TupleSet(t) => Some(&t.channel),
             Body::LeaseGrant(g) => Some(&g.pattern),
             Body::TupleExpire(t) | Body::TupleDelete(t) => Some(&t.channel),
+            Body::TupleImport(t) => Some(&t.channel),
+            Body::Monitor(m) => Some(&m.pattern),
             _ => None,
         }
     }
@@ -520,6 +655,8 @@ impl Body {
             Body::ModelClass(b) => postcard::to_io(b, &mut *out).map(|_| ()),
             Body::ModelPut(b) => postcard::to_io(b, &mut *out).map(|_| ()),
             Body::ModelDelete(b) => postcard::to_io(b, &mut *out).map(|_| ()),
+            Body::TupleImport(b) => postcard::to_io(b, &mut *out).map(|_| ()),
+            Body::Monitor(b) => postcard::to_io(b, &mut *out).map(|_| ()),
         };
         res.map_err(|e| Error::invalid("record body", e.to_string()))
     }
@@ -536,6 +673,7 @@ impl Body {
         Ok(match kind {
             Kind::Event if version == 1 => Body::Event(EventV2::from(whole::<EventV1>(bytes)?).into()),
             Kind::Event if version == 2 => Body::Event(whole::<EventV2>(bytes)?.into()),
+            Kind::Event if version == 3 => Body::Event(whole::<EventV3>(bytes)?.into()),
             Kind::Event => Body::Event(whole(bytes)?),
             Kind::TupleSet => Body::TupleSet(whole(bytes)?),
             Kind::LeaseGrant if version == 1 => {
@@ -562,6 +700,8 @@ impl Body {
             Kind::ModelClass => Body::ModelClass(whole(bytes)?),
             Kind::ModelPut => Body::ModelPut(whole(bytes)?),
             Kind::ModelDelete => Body::ModelDelete(whole(bytes)?),
+            Kind::TupleImport => Body::TupleImport(whole(bytes)?),
+            Kind::Monitor => Body::Monitor(whole(bytes)?),
         })
     }
 }
@@ -692,7 +832,7 @@ mod tests {
                 distribution: Distribution::One,
                 payload: b"<x>1</x>".to_vec(),
                 assigned: vec!["l1".into()],
-                tuple: Some(TupleUpdate { field: "load".into(), value: "0.5".into(), expires_at_us: Some(9) }),
+                tuple: Some(TupleUpdate { field: "load".into(), value: "0.5".into(), expires_at_us: Some(9), recorded: true }),
             }),
             Body::TupleSet(TupleSet {
                 channel: "/example.com/node/h1/".into(),
@@ -733,6 +873,23 @@ mod tests {
                 create: true,
             }),
             Body::ModelDelete(ModelDelete { namespace: "root/cimv2".into(), identity: "root/cimv2:x.k=1".into() }),
+            Body::TupleImport(TupleImport {
+                channel: "/example.com/node/h1/".into(),
+                field: "load".into(),
+                value: "0.7".into(),
+                time_us: 1_699_000_000_000_000,
+                expires_at_us: None,
+                source: Party { service: "agent".into(), instance: "h1".into() },
+                history: true,
+                latest: false,
+            }),
+            Body::Monitor(MonitorChange {
+                pattern: "/example.com/node/".into(),
+                state: MonitorState::Complete,
+                source: "site-b".into(),
+                marks: vec![("site-a".into(), 17), ("site-b".into(), 40)],
+                reason: "backfilled".into(),
+            }),
         ]
     }
 
@@ -842,6 +999,56 @@ mod tests {
         let Body::Event(e) = Record::decode(&bytes).expect("v1 decodes").body else { panic!("kind") };
         assert_eq!((e.id.as_str(), e.distribution, e.payload.as_slice()), ("e", Distribution::One, &b"p"[..]));
         assert!(e.assigned.is_empty() && e.tuple.is_none());
+    }
+
+    /// An attribute event logged before `recorded` existed still reads, as
+    /// recorded: every site recorded every tuple then.
+    #[test]
+    fn version_3_events_still_decode_as_recorded() {
+        let Body::Event(mut e) = samples().remove(0) else { panic!("sample 0 is an event") };
+        #[derive(Serialize)]
+        struct TupleV1<'a> {
+            field: &'a str,
+            value: &'a str,
+            expires_at_us: Option<u64>,
+        }
+        #[derive(Serialize)]
+        struct V3<'a> {
+            id: &'a str,
+            channel: &'a str,
+            event_type: &'a str,
+            from: &'a Party,
+            to: &'a Target,
+            distribution: Distribution,
+            payload: &'a [u8],
+            assigned: &'a [String],
+            tuple: Option<TupleV1<'a>>,
+        }
+        let v3 = V3 {
+            id: &e.id,
+            channel: &e.channel,
+            event_type: &e.event_type,
+            from: &e.from,
+            to: &e.to,
+            distribution: e.distribution,
+            payload: &e.payload,
+            assigned: &e.assigned,
+            tuple: Some(TupleV1 { field: "load", value: "0.5", expires_at_us: Some(9) }),
+        };
+        let mut body = Vec::new();
+        postcard::to_io(&v3, &mut body).expect("encode");
+        let bytes = with_version(frame(4, 1, "s", Kind::Event, &body).expect("frame"), 3);
+        let Body::Event(read) = Record::decode(&bytes).expect("v3 decodes").body else { panic!("kind") };
+        if let Some(t) = e.tuple.as_mut() {
+            t.recorded = true;
+        }
+        assert_eq!(read, e);
+        assert!(Body::Event(read).tuple_write().is_some());
+        // An unrecorded sidecar is no tuple write.
+        if let Some(t) = e.tuple.as_mut() {
+            t.recorded = false;
+        }
+        assert!(Body::Event(e).tuple_write().is_none());
     }
 
     #[test]

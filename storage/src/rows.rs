@@ -9,7 +9,7 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::record::{LeaseGrant, Party};
+use crate::record::{LeaseGrant, MonitorState, Party};
 
 /// The row frame version this build writes.
 pub const ROW_VERSION: u8 = 1;
@@ -326,4 +326,26 @@ mod tests {
         assert!(matches!(decode_row::<TupleRow>("tuple", b"k", &bad), Err(Error::Corruption { .. })));
         assert!(matches!(decode_row::<TupleRow>("tuple", b"k", &[]), Err(Error::Corruption { .. })));
     }
+}
+
+/// A monitor's state on this site, as its last monitor record left it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorRow {
+    /// The recording pattern.
+    pub pattern: String,
+    /// Its state.
+    pub state: MonitorState,
+    /// The sequence number of the record that set the state.
+    pub seq: u64,
+    /// When the state was set, in microseconds since the Unix epoch.
+    pub time_us: u64,
+    /// The sequence number of the record that started the monitor.
+    pub started_seq: u64,
+    /// The replica its backfill copied from, once complete (empty: none).
+    pub source: String,
+    /// Per origin site, the highest origin sequence number the backfill's
+    /// copy included.
+    pub marks: Vec<(String, u64)>,
+    /// Why the state last changed.
+    pub reason: String,
 }

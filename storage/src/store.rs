@@ -24,12 +24,12 @@ use crate::limits::*;
 use crate::record::{Body, Distribution};
 use crate::retention::{Retention, RetentionReport};
 use crate::view::View;
-use crate::writer::{Appended, Prepared, Request, Writer};
+use crate::writer::{Appended, MonitorOp, Prepared, Request, Writer};
 
 /// The data format version this build writes and the newest it reads.
 /// Version 2 added the `event_ids` index; a version-1 folder is upgraded on
 /// open.
-pub const FORMAT_VERSION: u8 = 5;
+pub const FORMAT_VERSION: u8 = 6;
 
 /// When an append is acknowledged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -103,6 +103,8 @@ pub(crate) struct Shared {
     pub stats: Stats,
     /// Where the next history retention pass resumes (a tuple's key prefix).
     pub history_resume: Mutex<Option<Vec<u8>>>,
+    /// The recording policy's patterns ([`crate::recording`]).
+    pub policy: std::sync::RwLock<Arc<Vec<String>>>,
     /// Test hook: the writer's next batch write fails as if the WAL did.
     #[cfg(test)]
     pub fail_next_write: std::sync::atomic::AtomicBool,
@@ -119,6 +121,11 @@ impl Shared {
 
     pub fn poison_reason(&self) -> Option<String> {
         self.poisoned.get().cloned()
+    }
+
+    /// The recording policy's patterns now.
+    pub fn policy(&self) -> Arc<Vec<String>> {
+        self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -182,10 +189,10 @@ impl Store {
         match db.get_pinned_cf(meta, keys::META_FORMAT)?.map(|v| v.to_vec()) {
             Some(v) if v == [FORMAT_VERSION] => {}
             Some(v) if v == [1] => migrate_v1(&db)?,
-            // Versions 3, 4 and 5 added families (`tombstones`; the
-            // `model_*` ones; `origins` and `peer_cursors`), which opening
-            // creates empty: nothing to rewrite.
-            Some(v) if v == [2] || v == [3] || v == [4] => {
+            // Versions 3, 4, 5 and 6 added families (`tombstones`; the
+            // `model_*` ones; `origins` and `peer_cursors`; `monitors`),
+            // which opening creates empty: nothing to rewrite.
+            Some(v) if v == [2] || v == [3] || v == [4] || v == [5] => {
                 let mut opts = rocksdb::WriteOptions::default();
                 opts.set_sync(true);
                 let mut batch = rocksdb::WriteBatch::default();
@@ -225,12 +232,14 @@ impl Store {
             poisoned: OnceLock::new(),
             stats: Stats::default(),
             history_resume: Mutex::new(None),
+            policy: std::sync::RwLock::new(Arc::new(Vec::new())),
             #[cfg(test)]
             fail_next_write: std::sync::atomic::AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_REQUESTS_MAX);
         let anycast = crate::anycast::Anycast::load(&shared)?;
-        let writer = Writer::new(shared.clone(), next_seq, log_bytes, last_time_us, floor, anycast);
+        let recording = crate::recording::Recording::load(&shared)?;
+        let writer = Writer::new(shared.clone(), next_seq, log_bytes, last_time_us, floor, anycast, recording);
         let writer = std::thread::Builder::new().name("pepper-writer".into()).spawn(move || writer.run(rx))?;
         let retention = match options.retention.is_enabled() {
             true => Some(start_retention(shared.clone(), tx.clone(), options.retention)?),
@@ -317,9 +326,10 @@ impl Store {
     /// the same batch: a retried or repeated batch is never appended twice,
     /// and `dropped` says how many were left out. The records keep their
     /// origin; their time is this site's commit time, so the log's times
-    /// stay in order. Tuple sidecars are left out (a site records only its
-    /// own tuples), as is an anycast assignment (this site chooses among its
-    /// own leases).
+    /// stay in order. Tuple sidecars stay, and are recorded only when this
+    /// site runs a monitor covering their channel (see [`crate::recording`]);
+    /// an anycast assignment is left out (this site chooses among its own
+    /// leases).
     ///
     /// # Errors
     /// `InvalidInput` for a bad origin (this site's own name included), a
@@ -345,7 +355,6 @@ impl Store {
             let Body::Event(mut e) = body else {
                 return Err(Error::invalid("received record", format!("origin seq {seq} is not an event")));
             };
-            e.tuple = None;
             e.assigned.clear();
             seqs.push(seq);
             bodies.push(Body::Event(e));
@@ -379,6 +388,62 @@ impl Store {
         let (req, rx) =
             self.request(markers, Some(crate::writer::Origin { site: origin.to_string(), seqs, gap: true }))?;
         self.sender()?.send(req).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Sets the recording policy: the channel subtrees recorded only by
+    /// their monitors. Takes effect from the next write group.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a pattern that is not a subtree channel, or
+    /// patterns that nest.
+    pub fn set_recording_policy(&self, patterns: Vec<String>) -> Result<()> {
+        for (i, p) in patterns.iter().enumerate() {
+            crate::validate::monitor_pattern(p)?;
+            if let Some(q) = patterns[..i].iter().find(|q| p.starts_with(q.as_str()) || q.starts_with(p.as_str())) {
+                return Err(Error::invalid("recording pattern", format!("{p} and {q} nest; patterns may not")));
+            }
+        }
+        *self.inner.shared.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(patterns);
+        Ok(())
+    }
+
+    /// Starts a monitor of `pattern` here, importing: clears the subtree's
+    /// rows and holds its updates until [`Store::monitor_complete`].
+    ///
+    /// # Errors
+    /// `Conflict` if a monitor of it (or of a nesting pattern) runs here,
+    /// `TooLarge` past [`crate::limits::MONITORS_MAX`]; write errors.
+    pub async fn monitor_start(&self, pattern: &str, reason: &str) -> Result<Appended> {
+        crate::validate::monitor_pattern(pattern)?;
+        let op = MonitorOp::Start { pattern: pattern.to_string(), reason: reason.to_string() };
+        self.monitor_op(op).await
+    }
+
+    /// Completes the import of `pattern`: the rows copied from `source`
+    /// include, per origin site, every update up to `marks`. The held
+    /// updates above their origin's mark are recorded in the same batch.
+    ///
+    /// # Errors
+    /// `NotFound` or `Conflict` if the monitor is not importing or lost
+    /// updates (a restart, [`crate::limits::MONITOR_PENDING_MAX`]); write errors.
+    pub async fn monitor_complete(&self, pattern: &str, source: &str, marks: Vec<(String, u64)>) -> Result<Appended> {
+        let op = MonitorOp::Complete { pattern: pattern.to_string(), source: source.to_string(), marks };
+        self.monitor_op(op).await
+    }
+
+    /// Stops the monitor of `pattern` and removes the subtree's rows.
+    ///
+    /// # Errors
+    /// `NotFound` if none runs here; write errors.
+    pub async fn monitor_stop(&self, pattern: &str, reason: &str) -> Result<Appended> {
+        let op = MonitorOp::Stop { pattern: pattern.to_string(), reason: reason.to_string() };
+        self.monitor_op(op).await
+    }
+
+    async fn monitor_op(&self, op: MonitorOp) -> Result<Appended> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?.send(Request::Monitor { op, reply }).await.map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
     }
 
@@ -629,6 +694,7 @@ impl Shared {
             poisoned: OnceLock::new(),
             stats: Stats::default(),
             history_resume: Mutex::new(None),
+            policy: std::sync::RwLock::new(Arc::new(Vec::new())),
             #[cfg(test)]
             fail_next_write: std::sync::atomic::AtomicBool::new(false),
         }

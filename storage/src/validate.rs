@@ -127,7 +127,38 @@ pub fn body(b: &Body) -> Result<()> {
             channel("channel", &t.channel)?;
             field(&t.field)
         }
+        Body::TupleImport(t) => {
+            channel("channel", &t.channel)?;
+            field(&t.field)?;
+            party(&t.source)
+        }
+        Body::Monitor(m) => {
+            monitor_pattern(&m.pattern)?;
+            if m.marks.len() > MONITOR_MARKS_MAX {
+                return Err(Error::TooLarge { what: "monitor marks", size: m.marks.len(), max: MONITOR_MARKS_MAX });
+            }
+            for (site, _) in &m.marks {
+                crate::store::validate_site(site)?;
+            }
+            if !m.source.is_empty() {
+                crate::store::validate_site(&m.source)?;
+            }
+            bounded("monitor reason", &m.reason, MONITOR_REASON_BYTES_MAX)
+        }
     }
+}
+
+/// Checks a recording pattern: a channel (no wildcards) that names a
+/// subtree, so it ends in `/`.
+///
+/// # Errors
+/// `InvalidInput` or `TooLarge` naming the rule it breaks.
+pub fn monitor_pattern(p: &str) -> Result<()> {
+    channel("recording pattern", p)?;
+    if !p.ends_with('/') {
+        return Err(Error::invalid("recording pattern", "must name a subtree: end it with '/'"));
+    }
+    Ok(())
 }
 
 fn doc_key(k: &str) -> Result<()> {

@@ -14,8 +14,8 @@ use crate::keys::{self, CF_DOCS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_TOMB
 use crate::limits::{READ_ROWS_MAX, SCAN_BYTES_MAX};
 use crate::record::Record;
 use crate::rows::{
-    decode_row, Doc, DocRow, HistoryEntry, HistoryRow, Lease, ModelClassRow, ModelInstanceRow, ModelVersion, Tombstone,
-    TombstoneRow, Tuple, TupleRow,
+    decode_row, Doc, DocRow, HistoryEntry, HistoryRow, Lease, ModelClassRow, ModelInstanceRow, ModelVersion, MonitorRow,
+    Tombstone, TombstoneRow, Tuple, TupleRow,
 };
 use crate::store::Shared;
 
@@ -286,6 +286,72 @@ impl<'a> View<'a> {
             }
         }
         it.status()?;
+        Ok(out)
+    }
+
+    /// Every history row under the channel prefix `prefix`, in key order
+    /// (channel, field, seq), until `f` returns `false`.
+    ///
+    /// # Errors
+    /// `Corruption` for bad rows; whatever `f` returns.
+    pub fn history_under(
+        &self,
+        prefix: &str,
+        mut f: impl FnMut(&str, &str, HistoryEntry) -> Result<bool>,
+    ) -> Result<()> {
+        self.scan_prefix(CF_HISTORY, prefix.as_bytes(), |key, value| {
+            let (channel, field, seq) =
+                keys::split_history_key(key).ok_or_else(|| Error::corruption("history", "malformed key"))?;
+            let row: HistoryRow = decode_row("history", key, value)?;
+            let entry = HistoryEntry {
+                seq,
+                time_us: row.time_us,
+                value: row.value,
+                expires_at_us: row.expires_at_us,
+                source: row.source,
+            };
+            f(channel, field, entry)
+        })
+    }
+
+    /// Every latest tuple under the channel prefix `prefix`, in key order,
+    /// until `f` returns `false`.
+    ///
+    /// # Errors
+    /// `Corruption` for bad rows; whatever `f` returns.
+    pub fn tuples_under(&self, prefix: &str, mut f: impl FnMut(Tuple) -> Result<bool>) -> Result<()> {
+        self.scan_prefix(CF_TUPLES, prefix.as_bytes(), |key, value| {
+            let (channel, field) =
+                keys::split_tuple_key(key).ok_or_else(|| Error::corruption("tuples", "malformed key"))?;
+            f(Tuple::from_row(channel, field, decode_row("tuple", key, value)?))
+        })
+    }
+
+    /// The monitors this site runs or ran, by pattern: their last state.
+    ///
+    /// # Errors
+    /// `Corruption` for bad rows.
+    pub fn monitors(&self) -> Result<Vec<MonitorRow>> {
+        let mut out = Vec::new();
+        self.scan_prefix(keys::CF_MONITORS, b"", |key, value| {
+            out.push(decode_row("monitor", key, value)?);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Per origin site, the highest of its sequence numbers appended here.
+    ///
+    /// # Errors
+    /// `Corruption` for a malformed value.
+    pub fn origin_marks(&self) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        self.scan_prefix(keys::CF_ORIGINS, b"", |key, value| {
+            let site = String::from_utf8_lossy(key).into_owned();
+            let mark = keys::decode_u64(value).ok_or_else(|| Error::corruption("origins", format!("{site}: not a u64")))?;
+            out.push((site, mark));
+            Ok(true)
+        })?;
         Ok(out)
     }
 

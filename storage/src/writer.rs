@@ -37,9 +37,12 @@ use crate::error::{Error, Result};
 use crate::keys::{self, CF_DOCS, CF_EVENT_IDS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_TOMBSTONES, CF_TUPLES};
 use crate::limits::{ANYCAST_GROUPS_MAX, GROUP_BYTES_MAX, GROUP_RECORDS_MAX};
 use crate::models::ModelOverlay;
-use crate::record::{frame, Body, Distribution};
+use crate::record::{frame, Body, Distribution, MonitorChange, MonitorState, TupleImport};
+use crate::recording::{Decision, PendingUpdate, Recording};
 use crate::retention::TrimPlan;
-use crate::rows::{decode_row, encode_row, DocRow, HistoryRow, Lease, TombstoneReason, TombstoneRow, TupleRow};
+use crate::rows::{
+    decode_row, encode_row, DocRow, HistoryRow, Lease, MonitorRow, TombstoneReason, TombstoneRow, TupleRow,
+};
 use crate::store::{now_us, Durability, Shared};
 
 /// The sequence numbers one append was given: `first..=last`, contiguous.
@@ -100,13 +103,29 @@ pub(crate) enum Request {
         plan: TrimPlan,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// A monitor changes state: committed as a group of its own.
+    Monitor {
+        op: MonitorOp,
+        reply: oneshot::Sender<Result<Appended>>,
+    },
+}
+
+/// A monitor state change ([`crate::recording`]).
+pub(crate) enum MonitorOp {
+    /// Start importing `pattern`.
+    Start { pattern: String, reason: String },
+    /// Complete the import of `pattern`, whose copy came from `source` and
+    /// included, per origin, everything up to `marks`.
+    Complete { pattern: String, source: String, marks: Vec<(String, u64)> },
+    /// Stop the monitor of `pattern`.
+    Stop { pattern: String, reason: String },
 }
 
 impl Request {
     fn size(&self) -> (usize, usize) {
         match self {
             Request::Append { records, bytes, .. } => (records.len(), *bytes),
-            Request::Trim { .. } => (0, 0),
+            Request::Trim { .. } | Request::Monitor { .. } => (0, 0),
         }
     }
 }
@@ -120,6 +139,8 @@ pub(crate) struct Writer {
     floor: u64,
     /// Committed anycast groups, for distribution `one`.
     anycast: Anycast,
+    /// The monitors running here: which tuple updates are recorded.
+    recording: Recording,
 }
 
 /// Lease state as the group sees it: `Some(None)` means deleted in this group.
@@ -142,6 +163,8 @@ struct Overlays {
     ids: IdOverlay,
     /// Origin marks set earlier in this group.
     origins: HashMap<String, u64>,
+    /// Updates held for importing monitors, by pattern, in log order.
+    pending: Vec<(String, PendingUpdate)>,
 }
 
 /// What the dedupe check says about one append.
@@ -160,8 +183,9 @@ impl Writer {
         last_time_us: u64,
         floor: u64,
         anycast: Anycast,
+        recording: Recording,
     ) -> Writer {
-        Writer { shared, next_seq, log_bytes, last_time_us, floor, anycast }
+        Writer { shared, next_seq, log_bytes, last_time_us, floor, anycast, recording }
     }
 
     /// Runs until every sender is dropped, then returns.
@@ -175,9 +199,18 @@ impl Writer {
                     None => return,
                 },
             };
+            if let Request::Monitor { op, reply } = first {
+                let _ = reply.send(self.commit_monitor(op));
+                continue;
+            }
             let (mut records, mut bytes) = first.size();
             let mut group = vec![first];
             while let Ok(next) = rx.try_recv() {
+                // A monitor change is a group of its own.
+                if matches!(next, Request::Monitor { .. }) {
+                    pending = Some(next);
+                    break;
+                }
                 let (r, b) = next.size();
                 if records + r > GROUP_RECORDS_MAX || bytes + b > GROUP_BYTES_MAX {
                     pending = Some(next);
@@ -204,6 +237,7 @@ impl Writer {
         let mut trim_acks = Vec::new();
         let start = (self.next_seq, self.log_bytes, self.last_time_us, self.floor);
         let time_us = now_us().max(self.last_time_us);
+        let policy = self.shared.policy();
         let mut dirty = false;
         let mut group = group.into_iter();
         while let Some(req) = group.next() {
@@ -212,6 +246,7 @@ impl Writer {
                     // Received records: drop those at or below their
                     // origin's mark (a retried batch), then move the mark.
                     let mut dropped = 0u64;
+                    let mut kept_seqs = Vec::new();
                     if let Some(o) = &origin {
                         let mark = match ov.origins.get(&o.site) {
                             Some(m) => *m,
@@ -231,8 +266,11 @@ impl Writer {
                             }
                             fresh
                         });
+                        let fresh: Vec<bool> = o.seqs.iter().map(|_| keep.next().unwrap_or(false)).collect();
+                        kept_seqs = o.seqs.iter().zip(&fresh).filter(|(_, f)| **f).map(|(s, _)| *s).collect();
+                        let mut flags = fresh.iter();
                         let before = records.len();
-                        records.retain(|_| keep.next().unwrap_or(false));
+                        records.retain(|_| flags.next().copied().unwrap_or(false));
                         dropped = (before - records.len()) as u64;
                         if records.is_empty() {
                             // Nothing new. The earlier copy may still be in
@@ -265,8 +303,8 @@ impl Writer {
                             continue;
                         }
                     }
-                    let result =
-                        self.append(&mut batch, &mut ov, records, time_us, origin.as_ref().map(|o| o.site.as_str()));
+                    let from = origin.as_ref().map(|o| (o.site.as_str(), kept_seqs.as_slice()));
+                    let result = self.append(&mut batch, &mut ov, &policy, records, time_us, from);
                     let result = result.and_then(|appended| {
                         if let Some(o) = &origin {
                             let high = o
@@ -312,6 +350,13 @@ impl Writer {
                         let _ = reply.send(Err(e));
                     }
                 },
+                // Never grouped (see `run`); answered as if alone.
+                Request::Monitor { op, reply } => {
+                    let _ = reply.send(Err(Error::invalid(
+                        "monitor",
+                        format!("a monitor change of {} was grouped with other writes", op.pattern()),
+                    )));
+                }
             }
         }
         if !dirty {
@@ -345,6 +390,7 @@ impl Writer {
             }
         }
         self.anycast.prune();
+        self.recording.add_pending(std::mem::take(&mut ov.pending));
         self.shared.stats.groups.fetch_add(1, Ordering::Relaxed);
         self.shared.stats.records.fetch_add(records, Ordering::Relaxed);
         // FEED-2: readers learn of a record only after its batch is durable.
@@ -383,31 +429,59 @@ impl Writer {
         }
     }
 
+    /// Appends `records`: local ones, or (with `from`: the origin site and
+    /// each record's seq there) received ones.
     fn append(
         &mut self,
         batch: &mut WriteBatch,
         ov: &mut Overlays,
+        policy: &[String],
         records: Vec<Prepared>,
         time_us: u64,
-        origin: Option<&str>,
+        from: Option<(&str, &[u64])>,
     ) -> Result<Appended> {
         let first = self.next_seq;
-        for mut rec in records {
+        let origin = from.map(|(site, _)| site);
+        for (i, mut rec) in records.into_iter().enumerate() {
             let seq = self.next_seq;
+            let mut reencode = false;
             if let Body::Event(e) = &mut rec.body {
                 if e.distribution == Distribution::One {
                     e.assigned = self.anycast.choose(&ov.leases, e, time_us)?;
-                    if !e.assigned.is_empty() {
-                        rec.encoded_body.clear();
-                        rec.body.encode_into(&mut rec.encoded_body)?;
+                    reencode = !e.assigned.is_empty();
+                }
+                if let Some(t) = &mut e.tuple {
+                    let (site, origin_seq) = match from {
+                        Some((site, seqs)) => (site, seqs.get(i).copied().unwrap_or(0)),
+                        None => (self.shared.site.as_str(), seq),
+                    };
+                    let decision = self.recording.decide(policy, &e.channel, site, origin_seq, from.is_none());
+                    let recorded = decision == Decision::Record;
+                    reencode |= t.recorded != recorded;
+                    t.recorded = recorded;
+                    if let Decision::Pend(pattern) = decision {
+                        let update = PendingUpdate {
+                            origin: site.to_string(),
+                            origin_seq,
+                            time_us,
+                            channel: e.channel.clone(),
+                            field: t.field.clone(),
+                            value: t.value.clone(),
+                            expires_at_us: t.expires_at_us,
+                            source: e.from.clone(),
+                        };
+                        ov.pending.push((pattern, update));
                     }
                 }
             }
+            if reencode {
+                rec.encoded_body.clear();
+                rec.body.encode_into(&mut rec.encoded_body)?;
+            }
             let bytes = frame(seq, time_us, origin.unwrap_or(&self.shared.site), rec.body.kind(), &rec.encoded_body)?;
             batch.put_cf(self.shared.cf(CF_LOG)?, keys::log_key(seq), &bytes);
-            // Received records are events without tuple sidecars
-            // (`Store::receive` makes sure): they touch no view but the
-            // event-id index.
+            // A received record is an event: it touches the event-id index,
+            // and the tuples only when this site records its channel.
             self.materialize(batch, &mut ov.leases, seq, time_us, &rec.body)?;
             self.materialize_tuple(batch, &mut ov.tuples, seq, time_us, &rec.body)?;
             ov.models.materialize(&self.shared, batch, seq, time_us, &rec.body)?;
@@ -491,6 +565,26 @@ impl Writer {
         time_us: u64,
     ) -> Result<()> {
         self.check_tuples(tuples, records, time_us)?;
+        for rec in records {
+            match &rec.body {
+                Body::Monitor(m) => {
+                    return Err(Error::invalid(
+                        "monitor",
+                        format!("the monitor of {} changes state through the store's monitor calls", m.pattern),
+                    ))
+                }
+                Body::TupleImport(t) => match self.recording.covering(&t.channel) {
+                    Some((_, m)) if m.state == MonitorState::Importing => {}
+                    _ => {
+                        return Err(Error::Conflict {
+                            what: "tuple import",
+                            detail: format!("no importing monitor here covers {}", t.channel),
+                        })
+                    }
+                },
+                _ => {}
+            }
+        }
         let model_records: Vec<&Body> =
             records.iter().map(|r| &r.body).filter(|b| matches!(b, Body::ModelPut(_) | Body::ModelDelete(_))).collect();
         if !model_records.is_empty() {
@@ -647,6 +741,9 @@ impl Writer {
             tuples.insert(key, Some(row));
             return Ok(());
         }
+        if let Body::TupleImport(t) = body {
+            return self.materialize_import(batch, tuples, seq, t);
+        }
         let (reason, t) = match body {
             Body::TupleExpire(t) => (TombstoneReason::Expired, t),
             Body::TupleDelete(t) => (TombstoneReason::Deleted, t),
@@ -657,6 +754,206 @@ impl Writer {
         batch.put_cf(s.cf(CF_TOMBSTONES)?, &key, encode_row(&TombstoneRow { seq, time_us, reason }));
         tuples.insert(key, None);
         Ok(())
+    }
+
+    /// A backfill row: a history row under this record's seq, the latest
+    /// value, or both, with the time the value was set.
+    fn materialize_import(
+        &self,
+        batch: &mut WriteBatch,
+        tuples: &mut TupleOverlay,
+        seq: u64,
+        t: &TupleImport,
+    ) -> Result<()> {
+        let s = &self.shared;
+        if t.history {
+            let hist = HistoryRow {
+                time_us: t.time_us,
+                value: t.value.clone(),
+                expires_at_us: t.expires_at_us,
+                source: t.source.clone(),
+            };
+            batch.put_cf(s.cf(CF_HISTORY)?, keys::history_key(&t.channel, &t.field, seq), encode_row(&hist));
+        }
+        if t.latest {
+            let key = keys::tuple_key(&t.channel, &t.field);
+            let row = TupleRow {
+                seq,
+                time_us: t.time_us,
+                value: t.value.clone(),
+                expires_at_us: t.expires_at_us,
+                source: t.source.clone(),
+            };
+            batch.put_cf(s.cf(CF_TUPLES)?, &key, encode_row(&row));
+            if matches!(tuples.get(&key), Some(None)) || s.db.get_pinned_cf(s.cf(CF_TOMBSTONES)?, &key)?.is_some() {
+                batch.delete_cf(s.cf(CF_TOMBSTONES)?, &key);
+            }
+            tuples.insert(key, Some(row));
+        }
+        Ok(())
+    }
+
+    /// Commits a monitor's state change as a group of its own: the monitor
+    /// record, and for a completion the held updates its copy did not
+    /// include, first. The writer's recording state changes only once the
+    /// batch is durable.
+    fn commit_monitor(&mut self, op: MonitorOp) -> Result<Appended> {
+        if let Some(reason) = self.shared.poison_reason() {
+            return Err(Error::Poisoned(reason));
+        }
+        let mut bodies = Vec::new();
+        let change = match op {
+            MonitorOp::Start { pattern, reason } => {
+                self.recording.check_start(&pattern)?;
+                MonitorChange { pattern, state: MonitorState::Importing, source: String::new(), marks: vec![], reason }
+            }
+            MonitorOp::Stop { pattern, reason } => {
+                if !self.recording.monitors.contains_key(&pattern) {
+                    return Err(Error::NotFound { what: "monitor", key: pattern });
+                }
+                MonitorChange { pattern, state: MonitorState::Stopped, source: String::new(), marks: vec![], reason }
+            }
+            MonitorOp::Complete { pattern, source, marks } => {
+                let m = self.recording.completable(&pattern)?;
+                let copied: HashMap<&str, u64> = marks.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+                let mut held = 0usize;
+                for u in &m.pending {
+                    held += 1;
+                    if copied.get(u.origin.as_str()).is_some_and(|&mark| u.origin_seq <= mark) {
+                        continue;
+                    }
+                    bodies.push(Body::TupleImport(TupleImport {
+                        channel: u.channel.clone(),
+                        field: u.field.clone(),
+                        value: u.value.clone(),
+                        time_us: u.time_us,
+                        expires_at_us: u.expires_at_us,
+                        source: u.source.clone(),
+                        // Decided below against the value before it.
+                        history: true,
+                        latest: true,
+                    }));
+                }
+                let reason = format!(
+                    "backfilled from {}; {} of {held} updates held while importing were not in the copy",
+                    if source.is_empty() { "no replica" } else { source.as_str() },
+                    bodies.len()
+                );
+                MonitorChange { pattern, state: MonitorState::Complete, source, marks, reason }
+            }
+        };
+        crate::validate::body(&Body::Monitor(change.clone()))?;
+        let start = (self.next_seq, self.log_bytes, self.last_time_us, self.floor);
+        let time_us = now_us().max(self.last_time_us);
+        let mut batch = WriteBatch::default();
+        let mut tuples = TupleOverlay::new();
+        let first = self.next_seq;
+        let written = self.put_monitor_group(&mut batch, &mut tuples, bodies, &change, time_us);
+        if let Err(e) = written.and_then(|()| self.put_meta(&mut batch)) {
+            (self.next_seq, self.log_bytes, self.last_time_us, self.floor) = start;
+            return Err(e);
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(self.shared.durability == Durability::Sync);
+        if let Err(e) = self.write(batch, &opts) {
+            let reason = format!("WAL write failed: {e}");
+            tracing::error!(%reason, "store poisoned; refusing writes until reopened");
+            self.shared.poison(reason.clone());
+            (self.next_seq, self.log_bytes, self.last_time_us, self.floor) = start;
+            return Err(Error::Poisoned(reason));
+        }
+        match change.state {
+            MonitorState::Importing => {
+                let m = crate::recording::Monitor {
+                    state: MonitorState::Importing,
+                    marks: HashMap::new(),
+                    pending: Vec::new(),
+                    broken: None,
+                };
+                self.recording.monitors.insert(change.pattern.clone(), m);
+            }
+            MonitorState::Complete => {
+                if let Some(m) = self.recording.monitors.get_mut(&change.pattern) {
+                    m.state = MonitorState::Complete;
+                    m.marks = change.marks.iter().cloned().collect();
+                    m.pending = Vec::new();
+                }
+            }
+            MonitorState::Stopped => {
+                self.recording.monitors.remove(&change.pattern);
+            }
+        }
+        let appended = Appended { first, last: self.next_seq - 1, replayed: false, dropped: 0 };
+        self.shared.stats.groups.fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.records.fetch_add(appended.written(), Ordering::Relaxed);
+        self.shared.durable.send_replace(self.next_seq - 1);
+        Ok(appended)
+    }
+
+    /// Puts a monitor group's records and effects into `batch`.
+    fn put_monitor_group(
+        &mut self,
+        batch: &mut WriteBatch,
+        tuples: &mut TupleOverlay,
+        imports: Vec<Body>,
+        change: &MonitorChange,
+        time_us: u64,
+    ) -> Result<()> {
+        let s = self.shared.clone();
+        for mut body in imports {
+            if let Body::TupleImport(t) = &mut body {
+                // The rule of a live update: a history row only for a change.
+                let key = keys::tuple_key(&t.channel, &t.field);
+                let prev = self.tuple(tuples, &key)?;
+                let lapsed = prev.as_ref().is_some_and(|p| p.expires_at_us.is_some_and(|at| at <= t.time_us));
+                t.history = lapsed || prev.as_ref().is_none_or(|p| p.value != t.value);
+            }
+            let seq = self.put_log(batch, &body, time_us)?;
+            self.materialize_tuple(batch, tuples, seq, time_us, &body)?;
+        }
+        let body = Body::Monitor(change.clone());
+        let seq = self.put_log(batch, &body, time_us)?;
+        let cf = |name| s.cf(name);
+        if change.state != MonitorState::Complete {
+            // Start and stop both leave the subtree without rows.
+            let from = change.pattern.as_bytes();
+            let to = keys::prefix_end(from).ok_or_else(|| Error::invalid("recording pattern", "has no end"))?;
+            for name in [CF_TUPLES, CF_HISTORY, CF_TOMBSTONES] {
+                batch.delete_range_cf(cf(name)?, from, &to);
+            }
+        }
+        let started_seq = match change.state {
+            MonitorState::Importing => seq,
+            _ => match s.db.get_pinned_cf(cf(keys::CF_MONITORS)?, change.pattern.as_bytes())? {
+                Some(bytes) => decode_row::<MonitorRow>("monitor", change.pattern.as_bytes(), &bytes)?.started_seq,
+                None => seq,
+            },
+        };
+        let row = MonitorRow {
+            pattern: change.pattern.clone(),
+            state: change.state,
+            seq,
+            time_us,
+            started_seq,
+            source: change.source.clone(),
+            marks: change.marks.clone(),
+            reason: change.reason.clone(),
+        };
+        batch.put_cf(cf(keys::CF_MONITORS)?, change.pattern.as_bytes(), encode_row(&row));
+        self.last_time_us = time_us;
+        Ok(())
+    }
+
+    /// Frames `body` as the next local record and puts it in the log.
+    fn put_log(&mut self, batch: &mut WriteBatch, body: &Body, time_us: u64) -> Result<u64> {
+        let seq = self.next_seq;
+        let mut encoded = Vec::new();
+        body.encode_into(&mut encoded)?;
+        let bytes = frame(seq, time_us, &self.shared.site, body.kind(), &encoded)?;
+        batch.put_cf(self.shared.cf(CF_LOG)?, keys::log_key(seq), &bytes);
+        self.log_bytes += bytes.len() as u64;
+        self.next_seq += 1;
+        Ok(seq)
     }
 
     fn lease(&self, overlay: &LeaseOverlay, id: &str) -> Result<Option<Lease>> {
@@ -686,7 +983,9 @@ impl Writer {
                 batch.put_cf(s.cf(CF_EVENT_IDS)?, e.id.as_bytes(), keys::event_id_value(seq, time_us));
             }
             // Tuple effects, of these and of attribute events: materialize_tuple.
-            Body::TupleSet(_) | Body::TupleExpire(_) | Body::TupleDelete(_) => {}
+            Body::TupleSet(_) | Body::TupleExpire(_) | Body::TupleDelete(_) | Body::TupleImport(_) => {}
+            // Written by `commit_monitor` only, with its own effects.
+            Body::Monitor(_) => {}
             Body::LeaseGrant(g) => {
                 let lease = Lease::granted(g, seq);
                 batch.put_cf(s.cf(CF_LEASES)?, g.id.as_bytes(), crate::rows::encode_lease_row(&lease));
@@ -787,6 +1086,19 @@ fn reply_err(req: Request, e: Error) {
         }
         Request::Trim { reply, .. } => {
             let _ = reply.send(Err(e));
+        }
+        Request::Monitor { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+    }
+}
+
+impl MonitorOp {
+    fn pattern(&self) -> &str {
+        match self {
+            MonitorOp::Start { pattern, .. } | MonitorOp::Complete { pattern, .. } | MonitorOp::Stop { pattern, .. } => {
+                pattern
+            }
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Records received from peer sites: appended with their origin, deduped
-//! by the origin's mark (durably, in the same batch), never materialized
-//! as tuples; and the forwarders' durable per-peer cursors.
+//! by the origin's mark (durably, in the same batch), not materialized as
+//! tuples without a monitor (`recording.rs` has those); and the forwarders' durable per-peer cursors.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
@@ -11,7 +11,7 @@ use pepper_storage::*;
 fn attribute(channel: &str, field: &str, value: &str) -> Body {
     let Body::Event(mut e) = event(channel, "attribute", b"{}") else { unreachable!() };
     e.id = format!("{channel}{field}{value}");
-    e.tuple = Some(TupleUpdate { field: field.into(), value: value.into(), expires_at_us: None });
+    e.tuple = Some(TupleUpdate { field: field.into(), value: value.into(), expires_at_us: None, recorded: true });
     Body::Event(e)
 }
 
@@ -37,10 +37,10 @@ async fn received_records_keep_their_origin_and_a_retry_is_dropped() {
     let origins: Vec<&str> = records.iter().map(|r| r.origin.as_str()).collect();
     assert_eq!(origins, ["test-site", "site-b", "site-b", "site-b", "site-b"]);
     // An attribute from elsewhere is delivered as an event but sets no tuple
-    // here: a site records its own.
+    // here: without a monitor of its channel, a site records its own.
     assert!(store.read(|v| v.tuple("/a/n/", "load")).await.unwrap().is_none());
     let Body::Event(e) = &records[2].body else { panic!("not an event") };
-    assert!(e.tuple.is_none() && e.event_type == "attribute");
+    assert!(e.tuple.as_ref().is_some_and(|t| !t.recorded) && e.event_type == "attribute");
     // Refused, changing nothing: this site's own name, a non-event, seqs
     // out of order.
     for (origin, batch) in [

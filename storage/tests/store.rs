@@ -549,7 +549,7 @@ async fn events_must_leave_assigned_empty_and_use_router_channels() {
 fn attribute(channel: &str, field: &str, value: &str, expires_at_us: Option<u64>) -> Body {
     let Body::Event(mut e) = event(channel, "attribute", b"{}") else { unreachable!() };
     e.from = Party { service: "agent".into(), instance: "h1".into() };
-    e.tuple = Some(TupleUpdate { field: field.into(), value: value.into(), expires_at_us });
+    e.tuple = Some(TupleUpdate { field: field.into(), value: value.into(), expires_at_us, recorded: true });
     Body::Event(e)
 }
 
