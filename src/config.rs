@@ -21,6 +21,11 @@
 //! peer_secret = "change me"     # or PEPPER_PEER_SECRET
 //! heartbeat_ms = 1000
 //!
+//! # Recording policy (docs/supervisors.md): subtrees kept by R monitors
+//! # across sites. Give every site the same policy.
+//! record = ["/example.com/node/=2"]
+//! monitor_interval_ms = 1000
+//!
 //! [retention]
 //! log_max_age_s = 604800
 //! log_max_bytes = 10737418240
@@ -153,6 +158,15 @@ pub struct ServeArgs {
     /// Milliseconds between heartbeats to peers [default: 1000].
     #[arg(long, env = "PEPPER_HEARTBEAT_MS", value_parser = clap::value_parser!(u64).range(10..=60_000))]
     heartbeat_ms: Option<u64>,
+    /// A recording policy entry, PATTERN=R: the subtree PATTERN is recorded
+    /// by R monitors across the sites; repeat for more. Kept in the store,
+    /// and changed at run time with `PUT /v1/recording/policies`.
+    #[arg(long = "record", env = "PEPPER_RECORD", value_delimiter = ',')]
+    record: Vec<String>,
+    /// Milliseconds between supervisor evaluations and monitor
+    /// announcements [default: 1000].
+    #[arg(long, env = "PEPPER_MONITOR_INTERVAL_MS", value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    monitor_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +186,9 @@ struct FileConfig {
     peers: Vec<String>,
     peer_secret: Option<String>,
     heartbeat_ms: Option<u64>,
+    #[serde(default)]
+    record: Vec<String>,
+    monitor_interval_ms: Option<u64>,
     #[serde(default)]
     retention: FileRetention,
 }
@@ -291,11 +308,24 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
         secret: args.peer_secret.or(file.peer_secret).filter(|s| !s.is_empty()),
         heartbeat: Duration::from_millis(heartbeat_ms),
     };
+    let record = if args.record.is_empty() { file.record } else { args.record };
+    let policies = record
+        .iter()
+        .map(|r| pepper_adapters::supervisor::parse_policy(r).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let monitor_interval_ms = args.monitor_interval_ms.or(file.monitor_interval_ms).unwrap_or(1000);
+    if !(10..=60_000).contains(&monitor_interval_ms) {
+        anyhow::bail!("monitor_interval_ms must be 10 to 60000, not {monitor_interval_ms}");
+    }
+    let supervisor = pepper_adapters::supervisor::SupervisorConfig {
+        policies,
+        interval: Duration::from_millis(monitor_interval_ms),
+    };
     Ok(Site {
         data: args.data.or(file.data).unwrap_or_else(|| PathBuf::from(DATA_DEFAULT)),
         listen,
         options,
-        api: pepper_adapters::ApiConfig { lease_ttl_max_s, stream_buffer_events, federation },
+        api: pepper_adapters::ApiConfig { lease_ttl_max_s, stream_buffer_events, federation, supervisor },
         agent: args.agent || file.agent.unwrap_or(false),
     })
 }

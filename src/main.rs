@@ -486,7 +486,11 @@ fn serve(site: config::Site) -> anyhow::Result<ExitCode> {
         let expiry = tokio::spawn(pepper_adapters::lease::run_expiry(state.clone()));
         let tuple_expiry = tokio::spawn(pepper_adapters::pldb::run_tuple_expiry(state.clone()));
         let pldbget = tokio::spawn(pepper_adapters::pldb::run_pldbget(state.clone()));
+        // Standing interests first: a complete monitor must never look
+        // uninterested to a peer, or the peer would skip what it records.
+        pepper_adapters::supervisor::prepare(&state).await?;
         let federation = tokio::spawn(pepper_adapters::federation::run(state.clone(), addr));
+        let supervisor = tokio::spawn(pepper_adapters::supervisor::run(state.clone()));
         let app = pepper_adapters::router(state.clone());
         let stopping = {
             let state = state.clone();
@@ -517,6 +521,7 @@ fn serve(site: config::Site) -> anyhow::Result<ExitCode> {
         tuple_expiry.abort();
         pldbget.abort();
         federation.abort();
+        supervisor.abort();
         anyhow::Ok(())
     })?;
     tracing::info!("shutting down; closing the store");

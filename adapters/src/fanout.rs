@@ -17,6 +17,15 @@
 //!   answered;
 //! - `min_sites` (default: every site asked).
 //!
+//! `scope=recorders` asks the sites that record the channel's subtree
+//! under the recording policy (see `supervisor`): the live complete
+//! monitors from the announcements, this site first if it is one, then by
+//! heartbeat latency. They are asked in parallel; the answer is the first
+//! of them, in that order, that answered (`used` in the manifest), since
+//! replicas hold the same rows. A tuple query without a `scope`, on a
+//! channel under a policy this site does not record, is routed this way
+//! on its own, so a client never reads the empty rows of a non-recorder.
+//!
 //! The receiving site sends the same request with `scope=local` to every
 //! site in scope (itself included, over loopback, so every answer is made
 //! the same way), in parallel, each bounded by the deadline. Each item of
@@ -55,13 +64,15 @@ enum Scope {
     Sites(Vec<String>),
     Region(String),
     Sample(usize),
+    Recorders,
 }
 
 fn parse_scope(text: &str) -> Result<Scope, String> {
-    let bad = || format!("scope {text:?} must be local, all, sites:a,b, region:r or sample:k");
+    let bad = || format!("scope {text:?} must be local, all, recorders, sites:a,b, region:r or sample:k");
     Ok(match text.split_once(':') {
         None if text == "local" => Scope::Local,
         None if text == "all" => Scope::All,
+        None if text == "recorders" => Scope::Recorders,
         Some(("sites", list)) => {
             let names: Vec<String> = list.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
             if names.is_empty() || names.len() > crate::federation::PEERS_MAX + 1 {
@@ -78,6 +89,8 @@ fn parse_scope(text: &str) -> Result<Scope, String> {
 /// The federation parameters of a query, and the rest of its query string.
 struct Params {
     scope: Scope,
+    /// Whether the query named its scope.
+    explicit: bool,
     deadline: Duration,
     min_sites: Option<usize>,
     deny_partial: bool,
@@ -87,6 +100,7 @@ struct Params {
 fn parse_params(query: Option<&str>) -> Result<Params, String> {
     let mut p = Params {
         scope: Scope::Local,
+        explicit: false,
         deadline: Duration::from_millis(DEADLINE_DEFAULT_MS),
         min_sites: None,
         deny_partial: false,
@@ -95,7 +109,10 @@ fn parse_params(query: Option<&str>) -> Result<Params, String> {
     let url = reqwest::Url::parse(&format!("http://x/?{}", query.unwrap_or(""))).map_err(|e| e.to_string())?;
     for (k, v) in url.query_pairs() {
         match k.as_ref() {
-            "scope" => p.scope = parse_scope(&v)?,
+            "scope" => {
+                p.scope = parse_scope(&v)?;
+                p.explicit = true;
+            }
             "deadline_ms" => {
                 let ms: u64 = v.parse().map_err(|_| format!("deadline_ms {v:?} is not a number"))?;
                 if !(1..=DEADLINE_MAX_MS).contains(&ms) {
@@ -121,10 +138,19 @@ fn parse_params(query: Option<&str>) -> Result<Params, String> {
 /// handler (without the federation parameters), stamped with its time; any
 /// other scope is fanned out.
 pub(crate) async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let params = match parse_params(request.uri().query()) {
+    let mut params = match parse_params(request.uri().query()) {
         Ok(p) => p,
         Err(e) => return ApiError::invalid_query(e).into_response(),
     };
+    if !params.explicit && request.method() == axum::http::Method::GET && request.uri().path().starts_with("/v1/tuples")
+    {
+        let channel = params.rest.iter().find(|(k, _)| k == "channel").map(|(_, v)| v.as_str());
+        if let Some(pattern) = channel.and_then(|c| state.supervisor.covering(c)) {
+            if !state.supervisor.local_complete(&pattern) {
+                params.scope = Scope::Recorders;
+            }
+        }
+    }
     if params.scope == Scope::Local {
         let path = request.uri().path().to_string();
         let mut url = match reqwest::Url::parse(&format!("http://x{path}")) {
@@ -167,14 +193,33 @@ struct Asked {
     url: Option<String>,
 }
 
-fn sites_in_scope(state: &AppState, scope: &Scope) -> Vec<Asked> {
+fn sites_in_scope(state: &AppState, params: &Params) -> Result<Vec<Asked>, ApiError> {
+    let scope = &params.scope;
+    if *scope == Scope::Recorders {
+        let channel = params.rest.iter().find(|(k, _)| k == "channel").map(|(_, v)| v.as_str()).unwrap_or("");
+        let Some((pattern, sites)) = crate::supervisor::recorders(state, channel) else {
+            return Err(ApiError::invalid_query(format!("no recording policy covers channel {channel:?}")));
+        };
+        if sites.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_recorder",
+                format!("no live site records {pattern} completely right now"),
+            ));
+        }
+        return Ok(sites.into_iter().map(|(site, url)| Asked { site, url: Some(url) }).collect());
+    }
+    Ok(sites_in_scope_of(state, scope))
+}
+
+fn sites_in_scope_of(state: &AppState, scope: &Scope) -> Vec<Asked> {
     let fed = &state.federation;
     let me = state.store.site().to_string();
     let peers = fed.peer_list();
     let mine = || Asked { site: me.clone(), url: Some(fed.local_url()) };
     let peer = |p: &PeerSummary| Asked { site: p.name.clone(), url: Some(p.url.clone()) };
     match scope {
-        Scope::Local => vec![mine()],
+        Scope::Local | Scope::Recorders => vec![mine()],
         Scope::All => std::iter::once(mine()).chain(peers.iter().map(peer)).collect(),
         Scope::Region(r) => {
             let mut out: Vec<Asked> = Vec::new();
@@ -234,7 +279,7 @@ async fn fan_out(state: AppState, params: Params, request: Request) -> Result<Re
     let body = axum::body::to_bytes(request.into_body(), BODY_BYTES_MAX)
         .await
         .map_err(|_| ApiError::too_large(format!("request body is over the limit of {BODY_BYTES_MAX} bytes")))?;
-    let asked = sites_in_scope(&state, &params.scope);
+    let asked = sites_in_scope(&state, &params)?;
     let client = state.federation.client().clone();
     let deadline = params.deadline;
     let calls = asked.into_iter().map(|a| {
@@ -305,8 +350,20 @@ async fn fan_out(state: AppState, params: Params, request: Request) -> Result<Re
             answers.push((site, v));
         }
     }
+    if params.scope == Scope::Recorders {
+        // Replicas hold the same rows: the first to answer, in order of
+        // preference, is the answer.
+        answers.truncate(1);
+        if let Some((used, _)) = answers.first() {
+            for entry in &mut sites {
+                if entry["site"] == json!(used) {
+                    entry["used"] = json!(true);
+                }
+            }
+        }
+    }
     let asked = sites.len();
-    let answered = answers.len();
+    let answered = sites.iter().filter(|s| s["status"] == "answered").count();
     let manifest = json!({
         "asked": asked,
         "answered": answered,
@@ -314,7 +371,7 @@ async fn fan_out(state: AppState, params: Params, request: Request) -> Result<Re
         "elapsed_ms": started.elapsed().as_millis() as u64,
         "sites": sites,
     });
-    let min = params.min_sites.unwrap_or(asked);
+    let min = params.min_sites.unwrap_or(if params.scope == Scope::Recorders { 1 } else { asked });
     if params.deny_partial && answered < min {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -277,6 +277,10 @@ pub struct Federation {
     /// leases to installing the result, so an older reading never replaces
     /// a newer one.
     refreshing: tokio::sync::Mutex<()>,
+    /// Interests held by the site itself rather than by a lease: the
+    /// supervisor's in monitor announcements, and each running monitor's
+    /// in its subtree.
+    standing: RwLock<BTreeSet<Interest>>,
     /// Random, per run; see [`Announce::incarnation`].
     incarnation: u64,
     /// Loopback url of this site, for its own part of a federated query.
@@ -336,6 +340,7 @@ impl Federation {
             peers: RwLock::new(peers),
             interests: RwLock::new((Vec::new(), 0)),
             refreshing: tokio::sync::Mutex::new(()),
+            standing: RwLock::new(BTreeSet::new()),
             incarnation: rand::random::<u64>() | 1,
             local_url: RwLock::new(String::new()),
             forwarders: Mutex::new(HashSet::new()),
@@ -513,11 +518,13 @@ impl Federation {
         let _one_at_a_time = self.refreshing.lock().await;
         let now = now_us();
         let leases = state.store.read(|v| v.leases()).await?;
+        let standing = read(&self.standing).clone();
         let next = aggregate(
             leases
                 .into_iter()
                 .filter(|l| l.expires_at_us > now)
                 .map(|l| Interest { pattern: l.pattern, types: l.types })
+                .chain(standing)
                 .collect(),
         );
         let mut current = write(&self.interests);
@@ -609,6 +616,49 @@ impl Federation {
     /// After a lease ended: the next heartbeat withdraws its interest.
     pub(crate) fn lease_ended(&self) {
         self.wake.notify_one();
+    }
+
+    /// Adds a standing interest before the first heartbeat, without a push.
+    pub(crate) fn add_standing(&self, interest: Interest) {
+        write(&self.standing).insert(interest);
+    }
+
+    /// Adds a standing interest (see [`Federation::standing`]) and, like a
+    /// lease grant, pushes it to the peers that are up.
+    pub(crate) async fn hold_interest(&self, state: &AppState, interest: Interest) {
+        write(&self.standing).insert(interest.clone());
+        self.lease_granted(state, interest).await;
+    }
+
+    /// Drops a standing interest; the next heartbeat withdraws it.
+    pub(crate) fn drop_interest(&self, interest: &Interest) {
+        write(&self.standing).remove(interest);
+        self.wake.notify_one();
+    }
+
+    /// This site's interests version now (0: not computed yet).
+    pub(crate) fn interests_version(&self) -> u64 {
+        read(&self.interests).1
+    }
+
+    /// The shared secret as a bearer header value, for site-to-site calls.
+    pub(crate) fn authorization(&self) -> String {
+        self.bearer()
+    }
+
+    /// The next local sequence number this site's forwarder sends `peer`.
+    pub(crate) fn cursor_toward(&self, peer: &str) -> Option<u64> {
+        read(&self.peers).get(peer).and_then(|p| p.cursor)
+    }
+
+    /// The version of `peer`'s interests this site holds (0: none yet).
+    pub(crate) fn interests_version_of(&self, peer: &str) -> u64 {
+        read(&self.peers).get(peer).map_or(0, |p| p.interests_version)
+    }
+
+    /// `peer`'s url, if it is known.
+    pub(crate) fn url_of(&self, peer: &str) -> Option<String> {
+        read(&self.peers).get(peer).map(|p| p.url.clone())
     }
 }
 
@@ -1089,6 +1139,32 @@ pub const GAP_TYPE: &str = "pepper.gap";
 
 /// `GET /v1/sites`: this site and every peer it knows, with state, last
 /// contact, latency and forwarding lag.
+/// `GET /v1/peer/cut?site=M&toward=Y`: what a new monitor on site M needs
+/// to know before it copies a replica from Y (see `docs/supervisors.md`):
+/// this site's last sequence number, the version of M's interests it
+/// holds, and the next sequence number its forwarder sends Y.
+pub(crate) async fn cut(
+    State(state): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<CutQuery>,
+) -> Result<Json<Value>, ApiError> {
+    check_site(&q.site).map_err(ApiError::invalid_query)?;
+    check_site(&q.toward).map_err(ApiError::invalid_query)?;
+    let fed = &state.federation;
+    Ok(Json(json!({
+        "site": fed.site,
+        "seq": state.store.last_seq(),
+        "interests_version": fed.interests_version_of(&q.site),
+        "cursor": fed.cursor_toward(&q.toward),
+    })))
+}
+
+/// The query of `GET /v1/peer/cut`.
+#[derive(Deserialize)]
+pub(crate) struct CutQuery {
+    site: String,
+    toward: String,
+}
+
 pub(crate) async fn sites(State(state): State<AppState>) -> Json<Value> {
     let fed = &state.federation;
     let head = state.store.last_seq();

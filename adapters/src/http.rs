@@ -78,6 +78,8 @@ pub struct ApiConfig {
     pub stream_buffer_events: usize,
     /// Region, peers, peer secret and heartbeat.
     pub federation: crate::federation::FederationConfig,
+    /// Recording policy and the supervisor's interval.
+    pub supervisor: crate::supervisor::SupervisorConfig,
 }
 
 impl Default for ApiConfig {
@@ -86,6 +88,7 @@ impl Default for ApiConfig {
             lease_ttl_max_s: crate::lease::LEASE_TTL_MAX_S_DEFAULT,
             stream_buffer_events: crate::SUBSCRIBER_BUFFER_EVENTS,
             federation: crate::federation::FederationConfig::default(),
+            supervisor: crate::supervisor::SupervisorConfig::default(),
         }
     }
 }
@@ -118,6 +121,8 @@ pub struct AppState {
     requests_in_flight: Arc<Semaphore>,
     /// Peers, interests and forwarders.
     pub(crate) federation: Arc<crate::federation::Federation>,
+    /// Recording policy and monitors.
+    pub(crate) supervisor: Arc<crate::supervisor::Supervisor>,
 }
 
 impl AppState {
@@ -132,6 +137,9 @@ impl AppState {
         let models = Arc::new(crate::models::Models::load(&store).await?);
         let federation = crate::federation::Federation::new(store.site(), config.federation.clone())
             .map_err(|reason| pepper_storage::Error::InvalidInput { what: "federation", reason })?;
+        let supervisor = crate::supervisor::Supervisor::load(&store, &config.supervisor).await.map_err(|e| {
+            pepper_storage::Error::InvalidInput { what: "recording policy", reason: e.message().to_string() }
+        })?;
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let metrics = Arc::new(Metrics::default());
         let dispatcher =
@@ -149,6 +157,7 @@ impl AppState {
             snapshot_readers: Arc::new(Semaphore::new(crate::sse::SNAPSHOTS_MAX)),
             requests_in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
             federation: Arc::new(federation),
+            supervisor: Arc::new(supervisor),
         })
     }
 
@@ -184,6 +193,8 @@ pub fn router(state: AppState) -> Router {
     let peer = Router::new()
         .route("/v1/peer/heartbeat", post(crate::federation::heartbeat))
         .route("/v1/peer/records", post(crate::federation::records))
+        .route("/v1/peer/cut", get(crate::federation::cut))
+        .route("/v1/peer/replica", get(crate::supervisor::replica))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::federation::require_peer));
     Router::new()
         .merge(federated)
@@ -196,6 +207,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leases/{id}/events", get(sse::lease_events))
         .route("/v1/watch", get(sse::watch))
         .route("/v1/sites", get(crate::federation::sites))
+        .route("/v1/recording", get(crate::supervisor::status))
+        .route(
+            "/v1/recording/policies",
+            axum::routing::put(crate::supervisor::put_policy).delete(crate::supervisor::delete_policy),
+        )
         .merge(peer)
         .route("/v1/namespaces/{ns}/classes", get(crate::models::list_classes).post(crate::models::define_class))
         .route("/v1/namespaces/{ns}/classes/{class}", get(crate::models::get_class))

@@ -15,6 +15,8 @@
 //! - `federation`: peers, heartbeats, interests, and the per-peer
 //!   forwarders that carry events between sites.
 //! - `fanout`: federated queries (`scope=`), merged, with a manifest.
+//! - `supervisor`: recording policies, monitor announcements, and the
+//!   supervisors that keep R replicas of each subtree, with backfill.
 //! - `metrics`: `GET /metrics`.
 //! - `error`: the one API error type and its JSON shape.
 //!
@@ -34,6 +36,7 @@ pub mod models;
 mod params;
 pub mod pldb;
 mod sse;
+pub mod supervisor;
 pub mod xml;
 
 pub use dispatch::{DISPATCH_COMMANDS_MAX, HANDOFF_LAG_MAX, SUBSCRIBER_BUFFER_BYTES_MAX, SUBSCRIBER_BUFFER_EVENTS};

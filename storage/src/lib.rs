@@ -36,13 +36,13 @@ pub use error::{Error, Result};
 pub use feed::{Feed, FeedItem, Filter};
 pub use record::{
     Body, Distribution, DocDelete, DocPut, Event, Kind, LeaseEnd, LeaseGrant, LeaseRenew, ModelClass, ModelDelete,
-    ModelPut, MonitorChange, MonitorState, Party, Record, Target, TupleEnd, TupleImport, TupleSet, TupleUpdate, TupleWrite,
-    RECORD_VERSION,
+    ModelPut, MonitorChange, MonitorState, Party, Record, Target, TupleEnd, TupleImport, TupleSet, TupleUpdate,
+    TupleWrite, RECORD_VERSION,
 };
 pub use retention::{HistoryRule, Retention, RetentionReport};
 pub use rows::{
-    Doc, HistoryEntry, Lease, ModelClassRow, ModelInstanceRow, ModelVersion, MonitorRow, Tombstone, TombstoneReason, Tuple,
-    ROW_VERSION,
+    Doc, HistoryEntry, Lease, ModelClassRow, ModelInstanceRow, ModelVersion, MonitorRow, Tombstone, TombstoneReason,
+    Tuple, ROW_VERSION,
 };
 pub use store::{
     now_us, validate_site, Durability, Options, StatsSnapshot, Store, DEDUPE_WINDOW_DEFAULT, FORMAT_VERSION,

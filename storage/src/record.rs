@@ -832,7 +832,12 @@ mod tests {
                 distribution: Distribution::One,
                 payload: b"<x>1</x>".to_vec(),
                 assigned: vec!["l1".into()],
-                tuple: Some(TupleUpdate { field: "load".into(), value: "0.5".into(), expires_at_us: Some(9), recorded: true }),
+                tuple: Some(TupleUpdate {
+                    field: "load".into(),
+                    value: "0.5".into(),
+                    expires_at_us: Some(9),
+                    recorded: true,
+                }),
             }),
             Body::TupleSet(TupleSet {
                 channel: "/example.com/node/h1/".into(),

@@ -120,7 +120,14 @@ impl Recording {
     /// `origin_seq`; for a local update, this site and the local seq) is
     /// recorded. `local` says it was published here; `policy` is the
     /// recording policy's patterns.
-    pub(crate) fn decide(&self, policy: &[String], channel: &str, origin: &str, origin_seq: u64, local: bool) -> Decision {
+    pub(crate) fn decide(
+        &self,
+        policy: &[String],
+        channel: &str,
+        origin: &str,
+        origin_seq: u64,
+        local: bool,
+    ) -> Decision {
         if let Some((pattern, m)) = self.covering(channel) {
             return match m.state {
                 MonitorState::Importing => Decision::Pend(pattern.clone()),
@@ -140,9 +147,7 @@ impl Recording {
         if self.monitors.contains_key(pattern) {
             return Err(Error::Conflict { what: "monitor", detail: format!("{pattern} already has a monitor here") });
         }
-        if let Some(other) =
-            self.monitors.keys().find(|p| pattern.starts_with(p.as_str()) || p.starts_with(pattern))
-        {
+        if let Some(other) = self.monitors.keys().find(|p| pattern.starts_with(p.as_str()) || p.starts_with(pattern)) {
             return Err(Error::Conflict {
                 what: "monitor",
                 detail: format!("{pattern} overlaps the monitor of {other}; recording patterns may not nest"),

@@ -14,8 +14,8 @@ use crate::keys::{self, CF_DOCS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_TOMB
 use crate::limits::{READ_ROWS_MAX, SCAN_BYTES_MAX};
 use crate::record::Record;
 use crate::rows::{
-    decode_row, Doc, DocRow, HistoryEntry, HistoryRow, Lease, ModelClassRow, ModelInstanceRow, ModelVersion, MonitorRow,
-    Tombstone, TombstoneRow, Tuple, TupleRow,
+    decode_row, Doc, DocRow, HistoryEntry, HistoryRow, Lease, ModelClassRow, ModelInstanceRow, ModelVersion,
+    MonitorRow, Tombstone, TombstoneRow, Tuple, TupleRow,
 };
 use crate::store::Shared;
 
@@ -348,7 +348,8 @@ impl<'a> View<'a> {
         let mut out = Vec::new();
         self.scan_prefix(keys::CF_ORIGINS, b"", |key, value| {
             let site = String::from_utf8_lossy(key).into_owned();
-            let mark = keys::decode_u64(value).ok_or_else(|| Error::corruption("origins", format!("{site}: not a u64")))?;
+            let mark =
+                keys::decode_u64(value).ok_or_else(|| Error::corruption("origins", format!("{site}: not a u64")))?;
             out.push((site, mark));
             Ok(true)
         })?;

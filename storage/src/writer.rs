@@ -1096,9 +1096,9 @@ fn reply_err(req: Request, e: Error) {
 impl MonitorOp {
     fn pattern(&self) -> &str {
         match self {
-            MonitorOp::Start { pattern, .. } | MonitorOp::Complete { pattern, .. } | MonitorOp::Stop { pattern, .. } => {
-                pattern
-            }
+            MonitorOp::Start { pattern, .. }
+            | MonitorOp::Complete { pattern, .. }
+            | MonitorOp::Stop { pattern, .. } => pattern,
         }
     }
 }

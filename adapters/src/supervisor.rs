@@ -1,0 +1,1086 @@
+//! Supervisors: keep R recording replicas of each channel subtree in the
+//! recording policy, across sites, history included (the paper's PLDB
+//! supervisors and its Figure 11).
+//!
+//! **Policy.** A recording policy is a set of subtree patterns, each with a
+//! replication factor R (`--record /example.com/node/=2`, the config file,
+//! or `PUT /v1/recording/policies`; kept in the store's documents under
+//! [`POLICY_DOC_PREFIX`]). Under a policy pattern a site materializes tuples
+//! only while it runs a **monitor** of the pattern (`pepper_storage`'s
+//! `recording` module says how the writer decides). Every site should be
+//! given the same policy: each supervisor acts on its own.
+//!
+//! **Announcements.** Every [`SupervisorConfig::interval`] each site
+//! publishes a `pepper.monitor` event for every monitor it runs, on
+//! `/pepper/monitors/<pattern>`; state changes are events too
+//! (`pepper.monitor.start`, `.backfill`, `.complete`, `.stop`, `.failed`),
+//! so the handoff can be watched like any channel. Every supervisor holds a
+//! standing federation interest in `/pepper/monitors/`, so each site's
+//! announcements reach every other site's log, and reads them from its own
+//! change feed. A monitor not heard from for [`DEAD_AFTER_INTERVALS`]
+//! intervals no longer counts.
+//!
+//! **Too few** (fewer than R live monitors, counting importing ones): a
+//! site without a monitor of the pattern waits a randomized delay, then
+//! counts again and starts one if still short. The delay is `interval x
+//! (1 + 2 if its region already has a monitor of the pattern + the number
+//! of monitors it runs) x uniform(0.5, 1.5)`: sites in other regions and
+//! sites with fewer monitors fire first, and the others then see the count
+//! restored and stand down. That is the placement rule.
+//!
+//! **Too many** (more than R complete monitors, seen on two evaluations in
+//! a row): exactly one stops, the first in this order, which every site
+//! computes alike from the same announcements: its region has the most
+//! monitors of the pattern; then its site runs the most monitors; then it
+//! completed last; then the greatest site name. Only that site acts.
+//!
+//! **Backfill.** A starting monitor (1) writes its start (clearing any old
+//! rows) and holds an interest in the subtree, pushed to the peers that are
+//! up; (2) picks a live complete replica Y (up, lowest heartbeat latency);
+//! (3) waits for the **cut**: its own forwarder and every up peer's
+//! forwarder toward Y have passed the log position they had when they took
+//! the new interest (`GET /v1/peer/cut`), so every update Y will not have
+//! reaches the new monitor directly; (4) streams Y's rows of the subtree
+//! from one snapshot (`GET /v1/peer/replica`, history then latest values,
+//! with Y's per-origin marks) into `tuple.import` records; (5) completes:
+//! the updates that arrived meanwhile and are above Y's marks are recorded
+//! after the copy, in one batch. Any failure stops the monitor, which the
+//! next evaluation may start again. `docs/supervisors.md` has the argument
+//! that nothing is lost or recorded twice, and the limits.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use pepper_storage::{
+    now_us, Body, Distribution, DocDelete, DocPut, Event, FeedItem, Filter, Kind, MonitorRow, MonitorState, Party,
+    Target, TupleImport,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::federation::{Interest, PeerState};
+use crate::http::AppState;
+
+/// Announcements and handoff events are published under this prefix,
+/// followed by the pattern without its leading `/`.
+pub const ANNOUNCE_PREFIX: &str = "/pepper/monitors/";
+/// Policies are kept in documents under this key prefix, then the pattern.
+pub const POLICY_DOC_PREFIX: &str = "pepper/recording/";
+/// Time between evaluations and announcements when none is configured.
+pub const INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
+/// A monitor not announced for this many intervals no longer counts.
+pub const DEAD_AFTER_INTERVALS: u32 = 3;
+/// Evaluations in a row that must see too many replicas before one stops.
+pub const SURPLUS_EVALUATIONS: u32 = 2;
+/// Patterns one policy may hold.
+pub const POLICIES_MAX: usize = 256;
+/// The highest replication factor a pattern may ask for.
+pub const REPLICAS_MAX: usize = 16;
+/// Monitors (pattern, site) the supervisor keeps track of.
+pub const SEEN_MAX: usize = 16_384;
+/// The longest a backfill waits for the cut before it gives up.
+pub const CUT_WAIT_MAX: Duration = Duration::from_secs(10);
+/// The longest a replica stream may stay silent.
+pub const REPLICA_IDLE_MAX: Duration = Duration::from_secs(10);
+/// The longest line of a replica stream: a row with a value at the
+/// record limit, escaped.
+pub const REPLICA_LINE_BYTES_MAX: usize = 4 * pepper_storage::limits::RECORD_BYTES_MAX;
+/// Copied rows per `tuple.import` append.
+pub const IMPORT_BATCH_RECORDS: usize = 1000;
+/// Bytes of replica stream a serving site buffers before sending.
+const REPLICA_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Supervisor settings of a site.
+#[derive(Clone, Debug, Default)]
+pub struct SupervisorConfig {
+    /// Patterns and replication factors from configuration; they replace
+    /// stored ones of the same pattern at startup.
+    pub policies: Vec<(String, usize)>,
+    /// Time between evaluations and announcements ([`INTERVAL_DEFAULT`]
+    /// when zero).
+    pub interval: Duration,
+}
+
+/// What a monitor announcement says.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Announcement {
+    /// The site running the monitor.
+    pub site: String,
+    /// Its region.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The recording pattern.
+    pub pattern: String,
+    /// `importing`, `complete` or `stopped`.
+    pub state: String,
+    /// When the monitor reached its state, microseconds since the Unix epoch.
+    pub since_us: u64,
+    /// Monitors the site runs.
+    pub monitors: usize,
+}
+
+/// A monitor as announcements show it.
+#[derive(Clone, Debug)]
+struct Seen {
+    state: String,
+    region: Option<String>,
+    monitors: usize,
+    since_us: u64,
+    last: Instant,
+}
+
+/// Per pattern: a start waiting for its delay, and the surplus count.
+#[derive(Default)]
+struct Plan {
+    start_at: Option<Instant>,
+    surplus: u32,
+}
+
+/// The last backfill this site ran.
+#[derive(Clone, Debug, Serialize)]
+struct Backfill {
+    pattern: String,
+    source: String,
+    rows: u64,
+    elapsed_ms: f64,
+    rows_per_s: f64,
+    held_recorded: u64,
+}
+
+/// A site's supervisor.
+pub struct Supervisor {
+    interval: Duration,
+    policies: RwLock<BTreeMap<String, usize>>,
+    seen: Mutex<BTreeMap<(String, String), Seen>>,
+    plans: Mutex<HashMap<String, Plan>>,
+    /// Patterns with a start or stop in flight here.
+    busy: Mutex<HashSet<String>>,
+    last_backfill: Mutex<Option<Backfill>>,
+    /// Time to restore each pattern's count, last measured here: from the
+    /// first evaluation that saw it short to this site's completion.
+    short_since: Mutex<HashMap<String, Instant>>,
+    /// This site's running monitors' states, for routing queries.
+    local: Mutex<HashMap<String, MonitorState>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Checks a policy entry.
+fn check_policy(pattern: &str, replicas: usize) -> Result<(), String> {
+    pepper_storage::validate::monitor_pattern(pattern).map_err(|e| e.to_string())?;
+    if pattern.starts_with("/pepper/") {
+        return Err(format!("{pattern} is under /pepper/, which pepper itself uses"));
+    }
+    if !(1..=REPLICAS_MAX).contains(&replicas) {
+        return Err(format!("replicas must be 1 to {REPLICAS_MAX}, not {replicas}"));
+    }
+    Ok(())
+}
+
+/// Parses `PATTERN=R`.
+///
+/// # Errors
+/// A message naming what is wrong.
+pub fn parse_policy(text: &str) -> Result<(String, usize), String> {
+    let (pattern, r) = text.rsplit_once('=').ok_or_else(|| format!("recording policy {text:?} must be PATTERN=R"))?;
+    let replicas = r.parse().map_err(|_| format!("recording policy {text:?}: {r:?} is not a number"))?;
+    check_policy(pattern, replicas)?;
+    Ok((pattern.to_string(), replicas))
+}
+
+impl Supervisor {
+    /// The supervisor with the stored policy, `config`'s entries replacing
+    /// stored ones, written back and given to the store.
+    ///
+    /// # Errors
+    /// Store errors, or a bad or nesting policy.
+    pub async fn load(store: &pepper_storage::Store, config: &SupervisorConfig) -> Result<Supervisor, ApiError> {
+        let docs = store.read(|v| v.docs(POLICY_DOC_PREFIX, None, pepper_storage::limits::READ_ROWS_MAX)).await?.items;
+        let mut policies = BTreeMap::new();
+        for d in docs {
+            let pattern = d.key[POLICY_DOC_PREFIX.len()..].to_string();
+            let replicas = serde_json::from_slice::<Value>(&d.value)
+                .ok()
+                .and_then(|v| v["replicas"].as_u64())
+                .ok_or_else(|| ApiError::invalid_body(format!("stored recording policy of {pattern} is unreadable")))?;
+            policies.insert(pattern, replicas as usize);
+        }
+        let mut writes = Vec::new();
+        for (pattern, replicas) in &config.policies {
+            check_policy(pattern, *replicas).map_err(ApiError::invalid_body)?;
+            if policies.insert(pattern.clone(), *replicas) != Some(*replicas) {
+                writes.push(policy_doc(pattern, *replicas));
+            }
+        }
+        if policies.len() > POLICIES_MAX {
+            return Err(ApiError::too_large(format!("{} recording patterns, over {POLICIES_MAX}", policies.len())));
+        }
+        store.set_recording_policy(policies.keys().cloned().collect())?;
+        if !writes.is_empty() {
+            store.append(writes).await?;
+        }
+        let interval = if config.interval.is_zero() { INTERVAL_DEFAULT } else { config.interval };
+        Ok(Supervisor {
+            interval,
+            policies: RwLock::new(policies),
+            seen: Mutex::new(BTreeMap::new()),
+            plans: Mutex::new(HashMap::new()),
+            busy: Mutex::new(HashSet::new()),
+            last_backfill: Mutex::new(None),
+            short_since: Mutex::new(HashMap::new()),
+            local: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The interval between evaluations.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    fn policies(&self) -> BTreeMap<String, usize> {
+        self.policies.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The policy pattern covering `channel`, if any.
+    pub(crate) fn covering(&self, channel: &str) -> Option<String> {
+        self.policies
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .find(|p| channel.starts_with(p.as_str()))
+            .cloned()
+    }
+
+    /// Live monitors of `pattern` other sites announced: (site, seen).
+    fn live(&self, pattern: &str, me: &str) -> Vec<(String, Seen)> {
+        let dead_after = self.interval * DEAD_AFTER_INTERVALS;
+        lock(&self.seen)
+            .range((pattern.to_string(), String::new())..)
+            .take_while(|((p, _), _)| p == pattern)
+            .filter(|((_, site), s)| site != me && s.last.elapsed() < dead_after)
+            .map(|((_, site), s)| (site.clone(), s.clone()))
+            .collect()
+    }
+
+    /// Takes in one announcement or handoff event.
+    fn heard(&self, event_type: &str, a: Announcement) {
+        let mut seen = lock(&self.seen);
+        let key = (a.pattern.clone(), a.site.clone());
+        if matches!(event_type, "pepper.monitor.stop" | "pepper.monitor.failed") || a.state == "stopped" {
+            seen.remove(&key);
+            return;
+        }
+        if !seen.contains_key(&key) && seen.len() >= SEEN_MAX {
+            // Make room by forgetting the longest silent.
+            if let Some(oldest) = seen.iter().min_by_key(|(_, s)| s.last).map(|(k, _)| k.clone()) {
+                seen.remove(&oldest);
+            }
+        }
+        let s =
+            Seen { state: a.state, region: a.region, monitors: a.monitors, since_us: a.since_us, last: Instant::now() };
+        seen.insert(key, s);
+    }
+}
+
+fn policy_doc(pattern: &str, replicas: usize) -> Body {
+    Body::DocPut(DocPut {
+        key: format!("{POLICY_DOC_PREFIX}{pattern}"),
+        value: json!({ "replicas": replicas }).to_string().into_bytes(),
+    })
+}
+
+/// The channel a pattern's announcements go to.
+pub fn announce_channel(pattern: &str) -> String {
+    format!("{ANNOUNCE_PREFIX}{}", pattern.trim_start_matches('/'))
+}
+
+fn interest(pattern: &str) -> Interest {
+    Interest { pattern: pattern.to_string(), types: Vec::new() }
+}
+
+/// Registers the standing interests this site holds before its first
+/// heartbeat: the announcements, and each running monitor's subtree. A
+/// complete monitor must never look uninterested to a peer, or the peer's
+/// forwarder would skip updates it records.
+///
+/// # Errors
+/// Store read errors.
+pub async fn prepare(state: &AppState) -> Result<(), pepper_storage::Error> {
+    let fed = &state.federation;
+    fed.add_standing(interest(ANNOUNCE_PREFIX));
+    for row in state.store.read(|v| v.monitors()).await? {
+        if row.state != MonitorState::Stopped {
+            fed.add_standing(interest(&row.pattern));
+        }
+    }
+    Ok(())
+}
+
+/// Runs the site's supervisor until shutdown: reads announcements, and
+/// every interval announces its monitors and evaluates each pattern.
+pub async fn run(state: AppState) {
+    tokio::spawn(read_announcements(state.clone()));
+    let mut stopping = state.stopping();
+    loop {
+        if let Err(e) = evaluate(&state).await {
+            tracing::warn!(error = %e, "supervisor evaluation failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(state.supervisor.interval) => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Follows the local log's announcements (this site's own and those
+/// forwarded from peers) into the supervisor's view.
+async fn read_announcements(state: AppState) {
+    let filter =
+        Filter { channel_prefix: Some(ANNOUNCE_PREFIX.to_string()), types: Vec::new(), kinds: vec![Kind::Event] };
+    let mut feed = state.store.feed(state.store.last_seq() + 1, filter.clone());
+    let mut stopping = state.stopping();
+    loop {
+        let item = tokio::select! {
+            item = feed.next() => item,
+            _ = stopping.wait_for(|s| *s) => return,
+        };
+        match item {
+            Ok(FeedItem::Record(r)) => {
+                let Body::Event(e) = r.body else { continue };
+                match serde_json::from_slice::<Announcement>(&e.payload) {
+                    Ok(a) => state.supervisor.heard(&e.event_type, a),
+                    Err(err) => tracing::debug!(seq = r.seq, error = %err, "not a monitor announcement"),
+                }
+            }
+            // Announcements are repeated every interval: from the
+            // earliest retained record the view fills in again.
+            Ok(FeedItem::Compacted { earliest }) => feed = state.store.feed(earliest, filter.clone()),
+            Err(e) => {
+                tracing::warn!(error = %e, "monitor announcements feed failed; restarting it");
+                tokio::time::sleep(state.supervisor.interval).await;
+                feed = state.store.feed(state.store.last_seq() + 1, filter.clone());
+            }
+        }
+    }
+}
+
+/// Publishes a monitor event of `event_type` about `pattern` on this site.
+async fn publish(state: &AppState, event_type: &str, pattern: &str, status: &str, since_us: u64, extra: Value) {
+    let monitors = match state.store.read(|v| v.monitors()).await {
+        Ok(rows) => rows.iter().filter(|r| r.state != MonitorState::Stopped).count(),
+        Err(_) => 0,
+    };
+    let a = Announcement {
+        site: state.store.site().to_string(),
+        region: state.federation.region().map(str::to_string),
+        pattern: pattern.to_string(),
+        state: status.to_string(),
+        since_us,
+        monitors,
+    };
+    let mut payload = json!(a);
+    if let (Some(p), Value::Object(more)) = (payload.as_object_mut(), extra) {
+        p.extend(more);
+    }
+    let event = Event {
+        id: crate::envelope::new_event_id(),
+        channel: announce_channel(pattern),
+        event_type: event_type.to_string(),
+        from: Party { service: "pepper".into(), instance: state.store.site().to_string() },
+        to: Target::default(),
+        distribution: Distribution::All,
+        payload: payload.to_string().into_bytes(),
+        assigned: Vec::new(),
+        tuple: None,
+    };
+    if let Err(e) = state.store.append(vec![Body::Event(event)]).await {
+        tracing::warn!(error = %e, pattern, event_type, "cannot publish a monitor event");
+    }
+}
+
+/// One evaluation: announce, then start or stop monitors where the count
+/// is off.
+async fn evaluate(state: &AppState) -> Result<(), pepper_storage::Error> {
+    let sup = &state.supervisor;
+    let me = state.store.site().to_string();
+    let rows = state.store.read(|v| v.monitors()).await?;
+    let running: BTreeMap<String, MonitorRow> =
+        rows.into_iter().filter(|r| r.state != MonitorState::Stopped).map(|r| (r.pattern.clone(), r)).collect();
+    *lock(&sup.local) = running.iter().map(|(p, r)| (p.clone(), r.state)).collect();
+    for row in running.values() {
+        publish(state, "pepper.monitor", &row.pattern, row.state.name(), row.time_us, json!({})).await;
+    }
+    let policies = sup.policies();
+    let busy = lock(&sup.busy).clone();
+    for (pattern, row) in &running {
+        if busy.contains(pattern) {
+            continue;
+        }
+        if !policies.contains_key(pattern) {
+            spawn_stop(state, pattern, "no recording policy names it any more".into());
+        } else if row.state == MonitorState::Importing {
+            // No backfill in flight here: it was cut off by a restart.
+            spawn_stop(state, pattern, "its backfill was interrupted".into());
+        }
+    }
+    let my_region = state.federation.region().map(str::to_string);
+    for (pattern, &replicas) in &policies {
+        if busy.contains(pattern) {
+            continue;
+        }
+        let others = sup.live(pattern, &me);
+        let mine = running.get(pattern);
+        let live = others.len() + usize::from(mine.is_some());
+        if live < replicas {
+            lock(&sup.short_since).entry(pattern.clone()).or_insert_with(Instant::now);
+        } else {
+            lock(&sup.short_since).remove(pattern);
+        }
+        let mut plans = lock(&sup.plans);
+        let plan = plans.entry(pattern.clone()).or_default();
+        if mine.is_none() {
+            plan.surplus = 0;
+            if live >= replicas {
+                plan.start_at = None;
+                continue;
+            }
+            let now = Instant::now();
+            let at = *plan.start_at.get_or_insert_with(|| {
+                let region_has = others.iter().any(|(_, s)| s.region.is_some() && s.region == my_region);
+                let weight = 1.0 + if region_has { 2.0 } else { 0.0 } + running.len() as f64;
+                let jitter = 0.5 + rand::random::<f64>();
+                now + sup.interval.mul_f64(weight * jitter)
+            });
+            if now >= at {
+                plan.start_at = None;
+                drop(plans);
+                spawn_start(state, pattern);
+            }
+            continue;
+        }
+        plan.start_at = None;
+        let Some(row) = mine.filter(|r| r.state == MonitorState::Complete) else { continue };
+        let mut complete: Vec<Candidate> = others
+            .iter()
+            .filter(|(_, s)| s.state == "complete")
+            .map(|(site, s)| Candidate {
+                site: site.clone(),
+                region: s.region.clone(),
+                monitors: s.monitors,
+                since_us: s.since_us,
+            })
+            .collect();
+        complete.push(Candidate {
+            site: me.clone(),
+            region: my_region.clone(),
+            monitors: running.len(),
+            since_us: row.time_us,
+        });
+        if complete.len() <= replicas {
+            plan.surplus = 0;
+            continue;
+        }
+        plan.surplus += 1;
+        if plan.surplus >= SURPLUS_EVALUATIONS && victim(&complete).is_some_and(|v| v == me) {
+            plan.surplus = 0;
+            drop(plans);
+            let reason = format!(
+                "{} complete replicas, more than {replicas}: this site is the one the rule stops",
+                complete.len()
+            );
+            spawn_stop(state, pattern, reason);
+        }
+    }
+    Ok(())
+}
+
+/// A complete monitor, for the stop rule.
+#[derive(Clone, Debug)]
+struct Candidate {
+    site: String,
+    region: Option<String>,
+    monitors: usize,
+    since_us: u64,
+}
+
+/// The monitor to stop when there are too many: its region has the most
+/// monitors of the pattern, then its site runs the most monitors, then it
+/// completed last, then the greatest site name.
+fn victim(complete: &[Candidate]) -> Option<String> {
+    let mut per_region: HashMap<Option<&str>, usize> = HashMap::new();
+    for c in complete {
+        *per_region.entry(c.region.as_deref()).or_default() += 1;
+    }
+    complete
+        .iter()
+        .max_by(|a, b| {
+            let in_region = |c: &Candidate| per_region.get(&c.region.as_deref()).copied().unwrap_or(0);
+            in_region(a)
+                .cmp(&in_region(b))
+                .then(a.monitors.cmp(&b.monitors))
+                .then(a.since_us.cmp(&b.since_us))
+                .then(a.site.cmp(&b.site))
+        })
+        .map(|c| c.site.clone())
+}
+
+fn spawn_stop(state: &AppState, pattern: &str, reason: String) {
+    if !lock(&state.supervisor.busy).insert(pattern.to_string()) {
+        return;
+    }
+    let (state, pattern) = (state.clone(), pattern.to_string());
+    tokio::spawn(async move {
+        stop(&state, &pattern, &reason).await;
+        lock(&state.supervisor.busy).remove(&pattern);
+    });
+}
+
+async fn stop(state: &AppState, pattern: &str, reason: &str) {
+    match state.store.monitor_stop(pattern, reason).await {
+        Ok(_) | Err(pepper_storage::Error::NotFound { .. }) => {}
+        Err(e) => {
+            tracing::warn!(pattern, error = %e, "cannot stop a monitor");
+            return;
+        }
+    }
+    lock(&state.supervisor.local).remove(pattern);
+    state.federation.drop_interest(&interest(pattern));
+    tracing::info!(pattern, reason, "monitor stopped");
+    publish(state, "pepper.monitor.stop", pattern, "stopped", now_us(), json!({ "reason": reason })).await;
+}
+
+fn spawn_start(state: &AppState, pattern: &str) {
+    if !lock(&state.supervisor.busy).insert(pattern.to_string()) {
+        return;
+    }
+    let (state, pattern) = (state.clone(), pattern.to_string());
+    tokio::spawn(async move {
+        if let Err(e) = start(&state, &pattern).await {
+            tracing::warn!(pattern, error = %e, "monitor backfill failed");
+            let _ = state.store.monitor_stop(&pattern, &format!("backfill failed: {e}")).await;
+            state.federation.drop_interest(&interest(&pattern));
+            publish(&state, "pepper.monitor.failed", &pattern, "stopped", now_us(), json!({ "error": e })).await;
+        }
+        lock(&state.supervisor.busy).remove(&pattern);
+    });
+}
+
+/// Starts a monitor of `pattern` here and backfills it.
+async fn start(state: &AppState, pattern: &str) -> Result<(), String> {
+    let sup = &state.supervisor;
+    let me = state.store.site().to_string();
+    let short = sup.live(pattern, &me).len();
+    let started = Instant::now();
+    state
+        .store
+        .monitor_start(pattern, &format!("{short} live replicas, fewer than the policy's"))
+        .await
+        .map_err(|e| e.to_string())?;
+    publish(state, "pepper.monitor.start", pattern, "importing", now_us(), json!({})).await;
+    // Origins forward the subtree here from now on (held updates).
+    state.federation.hold_interest(state, interest(pattern)).await;
+    let source = choose_source(state, pattern, &me);
+    let (marks, source_name, rows) = match &source {
+        None => (Vec::new(), String::new(), 0),
+        Some(y) => {
+            wait_for_cut(state, y).await?;
+            publish(state, "pepper.monitor.backfill", pattern, "importing", now_us(), json!({ "source": y })).await;
+            let (marks, rows) = copy(state, pattern, y).await?;
+            (marks, y.clone(), rows)
+        }
+    };
+    let done = state.store.monitor_complete(pattern, &source_name, marks).await.map_err(|e| e.to_string())?;
+    lock(&sup.local).insert(pattern.to_string(), MonitorState::Complete);
+    let elapsed = started.elapsed();
+    let backfill = Backfill {
+        pattern: pattern.to_string(),
+        source: source_name.clone(),
+        rows,
+        elapsed_ms: elapsed.as_secs_f64() * 1e3,
+        rows_per_s: rows as f64 / elapsed.as_secs_f64().max(1e-9),
+        held_recorded: done.written().saturating_sub(1),
+    };
+    let restored_ms = lock(&sup.short_since).remove(pattern).map(|t| t.elapsed().as_secs_f64() * 1e3);
+    tracing::info!(pattern, source = %source_name, rows, ms = backfill.elapsed_ms, "monitor complete");
+    let extra = json!({ "source": source_name, "rows": rows, "elapsed_ms": backfill.elapsed_ms,
+                        "rows_per_s": backfill.rows_per_s, "held_recorded": backfill.held_recorded,
+                        "short_for_ms": restored_ms });
+    *lock(&sup.last_backfill) = Some(backfill);
+    publish(state, "pepper.monitor.complete", pattern, "complete", now_us(), extra).await;
+    Ok(())
+}
+
+/// The replica to copy from: a live complete monitor on a peer that is up,
+/// the lowest heartbeat latency first.
+fn choose_source(state: &AppState, pattern: &str, me: &str) -> Option<String> {
+    let peers = state.federation.peer_list();
+    let mut candidates: Vec<(String, f64)> = state
+        .supervisor
+        .live(pattern, me)
+        .into_iter()
+        .filter(|(_, s)| s.state == "complete")
+        .filter_map(|(site, _)| {
+            let p = peers.iter().find(|p| p.name == site && p.state == PeerState::Up)?;
+            Some((site, p.rtt_ms.unwrap_or(f64::MAX)))
+        })
+        .collect();
+    candidates.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    candidates.into_iter().next().map(|(site, _)| site)
+}
+
+/// Waits until every update the replica `y` will not have reaches this
+/// site directly: this site's forwarder toward `y`, and each peer's that
+/// is not down,
+/// has passed where that site's log was once it held this site's new
+/// interests. A peer that cannot be reached is passed over (it forwards
+/// here from its own cursor when it is back).
+async fn wait_for_cut(state: &AppState, y: &str) -> Result<(), String> {
+    let fed = &state.federation;
+    let me = state.store.site().to_string();
+    let deadline = Instant::now() + CUT_WAIT_MAX;
+    let poll = (state.supervisor.interval / 10).clamp(Duration::from_millis(10), Duration::from_millis(200));
+    let mine = state.store.last_seq();
+    while fed.cursor_toward(y).is_none_or(|c| c <= mine) {
+        if Instant::now() > deadline {
+            return Err(format!("this site's forwarder toward {y} did not pass seq {mine} in time"));
+        }
+        tokio::time::sleep(poll).await;
+    }
+    let version = fed.interests_version();
+    let others: Vec<(String, String)> = fed
+        .peer_list()
+        .into_iter()
+        // Suspect peers too: a slow peer's updates must not slip through.
+        .filter(|p| p.name != y && p.name != me && p.state != PeerState::Down)
+        .map(|p| (p.name, p.url))
+        .collect();
+    let waits = others.into_iter().map(|(name, url)| {
+        let me = me.clone();
+        async move {
+            let mut at: Option<u64> = None;
+            loop {
+                if Instant::now() > deadline {
+                    return Err(format!("{name}'s forwarder toward {y} did not reach the cut in time"));
+                }
+                let answer = fed
+                    .client()
+                    .get(format!("{url}/v1/peer/cut"))
+                    .query(&[("site", me.as_str()), ("toward", y)])
+                    .header(axum::http::header::AUTHORIZATION, fed.authorization())
+                    .timeout(Duration::from_secs(1))
+                    .send()
+                    .await;
+                let cut: Value = match answer {
+                    Ok(res) if res.status().is_success() => res.json().await.map_err(|e| e.to_string())?,
+                    Ok(res) => return Err(format!("{name} answered the cut with {}", res.status())),
+                    Err(e) if e.is_connect() => {
+                        tracing::info!(peer = %name, "unreachable during a backfill's cut; passed over");
+                        return Ok(());
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(poll).await;
+                        continue;
+                    }
+                };
+                match at {
+                    None if cut["interests_version"].as_u64().unwrap_or(0) >= version => {
+                        at = cut["seq"].as_u64();
+                    }
+                    Some(seq) if cut["cursor"].as_u64().is_some_and(|c| c > seq) => return Ok(()),
+                    _ => {}
+                }
+                tokio::time::sleep(poll).await;
+            }
+        }
+    });
+    for r in futures_util::future::join_all(waits).await {
+        r?;
+    }
+    Ok(())
+}
+
+/// One line of a replica stream.
+#[derive(Debug, Serialize, Deserialize)]
+enum Line {
+    /// First: the serving site, its snapshot's seq and per-origin marks.
+    #[serde(rename = "replica")]
+    Header { site: String, pattern: String, seq: u64, marks: Vec<(String, u64)> },
+    /// A history row.
+    #[serde(rename = "h")]
+    History(Row),
+    /// A latest value.
+    #[serde(rename = "l")]
+    Latest(Row),
+    /// Last: how many rows of each came before.
+    #[serde(rename = "end")]
+    End { history: u64, latest: u64 },
+}
+
+/// channel, field, time_us, value, expires_at_us, service, instance.
+type Row = (String, String, u64, String, Option<u64>, String, String);
+
+/// Copies `y`'s rows of `pattern` into tuple imports. Returns y's marks
+/// and the rows copied.
+async fn copy(state: &AppState, pattern: &str, y: &str) -> Result<(Vec<(String, u64)>, u64), String> {
+    use futures_util::StreamExt;
+    let fed = &state.federation;
+    let url = fed.url_of(y).ok_or_else(|| format!("{y} is not a known peer"))?;
+    let res = fed
+        .client()
+        .get(format!("{url}/v1/peer/replica"))
+        .query(&[("pattern", pattern)])
+        .header(axum::http::header::AUTHORIZATION, fed.authorization())
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {y}: {e}"))?;
+    if !res.status().is_success() {
+        let status = res.status();
+        let body = res.text().await.unwrap_or_default();
+        return Err(format!("{y} refused the replica: {status} {body}"));
+    }
+    let mut stream = res.bytes_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut header: Option<Vec<(String, u64)>> = None;
+    let mut batch: Vec<Body> = Vec::with_capacity(IMPORT_BATCH_RECORDS);
+    let (mut history, mut latest) = (0u64, 0u64);
+    loop {
+        let chunk = match tokio::time::timeout(REPLICA_IDLE_MAX, stream.next()).await {
+            Err(_) => return Err(format!("{y}'s replica stream was silent for {REPLICA_IDLE_MAX:?}")),
+            Ok(None) => return Err(format!("{y}'s replica stream ended before its end line")),
+            Ok(Some(Err(e))) => return Err(format!("{y}'s replica stream broke: {e}")),
+            Ok(Some(Ok(c))) => c,
+        };
+        buf.extend_from_slice(&chunk);
+        let mut start = 0;
+        while let Some(at) = buf[start..].iter().position(|b| *b == b'\n') {
+            let line = &buf[start..start + at];
+            start += at + 1;
+            let line: Line = serde_json::from_slice(line).map_err(|e| format!("{y} sent a bad replica line: {e}"))?;
+            match line {
+                Line::Header { site, pattern: p, marks, .. } if header.is_none() && site == y && p == pattern => {
+                    header = Some(marks);
+                }
+                Line::Header { .. } => return Err(format!("{y} sent an unexpected replica header")),
+                Line::History(row) | Line::Latest(row) if header.is_none() => {
+                    return Err(format!("{y} sent row {} before its header", row.0))
+                }
+                Line::History(row) => {
+                    history += 1;
+                    batch.push(import(row, true, false));
+                }
+                Line::Latest(row) => {
+                    latest += 1;
+                    batch.push(import(row, false, true));
+                }
+                Line::End { history: h, latest: l } => {
+                    if (h, l) != (history, latest) {
+                        return Err(format!("{y} announced {h}+{l} rows but sent {history}+{latest}"));
+                    }
+                    flush(state, &mut batch).await?;
+                    let marks = header.ok_or_else(|| format!("{y}'s replica stream had no header"))?;
+                    return Ok((marks, history + latest));
+                }
+            }
+            if batch.len() >= IMPORT_BATCH_RECORDS {
+                flush(state, &mut batch).await?;
+            }
+        }
+        buf.drain(..start);
+        if buf.len() > REPLICA_LINE_BYTES_MAX {
+            return Err(format!("{y} sent a replica line over {REPLICA_LINE_BYTES_MAX} bytes"));
+        }
+    }
+}
+
+fn import(row: Row, history: bool, latest: bool) -> Body {
+    let (channel, field, time_us, value, expires_at_us, service, instance) = row;
+    Body::TupleImport(TupleImport {
+        channel,
+        field,
+        value,
+        time_us,
+        expires_at_us,
+        source: Party { service, instance },
+        history,
+        latest,
+    })
+}
+
+/// Appends the copied rows, and notes the expiries of latest values.
+async fn flush(state: &AppState, batch: &mut Vec<Body>) -> Result<(), String> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let bodies = std::mem::take(batch);
+    let writes: Vec<Option<(String, Option<u64>)>> = bodies
+        .iter()
+        .map(|b| match b {
+            Body::TupleImport(t) if t.latest => Some((crate::pldb::index_key(&t.channel, &t.field), t.expires_at_us)),
+            _ => None,
+        })
+        .collect();
+    let appended = state.store.append(bodies).await.map_err(|e| format!("cannot import rows: {e}"))?;
+    crate::pldb::note_tuple_writes(&state.tuples, appended.first, &writes);
+    Ok(())
+}
+
+/// The query of `GET /v1/peer/replica`.
+#[derive(Deserialize)]
+pub(crate) struct ReplicaQuery {
+    pattern: String,
+}
+
+/// `GET /v1/peer/replica?pattern=P`: this site's rows of a subtree it
+/// records completely, from one snapshot, as JSON lines: a header with the
+/// snapshot's seq and per-origin marks, every history row, every latest
+/// value, and an end line with the counts.
+pub(crate) async fn replica(State(state): State<AppState>, Query(q): Query<ReplicaQuery>) -> Response {
+    if let Err(e) = pepper_storage::validate::monitor_pattern(&q.pattern) {
+        return ApiError::from(e).into_response();
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<Result<(), ApiError>>();
+    let store = state.store.clone();
+    let site = store.site().to_string();
+    let pattern = q.pattern.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut first = Some(first_tx);
+        let result = store.read_blocking(|v| {
+            let complete = v.monitors()?.iter().any(|m| m.pattern == pattern && m.state == MonitorState::Complete);
+            if !complete {
+                if let Some(f) = first.take() {
+                    let _ = f.send(Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "not_a_replica",
+                        format!("this site has no complete monitor of {pattern}"),
+                    )));
+                }
+                return Ok(());
+            }
+            if let Some(f) = first.take() {
+                let _ = f.send(Ok(()));
+            }
+            let mut marks: Vec<(String, u64)> = v.origin_marks()?.into_iter().filter(|(s, _)| *s != site).collect();
+            marks.push((site.clone(), v.seq()));
+            let mut out = Vec::with_capacity(REPLICA_CHUNK_BYTES * 2);
+            let line = |out: &mut Vec<u8>, l: &Line| -> pepper_storage::Result<bool> {
+                serde_json::to_writer(&mut *out, l)
+                    .map_err(|e| pepper_storage::Error::Io(std::io::Error::other(e.to_string())))?;
+                out.push(b'\n');
+                if out.len() >= REPLICA_CHUNK_BYTES {
+                    let full = std::mem::replace(out, Vec::with_capacity(REPLICA_CHUNK_BYTES * 2));
+                    // The reader hung up: stop reading.
+                    return Ok(tx.blocking_send(Ok(full)).is_ok());
+                }
+                Ok(true)
+            };
+            let header = Line::Header { site: site.clone(), pattern: pattern.clone(), seq: v.seq(), marks };
+            if !line(&mut out, &header)? {
+                return Ok(());
+            }
+            let (mut history, mut latest) = (0u64, 0u64);
+            let mut open = true;
+            v.history_under(&pattern, |channel, field, h| {
+                history += 1;
+                let row = (
+                    channel.to_string(),
+                    field.to_string(),
+                    h.time_us,
+                    h.value,
+                    h.expires_at_us,
+                    h.source.service,
+                    h.source.instance,
+                );
+                open = line(&mut out, &Line::History(row))?;
+                Ok(open)
+            })?;
+            if open {
+                v.tuples_under(&pattern, |t| {
+                    latest += 1;
+                    let row =
+                        (t.channel, t.field, t.time_us, t.value, t.expires_at_us, t.source.service, t.source.instance);
+                    open = line(&mut out, &Line::Latest(row))?;
+                    Ok(open)
+                })?;
+            }
+            if open {
+                line(&mut out, &Line::End { history, latest })?;
+                let _ = tx.blocking_send(Ok(out));
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            match first.take() {
+                Some(f) => {
+                    let _ = f.send(Err(ApiError::from(e)));
+                }
+                // Cut the stream short: the reader sees no end line.
+                None => {
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                }
+            }
+        }
+    });
+    match first_rx.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return e.into_response(),
+        Err(_) => {
+            return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "replica reader failed")
+                .into_response()
+        }
+    }
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let mut response = axum::body::Body::from_stream(stream).into_response();
+    response
+        .headers_mut()
+        .insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/x-ndjson"));
+    response
+}
+
+/// `GET /v1/recording`: the policy, what this site sees of each pattern's
+/// monitors, and its own monitors.
+pub(crate) async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let sup = &state.supervisor;
+    let me = state.store.site().to_string();
+    let rows = state.store.read(|v| v.monitors()).await?;
+    let mut policies = Vec::new();
+    for (pattern, replicas) in sup.policies() {
+        let mut monitors: Vec<Value> = sup
+            .live(&pattern, &me)
+            .into_iter()
+            .map(|(site, s)| {
+                json!({ "site": site, "region": s.region, "state": s.state,
+                        "heard_ms_ago": s.last.elapsed().as_millis() as u64 })
+            })
+            .collect();
+        if let Some(r) = rows.iter().find(|r| r.pattern == pattern && r.state != MonitorState::Stopped) {
+            monitors.push(json!({ "site": me, "region": state.federation.region(), "state": r.state.name(),
+                                  "heard_ms_ago": 0 }));
+        }
+        let complete = monitors.iter().filter(|m| m["state"] == "complete").count();
+        policies.push(json!({ "pattern": pattern, "replicas": replicas, "live": monitors.len(),
+                              "complete": complete, "monitors": monitors }));
+    }
+    let local: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({ "pattern": r.pattern, "state": r.state.name(), "seq": r.seq,
+                    "since": crate::envelope::rfc3339_us(r.time_us), "started_seq": r.started_seq,
+                    "source": r.source, "marks": r.marks, "reason": r.reason })
+        })
+        .collect();
+    Ok(Json(json!({
+        "site": me,
+        "interval_ms": sup.interval.as_millis() as u64,
+        "policies": policies,
+        "local": local,
+        "last_backfill": *lock(&sup.last_backfill),
+    })))
+}
+
+/// The body of `PUT /v1/recording/policies`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PolicyBody {
+    pattern: String,
+    replicas: usize,
+}
+
+/// `PUT /v1/recording/policies`: adds a pattern or changes its R.
+pub(crate) async fn put_policy(
+    State(state): State<AppState>,
+    body: Result<Json<PolicyBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(p) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
+    check_policy(&p.pattern, p.replicas).map_err(ApiError::invalid_body)?;
+    let sup = &state.supervisor;
+    let _one_at_a_time = POLICY_WRITES.lock().await;
+    let mut next = sup.policies();
+    next.insert(p.pattern.clone(), p.replicas);
+    if next.len() > POLICIES_MAX {
+        return Err(ApiError::too_large(format!("a policy holds at most {POLICIES_MAX} patterns")));
+    }
+    state.store.set_recording_policy(next.keys().cloned().collect())?;
+    if let Err(e) = state.store.append(vec![policy_doc(&p.pattern, p.replicas)]).await {
+        // Not kept: put back what the store had.
+        state.store.set_recording_policy(sup.policies().keys().cloned().collect())?;
+        return Err(e.into());
+    }
+    *sup.policies.write().unwrap_or_else(|p| p.into_inner()) = next;
+    Ok(Json(json!({ "pattern": p.pattern, "replicas": p.replicas })))
+}
+
+/// The query of `DELETE /v1/recording/policies`.
+#[derive(Deserialize)]
+pub(crate) struct PatternQuery {
+    pattern: String,
+}
+
+/// `DELETE /v1/recording/policies?pattern=P`: drops a pattern; this
+/// site's monitor of it stops at the next evaluation.
+pub(crate) async fn delete_policy(
+    State(state): State<AppState>,
+    Query(q): Query<PatternQuery>,
+) -> Result<StatusCode, ApiError> {
+    let sup = &state.supervisor;
+    let _one_at_a_time = POLICY_WRITES.lock().await;
+    let mut next = sup.policies();
+    if next.remove(&q.pattern).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no recording policy names {}", q.pattern),
+        ));
+    }
+    let key = format!("{POLICY_DOC_PREFIX}{}", q.pattern);
+    state.store.append(vec![Body::DocDelete(DocDelete { key })]).await?;
+    state.store.set_recording_policy(next.keys().cloned().collect())?;
+    *sup.policies.write().unwrap_or_else(|p| p.into_inner()) = next;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Policy changes one at a time, so the store's policy, the documents and
+/// the supervisor's copy agree.
+static POLICY_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The sites a query of `channel` should ask: the live complete monitors
+/// of the policy pattern covering it, this site first if it is one, then
+/// peers that are up by heartbeat latency. `None` when no policy covers it.
+pub(crate) fn recorders(state: &AppState, channel: &str) -> Option<(String, Vec<(String, String)>)> {
+    let sup = &state.supervisor;
+    let pattern = sup.covering(channel)?;
+    let me = state.store.site().to_string();
+    let fed = &state.federation;
+    let peers = fed.peer_list();
+    let mut out: Vec<(String, String, PeerState, f64)> = Vec::new();
+    if sup.local_complete(&pattern) {
+        out.push((me.clone(), fed.local_url(), PeerState::Up, -1.0));
+    }
+    for (site, s) in sup.live(&pattern, &me) {
+        if s.state != "complete" {
+            continue;
+        }
+        if let Some(p) = peers.iter().find(|p| p.name == site) {
+            out.push((site, p.url.clone(), p.state, p.rtt_ms.unwrap_or(f64::MAX)));
+        }
+    }
+    out.sort_by(|a, b| a.2.cmp(&b.2).then(a.3.total_cmp(&b.3)).then(a.0.cmp(&b.0)));
+    Some((pattern, out.into_iter().map(|(s, u, _, _)| (s, u)).collect()))
+}
+
+impl Supervisor {
+    /// Whether this site's own announcements say it records `pattern`
+    /// completely (kept current by the feed of its own announcements and
+    /// its handoff events).
+    pub(crate) fn local_complete(&self, pattern: &str) -> bool {
+        lock(&self.local).get(pattern).is_some_and(|s| *s == MonitorState::Complete)
+    }
+}

@@ -1,0 +1,305 @@
+//! Supervisors with real processes on loopback: the paper's Figure 11. Five
+//! sites, a recording policy of R=2 for one subtree, and a publisher writing
+//! tuples all along. One recording site is killed, R is restored by a
+//! backfilled replica, then the other original recorder is killed, and R is
+//! restored again. The two live recorders then hold the complete history,
+//! no more than R replicas remain, queries are routed to the recorders, and
+//! the handoff can be read as events.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{eventually, Server};
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+
+const SECRET: &str = "test-secret";
+const PATTERN: &str = "/fleet/node/";
+/// Monitor interval of the test's sites: a dead monitor is noticed after
+/// three of them (600 ms).
+const INTERVAL_MS: &str = "200";
+/// The documented bound on restoring R after a kill, with these intervals.
+const RESTORE_MAX: Duration = Duration::from_secs(10);
+
+fn site(dir: &std::path::Path, name: &str, region: &str, seed: Option<&str>) -> Server {
+    let mut args = vec![
+        "--site",
+        name,
+        "--region",
+        region,
+        "--peer-secret",
+        SECRET,
+        "--heartbeat-ms",
+        "100",
+        "--monitor-interval-ms",
+        INTERVAL_MS,
+        "--record",
+        "/fleet/node/=2",
+    ];
+    let peer;
+    if let Some(url) = seed {
+        peer = format!("s1={url}");
+        args.extend(["--peer", peer.as_str()]);
+    }
+    Server::start(&dir.join(name), &args)
+}
+
+fn get(http: &Client, s: &Server, path: &str) -> Value {
+    http.get(s.at(path)).send().unwrap().json().unwrap()
+}
+
+/// The sites `s` sees recording the pattern completely.
+fn complete_recorders(http: &Client, s: &Server) -> BTreeSet<String> {
+    let v = get(http, s, "/v1/recording");
+    let Some(p) = v["policies"].as_array().and_then(|ps| ps.iter().find(|p| p["pattern"] == PATTERN)) else {
+        return BTreeSet::new();
+    };
+    p["monitors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["state"] == "complete")
+        .map(|m| m["site"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn live_monitors(http: &Client, s: &Server) -> usize {
+    let v = get(http, s, "/v1/recording");
+    v["policies"][0]["live"].as_u64().unwrap() as usize
+}
+
+/// A site's own history of (channel, field), read locally, every page.
+fn local_history(http: &Client, s: &Server, channel: &str, field: &str) -> Vec<String> {
+    history(http, s, channel, field, "local")
+}
+
+fn history(http: &Client, s: &Server, channel: &str, field: &str, scope: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut since = 0u64;
+    loop {
+        let path = format!("/v1/tuples/history?channel={channel}&field={field}&scope={scope}&limit=1000&since={since}");
+        let v = get(http, s, &path);
+        let rows = v["history"].as_array().unwrap_or_else(|| panic!("{v}"));
+        out.extend(rows.iter().map(|h| h["value"].as_str().unwrap().to_string()));
+        match rows.last() {
+            Some(last) if rows.len() == 1000 => since = last["seq"].as_u64().unwrap() + 1,
+            _ => return out,
+        }
+    }
+}
+
+#[test]
+fn recorders_are_replaced_with_their_history_after_kills() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let s1 = site(dir.path(), "s1", "r1", None);
+    let mut servers: BTreeMap<String, Server> = BTreeMap::new();
+    for (name, region) in [("s2", "r1"), ("s3", "r2"), ("s4", "r2"), ("s5", "r3")] {
+        servers.insert(name.into(), site(dir.path(), name, region, Some(&s1.url)));
+    }
+    servers.insert("s1".into(), s1);
+    let any = |servers: &BTreeMap<String, Server>, not: &BTreeSet<String>| -> String {
+        servers.keys().find(|k| !not.contains(*k)).unwrap().clone()
+    };
+
+    // The supervisors converge on exactly two complete monitors.
+    let mut original = BTreeSet::new();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            original = complete_recorders(&http, &servers["s1"]);
+            original.len() == 2 && servers.values().all(|s| complete_recorders(&http, s) == original)
+        }),
+        "never two recorders: {}",
+        get(&http, &servers["s1"], "/v1/recording")
+    );
+
+    // A publisher writes tuples all along into the sites that do not record
+    // (they are never killed), each value unique.
+    let publishers: Vec<String> =
+        servers.iter().filter(|(k, _)| !original.contains(*k)).map(|(_, s)| s.url.clone()).collect();
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let http = Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // Each node's channel is published through one site, as a
+                // node's agent does: its updates have one order everywhere.
+                let node = n % 4;
+                let channel = format!("{PATTERN}h{node}/");
+                let value = format!("v{n:06}");
+                let url = &publishers[node as usize % publishers.len()];
+                let body = json!({"id": format!("p{n}"), "channel": channel, "type": "attribute",
+                                  "from": {"service": "agent", "instance": "test"},
+                                  "payload": {"field": "load", "value": value}});
+                let res = http.post(format!("{url}/v1/events")).json(&body).send().unwrap();
+                assert!(res.status().is_success(), "{}", res.text().unwrap());
+                acked.lock().unwrap().push((channel, value));
+                n += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(800));
+
+    // Kill one recorder; wait until R is restored without it.
+    let mut dead = BTreeSet::new();
+    let mut restore_times = Vec::new();
+    for round in 0..2 {
+        let victim = original.iter().nth(round).unwrap().clone();
+        servers.remove(&victim).unwrap().kill();
+        dead.insert(victim.clone());
+        let killed_at = Instant::now();
+        let watcher = any(&servers, &BTreeSet::new());
+        let mut now_recording = BTreeSet::new();
+        assert!(
+            eventually(RESTORE_MAX, || {
+                now_recording = complete_recorders(&http, &servers[&watcher]);
+                now_recording.len() == 2 && now_recording.is_disjoint(&dead)
+            }),
+            "round {round}: R not restored within {RESTORE_MAX:?} of killing {victim}: {}",
+            get(&http, &servers[&watcher], "/v1/recording")
+        );
+        restore_times.push(killed_at.elapsed());
+        // Keep publishing a little across the restored state.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("R restored after each kill in {restore_times:?}");
+    stop.store(true, Ordering::Relaxed);
+    publisher.join().unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 100, "the publisher wrote {} tuples", acked.len());
+
+    // Two live recorders, neither an original, each with the complete
+    // history of every tuple, in order and without repeats.
+    let watcher = any(&servers, &BTreeSet::new());
+    let recorders = complete_recorders(&http, &servers[&watcher]);
+    assert_eq!(recorders.len(), 2);
+    assert!(recorders.is_disjoint(&original));
+    let mut want: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (channel, value) in &acked {
+        want.entry(channel.clone()).or_default().push(value.clone());
+    }
+    for r in &recorders {
+        let s = &servers[r];
+        assert!(
+            eventually(Duration::from_secs(10), || want
+                .iter()
+                .all(|(channel, values)| local_history(&http, s, channel, "load") == *values)),
+            "{r} does not hold the complete history: {}",
+            want.iter()
+                .map(|(c, values)| {
+                    let got = local_history(&http, s, c, "load");
+                    let missing: Vec<&String> = values.iter().filter(|v| !got.contains(v)).collect();
+                    let extra: Vec<&String> = got.iter().filter(|v| !values.contains(v)).collect();
+                    format!("{c}: want {} got {}, missing {missing:?}, extra {extra:?}; ", values.len(), got.len())
+                })
+                .collect::<String>()
+        );
+    }
+
+    // Steady state: no more than R replicas, and the others record nothing.
+    std::thread::sleep(Duration::from_millis(2000));
+    for (name, s) in &servers {
+        assert!(live_monitors(&http, s) <= 2, "{name} sees {}", get(&http, s, "/v1/recording"));
+        assert_eq!(complete_recorders(&http, s), recorders, "{name}");
+        if !recorders.contains(name) {
+            let channel = &acked[0].0;
+            assert!(local_history(&http, s, channel, "load").is_empty(), "{name} records without a monitor");
+        }
+    }
+
+    // A query on a non-recorder, without a scope, goes to a recorder.
+    let reader = servers.keys().find(|k| !recorders.contains(*k)).unwrap();
+    let (last_channel, last_value) = acked.last().unwrap();
+    let v = get(&http, &servers[reader], &format!("/v1/tuples?channel={last_channel}&field=load"));
+    assert_eq!(v["tuples"][0]["value"].as_str(), Some(last_value.as_str()), "{v}");
+    let used: Vec<&Value> = v["manifest"]["sites"].as_array().unwrap().iter().filter(|s| s["used"] == true).collect();
+    assert_eq!(used.len(), 1, "{v}");
+    assert!(recorders.contains(used[0]["site"].as_str().unwrap()), "{v}");
+    // And with scope=recorders, the history too.
+    let values = history(&http, &servers[reader], last_channel, "load", "recorders");
+    assert_eq!(values, want[last_channel.as_str()]);
+
+    // The handoff is visible as events on the pattern's monitor channel.
+    let events = get(&http, &servers[&watcher], "/v1/events?channel=/pepper/monitors/fleet/node/&limit=1000");
+    let types: BTreeSet<(String, String)> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["type"].as_str().unwrap().to_string(), e["payload"]["site"].as_str().unwrap().to_string()))
+        .collect();
+    for r in &recorders {
+        for ty in ["pepper.monitor.start", "pepper.monitor.backfill", "pepper.monitor.complete"] {
+            assert!(types.contains(&(ty.to_string(), r.clone())), "no {ty} from {r}: {types:?}");
+        }
+    }
+}
+
+#[test]
+fn policies_are_checked_kept_and_changed_at_run_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let s = Server::start(&dir.path().join("one"), &["--site", "one", "--monitor-interval-ms", "50"]);
+    // Bad policies get 400 and change nothing.
+    for (body, needle) in [
+        (json!({"pattern": "/a", "replicas": 2}), "end with '/'"),
+        (json!({"pattern": "/a/", "replicas": 0}), "replicas"),
+        (json!({"pattern": "/a/", "replicas": 99}), "replicas"),
+        (json!({"pattern": "/pepper/x/", "replicas": 1}), "/pepper/"),
+        (json!({"pattern": "/a/", "replicas": 1, "extra": 1}), "extra"),
+    ] {
+        let res = http.put(s.at("/v1/recording/policies")).json(&body).send().unwrap();
+        assert_eq!(res.status(), 400, "{body}");
+        assert!(res.text().unwrap().contains(needle), "{body}");
+    }
+    let res = http.put(s.at("/v1/recording/policies")).json(&json!({"pattern": "/a/", "replicas": 1})).send().unwrap();
+    assert_eq!(res.status(), 200);
+    // A nesting pattern is refused.
+    let res =
+        http.put(s.at("/v1/recording/policies")).json(&json!({"pattern": "/a/b/", "replicas": 1})).send().unwrap();
+    assert_eq!(res.status(), 400);
+    // A single site starts the one monitor the policy wants, with nothing to
+    // copy, and records from then on.
+    assert!(eventually(Duration::from_secs(10), || complete_recorders_of(&http, &s, "/a/") == ["one"]));
+    let body = json!({"channel": "/a/h/", "type": "attribute", "payload": {"field": "f", "value": "1"}});
+    assert!(http.post(s.at("/v1/events")).json(&body).send().unwrap().status().is_success());
+    let v = get(&http, &s, "/v1/tuples?channel=/a/h/&field=f");
+    assert_eq!(v["tuples"][0]["value"], "1", "{v}");
+    // Kept across a restart.
+    let data = dir.path().join("one");
+    s.stop();
+    let s = Server::start(&data, &["--site", "one", "--monitor-interval-ms", "50"]);
+    let v = get(&http, &s, "/v1/recording");
+    assert_eq!(v["policies"][0]["pattern"], "/a/", "{v}");
+    assert_eq!(v["local"][0]["state"], "complete", "{v}");
+    // Dropping the policy stops the monitor and removes its rows.
+    let res = http.delete(s.at("/v1/recording/policies?pattern=/a/")).send().unwrap();
+    assert_eq!(res.status(), 204);
+    assert!(eventually(Duration::from_secs(10), || get(&http, &s, "/v1/recording")["local"][0]["state"] == "stopped"));
+    let v = get(&http, &s, "/v1/tuples?channel=/a/h/&field=f");
+    assert!(v["tuples"].as_array().unwrap().is_empty(), "{v}");
+    let res = http.delete(s.at("/v1/recording/policies?pattern=/a/")).send().unwrap();
+    assert_eq!(res.status(), 404);
+}
+
+fn complete_recorders_of(http: &Client, s: &Server, pattern: &str) -> Vec<String> {
+    let v = get(http, s, "/v1/recording");
+    let Some(p) = v["policies"].as_array().and_then(|ps| ps.iter().find(|p| p["pattern"] == pattern)) else {
+        return Vec::new();
+    };
+    p["monitors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["state"] == "complete")
+        .map(|m| m["site"].as_str().unwrap().to_string())
+        .collect()
+}
