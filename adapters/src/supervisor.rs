@@ -452,17 +452,15 @@ async fn evaluate(state: &AppState) -> Result<(), pepper_storage::Error> {
                 plan.start_at = None;
                 continue;
             }
-            let now = Instant::now();
-            let at = *plan.start_at.get_or_insert_with(|| {
+            if plan.start_at.is_none() {
                 let region_has = others.iter().any(|(_, s)| s.region.is_some() && s.region == my_region);
-                let weight = 1.0 + if region_has { 2.0 } else { 0.0 } + running.len() as f64;
-                let jitter = 0.5 + rand::random::<f64>();
-                now + sup.interval.mul_f64(weight * jitter)
-            });
-            if now >= at {
-                plan.start_at = None;
-                drop(plans);
-                spawn_start(state, pattern);
+                let delay = start_delay(sup.interval, region_has, running.len(), rand::random::<f64>());
+                plan.start_at = Some(Instant::now() + delay);
+                let (state, pattern, replicas) = (state.clone(), pattern.clone(), replicas);
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    start_if_still_short(&state, &pattern, replicas).await;
+                });
             }
             continue;
         }
@@ -500,6 +498,32 @@ async fn evaluate(state: &AppState) -> Result<(), pepper_storage::Error> {
         }
     }
     Ok(())
+}
+
+/// How long a site short of monitors waits before starting one: `interval
+/// x (tier + draw)`, where `tier` is 2 if its region has a monitor of the
+/// pattern already, plus the monitors it runs, and `draw` is uniform in
+/// [0, 1). A site of a lower tier always fires first; within a tier the
+/// draw spreads the sites over one interval, far longer than an
+/// announcement takes to reach the others, so one fires and the rest see
+/// the count restored.
+fn start_delay(interval: Duration, region_has: bool, monitors_here: usize, draw: f64) -> Duration {
+    let tier = if region_has { 2.0 } else { 0.0 } + monitors_here as f64;
+    interval.mul_f64(tier + draw.clamp(0.0, 0.999))
+}
+
+/// When a planned start's delay is over: starts the monitor if the
+/// pattern is still short and nothing started here meanwhile.
+async fn start_if_still_short(state: &AppState, pattern: &str, replicas: usize) {
+    let sup = &state.supervisor;
+    lock(&sup.plans).entry(pattern.to_string()).or_default().start_at = None;
+    if sup.policies().get(pattern) != Some(&replicas) || lock(&sup.local).contains_key(pattern) {
+        return;
+    }
+    let live = sup.live(pattern, state.store.site()).len();
+    if live < replicas {
+        spawn_start(state, pattern);
+    }
 }
 
 /// A complete monitor, for the stop rule.
@@ -1082,5 +1106,67 @@ impl Supervisor {
     /// its handoff events).
     pub(crate) fn local_complete(&self, pattern: &str) -> bool {
         lock(&self.local).get(pattern).is_some_and(|s| *s == MonitorState::Complete)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(site: &str, region: Option<&str>, monitors: usize, since_us: u64) -> Candidate {
+        Candidate { site: site.into(), region: region.map(Into::into), monitors, since_us }
+    }
+
+    #[test]
+    fn the_stop_rule_prefers_crowded_regions_busy_sites_then_the_newest() {
+        // Two in r1, one in r2: one of r1's stops, the busier site.
+        let v = victim(&[c("a", Some("r1"), 1, 10), c("b", Some("r1"), 3, 5), c("z", Some("r2"), 9, 99)]);
+        assert_eq!(v.as_deref(), Some("b"));
+        // Same region count and load: the one that completed last.
+        let v = victim(&[c("a", Some("r1"), 1, 10), c("b", Some("r1"), 1, 20), c("c", Some("r2"), 1, 30)]);
+        assert_eq!(v.as_deref(), Some("b"));
+        // All equal: the greatest name. Every site computes the same.
+        let all = [c("a", None, 1, 1), c("c", None, 1, 1), c("b", None, 1, 1)];
+        assert_eq!(victim(&all).as_deref(), Some("c"));
+        let mut reversed = all.to_vec();
+        reversed.reverse();
+        assert_eq!(victim(&reversed), victim(&all));
+        assert_eq!(victim(&[]), None);
+    }
+
+    #[test]
+    fn placement_delays_favour_other_regions_and_idle_sites() {
+        let i = Duration::from_millis(100);
+        // Whatever the draws, a site in a new region with no monitors fires
+        // before one in a covered region, or one already running a monitor.
+        let best = start_delay(i, false, 0, 1.0);
+        assert!(best < start_delay(i, true, 0, 0.0));
+        assert!(best < start_delay(i, false, 1, 0.0));
+        assert!(start_delay(i, false, 1, 1.0) < start_delay(i, true, 0, 0.0));
+        assert_eq!(start_delay(i, false, 0, 0.0), Duration::ZERO);
+        assert_eq!(start_delay(i, true, 1, 0.5), Duration::from_millis(350));
+    }
+
+    #[test]
+    fn policies_parse_or_say_what_is_wrong() {
+        assert_eq!(parse_policy("/example.com/node/=2"), Ok(("/example.com/node/".to_string(), 2)));
+        for (bad, needle) in [
+            ("/a/", "PATTERN=R"),
+            ("/a/=x", "not a number"),
+            ("/a=2", "end with"),
+            ("/a/=0", "replicas"),
+            ("/a/=17", "replicas"),
+            ("/pepper/m/=1", "/pepper/"),
+            ("/*/=1", "recording pattern"),
+        ] {
+            let err = parse_policy(bad).expect_err(bad);
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn announcement_channels_follow_the_pattern() {
+        assert_eq!(announce_channel("/example.com/node/"), "/pepper/monitors/example.com/node/");
+        assert!(pepper_router::Channel::parse(&announce_channel("/example.com/node/")).is_ok());
     }
 }
