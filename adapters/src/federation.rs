@@ -1085,7 +1085,28 @@ pub(crate) async fn records(
     if received.is_empty() {
         return Err(ApiError::invalid_body("an empty batch"));
     }
+    // Expiries of received attribute updates, in case this site records
+    // them (a monitor of their channel): an entry for an update it did not
+    // record is harmless, since expiring a tuple that is not live, or not
+    // yet due, is refused and the entry corrected then.
+    let expiries: Vec<Option<(String, u64)>> = received
+        .iter()
+        .map(|(_, body)| match body {
+            Body::Event(Event { channel, tuple: Some(t), .. }) => {
+                t.expires_at_us.map(|at| (crate::pldb::index_key(channel, &t.field), at))
+            }
+            _ => None,
+        })
+        .collect();
     let appended = state.store.receive(&origin, received).await?;
+    if appended.written() > 0 {
+        // The dropped records are the first ones (at or below the mark).
+        for (i, e) in expiries.iter().skip(appended.dropped as usize).enumerate() {
+            if let Some((key, at)) = e {
+                state.tuples.set(key, *at, appended.first + i as u64);
+            }
+        }
+    }
     Ok(Json(
         json!({ "appended": appended.written(), "dropped": appended.dropped, "mark": state.store.origin_mark(&origin)? }),
     ))

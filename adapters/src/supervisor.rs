@@ -623,6 +623,9 @@ async fn start(state: &AppState, pattern: &str) -> Result<(), String> {
     };
     let done = state.store.monitor_complete(pattern, &source_name, marks).await.map_err(|e| e.to_string())?;
     lock(&sup.local).insert(pattern.to_string(), MonitorState::Complete);
+    if let Err(e) = note_expiries(state, pattern).await {
+        tracing::warn!(pattern, error = %e, "cannot index the expiries of a backfilled subtree");
+    }
     let elapsed = started.elapsed();
     let backfill = Backfill {
         pattern: pattern.to_string(),
@@ -838,21 +841,37 @@ fn import(row: Row, history: bool, latest: bool) -> Body {
     })
 }
 
-/// Appends the copied rows, and notes the expiries of latest values.
+/// Appends the copied rows.
 async fn flush(state: &AppState, batch: &mut Vec<Body>) -> Result<(), String> {
     if batch.is_empty() {
         return Ok(());
     }
     let bodies = std::mem::take(batch);
-    let writes: Vec<Option<(String, Option<u64>)>> = bodies
-        .iter()
-        .map(|b| match b {
-            Body::TupleImport(t) if t.latest => Some((crate::pldb::index_key(&t.channel, &t.field), t.expires_at_us)),
-            _ => None,
+    state.store.append(bodies).await.map_err(|e| format!("cannot import rows: {e}"))?;
+    Ok(())
+}
+
+/// Puts the expiries of `pattern`'s latest values, as the completion left
+/// them (copied and held updates alike), into the tuple expiry index.
+async fn note_expiries(state: &AppState, pattern: &str) -> Result<(), String> {
+    let p = pattern.to_string();
+    let due = state
+        .store
+        .read(move |v| {
+            let mut due = Vec::new();
+            v.tuples_under(&p, |t| {
+                if let Some(at) = t.expires_at_us {
+                    due.push((crate::pldb::index_key(&t.channel, &t.field), at, t.seq));
+                }
+                Ok(true)
+            })?;
+            Ok(due)
         })
-        .collect();
-    let appended = state.store.append(bodies).await.map_err(|e| format!("cannot import rows: {e}"))?;
-    crate::pldb::note_tuple_writes(&state.tuples, appended.first, &writes);
+        .await
+        .map_err(|e| e.to_string())?;
+    for (key, at, seq) in due {
+        state.tuples.set(&key, at, seq);
+    }
     Ok(())
 }
 
