@@ -371,6 +371,15 @@ async fn fan_out(state: AppState, params: Params, request: Request) -> Result<Re
         "elapsed_ms": started.elapsed().as_millis() as u64,
         "sites": sites,
     });
+    if params.scope == Scope::Recorders && answered == 0 && sites.iter().all(|s| s["status"] != "error") {
+        // Not "no rows": no recorder could be asked in time.
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_recorder",
+            format!("none of the {asked} sites recording this subtree answered"),
+        )
+        .with_extra("manifest", manifest));
+    }
     let min = params.min_sites.unwrap_or(if params.scope == Scope::Recorders { 1 } else { asked });
     if params.deny_partial && answered < min {
         return Err(ApiError::new(

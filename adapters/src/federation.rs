@@ -1158,34 +1158,36 @@ async fn gap_markers(state: &AppState, origin: &str, from: u64, to: u64) -> Resu
 /// The type of gap markers; leases receive them whatever their types.
 pub const GAP_TYPE: &str = "pepper.gap";
 
-/// `GET /v1/sites`: this site and every peer it knows, with state, last
-/// contact, latency and forwarding lag.
 /// `GET /v1/peer/cut?site=M&toward=Y`: what a new monitor on site M needs
 /// to know before it copies a replica from Y (see `docs/supervisors.md`):
 /// this site's last sequence number, the version of M's interests it
 /// holds, and the next sequence number its forwarder sends Y.
 pub(crate) async fn cut(
     State(state): State<AppState>,
-    axum::extract::Query(q): axum::extract::Query<CutQuery>,
+    query: Result<axum::extract::Query<CutQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     check_site(&q.site).map_err(ApiError::invalid_query)?;
     check_site(&q.toward).map_err(ApiError::invalid_query)?;
     let fed = &state.federation;
-    Ok(Json(json!({
-        "site": fed.site,
-        "seq": state.store.last_seq(),
-        "interests_version": fed.interests_version_of(&q.site),
-        "cursor": fed.cursor_toward(&q.toward),
-    })))
+    // The version first: a seq read after it is at least where the log was
+    // when the interests arrived.
+    let interests_version = fed.interests_version_of(&q.site);
+    let seq = state.store.last_seq();
+    let cursor = fed.cursor_toward(&q.toward);
+    Ok(Json(json!({ "site": fed.site, "seq": seq, "interests_version": interests_version, "cursor": cursor })))
 }
 
 /// The query of `GET /v1/peer/cut`.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct CutQuery {
     site: String,
     toward: String,
 }
 
+/// `GET /v1/sites`: this site and every peer it knows, with state, last
+/// contact, latency and forwarding lag.
 pub(crate) async fn sites(State(state): State<AppState>) -> Json<Value> {
     let fed = &state.federation;
     let head = state.store.last_seq();

@@ -372,12 +372,37 @@ async fn read_announcements(state: AppState) {
     }
 }
 
+/// One monitor event to publish.
+struct Note<'a> {
+    event_type: &'a str,
+    pattern: &'a str,
+    status: &'a str,
+    since_us: u64,
+    extra: Value,
+}
+
 /// Publishes a monitor event of `event_type` about `pattern` on this site.
 async fn publish(state: &AppState, event_type: &str, pattern: &str, status: &str, since_us: u64, extra: Value) {
-    let monitors = match state.store.read(|v| v.monitors()).await {
-        Ok(rows) => rows.iter().filter(|r| r.state != MonitorState::Stopped).count(),
-        Err(_) => 0,
-    };
+    let monitors = lock(&state.supervisor.local).len();
+    publish_all(state, monitors, vec![Note { event_type, pattern, status, since_us, extra }]).await;
+}
+
+/// Publishes monitor events in one append; `monitors` is the number this
+/// site runs, as its evaluation counted them.
+async fn publish_all(state: &AppState, monitors: usize, notes: Vec<Note<'_>>) {
+    if notes.is_empty() {
+        return;
+    }
+    let bodies: Vec<Body> = notes.into_iter().map(|n| Body::Event(monitor_event(state, monitors, n))).collect();
+    for chunk in bodies.chunks(pepper_storage::limits::BATCH_RECORDS_MAX) {
+        if let Err(e) = state.store.append(chunk.to_vec()).await {
+            tracing::warn!(error = %e, "cannot publish monitor events");
+        }
+    }
+}
+
+fn monitor_event(state: &AppState, monitors: usize, n: Note<'_>) -> Event {
+    let Note { event_type, pattern, status, since_us, extra } = n;
     let a = Announcement {
         site: state.store.site().to_string(),
         region: state.federation.region().map(str::to_string),
@@ -390,7 +415,7 @@ async fn publish(state: &AppState, event_type: &str, pattern: &str, status: &str
     if let (Some(p), Value::Object(more)) = (payload.as_object_mut(), extra) {
         p.extend(more);
     }
-    let event = Event {
+    Event {
         id: crate::envelope::new_event_id(),
         channel: announce_channel(pattern),
         event_type: event_type.to_string(),
@@ -400,9 +425,6 @@ async fn publish(state: &AppState, event_type: &str, pattern: &str, status: &str
         payload: payload.to_string().into_bytes(),
         assigned: Vec::new(),
         tuple: None,
-    };
-    if let Err(e) = state.store.append(vec![Body::Event(event)]).await {
-        tracing::warn!(error = %e, pattern, event_type, "cannot publish a monitor event");
     }
 }
 
@@ -411,15 +433,28 @@ async fn publish(state: &AppState, event_type: &str, pattern: &str, status: &str
 async fn evaluate(state: &AppState) -> Result<(), pepper_storage::Error> {
     let sup = &state.supervisor;
     let me = state.store.site().to_string();
+    // Busy first: a start or stop that ends after this copy shows in the
+    // rows read next, so a fresh completion is never taken for an
+    // interrupted import.
+    let busy = lock(&sup.busy).clone();
     let rows = state.store.read(|v| v.monitors()).await?;
     let running: BTreeMap<String, MonitorRow> =
         rows.into_iter().filter(|r| r.state != MonitorState::Stopped).map(|r| (r.pattern.clone(), r)).collect();
     *lock(&sup.local) = running.iter().map(|(p, r)| (p.clone(), r.state)).collect();
-    for row in running.values() {
-        publish(state, "pepper.monitor", &row.pattern, row.state.name(), row.time_us, json!({})).await;
-    }
+    // A start or stop in flight announces itself when it is done.
+    let notes = running
+        .values()
+        .filter(|r| !busy.contains(&r.pattern))
+        .map(|r| Note {
+            event_type: "pepper.monitor",
+            pattern: &r.pattern,
+            status: r.state.name(),
+            since_us: r.time_us,
+            extra: json!({}),
+        })
+        .collect();
+    publish_all(state, running.len(), notes).await;
     let policies = sup.policies();
-    let busy = lock(&sup.busy).clone();
     for (pattern, row) in &running {
         if busy.contains(pattern) {
             continue;
@@ -428,7 +463,7 @@ async fn evaluate(state: &AppState) -> Result<(), pepper_storage::Error> {
             spawn_stop(state, pattern, "no recording policy names it any more".into());
         } else if row.state == MonitorState::Importing {
             // No backfill in flight here: it was cut off by a restart.
-            spawn_stop(state, pattern, "its backfill was interrupted".into());
+            spawn_stop_interrupted(state, pattern, row.started_seq);
         }
     }
     let my_region = state.federation.region().map(str::to_string);
@@ -556,14 +591,50 @@ fn victim(complete: &[Candidate]) -> Option<String> {
         .map(|c| c.site.clone())
 }
 
-fn spawn_stop(state: &AppState, pattern: &str, reason: String) {
-    if !lock(&state.supervisor.busy).insert(pattern.to_string()) {
-        return;
+/// Marks a pattern busy (a start or stop in flight) until dropped, even if
+/// the task panics.
+struct Busy {
+    state: AppState,
+    pattern: String,
+}
+
+impl Busy {
+    fn take(state: &AppState, pattern: &str) -> Option<Busy> {
+        lock(&state.supervisor.busy)
+            .insert(pattern.to_string())
+            .then(|| Busy { state: state.clone(), pattern: pattern.to_string() })
     }
-    let (state, pattern) = (state.clone(), pattern.to_string());
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        lock(&self.state.supervisor.busy).remove(&self.pattern);
+    }
+}
+
+fn spawn_stop(state: &AppState, pattern: &str, reason: String) {
+    let Some(busy) = Busy::take(state, pattern) else { return };
+    let pattern = pattern.to_string();
     tokio::spawn(async move {
-        stop(&state, &pattern, &reason).await;
-        lock(&state.supervisor.busy).remove(&pattern);
+        stop(&busy.state, &pattern, &reason).await;
+        drop(busy);
+    });
+}
+
+/// Stops an import no backfill runs for, if it is still the same import.
+fn spawn_stop_interrupted(state: &AppState, pattern: &str, started_seq: u64) {
+    let Some(busy) = Busy::take(state, pattern) else { return };
+    let pattern = pattern.to_string();
+    tokio::spawn(async move {
+        let state = &busy.state;
+        let same = state.store.read(|v| v.monitors()).await.is_ok_and(|rows| {
+            rows.iter()
+                .any(|r| r.pattern == pattern && r.state == MonitorState::Importing && r.started_seq == started_seq)
+        });
+        if same {
+            stop(state, &pattern, "its backfill was interrupted").await;
+        }
+        drop(busy);
     });
 }
 
@@ -582,43 +653,45 @@ async fn stop(state: &AppState, pattern: &str, reason: &str) {
 }
 
 fn spawn_start(state: &AppState, pattern: &str) {
-    if !lock(&state.supervisor.busy).insert(pattern.to_string()) {
-        return;
-    }
-    let (state, pattern) = (state.clone(), pattern.to_string());
+    let Some(busy) = Busy::take(state, pattern) else { return };
+    let pattern = pattern.to_string();
     tokio::spawn(async move {
-        if let Err(e) = start(&state, &pattern).await {
+        let state = &busy.state;
+        let me = state.store.site().to_string();
+        let short = state.supervisor.live(&pattern, &me).len();
+        let started = Instant::now();
+        let reason = format!("{short} live replicas, fewer than the policy's");
+        if let Err(e) = state.store.monitor_start(&pattern, &reason).await {
+            // Nothing started: leave whatever is there alone.
+            tracing::warn!(pattern, error = %e, "cannot start a monitor");
+            return;
+        }
+        lock(&state.supervisor.local).insert(pattern.clone(), MonitorState::Importing);
+        if let Err(e) = backfill(state, &pattern, started).await {
             tracing::warn!(pattern, error = %e, "monitor backfill failed");
             let _ = state.store.monitor_stop(&pattern, &format!("backfill failed: {e}")).await;
+            lock(&state.supervisor.local).remove(&pattern);
             state.federation.drop_interest(&interest(&pattern));
-            publish(&state, "pepper.monitor.failed", &pattern, "stopped", now_us(), json!({ "error": e })).await;
+            publish(state, "pepper.monitor.failed", &pattern, "stopped", now_us(), json!({ "error": e })).await;
         }
-        lock(&state.supervisor.busy).remove(&pattern);
+        drop(busy);
     });
 }
 
-/// Starts a monitor of `pattern` here and backfills it.
-async fn start(state: &AppState, pattern: &str) -> Result<(), String> {
+/// Backfills the monitor of `pattern` this site just started.
+async fn backfill(state: &AppState, pattern: &str, started: Instant) -> Result<(), String> {
     let sup = &state.supervisor;
     let me = state.store.site().to_string();
-    let short = sup.live(pattern, &me).len();
-    let started = Instant::now();
-    state
-        .store
-        .monitor_start(pattern, &format!("{short} live replicas, fewer than the policy's"))
-        .await
-        .map_err(|e| e.to_string())?;
     publish(state, "pepper.monitor.start", pattern, "importing", now_us(), json!({})).await;
     // Origins forward the subtree here from now on (held updates).
     state.federation.hold_interest(state, interest(pattern)).await;
-    let source = choose_source(state, pattern, &me);
-    let (marks, source_name, rows) = match &source {
+    let (marks, source_name, rows) = match choose_source(state, pattern, &me)? {
         None => (Vec::new(), String::new(), 0),
         Some(y) => {
-            wait_for_cut(state, y).await?;
+            wait_for_cut(state, &y).await?;
             publish(state, "pepper.monitor.backfill", pattern, "importing", now_us(), json!({ "source": y })).await;
-            let (marks, rows) = copy(state, pattern, y).await?;
-            (marks, y.clone(), rows)
+            let (marks, rows) = copy(state, pattern, &y).await?;
+            (marks, y, rows)
         }
     };
     let done = state.store.monitor_complete(pattern, &source_name, marks).await.map_err(|e| e.to_string())?;
@@ -646,21 +719,34 @@ async fn start(state: &AppState, pattern: &str) -> Result<(), String> {
 }
 
 /// The replica to copy from: a live complete monitor on a peer that is up,
-/// the lowest heartbeat latency first.
-fn choose_source(state: &AppState, pattern: &str, me: &str) -> Option<String> {
+/// the lowest heartbeat latency first. `None` only when no complete
+/// monitor is announced at all (the first of a new policy); one announced
+/// but not up is an error, retried later, so a replica never completes
+/// empty while the subtree's history exists elsewhere.
+fn choose_source(state: &AppState, pattern: &str, me: &str) -> Result<Option<String>, String> {
     let peers = state.federation.peer_list();
-    let mut candidates: Vec<(String, f64)> = state
+    let complete: Vec<String> = state
         .supervisor
         .live(pattern, me)
         .into_iter()
         .filter(|(_, s)| s.state == "complete")
-        .filter_map(|(site, _)| {
-            let p = peers.iter().find(|p| p.name == site && p.state == PeerState::Up)?;
-            Some((site, p.rtt_ms.unwrap_or(f64::MAX)))
+        .map(|(site, _)| site)
+        .collect();
+    if complete.is_empty() {
+        return Ok(None);
+    }
+    let mut candidates: Vec<(String, f64)> = complete
+        .iter()
+        .filter_map(|site| {
+            let p = peers.iter().find(|p| p.name == *site && p.state == PeerState::Up)?;
+            Some((site.clone(), p.rtt_ms.unwrap_or(f64::MAX)))
         })
         .collect();
     candidates.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-    candidates.into_iter().next().map(|(site, _)| site)
+    match candidates.into_iter().next() {
+        Some((site, _)) => Ok(Some(site)),
+        None => Err(format!("no complete replica is reachable right now (announced: {})", complete.join(", "))),
+    }
 }
 
 /// Waits until every update the replica `y` will not have reaches this
@@ -760,19 +846,34 @@ async fn copy(state: &AppState, pattern: &str, y: &str) -> Result<(Vec<(String, 
     use futures_util::StreamExt;
     let fed = &state.federation;
     let url = fed.url_of(y).ok_or_else(|| format!("{y} is not a known peer"))?;
-    let res = fed
-        .client()
-        .get(format!("{url}/v1/peer/replica"))
-        .query(&[("pattern", pattern)])
-        .header(axum::http::header::AUTHORIZATION, fed.authorization())
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach {y}: {e}"))?;
-    if !res.status().is_success() {
+    let me = state.store.site().to_string();
+    // Y takes its snapshot only once it holds this site's interest in the
+    // subtree: Y's own updates after the snapshot are then forwarded here.
+    let version = fed.interests_version().to_string();
+    let deadline = Instant::now() + CUT_WAIT_MAX;
+    let res = loop {
+        let sent = fed
+            .client()
+            .get(format!("{url}/v1/peer/replica"))
+            .query(&[("pattern", pattern), ("site", me.as_str()), ("version", version.as_str())])
+            .header(axum::http::header::AUTHORIZATION, fed.authorization())
+            .send();
+        let res = match tokio::time::timeout(REPLICA_IDLE_MAX, sent).await {
+            Err(_) => return Err(format!("{y} did not answer the replica request in {REPLICA_IDLE_MAX:?}")),
+            Ok(Err(e)) => return Err(format!("cannot reach {y}: {e}")),
+            Ok(Ok(res)) => res,
+        };
+        if res.status().is_success() {
+            break res;
+        }
         let status = res.status();
         let body = res.text().await.unwrap_or_default();
+        if status == StatusCode::CONFLICT && body.contains("interests_pending") && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
         return Err(format!("{y} refused the replica: {status} {body}"));
-    }
+    };
     let mut stream = res.bytes_stream();
     let mut buf: Vec<u8> = Vec::new();
     let mut header: Option<Vec<(String, u64)>> = None;
@@ -877,25 +978,56 @@ async fn note_expiries(state: &AppState, pattern: &str) -> Result<(), String> {
 
 /// The query of `GET /v1/peer/replica`.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ReplicaQuery {
     pattern: String,
+    /// The site asking, and the version of its interests that includes the
+    /// subtree: the snapshot waits until this site holds it.
+    site: String,
+    version: u64,
 }
+
+/// Replica streams served at once; more get 503.
+pub const REPLICA_STREAMS_MAX: usize = 4;
+
+static REPLICA_STREAMS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(REPLICA_STREAMS_MAX);
 
 /// `GET /v1/peer/replica?pattern=P`: this site's rows of a subtree it
 /// records completely, from one snapshot, as JSON lines: a header with the
 /// snapshot's seq and per-origin marks, every history row, every latest
 /// value, and an end line with the counts.
-pub(crate) async fn replica(State(state): State<AppState>, Query(q): Query<ReplicaQuery>) -> Response {
+pub(crate) async fn replica(
+    State(state): State<AppState>,
+    query: Result<Query<ReplicaQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return ApiError::invalid_query(e.body_text()).into_response(),
+    };
     if let Err(e) = pepper_storage::validate::monitor_pattern(&q.pattern) {
         return ApiError::from(e).into_response();
     }
+    if state.federation.interests_version_of(&q.site) < q.version {
+        let message = format!("this site does not hold {}'s interests version {} yet; ask again", q.site, q.version);
+        return ApiError::new(StatusCode::CONFLICT, "interests_pending", message).into_response();
+    }
+    let Ok(permit) = REPLICA_STREAMS.try_acquire() else {
+        let message = format!("{REPLICA_STREAMS_MAX} replica streams are being served; ask again");
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message).into_response();
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
     let (first_tx, first_rx) = tokio::sync::oneshot::channel::<Result<(), ApiError>>();
     let store = state.store.clone();
     let site = store.site().to_string();
     let pattern = q.pattern.clone();
+    let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let mut first = Some(first_tx);
+        // A reader that stops reading for REPLICA_IDLE_MAX is dropped, so
+        // a stalled peer cannot pin this thread and the snapshot.
+        let send =
+            |item: Result<Vec<u8>, std::io::Error>| handle.block_on(tx.send_timeout(item, REPLICA_IDLE_MAX)).is_ok();
         let result = store.read_blocking(|v| {
             let complete = v.monitors()?.iter().any(|m| m.pattern == pattern && m.state == MonitorState::Complete);
             if !complete {
@@ -911,8 +1043,17 @@ pub(crate) async fn replica(State(state): State<AppState>, Query(q): Query<Repli
             if let Some(f) = first.take() {
                 let _ = f.send(Ok(()));
             }
-            let mut marks: Vec<(String, u64)> = v.origin_marks()?.into_iter().filter(|(s, _)| *s != site).collect();
-            marks.push((site.clone(), v.seq()));
+            // Per origin, what the rows include: the origin's mark here, or
+            // what this site's own backfill copied, whichever is higher.
+            let mut marks: BTreeMap<String, u64> = v.origin_marks()?.into_iter().collect();
+            if let Some(row) = v.monitors()?.into_iter().find(|m| m.pattern == pattern) {
+                for (origin, mark) in row.marks {
+                    let at = marks.entry(origin).or_insert(0);
+                    *at = (*at).max(mark);
+                }
+            }
+            marks.insert(site.clone(), v.seq());
+            let marks: Vec<(String, u64)> = marks.into_iter().collect();
             let mut out = Vec::with_capacity(REPLICA_CHUNK_BYTES * 2);
             let line = |out: &mut Vec<u8>, l: &Line| -> pepper_storage::Result<bool> {
                 serde_json::to_writer(&mut *out, l)
@@ -920,8 +1061,8 @@ pub(crate) async fn replica(State(state): State<AppState>, Query(q): Query<Repli
                 out.push(b'\n');
                 if out.len() >= REPLICA_CHUNK_BYTES {
                     let full = std::mem::replace(out, Vec::with_capacity(REPLICA_CHUNK_BYTES * 2));
-                    // The reader hung up: stop reading.
-                    return Ok(tx.blocking_send(Ok(full)).is_ok());
+                    // The reader hung up or stalled: stop reading.
+                    return Ok(send(Ok(full)));
                 }
                 Ok(true)
             };
@@ -954,9 +1095,8 @@ pub(crate) async fn replica(State(state): State<AppState>, Query(q): Query<Repli
                     Ok(open)
                 })?;
             }
-            if open {
-                line(&mut out, &Line::End { history, latest })?;
-                let _ = tx.blocking_send(Ok(out));
+            if open && line(&mut out, &Line::End { history, latest })? {
+                send(Ok(out));
             }
             Ok(())
         });
@@ -967,7 +1107,7 @@ pub(crate) async fn replica(State(state): State<AppState>, Query(q): Query<Repli
                 }
                 // Cut the stream short: the reader sees no end line.
                 None => {
-                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    send(Err(std::io::Error::other(e.to_string())));
                 }
             }
         }
@@ -1063,6 +1203,7 @@ pub(crate) async fn put_policy(
 
 /// The query of `DELETE /v1/recording/policies`.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct PatternQuery {
     pattern: String,
 }
@@ -1071,8 +1212,9 @@ pub(crate) struct PatternQuery {
 /// site's monitor of it stops at the next evaluation.
 pub(crate) async fn delete_policy(
     State(state): State<AppState>,
-    Query(q): Query<PatternQuery>,
+    query: Result<Query<PatternQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     let sup = &state.supervisor;
     let _one_at_a_time = POLICY_WRITES.lock().await;
     let mut next = sup.policies();

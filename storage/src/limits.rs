@@ -108,5 +108,9 @@ pub const MONITOR_REASON_BYTES_MAX: usize = 1024;
 /// cannot be dropped without a hole in the replica.
 pub const MONITOR_PENDING_MAX: usize = 200_000;
 
+/// Bytes (about) of the updates an importing monitor holds; they are
+/// written in its completion's batch, so this also bounds that batch.
+pub const MONITOR_PENDING_BYTES_MAX: usize = 64 * 1024 * 1024;
+
 /// Monitors one site runs at once (recording patterns in its policy).
 pub const MONITORS_MAX: usize = 1024;

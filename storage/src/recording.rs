@@ -58,6 +58,18 @@ pub(crate) struct PendingUpdate {
     pub source: Party,
 }
 
+impl PendingUpdate {
+    /// About what it takes in memory and in the completion's batch.
+    fn bytes(&self) -> usize {
+        64 + self.origin.len()
+            + self.channel.len()
+            + self.field.len()
+            + self.value.len()
+            + self.source.service.len()
+            + self.source.instance.len()
+    }
+}
+
 /// A monitor that is running (importing or complete).
 #[derive(Debug)]
 pub(crate) struct Monitor {
@@ -67,6 +79,8 @@ pub(crate) struct Monitor {
     pub marks: HashMap<String, u64>,
     /// For an importing monitor: what arrived since it started.
     pub pending: Vec<PendingUpdate>,
+    /// About how many bytes `pending` holds.
+    pub pending_bytes: usize,
     /// Why an importing monitor can no longer complete.
     pub broken: Option<String>,
 }
@@ -104,7 +118,13 @@ impl Recording {
             };
             monitors.insert(
                 row.pattern.clone(),
-                Monitor { state: row.state, marks: row.marks.into_iter().collect(), pending: Vec::new(), broken },
+                Monitor {
+                    state: row.state,
+                    marks: row.marks.into_iter().collect(),
+                    pending: Vec::new(),
+                    pending_bytes: 0,
+                    broken,
+                },
             );
         }
         Ok(Recording { monitors })
@@ -184,14 +204,20 @@ impl Recording {
             if m.broken.is_some() {
                 continue;
             }
-            if m.pending.len() >= crate::limits::MONITOR_PENDING_MAX {
+            let bytes = update.bytes();
+            if m.pending.len() >= crate::limits::MONITOR_PENDING_MAX
+                || m.pending_bytes + bytes > crate::limits::MONITOR_PENDING_BYTES_MAX
+            {
                 m.broken = Some(format!(
-                    "more than {} updates arrived while it was importing",
-                    crate::limits::MONITOR_PENDING_MAX
+                    "more than {} updates or {} bytes arrived while it was importing",
+                    crate::limits::MONITOR_PENDING_MAX,
+                    crate::limits::MONITOR_PENDING_BYTES_MAX
                 ));
                 m.pending = Vec::new();
+                m.pending_bytes = 0;
                 continue;
             }
+            m.pending_bytes += bytes;
             m.pending.push(update);
         }
     }
@@ -206,6 +232,7 @@ mod tests {
             state,
             marks: marks.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
             pending: Vec::new(),
+            pending_bytes: 0,
             broken: None,
         }
     }

@@ -868,6 +868,7 @@ impl Writer {
                     state: MonitorState::Importing,
                     marks: HashMap::new(),
                     pending: Vec::new(),
+                    pending_bytes: 0,
                     broken: None,
                 };
                 self.recording.monitors.insert(change.pattern.clone(), m);
@@ -877,6 +878,7 @@ impl Writer {
                     m.state = MonitorState::Complete;
                     m.marks = change.marks.iter().cloned().collect();
                     m.pending = Vec::new();
+                    m.pending_bytes = 0;
                 }
             }
             MonitorState::Stopped => {
