@@ -241,6 +241,125 @@ fn recorders_are_replaced_with_their_history_after_kills() {
             assert!(types.contains(&(ty.to_string(), r.clone())), "no {ty} from {r}: {types:?}");
         }
     }
+
+    // A recorder's store replays clean: every row it holds, copied or
+    // recorded, follows from its log.
+    let r = recorders.iter().next().unwrap().clone();
+    let status = servers.remove(&r).unwrap().stop();
+    assert!(status.success());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pepper"))
+        .args(["check", "--data"])
+        .arg(dir.path().join(&r))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn one_monitor_stops_when_there_are_too_many() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let a = site(dir.path(), "s1", "r1", None);
+    let b = site(dir.path(), "s2", "r1", Some(&a.url));
+    let c = site(dir.path(), "s3", "r2", Some(&a.url));
+    let all = [&a, &b, &c];
+    let policy = |r: u64| {
+        for s in all {
+            let res = http.put(s.at("/v1/recording/policies")).json(&json!({"pattern": PATTERN, "replicas": r})).send();
+            assert_eq!(res.unwrap().status(), 200);
+        }
+    };
+    policy(3);
+    let three: BTreeSet<String> = ["s1", "s2", "s3"].into_iter().map(String::from).collect();
+    assert!(
+        eventually(Duration::from_secs(20), || all.iter().all(|s| complete_recorders(&http, s) == three)),
+        "{}",
+        get(&http, &a, "/v1/recording")
+    );
+    let body = json!({"channel": "/fleet/node/h1/", "type": "attribute", "payload": {"field": "f", "value": "1"}});
+    assert!(http.post(c.at("/v1/events")).json(&body).send().unwrap().status().is_success());
+    // R lowered to 2: exactly one stops, by the rule every site computes
+    // alike: of the region with the most monitors (r1: s1 and s2), the one
+    // that completed last.
+    policy(2);
+    let mut two = BTreeSet::new();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            two = complete_recorders(&http, &c);
+            two.len() == 2 && all.iter().all(|s| complete_recorders(&http, s) == two)
+        }),
+        "{}",
+        get(&http, &a, "/v1/recording")
+    );
+    assert!(two.contains("s3"), "the site alone in its region keeps its monitor: {two:?}");
+    // It stays at two, and the stopped site no longer holds the rows.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(complete_recorders(&http, &c), two);
+    let stopped =
+        all.iter().find(|s| !two.contains(&get(&http, s, "/v1/health")["site"].as_str().unwrap().to_string()));
+    let stopped = stopped.unwrap();
+    assert!(local_history(&http, stopped, "/fleet/node/h1/", "f").is_empty());
+    for s in all.iter().filter(|s| s.url != stopped.url) {
+        assert_eq!(local_history(&http, s, "/fleet/node/h1/", "f"), ["1"]);
+    }
+}
+
+#[test]
+fn peer_endpoints_refuse_what_they_cannot_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let s = site(dir.path(), "s1", "r1", None);
+    let auth = format!("Bearer {SECRET}");
+    let call = |path: &str, with_auth: bool| {
+        let mut req = http.get(s.at(path));
+        if with_auth {
+            req = req.header("authorization", &auth);
+        }
+        let res = req.send().unwrap();
+        (res.status().as_u16(), res.json::<Value>().unwrap_or(Value::Null))
+    };
+    // The secret is checked first.
+    assert_eq!(call("/v1/peer/replica?pattern=/fleet/node/&site=x&version=1", false).0, 401);
+    // Missing or unknown parameters, and bad names: the API's JSON 400.
+    for bad in [
+        "/v1/peer/replica?pattern=/fleet/node/",
+        "/v1/peer/replica?pattern=/fleet/node&site=x&version=1",
+        "/v1/peer/replica?pattern=/fleet/node/&site=x&version=1&more=1",
+        "/v1/peer/cut?site=x",
+        "/v1/peer/cut?site=a/b&toward=y",
+    ] {
+        let (status, body) = call(bad, true);
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_query", "{bad}: {body}");
+    }
+    // A site that does not hold the asker's interests yet says so.
+    let (status, body) = call("/v1/peer/replica?pattern=/fleet/node/&site=x&version=1", true);
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("interests_pending")), "{body}");
+    // A site without a complete monitor of the subtree is no replica of it.
+    let (status, body) = call("/v1/peer/replica?pattern=/other/&site=x&version=0", true);
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("not_a_replica")), "{body}");
+    // With its monitor complete, it serves the subtree: header, rows, end.
+    let event = json!({"channel": "/fleet/node/h1/", "type": "attribute", "payload": {"field": "f", "value": "1"}});
+    assert!(eventually(Duration::from_secs(10), || complete_recorders(&http, &s).len() == 1));
+    assert!(http.post(s.at("/v1/events")).json(&event).send().unwrap().status().is_success());
+    let text = http
+        .get(s.at("/v1/peer/replica?pattern=/fleet/node/&site=x&version=0"))
+        .header("authorization", &auth)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert_eq!(lines[0]["replica"]["site"], "s1");
+    assert!(lines[0]["replica"]["marks"].as_array().unwrap().iter().any(|m| m[0] == "s1"), "{text}");
+    assert_eq!(lines[1]["h"][3], "1");
+    assert_eq!(lines[2]["l"][3], "1");
+    assert_eq!(lines[3]["end"], json!({"history": 1, "latest": 1}));
+    // The cut answers with this site's position.
+    let (status, body) = call("/v1/peer/cut?site=x&toward=y", true);
+    assert_eq!(status, 200);
+    assert!(body["seq"].as_u64().unwrap() > 0 && body["cursor"].is_null(), "{body}");
 }
 
 #[test]

@@ -37,12 +37,13 @@
 //! **Backfill.** A starting monitor (1) writes its start (clearing any old
 //! rows) and holds an interest in the subtree, pushed to the peers that are
 //! up; (2) picks a live complete replica Y (up, lowest heartbeat latency);
-//! (3) waits for the **cut**: its own forwarder and every up peer's
+//! (3) waits for the **cut**: its own forwarder and every other peer's
 //! forwarder toward Y have passed the log position they had when they took
 //! the new interest (`GET /v1/peer/cut`), so every update Y will not have
 //! reaches the new monitor directly; (4) streams Y's rows of the subtree
-//! from one snapshot (`GET /v1/peer/replica`, history then latest values,
-//! with Y's per-origin marks) into `tuple.import` records; (5) completes:
+//! from one snapshot, taken once Y holds the new interest too (`GET
+//! /v1/peer/replica`, history then latest values, with Y's per-origin
+//! marks) into `tuple.import` records; (5) completes:
 //! the updates that arrived meanwhile and are above Y's marks are recorded
 //! after the copy, in one batch. Any failure stops the monitor, which the
 //! next evaluation may start again. `docs/supervisors.md` has the argument
@@ -1005,7 +1006,7 @@ pub(crate) async fn replica(
         Err(e) => return ApiError::invalid_query(e.body_text()).into_response(),
     };
     if let Err(e) = pepper_storage::validate::monitor_pattern(&q.pattern) {
-        return ApiError::from(e).into_response();
+        return ApiError::invalid_query(e.to_string()).into_response();
     }
     if state.federation.interests_version_of(&q.site) < q.version {
         let message = format!("this site does not hold {}'s interests version {} yet; ask again", q.site, q.version);
