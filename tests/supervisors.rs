@@ -295,8 +295,7 @@ fn one_monitor_stops_when_there_are_too_many() {
     // It stays at two, and the stopped site no longer holds the rows.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(complete_recorders(&http, &c), two);
-    let stopped =
-        all.iter().find(|s| !two.contains(&get(&http, s, "/v1/health")["site"].as_str().unwrap().to_string()));
+    let stopped = all.iter().find(|s| !two.contains(get(&http, s, "/v1/health")["site"].as_str().unwrap()));
     let stopped = stopped.unwrap();
     assert!(local_history(&http, stopped, "/fleet/node/h1/", "f").is_empty());
     for s in all.iter().filter(|s| s.url != stopped.url) {
