@@ -53,19 +53,9 @@ fn get(http: &Client, s: &Server, path: &str) -> Value {
     http.get(s.at(path)).send().unwrap().json().unwrap()
 }
 
-/// The sites `s` sees recording the pattern completely.
+/// The sites `s` sees recording the test's pattern completely.
 fn complete_recorders(http: &Client, s: &Server) -> BTreeSet<String> {
-    let v = get(http, s, "/v1/recording");
-    let Some(p) = v["policies"].as_array().and_then(|ps| ps.iter().find(|p| p["pattern"] == PATTERN)) else {
-        return BTreeSet::new();
-    };
-    p["monitors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["state"] == "complete")
-        .map(|m| m["site"].as_str().unwrap().to_string())
-        .collect()
+    complete_recorders_of(http, s, PATTERN).into_iter().collect()
 }
 
 fn live_monitors(http: &Client, s: &Server) -> usize {
