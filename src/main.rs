@@ -123,6 +123,19 @@ enum Command {
         #[command(subcommand)]
         command: model_cli::ModelCommand,
     },
+    /// Show the recording policy and who records each pattern, or change
+    /// the policy (`--set PATTERN=R`, `--drop PATTERN`).
+    Recording {
+        /// Add a pattern or change its replication factor, PATTERN=R.
+        #[arg(long, conflicts_with = "drop")]
+        set: Option<String>,
+        /// Remove a pattern from the policy; this site's monitor of it stops.
+        #[arg(long)]
+        drop: Option<String>,
+        /// The site to talk to.
+        #[arg(long, env = "PEPPER_SERVER", default_value = "http://127.0.0.1:7171")]
+        server: String,
+    },
     /// List the site's live leases.
     Leases {
         /// The site to talk to.
@@ -187,6 +200,7 @@ fn main() -> ExitCode {
         Command::Send(args) => send(args),
         Command::Watch { channel, types, from_seq, server } => watch(&server, &channel, types.as_deref(), from_seq),
         Command::Leases { server } => leases(&server),
+        Command::Recording { set, drop, server } => recording(&server, set.as_deref(), drop.as_deref()),
         Command::Model { namespace, server, command } => model_cli::run(&server, &namespace, command),
         Command::Agent { server, authority, interval_s, expire_s, root } => agent::run(agent::AgentConfig {
             server,
@@ -274,6 +288,58 @@ fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
     };
     let response = request.send().with_context(|| format!("cannot reach {}", args.server))?;
     answer(response)
+}
+
+/// `pepper recording`: prints one line per pattern and the monitors seen,
+/// or changes the policy.
+fn recording(server: &str, set: Option<&str>, drop: Option<&str>) -> anyhow::Result<ExitCode> {
+    let root = server.trim_end_matches('/');
+    let http = reqwest::blocking::Client::new();
+    if let Some(entry) = set {
+        let (pattern, replicas) = pepper_adapters::supervisor::parse_policy(entry).map_err(anyhow::Error::msg)?;
+        let response = http
+            .put(format!("{root}/v1/recording/policies"))
+            .json(&serde_json::json!({ "pattern": pattern, "replicas": replicas }))
+            .send()
+            .with_context(|| format!("cannot reach {server}"))?;
+        return answer(response);
+    }
+    if let Some(pattern) = drop {
+        let response = http
+            .delete(format!("{root}/v1/recording/policies"))
+            .query(&[("pattern", pattern)])
+            .send()
+            .with_context(|| format!("cannot reach {server}"))?;
+        if response.status().is_success() {
+            println!("dropped {pattern}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        return answer(response);
+    }
+    let response = http.get(format!("{root}/v1/recording")).send().with_context(|| format!("cannot reach {server}"))?;
+    if !response.status().is_success() {
+        return answer(response);
+    }
+    let body: serde_json::Value = response.json().context("the server's answer is not JSON")?;
+    println!("{:<40} {:>8} {:>5} {:>9}  monitors", "pattern", "replicas", "live", "complete");
+    for p in body["policies"].as_array().cloned().unwrap_or_default() {
+        let monitors: Vec<String> = p["monitors"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|m| format!("{} ({})", m["site"].as_str().unwrap_or("?"), m["state"].as_str().unwrap_or("?")))
+            .collect();
+        println!(
+            "{:<40} {:>8} {:>5} {:>9}  {}",
+            p["pattern"].as_str().unwrap_or(""),
+            p["replicas"],
+            p["live"],
+            p["complete"],
+            monitors.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn leases(server: &str) -> anyhow::Result<ExitCode> {

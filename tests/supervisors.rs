@@ -396,6 +396,25 @@ fn policies_are_checked_kept_and_changed_at_run_time() {
     assert!(v["tuples"].as_array().unwrap().is_empty(), "{v}");
     let res = http.delete(s.at("/v1/recording/policies?pattern=/a/")).send().unwrap();
     assert_eq!(res.status(), 404);
+    // The same from the command line.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pepper"))
+            .arg("recording")
+            .args(args)
+            .args(["--server", &s.url])
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (ok, text) = cli(&["--set", "/b/=1"]);
+    assert!(ok, "{text}");
+    assert!(eventually(Duration::from_secs(10), || cli(&[]).1.contains("one (complete)")));
+    let (ok, text) = cli(&["--set", "/b"]);
+    assert!(!ok && text.contains("PATTERN=R"), "{text}");
+    let (ok, text) = cli(&["--drop", "/b/"]);
+    assert!(ok && text.contains("dropped /b/"), "{text}");
+    let (ok, text) = cli(&["--drop", "/b/"]);
+    assert!(!ok && text.contains("404"), "{text}");
 }
 
 fn complete_recorders_of(http: &Client, s: &Server, pattern: &str) -> Vec<String> {
