@@ -291,6 +291,39 @@ fn one_monitor_stops_when_there_are_too_many() {
     for s in all.iter().filter(|s| s.url != stopped.url) {
         assert_eq!(local_history(&http, s, "/fleet/node/h1/", "f"), ["1"]);
     }
+    // A restarted non-recorder hears the others before it counts: it does
+    // not take the silence of its first moments for a lost subtree and
+    // start an empty replica.
+    let name = get(&http, stopped, "/v1/health")["site"].as_str().unwrap().to_string();
+    let seed = all.iter().find(|s| s.url != stopped.url).unwrap();
+    let seed_peer = format!("{}={}", get(&http, seed, "/v1/health")["site"].as_str().unwrap(), seed.url);
+    let region = if name == "s3" { "r2" } else { "r1" };
+    let mut servers = vec![a, b, c];
+    let at = servers.iter().position(|s| get(&http, s, "/v1/health")["site"] == name.as_str()).unwrap();
+    assert!(servers.remove(at).stop().success());
+    let args = [
+        "--site",
+        &name,
+        "--region",
+        region,
+        "--peer-secret",
+        SECRET,
+        "--heartbeat-ms",
+        "100",
+        "--monitor-interval-ms",
+        INTERVAL_MS,
+        "--record",
+        "/fleet/node/=2",
+        "--peer",
+        &seed_peer,
+    ];
+    let restarted = Server::start(&dir.path().join(&name), &args);
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(200));
+        let v = get(&http, &restarted, "/v1/recording");
+        assert!(v["local"][0]["state"] == "stopped", "{name} started a monitor after its restart: {v}");
+    }
+    assert_eq!(complete_recorders(&http, &restarted), two);
 }
 
 #[test]

@@ -23,10 +23,12 @@
 //! **Too few** (fewer than R live monitors, counting importing ones): a
 //! site without a monitor of the pattern waits a randomized delay, then
 //! counts again and starts one if still short. The delay is `interval x
-//! (1 + 2 if its region already has a monitor of the pattern + the number
-//! of monitors it runs) x uniform(0.5, 1.5)`: sites in other regions and
-//! sites with fewer monitors fire first, and the others then see the count
-//! restored and stand down. That is the placement rule.
+//! (tier + draw)`, tier being 2 if its region already has a monitor of the
+//! pattern plus the number of monitors it runs, draw uniform in [0, 1):
+//! sites in other regions and sites with fewer monitors fire first, and the
+//! others then see the count restored and stand down. That is the
+//! placement rule. A site plans no start in its first few intervals, before
+//! the others' announcements can have reached it.
 //!
 //! **Too many** (more than R complete monitors, seen on two evaluations in
 //! a row): exactly one stops, the first in this order, which every site
@@ -77,6 +79,10 @@ pub const POLICY_DOC_PREFIX: &str = "pepper/recording/";
 pub const INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
 /// A monitor not announced for this many intervals no longer counts.
 pub const DEAD_AFTER_INTERVALS: u32 = 3;
+/// A complete monitor heard from within this many intervals, though no
+/// longer live, keeps a new monitor from starting empty: its history may
+/// still be reachable.
+pub const LOST_AFTER_INTERVALS: u32 = 30;
 /// Evaluations in a row that must see too many replicas before one stops.
 pub const SURPLUS_EVALUATIONS: u32 = 2;
 /// Patterns one policy may hold.
@@ -229,7 +235,11 @@ impl Supervisor {
             store.append(writes).await?;
         }
         let interval = if config.interval.is_zero() { INTERVAL_DEFAULT } else { config.interval };
-        Ok(Supervisor {
+        Ok(Supervisor::new(interval, policies))
+    }
+
+    fn new(interval: Duration, policies: BTreeMap<String, usize>) -> Supervisor {
+        Supervisor {
             interval,
             policies: RwLock::new(policies),
             seen: Mutex::new(BTreeMap::new()),
@@ -238,7 +248,7 @@ impl Supervisor {
             last_backfill: Mutex::new(None),
             short_since: Mutex::new(HashMap::new()),
             local: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     /// The interval between evaluations.
@@ -269,6 +279,17 @@ impl Supervisor {
             .filter(|((_, site), s)| site != me && s.last.elapsed() < dead_after)
             .map(|((_, site), s)| (site.clone(), s.clone()))
             .collect()
+    }
+
+    /// A site other than `me` announced a complete monitor of `pattern`
+    /// within [`LOST_AFTER_INTERVALS`] intervals.
+    fn heard_complete_lately(&self, pattern: &str, me: &str) -> Option<String> {
+        let lately = self.interval * LOST_AFTER_INTERVALS;
+        lock(&self.seen)
+            .range((pattern.to_string(), String::new())..)
+            .take_while(|((p, _), _)| p == pattern)
+            .find(|((_, site), s)| site != me && s.state == "complete" && s.last.elapsed() < lately)
+            .map(|((_, site), _)| site.clone())
     }
 
     /// Takes in one announcement or handoff event.
@@ -330,8 +351,16 @@ pub async fn prepare(state: &AppState) -> Result<(), pepper_storage::Error> {
 pub async fn run(state: AppState) {
     tokio::spawn(read_announcements(state.clone()));
     let mut stopping = state.stopping();
+    // No start is planned until the other sites' announcements have had
+    // time to arrive: peers forward them once they hold this site's
+    // interest (its first heartbeats), and a monitor counts as dead only
+    // after DEAD_AFTER_INTERVALS silent intervals. A site that planned at
+    // once would see no monitor anywhere and start an empty one.
+    let heartbeat = if state.federation.enabled() { state.federation.heartbeat() } else { Duration::ZERO };
+    let warm_until = Instant::now() + (state.supervisor.interval + heartbeat) * DEAD_AFTER_INTERVALS;
     loop {
-        if let Err(e) = evaluate(&state).await {
+        let warm = Instant::now() >= warm_until;
+        if let Err(e) = evaluate(&state, warm).await {
             tracing::warn!(error = %e, "supervisor evaluation failed");
         }
         tokio::select! {
@@ -431,7 +460,7 @@ fn monitor_event(state: &AppState, monitors: usize, n: Note<'_>) -> Event {
 
 /// One evaluation: announce, then start or stop monitors where the count
 /// is off.
-async fn evaluate(state: &AppState) -> Result<(), pepper_storage::Error> {
+async fn evaluate(state: &AppState, warm: bool) -> Result<(), pepper_storage::Error> {
     let sup = &state.supervisor;
     let me = state.store.site().to_string();
     // Busy first: a start or stop that ends after this copy shows in the
@@ -441,7 +470,15 @@ async fn evaluate(state: &AppState) -> Result<(), pepper_storage::Error> {
     let rows = state.store.read(|v| v.monitors()).await?;
     let running: BTreeMap<String, MonitorRow> =
         rows.into_iter().filter(|r| r.state != MonitorState::Stopped).map(|r| (r.pattern.clone(), r)).collect();
-    *lock(&sup.local) = running.iter().map(|(p, r)| (p.clone(), r.state)).collect();
+    {
+        // A start or stop in flight keeps the state it set itself: the rows
+        // read above may predate it.
+        let mut local = lock(&sup.local);
+        local.retain(|p, _| busy.contains(p) || running.contains_key(p));
+        for (p, r) in running.iter().filter(|(p, _)| !busy.contains(*p)) {
+            local.insert(p.clone(), r.state);
+        }
+    }
     // A start or stop in flight announces itself when it is done.
     let notes = running
         .values()
@@ -484,7 +521,7 @@ async fn evaluate(state: &AppState) -> Result<(), pepper_storage::Error> {
         let plan = plans.entry(pattern.clone()).or_default();
         if mine.is_none() {
             plan.surplus = 0;
-            if live >= replicas {
+            if live >= replicas || !warm {
                 plan.start_at = None;
                 continue;
             }
@@ -670,10 +707,16 @@ fn spawn_start(state: &AppState, pattern: &str) {
         lock(&state.supervisor.local).insert(pattern.clone(), MonitorState::Importing);
         if let Err(e) = backfill(state, &pattern, started).await {
             tracing::warn!(pattern, error = %e, "monitor backfill failed");
-            let _ = state.store.monitor_stop(&pattern, &format!("backfill failed: {e}")).await;
-            lock(&state.supervisor.local).remove(&pattern);
-            state.federation.drop_interest(&interest(&pattern));
-            publish(state, "pepper.monitor.failed", &pattern, "stopped", now_us(), json!({ "error": e })).await;
+            match state.store.monitor_stop(&pattern, &format!("backfill failed: {e}")).await {
+                Ok(_) => {
+                    lock(&state.supervisor.local).remove(&pattern);
+                    state.federation.drop_interest(&interest(&pattern));
+                    let extra = json!({ "error": e });
+                    publish(state, "pepper.monitor.failed", &pattern, "stopped", now_us(), extra).await;
+                }
+                // Left importing: the next evaluation stops it.
+                Err(stop) => tracing::warn!(pattern, error = %stop, "cannot stop a failed monitor"),
+            }
         }
         drop(busy);
     });
@@ -734,6 +777,13 @@ fn choose_source(state: &AppState, pattern: &str, me: &str) -> Result<Option<Str
         .map(|(site, _)| site)
         .collect();
     if complete.is_empty() {
+        // Nothing live: start empty only if no complete replica was heard
+        // of lately either (all replicas lost, or a new policy). One heard
+        // within LOST_AFTER_INTERVALS may be behind a slow link or a
+        // partition: wait for it rather than lose its history.
+        if let Some(site) = state.supervisor.heard_complete_lately(pattern, me) {
+            return Err(format!("{site} recorded {pattern} lately but is not live now; waiting for a replica"));
+        }
         return Ok(None);
     }
     let mut candidates: Vec<(String, f64)> = complete
@@ -869,7 +919,9 @@ async fn copy(state: &AppState, pattern: &str, y: &str) -> Result<(Vec<(String, 
         }
         let status = res.status();
         let body = res.text().await.unwrap_or_default();
-        if status == StatusCode::CONFLICT && body.contains("interests_pending") && Instant::now() < deadline {
+        let retry = (status == StatusCode::CONFLICT && body.contains("interests_pending"))
+            || status == StatusCode::SERVICE_UNAVAILABLE;
+        if retry && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
@@ -988,6 +1040,10 @@ pub(crate) struct ReplicaQuery {
     version: u64,
 }
 
+/// The longest a replica stream may take; a reader slower than that is cut
+/// off, so no snapshot is held open for long.
+pub const REPLICA_STREAM_TIME_MAX: Duration = Duration::from_secs(600);
+
 /// Replica streams served at once; more get 503.
 pub const REPLICA_STREAMS_MAX: usize = 4;
 
@@ -1027,8 +1083,10 @@ pub(crate) async fn replica(
         let mut first = Some(first_tx);
         // A reader that stops reading for REPLICA_IDLE_MAX is dropped, so
         // a stalled peer cannot pin this thread and the snapshot.
-        let send =
-            |item: Result<Vec<u8>, std::io::Error>| handle.block_on(tx.send_timeout(item, REPLICA_IDLE_MAX)).is_ok();
+        let until = Instant::now() + REPLICA_STREAM_TIME_MAX;
+        let send = |item: Result<Vec<u8>, std::io::Error>| {
+            Instant::now() < until && handle.block_on(tx.send_timeout(item, REPLICA_IDLE_MAX)).is_ok()
+        };
         let result = store.read_blocking(|v| {
             let complete = v.monitors()?.iter().any(|m| m.pattern == pattern && m.state == MonitorState::Complete);
             if !complete {
@@ -1324,6 +1382,38 @@ mod tests {
             let err = parse_policy(bad).expect_err(bad);
             assert!(err.contains(needle), "{bad}: {err}");
         }
+    }
+
+    fn said(site: &str, state: &str) -> Announcement {
+        Announcement {
+            site: site.into(),
+            region: None,
+            pattern: "/n/".into(),
+            state: state.into(),
+            since_us: 1,
+            monitors: 1,
+        }
+    }
+
+    #[test]
+    fn announcements_make_monitors_live_until_silent_or_stopped() {
+        let sup = Supervisor::new(Duration::from_millis(20), BTreeMap::from([("/n/".to_string(), 2)]));
+        sup.heard("pepper.monitor", said("a", "complete"));
+        sup.heard("pepper.monitor.start", said("b", "importing"));
+        sup.heard("pepper.monitor", said("me", "complete"));
+        let live: Vec<String> = sup.live("/n/", "me").into_iter().map(|(s, _)| s).collect();
+        assert_eq!(live, ["a", "b"], "this site's own announcements do not count as others'");
+        assert_eq!(sup.covering("/n/h1/").as_deref(), Some("/n/"));
+        assert_eq!(sup.covering("/m/"), None);
+        // A stop removes at once.
+        sup.heard("pepper.monitor.stop", said("b", "stopped"));
+        assert_eq!(sup.live("/n/", "me").len(), 1);
+        // Silent for DEAD_AFTER_INTERVALS: no longer live, but still heard of
+        // lately, which keeps a new monitor from starting empty.
+        std::thread::sleep(Duration::from_millis(20) * DEAD_AFTER_INTERVALS + Duration::from_millis(10));
+        assert!(sup.live("/n/", "me").is_empty());
+        assert_eq!(sup.heard_complete_lately("/n/", "me").as_deref(), Some("a"));
+        assert_eq!(sup.heard_complete_lately("/m/", "me"), None);
     }
 
     #[test]

@@ -96,9 +96,9 @@ const _: () = assert!(RECORD_BYTES_MAX <= BATCH_BYTES_MAX);
 const _: () = assert!(ASSIGNED_BYTES_RESERVE < RECORD_BYTES_MAX / 8);
 const _: () = assert!(SITE_BYTES_MAX <= u8::MAX as usize);
 
-/// Origin marks one monitor record may carry: one per site that ever
-/// published into the subtree (the federation's peer limit is 256).
-pub const MONITOR_MARKS_MAX: usize = 1024;
+/// Origin marks one monitor record may carry: one per site this site ever
+/// received from (the federation knows at most 256 peers at once).
+pub const MONITOR_MARKS_MAX: usize = 16_384;
 
 /// Bytes of a monitor record's reason.
 pub const MONITOR_REASON_BYTES_MAX: usize = 1024;

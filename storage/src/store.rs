@@ -441,7 +441,15 @@ impl Store {
         self.monitor_op(op).await
     }
 
-    async fn monitor_op(&self, op: MonitorOp) -> Result<Appended> {
+    async fn monitor_op(&self, mut op: MonitorOp) -> Result<Appended> {
+        // A reason is for people: a long one is cut, never refused.
+        if let MonitorOp::Start { reason, .. } | MonitorOp::Stop { reason, .. } = &mut op {
+            let mut at = reason.len().min(MONITOR_REASON_BYTES_MAX);
+            while !reason.is_char_boundary(at) {
+                at -= 1;
+            }
+            reason.truncate(at);
+        }
         let (reply, rx) = oneshot::channel();
         self.sender()?.send(Request::Monitor { op, reply }).await.map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
