@@ -146,7 +146,7 @@ pub(crate) async fn layer(State(state): State<AppState>, mut request: Request, n
     {
         let channel = params.rest.iter().find(|(k, _)| k == "channel").map(|(_, v)| v.as_str());
         if let Some(pattern) = channel.and_then(|c| state.supervisor.covering(c)) {
-            if !state.supervisor.local_complete(&pattern) {
+            if state.store.monitor_state(&pattern) != Some(pepper_storage::MonitorState::Complete) {
                 params.scope = Scope::Recorders;
             }
         }
@@ -241,32 +241,41 @@ fn sites_in_scope_of(state: &AppState, scope: &Scope) -> Vec<Asked> {
                 }
             })
             .collect(),
-        Scope::Sample(k) => {
-            let me = PeerSummary {
-                name: me.clone(),
-                url: fed.local_url(),
-                region: fed.region().map(str::to_string),
-                state: PeerState::Up,
-                rtt_ms: Some(0.0),
-            };
-            sample(std::iter::once(me).chain(peers).collect(), *k)
-                .into_iter()
-                .map(|p| Asked { site: p.name, url: Some(p.url) })
-                .collect()
-        }
+        Scope::Sample(k) => sample(std::iter::once(this_site(state)).chain(peers).collect(), *k)
+            .into_iter()
+            .map(|p| Asked { site: p.name, url: Some(p.url) })
+            .collect(),
     }
 }
 
-/// `sample:k`: the k sites to ask, those up before suspect before down,
-/// then by lower heartbeat latency (none counts as the highest), then by
-/// name.
-fn sample(mut sites: Vec<PeerSummary>, k: usize) -> Vec<PeerSummary> {
+/// This site as a peer summary: up, with no latency, so it comes first
+/// among equals.
+pub(crate) fn this_site(state: &AppState) -> PeerSummary {
+    let fed = &state.federation;
+    PeerSummary {
+        name: state.store.site().to_string(),
+        url: fed.local_url(),
+        region: fed.region().map(str::to_string),
+        state: PeerState::Up,
+        rtt_ms: Some(0.0),
+    }
+}
+
+/// Sites in order of preference: up before suspect before down, then by
+/// lower heartbeat latency (none counts as the highest), then by name.
+pub(crate) fn by_preference(mut sites: Vec<PeerSummary>) -> Vec<PeerSummary> {
     sites.sort_by(|a, b| {
         a.state
             .cmp(&b.state)
             .then(a.rtt_ms.unwrap_or(f64::MAX).total_cmp(&b.rtt_ms.unwrap_or(f64::MAX)))
             .then(a.name.cmp(&b.name))
     });
+    sites
+}
+
+/// `sample:k`: the first k sites by preference.
+fn sample(sites: Vec<PeerSummary>, k: usize) -> Vec<PeerSummary> {
+    let mut sites = by_preference(sites);
     sites.truncate(k);
     sites
 }

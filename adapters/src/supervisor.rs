@@ -67,7 +67,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::federation::{Interest, PeerState};
+use crate::federation::{Interest, PeerState, PeerSummary};
 use crate::http::AppState;
 
 /// Announcements and handoff events are published under this prefix,
@@ -142,10 +142,10 @@ struct Seen {
     last: Instant,
 }
 
-/// Per pattern: a start waiting for its delay, and the surplus count.
+/// Per pattern: whether a start waits for its delay, and the surplus count.
 #[derive(Default)]
 struct Plan {
-    start_at: Option<Instant>,
+    start_planned: bool,
     surplus: u32,
 }
 
@@ -172,8 +172,6 @@ pub struct Supervisor {
     /// Time to restore each pattern's count, last measured here: from the
     /// first evaluation that saw it short to this site's completion.
     short_since: Mutex<HashMap<String, Instant>>,
-    /// This site's running monitors' states, for routing queries.
-    local: Mutex<HashMap<String, MonitorState>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -247,7 +245,6 @@ impl Supervisor {
             busy: Mutex::new(HashSet::new()),
             last_backfill: Mutex::new(None),
             short_since: Mutex::new(HashMap::new()),
-            local: Mutex::new(HashMap::new()),
         }
     }
 
@@ -262,34 +259,30 @@ impl Supervisor {
 
     /// The policy pattern covering `channel`, if any.
     pub(crate) fn covering(&self, channel: &str) -> Option<String> {
-        self.policies
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .find(|p| channel.starts_with(p.as_str()))
-            .cloned()
+        let policies = self.policies.read().unwrap_or_else(|p| p.into_inner());
+        pepper_router::subtrees(channel).find(|p| policies.contains_key(*p)).map(str::to_string)
     }
 
     /// Live monitors of `pattern` other sites announced: (site, seen).
     fn live(&self, pattern: &str, me: &str) -> Vec<(String, Seen)> {
-        let dead_after = self.interval * DEAD_AFTER_INTERVALS;
-        lock(&self.seen)
-            .range((pattern.to_string(), String::new())..)
-            .take_while(|((p, _), _)| p == pattern)
-            .filter(|((_, site), s)| site != me && s.last.elapsed() < dead_after)
-            .map(|((_, site), s)| (site.clone(), s.clone()))
-            .collect()
+        self.heard_within(pattern, me, self.interval * DEAD_AFTER_INTERVALS)
     }
 
     /// A site other than `me` announced a complete monitor of `pattern`
     /// within [`LOST_AFTER_INTERVALS`] intervals.
     fn heard_complete_lately(&self, pattern: &str, me: &str) -> Option<String> {
-        let lately = self.interval * LOST_AFTER_INTERVALS;
+        let lately = self.heard_within(pattern, me, self.interval * LOST_AFTER_INTERVALS);
+        lately.into_iter().find(|(_, s)| s.state == "complete").map(|(site, _)| site)
+    }
+
+    /// Monitors of `pattern` on sites other than `me`, announced within `within`.
+    fn heard_within(&self, pattern: &str, me: &str, within: Duration) -> Vec<(String, Seen)> {
         lock(&self.seen)
             .range((pattern.to_string(), String::new())..)
             .take_while(|((p, _), _)| p == pattern)
-            .find(|((_, site), s)| site != me && s.state == "complete" && s.last.elapsed() < lately)
-            .map(|((_, site), _)| site.clone())
+            .filter(|((_, site), s)| site != me && s.last.elapsed() < within)
+            .map(|((_, site), s)| (site.clone(), s.clone()))
+            .collect()
     }
 
     /// Takes in one announcement or handoff event.
@@ -413,7 +406,7 @@ struct Note<'a> {
 
 /// Publishes a monitor event of `event_type` about `pattern` on this site.
 async fn publish(state: &AppState, event_type: &str, pattern: &str, status: &str, since_us: u64, extra: Value) {
-    let monitors = lock(&state.supervisor.local).len();
+    let monitors = state.store.monitors_running();
     publish_all(state, monitors, vec![Note { event_type, pattern, status, since_us, extra }]).await;
 }
 
@@ -470,15 +463,6 @@ async fn evaluate(state: &AppState, warm: bool) -> Result<(), pepper_storage::Er
     let rows = state.store.read(|v| v.monitors()).await?;
     let running: BTreeMap<String, MonitorRow> =
         rows.into_iter().filter(|r| r.state != MonitorState::Stopped).map(|r| (r.pattern.clone(), r)).collect();
-    {
-        // A start or stop in flight keeps the state it set itself: the rows
-        // read above may predate it.
-        let mut local = lock(&sup.local);
-        local.retain(|p, _| busy.contains(p) || running.contains_key(p));
-        for (p, r) in running.iter().filter(|(p, _)| !busy.contains(*p)) {
-            local.insert(p.clone(), r.state);
-        }
-    }
     // A start or stop in flight announces itself when it is done.
     let notes = running
         .values()
@@ -522,13 +506,13 @@ async fn evaluate(state: &AppState, warm: bool) -> Result<(), pepper_storage::Er
         if mine.is_none() {
             plan.surplus = 0;
             if live >= replicas || !warm {
-                plan.start_at = None;
+                plan.start_planned = false;
                 continue;
             }
-            if plan.start_at.is_none() {
+            if !plan.start_planned {
                 let region_has = others.iter().any(|(_, s)| s.region.is_some() && s.region == my_region);
                 let delay = start_delay(sup.interval, region_has, running.len(), rand::random::<f64>());
-                plan.start_at = Some(Instant::now() + delay);
+                plan.start_planned = true;
                 let (state, pattern, replicas) = (state.clone(), pattern.clone(), replicas);
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
@@ -537,7 +521,7 @@ async fn evaluate(state: &AppState, warm: bool) -> Result<(), pepper_storage::Er
             }
             continue;
         }
-        plan.start_at = None;
+        plan.start_planned = false;
         let Some(row) = mine.filter(|r| r.state == MonitorState::Complete) else { continue };
         let mut complete: Vec<Candidate> = others
             .iter()
@@ -589,8 +573,8 @@ fn start_delay(interval: Duration, region_has: bool, monitors_here: usize, draw:
 /// pattern is still short and nothing started here meanwhile.
 async fn start_if_still_short(state: &AppState, pattern: &str, replicas: usize) {
     let sup = &state.supervisor;
-    lock(&sup.plans).entry(pattern.to_string()).or_default().start_at = None;
-    if sup.policies().get(pattern) != Some(&replicas) || lock(&sup.local).contains_key(pattern) {
+    lock(&sup.plans).entry(pattern.to_string()).or_default().start_planned = false;
+    if sup.policies().get(pattern) != Some(&replicas) || state.store.monitor_state(pattern).is_some() {
         return;
     }
     let live = sup.live(pattern, state.store.site()).len();
@@ -684,7 +668,6 @@ async fn stop(state: &AppState, pattern: &str, reason: &str) {
             return;
         }
     }
-    lock(&state.supervisor.local).remove(pattern);
     state.federation.drop_interest(&interest(pattern));
     tracing::info!(pattern, reason, "monitor stopped");
     publish(state, "pepper.monitor.stop", pattern, "stopped", now_us(), json!({ "reason": reason })).await;
@@ -704,12 +687,10 @@ fn spawn_start(state: &AppState, pattern: &str) {
             tracing::warn!(pattern, error = %e, "cannot start a monitor");
             return;
         }
-        lock(&state.supervisor.local).insert(pattern.clone(), MonitorState::Importing);
         if let Err(e) = backfill(state, &pattern, started).await {
             tracing::warn!(pattern, error = %e, "monitor backfill failed");
             match state.store.monitor_stop(&pattern, &format!("backfill failed: {e}")).await {
                 Ok(_) => {
-                    lock(&state.supervisor.local).remove(&pattern);
                     state.federation.drop_interest(&interest(&pattern));
                     let extra = json!({ "error": e });
                     publish(state, "pepper.monitor.failed", &pattern, "stopped", now_us(), extra).await;
@@ -739,7 +720,6 @@ async fn backfill(state: &AppState, pattern: &str, started: Instant) -> Result<(
         }
     };
     let done = state.store.monitor_complete(pattern, &source_name, marks).await.map_err(|e| e.to_string())?;
-    lock(&sup.local).insert(pattern.to_string(), MonitorState::Complete);
     if let Err(e) = note_expiries(state, pattern).await {
         tracing::warn!(pattern, error = %e, "cannot index the expiries of a backfilled subtree");
     }
@@ -768,14 +748,7 @@ async fn backfill(state: &AppState, pattern: &str, started: Instant) -> Result<(
 /// but not up is an error, retried later, so a replica never completes
 /// empty while the subtree's history exists elsewhere.
 fn choose_source(state: &AppState, pattern: &str, me: &str) -> Result<Option<String>, String> {
-    let peers = state.federation.peer_list();
-    let complete: Vec<String> = state
-        .supervisor
-        .live(pattern, me)
-        .into_iter()
-        .filter(|(_, s)| s.state == "complete")
-        .map(|(site, _)| site)
-        .collect();
+    let complete = complete_peers(state, pattern, me);
     if complete.is_empty() {
         // Nothing live: start empty only if no complete replica was heard
         // of lately either (all replicas lost, or a new policy). One heard
@@ -786,18 +759,24 @@ fn choose_source(state: &AppState, pattern: &str, me: &str) -> Result<Option<Str
         }
         return Ok(None);
     }
-    let mut candidates: Vec<(String, f64)> = complete
-        .iter()
-        .filter_map(|site| {
-            let p = peers.iter().find(|p| p.name == *site && p.state == PeerState::Up)?;
-            Some((site.clone(), p.rtt_ms.unwrap_or(f64::MAX)))
-        })
-        .collect();
-    candidates.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-    match candidates.into_iter().next() {
-        Some((site, _)) => Ok(Some(site)),
-        None => Err(format!("no complete replica is reachable right now (announced: {})", complete.join(", "))),
+    let names: Vec<&str> = complete.iter().map(|p| p.name.as_str()).collect();
+    match crate::fanout::by_preference(complete.clone()).into_iter().find(|p| p.state == PeerState::Up) {
+        Some(p) => Ok(Some(p.name)),
+        None => Err(format!("no complete replica is reachable right now (announced: {})", names.join(", "))),
     }
+}
+
+/// The peers announcing a live complete monitor of `pattern`, as the
+/// federation knows them (state, latency, url).
+fn complete_peers(state: &AppState, pattern: &str, me: &str) -> Vec<PeerSummary> {
+    let peers = state.federation.peer_list();
+    state
+        .supervisor
+        .live(pattern, me)
+        .into_iter()
+        .filter(|(_, s)| s.state == "complete")
+        .filter_map(|(site, _)| peers.iter().find(|p| p.name == site).cloned())
+        .collect()
 }
 
 /// Waits until every update the replica `y` will not have reaches this
@@ -1088,8 +1067,8 @@ pub(crate) async fn replica(
             Instant::now() < until && handle.block_on(tx.send_timeout(item, REPLICA_IDLE_MAX)).is_ok()
         };
         let result = store.read_blocking(|v| {
-            let complete = v.monitors()?.iter().any(|m| m.pattern == pattern && m.state == MonitorState::Complete);
-            if !complete {
+            let row = v.monitors()?.into_iter().find(|m| m.pattern == pattern && m.state == MonitorState::Complete);
+            let Some(row) = row else {
                 if let Some(f) = first.take() {
                     let _ = f.send(Err(ApiError::new(
                         StatusCode::CONFLICT,
@@ -1098,18 +1077,16 @@ pub(crate) async fn replica(
                     )));
                 }
                 return Ok(());
-            }
+            };
             if let Some(f) = first.take() {
                 let _ = f.send(Ok(()));
             }
             // Per origin, what the rows include: the origin's mark here, or
             // what this site's own backfill copied, whichever is higher.
             let mut marks: BTreeMap<String, u64> = v.origin_marks()?.into_iter().collect();
-            if let Some(row) = v.monitors()?.into_iter().find(|m| m.pattern == pattern) {
-                for (origin, mark) in row.marks {
-                    let at = marks.entry(origin).or_insert(0);
-                    *at = (*at).max(mark);
-                }
+            for (origin, mark) in row.marks {
+                let at = marks.entry(origin).or_insert(0);
+                *at = (*at).max(mark);
             }
             marks.insert(site.clone(), v.seq());
             let marks: Vec<(String, u64)> = marks.into_iter().collect();
@@ -1302,31 +1279,12 @@ pub(crate) fn recorders(state: &AppState, channel: &str) -> Option<(String, Vec<
     let sup = &state.supervisor;
     let pattern = sup.covering(channel)?;
     let me = state.store.site().to_string();
-    let fed = &state.federation;
-    let peers = fed.peer_list();
-    let mut out: Vec<(String, String, PeerState, f64)> = Vec::new();
-    if sup.local_complete(&pattern) {
-        out.push((me.clone(), fed.local_url(), PeerState::Up, -1.0));
+    let mut sites = complete_peers(state, &pattern, &me);
+    if state.store.monitor_state(&pattern) == Some(MonitorState::Complete) {
+        sites.push(crate::fanout::this_site(state));
     }
-    for (site, s) in sup.live(&pattern, &me) {
-        if s.state != "complete" {
-            continue;
-        }
-        if let Some(p) = peers.iter().find(|p| p.name == site) {
-            out.push((site, p.url.clone(), p.state, p.rtt_ms.unwrap_or(f64::MAX)));
-        }
-    }
-    out.sort_by(|a, b| a.2.cmp(&b.2).then(a.3.total_cmp(&b.3)).then(a.0.cmp(&b.0)));
-    Some((pattern, out.into_iter().map(|(s, u, _, _)| (s, u)).collect()))
-}
-
-impl Supervisor {
-    /// Whether this site's own announcements say it records `pattern`
-    /// completely (kept current by the feed of its own announcements and
-    /// its handoff events).
-    pub(crate) fn local_complete(&self, pattern: &str) -> bool {
-        lock(&self.local).get(pattern).is_some_and(|s| *s == MonitorState::Complete)
-    }
+    let ordered = crate::fanout::by_preference(sites).into_iter().map(|p| (p.name, p.url)).collect();
+    Some((pattern, ordered))
 }
 
 #[cfg(test)]

@@ -86,6 +86,14 @@ fn elements(input: &str) -> Result<Vec<&str>> {
     Ok(elements)
 }
 
+/// The subtrees a channel name lies in, shortest first: for
+/// `/example.com/node/h1/`, `/example.com/`, `/example.com/node/` and the
+/// channel itself. A lookup of each in a map of subtree patterns finds the
+/// ones covering the channel in O(depth) lookups, whatever their number.
+pub fn subtrees(channel: &str) -> impl Iterator<Item = &str> {
+    channel.match_indices('/').skip(1).map(move |(i, _)| &channel[..=i])
+}
+
 impl Channel {
     /// Parses and validates a channel name.
     ///
@@ -211,6 +219,13 @@ impl fmt::Display for Pattern {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn subtrees_run_from_the_authority_to_the_channel() {
+        let all: Vec<&str> = subtrees("/example.com/node/h1/").collect();
+        assert_eq!(all, ["/example.com/", "/example.com/node/", "/example.com/node/h1/"]);
+        assert_eq!(subtrees("/a/").collect::<Vec<_>>(), ["/a/"]);
+    }
+
     use super::*;
 
     fn ch(s: &str) -> Channel {

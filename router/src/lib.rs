@@ -12,6 +12,6 @@ mod channel;
 mod error;
 mod trie;
 
-pub use channel::{Channel, Pattern, Segment, CHANNEL_BYTES_MAX, CHANNEL_DEPTH_MAX, RESERVED_AUTHORITY};
+pub use channel::{subtrees, Channel, Pattern, Segment, CHANNEL_BYTES_MAX, CHANNEL_DEPTH_MAX, RESERVED_AUTHORITY};
 pub use error::{Error, Result};
 pub use trie::Trie;

@@ -37,7 +37,7 @@
 //! copied rows would sort after newer live ones, and nothing in a row says
 //! which update made it, so overlaps could not be recognized.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::error::{Error, Result};
 use crate::keys::CF_MONITORS;
@@ -130,10 +130,11 @@ impl Recording {
         Ok(Recording { monitors })
     }
 
-    /// The running monitor whose pattern covers `channel`, the longest one
-    /// if patterns nest.
+    /// The running monitor whose pattern covers `channel` (patterns do not
+    /// nest: at most one). One map lookup per subtree of the channel, as
+    /// every attribute event on the write path asks.
     pub(crate) fn covering(&self, channel: &str) -> Option<(&String, &Monitor)> {
-        self.monitors.iter().filter(|(p, _)| channel.starts_with(p.as_str())).max_by_key(|(p, _)| p.len())
+        pepper_router::subtrees(channel).find_map(|p| self.monitors.get_key_value(p))
     }
 
     /// Whether an update on `channel` from `origin` (its seq there
@@ -142,7 +143,7 @@ impl Recording {
     /// recording policy's patterns.
     pub(crate) fn decide(
         &self,
-        policy: &[String],
+        policy: &BTreeSet<String>,
         channel: &str,
         origin: &str,
         origin_seq: u64,
@@ -156,7 +157,7 @@ impl Recording {
                 MonitorState::Stopped => Decision::Skip,
             };
         }
-        if !local || policy.iter().any(|p| channel.starts_with(p.as_str())) {
+        if !local || pepper_router::subtrees(channel).any(|p| policy.contains(p)) {
             return Decision::Skip;
         }
         Decision::Record
@@ -239,7 +240,7 @@ mod tests {
 
     #[test]
     fn decisions_follow_policy_monitors_and_marks() {
-        let policy = vec!["/n/".to_string()];
+        let policy = BTreeSet::from(["/n/".to_string()]);
         let mut r = Recording::default();
         // No monitor: local updates outside the policy are recorded, received
         // ones and those under the policy are not.

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::feed::{Feed, Filter};
 use crate::keys::{self, CF_LOG, CF_META};
 use crate::limits::*;
-use crate::record::{Body, Distribution};
+use crate::record::{Body, Distribution, MonitorState};
 use crate::retention::{Retention, RetentionReport};
 use crate::view::View;
 use crate::writer::{Appended, MonitorOp, Prepared, Request, Writer};
@@ -104,7 +104,9 @@ pub(crate) struct Shared {
     /// Where the next history retention pass resumes (a tuple's key prefix).
     pub history_resume: Mutex<Option<Vec<u8>>>,
     /// The recording policy's patterns ([`crate::recording`]).
-    pub policy: std::sync::RwLock<Arc<Vec<String>>>,
+    pub policy: std::sync::RwLock<Arc<std::collections::BTreeSet<String>>>,
+    /// The running monitors' states, as the writer last committed them.
+    pub monitor_states: std::sync::RwLock<std::collections::BTreeMap<String, crate::record::MonitorState>>,
     /// Test hook: the writer's next batch write fails as if the WAL did.
     #[cfg(test)]
     pub fail_next_write: std::sync::atomic::AtomicBool,
@@ -123,8 +125,14 @@ impl Shared {
         self.poisoned.get().cloned()
     }
 
+    /// Publishes the writer's monitors, once their records are durable.
+    pub(crate) fn set_monitor_states(&self, recording: &crate::recording::Recording) {
+        let states = recording.monitors.iter().map(|(p, m)| (p.clone(), m.state)).collect();
+        *self.monitor_states.write().unwrap_or_else(|p| p.into_inner()) = states;
+    }
+
     /// The recording policy's patterns now.
-    pub fn policy(&self) -> Arc<Vec<String>> {
+    pub fn policy(&self) -> Arc<std::collections::BTreeSet<String>> {
         self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
@@ -232,13 +240,15 @@ impl Store {
             poisoned: OnceLock::new(),
             stats: Stats::default(),
             history_resume: Mutex::new(None),
-            policy: std::sync::RwLock::new(Arc::new(Vec::new())),
+            policy: std::sync::RwLock::new(Arc::default()),
+            monitor_states: std::sync::RwLock::default(),
             #[cfg(test)]
             fail_next_write: std::sync::atomic::AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_REQUESTS_MAX);
         let anycast = crate::anycast::Anycast::load(&shared)?;
         let recording = crate::recording::Recording::load(&shared)?;
+        shared.set_monitor_states(&recording);
         let writer = Writer::new(shared.clone(), next_seq, log_bytes, last_time_us, floor, anycast, recording);
         let writer = std::thread::Builder::new().name("pepper-writer".into()).spawn(move || writer.run(rx))?;
         let retention = match options.retention.is_enabled() {
@@ -404,8 +414,20 @@ impl Store {
                 return Err(Error::invalid("recording pattern", format!("{p} and {q} nest; patterns may not")));
             }
         }
-        *self.inner.shared.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(patterns);
+        *self.inner.shared.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(patterns.into_iter().collect());
         Ok(())
+    }
+
+    /// The state of this site's monitor of `pattern`, if one runs (importing
+    /// or complete), as of the last committed monitor record. No disk read:
+    /// query routing asks it per request.
+    pub fn monitor_state(&self, pattern: &str) -> Option<MonitorState> {
+        self.inner.shared.monitor_states.read().unwrap_or_else(|p| p.into_inner()).get(pattern).copied()
+    }
+
+    /// How many monitors run on this site.
+    pub fn monitors_running(&self) -> usize {
+        self.inner.shared.monitor_states.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Starts a monitor of `pattern` here, importing: clears the subtree's
@@ -702,7 +724,8 @@ impl Shared {
             poisoned: OnceLock::new(),
             stats: Stats::default(),
             history_resume: Mutex::new(None),
-            policy: std::sync::RwLock::new(Arc::new(Vec::new())),
+            policy: std::sync::RwLock::new(Arc::default()),
+            monitor_states: std::sync::RwLock::default(),
             #[cfg(test)]
             fail_next_write: std::sync::atomic::AtomicBool::new(false),
         }

@@ -435,7 +435,7 @@ impl Writer {
         &mut self,
         batch: &mut WriteBatch,
         ov: &mut Overlays,
-        policy: &[String],
+        policy: &std::collections::BTreeSet<String>,
         records: Vec<Prepared>,
         time_us: u64,
         from: Option<(&str, &[u64])>,
@@ -885,6 +885,7 @@ impl Writer {
                 self.recording.monitors.remove(&change.pattern);
             }
         }
+        self.shared.set_monitor_states(&self.recording);
         let appended = Appended { first, last: self.next_seq - 1, replayed: false, dropped: 0 };
         self.shared.stats.groups.fetch_add(1, Ordering::Relaxed);
         self.shared.stats.records.fetch_add(appended.written(), Ordering::Relaxed);
