@@ -26,7 +26,8 @@ const INTERVAL_MS: &str = "200";
 /// The documented bound on restoring R after a kill, with these intervals.
 const RESTORE_MAX: Duration = Duration::from_secs(10);
 
-fn site(dir: &std::path::Path, name: &str, region: &str, seed: Option<&str>) -> Server {
+/// A site of the test's federation; `peer` is another site as NAME=URL.
+fn site(dir: &std::path::Path, name: &str, region: &str, peer: Option<&str>) -> Server {
     let mut args = vec![
         "--site",
         name,
@@ -41,10 +42,8 @@ fn site(dir: &std::path::Path, name: &str, region: &str, seed: Option<&str>) -> 
         "--record",
         "/fleet/node/=2",
     ];
-    let peer;
-    if let Some(url) = seed {
-        peer = format!("s1={url}");
-        args.extend(["--peer", peer.as_str()]);
+    if let Some(p) = peer {
+        args.extend(["--peer", p]);
     }
     Server::start(&dir.join(name), &args)
 }
@@ -88,9 +87,10 @@ fn recorders_are_replaced_with_their_history_after_kills() {
     let dir = tempfile::tempdir().unwrap();
     let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let s1 = site(dir.path(), "s1", "r1", None);
+    let seed = format!("s1={}", s1.url);
     let mut servers: BTreeMap<String, Server> = BTreeMap::new();
     for (name, region) in [("s2", "r1"), ("s3", "r2"), ("s4", "r2"), ("s5", "r3")] {
-        servers.insert(name.into(), site(dir.path(), name, region, Some(&s1.url)));
+        servers.insert(name.into(), site(dir.path(), name, region, Some(&seed)));
     }
     servers.insert("s1".into(), s1);
     let any = |servers: &BTreeMap<String, Server>, not: &BTreeSet<String>| -> String {
@@ -250,8 +250,9 @@ fn one_monitor_stops_when_there_are_too_many() {
     let dir = tempfile::tempdir().unwrap();
     let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let a = site(dir.path(), "s1", "r1", None);
-    let b = site(dir.path(), "s2", "r1", Some(&a.url));
-    let c = site(dir.path(), "s3", "r2", Some(&a.url));
+    let seed = format!("s1={}", a.url);
+    let b = site(dir.path(), "s2", "r1", Some(&seed));
+    let c = site(dir.path(), "s3", "r2", Some(&seed));
     let all = [&a, &b, &c];
     let policy = |r: u64| {
         for s in all {
@@ -301,23 +302,7 @@ fn one_monitor_stops_when_there_are_too_many() {
     let mut servers = vec![a, b, c];
     let at = servers.iter().position(|s| get(&http, s, "/v1/health")["site"] == name.as_str()).unwrap();
     assert!(servers.remove(at).stop().success());
-    let args = [
-        "--site",
-        &name,
-        "--region",
-        region,
-        "--peer-secret",
-        SECRET,
-        "--heartbeat-ms",
-        "100",
-        "--monitor-interval-ms",
-        INTERVAL_MS,
-        "--record",
-        "/fleet/node/=2",
-        "--peer",
-        &seed_peer,
-    ];
-    let restarted = Server::start(&dir.path().join(&name), &args);
+    let restarted = site(dir.path(), &name, region, Some(&seed_peer));
     for _ in 0..10 {
         std::thread::sleep(Duration::from_millis(200));
         let v = get(&http, &restarted, "/v1/recording");
@@ -462,4 +447,25 @@ fn complete_recorders_of(http: &Client, s: &Server, pattern: &str) -> Vec<String
         .filter(|m| m["state"] == "complete")
         .map(|m| m["site"].as_str().unwrap().to_string())
         .collect()
+}
+
+#[test]
+fn queries_on_a_subtree_nobody_records_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    // A long interval: no monitor starts during the test.
+    let args = ["--site", "one", "--monitor-interval-ms", "60000", "--record", "/a/=1"];
+    let s = Server::start(&dir.path().join("one"), &args);
+    // Routed to the recorders on its own, and there are none: 503, not an
+    // empty answer a client would take for "no rows".
+    let res = http.get(s.at("/v1/tuples?channel=/a/x/")).send().unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.json::<Value>().unwrap()["error"]["code"], "no_recorder");
+    // Outside the policy, a query is local as before.
+    let res = http.get(s.at("/v1/tuples?channel=/b/x/")).send().unwrap();
+    assert_eq!(res.status(), 200);
+    // scope=recorders on a channel no policy covers is the caller's error.
+    let res = http.get(s.at("/v1/tuples?channel=/b/x/&scope=recorders")).send().unwrap();
+    assert_eq!(res.status(), 400);
+    assert!(res.text().unwrap().contains("no recording policy covers"));
 }

@@ -274,9 +274,28 @@ mod tests {
             expires_at_us: None,
             source: Party::default(),
         };
-        let many = vec![("/n/".to_string(), update); crate::limits::MONITOR_PENDING_MAX + 1];
+        let many = vec![("/n/".to_string(), update.clone()); crate::limits::MONITOR_PENDING_MAX + 1];
         r.add_pending(many);
         let err = r.completable("/n/").expect_err("overflowed");
         assert!(err.to_string().contains("importing"), "{err}");
+        // Few but large updates overflow the byte bound.
+        r.monitors.insert("/m/".into(), monitor(MonitorState::Importing, &[]));
+        let big = PendingUpdate { channel: "/m/h/".into(), value: "x".repeat(1024 * 1024), ..update };
+        r.add_pending(vec![("/m/".to_string(), big); 63]);
+        assert!(r.completable("/m/").is_ok(), "63 MiB is within the bound");
+        let big = r.monitors["/m/"].pending[0].clone();
+        r.add_pending(vec![("/m/".to_string(), big)]);
+        assert!(r.completable("/m/").is_err(), "past 64 MiB the import cannot complete");
+    }
+
+    #[test]
+    fn the_covering_monitor_is_found_by_subtree() {
+        let mut r = Recording::default();
+        r.monitors.insert("/a/b/".into(), monitor(MonitorState::Complete, &[]));
+        r.monitors.insert("/c/".into(), monitor(MonitorState::Complete, &[]));
+        assert_eq!(r.covering("/a/b/h/x/").map(|(p, _)| p.as_str()), Some("/a/b/"));
+        assert_eq!(r.covering("/a/b/").map(|(p, _)| p.as_str()), Some("/a/b/"));
+        assert!(r.covering("/a/").is_none());
+        assert!(r.covering("/a/bb/").is_none(), "a pattern covers whole elements only");
     }
 }

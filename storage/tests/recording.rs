@@ -161,6 +161,12 @@ async fn a_restart_while_importing_breaks_the_monitor() {
     let err = store.monitor_complete("/n/", "y", vec![]).await.unwrap_err();
     assert!(err.to_string().contains("restarted"), "{err}");
     store.monitor_stop("/n/", "broken").await.unwrap();
+    // A reason is for people: a long one is cut at the limit, not refused.
+    let long = "é".repeat(limits::MONITOR_REASON_BYTES_MAX);
+    store.monitor_start("/n/", &long).await.unwrap();
+    let rows = store.read(|v| v.monitors()).await.unwrap();
+    assert!(rows[0].reason.len() <= limits::MONITOR_REASON_BYTES_MAX && rows[0].reason.starts_with('é'));
+    store.monitor_stop("/n/", "again").await.unwrap();
     store.monitor_start("/n/", "again").await.unwrap();
     store.monitor_complete("/n/", "", vec![]).await.unwrap();
     store.receive("a", vec![(2, attribute("/n/h1/", "load", "2"))]).await.unwrap();
