@@ -6,6 +6,16 @@
 //! printable characters other than `/`. PsEPR reserved the empty element
 //! (`//`) and `*`; pepper keeps both out of channel names.
 //!
+//! **Printable** means: no character of Unicode's general categories Cc
+//! (control: C0, DEL, C1, so no NUL, CR or LF), Cf (format: zero-width
+//! space and joiners, the byte order mark, bidirectional overrides and
+//! isolates), Zl or Zp (line and paragraph separators). Those are invisible
+//! or reorder what is shown, so two channels that print the same could be
+//! different channels (`/bank.example/` and one with a zero-width space or
+//! a right-to-left override in it), and a line separator breaks the line a
+//! channel is printed on. Letters, marks, digits, punctuation, symbols and
+//! spaces of every script are allowed.
+//!
 //! A **lease pattern** has the same shape, but an element may be exactly `*`,
 //! which matches **exactly one** element of a channel, whatever it is. A
 //! pattern matches a channel when its elements match the channel's first
@@ -79,11 +89,30 @@ fn elements(input: &str) -> Result<Vec<&str>> {
         if e.is_empty() {
             return Err(Error::channel(input, format!("element {} is empty ('//' is reserved)", i + 1)));
         }
-        if let Some(c) = e.chars().find(|c| c.is_control()) {
-            return Err(Error::channel(input, format!("element {} holds the control character {c:?}", i + 1)));
+        if let Some(c) = e.chars().find(|&c| !printable(c)) {
+            return Err(Error::channel(
+                input,
+                format!(
+                    "element {} holds U+{:04X}, a control, format or separator character; elements are printable",
+                    i + 1,
+                    c as u32
+                ),
+            ));
         }
     }
     Ok(elements)
+}
+
+/// Whether `c` may appear in a channel element (see the module header).
+fn printable(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    !matches!(
+        c.general_category(),
+        GeneralCategory::Control
+            | GeneralCategory::Format
+            | GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
+    )
 }
 
 /// The subtrees a channel name lies in, shortest first: for
@@ -241,6 +270,8 @@ mod tests {
         assert!(!c.is_reserved());
         assert!(ch("/pepper/sites/").is_reserved());
         assert!(ch("/ünïcode/é/").depth() == 2);
+        // Spaces, marks and other scripts print: they are allowed.
+        assert!(ch("/a b/e\u{301}/日本/عربي/").depth() == 4);
     }
 
     #[test]
@@ -256,6 +287,13 @@ mod tests {
             ("/a/b*/", "'*'"),
             ("/a/\u{7}/", "control"),
             ("/a/\n/", "control"),
+            ("/a/\u{85}/", "U+0085"),
+            ("/bank\u{200B}.example/", "U+200B"),
+            ("/a/\u{202E}txt.exe/", "U+202E"),
+            ("/a/\u{2066}b/", "U+2066"),
+            ("/a/\u{FEFF}/", "U+FEFF"),
+            ("/a/\u{2028}/", "U+2028"),
+            ("/a/\u{E0041}/", "U+E0041"),
         ] {
             let err = Channel::parse(input).expect_err(input).to_string();
             assert!(err.contains(needle), "{input:?}: {err}");

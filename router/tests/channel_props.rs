@@ -21,7 +21,9 @@ proptest! {
             prop_assert_eq!(c.as_str(), input.as_str());
             prop_assert!(c.depth() >= 1 && c.depth() <= CHANNEL_DEPTH_MAX);
             prop_assert!(c.as_str().len() <= CHANNEL_BYTES_MAX);
-            prop_assert!(c.elements().all(|e| !e.is_empty() && !e.contains('*') && !e.chars().any(char::is_control)));
+            let invisible = |ch: char| ch.is_control() || matches!(ch, '\u{200B}' | '\u{202E}' | '\u{FEFF}');
+            let printable = c.elements().all(|e| !e.is_empty() && !e.contains('*') && !e.chars().any(invisible));
+            prop_assert!(printable);
             // A channel read as a pattern covers itself.
             let p = Pattern::parse(&input).expect("every channel is a pattern");
             prop_assert!(p.matches(&c));
