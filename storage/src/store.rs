@@ -110,6 +110,11 @@ pub(crate) struct Shared {
     /// Test hook: the writer's next batch write fails as if the WAL did.
     #[cfg(test)]
     pub fail_next_write: std::sync::atomic::AtomicBool,
+    /// Test hook: held by a test, it stops the writer between taking a
+    /// group's first request and gathering the rest, so requests sent
+    /// meanwhile land in one group.
+    #[cfg(test)]
+    pub writer_gate: Mutex<()>,
 }
 
 impl Shared {
@@ -244,6 +249,8 @@ impl Store {
             monitor_states: std::sync::RwLock::default(),
             #[cfg(test)]
             fail_next_write: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            writer_gate: Mutex::new(()),
         });
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_REQUESTS_MAX);
         let anycast = crate::anycast::Anycast::load(&shared)?;
@@ -525,6 +532,18 @@ impl Store {
         if bodies.len() > BATCH_RECORDS_MAX {
             return Err(Error::TooLarge { what: "batch", size: bodies.len(), max: BATCH_RECORDS_MAX });
         }
+        if origin.is_none() {
+            // An id names one event: a batch that logs it twice is a client
+            // mistake, refused rather than logged twice.
+            let mut seen = std::collections::HashSet::with_capacity(bodies.len());
+            for body in &bodies {
+                if let Body::Event(e) = body {
+                    if !e.id.is_empty() && !seen.insert(e.id.as_str()) {
+                        return Err(Error::invalid("event id", format!("{} appears twice in one batch", e.id)));
+                    }
+                }
+            }
+        }
         let site_len = origin.as_ref().map_or(self.site().len(), |o| o.site.len());
         let overhead = crate::record::HEADER_BYTES + site_len + crate::record::CRC_BYTES;
         let mut records = Vec::with_capacity(bodies.len());
@@ -728,6 +747,8 @@ impl Shared {
             monitor_states: std::sync::RwLock::default(),
             #[cfg(test)]
             fail_next_write: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            writer_gate: Mutex::new(()),
         }
     }
 }
@@ -745,6 +766,86 @@ mod tests {
             expires_at_us: None,
             source: Party::default(),
         })
+    }
+
+    fn event(id: &str) -> Body {
+        Body::Event(crate::record::Event {
+            id: id.into(),
+            channel: "/x/".into(),
+            event_type: "t".into(),
+            from: Party::default(),
+            to: crate::record::Target::default(),
+            distribution: crate::record::Distribution::All,
+            payload: b"null".to_vec(),
+            assigned: Vec::new(),
+            tuple: None,
+        })
+    }
+
+    /// Sends `bodies` as separate appends that the writer takes as one
+    /// group, and returns where their answers arrive.
+    fn one_group(store: &Store, bodies: Vec<Vec<Body>>) -> Vec<oneshot::Receiver<Result<Appended>>> {
+        let gate = store.inner.shared.writer_gate.lock().unwrap_or_else(|p| p.into_inner());
+        let mut replies = Vec::new();
+        for b in bodies {
+            let (req, rx) = store.request(b, None).expect("request");
+            store.sender().expect("sender").blocking_send(req).expect("send");
+            replies.push(rx);
+        }
+        drop(gate);
+        replies
+    }
+
+    fn answer(rx: oneshot::Receiver<Result<Appended>>) -> Result<Appended> {
+        rx.blocking_recv().unwrap_or(Err(Error::Closed))
+    }
+
+    /// A retry that lands in the original's group is answered with the
+    /// group, once it is durable, never before: answered early from
+    /// memory, it was lost with the group by a kill at that moment.
+    #[test]
+    fn a_replay_in_the_originals_group_is_answered_only_once_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Options::new("s")).expect("open");
+        let durable = store.inner.shared.durable.subscribe();
+        let mut replies = one_group(&store, vec![vec![event("dup1")], vec![event("dup1")]]);
+        // The replay's answer first, and the durable seq the moment it came.
+        let replay = answer(replies.remove(1)).expect("replay");
+        let durable_then = *durable.borrow();
+        let original = answer(replies.remove(0)).expect("original");
+        assert!(!original.replayed && replay.replayed);
+        assert_eq!((replay.first, replay.last), (original.first, original.last));
+        assert!(durable_then >= replay.last, "answered before its original was durable");
+        assert_eq!(store.last_seq(), 1, "logged once");
+    }
+
+    /// When the group's write fails, the retry in it fails too: it may not
+    /// say "replayed" for an event that was never written.
+    #[test]
+    fn a_replay_in_a_failed_group_fails_with_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Options::new("s")).expect("open");
+        store.inner.shared.fail_next_write.store(true, Ordering::Release);
+        let answers: Vec<_> =
+            one_group(&store, vec![vec![event("dup1")], vec![event("dup1")]]).into_iter().map(answer).collect();
+        for a in &answers {
+            assert!(matches!(a, Err(Error::Poisoned(_))), "{a:?}");
+        }
+        store.close();
+        let store = Store::open(dir.path(), Options::new("s")).expect("reopen");
+        assert_eq!(store.last_seq(), 0, "nothing was written");
+        let again = store.append_blocking(vec![event("dup1")]).expect("after reopen");
+        assert!(!again.replayed, "the id was never logged");
+    }
+
+    #[test]
+    fn a_batch_that_carries_one_id_twice_is_refused_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Options::new("s")).expect("open");
+        let err = store.append_blocking(vec![event("dup1"), event("other"), event("dup1")]).expect_err("twice");
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+        assert!(err.to_string().contains("dup1"), "{err}");
+        assert_eq!(store.last_seq(), 0);
     }
 
     #[test]

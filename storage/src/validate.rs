@@ -1,6 +1,14 @@
 //! Input checks that every record passes before it is queued for the writer.
 //!
-//! Lengths, the `00` byte that separates key parts, and channels: every
+//! Lengths, the `00` byte that separates key parts, control characters, and
+//! channels. Every record passes here, whether a client published it or a
+//! peer forwarded it, so a record that breaks a rule never reaches the log
+//! of any site. Names that reach a protocol line or header (an event's type
+//! is the `event:` line of an SSE stream; ids, parties and fields are XML
+//! attribute and element text) hold no control character: a line break in
+//! one would end the line early, and C0 characters are not allowed in XML.
+//!
+//! Every
 //! channel and lease pattern the store takes is one the router parses
 //! (`pepper_router::Channel` and `Pattern`), so catch-up from the log, live
 //! routing and the writer's anycast choice all read the same names the same
@@ -8,7 +16,7 @@
 
 use crate::error::{Error, Result};
 use crate::limits::*;
-use crate::record::{Body, Party};
+use crate::record::{Body, Event, Party};
 
 /// Checks a channel name: PsEPR's grammar, as the router parses it.
 ///
@@ -26,8 +34,20 @@ fn field(f: &str) -> Result<()> {
     if f.is_empty() {
         return Err(Error::invalid("field", "must not be empty"));
     }
-    bounded("field", f, FIELD_BYTES_MAX)?;
-    no_nul("field", f)
+    name("field", f, FIELD_BYTES_MAX)
+}
+
+/// Checks a name that reaches protocol lines: at most `max` bytes and no
+/// control character (C0, DEL or C1), which covers NUL, CR and LF.
+///
+/// # Errors
+/// `TooLarge` or `InvalidInput` naming the character.
+pub fn name(what: &'static str, s: &str, max: usize) -> Result<()> {
+    bounded(what, s, max)?;
+    match s.chars().find(|c| c.is_control()) {
+        Some(c) => Err(Error::invalid(what, format!("must not contain the control character {c:?}"))),
+        None => Ok(()),
+    }
 }
 
 fn bounded(what: &'static str, s: &str, max: usize) -> Result<()> {
@@ -41,7 +61,7 @@ fn id(what: &'static str, s: &str) -> Result<()> {
     if s.is_empty() {
         return Err(Error::invalid(what, "must not be empty"));
     }
-    bounded(what, s, ID_BYTES_MAX)
+    name(what, s, ID_BYTES_MAX)
 }
 
 fn no_nul(what: &'static str, s: &str) -> Result<()> {
@@ -52,15 +72,38 @@ fn no_nul(what: &'static str, s: &str) -> Result<()> {
 }
 
 fn party(p: &Party) -> Result<()> {
-    bounded("service", &p.service, PARTY_BYTES_MAX)?;
-    bounded("instance", &p.instance, PARTY_BYTES_MAX)
+    name("service", &p.service, PARTY_BYTES_MAX)?;
+    name("instance", &p.instance, PARTY_BYTES_MAX)
 }
 
 fn lease_types(types: &[String]) -> Result<()> {
     if types.len() > LEASE_TYPES_MAX {
         return Err(Error::TooLarge { what: "lease types", size: types.len(), max: LEASE_TYPES_MAX });
     }
-    types.iter().try_for_each(|t| bounded("lease type", t, TYPE_BYTES_MAX))
+    types.iter().try_for_each(|t| name("lease type", t, TYPE_BYTES_MAX))
+}
+
+/// Checks one event, as [`body`] does.
+///
+/// # Errors
+/// `InvalidInput` or `TooLarge` naming the offending field.
+pub fn event(e: &Event) -> Result<()> {
+    channel("channel", &e.channel)?;
+    name("event id", &e.id, ID_BYTES_MAX)?;
+    if e.event_type.is_empty() {
+        return Err(Error::invalid("type", "must not be empty"));
+    }
+    name("type", &e.event_type, TYPE_BYTES_MAX)?;
+    party(&e.from)?;
+    name("to.service", e.to.service.as_deref().unwrap_or(""), PARTY_BYTES_MAX)?;
+    name("to.instance", e.to.instance.as_deref().unwrap_or(""), PARTY_BYTES_MAX)?;
+    if !e.assigned.is_empty() {
+        return Err(Error::invalid("assigned", "is chosen by the writer at commit; leave it empty"));
+    }
+    if let Some(t) = &e.tuple {
+        field(&t.field)?;
+    }
+    Ok(())
 }
 
 /// Checks one record body.
@@ -69,24 +112,7 @@ fn lease_types(types: &[String]) -> Result<()> {
 /// `InvalidInput` or `TooLarge` naming the offending field.
 pub fn body(b: &Body) -> Result<()> {
     match b {
-        Body::Event(e) => {
-            channel("channel", &e.channel)?;
-            bounded("event id", &e.id, ID_BYTES_MAX)?;
-            if e.event_type.is_empty() {
-                return Err(Error::invalid("type", "must not be empty"));
-            }
-            bounded("type", &e.event_type, TYPE_BYTES_MAX)?;
-            party(&e.from)?;
-            bounded("to.service", e.to.service.as_deref().unwrap_or(""), PARTY_BYTES_MAX)?;
-            bounded("to.instance", e.to.instance.as_deref().unwrap_or(""), PARTY_BYTES_MAX)?;
-            if !e.assigned.is_empty() {
-                return Err(Error::invalid("assigned", "is chosen by the writer at commit; leave it empty"));
-            }
-            if let Some(t) = &e.tuple {
-                field(&t.field)?;
-            }
-            Ok(())
-        }
+        Body::Event(e) => event(e),
         Body::TupleSet(t) => {
             channel("channel", &t.channel)?;
             field(&t.field)?;
@@ -171,7 +197,34 @@ fn doc_key(k: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::TupleSet;
+    use crate::record::{Distribution, Target, TupleSet};
+
+    fn event(event_type: &str, id: &str) -> Body {
+        Body::Event(Event {
+            id: id.into(),
+            channel: "/x/".into(),
+            event_type: event_type.into(),
+            from: Party::default(),
+            to: Target::default(),
+            distribution: Distribution::All,
+            payload: b"null".to_vec(),
+            assigned: Vec::new(),
+            tuple: None,
+        })
+    }
+
+    /// An event type is the `event:` line of an SSE stream: a line break in
+    /// it broke every stream that reached the event, on every site.
+    #[test]
+    fn names_that_reach_protocol_lines_hold_no_control_characters() {
+        assert!(body(&event("t", "e1")).is_ok());
+        assert!(body(&event("ünïcode type", "e1")).is_ok());
+        for bad in ["x\ny", "x\ry", "x\u{1}", "x\u{85}y", "x\u{7f}"] {
+            let err = body(&event(bad, "e1")).expect_err(bad);
+            assert!(err.to_string().contains("control character"), "{err}");
+            assert!(body(&event("t", bad)).is_err(), "id {bad:?}");
+        }
+    }
 
     fn tuple(channel: &str, field: &str) -> Body {
         Body::TupleSet(TupleSet {
@@ -197,6 +250,7 @@ mod tests {
     fn fields_must_be_non_empty_bounded_and_nul_free() {
         assert!(body(&tuple("/a/", "")).is_err());
         assert!(body(&tuple("/a/", "x\0y")).is_err());
+        assert!(body(&tuple("/a/", "x\ny")).is_err());
         assert!(matches!(body(&tuple("/a/", &"f".repeat(FIELD_BYTES_MAX + 1))), Err(Error::TooLarge { .. })));
     }
 }

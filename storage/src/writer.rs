@@ -203,6 +203,8 @@ impl Writer {
                 let _ = reply.send(self.commit_monitor(op));
                 continue;
             }
+            #[cfg(test)]
+            drop(self.shared.writer_gate.lock().unwrap_or_else(|p| p.into_inner()));
             let (mut records, mut bytes) = first.size();
             let mut group = vec![first];
             while let Ok(next) = rx.try_recv() {
@@ -295,7 +297,10 @@ impl Writer {
                     match dedupe {
                         Ok(Dedupe::New) => {}
                         Ok(Dedupe::Replay { first, last }) => {
-                            let _ = reply.send(Ok(Appended { first, last, replayed: true, dropped: 0 }));
+                            // The original may be earlier in this very group,
+                            // not yet durable: the replay is answered with the
+                            // group, after its WAL sync, and fails with it.
+                            acks.push((reply, Appended { first, last, replayed: true, dropped: 0 }));
                             continue;
                         }
                         Err(e) => {
@@ -360,8 +365,9 @@ impl Writer {
             }
         }
         if !dirty {
-            // Only received batches that were all duplicates: their earlier
-            // copies are durable already, since nothing of this group is.
+            // Only replays and received batches that were all duplicates:
+            // their originals are durable already, since nothing of this
+            // group is written.
             for (reply, appended) in acks {
                 let _ = reply.send(Ok(appended));
             }
