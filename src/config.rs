@@ -26,6 +26,13 @@
 //! record = ["/example.com/node/=2"]
 //! monitor_interval_ms = 1000
 //!
+//! # The HTTP edge (docs/api.md, "Limits and the edge").
+//! allowed_hosts = ["pepper.example.org"]  # besides IPs, localhost, site, url
+//! cors_origins = []             # e.g. ["https://console.example.org"]
+//! header_read_timeout_s = 30    # also the keep-alive idle limit
+//! body_read_timeout_s = 60
+//! connections_max = 16384
+//!
 //! [retention]
 //! log_max_age_s = 604800
 //! log_max_bytes = 10737418240
@@ -167,6 +174,26 @@ pub struct ServeArgs {
     /// announcements [default: 1000].
     #[arg(long, env = "PEPPER_MONITOR_INTERVAL_MS", value_parser = clap::value_parser!(u64).range(10..=60_000))]
     monitor_interval_ms: Option<u64>,
+    /// A host name this site answers to besides IP addresses, `localhost`,
+    /// its name and its url's host; repeat for more. Requests naming any
+    /// other host get 403 (DNS rebinding protection).
+    #[arg(long = "allowed-host", env = "PEPPER_ALLOWED_HOSTS", value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
+    /// An origin (`scheme://host[:port]`) allowed cross-origin requests
+    /// from browsers; repeat for more. None: CORS is off.
+    #[arg(long = "cors-origin", env = "PEPPER_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origins: Vec<String>,
+    /// Seconds a client may take to send a request header, and that an
+    /// idle keep-alive connection is kept [default: 30].
+    #[arg(long, env = "PEPPER_HEADER_READ_TIMEOUT_S", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    header_read_timeout_s: Option<u64>,
+    /// Seconds a client may take to send a request body, whole [default: 60].
+    #[arg(long, env = "PEPPER_BODY_READ_TIMEOUT_S", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    body_read_timeout_s: Option<u64>,
+    /// Most connections open at once; at the limit new ones wait to be
+    /// accepted [default: 16384].
+    #[arg(long, env = "PEPPER_CONNECTIONS_MAX", value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    connections_max: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -189,6 +216,13 @@ struct FileConfig {
     #[serde(default)]
     record: Vec<String>,
     monitor_interval_ms: Option<u64>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    #[serde(default)]
+    cors_origins: Vec<String>,
+    header_read_timeout_s: Option<u64>,
+    body_read_timeout_s: Option<u64>,
+    connections_max: Option<u64>,
     #[serde(default)]
     retention: FileRetention,
 }
@@ -226,6 +260,8 @@ pub struct Site {
     pub api: pepper_adapters::ApiConfig,
     /// Whether to run the node agent too.
     pub agent: bool,
+    /// The connection loop's limits.
+    pub server: pepper_adapters::ServerLimits,
 }
 
 /// Merges flags, the config file and defaults.
@@ -321,11 +357,39 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
         policies,
         interval: Duration::from_millis(monitor_interval_ms),
     };
+    let timeout_s = |what: &str, v: Option<u64>, default: Duration| match v {
+        None => Ok(default),
+        Some(s @ 1..=3600) => Ok(Duration::from_secs(s)),
+        Some(s) => anyhow::bail!("{what} must be 1 to 3600, not {s}"),
+    };
+    let edge = pepper_adapters::EdgeConfig {
+        allowed_hosts: if args.allowed_hosts.is_empty() { file.allowed_hosts } else { args.allowed_hosts },
+        cors_origins: if args.cors_origins.is_empty() { file.cors_origins } else { args.cors_origins },
+        body_read_timeout: timeout_s(
+            "body_read_timeout_s",
+            args.body_read_timeout_s.or(file.body_read_timeout_s),
+            pepper_adapters::BODY_READ_TIMEOUT,
+        )?,
+    };
+    edge.validate().map_err(anyhow::Error::msg)?;
+    let server = pepper_adapters::ServerLimits {
+        connections_max: match args.connections_max.or(file.connections_max) {
+            None => pepper_adapters::CONNECTIONS_MAX,
+            Some(n @ 1..=1_048_576) => usize::try_from(n).context("connections_max")?,
+            Some(n) => anyhow::bail!("connections_max must be 1 to 1048576, not {n}"),
+        },
+        header_read_timeout: timeout_s(
+            "header_read_timeout_s",
+            args.header_read_timeout_s.or(file.header_read_timeout_s),
+            pepper_adapters::HEADER_READ_TIMEOUT,
+        )?,
+    };
     Ok(Site {
         data: args.data.or(file.data).unwrap_or_else(|| PathBuf::from(DATA_DEFAULT)),
         listen,
         options,
-        api: pepper_adapters::ApiConfig { lease_ttl_max_s, stream_buffer_events, federation, supervisor },
+        api: pepper_adapters::ApiConfig { lease_ttl_max_s, stream_buffer_events, federation, supervisor, edge },
         agent: args.agent || file.agent.unwrap_or(false),
+        server,
     })
 }

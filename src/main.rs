@@ -38,7 +38,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run this site: open the store and serve the HTTP API.
-    Serve(config::ServeArgs),
+    Serve(Box<config::ServeArgs>),
     /// Check a data folder offline: record crcs, contiguous sequence numbers,
     /// and views that agree with the log. Exits non-zero on any problem.
     Check {
@@ -188,6 +188,22 @@ struct SendArgs {
 /// How long shutdown waits for open connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// `println!` that returns the error instead of panicking: a closed
+/// stdout (the reader of a pipe went away, as `| head` does) ends the
+/// command, and [`main`] ends it quietly.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+/// Whether an error is stdout closing under the command: not a failure to
+/// report, just the end of its reader's interest.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -195,7 +211,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => config::resolve(args).and_then(serve),
+        Command::Serve(args) => config::resolve(*args).and_then(serve),
         Command::Check { data } => check(&data),
         Command::Send(args) => send(args),
         Command::Watch { channel, types, from_seq, server } => watch(&server, &channel, types.as_deref(), from_seq),
@@ -216,6 +232,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pepper: {e:#}");
             ExitCode::FAILURE
@@ -225,7 +242,7 @@ fn main() -> ExitCode {
 
 fn check(data: &std::path::Path) -> anyhow::Result<ExitCode> {
     let report = pepper_storage::check(data).with_context(|| format!("cannot check {}", data.display()))?;
-    println!("{report}");
+    out!("{report}");
     Ok(if report.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
@@ -234,7 +251,7 @@ fn answer(response: reqwest::blocking::Response) -> anyhow::Result<ExitCode> {
     let status = response.status();
     let body: serde_json::Value = response.json().context("the server's answer is not JSON")?;
     if status.is_success() {
-        println!("{body}");
+        out!("{body}");
         return Ok(ExitCode::SUCCESS);
     }
     let message = body["error"]["message"].as_str().unwrap_or("no message");
@@ -311,7 +328,7 @@ fn recording(server: &str, set: Option<&str>, drop: Option<&str>) -> anyhow::Res
             .send()
             .with_context(|| format!("cannot reach {server}"))?;
         if response.status().is_success() {
-            println!("dropped {pattern}");
+            out!("dropped {pattern}");
             return Ok(ExitCode::SUCCESS);
         }
         return answer(response);
@@ -321,7 +338,7 @@ fn recording(server: &str, set: Option<&str>, drop: Option<&str>) -> anyhow::Res
         return answer(response);
     }
     let body: serde_json::Value = response.json().context("the server's answer is not JSON")?;
-    println!("{:<40} {:>8} {:>5} {:>9}  monitors", "pattern", "replicas", "live", "complete");
+    out!("{:<40} {:>8} {:>5} {:>9}  monitors", "pattern", "replicas", "live", "complete");
     for p in body["policies"].as_array().cloned().unwrap_or_default() {
         let monitors: Vec<String> = p["monitors"]
             .as_array()
@@ -330,7 +347,7 @@ fn recording(server: &str, set: Option<&str>, drop: Option<&str>) -> anyhow::Res
             .iter()
             .map(|m| format!("{} ({})", m["site"].as_str().unwrap_or("?"), m["state"].as_str().unwrap_or("?")))
             .collect();
-        println!(
+        out!(
             "{:<40} {:>8} {:>5} {:>9}  {}",
             p["pattern"].as_str().unwrap_or(""),
             p["replicas"],
@@ -350,10 +367,10 @@ fn leases(server: &str) -> anyhow::Result<ExitCode> {
     }
     let body: serde_json::Value = response.json().context("the server's answer is not JSON")?;
     let leases = body["leases"].as_array().cloned().unwrap_or_default();
-    println!("{:<34} {:<40} {:>7}  {:<28} types", "id", "channel", "ttl_s", "expires_at");
+    out!("{:<34} {:<40} {:>7}  {:<28} types", "id", "channel", "ttl_s", "expires_at");
     for l in &leases {
         let types = l["types"].as_array().map(|t| t.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","));
-        println!(
+        out!(
             "{:<34} {:<40} {:>7}  {:<28} {}",
             l["id"].as_str().unwrap_or_default(),
             l["channel"].as_str().unwrap_or_default(),
@@ -362,7 +379,7 @@ fn leases(server: &str) -> anyhow::Result<ExitCode> {
             types.filter(|t| !t.is_empty()).unwrap_or_else(|| "*".into())
         );
     }
-    println!("{} lease(s) as of seq {}", leases.len(), body["seq"]);
+    out!("{} lease(s) as of seq {}", leases.len(), body["seq"]);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -387,7 +404,7 @@ fn tuples(
         }
         let body: serde_json::Value = res.json().context("the server's answer is not JSON")?;
         for h in body["history"].as_array().into_iter().flatten() {
-            println!(
+            out!(
                 "{:>10}  {}  {}",
                 h["seq"],
                 h["time"].as_str().unwrap_or_default(),
@@ -413,7 +430,7 @@ fn tuples(
         let body: serde_json::Value = res.json().context("the server's answer is not JSON")?;
         for t in body["tuples"].as_array().into_iter().flatten() {
             count += 1;
-            println!(
+            out!(
                 "{}{}  {}",
                 t["channel"].as_str().unwrap_or_default(),
                 t["field"].as_str().unwrap_or_default(),
@@ -490,8 +507,8 @@ fn watch(server: &str, channel: &str, types: Option<&str>, from_seq: Option<u64>
                     eprintln!("pepper watch: this terminal fell behind the live stream; resuming from seq {next}");
                 } else if let (Some(seq), false) = (id, data.is_empty()) {
                     let mut out = std::io::stdout().lock();
-                    let _ = writeln!(out, "{data}");
-                    let _ = out.flush();
+                    writeln!(out, "{data}")?;
+                    out.flush()?;
                     next = seq + 1;
                 }
                 (id, event, data) = (None, String::new(), String::new());
@@ -520,14 +537,16 @@ pub(crate) fn host_name() -> String {
 }
 
 fn serve(site: config::Site) -> anyhow::Result<ExitCode> {
-    let config::Site { data, listen, options, api: config, agent } = site;
+    let config::Site { data, listen, options, api: config, agent, server: limits } = site;
     let store = Store::open(&data, options).with_context(|| format!("cannot open the store in {}", data.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
-        println!("listening on http://{addr}");
+        // Tests and scripts read the chosen port from this line; a closed
+        // stdout must not stop the site.
+        let _ = std::io::Write::write_fmt(&mut std::io::stdout(), format_args!("listening on http://{addr}\n"));
         if agent {
             // The agent talks to this site like any client: on the address
             // it listens on, or the loopback of that family when it listens
@@ -565,16 +584,7 @@ fn serve(site: config::Site) -> anyhow::Result<ExitCode> {
                 state.begin_shutdown();
             }
         };
-        // No Nagle: an SSE event or a small answer written after one that
-        // is not yet acknowledged would otherwise wait for the peer's
-        // delayed ACK (up to 40 ms on Linux).
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let server = axum::serve(listener, app).with_graceful_shutdown(stopping);
+        let server = pepper_adapters::serve(listener, app, limits, stopping);
         // A client that stopped reading can keep its stream from ever
         // noticing the shutdown; it gets SHUTDOWN_GRACE, then is cut off.
         tokio::select! {

@@ -324,6 +324,7 @@ fn expired_leases_withdraw_interest_and_retried_batches_are_dropped() {
         http.post(b.at("/v1/peer/records"))
             .header("authorization", format!("Bearer {secret}"))
             .header("x-pepper-origin", "z")
+            .header("content-type", "application/octet-stream")
             .body(body)
             .send()
             .unwrap()

@@ -61,7 +61,13 @@ fn grant_renew_release_and_the_ttl_cap() {
         http.post(server.at("/v1/leases/mine/renew")).json(&json!({"ttl_s": 30})).send().unwrap().json().unwrap();
     assert_eq!(renewed["ttl_s"], 30);
     // Renew is idempotent and keeps the granted TTL without a body.
-    let again: Value = http.post(server.at("/v1/leases/mine/renew")).send().unwrap().json().unwrap();
+    let again: Value = http
+        .post(server.at("/v1/leases/mine/renew"))
+        .header("content-type", "application/json")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(again["ttl_s"], 30);
     let listed: Value = http.get(server.at("/v1/leases")).send().unwrap().json().unwrap();
     assert_eq!(listed["leases"].as_array().unwrap().len(), 1);
@@ -72,7 +78,14 @@ fn grant_renew_release_and_the_ttl_cap() {
 
     assert_eq!(http.delete(server.at("/v1/leases/mine")).send().unwrap().status(), 204);
     assert_eq!(http.delete(server.at("/v1/leases/mine")).send().unwrap().status(), 404);
-    assert_eq!(http.post(server.at("/v1/leases/mine/renew")).send().unwrap().status(), 404);
+    assert_eq!(
+        http.post(server.at("/v1/leases/mine/renew"))
+            .header("content-type", "application/json")
+            .send()
+            .unwrap()
+            .status(),
+        404
+    );
     assert_eq!(http.get(server.at("/v1/leases/mine/events")).send().unwrap().status(), 404);
 }
 
@@ -139,7 +152,8 @@ fn renewal_keeps_a_lease_alive_past_its_first_ttl() {
     assert_eq!(lease["ttl_s"], 1);
     let until = Instant::now() + Duration::from_millis(2500);
     while Instant::now() < until {
-        let res = http.post(server.at("/v1/leases/kept/renew")).send().unwrap();
+        let res =
+            http.post(server.at("/v1/leases/kept/renew")).header("content-type", "application/json").send().unwrap();
         assert_eq!(res.status(), 200, "renewed in time, the lease must still be live");
         std::thread::sleep(Duration::from_millis(300));
     }

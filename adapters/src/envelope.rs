@@ -140,6 +140,43 @@ pub struct EventOut {
     pub site: String,
 }
 
+/// Most events one publish may carry (the store's batch limit). More get 413.
+pub const EVENTS_PER_REQUEST_MAX: usize = pepper_storage::limits::BATCH_RECORDS_MAX;
+
+/// Parses a JSON publish body: an event object, or an array of them.
+/// Returns the events and whether the body was a single object.
+///
+/// # Errors
+/// 400 `invalid_body` for JSON that is not an object or array, 400
+/// `invalid_event` naming the event at fault, 413 for too many events.
+pub fn parse_json(text: &str) -> Result<(Vec<EventIn>, bool), ApiError> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| ApiError::invalid_body(format!("body is not JSON: {e}")))?;
+    match value {
+        serde_json::Value::Array(items) => {
+            if items.len() > EVENTS_PER_REQUEST_MAX {
+                return Err(ApiError::too_large(format!(
+                    "{} events in one request, over the limit of {EVENTS_PER_REQUEST_MAX}",
+                    items.len()
+                )));
+            }
+            let events = items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    serde_json::from_value(v).map_err(|e| ApiError::invalid_event(format!("event {}: {e}", i + 1)))
+                })
+                .collect::<Result<Vec<EventIn>, _>>()?;
+            Ok((events, false))
+        }
+        v @ serde_json::Value::Object(_) => {
+            let event = serde_json::from_value(v).map_err(|e| ApiError::invalid_event(e.to_string()))?;
+            Ok((vec![event], true))
+        }
+        _ => Err(ApiError::invalid_body("body must be an event object or an array of events")),
+    }
+}
+
 /// A new server-assigned event id: 128 random bits in hex.
 pub fn new_event_id() -> String {
     format!("{:032x}", rand::random::<u128>())
@@ -176,7 +213,7 @@ impl EventIn {
         };
         let payload = serde_json::to_vec(&self.payload)
             .map_err(|e| ApiError::invalid_event(format!("payload does not encode: {e}")))?;
-        Ok(Event {
+        let event = Event {
             id,
             channel: channel.as_str().to_string(),
             event_type: event_type.to_string(),
@@ -189,7 +226,14 @@ impl EventIn {
             payload,
             assigned: Vec::new(),
             tuple,
-        })
+        };
+        // The store's own rules (lengths, no control characters in the
+        // names that reach SSE lines and XML), as this envelope's error.
+        pepper_storage::validate::event(&event).map_err(|e| {
+            let message = e.to_string();
+            ApiError::new(ApiError::from(e).status(), "invalid_event", message)
+        })?;
+        Ok(event)
     }
 }
 
@@ -310,6 +354,10 @@ mod tests {
             (r#"{"channel":"/a/","type":" "}"#, "type must not be empty"),
             (r#"{"channel":"/a/","type":"t","id":""}"#, "id must not be empty"),
             (r#"{"type":"t"}"#, "missing field `channel`"),
+            (r#"{"channel":"/x/","type":"x\ny"}"#, "control character"),
+            (r#"{"channel":"/x/","type":"t","id":"a\rb"}"#, "control character"),
+            (r#"{"channel":"/x/","type":"t","from":{"service":"s\u0000"}}"#, "control character"),
+            (r#"{"channel":"/x/","type":"attribute","payload":{"field":"f\n","value":"1"}}"#, "control character"),
         ] {
             let err = parse(json).expect_err(json);
             assert!(err.contains(needle), "{json}: {err}");

@@ -151,6 +151,13 @@ pub(crate) async fn layer(State(state): State<AppState>, mut request: Request, n
             }
         }
     }
+    if params.scope != Scope::Local {
+        // Checked here too: a state change a browser could send without
+        // asking is not carried to other sites either.
+        if let Err(refusal) = crate::edge::content_type_ok(&request) {
+            return refusal.into_response();
+        }
+    }
     if params.scope == Scope::Local {
         let path = request.uri().path().to_string();
         let mut url = match reqwest::Url::parse(&format!("http://x{path}")) {

@@ -156,6 +156,11 @@ pub struct Announce {
     pub region: Option<String>,
     /// Its log's last sequence number.
     pub seq: u64,
+    /// The first sequence number its log still holds (what retention
+    /// kept); 0 from a site that does not say. A gap marker from it may
+    /// only cover records below this.
+    #[serde(default)]
+    pub earliest_seq: u64,
     /// When it was sent, microseconds since the Unix epoch.
     pub time_us: u64,
     /// What its leases want from other sites.
@@ -216,6 +221,9 @@ struct Peer {
     interests_changes: u64,
     /// The last sequence number of its log it announced.
     head_seq: u64,
+    /// The first sequence number its log holds, as it last announced (0:
+    /// not announced). Bounds the gap markers it may send.
+    earliest_seq: u64,
     /// The next local sequence number to forward to it.
     cursor: Option<u64>,
     /// Where forwarding starts for a peer never forwarded to: the log's
@@ -241,6 +249,7 @@ impl Peer {
             stalled: false,
             interests_changes: 0,
             head_seq: 0,
+            earliest_seq: 0,
             cursor: None,
             first_cursor: None,
             forwarded: 0,
@@ -455,6 +464,7 @@ impl Federation {
         p.last_seen = Some(Instant::now());
         p.last_seen_us = Some(now_us());
         p.head_seq = a.seq;
+        p.earliest_seq = a.earliest_seq;
         if p.first_cursor.is_none() {
             p.first_cursor = Some(head + 1);
         }
@@ -490,8 +500,8 @@ impl Federation {
         Ok(())
     }
 
-    /// This site's announcement now.
-    fn announce(&self, seq: u64) -> Announce {
+    /// This site's announcement now, with its log's range.
+    fn announce(&self, seq: u64, earliest_seq: u64) -> Announce {
         // One guard at a time: a second read of a lock this thread already
         // holds can deadlock behind a waiting writer.
         let (interests, interests_version) = read(&self.interests).clone();
@@ -504,6 +514,7 @@ impl Federation {
             url: self.url(),
             region: self.region.clone(),
             seq,
+            earliest_seq,
             time_us: now_us(),
             interests,
             interests_version,
@@ -539,7 +550,7 @@ impl Federation {
     /// Sends this site's announcement to every peer (to those `up` only,
     /// when `only_up`), each within `timeout`, and takes in their answers.
     async fn announce_to_peers(&self, state: &AppState, timeout: Duration, only_up: bool) {
-        let me = self.announce(state.store.last_seq());
+        let me = self.announce(state.store.last_seq(), state.store.earliest_seq());
         let targets: Vec<(String, String)> = read(&self.peers)
             .iter()
             .filter(|(_, p)| !only_up || self.state_of(p) == PeerState::Up)
@@ -764,7 +775,7 @@ pub async fn run(state: AppState, listening: std::net::SocketAddr) {
 /// Publishes this site's announcement on `/pepper/sites/<site>/`.
 async fn publish_heartbeat(state: &AppState) {
     let fed = &state.federation;
-    let me = fed.announce(state.store.last_seq());
+    let me = fed.announce(state.store.last_seq(), state.store.earliest_seq());
     let payload = json!({ "name": me.name, "url": me.url, "region": me.region, "seq": me.seq,
                           "time": crate::envelope::rfc3339_us(me.time_us), "peers": me.peers.len(),
                           "interests": me.interests.len() });
@@ -1005,7 +1016,9 @@ async fn send(
     let status = res.status();
     let answer: Value = res.json().await.map_err(|e| e.to_string())?;
     if !status.is_success() {
-        return Err(SendError { message: format!("answered {status}: {answer}"), refused: status.is_client_error() });
+        // 409 passes by itself (a gap taken after the next heartbeat).
+        let refused = status.is_client_error() && status != axum::http::StatusCode::CONFLICT;
+        return Err(SendError { message: format!("answered {status}: {answer}"), refused });
     }
     Ok(answer)
 }
@@ -1032,7 +1045,7 @@ pub(crate) async fn heartbeat(
     let fed = &state.federation;
     let Json(a) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
     fed.heard(&a, None, state.store.last_seq()).map_err(ApiError::invalid_body)?;
-    Ok(Json(fed.announce(state.store.last_seq())))
+    Ok(Json(fed.announce(state.store.last_seq(), state.store.earliest_seq())))
 }
 
 /// `POST /v1/peer/records`: a batch of log frames from their origin (the
@@ -1057,34 +1070,15 @@ pub(crate) async fn records(
             .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
             .filter(|(a, b)| a <= b)
             .ok_or_else(|| ApiError::invalid_body(format!("x-pepper-gap {gap:?} is not FROM-TO")))?;
+        let announced = read(&state.federation.peers).get(&origin).map(|p| p.earliest_seq);
+        gap_allowed(&origin, to, announced).map_err(|m| ApiError::new(StatusCode::CONFLICT, "gap_refused", m))?;
         let markers = gap_markers(&state, &origin, from, to).await?;
         let appended = state.store.receive_gap(&origin, to, markers).await?;
         tracing::warn!(origin = %origin, from, to, "records lost to the origin's retention; gap markers appended");
         return Ok(Json(json!({ "appended": appended.written(), "dropped": appended.dropped,
                                "mark": state.store.origin_mark(&origin)? })));
     }
-    let mut received = Vec::new();
-    let mut rest: &[u8] = &body;
-    while !rest.is_empty() {
-        if rest.len() < 4 {
-            return Err(ApiError::invalid_body("batch ends inside a frame length"));
-        }
-        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let frame = rest.get(4..4 + len).ok_or_else(|| ApiError::invalid_body("batch ends inside a frame"))?;
-        // The origin's crc, checked here: the frame is as the origin logged it.
-        let record = Record::decode(frame).map_err(|e| ApiError::invalid_body(format!("bad frame: {e}")))?;
-        if record.origin != origin {
-            return Err(ApiError::invalid_body(format!(
-                "frame {} originated on {}, not on {origin}; sites forward only their own records",
-                record.seq, record.origin
-            )));
-        }
-        received.push((record.seq, record.body));
-        rest = &rest[4 + len..];
-    }
-    if received.is_empty() {
-        return Err(ApiError::invalid_body("an empty batch"));
-    }
+    let received = decode_batch(&origin, &body)?;
     // Expiries of received attribute updates, in case this site records
     // them (a monitor of their channel): an entry for an update it did not
     // record is harmless, since expiring a tuple that is not live, or not
@@ -1110,6 +1104,62 @@ pub(crate) async fn records(
     Ok(Json(
         json!({ "appended": appended.written(), "dropped": appended.dropped, "mark": state.store.origin_mark(&origin)? }),
     ))
+}
+
+/// Decodes a peer batch: frames of `origin`'s log, each a `u32`
+/// big-endian length then the frame, crc-checked, into (its seq there, the
+/// record's body). The bodies are checked by the store's rules when
+/// appended, as every record is.
+///
+/// # Errors
+/// 400 `invalid_body` for a batch that is empty, cut inside a frame, holds a
+/// frame that does not decode or fails its crc, or one from another origin.
+pub fn decode_batch(origin: &str, body: &[u8]) -> Result<Vec<(u64, Body)>, ApiError> {
+    let mut received = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let (len, after) =
+            rest.split_first_chunk::<4>().ok_or_else(|| ApiError::invalid_body("batch ends inside a frame length"))?;
+        let len = u32::from_be_bytes(*len) as usize;
+        let frame = after.get(..len).ok_or_else(|| ApiError::invalid_body("batch ends inside a frame"))?;
+        // The origin's crc, checked here: the frame is as the origin logged it.
+        let record = Record::decode(frame).map_err(|e| ApiError::invalid_body(format!("bad frame: {e}")))?;
+        if record.origin != origin {
+            return Err(ApiError::invalid_body(format!(
+                "frame {} originated on {}, not on {origin}; sites forward only their own records",
+                record.seq, record.origin
+            )));
+        }
+        received.push((record.seq, record.body));
+        rest = &after[len..];
+    }
+    if received.is_empty() {
+        return Err(ApiError::invalid_body("an empty batch"));
+    }
+    Ok(received)
+}
+
+/// Whether origin may declare its records up to `to` lost: only those
+/// below the first one its log still holds, as it last announced
+/// (`announced`: `None` for a site not known as a peer, 0 for one that has
+/// not said). A gap marker moves the origin's mark past `to`, which drops
+/// every record up to it from then on, so a gap past what the origin
+/// trimmed (up to `u64::MAX`, say) would silence it for good. Refused with
+/// 409; an honest origin whose retention moved after its last heartbeat is
+/// let through after the next one.
+///
+/// # Errors
+/// Why the gap is refused.
+fn gap_allowed(origin: &str, to: u64, announced: Option<u64>) -> Result<(), String> {
+    match announced {
+        None => Err(format!("{origin} is not a known peer; a gap is taken only from a peer that announced its log")),
+        Some(0) => Err(format!("{origin} has not announced the first sequence number its log holds")),
+        Some(earliest) if to >= earliest => Err(format!(
+            "a gap up to seq {to} covers records {origin} announced it still holds (from seq {earliest}); \
+             a gap may only cover what its retention trimmed"
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 /// One `pepper.gap` event per distinct local lease pattern (on a channel
@@ -1243,12 +1293,29 @@ mod tests {
             url: "http://127.0.0.1:2".into(),
             region: None,
             seq: 10,
+            earliest_seq: 1,
             time_us: now_us(),
             interests: patterns.iter().map(|p| Interest { pattern: p.to_string(), types: Vec::new() }).collect(),
             interests_version: version,
             incarnation,
             peers: vec![PeerInfo { name: "c".into(), url: "http://127.0.0.1:3".into(), region: None }],
         }
+    }
+
+    /// A gap of `1-18446744073709551615` was taken, and the receiving site
+    /// then dropped everything that origin ever sent.
+    #[test]
+    fn a_gap_covers_only_what_the_origin_announced_it_trimmed() {
+        assert!(gap_allowed("b", 99, Some(100)).is_ok());
+        assert!(gap_allowed("b", 100, Some(100)).expect_err("kept").contains("still holds"));
+        assert!(gap_allowed("b", u64::MAX, Some(100)).is_err());
+        assert!(gap_allowed("b", 5, Some(0)).expect_err("unsaid").contains("not announced"));
+        assert!(gap_allowed("b", 5, None).expect_err("unknown").contains("not a known peer"));
+        let fed = Federation::new("a", config(&[])).expect("federation");
+        fed.heard(&Announce { earliest_seq: 40, ..announce(1, 1, &[]) }, None, 0).expect("heard");
+        let announced = read(&fed.peers).get("b").map(|p| p.earliest_seq);
+        assert_eq!(announced, Some(40));
+        assert!(gap_allowed("b", 39, announced).is_ok() && gap_allowed("b", 40, announced).is_err());
     }
 
     /// Which of a few probe channels the peer's interests cover.

@@ -29,13 +29,14 @@ use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use pepper_router::Channel;
-use pepper_storage::limits::BATCH_RECORDS_MAX;
 use pepper_storage::{Body as RecordBody, Durability, Filter, Kind, Scan, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+pub use crate::envelope::EVENTS_PER_REQUEST_MAX;
 
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -51,9 +52,6 @@ use crate::sse;
 /// Largest request body, in bytes. Larger bodies get 413 before they are
 /// parsed.
 pub const BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
-
-/// Most events one publish may carry (the store's batch limit). More get 413.
-pub const EVENTS_PER_REQUEST_MAX: usize = BATCH_RECORDS_MAX;
 
 /// Most requests handled at once. One more is answered 503 with
 /// `Retry-After` at once rather than queued.
@@ -80,6 +78,8 @@ pub struct ApiConfig {
     pub federation: crate::federation::FederationConfig,
     /// Recording policy and the supervisor's interval.
     pub supervisor: crate::supervisor::SupervisorConfig,
+    /// Host names, CORS origins and the body timeout.
+    pub edge: crate::edge::EdgeConfig,
 }
 
 impl Default for ApiConfig {
@@ -89,6 +89,7 @@ impl Default for ApiConfig {
             stream_buffer_events: crate::SUBSCRIBER_BUFFER_EVENTS,
             federation: crate::federation::FederationConfig::default(),
             supervisor: crate::supervisor::SupervisorConfig::default(),
+            edge: crate::edge::EdgeConfig::default(),
         }
     }
 }
@@ -123,6 +124,8 @@ pub struct AppState {
     pub(crate) federation: Arc<crate::federation::Federation>,
     /// Recording policy and monitors.
     pub(crate) supervisor: Arc<crate::supervisor::Supervisor>,
+    /// The names this site answers to (the `Host` check).
+    pub(crate) hosts: Arc<crate::edge::Hosts>,
 }
 
 impl AppState {
@@ -140,6 +143,11 @@ impl AppState {
         let supervisor = crate::supervisor::Supervisor::load(&store, &config.supervisor).await.map_err(|e| {
             pepper_storage::Error::InvalidInput { what: "recording policy", reason: e.message().to_string() }
         })?;
+        config
+            .edge
+            .validate()
+            .map_err(|reason| pepper_storage::Error::InvalidInput { what: "edge settings", reason })?;
+        let hosts = crate::edge::Hosts::new(store.site(), config.federation.url.as_deref(), &config.edge);
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let metrics = Arc::new(Metrics::default());
         let dispatcher =
@@ -158,6 +166,7 @@ impl AppState {
             requests_in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
             federation: Arc::new(federation),
             supervisor: Arc::new(supervisor),
+            hosts: Arc::new(hosts),
         })
     }
 
@@ -179,56 +188,100 @@ impl AppState {
     }
 }
 
+/// Adds routes whose handlers check the content type of a state change
+/// (`edge::check_content_type`). As a route layer it runs only for the
+/// methods a route has, so a method it lacks still gets 405, not 415.
+trait ApiRoutes {
+    fn api(self, path: &str, methods: MethodRouter<AppState>) -> Self;
+}
+
+impl ApiRoutes for Router<AppState> {
+    fn api(self, path: &str, methods: MethodRouter<AppState>) -> Self {
+        self.route(path, methods.route_layer(axum::middleware::from_fn(crate::edge::check_content_type)))
+    }
+}
+
 /// The API's routes over `state`.
 pub fn router(state: AppState) -> Router {
     let metrics = state.metrics.clone();
     // The queries that take a federation scope (see `fanout`).
     let federated = Router::new()
-        .route("/v1/tuples", get(crate::pldb::list).delete(crate::pldb::delete))
-        .route("/v1/tuples/history", get(crate::pldb::history))
-        .route("/v1/namespaces/{ns}/instances", get(crate::models::enumerate).post(crate::models::create_instance))
-        .route("/v1/namespaces/{ns}/query", post(crate::models::run_query))
+        .api("/v1/tuples", get(crate::pldb::list).delete(crate::pldb::delete))
+        .api("/v1/tuples/history", get(crate::pldb::history))
+        .api("/v1/namespaces/{ns}/instances", get(crate::models::enumerate).post(crate::models::create_instance))
+        .api("/v1/namespaces/{ns}/query", post(crate::models::run_query))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::fanout::layer));
     // Site to site: the secret is checked before any body is read.
     let peer = Router::new()
-        .route("/v1/peer/heartbeat", post(crate::federation::heartbeat))
-        .route("/v1/peer/records", post(crate::federation::records))
-        .route("/v1/peer/cut", get(crate::federation::cut))
-        .route("/v1/peer/replica", get(crate::supervisor::replica))
+        .api("/v1/peer/heartbeat", post(crate::federation::heartbeat))
+        .api("/v1/peer/records", post(crate::federation::records))
+        .api("/v1/peer/cut", get(crate::federation::cut))
+        .api("/v1/peer/replica", get(crate::supervisor::replica))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::federation::require_peer));
-    Router::new()
+    let app = Router::new()
         .merge(federated)
-        .route("/metrics", get(crate::metrics::scrape))
-        .route("/v1/health", get(health))
-        .route("/v1/events", get(list_events).post(publish))
-        .route("/v1/leases", get(lease::list).post(lease::grant))
-        .route("/v1/leases/{id}", get(lease::get_one).delete(lease::release))
-        .route("/v1/leases/{id}/renew", post(lease::renew))
-        .route("/v1/leases/{id}/events", get(sse::lease_events))
-        .route("/v1/watch", get(sse::watch))
-        .route("/v1/sites", get(crate::federation::sites))
-        .route("/v1/recording", get(crate::supervisor::status))
-        .route(
+        .api("/metrics", get(crate::metrics::scrape))
+        .api("/v1/health", get(health))
+        .api("/v1/events", get(list_events).post(publish))
+        .api("/v1/leases", get(lease::list).post(lease::grant))
+        .api("/v1/leases/{id}", get(lease::get_one).delete(lease::release))
+        .api("/v1/leases/{id}/renew", post(lease::renew))
+        .api("/v1/leases/{id}/events", get(sse::lease_events))
+        .api("/v1/watch", get(sse::watch))
+        .api("/v1/sites", get(crate::federation::sites))
+        .api("/v1/recording", get(crate::supervisor::status))
+        .api(
             "/v1/recording/policies",
             axum::routing::put(crate::supervisor::put_policy).delete(crate::supervisor::delete_policy),
         )
         .merge(peer)
-        .route("/v1/namespaces/{ns}/classes", get(crate::models::list_classes).post(crate::models::define_class))
-        .route("/v1/namespaces/{ns}/classes/{class}", get(crate::models::get_class))
-        .route(
+        .api("/v1/namespaces/{ns}/classes", get(crate::models::list_classes).post(crate::models::define_class))
+        .api("/v1/namespaces/{ns}/classes/{class}", get(crate::models::get_class))
+        .api(
             "/v1/namespaces/{ns}/instances/{path}",
             get(crate::models::get_instance)
                 .put(crate::models::replace_instance)
                 .patch(crate::models::patch_instance)
                 .delete(crate::models::delete_instance),
         )
-        .route("/v1/namespaces/{ns}/instances/{path}/associators", get(crate::models::associators))
-        .route("/v1/namespaces/{ns}/instances/{path}/references", get(crate::models::references))
-        .route("/v1/namespaces/{ns}/instances/{path}/history", get(crate::models::history))
+        .api("/v1/namespaces/{ns}/instances/{path}/associators", get(crate::models::associators))
+        .api("/v1/namespaces/{ns}/instances/{path}/references", get(crate::models::references))
+        .api("/v1/namespaces/{ns}/instances/{path}/history", get(crate::models::history))
         .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()) })
-        .layer(axum::middleware::from_fn_with_state(state.requests_in_flight.clone(), limit_in_flight))
+        // Innermost first; see `edge` for what each does and why.
+        .layer(axum::middleware::from_fn_with_state(state.config.edge.body_read_timeout, crate::edge::read_body))
+        // The body is already read whole, within its limit, by `read_body`.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(state.requests_in_flight.clone(), limit_in_flight));
+    let app = match cors(&state.config.edge.cors_origins) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    app.layer(axum::middleware::from_fn_with_state(state.hosts.clone(), crate::edge::check_host))
+        .layer(axum::middleware::from_fn(crate::edge::json_errors))
         .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track))
         .with_state(state)
+}
+
+/// CORS for the configured origins, or none (CORS off) when there are none.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderValue, Method};
+    if origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    Some(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::ACCEPT,
+                header::AUTHORIZATION,
+                header::HeaderName::from_static("last-event-id"),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 /// Axum middleware: answers 503 with `Retry-After` when
@@ -284,31 +337,7 @@ fn parse_publish(headers: &HeaderMap, body: &[u8]) -> Result<(Vec<EventIn>, bool
     if is_xml(headers, header::CONTENT_TYPE) {
         return crate::xml::parse_body(text);
     }
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| ApiError::invalid_body(format!("body is not JSON: {e}")))?;
-    match value {
-        Value::Array(items) => {
-            if items.len() > EVENTS_PER_REQUEST_MAX {
-                return Err(ApiError::too_large(format!(
-                    "{} events in one request, over the limit of {EVENTS_PER_REQUEST_MAX}",
-                    items.len()
-                )));
-            }
-            let events = items
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    serde_json::from_value(v).map_err(|e| ApiError::invalid_event(format!("event {}: {e}", i + 1)))
-                })
-                .collect::<Result<Vec<EventIn>, _>>()?;
-            Ok((events, false))
-        }
-        v @ Value::Object(_) => {
-            let event = serde_json::from_value(v).map_err(|e| ApiError::invalid_event(e.to_string()))?;
-            Ok((vec![event], true))
-        }
-        _ => Err(ApiError::invalid_body("body must be an event object or an array of events")),
-    }
+    crate::envelope::parse_json(text)
 }
 
 async fn publish(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {

@@ -2,6 +2,9 @@
 //! behalf of the logic crates below, and the wire formats they speak.
 //!
 //! - `http`: the axum server, its routes, limits and shared state.
+//! - `edge`: what every request passes first (Host, CORS, content type,
+//!   body limit and timeout) and the JSON shape of every error on the way out.
+//! - `server`: the connection loop (connection limit, header timeout).
 //! - `lease`: granting, renewing, releasing and expiring leases.
 //! - `pldb`: tuples (latest values and history), their expiry, and `pldbget`.
 //! - `expiry`: the in-memory expiry index behind lease and tuple expiry.
@@ -24,6 +27,7 @@
 //! event from the publish to a subscriber.
 
 mod dispatch;
+mod edge;
 pub mod envelope;
 mod error;
 pub mod expiry;
@@ -35,11 +39,14 @@ mod metrics;
 pub mod models;
 mod params;
 pub mod pldb;
+mod server;
 mod sse;
 pub mod supervisor;
 pub mod xml;
 
 pub use dispatch::{DISPATCH_COMMANDS_MAX, HANDOFF_LAG_MAX, SUBSCRIBER_BUFFER_BYTES_MAX, SUBSCRIBER_BUFFER_EVENTS};
+pub use edge::{EdgeConfig, BODY_READ_TIMEOUT, EDGE_NAMES_MAX};
 pub use error::ApiError;
 pub use http::{router, ApiConfig, AppState, BODY_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX};
+pub use server::{serve, ServerLimits, CONNECTIONS_MAX, HEADER_BYTES_MAX, HEADER_READ_TIMEOUT};
 pub use sse::SUBSCRIBERS_MAX;

@@ -478,6 +478,21 @@ fn sse(state: AppState, sub: Subscription, from: u64) -> Result<Response, ApiErr
     Ok(stream(Subscriber { state, sub, phase: Phase::CatchUp(feed), _slot: slot }))
 }
 
+/// An event type as an SSE `event:` field. The store refuses control
+/// characters in types, but a log written before that rule may hold one,
+/// and a line break would end the field early (axum's encoder panics on
+/// it, which cut every stream that reached the event). Each control
+/// character becomes its `\u{..}` escape, so the field stays one line and
+/// says what was there; the type in `data` is the exact one.
+pub(crate) fn event_field(t: &str) -> std::borrow::Cow<'_, str> {
+    if !t.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(t);
+    }
+    std::borrow::Cow::Owned(
+        t.chars().map(|c| if c.is_control() { c.escape_unicode().to_string() } else { c.to_string() }).collect(),
+    )
+}
+
 /// The SSE response for a subscriber.
 fn stream(subscriber: Subscriber) -> Response {
     let stopping = subscriber.state.stopping();
@@ -505,7 +520,7 @@ fn stream(subscriber: Subscriber) -> Response {
                 SseEvent::default().id(seq.to_string()).event("pepper.snapshot").data(data.to_string())
             }
             Out::Event(out) => {
-                SseEvent::default().id(out.seq.to_string()).event(out.event_type.as_str()).data(out.json.as_str())
+                SseEvent::default().id(out.seq.to_string()).event(event_field(&out.event_type)).data(out.json.as_str())
             }
             Out::LeaseEnded { seq, reason } => {
                 s.phase = Phase::Done;
@@ -616,5 +631,26 @@ async fn long_poll(
             _ = state.store.wait_for_seq(next_seq, remaining) => {}
             _ = state.stopped() => return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the site is stopping")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stored event whose type holds a line break (logged before types
+    /// were checked) is sent on one `event:` line, without a panic.
+    #[tokio::test]
+    async fn an_event_type_with_a_line_break_encodes_on_one_line() {
+        assert_eq!(event_field("attribute"), "attribute");
+        let events = ["x\ny", "x\r\ny", "a\u{0}b\u{85}"]
+            .map(|t| Ok::<_, Infallible>(SseEvent::default().id("7").event(event_field(t)).data("{}")));
+        let response = axum::response::sse::Sse::new(futures_util::stream::iter(events)).into_response();
+        let body = axum::body::to_bytes(response.into_body(), 64 * 1024).await.expect("body");
+        let text = String::from_utf8(body.to_vec()).expect("utf-8");
+        assert!(text.contains("event: x\\u{a}y\n"), "{text}");
+        assert!(text.contains("event: x\\u{d}\\u{a}y\n"), "{text}");
+        assert!(text.contains("event: a\\u{0}b\\u{85}\n"), "{text}");
+        assert_eq!(text.matches("data: {}").count(), 3, "{text}");
     }
 }

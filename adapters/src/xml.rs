@@ -63,7 +63,27 @@ impl Element {
     }
 
     fn child_text(&self, name: &str) -> Option<String> {
-        self.child(name).map(|c| c.text.clone())
+        self.child(name).map(Element::value)
+    }
+
+    /// The element's text: as written, or decoded from a JSON string when
+    /// it carries `encoding="json"` (see [`write_events`]). Text that does
+    /// not decode is kept as written.
+    fn value(&self) -> String {
+        match self.attr("encoding") {
+            Some("json") => serde_json::from_str(&self.text).unwrap_or_else(|_| self.text.clone()),
+            _ => self.text.clone(),
+        }
+    }
+
+    /// The payload key the element stands for: `key` of an `<entry>`, else
+    /// its name.
+    fn key(&self) -> String {
+        match (self.name.as_str(), self.attr("key"), self.attr("key-encoding")) {
+            ("entry", Some(k), Some("json")) => serde_json::from_str(k).unwrap_or_else(|_| k.to_string()),
+            ("entry", Some(k), _) => k.to_string(),
+            _ => self.name.clone(),
+        }
     }
 
     fn attr(&self, name: &str) -> Option<&str> {
@@ -272,9 +292,9 @@ fn payload_json(event_type: &str, payload: &Element) -> Result<Value, ApiError> 
         return Ok(Value::Object(out));
     }
     if payload.children.is_empty() {
-        return Ok(Value::String(payload.text.clone()));
+        return Ok(Value::String(payload.value()));
     }
-    Ok(Value::Object(payload.children.iter().map(|c| (c.name.clone(), Value::String(c.text.clone()))).collect()))
+    Ok(Value::Object(payload.children.iter().map(|c| (c.key(), Value::String(c.value()))).collect()))
 }
 
 /// Writes events as one `<events>` document (or a single `<event>`).
@@ -297,10 +317,92 @@ pub fn write_events(events: &[EventOut], single: bool) -> String {
     String::from_utf8_lossy(&w.into_inner()).into_owned()
 }
 
+/// Whether XML 1.0 allows `c` in a document at all, escaped or not.
+fn xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// Longest payload key written as an element name of its own.
+const XML_NAME_BYTES_MAX: usize = 128;
+
+/// Whether a payload key can be an element name as it is: ASCII letters,
+/// digits, `_`, `-` and `.`, starting with a letter or `_`, not starting
+/// with `xml` (reserved). Any other key is written as `<entry key="...">`,
+/// whose attribute value escaping covers every string.
+fn plain_name(key: &str) -> bool {
+    let mut chars = key.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && key.len() <= XML_NAME_BYTES_MAX
+        && !key.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("xml"))
+}
+
+/// Text as XML character data: escaped as it is when XML can carry it
+/// exactly, else (a character XML 1.0 forbids, such as U+0001, or a CR,
+/// which parsers turn into LF) as a JSON string literal, flagged by
+/// `encoding="json"` on the element. A JSON literal of such text is ASCII
+/// apart from the text's own printable characters, all of which XML allows.
+fn xml_text(text: &str) -> (Cow<'_, str>, bool) {
+    if text.chars().all(|c| xml_char(c) && c != '\r') {
+        return (Cow::Borrowed(text), false);
+    }
+    let json = serde_json::Value::String(text.to_string()).to_string();
+    let json = json.replace('\u{FFFE}', "\\ufffe").replace('\u{FFFF}', "\\uffff");
+    (Cow::Owned(json), true)
+}
+
+/// An attribute value XML can carry: characters XML 1.0 forbids become
+/// U+FFFD. Only records logged before names were checked hold any.
+fn xml_attr(value: &str) -> Cow<'_, str> {
+    match value.chars().all(xml_char) {
+        true => Cow::Borrowed(value),
+        false => Cow::Owned(value.chars().map(|c| if xml_char(c) { c } else { '\u{FFFD}' }).collect()),
+    }
+}
+
+/// An attribute, escaped so that it reads back exactly: besides the usual
+/// escapes, tab, LF and CR as character references, which attribute value
+/// normalization keeps (it turns the characters themselves into spaces).
+fn exact_attr<'a>(key: &'a str, value: &str) -> quick_xml::events::attributes::Attribute<'a> {
+    let escaped = quick_xml::escape::escape(value).replace('\t', "&#9;").replace('\n', "&#10;").replace('\r', "&#13;");
+    quick_xml::events::attributes::Attribute { key: quick_xml::name::QName(key), value: Cow::Owned(escaped) }
+}
+
+/// The start tag for a payload key: `<key>`, or `<entry key="...">` (with
+/// `key-encoding="json"` and the key as a JSON string literal when it holds
+/// a character XML 1.0 forbids).
+fn start_of(name: &str) -> BytesStart<'_> {
+    if plain_name(name) {
+        return BytesStart::new(name);
+    }
+    let mut start = BytesStart::new("entry");
+    if name.chars().all(xml_char) {
+        start.push_attribute(exact_attr("key", name));
+    } else {
+        let (json, _) = xml_text(name);
+        start.push_attribute(exact_attr("key", &json));
+        start.push_attribute(("key-encoding", "json"));
+    }
+    start
+}
+
+fn end_of(name: &str) -> BytesEnd<'_> {
+    BytesEnd::new(if plain_name(name) { name } else { "entry" })
+}
+
+/// Writes `text` as the content of the element just started by `start`.
+fn text_in(w: &mut Writer<Vec<u8>>, mut start: BytesStart<'_>, end: BytesEnd<'_>, text: &str) {
+    let (text, json) = xml_text(text);
+    if json {
+        start.push_attribute(("encoding", "json"));
+    }
+    let _ = w.write_event(Event::Start(start));
+    let _ = w.write_event(Event::Text(BytesText::new(&text)));
+    let _ = w.write_event(Event::End(end));
+}
+
 fn text_element(w: &mut Writer<Vec<u8>>, name: &str, text: &str) {
-    let _ = w.write_event(Event::Start(BytesStart::new(name)));
-    let _ = w.write_event(Event::Text(BytesText::new(text)));
-    let _ = w.write_event(Event::End(BytesEnd::new(name)));
+    text_in(w, start_of(name), end_of(name), text);
 }
 
 /// Writes a JSON value as element `name`: an object as child elements, an
@@ -310,11 +412,11 @@ fn write_value(w: &mut Writer<Vec<u8>>, name: &str, v: &Value) {
     match v {
         Value::Array(items) => items.iter().for_each(|item| write_value(w, name, item)),
         Value::Object(fields) => {
-            let _ = w.write_event(Event::Start(BytesStart::new(name)));
+            let _ = w.write_event(Event::Start(start_of(name)));
             for (k, v) in fields {
                 write_value(w, k, v);
             }
-            let _ = w.write_event(Event::End(BytesEnd::new(name)));
+            let _ = w.write_event(Event::End(end_of(name)));
         }
         Value::String(s) => text_element(w, name, s),
         Value::Null => text_element(w, name, ""),
@@ -328,11 +430,11 @@ fn write_event(w: &mut Writer<Vec<u8>>, e: &EventOut, with_ns: bool) {
         start.push_attribute(("xmlns", EVENT_NS));
     }
     let seq = e.seq.to_string();
-    start.push_attribute(("id", e.id.as_str()));
+    start.push_attribute(("id", xml_attr(&e.id).as_ref()));
     start.push_attribute(("distribution", if e.distribution == DistributionJson::One { "one" } else { "all" }));
     start.push_attribute(("seq", seq.as_str()));
     start.push_attribute(("time", e.time.as_str()));
-    start.push_attribute(("site", e.site.as_str()));
+    start.push_attribute(("site", xml_attr(&e.site).as_ref()));
     let _ = w.write_event(Event::Start(start));
     let _ = w.write_event(Event::Start(BytesStart::new("to")));
     text_element(w, "channel", &e.channel);
@@ -349,23 +451,22 @@ fn write_event(w: &mut Writer<Vec<u8>>, e: &EventOut, with_ns: bool) {
     let _ = w.write_event(Event::End(BytesEnd::new("from")));
     let ns = type_namespace(&e.event_type);
     let mut payload = BytesStart::new("payload");
-    payload.push_attribute(("xmlns", ns.as_str()));
-    let _ = w.write_event(Event::Start(payload));
+    payload.push_attribute(("xmlns", xml_attr(&ns).as_ref()));
     match &e.payload {
         Value::Object(fields) => {
+            let _ = w.write_event(Event::Start(payload));
             for (k, v) in fields {
                 write_value(w, k, v);
             }
+            let _ = w.write_event(Event::End(BytesEnd::new("payload")));
         }
-        Value::String(s) => {
-            let _ = w.write_event(Event::Text(BytesText::new(s)));
+        Value::String(s) => text_in(w, payload, BytesEnd::new("payload"), s),
+        Value::Null => {
+            let _ = w.write_event(Event::Start(payload));
+            let _ = w.write_event(Event::End(BytesEnd::new("payload")));
         }
-        Value::Null => {}
-        other => {
-            let _ = w.write_event(Event::Text(BytesText::new(&other.to_string())));
-        }
+        other => text_in(w, payload, BytesEnd::new("payload"), &other.to_string()),
     }
-    let _ = w.write_event(Event::End(BytesEnd::new("payload")));
     let _ = w.write_event(Event::End(BytesEnd::new("event")));
 }
 
@@ -410,6 +511,72 @@ mod tests {
         assert_eq!(again[0].channel, out.channel);
         let single = write_events(std::slice::from_ref(&out), true);
         assert_eq!(parse_events(&single).expect("single").len(), 1);
+    }
+
+    /// Every element of `xml`, by local name, read by a strict parser:
+    /// panics if the document is not well-formed.
+    fn elements_of(xml: &str) -> Vec<String> {
+        let mut reader = quick_xml::Reader::from_str(xml);
+        let mut names = Vec::new();
+        loop {
+            match reader.read_event().expect("well-formed XML") {
+                Event::Start(e) | Event::Empty(e) => {
+                    for a in e.attributes() {
+                        a.expect("well-formed attribute")
+                            .normalized_value(XmlVersion::Implicit1_0)
+                            .expect("attribute value unescapes");
+                    }
+                    names.push(e.local_name().as_ref().to_string());
+                }
+                Event::Text(t) => {
+                    let text = t.xml_content(XmlVersion::Implicit1_0);
+                    assert!(text.chars().all(xml_char), "a character XML forbids: {text:?}");
+                }
+                Event::Eof => return names,
+                _ => {}
+            }
+        }
+    }
+
+    /// Payload keys and values were written into the XML as they were, so
+    /// `x><injected/><y` as a key injected an element, and U+0001 made the
+    /// document ill-formed.
+    #[test]
+    fn any_json_payload_maps_to_well_formed_xml_that_reads_back() {
+        let payload = serde_json::json!({
+            "x><injected/><y": "a",
+            "with space": "b",
+            "ctl": "one\u{1}two\r\nthree\u{FFFE}",
+            "ok_name": "<&>\"'",
+            "xmlns": "n",
+            "1digit": "d",
+            "entry": "plain",
+            "tab\tnew\nline\rcr": "ws",
+            "ctl\u{1}key": "c",
+        });
+        let out = EventOut {
+            id: "e\u{1}".into(),
+            channel: "/a/".into(),
+            event_type: "kv".into(),
+            from: PartyJson { service: "s\u{2}".into(), instance: String::new() },
+            to: TargetJson::default(),
+            distribution: DistributionJson::All,
+            payload: payload.clone(),
+            seq: 1,
+            time: "t".into(),
+            site: "lab".into(),
+        };
+        let xml = write_events(std::slice::from_ref(&out), false);
+        let names = elements_of(&xml);
+        assert!(!names.iter().any(|n| n == "injected"), "{xml}");
+        let back = parse_events(&xml).expect("own output parses").remove(0);
+        assert_eq!(back.payload, payload, "{xml}");
+        for text in ["a string \u{1} with a control", "cr\r", "<injected/>"] {
+            let out = EventOut { payload: serde_json::json!(text), ..out.clone() };
+            let xml = write_events(std::slice::from_ref(&out), true);
+            elements_of(&xml);
+            assert_eq!(parse_events(&xml).expect("parses").remove(0).payload, serde_json::json!(text));
+        }
     }
 
     #[test]
