@@ -378,6 +378,7 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
             Some(n @ 1..=1_048_576) => usize::try_from(n).context("connections_max")?,
             Some(n) => anyhow::bail!("connections_max must be 1 to 1048576, not {n}"),
         },
+        connections_per_ip_max: pepper_adapters::CONNECTIONS_PER_IP_MAX,
         header_read_timeout: timeout_s(
             "header_read_timeout_s",
             args.header_read_timeout_s.or(file.header_read_timeout_s),

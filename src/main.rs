@@ -242,8 +242,12 @@ fn main() -> ExitCode {
 
 fn check(data: &std::path::Path) -> anyhow::Result<ExitCode> {
     let report = pepper_storage::check(data).with_context(|| format!("cannot check {}", data.display()))?;
-    out!("{report}");
-    Ok(if report.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let code = if report.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    // The verdict is the exit code, whether or not anyone reads the report.
+    match std::io::Write::write_fmt(&mut std::io::stdout(), format_args!("{report}\n")) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(code),
+    }
 }
 
 /// Sends a request and prints the JSON answer, or the API's error message.

@@ -338,15 +338,37 @@ fn a_gap_marker_beyond_what_the_origin_trimmed_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--peer-secret", "s3cret"]);
     let http = Client::new();
-    for (origin, gap) in [("ghost", "1-18446744073709551615"), ("ghost", "5-10")] {
-        let req = http
-            .post(server.at("/v1/peer/records"))
+    let peer_post = |path: &str| {
+        http.post(server.at(path))
             .header("authorization", "Bearer s3cret")
             .header("content-type", "application/octet-stream")
-            .header("x-pepper-origin", origin)
-            .header("x-pepper-gap", gap);
+    };
+    // An origin that never announced itself.
+    for gap in ["1-18446744073709551615", "5-10"] {
+        let req = peer_post("/v1/peer/records").header("x-pepper-origin", "ghost").header("x-pepper-gap", gap);
         refused(&http, &server, gap, req, 409, "gap_refused");
     }
+    // A peer that announced its log holds seqs 50 to 100.
+    let announce = json!({"name": "z", "url": "http://127.0.0.1:9", "seq": 100, "earliest_seq": 50, "time_us": 1});
+    let res = http
+        .post(server.at("/v1/peer/heartbeat"))
+        .header("authorization", "Bearer s3cret")
+        .json(&announce)
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    for gap in ["1-18446744073709551615", "1-50", "40-100"] {
+        let req = peer_post("/v1/peer/records").header("x-pepper-origin", "z").header("x-pepper-gap", gap);
+        refused(&http, &server, gap, req, 409, "gap_refused");
+    }
+    // One whose start lies past its end is refused whole.
+    let lie = json!({"name": "z", "url": "http://127.0.0.1:9", "seq": 100, "earliest_seq": u64::MAX, "time_us": 2});
+    let req = http.post(server.at("/v1/peer/heartbeat")).header("authorization", "Bearer s3cret").json(&lie);
+    refused(&http, &server, "an earliest_seq past the head", req, 400, "invalid_body");
+    // What it did trim may be declared lost.
+    let res =
+        peer_post("/v1/peer/records").header("x-pepper-origin", "z").header("x-pepper-gap", "1-49").send().unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().unwrap());
     let res = http
         .post(server.at("/v1/peer/records"))
         .header("content-type", "application/octet-stream")
@@ -355,4 +377,124 @@ fn a_gap_marker_beyond_what_the_origin_trimmed_is_refused() {
         .send()
         .unwrap();
     assert_eq!(res.status(), 401, "no secret, no gap");
+}
+
+/// An event with a line break in its type, logged by a site of an earlier
+/// version and forwarded, took no check on receipt. It is replaced by a
+/// `pepper.refused` marker in its place: the rest of the origin's stream
+/// still flows, and the loss is said, not silent.
+#[test]
+fn a_received_event_that_breaks_the_rules_becomes_a_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--peer-secret", "s3cret"]);
+    let http = Client::new();
+    let event = |seq: u64, event_type: &str| pepper_storage::Record {
+        seq,
+        time_us: pepper_storage::now_us(),
+        origin: "old".into(),
+        body: pepper_storage::Body::Event(pepper_storage::Event {
+            id: format!("e{seq}"),
+            channel: "/fleet/".into(),
+            event_type: event_type.into(),
+            from: pepper_storage::Party::default(),
+            to: pepper_storage::Target::default(),
+            distribution: pepper_storage::Distribution::All,
+            payload: b"{}".to_vec(),
+            assigned: Vec::new(),
+            tuple: None,
+        }),
+    };
+    let mut body = Vec::new();
+    for record in [event(1, "x\ny"), event(2, "fine")] {
+        let frame = record.encode().unwrap();
+        body.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+        body.extend_from_slice(&frame);
+    }
+    let res = http
+        .post(server.at("/v1/peer/records"))
+        .header("authorization", "Bearer s3cret")
+        .header("content-type", "application/octet-stream")
+        .header("x-pepper-origin", "old")
+        .body(body)
+        .send()
+        .unwrap();
+    let answer: Value = res.json().unwrap();
+    assert_eq!((answer["appended"].as_u64(), answer["mark"].as_u64()), (Some(2), Some(2)), "{answer}");
+    let page: Value = http.get(server.at("/v1/events?from_seq=1")).send().unwrap().json().unwrap();
+    let events = page["events"].as_array().unwrap();
+    let marker = events.iter().find(|e| e["type"] == "pepper.refused").expect("a marker");
+    assert_eq!(marker["channel"], "/pepper/sites/old/");
+    assert_eq!(marker["payload"]["origin_seq"], 1);
+    assert!(marker["payload"]["reason"].as_str().unwrap().contains("control character"), "{marker}");
+    assert!(events.iter().any(|e| e["type"] == "fine"), "the rest of the batch is appended");
+    assert!(!events.iter().any(|e| e["type"].as_str().is_some_and(|t| t.contains('\n'))));
+}
+
+/// The rest of the endpoints that change state, refused the same way.
+#[test]
+fn every_state_changing_endpoint_refuses_bad_input_the_same_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    let ns = "/v1/namespaces/root%2Fcimv2";
+    for (method, path) in [
+        (Method::POST, "/v1/leases".to_string()),
+        (Method::POST, "/v1/leases/x/renew".to_string()),
+        (Method::PUT, "/v1/recording/policies".to_string()),
+        (Method::POST, format!("{ns}/classes")),
+        (Method::POST, format!("{ns}/instances")),
+        (Method::POST, format!("{ns}/query")),
+        (Method::PUT, format!("{ns}/instances/X.Name%3D%22a%22")),
+        (Method::PATCH, format!("{ns}/instances/X.Name%3D%22a%22")),
+    ] {
+        let req = http.request(method.clone(), server.at(&path)).header("content-type", "text/plain").body("{}");
+        refused(&http, &server, &format!("{method} {path} as text/plain"), req, 415, "unsupported_media_type");
+    }
+    for (what, body, status, code) in [
+        ("a lease type with LF", json!({"channel": "/x/", "ttl_s": 60, "types": ["a\nb"]}), 400, "invalid_input"),
+        ("a lease group with CR", json!({"channel": "/x/", "ttl_s": 60, "group": "g\r"}), 400, "invalid_body"),
+        ("a lease on a zero-width channel", json!({"channel": "/x\u{200B}/", "ttl_s": 60}), 400, "invalid_channel"),
+        ("a lease id with a C1 control", json!({"channel": "/x/", "ttl_s": 60, "id": "a\u{85}"}), 400, "invalid_body"),
+    ] {
+        let req = json_post(&http, server.at("/v1/leases"), &body);
+        let (_, error) = refused(&http, &server, what, req, status, code);
+        assert!(!error["message"].as_str().unwrap().is_empty());
+    }
+    let req = http
+        .put(server.at("/v1/recording/policies"))
+        .header("content-type", "application/json")
+        .body(json!({"pattern": "/a\u{202E}/", "replicas": 2}).to_string());
+    refused(&http, &server, "a policy on an RLO channel", req, 400, "invalid_body");
+    let req = http.delete(server.at("/v1/tuples?channel=/a\u{200B}/&field=f"));
+    refused(&http, &server, "a tuple delete on a zero-width channel", req, 400, "invalid_channel");
+}
+
+/// A peer names a site by whatever its own configuration says; with the
+/// peer secret it is not a web page, and passes the Host check.
+#[test]
+fn peers_pass_the_host_check_with_the_secret_and_cors_survives_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        Server::start(dir.path(), &["--peer-secret", "s3cret", "--cors-origin", "https://console.example.org"]);
+    let http = Client::new();
+    let res = http.get(server.at("/v1/health")).header("host", "b.internal:7171").send().unwrap();
+    assert_eq!(res.status(), 403);
+    let res = http
+        .get(server.at("/v1/health"))
+        .header("host", "b.internal:7171")
+        .header("authorization", "Bearer s3cret")
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = http
+        .get(server.at("/v1/health"))
+        .header("host", "b.internal:7171")
+        .header("authorization", "Bearer wrong")
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    // An error rewritten into the API's shape keeps its CORS headers.
+    let res = http.put(server.at("/v1/health")).header("origin", "https://console.example.org").send().unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers().get("access-control-allow-origin").unwrap(), "https://console.example.org");
 }

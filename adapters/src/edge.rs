@@ -11,7 +11,8 @@
 //!   (a browser that sends one was pointed at the address itself, which no
 //!   rebinding can do), `localhost`, the site's own name, the host of its
 //!   `--url`, and the names in `--allowed-host`. Anything else gets 403
-//!   `host_not_allowed`.
+//!   `host_not_allowed`, unless the request carries the peer secret: a
+//!   peer may name the site however its own configuration does.
 //! - **CORS**: off unless `--cors-origin` lists origins; then those origins,
 //!   and only those, get CORS headers and preflight answers.
 //! - **Content type** ([`check_content_type`], a route layer on every
@@ -21,12 +22,16 @@
 //!   empty-typed POSTs cross-origin without asking (no CORS preflight); a
 //!   JSON or XML content type makes it ask first, and with CORS off the
 //!   answer is no. `DELETE` is always preflighted.
-//! - **Body** ([`read_body`]): the body is read whole, up to the route's
-//!   limit ([`BODY_BYTES_MAX`], or `PEER_BODY_BYTES_MAX` for peer batches;
-//!   over it: 413 `too_large`) within [`BODY_READ_TIMEOUT`] (else 408
-//!   `body_timeout`, and the connection is closed), so a client that
-//!   declares a large body and trickles it cannot hold a request slot.
-//!   Handlers then read a body that is already in memory.
+//! - **Body** ([`read_body`], a route layer after the content type check;
+//!   peer routes check the peer secret first, and federated queries read
+//!   it the same way before they fan out): the body is read whole, up to
+//!   the route's limit ([`BODY_BYTES_MAX`], or `PEER_BODY_BYTES_MAX` for
+//!   peer batches; over it: 413 `too_large`), within [`BODY_READ_TIMEOUT`]
+//!   (else 408 `body_timeout`, and the connection is closed), by at most
+//!   [`BODY_READERS_MAX`] requests at once (else 503), so clients that
+//!   declare large bodies and trickle them hold a bounded share of the
+//!   request slots, each for a bounded time. Handlers then read a body that
+//!   is already in memory.
 //! - On the way out ([`json_errors`]): an error that did not come from a
 //!   handler (axum's 405 for a method a route lacks, a rejection of a path
 //!   that is not UTF-8) leaves in the API's JSON shape like every other,
@@ -47,8 +52,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 
+use tokio::sync::Semaphore;
+
 use crate::error::ApiError;
-use crate::http::BODY_BYTES_MAX;
+use crate::http::{AppState, BODY_BYTES_MAX};
 
 /// How long a request body may take to arrive, whole. A body still
 /// incomplete then is answered 408 and its connection closed. At the body
@@ -59,6 +66,13 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// client sees its 413; a body declared larger is refused unread, and its
 /// connection closed.
 pub const DISCARD_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Most request bodies being read at once. One more is answered 503 with
+/// `Retry-After` at once: clients that trickle their bodies can hold at
+/// most this many of the `REQUESTS_IN_FLIGHT_MAX` request slots.
+pub const BODY_READERS_MAX: usize = 1024;
+
+const _: () = assert!(BODY_READERS_MAX < crate::http::REQUESTS_IN_FLIGHT_MAX);
 
 /// Longest time spent dropping a refused body.
 const DISCARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -105,9 +119,12 @@ impl EdgeConfig {
         }
         for o in &self.cors_origins {
             let parsed = reqwest::Url::parse(o).map_err(|e| format!("CORS origin {o:?}: {e}"))?;
-            let bare = parsed.path() == "/" && parsed.query().is_none() && !o.ends_with('/');
-            if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() || !bare {
-                return Err(format!("CORS origin {o:?} must be scheme://host[:port], as a browser sends it"));
+            // Exactly what a browser sends as `Origin`, or it never matches.
+            let serialized = parsed.origin().ascii_serialization();
+            if !matches!(parsed.scheme(), "http" | "https") || serialized != *o {
+                return Err(format!(
+                    "CORS origin {o:?} must be scheme://host[:port] as a browser sends it (here {serialized:?})"
+                ));
             }
         }
         Ok(())
@@ -149,7 +166,14 @@ impl Hosts {
 /// The host of a `Host` value: without its port, brackets kept for IPv6.
 fn host_part(host: &str) -> &str {
     if host.starts_with('[') {
-        return host.find(']').map_or(host, |end| &host[..=end]);
+        // `[v6]` or `[v6]:port`; anything else after `]` is no host.
+        return match host.find(']') {
+            Some(end) if host[end + 1..].strip_prefix(':').is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())) => {
+                &host[..=end]
+            }
+            Some(end) if end + 1 == host.len() => host,
+            _ => "",
+        };
     }
     match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
@@ -158,7 +182,14 @@ fn host_part(host: &str) -> &str {
 }
 
 /// Axum middleware: refuses a request whose `Host` does not name the site.
-pub(crate) async fn check_host(State(hosts): State<Arc<Hosts>>, request: Request, next: Next) -> Response {
+pub(crate) async fn check_host(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    // A peer proves itself with the peer secret, which no web page has (and
+    // a browser sends `Authorization` cross-origin only after a preflight):
+    // it may name this site however its configuration does.
+    if request.headers().contains_key(header::AUTHORIZATION) && state.federation.authorized(request.headers()).is_ok() {
+        return next.run(request).await;
+    }
+    let hosts = &state.hosts;
     let host = match request.headers().get(header::HOST) {
         Some(v) => v.to_str().ok(),
         // HTTP/2 and absolute-form requests carry it in the URI; a request
@@ -234,10 +265,35 @@ fn body_limit(path: &str) -> (usize, &'static str) {
     }
 }
 
-/// Axum middleware: reads the body whole, within its limit and
-/// [`EdgeConfig::body_read_timeout`].
-pub(crate) async fn read_body(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+/// Whether a request has a body to read (hyper knows a request without
+/// `Content-Length` or `Transfer-Encoding`, or with a zero length, to end
+/// at once).
+fn has_body(request: &Request) -> bool {
+    !axum::body::HttpBody::is_end_stream(request.body())
+}
+
+/// Reads a request's body whole: up to the route's limit (over it: 413,
+/// after the rest is discarded up to [`DISCARD_BYTES_MAX`]), within
+/// `timeout` (else 408, and the connection is closed), while holding one of
+/// [`BODY_READERS_MAX`] permits (none free: 503), so that clients trickling
+/// bodies hold at most that many request slots.
+///
+/// # Errors
+/// The refusal, as an [`ApiError`].
+pub(crate) async fn read_whole(
+    request: Request,
+    readers: &Arc<Semaphore>,
+    timeout: Duration,
+) -> Result<(axum::http::request::Parts, axum::body::Bytes), ApiError> {
+    if !has_body(&request) {
+        let (parts, _) = request.into_parts();
+        return Ok((parts, axum::body::Bytes::new()));
+    }
+    let _reading = readers.clone().try_acquire_owned().map_err(|_| {
+        ApiError::overloaded(format!("the site is reading {BODY_READERS_MAX} request bodies already; retry shortly"))
+    })?;
     let (limit, what) = body_limit(request.uri().path());
+    let too_large = || ApiError::too_large(format!("{what} is over the limit of {limit} bytes"));
     let declared =
         request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
@@ -246,7 +302,7 @@ pub(crate) async fn read_body(State(timeout): State<Duration>, request: Request,
         if declared.is_some_and(|n| n <= DISCARD_BYTES_MAX as u64) {
             discard(request.into_body(), timeout.min(DISCARD_TIMEOUT)).await;
         }
-        return too_large(what, limit);
+        return Err(too_large());
     }
     let (parts, mut body) = request.into_parts();
     // `None`: over the limit.
@@ -262,29 +318,28 @@ pub(crate) async fn read_body(State(timeout): State<Duration>, request: Request,
         }
         Ok::<_, axum::Error>(Some(bytes))
     };
-    let bytes = match tokio::time::timeout(timeout, read).await {
-        Ok(Ok(Some(bytes))) => axum::body::Bytes::from(bytes),
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(Some(bytes))) => Ok((parts, axum::body::Bytes::from(bytes))),
         Ok(Ok(None)) => {
             discard(body, timeout.min(DISCARD_TIMEOUT)).await;
-            return too_large(what, limit);
+            Err(too_large())
         }
-        Ok(Err(e)) => return ApiError::invalid_body(format!("cannot read the request body: {e}")).into_response(),
-        Err(_) => {
-            let mut response = ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!("the request body did not arrive within {} s", timeout.as_secs()),
-            )
-            .into_response();
-            response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
-            return response;
-        }
-    };
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+        Ok(Err(e)) => Err(ApiError::invalid_body(format!("cannot read the request body: {e}"))),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the request body did not arrive within {} s", timeout.as_secs()),
+        )),
+    }
 }
 
-fn too_large(what: &str, limit: usize) -> Response {
-    ApiError::too_large(format!("{what} is over the limit of {limit} bytes")).into_response()
+/// Axum route layer: [`read_whole`], then the handler with the body in
+/// memory.
+pub(crate) async fn read_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match read_whole(request, &state.body_readers, state.config.edge.body_read_timeout).await {
+        Ok((parts, bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Err(refusal) => refusal.into_response(),
+    }
 }
 
 /// Reads and drops the rest of a refused body, up to [`DISCARD_BYTES_MAX`]
@@ -340,9 +395,10 @@ pub(crate) async fn json_errors(request: Request, next: Next) -> Response {
     };
     let message = if message.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { message };
     let mut out = ApiError::new(status, code, message).into_response();
-    for name in [header::ALLOW, header::RETRY_AFTER, header::CONNECTION] {
-        if let Some(v) = parts.headers.get(&name) {
-            out.headers_mut().insert(name, v.clone());
+    // Every header but the body's own: `Allow`, CORS, `Retry-After`...
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().append(name.clone(), value.clone());
         }
     }
     out
@@ -378,7 +434,7 @@ mod tests {
         ] {
             assert!(hosts.allows(ok), "{ok}");
         }
-        for bad in ["evil.example:7171", "localhost.evil.example", "127.0.0.1.nip.io", "", "[::1", "lab-1x"] {
+        for bad in ["evil.example:7171", "localhost.evil.example", "127.0.0.1.nip.io", "", "[::1", "[::1]x", "lab-1x"] {
             assert!(!hosts.allows(bad), "{bad}");
         }
     }
@@ -397,8 +453,12 @@ mod tests {
 
     #[test]
     fn edge_lists_are_checked() {
-        let bad_origin = EdgeConfig { cors_origins: vec!["https://a.example/path".into()], ..EdgeConfig::default() };
-        assert!(bad_origin.validate().is_err());
+        for bad in
+            ["https://a.example/path", "https://A.example", "https://u@a.example", "https://a.example#x", "ftp://a"]
+        {
+            let config = EdgeConfig { cors_origins: vec![bad.into()], ..EdgeConfig::default() };
+            assert!(config.validate().is_err(), "{bad}");
+        }
         let ok = EdgeConfig {
             cors_origins: vec!["https://console.example:8443".into()],
             allowed_hosts: vec!["pepper.example".into()],

@@ -152,6 +152,13 @@ impl IntoResponse for ApiError {
         if self.code == "overloaded" {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
         }
+        if self.code == "body_timeout" {
+            // The rest of the body may still be on its way: the connection
+            // cannot carry another request.
+            response
+                .headers_mut()
+                .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        }
         response
     }
 }

@@ -37,6 +37,7 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -45,7 +46,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
 use crate::federation::{PeerState, PeerSummary};
-use crate::http::{AppState, BODY_BYTES_MAX};
+use crate::http::AppState;
 
 /// The deadline of a federated query when none is given.
 pub const DEADLINE_DEFAULT_MS: u64 = 2000;
@@ -292,14 +293,13 @@ async fn fan_out(state: AppState, params: Params, request: Request) -> Result<Re
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let content_type = request.headers().get(axum::http::header::CONTENT_TYPE).cloned();
-    let body = axum::body::to_bytes(request.into_body(), BODY_BYTES_MAX)
-        .await
-        .map_err(|_| ApiError::too_large(format!("request body is over the limit of {BODY_BYTES_MAX} bytes")))?;
+    let (_, body) = crate::edge::read_whole(request, &state.body_readers, state.config.edge.body_read_timeout).await?;
     let asked = sites_in_scope(&state, &params)?;
     let client = state.federation.client().clone();
     let deadline = params.deadline;
     let calls = asked.into_iter().map(|a| {
         let (client, method, body, content_type) = (client.clone(), method.clone(), body.clone(), content_type.clone());
+        let bearer = state.federation.bearer();
         let mut rest = params.rest.clone();
         rest.push(("scope".into(), "local".into()));
         let path = path.clone();
@@ -312,7 +312,9 @@ async fn fan_out(state: AppState, params: Params, request: Request) -> Result<Re
                 Err(e) => return (a.site, "unreachable", None, Some(e.to_string()), 0.0, None),
             };
             url.query_pairs_mut().extend_pairs(&rest);
-            let mut req = client.request(method, url).body(body).timeout(deadline);
+            // The peer secret lets the other site take the request under
+            // whatever name this site's peers know it by (`edge`).
+            let mut req = client.request(method, url).body(body).timeout(deadline).header(AUTHORIZATION, bearer);
             if let Some(ct) = content_type {
                 req = req.header(axum::http::header::CONTENT_TYPE, ct);
             }

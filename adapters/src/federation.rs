@@ -409,7 +409,7 @@ impl Federation {
         &self.client
     }
 
-    fn authorized(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub(crate) fn authorized(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(secret) = &self.secret else {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -431,7 +431,7 @@ impl Federation {
         Ok(())
     }
 
-    fn bearer(&self) -> String {
+    pub(crate) fn bearer(&self) -> String {
         format!("Bearer {}", self.secret.as_deref().unwrap_or(""))
     }
 
@@ -445,6 +445,12 @@ impl Federation {
         }
         if a.name == self.site {
             return Err(format!("announcement from {} names this site", a.name));
+        }
+        if a.earliest_seq > a.seq.saturating_add(1) {
+            return Err(format!(
+                "announcement says its log starts at seq {} but ends at {}; the start is at most the end + 1",
+                a.earliest_seq, a.seq
+            ));
         }
         if a.interests.len() > INTERESTS_MAX {
             return Err(format!("{} interests, over the limit of {INTERESTS_MAX}", a.interests.len()));
@@ -1070,7 +1076,7 @@ pub(crate) async fn records(
             .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
             .filter(|(a, b)| a <= b)
             .ok_or_else(|| ApiError::invalid_body(format!("x-pepper-gap {gap:?} is not FROM-TO")))?;
-        let announced = read(&state.federation.peers).get(&origin).map(|p| p.earliest_seq);
+        let announced = read(&state.federation.peers).get(&origin).map(|p| (p.earliest_seq, p.head_seq));
         gap_allowed(&origin, to, announced).map_err(|m| ApiError::new(StatusCode::CONFLICT, "gap_refused", m))?;
         let markers = gap_markers(&state, &origin, from, to).await?;
         let appended = state.store.receive_gap(&origin, to, markers).await?;
@@ -1078,7 +1084,8 @@ pub(crate) async fn records(
         return Ok(Json(json!({ "appended": appended.written(), "dropped": appended.dropped,
                                "mark": state.store.origin_mark(&origin)? })));
     }
-    let received = decode_batch(&origin, &body)?;
+    let received: Vec<(u64, Body)> =
+        decode_batch(&origin, &body)?.into_iter().map(|(seq, body)| (seq, admit(&origin, seq, body))).collect();
     // Expiries of received attribute updates, in case this site records
     // them (a monitor of their channel): an entry for an update it did not
     // record is harmless, since expiring a tuple that is not live, or not
@@ -1139,27 +1146,68 @@ pub fn decode_batch(origin: &str, body: &[u8]) -> Result<Vec<(u64, Body)>, ApiEr
     Ok(received)
 }
 
+/// The type of the marker that takes the place of a received event that
+/// breaks this site's rules.
+pub const REFUSED_TYPE: &str = "pepper.refused";
+
+/// A received record as it is appended: an event that breaks this site's
+/// rules (one logged by a site of an earlier version, with a line break in
+/// its type, say) is replaced by a `pepper.refused` marker on the origin's
+/// site channel that says which record it was and why, in its place and
+/// with its origin seq. Refusing the whole batch instead would stall
+/// forwarding from that origin for good, and dropping the event would skip
+/// it silently.
+fn admit(origin: &str, seq: u64, body: Body) -> Body {
+    let Body::Event(mut e) = body else { return body };
+    // The writer chooses these at commit; a received event's are cleared.
+    e.assigned.clear();
+    let Err(reason) = pepper_storage::validate::event(&e) else { return Body::Event(e) };
+    tracing::warn!(origin, seq, %reason, "a received event breaks this site's rules; a marker takes its place");
+    // Cut, so that the marker always fits a record whatever it replaces.
+    let cut = |s: &str| s.chars().take(256).collect::<String>();
+    let payload = json!({ "origin": origin, "origin_seq": seq, "reason": cut(&reason.to_string()),
+                          "channel": cut(&e.channel), "type": cut(&e.event_type), "id": cut(&e.id) });
+    Body::Event(Event {
+        id: crate::envelope::new_event_id(),
+        channel: format!("{SITES_CHANNEL_PREFIX}{origin}/"),
+        event_type: REFUSED_TYPE.into(),
+        from: Party { service: "pepper".into(), instance: origin.to_string() },
+        to: Target::default(),
+        distribution: Distribution::All,
+        payload: payload.to_string().into_bytes(),
+        assigned: Vec::new(),
+        tuple: None,
+    })
+}
+
 /// Whether origin may declare its records up to `to` lost: only those
 /// below the first one its log still holds, as it last announced
-/// (`announced`: `None` for a site not known as a peer, 0 for one that has
-/// not said). A gap marker moves the origin's mark past `to`, which drops
-/// every record up to it from then on, so a gap past what the origin
-/// trimmed (up to `u64::MAX`, say) would silence it for good. Refused with
-/// 409; an honest origin whose retention moved after its last heartbeat is
-/// let through after the next one.
+/// (`announced`: its earliest and last seq; `None` for a site not known as
+/// a peer, earliest 0 for one that has not said). A gap marker moves the
+/// origin's mark past `to`, which drops every record up to it from then
+/// on, so a gap past what the origin trimmed (up to `u64::MAX`, say) would
+/// silence it for good. Refused with 409; an honest origin whose retention
+/// moved after its last heartbeat is let through after the next one.
 ///
 /// # Errors
 /// Why the gap is refused.
-fn gap_allowed(origin: &str, to: u64, announced: Option<u64>) -> Result<(), String> {
-    match announced {
-        None => Err(format!("{origin} is not a known peer; a gap is taken only from a peer that announced its log")),
-        Some(0) => Err(format!("{origin} has not announced the first sequence number its log holds")),
-        Some(earliest) if to >= earliest => Err(format!(
-            "a gap up to seq {to} covers records {origin} announced it still holds (from seq {earliest}); \
-             a gap may only cover what its retention trimmed"
-        )),
-        Some(_) => Ok(()),
+fn gap_allowed(origin: &str, to: u64, announced: Option<(u64, u64)>) -> Result<(), String> {
+    let Some((earliest, head)) = announced else {
+        return Err(format!("{origin} is not a known peer; a gap is taken only from a peer that announced its log"));
+    };
+    if earliest == 0 {
+        return Err(format!("{origin} has not announced the first sequence number its log holds"));
     }
+    // An announcement never says more than its log's range (see `heard`);
+    // the head bounds it again here.
+    let kept_from = earliest.min(head.saturating_add(1));
+    if to >= kept_from {
+        return Err(format!(
+            "a gap up to seq {to} covers records {origin} announced it still holds (from seq {kept_from}); \
+             a gap may only cover what its retention trimmed"
+        ));
+    }
+    Ok(())
 }
 
 /// One `pepper.gap` event per distinct local lease pattern (on a channel
@@ -1306,16 +1354,22 @@ mod tests {
     /// then dropped everything that origin ever sent.
     #[test]
     fn a_gap_covers_only_what_the_origin_announced_it_trimmed() {
-        assert!(gap_allowed("b", 99, Some(100)).is_ok());
-        assert!(gap_allowed("b", 100, Some(100)).expect_err("kept").contains("still holds"));
-        assert!(gap_allowed("b", u64::MAX, Some(100)).is_err());
-        assert!(gap_allowed("b", 5, Some(0)).expect_err("unsaid").contains("not announced"));
+        assert!(gap_allowed("b", 99, Some((100, 500))).is_ok());
+        assert!(gap_allowed("b", 100, Some((100, 500))).expect_err("kept").contains("still holds"));
+        assert!(gap_allowed("b", u64::MAX, Some((100, 500))).is_err());
+        assert!(gap_allowed("b", 5, Some((0, 500))).expect_err("unsaid").contains("not announced"));
         assert!(gap_allowed("b", 5, None).expect_err("unknown").contains("not a known peer"));
+        // The head bounds an earliest that claims more than the log holds.
+        assert!(gap_allowed("b", 600, Some((u64::MAX, 500))).is_err());
         let fed = Federation::new("a", config(&[])).expect("federation");
-        fed.heard(&Announce { earliest_seq: 40, ..announce(1, 1, &[]) }, None, 0).expect("heard");
-        let announced = read(&fed.peers).get("b").map(|p| p.earliest_seq);
-        assert_eq!(announced, Some(40));
+        fed.heard(&Announce { earliest_seq: 40, seq: 100, ..announce(1, 1, &[]) }, None, 0).expect("heard");
+        let announced = read(&fed.peers).get("b").map(|p| (p.earliest_seq, p.head_seq));
+        assert_eq!(announced, Some((40, 100)));
         assert!(gap_allowed("b", 39, announced).is_ok() && gap_allowed("b", 40, announced).is_err());
+        // An announcement whose start lies past its end is refused whole.
+        let lie = Announce { earliest_seq: u64::MAX, ..announce(2, 1, &[]) };
+        assert!(fed.heard(&lie, None, 0).expect_err("past its end").contains("starts at seq"));
+        assert_eq!(read(&fed.peers).get("b").map(|p| p.earliest_seq), Some(40));
     }
 
     /// Which of a few probe channels the peer's interests cover.

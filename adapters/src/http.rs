@@ -126,6 +126,8 @@ pub struct AppState {
     pub(crate) supervisor: Arc<crate::supervisor::Supervisor>,
     /// The names this site answers to (the `Host` check).
     pub(crate) hosts: Arc<crate::edge::Hosts>,
+    /// One permit per request body being read ([`crate::edge::BODY_READERS_MAX`]).
+    pub(crate) body_readers: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -167,6 +169,7 @@ impl AppState {
             federation: Arc::new(federation),
             supervisor: Arc::new(supervisor),
             hosts: Arc::new(hosts),
+            body_readers: Arc::new(Semaphore::new(crate::edge::BODY_READERS_MAX)),
         })
     }
 
@@ -188,38 +191,51 @@ impl AppState {
     }
 }
 
-/// Adds routes whose handlers check the content type of a state change
-/// (`edge::check_content_type`). As a route layer it runs only for the
-/// methods a route has, so a method it lacks still gets 405, not 415.
-trait ApiRoutes {
-    fn api(self, path: &str, methods: MethodRouter<AppState>) -> Self;
+/// The API's routes under construction. Each route's handlers run behind
+/// two route layers: the content type check of a state change, then the
+/// body read whole (`edge`). As route layers they run only for the methods
+/// a route has, so a method it lacks gets 405, not 415, and its body is
+/// never read.
+struct Routes {
+    router: Router<AppState>,
+    state: AppState,
 }
 
-impl ApiRoutes for Router<AppState> {
-    fn api(self, path: &str, methods: MethodRouter<AppState>) -> Self {
-        self.route(path, methods.route_layer(axum::middleware::from_fn(crate::edge::check_content_type)))
+impl Routes {
+    fn new(state: &AppState) -> Routes {
+        Routes { router: Router::new(), state: state.clone() }
+    }
+
+    fn api(mut self, path: &str, methods: MethodRouter<AppState>) -> Routes {
+        let methods = methods
+            .route_layer(axum::middleware::from_fn_with_state(self.state.clone(), crate::edge::read_body))
+            .route_layer(axum::middleware::from_fn(crate::edge::check_content_type));
+        self.router = self.router.route(path, methods);
+        self
     }
 }
 
 /// The API's routes over `state`.
 pub fn router(state: AppState) -> Router {
     let metrics = state.metrics.clone();
-    // The queries that take a federation scope (see `fanout`).
-    let federated = Router::new()
+    // The queries that take a federation scope (see `fanout`, which reads
+    // the body the same way before it fans out).
+    let federated = Routes::new(&state)
         .api("/v1/tuples", get(crate::pldb::list).delete(crate::pldb::delete))
         .api("/v1/tuples/history", get(crate::pldb::history))
         .api("/v1/namespaces/{ns}/instances", get(crate::models::enumerate).post(crate::models::create_instance))
         .api("/v1/namespaces/{ns}/query", post(crate::models::run_query))
+        .router
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::fanout::layer));
     // Site to site: the secret is checked before any body is read.
-    let peer = Router::new()
+    let peer = Routes::new(&state)
         .api("/v1/peer/heartbeat", post(crate::federation::heartbeat))
         .api("/v1/peer/records", post(crate::federation::records))
         .api("/v1/peer/cut", get(crate::federation::cut))
         .api("/v1/peer/replica", get(crate::supervisor::replica))
+        .router
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::federation::require_peer));
-    let app = Router::new()
-        .merge(federated)
+    let app = Routes::new(&state)
         .api("/metrics", get(crate::metrics::scrape))
         .api("/v1/health", get(health))
         .api("/v1/events", get(list_events).post(publish))
@@ -234,7 +250,6 @@ pub fn router(state: AppState) -> Router {
             "/v1/recording/policies",
             axum::routing::put(crate::supervisor::put_policy).delete(crate::supervisor::delete_policy),
         )
-        .merge(peer)
         .api("/v1/namespaces/{ns}/classes", get(crate::models::list_classes).post(crate::models::define_class))
         .api("/v1/namespaces/{ns}/classes/{class}", get(crate::models::get_class))
         .api(
@@ -247,17 +262,19 @@ pub fn router(state: AppState) -> Router {
         .api("/v1/namespaces/{ns}/instances/{path}/associators", get(crate::models::associators))
         .api("/v1/namespaces/{ns}/instances/{path}/references", get(crate::models::references))
         .api("/v1/namespaces/{ns}/instances/{path}/history", get(crate::models::history))
+        .router
+        .merge(federated)
+        .merge(peer)
         .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()) })
-        // Innermost first; see `edge` for what each does and why.
-        .layer(axum::middleware::from_fn_with_state(state.config.edge.body_read_timeout, crate::edge::read_body))
-        // The body is already read whole, within its limit, by `read_body`.
+        // Innermost first; see `edge` for what each does and why. Bodies
+        // are read whole, within their limit, by `edge::read_body`.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(state.requests_in_flight.clone(), limit_in_flight));
     let app = match cors(&state.config.edge.cors_origins) {
         Some(cors) => app.layer(cors),
         None => app,
     };
-    app.layer(axum::middleware::from_fn_with_state(state.hosts.clone(), crate::edge::check_host))
+    app.layer(axum::middleware::from_fn_with_state(state.clone(), crate::edge::check_host))
         .layer(axum::middleware::from_fn(crate::edge::json_errors))
         .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track))
         .with_state(state)

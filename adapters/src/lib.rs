@@ -45,8 +45,8 @@ pub mod supervisor;
 pub mod xml;
 
 pub use dispatch::{DISPATCH_COMMANDS_MAX, HANDOFF_LAG_MAX, SUBSCRIBER_BUFFER_BYTES_MAX, SUBSCRIBER_BUFFER_EVENTS};
-pub use edge::{EdgeConfig, BODY_READ_TIMEOUT, EDGE_NAMES_MAX};
+pub use edge::{EdgeConfig, BODY_READERS_MAX, BODY_READ_TIMEOUT, DISCARD_BYTES_MAX, EDGE_NAMES_MAX};
 pub use error::ApiError;
 pub use http::{router, ApiConfig, AppState, BODY_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX};
-pub use server::{serve, ServerLimits, CONNECTIONS_MAX, HEADER_BYTES_MAX, HEADER_READ_TIMEOUT};
+pub use server::{serve, ServerLimits, CONNECTIONS_MAX, CONNECTIONS_PER_IP_MAX, HEADER_BYTES_MAX, HEADER_READ_TIMEOUT};
 pub use sse::SUBSCRIBERS_MAX;

@@ -3,7 +3,9 @@
 //!
 //! - At most [`CONNECTIONS_MAX`] connections are open at once. At the limit
 //!   the loop stops accepting until one closes: new clients wait in the
-//!   kernel's backlog instead of exhausting file descriptors.
+//!   kernel's backlog instead of exhausting file descriptors. At most
+//!   [`CONNECTIONS_PER_IP_MAX`] of them come from one address; more are
+//!   closed at once.
 //! - A connection must send a request's whole header within
 //!   [`HEADER_READ_TIMEOUT`] of being ready for one: of being accepted, or
 //!   of its previous response being sent. So the same bound closes an idle
@@ -16,8 +18,10 @@
 //! hyper builder has no timer, so hyper's default of 30 s never applies)
 //! nor a connection limit.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -32,6 +36,13 @@ use tokio::sync::Semaphore;
 pub const CONNECTIONS_MAX: usize = 16_384;
 
 const _: () = assert!(CONNECTIONS_MAX >= crate::sse::SUBSCRIBERS_MAX + crate::http::REQUESTS_IN_FLIGHT_MAX);
+
+/// Most connections open at once from one IP address. One more is closed
+/// as soon as it is accepted, so one client cannot take every connection
+/// slot from the rest (peers included).
+pub const CONNECTIONS_PER_IP_MAX: usize = 4096;
+
+const _: () = assert!(CONNECTIONS_PER_IP_MAX < CONNECTIONS_MAX);
 
 /// How long a connection may take to send a request header, counted from
 /// when it is ready for one; also how long an idle keep-alive connection
@@ -51,13 +62,54 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 pub struct ServerLimits {
     /// Most connections open at once ([`CONNECTIONS_MAX`]).
     pub connections_max: usize,
+    /// Most connections from one IP address ([`CONNECTIONS_PER_IP_MAX`]).
+    pub connections_per_ip_max: usize,
     /// Header read and keep-alive idle bound ([`HEADER_READ_TIMEOUT`]).
     pub header_read_timeout: Duration,
 }
 
 impl Default for ServerLimits {
     fn default() -> ServerLimits {
-        ServerLimits { connections_max: CONNECTIONS_MAX, header_read_timeout: HEADER_READ_TIMEOUT }
+        ServerLimits {
+            connections_max: CONNECTIONS_MAX,
+            connections_per_ip_max: CONNECTIONS_PER_IP_MAX,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+        }
+    }
+}
+
+/// Open connections per client address.
+#[derive(Default)]
+struct PerIp(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection counted against its address; uncounted when dropped.
+struct Counted {
+    table: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    /// Counts a connection from `ip`, unless it has `max` open already.
+    fn admit(table: &Arc<PerIp>, ip: IpAddr, max: usize) -> Option<Counted> {
+        let mut open = table.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Counted { table: table.clone(), ip })
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut open = self.table.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -74,6 +126,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.connections_max.max(1)));
+    let per_ip = Arc::new(PerIp::default());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).max_buf_size(HEADER_BYTES_MAX);
@@ -86,9 +139,9 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot accept a connection; retrying");
                     tokio::time::sleep(ACCEPT_RETRY).await;
@@ -96,6 +149,10 @@ pub async fn serve(
                 }
             },
             () = &mut shutdown => break,
+        };
+        let Some(counted) = PerIp::admit(&per_ip, peer.ip(), limits.connections_per_ip_max) else {
+            tracing::debug!(%peer, "too many connections from one address; closing");
+            continue;
         };
         // No Nagle: an SSE event or a small answer written after one that
         // is not yet acknowledged would otherwise wait for the peer's
@@ -109,10 +166,28 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-            drop(permit);
+            drop((permit, counted));
         });
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_gets_at_most_its_share_of_connections() {
+        let table = Arc::new(PerIp::default());
+        let (a, b): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+        let held: Vec<Counted> = (0..3).filter_map(|_| PerIp::admit(&table, a, 3)).collect();
+        assert_eq!(held.len(), 3);
+        assert!(PerIp::admit(&table, a, 3).is_none(), "a fourth from the same address");
+        assert!(PerIp::admit(&table, b, 3).is_some(), "another address is not held back");
+        drop(held);
+        assert!(PerIp::admit(&table, a, 3).is_some(), "closing frees the address's share");
+        assert!(table.0.lock().map(|t| t.get(&b).is_none()).unwrap_or(false), "no entry is left behind");
+    }
 }

@@ -338,12 +338,14 @@ fn plain_name(key: &str) -> bool {
 }
 
 /// Text as XML character data: escaped as it is when XML can carry it
-/// exactly, else (a character XML 1.0 forbids, such as U+0001, or a CR,
-/// which parsers turn into LF) as a JSON string literal, flagged by
+/// exactly, else (a character XML 1.0 forbids, such as U+0001, a CR, which
+/// parsers turn into LF, or white space at either end, which the reader
+/// trims) as a JSON string literal, flagged by
 /// `encoding="json"` on the element. A JSON literal of such text is ASCII
 /// apart from the text's own printable characters, all of which XML allows.
 fn xml_text(text: &str) -> (Cow<'_, str>, bool) {
-    if text.chars().all(|c| xml_char(c) && c != '\r') {
+    // Leading and trailing white space too: the reader trims element text.
+    if text.chars().all(|c| xml_char(c) && c != '\r') && text.trim() == text {
         return (Cow::Borrowed(text), false);
     }
     let json = serde_json::Value::String(text.to_string()).to_string();
@@ -553,6 +555,7 @@ mod tests {
             "entry": "plain",
             "tab\tnew\nline\rcr": "ws",
             "ctl\u{1}key": "c",
+            "spaced": "  two  ",
         });
         let out = EventOut {
             id: "e\u{1}".into(),
@@ -571,7 +574,7 @@ mod tests {
         assert!(!names.iter().any(|n| n == "injected"), "{xml}");
         let back = parse_events(&xml).expect("own output parses").remove(0);
         assert_eq!(back.payload, payload, "{xml}");
-        for text in ["a string \u{1} with a control", "cr\r", "<injected/>"] {
+        for text in ["a string \u{1} with a control", "cr\r", "<injected/>", " ", " padded\t", ""] {
             let out = EventOut { payload: serde_json::json!(text), ..out.clone() };
             let xml = write_events(std::slice::from_ref(&out), true);
             elements_of(&xml);

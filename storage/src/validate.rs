@@ -64,6 +64,33 @@ fn id(what: &'static str, s: &str) -> Result<()> {
     name(what, s, ID_BYTES_MAX)
 }
 
+/// An id as stored: non-empty and bounded.
+fn existing_id(what: &'static str, s: &str) -> Result<()> {
+    if s.is_empty() {
+        return Err(Error::invalid(what, "must not be empty"));
+    }
+    bounded(what, s, ID_BYTES_MAX)
+}
+
+/// A channel as stored: bounded, rooted, without the `00` key separator.
+fn existing_channel(c: &str) -> Result<()> {
+    bounded("channel", c, CHANNEL_BYTES_MAX)?;
+    if !c.starts_with('/') {
+        return Err(Error::invalid("channel", "must start with '/'"));
+    }
+    no_nul("channel", c)
+}
+
+/// A tuple field as stored: non-empty, bounded, without the `00` key
+/// separator.
+fn existing_field(f: &str) -> Result<()> {
+    if f.is_empty() {
+        return Err(Error::invalid("field", "must not be empty"));
+    }
+    bounded("field", f, FIELD_BYTES_MAX)?;
+    no_nul("field", f)
+}
+
 fn no_nul(what: &'static str, s: &str) -> Result<()> {
     if s.bytes().any(|b| b == 0) {
         return Err(Error::invalid(what, "must not contain a NUL byte"));
@@ -131,8 +158,13 @@ pub fn body(b: &Body) -> Result<()> {
             }
             Ok(())
         }
-        Body::LeaseRenew(r) => id("lease id", &r.id),
-        Body::LeaseRelease(e) | Body::LeaseExpire(e) => id("lease id", &e.id),
+        // Records that name existing state (a lease to renew or end, a
+        // tuple to expire, delete or copy) take the names as stored, under
+        // the rules of when they were stored: a lease or tuple logged before
+        // a rule was added must still be able to end, and a replica's
+        // history to be copied.
+        Body::LeaseRenew(r) => existing_id("lease id", &r.id),
+        Body::LeaseRelease(e) | Body::LeaseExpire(e) => existing_id("lease id", &e.id),
         Body::DocPut(d) => doc_key(&d.key),
         Body::DocDelete(d) => doc_key(&d.key),
         Body::ModelClass(c) => {
@@ -150,13 +182,14 @@ pub fn body(b: &Body) -> Result<()> {
             crate::models::check_part("instance identity", &d.identity)
         }
         Body::TupleExpire(t) | Body::TupleDelete(t) => {
-            channel("channel", &t.channel)?;
-            field(&t.field)
+            existing_channel(&t.channel)?;
+            existing_field(&t.field)
         }
         Body::TupleImport(t) => {
-            channel("channel", &t.channel)?;
-            field(&t.field)?;
-            party(&t.source)
+            existing_channel(&t.channel)?;
+            existing_field(&t.field)?;
+            bounded("service", &t.source.service, PARTY_BYTES_MAX)?;
+            bounded("instance", &t.source.instance, PARTY_BYTES_MAX)
         }
         Body::Monitor(m) => {
             monitor_pattern(&m.pattern)?;
@@ -211,6 +244,22 @@ mod tests {
             assigned: Vec::new(),
             tuple: None,
         })
+    }
+
+    /// A lease or tuple stored before a rule was added can still end: the
+    /// records that name existing state take its names as stored.
+    #[test]
+    fn records_that_name_existing_state_take_old_names() {
+        let old = "/a/\u{200B}b/";
+        let end = crate::record::TupleEnd { channel: old.into(), field: "f\tg".into() };
+        assert!(body(&Body::TupleExpire(end.clone())).is_ok());
+        assert!(body(&Body::TupleDelete(end)).is_ok());
+        let lease = crate::record::LeaseEnd { id: "l\n1".into() };
+        assert!(body(&Body::LeaseExpire(lease.clone())).is_ok());
+        assert!(body(&Body::LeaseRelease(lease)).is_ok());
+        assert!(body(&tuple(old, "f")).is_err(), "a new tuple takes the new rules");
+        let nul = crate::record::TupleEnd { channel: "/a\0/".into(), field: "f".into() };
+        assert!(body(&Body::TupleExpire(nul)).is_err(), "the key separator never");
     }
 
     /// An event type is the `event:` line of an SSE stream: a line break in
