@@ -55,7 +55,7 @@ use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
-use crate::http::{AppState, BODY_BYTES_MAX};
+use crate::http::BODY_BYTES_MAX;
 
 /// How long a request body may take to arrive, whole. A body still
 /// incomplete then is answered 408 and its connection closed. At the body
@@ -131,6 +131,24 @@ impl EdgeConfig {
     }
 }
 
+/// What the `Host` check needs: the site's names, and the peer secret.
+pub(crate) struct HostCheck {
+    pub(crate) hosts: Hosts,
+    pub(crate) federation: Arc<crate::federation::Federation>,
+}
+
+/// What reading bodies needs: the readers' permits and the timeout.
+pub(crate) struct BodyReading {
+    pub(crate) readers: Semaphore,
+    pub(crate) timeout: Duration,
+}
+
+impl BodyReading {
+    pub(crate) fn new(timeout: Duration) -> BodyReading {
+        BodyReading { readers: Semaphore::new(BODY_READERS_MAX), timeout }
+    }
+}
+
 /// The names a site answers to, resolved once from its settings.
 #[derive(Clone, Debug)]
 pub(crate) struct Hosts {
@@ -182,14 +200,14 @@ fn host_part(host: &str) -> &str {
 }
 
 /// Axum middleware: refuses a request whose `Host` does not name the site.
-pub(crate) async fn check_host(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn check_host(State(check): State<Arc<HostCheck>>, request: Request, next: Next) -> Response {
     // A peer proves itself with the peer secret, which no web page has (and
     // a browser sends `Authorization` cross-origin only after a preflight):
     // it may name this site however its configuration does.
-    if request.headers().contains_key(header::AUTHORIZATION) && state.federation.authorized(request.headers()).is_ok() {
+    if request.headers().contains_key(header::AUTHORIZATION) && check.federation.authorized(request.headers()).is_ok() {
         return next.run(request).await;
     }
-    let hosts = &state.hosts;
+    let hosts = &check.hosts;
     let host = match request.headers().get(header::HOST) {
         Some(v) => v.to_str().ok(),
         // HTTP/2 and absolute-form requests carry it in the URI; a request
@@ -282,14 +300,14 @@ fn has_body(request: &Request) -> bool {
 /// The refusal, as an [`ApiError`].
 pub(crate) async fn read_whole(
     request: Request,
-    readers: &Arc<Semaphore>,
-    timeout: Duration,
+    reading: &BodyReading,
 ) -> Result<(axum::http::request::Parts, axum::body::Bytes), ApiError> {
+    let timeout = reading.timeout;
     if !has_body(&request) {
         let (parts, _) = request.into_parts();
         return Ok((parts, axum::body::Bytes::new()));
     }
-    let _reading = readers.clone().try_acquire_owned().map_err(|_| {
+    let _reading = reading.readers.try_acquire().map_err(|_| {
         ApiError::overloaded(format!("the site is reading {BODY_READERS_MAX} request bodies already; retry shortly"))
     })?;
     let (limit, what) = body_limit(request.uri().path());
@@ -335,8 +353,8 @@ pub(crate) async fn read_whole(
 
 /// Axum route layer: [`read_whole`], then the handler with the body in
 /// memory.
-pub(crate) async fn read_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match read_whole(request, &state.body_readers, state.config.edge.body_read_timeout).await {
+pub(crate) async fn read_body(State(reading): State<Arc<BodyReading>>, request: Request, next: Next) -> Response {
+    match read_whole(request, &reading).await {
         Ok((parts, bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
         Err(refusal) => refusal.into_response(),
     }

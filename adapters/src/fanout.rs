@@ -293,7 +293,7 @@ async fn fan_out(state: AppState, params: Params, request: Request) -> Result<Re
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let content_type = request.headers().get(axum::http::header::CONTENT_TYPE).cloned();
-    let (_, body) = crate::edge::read_whole(request, &state.body_readers, state.config.edge.body_read_timeout).await?;
+    let (_, body) = crate::edge::read_whole(request, &state.body_reading).await?;
     let asked = sites_in_scope(&state, &params)?;
     let client = state.federation.client().clone();
     let deadline = params.deadline;

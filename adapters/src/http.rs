@@ -103,8 +103,8 @@ pub struct AppState {
     pub leases: Arc<ExpiryIndex>,
     /// Live tuples' expiries.
     pub tuples: Arc<ExpiryIndex>,
-    /// The API's settings.
-    pub config: ApiConfig,
+    /// The API's settings (shared: every handler clones the state).
+    pub config: Arc<ApiConfig>,
     /// Set once the server is stopping, so live streams end and graceful
     /// shutdown does not wait on them forever.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
@@ -124,10 +124,10 @@ pub struct AppState {
     pub(crate) federation: Arc<crate::federation::Federation>,
     /// Recording policy and monitors.
     pub(crate) supervisor: Arc<crate::supervisor::Supervisor>,
-    /// The names this site answers to (the `Host` check).
-    pub(crate) hosts: Arc<crate::edge::Hosts>,
-    /// One permit per request body being read ([`crate::edge::BODY_READERS_MAX`]).
-    pub(crate) body_readers: Arc<Semaphore>,
+    /// The names this site answers to and the peer secret (the `Host` check).
+    pub(crate) host_check: Arc<crate::edge::HostCheck>,
+    /// Permits and timeout for reading request bodies ([`crate::edge::BODY_READERS_MAX`]).
+    pub(crate) body_reading: Arc<crate::edge::BodyReading>,
 }
 
 impl AppState {
@@ -140,8 +140,10 @@ impl AppState {
         let leases = store.read(|v| v.leases()).await?;
         let tuples = crate::pldb::load_tuple_index(&store).await?;
         let models = Arc::new(crate::models::Models::load(&store).await?);
-        let federation = crate::federation::Federation::new(store.site(), config.federation.clone())
-            .map_err(|reason| pepper_storage::Error::InvalidInput { what: "federation", reason })?;
+        let federation = Arc::new(
+            crate::federation::Federation::new(store.site(), config.federation.clone())
+                .map_err(|reason| pepper_storage::Error::InvalidInput { what: "federation", reason })?,
+        );
         let supervisor = crate::supervisor::Supervisor::load(&store, &config.supervisor).await.map_err(|e| {
             pepper_storage::Error::InvalidInput { what: "recording policy", reason: e.message().to_string() }
         })?;
@@ -159,17 +161,17 @@ impl AppState {
             leases: Arc::new(ExpiryIndex::of_leases(&leases)),
             tuples: Arc::new(tuples),
             models,
-            config,
             stopping: Arc::new(stopping),
             metrics,
             dispatcher,
             subscriber_slots: Arc::new(Semaphore::new(crate::sse::SUBSCRIBERS_MAX)),
             snapshot_readers: Arc::new(Semaphore::new(crate::sse::SNAPSHOTS_MAX)),
             requests_in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
-            federation: Arc::new(federation),
+            body_reading: Arc::new(crate::edge::BodyReading::new(config.edge.body_read_timeout)),
+            host_check: Arc::new(crate::edge::HostCheck { hosts, federation: federation.clone() }),
+            federation,
             supervisor: Arc::new(supervisor),
-            hosts: Arc::new(hosts),
-            body_readers: Arc::new(Semaphore::new(crate::edge::BODY_READERS_MAX)),
+            config: Arc::new(config),
         })
     }
 
@@ -208,7 +210,7 @@ impl Routes {
 
     fn api(mut self, path: &str, methods: MethodRouter<AppState>) -> Routes {
         let methods = methods
-            .route_layer(axum::middleware::from_fn_with_state(self.state.clone(), crate::edge::read_body))
+            .route_layer(axum::middleware::from_fn_with_state(self.state.body_reading.clone(), crate::edge::read_body))
             .route_layer(axum::middleware::from_fn(crate::edge::check_content_type));
         self.router = self.router.route(path, methods);
         self
@@ -274,7 +276,7 @@ pub fn router(state: AppState) -> Router {
         Some(cors) => app.layer(cors),
         None => app,
     };
-    app.layer(axum::middleware::from_fn_with_state(state.clone(), crate::edge::check_host))
+    app.layer(axum::middleware::from_fn_with_state(state.host_check.clone(), crate::edge::check_host))
         .layer(axum::middleware::from_fn(crate::edge::json_errors))
         .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track))
         .with_state(state)

@@ -22,7 +22,10 @@ impl Server {
     /// Starts the server with extra flags (`--site` among them).
     pub fn start_with(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pepper"))
+        // `PEPPER_BENCH_BIN` runs the same bench against another build (an
+        // earlier commit's, say), so two builds are compared in one session.
+        let bin = std::env::var_os("PEPPER_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_pepper").into());
+        let mut child = Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
             .arg("--data")

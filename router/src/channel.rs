@@ -106,6 +106,11 @@ fn elements(input: &str) -> Result<Vec<&str>> {
 /// Whether `c` may appear in a channel element (see the module header).
 fn printable(c: char) -> bool {
     use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    // ASCII, nearly every channel's every character, without the table
+    // lookup: only C0 and DEL are not printable there.
+    if c.is_ascii() {
+        return !c.is_ascii_control();
+    }
     !matches!(
         c.general_category(),
         GeneralCategory::Control
