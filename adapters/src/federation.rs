@@ -1167,10 +1167,16 @@ fn admit(origin: &str, seq: u64, body: Body) -> Body {
     let cut = |s: &str| s.chars().take(256).collect::<String>();
     let payload = json!({ "origin": origin, "origin_seq": seq, "reason": cut(&reason.to_string()),
                           "channel": cut(&e.channel), "type": cut(&e.event_type), "id": cut(&e.id) });
+    marker(format!("{SITES_CHANNEL_PREFIX}{origin}/"), REFUSED_TYPE, origin, &payload)
+}
+
+/// An event pepper appends about what an origin sent (a gap, a refused
+/// record): from service `pepper`, instance the origin.
+fn marker(channel: String, event_type: &str, origin: &str, payload: &Value) -> Body {
     Body::Event(Event {
         id: crate::envelope::new_event_id(),
-        channel: format!("{SITES_CHANNEL_PREFIX}{origin}/"),
-        event_type: REFUSED_TYPE.into(),
+        channel,
+        event_type: event_type.into(),
         from: Party { service: "pepper".into(), instance: origin.to_string() },
         to: Target::default(),
         distribution: Distribution::All,
@@ -1237,19 +1243,7 @@ async fn gap_markers(state: &AppState, origin: &str, from: u64, to: u64) -> Resu
     Ok(channels
         .into_iter()
         .take(pepper_storage::limits::BATCH_RECORDS_MAX)
-        .map(|channel| {
-            Body::Event(Event {
-                id: crate::envelope::new_event_id(),
-                channel,
-                event_type: GAP_TYPE.into(),
-                from: Party { service: "pepper".into(), instance: origin.to_string() },
-                to: Target::default(),
-                distribution: Distribution::All,
-                payload: payload.to_string().into_bytes(),
-                assigned: Vec::new(),
-                tuple: None,
-            })
-        })
+        .map(|channel| marker(channel, GAP_TYPE, origin, &payload))
         .collect())
 }
 
