@@ -301,25 +301,8 @@ fn expired_leases_withdraw_interest_and_retried_batches_are_dropped() {
     assert_eq!(on_b("/gone/"), 1, "nothing forwarded after the interest was withdrawn");
 
     // A batch sent twice (a retry after a lost answer) is appended once.
-    let record = pepper_storage::Record {
-        seq: 7,
-        time_us: pepper_storage::now_us(),
-        origin: "z".into(),
-        body: pepper_storage::Body::Event(pepper_storage::Event {
-            id: "retried".into(),
-            channel: "/dup/".into(),
-            event_type: "t".into(),
-            from: pepper_storage::Party::default(),
-            to: pepper_storage::Target::default(),
-            distribution: pepper_storage::Distribution::All,
-            payload: b"{}".to_vec(),
-            assigned: Vec::new(),
-            tuple: None,
-        }),
-    };
-    let frame = record.encode().unwrap();
-    let mut body = (frame.len() as u32).to_be_bytes().to_vec();
-    body.extend_from_slice(&frame);
+    let record = common::peer_event("z", 7, "retried", "/dup/", "t");
+    let body = common::peer_batch([&record]);
     let send = |secret: &str, body: Vec<u8>| {
         http.post(b.at("/v1/peer/records"))
             .header("authorization", format!("Bearer {secret}"))
@@ -336,20 +319,16 @@ fn expired_leases_withdraw_interest_and_retried_batches_are_dropped() {
     assert_eq!(on_b("/dup/"), 1);
     // A full batch (two records near the record limit) goes through; a body
     // over the peer batch limit gets 413 in the API's error shape.
-    let mut full = Vec::new();
-    for seq in 8..10u64 {
-        let mut r = record.clone();
-        r.seq = seq;
-        if let pepper_storage::Body::Event(e) = &mut r.body {
-            e.id = format!("big-{seq}");
-            e.channel = "/big/".into();
-            e.payload = vec![b'x'; 1_000_000];
-        }
-        let frame = r.encode().unwrap();
-        full.extend_from_slice(&(frame.len() as u32).to_be_bytes());
-        full.extend_from_slice(&frame);
-    }
-    let res = send(SECRET, full);
+    let big: Vec<_> = (8..10u64)
+        .map(|seq| {
+            let mut r = common::peer_event("z", seq, &format!("big-{seq}"), "/big/", "t");
+            if let pepper_storage::Body::Event(e) = &mut r.body {
+                e.payload = vec![b'x'; 1_000_000];
+            }
+            r
+        })
+        .collect();
+    let res = send(SECRET, common::peer_batch(&big));
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().unwrap()["appended"], 2);
     let res = send(SECRET, vec![0; pepper_adapters::federation::PEER_BODY_BYTES_MAX + 1]);

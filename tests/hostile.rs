@@ -388,28 +388,9 @@ fn a_received_event_that_breaks_the_rules_becomes_a_marker() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--peer-secret", "s3cret"]);
     let http = Client::new();
-    let event = |seq: u64, event_type: &str| pepper_storage::Record {
-        seq,
-        time_us: pepper_storage::now_us(),
-        origin: "old".into(),
-        body: pepper_storage::Body::Event(pepper_storage::Event {
-            id: format!("e{seq}"),
-            channel: "/fleet/".into(),
-            event_type: event_type.into(),
-            from: pepper_storage::Party::default(),
-            to: pepper_storage::Target::default(),
-            distribution: pepper_storage::Distribution::All,
-            payload: b"{}".to_vec(),
-            assigned: Vec::new(),
-            tuple: None,
-        }),
-    };
-    let mut body = Vec::new();
-    for record in [event(1, "x\ny"), event(2, "fine")] {
-        let frame = record.encode().unwrap();
-        body.extend_from_slice(&(frame.len() as u32).to_be_bytes());
-        body.extend_from_slice(&frame);
-    }
+    let records =
+        [common::peer_event("old", 1, "e1", "/fleet/", "x\ny"), common::peer_event("old", 2, "e2", "/fleet/", "fine")];
+    let body = common::peer_batch(&records);
     let res = http
         .post(server.at("/v1/peer/records"))
         .header("authorization", "Bearer s3cret")
@@ -477,22 +458,13 @@ fn peers_pass_the_host_check_with_the_secret_and_cors_survives_errors() {
     let server =
         Server::start(dir.path(), &["--peer-secret", "s3cret", "--cors-origin", "https://console.example.org"]);
     let http = Client::new();
-    let res = http.get(server.at("/v1/health")).header("host", "b.internal:7171").send().unwrap();
-    assert_eq!(res.status(), 403);
-    let res = http
-        .get(server.at("/v1/health"))
-        .header("host", "b.internal:7171")
-        .header("authorization", "Bearer s3cret")
-        .send()
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let res = http
-        .get(server.at("/v1/health"))
-        .header("host", "b.internal:7171")
-        .header("authorization", "Bearer wrong")
-        .send()
-        .unwrap();
-    assert_eq!(res.status(), 403);
+    for (authorization, status) in [(None, 403), (Some("Bearer s3cret"), 200), (Some("Bearer wrong"), 403)] {
+        let mut req = http.get(server.at("/v1/health")).header("host", "b.internal:7171");
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
+        }
+        assert_eq!(req.send().unwrap().status(), status, "{authorization:?}");
+    }
     // An error rewritten into the API's shape keeps its CORS headers.
     let res = http.put(server.at("/v1/health")).header("origin", "https://console.example.org").send().unwrap();
     assert_eq!(res.status(), 405);

@@ -152,3 +152,36 @@ impl SseReader {
         None
     }
 }
+
+/// An event record as site `origin` logged it at `seq`, on `channel`, as a
+/// peer would forward it.
+pub fn peer_event(origin: &str, seq: u64, id: &str, channel: &str, event_type: &str) -> pepper_storage::Record {
+    pepper_storage::Record {
+        seq,
+        time_us: pepper_storage::now_us(),
+        origin: origin.into(),
+        body: pepper_storage::Body::Event(pepper_storage::Event {
+            id: id.into(),
+            channel: channel.into(),
+            event_type: event_type.into(),
+            from: pepper_storage::Party::default(),
+            to: pepper_storage::Target::default(),
+            distribution: pepper_storage::Distribution::All,
+            payload: b"{}".to_vec(),
+            assigned: Vec::new(),
+            tuple: None,
+        }),
+    }
+}
+
+/// A `POST /v1/peer/records` body: each record's frame after its `u32`
+/// big-endian length.
+pub fn peer_batch<'a>(records: impl IntoIterator<Item = &'a pepper_storage::Record>) -> Vec<u8> {
+    let mut body = Vec::new();
+    for record in records {
+        let frame = record.encode().unwrap();
+        body.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+        body.extend_from_slice(&frame);
+    }
+    body
+}
