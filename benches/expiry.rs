@@ -4,7 +4,7 @@
 //! Run: `cargo bench --bench expiry` (`PEPPER_BENCH_LEASES` changes the
 //! count). Each sample opens a fresh store (durability `sync`), grants the
 //! leases in batches with one shared expiry 1.5 s ahead, starts the site's
-//! expiry task (`pepper_adapters::lease::run_expiry`, as `pepper serve` does)
+//! expiry task (`pepper_adapters::loops::expiry::run_expiry`, as `pepper serve` does)
 //! and measures from the moment they lapse until the lease index is empty.
 //! The log is then checked: one `lease.expire` record and one
 //! `lease.expired` event per lease. The figure printed as `SUMMARY` is the
@@ -46,7 +46,7 @@ async fn scenario(leases: u64) -> Duration {
     }
     assert!(now_us() < lapse_us, "granting took longer than the lead time");
     let state = AppState::load(store.clone(), ApiConfig::default()).await.unwrap();
-    let expiry = tokio::spawn(pepper_adapters::lease::run_expiry(state.clone()));
+    let expiry = tokio::spawn(pepper_adapters::loops::expiry::run_expiry(state.clone()));
     tokio::time::sleep(Duration::from_micros(lapse_us.saturating_sub(now_us()))).await;
     let start = Instant::now();
     while !state.leases.is_empty() {

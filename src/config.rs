@@ -279,7 +279,7 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
     let r = file.retention;
     let interval_s = args.retention_interval_s.or(r.interval_s).unwrap_or(RETENTION_INTERVAL_S_DEFAULT);
     let lease_ttl_max_s =
-        args.lease_ttl_max_s.or(file.lease_ttl_max_s).unwrap_or(pepper_adapters::lease::LEASE_TTL_MAX_S_DEFAULT);
+        args.lease_ttl_max_s.or(file.lease_ttl_max_s).unwrap_or(pepper_adapters::LEASE_TTL_MAX_S_DEFAULT);
     if interval_s == 0 || lease_ttl_max_s == 0 {
         anyhow::bail!("retention interval_s and lease_ttl_max_s must be at least 1");
     }

@@ -22,7 +22,7 @@ mod model_cli;
 /// and free showed as about 15% of its CPU under load (BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use pepper_storage::Store;
+use pepper_adapters::{Site, SiteConfig};
 
 #[derive(Parser)]
 #[command(
@@ -184,9 +184,6 @@ struct SendArgs {
     #[arg(long, env = "PEPPER_SERVER", default_value = "http://127.0.0.1:7171")]
     server: String,
 }
-
-/// How long shutdown waits for open connections to finish.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// `println!` that returns the error instead of panicking: a closed
 /// stdout (the reader of a pipe went away, as `| head` does) ends the
@@ -541,13 +538,12 @@ pub(crate) fn host_name() -> String {
 }
 
 fn serve(site: config::Site) -> anyhow::Result<ExitCode> {
-    let config::Site { data, listen, options, api: config, agent, server: limits } = site;
-    let store = Store::open(&data, options).with_context(|| format!("cannot open the store in {}", data.display()))?;
+    let config::Site { data, listen, options, api, agent, server } = site;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let listener =
-            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-        let addr = listener.local_addr()?;
+    let store = runtime.block_on(async {
+        let site = Site::open(SiteConfig { data: data.clone(), listen, options, api, server }).await?;
+        let addr = site.addr();
+        let store = site.store().clone();
         // Tests and scripts read the chosen port from this line; a closed
         // stdout must not stop the site.
         let _ = std::io::Write::write_fmt(&mut std::io::stdout(), format_args!("listening on http://{addr}\n"));
@@ -571,39 +567,11 @@ fn serve(site: config::Site) -> anyhow::Result<ExitCode> {
             })?;
         }
         tracing::info!(%addr, site = store.site(), data = %data.display(), "pepper serving");
-        let state = pepper_adapters::AppState::load(store.clone(), config).await?;
-        let expiry = tokio::spawn(pepper_adapters::lease::run_expiry(state.clone()));
-        let tuple_expiry = tokio::spawn(pepper_adapters::pldb::run_tuple_expiry(state.clone()));
-        let pldbget = tokio::spawn(pepper_adapters::pldb::run_pldbget(state.clone()));
-        // Standing interests first: a complete monitor must never look
-        // uninterested to a peer, or the peer would skip what it records.
-        pepper_adapters::supervisor::prepare(&state).await?;
-        let federation = tokio::spawn(pepper_adapters::federation::run(state.clone(), addr));
-        let supervisor = tokio::spawn(pepper_adapters::supervisor::run(state.clone()));
-        let app = pepper_adapters::router(state.clone());
-        let stopping = {
-            let state = state.clone();
-            async move {
-                shutdown_signal().await;
-                state.begin_shutdown();
-            }
-        };
-        let server = pepper_adapters::serve(listener, app, limits, stopping);
-        // A client that stopped reading can keep its stream from ever
-        // noticing the shutdown; it gets SHUTDOWN_GRACE, then is cut off.
-        tokio::select! {
-            served = server => served?,
-            _ = async { state.stopped().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
-                tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them");
-            }
-        }
-        expiry.abort();
-        tuple_expiry.abort();
-        pldbget.abort();
-        federation.abort();
-        supervisor.abort();
-        anyhow::Ok(())
+        site.run(shutdown_signal()).await?;
+        anyhow::Ok(store)
     })?;
+    // Dropping the runtime ends every task the site spawned; the store
+    // closes, its last writes durable, with the last handle.
     tracing::info!("shutting down; closing the store");
     drop(runtime);
     store.close();

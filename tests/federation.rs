@@ -331,7 +331,7 @@ fn expired_leases_withdraw_interest_and_retried_batches_are_dropped() {
     let res = send(SECRET, common::peer_batch(&big));
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().unwrap()["appended"], 2);
-    let res = send(SECRET, vec![0; pepper_adapters::federation::PEER_BODY_BYTES_MAX + 1]);
+    let res = send(SECRET, vec![0; pepper_adapters::wire::frames::PEER_BODY_BYTES_MAX + 1]);
     assert_eq!(res.status(), 413);
     assert_eq!(res.json::<Value>().unwrap()["error"]["code"], "too_large");
     // The wrong secret, or a damaged frame, is refused and changes nothing.

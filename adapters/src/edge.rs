@@ -55,7 +55,7 @@ use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
-use crate::http::BODY_BYTES_MAX;
+use crate::limits::BODY_BYTES_MAX;
 
 /// How long a request body may take to arrive, whole. A body still
 /// incomplete then is answered 408 and its connection closed. At the body
@@ -72,7 +72,7 @@ pub const DISCARD_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// most this many of the `REQUESTS_IN_FLIGHT_MAX` request slots.
 pub const BODY_READERS_MAX: usize = 1024;
 
-const _: () = assert!(BODY_READERS_MAX < crate::http::REQUESTS_IN_FLIGHT_MAX);
+const _: () = assert!(BODY_READERS_MAX < crate::limits::REQUESTS_IN_FLIGHT_MAX);
 
 /// Longest time spent dropping a refused body.
 const DISCARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -152,7 +152,7 @@ impl BodyReading {
 /// The names a site answers to, resolved once from its settings.
 #[derive(Clone, Debug)]
 pub(crate) struct Hosts {
-    names: Vec<String>,
+    pub(crate) names: Vec<String>,
 }
 
 impl Hosts {
@@ -277,7 +277,7 @@ pub(crate) async fn check_content_type(request: Request, next: Next) -> Response
 /// The body limit of a route, and how its refusal reads.
 fn body_limit(path: &str) -> (usize, &'static str) {
     if path == "/v1/peer/records" {
-        (crate::federation::PEER_BODY_BYTES_MAX, "a peer batch")
+        (crate::wire::frames::PEER_BODY_BYTES_MAX, "a peer batch")
     } else {
         (BODY_BYTES_MAX, "request body")
     }

@@ -8,11 +8,9 @@
 //! an update older than the entry it would change is ignored.
 
 use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
 use std::sync::Mutex;
-use std::time::Duration;
 
-use pepper_storage::Lease;
+use pepper_storage::{Error as StoreError, Lease, Tuple, TupleCursor};
 
 /// Expiries by key, ordered by time: live leases by id, tuples by their
 /// tuple key.
@@ -105,19 +103,54 @@ impl ExpiryIndex {
     }
 }
 
-/// Runs `pass` every `period` until the runtime stops: the loop of the lease
-/// and tuple expiry tasks. A pass that overruns delays the next tick rather
-/// than bunching the missed ones.
-pub async fn every<F, Fut>(period: Duration, mut pass: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// The key of a tuple in the expiry index.
+pub(crate) fn index_key(channel: &str, field: &str) -> String {
+    format!("{channel}\0{field}")
+}
+
+pub(crate) fn split_index_key(key: &str) -> Option<(&str, &str)> {
+    key.split_once('\0')
+}
+
+/// The expiry index of every live tuple that has an expiry, read from the
+/// store.
+///
+/// # Errors
+/// Store read errors.
+pub async fn load_tuple_index(store: &pepper_storage::Store) -> Result<ExpiryIndex, StoreError> {
+    let index = ExpiryIndex::default();
+    let mut after: Option<TupleCursor> = None;
     loop {
-        tick.tick().await;
-        pass().await;
+        let cursor = after.take();
+        let page = store.read(move |v| v.latest("/", cursor.as_ref(), pepper_storage::limits::READ_ROWS_MAX)).await?;
+        for t in &page.items {
+            if let Some(at) = t.expires_at_us {
+                index.set(&index_key(&t.channel, &t.field), at, t.seq);
+            }
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(index),
+        }
+    }
+}
+
+/// Whether a tuple's expiry has passed at `now_us` (its expire record may
+/// not be written yet).
+pub(crate) fn is_expired(t: &Tuple, now_us: u64) -> bool {
+    t.expires_at_us.is_some_and(|at| at <= now_us)
+}
+
+/// Records what a committed batch of events did to tuple expiries: the
+/// event at `first + i` set the tuple of `writes[i]`, if any.
+pub(crate) fn note_tuple_writes(index: &ExpiryIndex, first: u64, writes: &[Option<(String, Option<u64>)>]) {
+    for (i, w) in writes.iter().enumerate() {
+        let Some((key, expires)) = w else { continue };
+        let seq = first + i as u64;
+        match expires {
+            Some(at) => index.set(key, *at, seq),
+            None => index.remove(key, seq),
+        }
     }
 }
 

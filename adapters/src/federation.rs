@@ -36,19 +36,15 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::Json;
 use pepper_router::Pattern;
-use pepper_storage::{now_us, Body, Distribution, Event, Party, Record, Target};
+use pepper_storage::now_us;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::http::AppState;
+use pepper_storage::Store;
 
-/// The channel prefix of site announcements.
-pub const SITES_CHANNEL_PREFIX: &str = "/pepper/sites/";
+pub use crate::wire::frames::{FORWARD_BATCH_BYTES, FORWARD_BATCH_RECORDS, SITES_CHANNEL_PREFIX};
 
 /// The default time between heartbeats.
 pub const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(1);
@@ -69,26 +65,17 @@ pub const PEERS_MAX: usize = 256;
 /// never narrower).
 pub const INTERESTS_MAX: usize = 4096;
 
-/// Most records in one forwarded batch.
-pub const FORWARD_BATCH_RECORDS: usize = 1000;
-/// About the most bytes of log frames in one forwarded batch.
-pub const FORWARD_BATCH_BYTES: usize = 1024 * 1024;
-/// Largest `POST /v1/peer/records` body: a full batch plus the one record
-/// that may cross [`FORWARD_BATCH_BYTES`], with their length prefixes.
-pub const PEER_BODY_BYTES_MAX: usize =
-    FORWARD_BATCH_BYTES + pepper_storage::limits::RECORD_BYTES_MAX + 4 * (FORWARD_BATCH_RECORDS + 1);
-
 /// Most log records a forwarder scans per read, matching or not.
-const FORWARD_SCAN_MAX: u64 = 100_000;
+pub(crate) const FORWARD_SCAN_MAX: u64 = 100_000;
 
 /// How long a lease grant waits for the peers that are up to acknowledge
 /// its interest.
 pub const INTEREST_PUSH_WAIT: Duration = Duration::from_secs(1);
 
 /// The forwarder's retry delay doubles from this after each failure...
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// ...up to this.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Longest site name, url or region accepted from a peer, in bytes.
 const NAME_BYTES_MAX: usize = 256;
@@ -198,45 +185,45 @@ pub(crate) struct PeerSummary {
 
 /// One peer in the registry.
 #[derive(Debug)]
-struct Peer {
-    url: String,
-    region: Option<String>,
+pub(crate) struct Peer {
+    pub(crate) url: String,
+    pub(crate) region: Option<String>,
     /// When its last announcement (or answer to ours) arrived.
-    last_seen: Option<Instant>,
-    last_seen_us: Option<u64>,
+    pub(crate) last_seen: Option<Instant>,
+    pub(crate) last_seen_us: Option<u64>,
     /// Heartbeat round trip, smoothed.
-    rtt_ms: Option<f64>,
+    pub(crate) rtt_ms: Option<f64>,
     /// Its interests, parsed; `None` until it has told us this run, and the
     /// forwarder waits until then rather than skip what it might want.
-    interests: Option<Wants>,
+    pub(crate) interests: Option<Wants>,
     /// The sender's version of `interests` (0: none yet).
-    interests_version: u64,
+    pub(crate) interests_version: u64,
     /// The run of the peer those interests came from.
-    incarnation: u64,
+    pub(crate) incarnation: u64,
     /// The peer refuses what the forwarder sends (4xx): forwarding to it
     /// is stuck until an operator looks.
-    stalled: bool,
+    pub(crate) stalled: bool,
     /// Bumped here whenever `interests` change, so a forwarder can tell
     /// that they changed while it was reading the log.
-    interests_changes: u64,
+    pub(crate) interests_changes: u64,
     /// The last sequence number of its log it announced.
-    head_seq: u64,
+    pub(crate) head_seq: u64,
     /// The first sequence number its log holds, as it last announced (0:
     /// not announced). Bounds the gap markers it may send.
-    earliest_seq: u64,
+    pub(crate) earliest_seq: u64,
     /// The next local sequence number to forward to it.
-    cursor: Option<u64>,
+    pub(crate) cursor: Option<u64>,
     /// Where forwarding starts for a peer never forwarded to: the log's
     /// head when its interests first arrived. A record committed after
     /// that may match them, so none may be skipped.
-    first_cursor: Option<u64>,
+    pub(crate) first_cursor: Option<u64>,
     /// Records it acknowledged from this run's forwarder.
-    forwarded: u64,
-    last_error: Option<String>,
+    pub(crate) forwarded: u64,
+    pub(crate) last_error: Option<String>,
 }
 
 impl Peer {
-    fn new(url: String, region: Option<String>) -> Peer {
+    pub(crate) fn new(url: String, region: Option<String>) -> Peer {
         Peer {
             url,
             region,
@@ -272,42 +259,42 @@ pub enum PeerState {
 
 /// A site's federation: its registry of peers and its own announcement.
 pub struct Federation {
-    site: String,
-    region: Option<String>,
-    url: RwLock<String>,
-    secret: Option<String>,
-    heartbeat: Duration,
-    peers: RwLock<BTreeMap<String, Peer>>,
+    pub(crate) site: String,
+    pub(crate) region: Option<String>,
+    pub(crate) url: RwLock<String>,
+    pub(crate) secret: Option<String>,
+    pub(crate) heartbeat: Duration,
+    pub(crate) peers: RwLock<BTreeMap<String, Peer>>,
     /// This site's interests as last computed, and their version (0 until
     /// they are first computed: peers then keep waiting instead of taking
     /// an empty set for the truth).
-    interests: RwLock<(Vec<Interest>, u64)>,
+    pub(crate) interests: RwLock<(Vec<Interest>, u64)>,
     /// Held across a recomputation of the interests, from reading the
     /// leases to installing the result, so an older reading never replaces
     /// a newer one.
-    refreshing: tokio::sync::Mutex<()>,
+    pub(crate) refreshing: tokio::sync::Mutex<()>,
     /// Interests held by the site itself rather than by a lease: the
     /// supervisor's in monitor announcements, and each running monitor's
     /// in its subtree.
-    standing: RwLock<BTreeSet<Interest>>,
+    pub(crate) standing: RwLock<BTreeSet<Interest>>,
     /// Random, per run; see [`Announce::incarnation`].
-    incarnation: u64,
+    pub(crate) incarnation: u64,
     /// Loopback url of this site, for its own part of a federated query.
-    local_url: RwLock<String>,
+    pub(crate) local_url: RwLock<String>,
     /// Peers whose forwarder runs.
-    forwarders: Mutex<HashSet<String>>,
+    pub(crate) forwarders: Mutex<HashSet<String>>,
     /// Wakes the heartbeat loop early (interests changed).
-    wake: tokio::sync::Notify,
-    client: reqwest::Client,
+    pub(crate) wake: tokio::sync::Notify,
+    pub(crate) client: reqwest::Client,
 }
 
 /// A `RwLock` read that survives a panicked writer: the registry holds no
 /// invariant a panic could break halfway.
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+pub(crate) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|p| p.into_inner())
 }
 
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+pub(crate) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -383,7 +370,7 @@ impl Federation {
         read(&self.local_url).clone()
     }
 
-    fn state_of(&self, p: &Peer) -> PeerState {
+    pub(crate) fn state_of(&self, p: &Peer) -> PeerState {
         match p.last_seen.map(|t| t.elapsed()) {
             Some(age) if age <= self.heartbeat * SUSPECT_AFTER_HEARTBEATS => PeerState::Up,
             Some(age) if age <= self.heartbeat * DOWN_AFTER_HEARTBEATS => PeerState::Suspect,
@@ -437,7 +424,7 @@ impl Federation {
 
     /// Takes in an announcement from `a.name`, heard directly from it;
     /// `head` is this site's last sequence number.
-    fn heard(&self, a: &Announce, rtt: Option<Duration>, head: u64) -> Result<(), String> {
+    pub(crate) fn heard(&self, a: &Announce, rtt: Option<Duration>, head: u64) -> Result<(), String> {
         check_site(&a.name)?;
         check_url(&a.url)?;
         if let Some(r) = &a.region {
@@ -507,7 +494,7 @@ impl Federation {
     }
 
     /// This site's announcement now, with its log's range.
-    fn announce(&self, seq: u64, earliest_seq: u64) -> Announce {
+    pub(crate) fn announce(&self, seq: u64, earliest_seq: u64) -> Announce {
         // One guard at a time: a second read of a lock this thread already
         // holds can deadlock behind a waiting writer.
         let (interests, interests_version) = read(&self.interests).clone();
@@ -531,10 +518,10 @@ impl Federation {
 
     /// Recomputes this site's interests from its live leases. Returns
     /// whether they changed.
-    async fn refresh_interests(&self, state: &AppState) -> Result<bool, pepper_storage::Error> {
+    pub(crate) async fn refresh_interests(&self, store: &Store) -> Result<bool, pepper_storage::Error> {
         let _one_at_a_time = self.refreshing.lock().await;
         let now = now_us();
-        let leases = state.store.read(|v| v.leases()).await?;
+        let leases = store.read(|v| v.leases()).await?;
         let standing = read(&self.standing).clone();
         let next = aggregate(
             leases
@@ -555,8 +542,8 @@ impl Federation {
 
     /// Sends this site's announcement to every peer (to those `up` only,
     /// when `only_up`), each within `timeout`, and takes in their answers.
-    async fn announce_to_peers(&self, state: &AppState, timeout: Duration, only_up: bool) {
-        let me = self.announce(state.store.last_seq(), state.store.earliest_seq());
+    pub(crate) async fn announce_to_peers(&self, store: &Store, timeout: Duration, only_up: bool) {
+        let me = self.announce(store.last_seq(), store.earliest_seq());
         let targets: Vec<(String, String)> = read(&self.peers)
             .iter()
             .filter(|(_, p)| !only_up || self.state_of(p) == PeerState::Up)
@@ -581,7 +568,7 @@ impl Federation {
                 };
                 match answer {
                     Ok(a) if a.name == name => {
-                        if let Err(e) = self.heard(&a, Some(started.elapsed()), state.store.last_seq()) {
+                        if let Err(e) = self.heard(&a, Some(started.elapsed()), store.last_seq()) {
                             tracing::warn!(peer = %name, error = %e, "bad announcement");
                         }
                     }
@@ -600,7 +587,7 @@ impl Federation {
     /// After a lease grant: if this site's interests changed, tells the
     /// peers that are up at once, waiting at most [`INTEREST_PUSH_WAIT`], so
     /// their events published after the grant answered reach the lease.
-    pub(crate) async fn lease_granted(&self, state: &AppState, interest: Interest) {
+    pub(crate) async fn lease_granted(&self, store: &Store, interest: Interest) {
         if !self.enabled() {
             return;
         }
@@ -621,13 +608,13 @@ impl Federation {
             }
         };
         if !added {
-            if let Err(e) = self.refresh_interests(state).await {
+            if let Err(e) = self.refresh_interests(store).await {
                 tracing::warn!(error = %e, "cannot read leases for interests");
             }
         }
         // Pushed even when the set did not change here: a concurrent
         // refresh may have installed it without its push being answered yet.
-        self.announce_to_peers(state, INTEREST_PUSH_WAIT, true).await;
+        self.announce_to_peers(store, INTEREST_PUSH_WAIT, true).await;
     }
 
     /// After a lease ended: the next heartbeat withdraws its interest.
@@ -642,9 +629,9 @@ impl Federation {
 
     /// Adds a standing interest (see [`Federation::standing`]) and, like a
     /// lease grant, pushes it to the peers that are up.
-    pub(crate) async fn hold_interest(&self, state: &AppState, interest: Interest) {
+    pub(crate) async fn hold_interest(&self, store: &Store, interest: Interest) {
         write(&self.standing).insert(interest.clone());
-        self.lease_granted(state, interest).await;
+        self.lease_granted(store, interest).await;
     }
 
     /// Drops a standing interest; the next heartbeat withdraws it.
@@ -681,7 +668,7 @@ impl Federation {
 
 /// A site name by the store's rule ([`pepper_storage::validate_site`]), so a
 /// peer accepted here is never refused by `Store::receive`.
-fn check_site(name: &str) -> Result<(), String> {
+pub(crate) fn check_site(name: &str) -> Result<(), String> {
     pepper_storage::validate_site(name).map_err(|e| format!("{name:?}: {e}"))
 }
 
@@ -733,593 +720,36 @@ pub fn loopback_of(addr: std::net::SocketAddr) -> std::net::SocketAddr {
     std::net::SocketAddr::new(ip, addr.port())
 }
 
-/// Runs the site's federation until shutdown: the heartbeat loop, and a
-/// forwarder for every peer it learns of. `listening` is the address the
-/// server is bound to, the default url to announce.
-pub async fn run(state: AppState, listening: std::net::SocketAddr) {
-    let fed = state.federation.clone();
-    // For this site's own part of a federated query, and the url to
-    // announce when none is configured.
-    let loopback = loopback_of(listening);
-    let local = format!("http://{loopback}");
-    *write(&fed.local_url) = local.clone();
-    if fed.url().is_empty() {
-        if loopback != listening {
-            tracing::warn!(%listening, "listening on every address: announcing loopback; set --url for peers elsewhere");
-        }
-        *write(&fed.url) = local;
-    }
-    if !fed.enabled() {
-        return;
-    }
-    let mut stopping = state.stopping();
-    let mut last_published = Instant::now() - fed.heartbeat;
-    loop {
-        if let Err(e) = fed.refresh_interests(&state).await {
-            tracing::warn!(error = %e, "cannot read leases for interests");
-        }
-        fed.announce_to_peers(&state, fed.heartbeat.max(Duration::from_millis(500)), false).await;
-        let names: Vec<String> = read(&fed.peers).keys().cloned().collect();
-        for name in names {
-            let started = fed.forwarders.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone());
-            if started {
-                tokio::spawn(forward(state.clone(), name));
-            }
-        }
-        if last_published.elapsed() >= fed.heartbeat && !read(&fed.peers).is_empty() {
-            last_published = Instant::now();
-            publish_heartbeat(&state).await;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(fed.heartbeat) => {}
-            _ = fed.wake.notified() => {}
-            _ = stopping.wait_for(|s| *s) => return,
-        }
+/// This site as a peer summary: up, with no latency, so it comes first
+/// among equals.
+pub(crate) fn this_site(fed: &Federation, site: &str) -> PeerSummary {
+    PeerSummary {
+        name: site.to_string(),
+        url: fed.local_url(),
+        region: fed.region().map(str::to_string),
+        state: PeerState::Up,
+        rtt_ms: Some(0.0),
     }
 }
 
-/// Publishes this site's announcement on `/pepper/sites/<site>/`.
-async fn publish_heartbeat(state: &AppState) {
-    let fed = &state.federation;
-    let me = fed.announce(state.store.last_seq(), state.store.earliest_seq());
-    let payload = json!({ "name": me.name, "url": me.url, "region": me.region, "seq": me.seq,
-                          "time": crate::envelope::rfc3339_us(me.time_us), "peers": me.peers.len(),
-                          "interests": me.interests.len() });
-    let event = Event {
-        id: crate::envelope::new_event_id(),
-        channel: format!("{SITES_CHANNEL_PREFIX}{}/", fed.site),
-        event_type: "pepper.heartbeat".into(),
-        from: Party { service: "pepper".into(), instance: fed.site.clone() },
-        to: Target::default(),
-        distribution: Distribution::All,
-        payload: payload.to_string().into_bytes(),
-        assigned: Vec::new(),
-        tuple: None,
-    };
-    if let Err(e) = state.store.append(vec![Body::Event(event)]).await {
-        tracing::warn!(error = %e, "cannot publish the heartbeat");
-    }
-}
-
-/// Whether `record` goes to a peer with `interests`: an event that
-/// originated here, on a channel and of a type the peer wants.
-fn wanted(site: &str, record: &Record, interests: &pepper_router::Trie<Vec<String>>) -> bool {
-    let Body::Event(e) = &record.body else { return false };
-    if record.origin != site {
-        return false;
-    }
-    // Channels in the log were validated when they were written.
-    let Ok(channel) = pepper_router::Channel::parse(&e.channel) else { return false };
-    let mut hit = false;
-    interests.for_each_match(&channel, |types| {
-        hit = hit || types.is_empty() || types.contains(&e.event_type);
+/// Sites in order of preference: up before suspect before down, then by
+/// lower heartbeat latency (none counts as the highest), then by name.
+pub(crate) fn by_preference(mut sites: Vec<PeerSummary>) -> Vec<PeerSummary> {
+    sites.sort_by(|a, b| {
+        a.state
+            .cmp(&b.state)
+            .then(a.rtt_ms.unwrap_or(f64::MAX).total_cmp(&b.rtt_ms.unwrap_or(f64::MAX)))
+            .then(a.name.cmp(&b.name))
     });
-    hit
-}
-
-/// What the forwarder reads next.
-enum Next {
-    /// The peer's cursor fell below retention: records `from..to` are gone.
-    Gap { from: u64, to: u64 },
-    /// Matching frames, and where to continue after them.
-    Frames(Vec<pepper_storage::Frame>, u64),
-}
-
-/// The forwarder of one peer; runs until shutdown.
-async fn forward(state: AppState, peer: String) {
-    let fed = state.federation.clone();
-    let mut stopping = state.stopping();
-    let mut backoff = BACKOFF_MIN;
-    let mut persisted_at = Instant::now();
-    loop {
-        if *stopping.borrow() {
-            return;
-        }
-        let (interests, changes, url) = match read(&fed.peers).get(&peer) {
-            Some(p) => (p.interests.clone(), p.interests_changes, p.url.clone()),
-            None => return,
-        };
-        // Until the peer has said what it wants this run, send nothing and
-        // skip nothing.
-        let Some(interests) = interests else {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                _ = stopping.wait_for(|s| *s) => return,
-            }
-            continue;
-        };
-        let cursor = match cursor_of(&state, &peer).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(peer = %peer, error = %e, "cannot read the forwarding cursor");
-                tokio::time::sleep(BACKOFF_MAX).await;
-                continue;
-            }
-        };
-        if cursor > state.store.last_seq() {
-            tokio::select! {
-                _ = state.store.wait_for_seq(cursor, Duration::from_secs(1)) => {}
-                _ = stopping.wait_for(|s| *s) => return,
-            }
-            continue;
-        }
-        let site = fed.site.clone();
-        let next = state
-            .store
-            .read(move |v| {
-                if cursor < v.earliest_seq() {
-                    return Ok(Next::Gap { from: cursor, to: v.earliest_seq() });
-                }
-                let (frames, next) =
-                    v.frames(cursor, FORWARD_BATCH_RECORDS, FORWARD_BATCH_BYTES, FORWARD_SCAN_MAX, |r| {
-                        wanted(&site, r, &interests)
-                    })?;
-                Ok(Next::Frames(frames, next))
-            })
-            .await;
-        // Interests that changed while the log was read may have arrived
-        // before a record this read filtered with the old ones: read again.
-        if read(&fed.peers).get(&peer).is_some_and(|p| p.interests_changes != changes) {
-            continue;
-        }
-        let (sent, next_cursor) = match next {
-            Err(e) => (Err(SendError { message: format!("cannot read the log: {e}"), refused: false }), cursor),
-            Ok(Next::Gap { from, to }) => (send(&fed, &url, Some((from, to - 1)), &[]).await.map(|_| 0), to),
-            Ok(Next::Frames(frames, next)) if frames.is_empty() => {
-                // Nothing for this peer in what was scanned: move on, and
-                // keep the cursor now and then (losing it only rescans).
-                let durable = persisted_at.elapsed() >= Duration::from_secs(1);
-                set_cursor(&state, &peer, next, durable).await;
-                if durable {
-                    persisted_at = Instant::now();
-                }
-                continue;
-            }
-            Ok(Next::Frames(frames, next)) => {
-                let n = frames.len() as u64;
-                (send(&fed, &url, None, &frames).await.map(|_| n), next)
-            }
-        };
-        match sent {
-            Ok(n) => {
-                set_cursor(&state, &peer, next_cursor, true).await;
-                persisted_at = Instant::now();
-                backoff = BACKOFF_MIN;
-                if let Some(p) = write(&fed.peers).get_mut(&peer) {
-                    p.forwarded += n;
-                    p.last_error = None;
-                    p.stalled = false;
-                }
-            }
-            Err(e) => {
-                // A refusal (4xx) will not pass by itself: say so loudly, once,
-                // and keep trying slowly. Skipping the batch would lose it.
-                let first_refusal = e.refused
-                    && write(&fed.peers).get_mut(&peer).is_some_and(|p| !std::mem::replace(&mut p.stalled, true));
-                if first_refusal {
-                    tracing::error!(peer = %peer, error = %e.message, "the peer refuses what this site forwards; forwarding to it is stalled");
-                } else {
-                    tracing::debug!(peer = %peer, error = %e.message, "forwarding failed; retrying");
-                }
-                if let Some(p) = write(&fed.peers).get_mut(&peer) {
-                    p.last_error = Some(format!("forwarding: {}", e.message));
-                }
-                if e.refused {
-                    backoff = BACKOFF_MAX;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stopping.wait_for(|s| *s) => return,
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-            }
-        }
-    }
-}
-
-/// The next sequence number to forward to `peer`: the cached one, the
-/// durable one, or (first contact) where its interests first arrived, kept
-/// at once.
-async fn cursor_of(state: &AppState, peer: &str) -> Result<u64, pepper_storage::Error> {
-    let (cached, first) = match read(&state.federation.peers).get(peer) {
-        Some(p) => (p.cursor, p.first_cursor),
-        None => (None, None),
-    };
-    if let Some(c) = cached {
-        return Ok(c);
-    }
-    // RocksDB calls run off the async executor.
-    let (store, name) = (state.store.clone(), peer.to_string());
-    let c = tokio::task::spawn_blocking(move || match store.peer_cursor(&name)? {
-        Some(c) => Ok::<u64, pepper_storage::Error>(c),
-        None => {
-            let c = first.unwrap_or_else(|| store.last_seq() + 1);
-            store.set_peer_cursor(&name, c)?;
-            Ok(c)
-        }
-    })
-    .await
-    .map_err(|e| pepper_storage::Error::Io(std::io::Error::other(format!("cursor task failed: {e}"))))??;
-    if let Some(p) = write(&state.federation.peers).get_mut(peer) {
-        p.cursor = Some(c);
-    }
-    Ok(c)
-}
-
-async fn set_cursor(state: &AppState, peer: &str, next: u64, durable: bool) {
-    if durable {
-        let (store, name) = (state.store.clone(), peer.to_string());
-        let kept = tokio::task::spawn_blocking(move || store.set_peer_cursor(&name, next)).await;
-        if let Err(e) = kept.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
-            // The cached cursor still moves; a restart resends from the
-            // durable one and the peer drops the repeats.
-            tracing::error!(peer = %peer, error = %e, "cannot keep the forwarding cursor");
-        }
-    }
-    if let Some(p) = write(&state.federation.peers).get_mut(peer) {
-        p.cursor = Some(next);
-    }
-}
-
-/// Why a batch did not get through.
-struct SendError {
-    message: String,
-    /// The peer answered 4xx: it will refuse the same batch again.
-    refused: bool,
-}
-
-impl From<String> for SendError {
-    fn from(message: String) -> SendError {
-        SendError { message, refused: false }
-    }
-}
-
-/// Sends one batch (or a gap marker) and waits for the peer's answer.
-async fn send(
-    fed: &Federation,
-    url: &str,
-    gap: Option<(u64, u64)>,
-    frames: &[pepper_storage::Frame],
-) -> Result<Value, SendError> {
-    let mut body = Vec::with_capacity(frames.iter().map(|(_, f)| f.len() + 4).sum());
-    for (_, f) in frames {
-        let len = u32::try_from(f.len()).map_err(|_| SendError::from("frame over 4 GiB".to_string()))?;
-        body.extend_from_slice(&len.to_be_bytes());
-        body.extend_from_slice(f);
-    }
-    let mut req = fed
-        .client
-        .post(format!("{url}/v1/peer/records"))
-        .header(axum::http::header::AUTHORIZATION, fed.bearer())
-        .header(axum::http::header::CONTENT_TYPE, "application/octet-stream")
-        .header("x-pepper-origin", fed.site.as_str())
-        .timeout(Duration::from_secs(10))
-        .body(body);
-    if let Some((from, to)) = gap {
-        req = req.header("x-pepper-gap", format!("{from}-{to}"));
-    }
-    let res = req.send().await.map_err(|e| e.to_string())?;
-    let status = res.status();
-    let answer: Value = res.json().await.map_err(|e| e.to_string())?;
-    if !status.is_success() {
-        // 409 passes by itself (a gap taken after the next heartbeat).
-        let refused = status.is_client_error() && status != axum::http::StatusCode::CONFLICT;
-        return Err(SendError { message: format!("answered {status}: {answer}"), refused });
-    }
-    Ok(answer)
-}
-
-/// Axum middleware on `/v1/peer/`: the peer secret is checked before a
-/// body is read.
-pub(crate) async fn require_peer(
-    State(state): State<AppState>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    match state.federation.authorized(request.headers()) {
-        Ok(()) => next.run(request).await,
-        Err(e) => e.into_response(),
-    }
-}
-
-/// `POST /v1/peer/heartbeat`: a peer's announcement; answers with ours.
-pub(crate) async fn heartbeat(
-    State(state): State<AppState>,
-    body: Result<Json<Announce>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<Announce>, ApiError> {
-    let fed = &state.federation;
-    let Json(a) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
-    fed.heard(&a, None, state.store.last_seq()).map_err(ApiError::invalid_body)?;
-    Ok(Json(fed.announce(state.store.last_seq(), state.store.earliest_seq())))
-}
-
-/// `POST /v1/peer/records`: a batch of log frames from their origin (the
-/// `x-pepper-origin` header), each `u32` length then the frame; or a gap
-/// marker (`x-pepper-gap: FROM-TO`). Answers `{"appended", "dropped",
-/// "mark"}`.
-pub(crate) async fn records(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: axum::body::Body,
-) -> Result<Json<Value>, ApiError> {
-    // Read with this route's own limit, the way `POST /v1/events` is.
-    let body = axum::body::to_bytes(body, PEER_BODY_BYTES_MAX)
-        .await
-        .map_err(|_| ApiError::too_large(format!("a peer batch is over the limit of {PEER_BODY_BYTES_MAX} bytes")))?;
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let origin = header("x-pepper-origin").ok_or_else(|| ApiError::invalid_body("x-pepper-origin is missing"))?;
-    check_site(&origin).map_err(ApiError::invalid_body)?;
-    if let Some(gap) = header("x-pepper-gap") {
-        let (from, to) = gap
-            .split_once('-')
-            .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
-            .filter(|(a, b)| a <= b)
-            .ok_or_else(|| ApiError::invalid_body(format!("x-pepper-gap {gap:?} is not FROM-TO")))?;
-        let announced = read(&state.federation.peers).get(&origin).map(|p| (p.earliest_seq, p.head_seq));
-        gap_allowed(&origin, to, announced).map_err(|m| ApiError::new(StatusCode::CONFLICT, "gap_refused", m))?;
-        let markers = gap_markers(&state, &origin, from, to).await?;
-        let appended = state.store.receive_gap(&origin, to, markers).await?;
-        tracing::warn!(origin = %origin, from, to, "records lost to the origin's retention; gap markers appended");
-        return Ok(Json(json!({ "appended": appended.written(), "dropped": appended.dropped,
-                               "mark": state.store.origin_mark(&origin)? })));
-    }
-    let received: Vec<(u64, Body)> =
-        decode_batch(&origin, &body)?.into_iter().map(|(seq, body)| (seq, admit(&origin, seq, body))).collect();
-    // Expiries of received attribute updates, in case this site records
-    // them (a monitor of their channel): an entry for an update it did not
-    // record is harmless, since expiring a tuple that is not live, or not
-    // yet due, is refused and the entry corrected then.
-    let expiries: Vec<Option<(String, u64)>> = received
-        .iter()
-        .map(|(_, body)| match body {
-            Body::Event(Event { channel, tuple: Some(t), .. }) => {
-                t.expires_at_us.map(|at| (crate::pldb::index_key(channel, &t.field), at))
-            }
-            _ => None,
-        })
-        .collect();
-    let appended = state.store.receive(&origin, received).await?;
-    if appended.written() > 0 {
-        // The dropped records are the first ones (at or below the mark).
-        for (i, e) in expiries.iter().skip(appended.dropped as usize).enumerate() {
-            if let Some((key, at)) = e {
-                state.tuples.set(key, *at, appended.first + i as u64);
-            }
-        }
-    }
-    Ok(Json(
-        json!({ "appended": appended.written(), "dropped": appended.dropped, "mark": state.store.origin_mark(&origin)? }),
-    ))
-}
-
-/// Decodes a peer batch: frames of `origin`'s log, each a `u32`
-/// big-endian length then the frame, crc-checked, into (its seq there, the
-/// record's body). The bodies are checked by the store's rules when
-/// appended, as every record is.
-///
-/// # Errors
-/// 400 `invalid_body` for a batch that is empty, cut inside a frame, holds a
-/// frame that does not decode or fails its crc, or one from another origin.
-pub fn decode_batch(origin: &str, body: &[u8]) -> Result<Vec<(u64, Body)>, ApiError> {
-    let mut received = Vec::new();
-    let mut rest = body;
-    while !rest.is_empty() {
-        let (len, after) =
-            rest.split_first_chunk::<4>().ok_or_else(|| ApiError::invalid_body("batch ends inside a frame length"))?;
-        let len = u32::from_be_bytes(*len) as usize;
-        let frame = after.get(..len).ok_or_else(|| ApiError::invalid_body("batch ends inside a frame"))?;
-        // The origin's crc, checked here: the frame is as the origin logged it.
-        let record = Record::decode(frame).map_err(|e| ApiError::invalid_body(format!("bad frame: {e}")))?;
-        if record.origin != origin {
-            return Err(ApiError::invalid_body(format!(
-                "frame {} originated on {}, not on {origin}; sites forward only their own records",
-                record.seq, record.origin
-            )));
-        }
-        received.push((record.seq, record.body));
-        rest = &after[len..];
-    }
-    if received.is_empty() {
-        return Err(ApiError::invalid_body("an empty batch"));
-    }
-    Ok(received)
-}
-
-/// The type of the marker that takes the place of a received event that
-/// breaks this site's rules.
-pub const REFUSED_TYPE: &str = "pepper.refused";
-
-/// A received record as it is appended: an event that breaks this site's
-/// rules (one logged by a site of an earlier version, with a line break in
-/// its type, say) is replaced by a `pepper.refused` marker on the origin's
-/// site channel that says which record it was and why, in its place and
-/// with its origin seq. Refusing the whole batch instead would stall
-/// forwarding from that origin for good, and dropping the event would skip
-/// it silently.
-fn admit(origin: &str, seq: u64, body: Body) -> Body {
-    let Body::Event(mut e) = body else { return body };
-    // The writer chooses these at commit; a received event's are cleared.
-    e.assigned.clear();
-    let Err(reason) = pepper_storage::validate::event(&e) else { return Body::Event(e) };
-    tracing::warn!(origin, seq, %reason, "a received event breaks this site's rules; a marker takes its place");
-    // Cut, so that the marker always fits a record whatever it replaces.
-    let cut = |s: &str| s.chars().take(256).collect::<String>();
-    let payload = json!({ "origin": origin, "origin_seq": seq, "reason": cut(&reason.to_string()),
-                          "channel": cut(&e.channel), "type": cut(&e.event_type), "id": cut(&e.id) });
-    marker(format!("{SITES_CHANNEL_PREFIX}{origin}/"), REFUSED_TYPE, origin, &payload)
-}
-
-/// An event pepper appends about what an origin sent (a gap, a refused
-/// record): from service `pepper`, instance the origin.
-fn marker(channel: String, event_type: &str, origin: &str, payload: &Value) -> Body {
-    Body::Event(Event {
-        id: crate::envelope::new_event_id(),
-        channel,
-        event_type: event_type.into(),
-        from: Party { service: "pepper".into(), instance: origin.to_string() },
-        to: Target::default(),
-        distribution: Distribution::All,
-        payload: payload.to_string().into_bytes(),
-        assigned: Vec::new(),
-        tuple: None,
-    })
-}
-
-/// Whether origin may declare its records up to `to` lost: only those
-/// below the first one its log still holds, as it last announced
-/// (`announced`: its earliest and last seq; `None` for a site not known as
-/// a peer, earliest 0 for one that has not said). A gap marker moves the
-/// origin's mark past `to`, which drops every record up to it from then
-/// on, so a gap past what the origin trimmed (up to `u64::MAX`, say) would
-/// silence it for good. Refused with 409; an honest origin whose retention
-/// moved after its last heartbeat is let through after the next one.
-///
-/// # Errors
-/// Why the gap is refused.
-fn gap_allowed(origin: &str, to: u64, announced: Option<(u64, u64)>) -> Result<(), String> {
-    let Some((earliest, head)) = announced else {
-        return Err(format!("{origin} is not a known peer; a gap is taken only from a peer that announced its log"));
-    };
-    if earliest == 0 {
-        return Err(format!("{origin} has not announced the first sequence number its log holds"));
-    }
-    // An announcement never says more than its log's range (see `heard`);
-    // the head bounds it again here.
-    let kept_from = earliest.min(head.saturating_add(1));
-    if to >= kept_from {
-        return Err(format!(
-            "a gap up to seq {to} covers records {origin} announced it still holds (from seq {kept_from}); \
-             a gap may only cover what its retention trimmed"
-        ));
-    }
-    Ok(())
-}
-
-/// One `pepper.gap` event per distinct local lease pattern (on a channel
-/// that pattern matches), or one on the origin's site channel when there is
-/// no lease.
-async fn gap_markers(state: &AppState, origin: &str, from: u64, to: u64) -> Result<Vec<Body>, ApiError> {
-    let leases = state.store.read(|v| v.leases()).await?;
-    let fallback = format!("{SITES_CHANNEL_PREFIX}{origin}/");
-    let mut channels: BTreeSet<String> = leases
-        .iter()
-        .map(|l| {
-            let channel =
-                l.pattern.split('/').map(|e| if e == "*" { "pepper-gap" } else { e }).collect::<Vec<_>>().join("/");
-            // `/` (every channel) has no channel of its own, and a long
-            // pattern may not fit: the origin's channel matches `/` too.
-            match pepper_router::Channel::parse(&channel) {
-                Ok(_) => channel,
-                Err(_) => fallback.clone(),
-            }
-        })
-        .collect();
-    if channels.is_empty() {
-        channels.insert(fallback);
-    }
-    let payload = json!({ "origin": origin, "from_seq": from, "to_seq": to,
-                          "reason": "the origin's retention trimmed these records before they could be sent" });
-    Ok(channels
-        .into_iter()
-        .take(pepper_storage::limits::BATCH_RECORDS_MAX)
-        .map(|channel| marker(channel, GAP_TYPE, origin, &payload))
-        .collect())
-}
-
-/// The type of gap markers; leases receive them whatever their types.
-pub const GAP_TYPE: &str = "pepper.gap";
-
-/// `GET /v1/peer/cut?site=M&toward=Y`: what a new monitor on site M needs
-/// to know before it copies a replica from Y (see `docs/supervisors.md`):
-/// this site's last sequence number, the version of M's interests it
-/// holds, and the next sequence number its forwarder sends Y.
-pub(crate) async fn cut(
-    State(state): State<AppState>,
-    query: Result<axum::extract::Query<CutQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let axum::extract::Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
-    check_site(&q.site).map_err(ApiError::invalid_query)?;
-    check_site(&q.toward).map_err(ApiError::invalid_query)?;
-    let fed = &state.federation;
-    // The version first: a seq read after it is at least where the log was
-    // when the interests arrived.
-    let interests_version = fed.interests_version_of(&q.site);
-    let seq = state.store.last_seq();
-    let cursor = fed.cursor_toward(&q.toward);
-    Ok(Json(json!({ "site": fed.site, "seq": seq, "interests_version": interests_version, "cursor": cursor })))
-}
-
-/// The query of `GET /v1/peer/cut`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CutQuery {
-    site: String,
-    toward: String,
-}
-
-/// `GET /v1/sites`: this site and every peer it knows, with state, last
-/// contact, latency and forwarding lag.
-pub(crate) async fn sites(State(state): State<AppState>) -> Json<Value> {
-    let fed = &state.federation;
-    let head = state.store.last_seq();
-    let peers: Vec<Value> = read(&fed.peers)
-        .iter()
-        .map(|(name, p)| {
-            let lag = p.cursor.map(|c| (head + 1).saturating_sub(c));
-            json!({
-                "name": name,
-                "url": p.url,
-                "region": p.region,
-                "state": fed.state_of(p),
-                "last_seen": p.last_seen_us.map(crate::envelope::rfc3339_us),
-                "last_seen_ms_ago": p.last_seen.map(|t| t.elapsed().as_millis() as u64),
-                "latency_ms": p.rtt_ms,
-                "seq": p.head_seq,
-                "cursor": p.cursor,
-                "cursor_lag": lag,
-                "interests": p.interests.as_ref().map(|i| i.len()),
-                "forwarded": p.forwarded,
-                "last_error": p.last_error,
-                "stalled": p.stalled,
-            })
-        })
-        .collect();
-    Json(json!({
-        "site": fed.site,
-        "region": fed.region,
-        "url": fed.url(),
-        "seq": head,
-        "federation": fed.enabled(),
-        "heartbeat_ms": fed.heartbeat.as_millis() as u64,
-        "interests": read(&fed.interests).0.clone(),
-        "peers": peers,
-    }))
+    sites
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::loops::forward::wanted;
+    use crate::wire::frames::gap_allowed;
+    use pepper_storage::{Body, Distribution, Event, Party, Record, Target};
 
     fn config(peers: &[(&str, &str)]) -> FederationConfig {
         FederationConfig {

@@ -11,10 +11,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use prometheus_client::encoding::text::encode;
+use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -22,18 +20,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::error::ApiError;
-use crate::http::AppState;
-
 /// Labels of one request. Every label comes from a closed set, so the
 /// number of series is bounded whatever clients send: `route` is a route
 /// template of the API or `unmatched`, `method` one of [`METHODS`] or
 /// `other`, and `status` a status code (100 to 999).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
-    method: &'static str,
-    status: u16,
+    pub(crate) route: String,
+    pub(crate) method: &'static str,
+    pub(crate) status: u16,
 }
 
 /// The methods counted by name; any other method string counts as `other`.
@@ -46,7 +41,7 @@ fn method_label(method: &axum::http::Method) -> &'static str {
 
 /// The site's metrics.
 pub struct Metrics {
-    registry: Registry,
+    pub(crate) registry: Registry,
     requests: Family<RouteLabels, Counter>,
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     /// Events delivered to SSE and long-poll subscribers.
@@ -55,12 +50,12 @@ pub struct Metrics {
     pub(crate) delivery_lag: Histogram,
     /// Live streams disconnected because their buffer was full.
     pub(crate) overflows: Counter,
-    streams: Gauge,
-    commits: Gauge,
-    records: Gauge,
-    last_seq: Gauge,
-    earliest_seq: Gauge,
-    leases: Gauge,
+    pub(crate) streams: Gauge,
+    pub(crate) commits: Gauge,
+    pub(crate) records: Gauge,
+    pub(crate) last_seq: Gauge,
+    pub(crate) earliest_seq: Gauge,
+    pub(crate) leases: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -115,7 +110,7 @@ impl Default for Metrics {
     }
 }
 
-fn as_i64(v: u64) -> i64 {
+pub(crate) fn as_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
@@ -132,24 +127,10 @@ pub(crate) async fn track(State(metrics): State<Arc<Metrics>>, request: Request,
     response
 }
 
-pub(crate) async fn scrape(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let m = &state.metrics;
-    let stats = state.store.stats();
-    m.commits.set(as_i64(stats.groups));
-    m.records.set(as_i64(stats.records));
-    m.last_seq.set(as_i64(state.store.last_seq()));
-    m.earliest_seq.set(as_i64(state.store.earliest_seq()));
-    m.leases.set(as_i64(state.leases.len() as u64));
-    m.streams.set(as_i64((crate::sse::SUBSCRIBERS_MAX - state.subscriber_slots.available_permits()) as u64));
-    let mut text = String::new();
-    encode(&mut text, &m.registry)
-        .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::encoding::text::encode;
 
     /// 2,000 invented methods added 107 MB and a 43 MB scrape: one series
     /// per method string. They are all `other` now.

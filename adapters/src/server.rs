@@ -35,7 +35,7 @@ use tokio::sync::Semaphore;
 /// (`REQUESTS_IN_FLIGHT_MAX`) at once.
 pub const CONNECTIONS_MAX: usize = 16_384;
 
-const _: () = assert!(CONNECTIONS_MAX >= crate::sse::SUBSCRIBERS_MAX + crate::http::REQUESTS_IN_FLIGHT_MAX);
+const _: () = assert!(CONNECTIONS_MAX >= crate::limits::SUBSCRIBERS_MAX + crate::limits::REQUESTS_IN_FLIGHT_MAX);
 
 /// Most connections open at once from one IP address. One more is closed
 /// as soon as it is accepted, so one client cannot take every connection

@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use pepper_storage::Record;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(received) = pepper_adapters::federation::decode_batch("fuzz", data) else { return };
+    let Ok(received) = pepper_adapters::wire::frames::decode_batch("fuzz", data) else { return };
     assert!(!received.is_empty());
     // Walk the frames again and check each one re-encodes exactly.
     let mut rest = data;

@@ -7,7 +7,7 @@
 //!    client asked (`Last-Event-ID`, `?from_seq`, the lease's start, or the
 //!    head), as fast as the client's socket drains.
 //! 2. **Handoff.** Once within [`HANDOFF_LAG_MAX`] records of the head, it
-//!    joins the site's [dispatcher](crate::dispatch) at its cursor. The
+//!    joins the site's [dispatcher](crate::loops::dispatch) at its cursor. The
 //!    dispatcher answers with its own position; the stream reads whatever
 //!    lies between the two from the log.
 //! 3. **Live.** It forwards what the dispatcher pushes into its buffer.
@@ -48,17 +48,15 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-use crate::dispatch::{Detach, Item, Live, Outgoing, Subscription, Wants, HANDOFF_LAG_MAX};
-use crate::envelope::{canonical_types, EventOut};
 use crate::error::ApiError;
-use crate::http::AppState;
+use crate::limits::SNAPSHOTS_MAX;
+use crate::limits::SUBSCRIBERS_MAX;
+use crate::loops::dispatch::{Detach, Item, Live, Outgoing, Subscription, Wants, HANDOFF_LAG_MAX};
+use crate::state::AppState;
+use crate::wire::envelope::{canonical_types, EventOut};
 
 /// How often an idle SSE stream sends a keep-alive comment.
 pub const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
-
-/// Most SSE streams (lease streams and watches) open at once on a site.
-/// One more is refused with 503 and `Retry-After`.
-pub const SUBSCRIBERS_MAX: usize = 10_000;
 
 /// Longest a long-poll request waits for a first event, in milliseconds.
 pub const LONG_POLL_WAIT_MS_MAX: u64 = 30_000;
@@ -199,11 +197,6 @@ pub const SNAPSHOT_PAGE_TUPLES: usize = 1000;
 /// A snapshot page is also cut once its JSON reaches this many bytes.
 pub const SNAPSHOT_PAGE_BYTES_MAX: usize = 1024 * 1024;
 
-/// Most snapshots being read at once. Each holds a blocking-pool thread and
-/// a RocksDB snapshot while its client drains it; one more is refused with
-/// 503 and `Retry-After`.
-pub const SNAPSHOTS_MAX: usize = 16;
-
 /// How long a snapshot waits for its client to take the next page before
 /// the stream fails with `pepper.error` (the client resumes with a new
 /// snapshot).
@@ -283,9 +276,9 @@ fn read_snapshot(
                         .items
                         .iter()
                         .filter(|t| {
-                            pattern.matches_name(&t.channel) && t.seq >= min_seq && !crate::pldb::is_expired(t, now)
+                            pattern.matches_name(&t.channel) && t.seq >= min_seq && !crate::expiry::is_expired(t, now)
                         })
-                        .map(|t| serde_json::to_value(crate::pldb::TupleJson::from(t)).unwrap_or_default())
+                        .map(|t| serde_json::to_value(crate::wire::tuples::TupleJson::from(t)).unwrap_or_default())
                         .collect();
                     tuples += items.len() as u64;
                     if !send("tuples", items) {
@@ -304,7 +297,7 @@ fn read_snapshot(
                             .items
                             .iter()
                             .filter(|t| pattern.matches_name(&t.channel) && t.seq >= min_seq)
-                            .map(crate::pldb::tombstone_json)
+                            .map(crate::wire::tuples::tombstone_json)
                             .collect();
                         removed += items.len() as u64;
                         if !send("tuples.removed", items) {
@@ -472,7 +465,7 @@ impl Subscriber {
     }
 }
 
-fn sse(state: AppState, sub: Subscription, from: u64) -> Result<Response, ApiError> {
+pub(crate) fn sse(state: AppState, sub: Subscription, from: u64) -> Result<Response, ApiError> {
     let slot = take_slot(&state)?;
     let feed = state.store.feed(from, sub.filter());
     Ok(stream(Subscriber { state, sub, phase: Phase::CatchUp(feed), _slot: slot }))

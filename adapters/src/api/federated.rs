@@ -42,11 +42,15 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use pepper_storage::MonitorState;
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
-use crate::federation::{PeerState, PeerSummary};
-use crate::http::AppState;
+use crate::federation::by_preference;
+use crate::federation::this_site;
+use crate::federation::PeerSummary;
+use crate::loops::supervise::complete_peers;
+use crate::state::AppState;
 
 /// The deadline of a federated query when none is given.
 pub const DEADLINE_DEFAULT_MS: u64 = 2000;
@@ -205,7 +209,7 @@ fn sites_in_scope(state: &AppState, params: &Params) -> Result<Vec<Asked>, ApiEr
     let scope = &params.scope;
     if *scope == Scope::Recorders {
         let channel = params.rest.iter().find(|(k, _)| k == "channel").map(|(_, v)| v.as_str()).unwrap_or("");
-        let Some((pattern, sites)) = crate::supervisor::recorders(state, channel) else {
+        let Some((pattern, sites)) = recorders(state, channel) else {
             return Err(ApiError::invalid_query(format!("no recording policy covers channel {channel:?}")));
         };
         if sites.is_empty() {
@@ -249,36 +253,13 @@ fn sites_in_scope_of(state: &AppState, scope: &Scope) -> Vec<Asked> {
                 }
             })
             .collect(),
-        Scope::Sample(k) => sample(std::iter::once(this_site(state)).chain(peers).collect(), *k)
-            .into_iter()
-            .map(|p| Asked { site: p.name, url: Some(p.url) })
-            .collect(),
+        Scope::Sample(k) => {
+            sample(std::iter::once(this_site(&state.federation, state.store.site())).chain(peers).collect(), *k)
+                .into_iter()
+                .map(|p| Asked { site: p.name, url: Some(p.url) })
+                .collect()
+        }
     }
-}
-
-/// This site as a peer summary: up, with no latency, so it comes first
-/// among equals.
-pub(crate) fn this_site(state: &AppState) -> PeerSummary {
-    let fed = &state.federation;
-    PeerSummary {
-        name: state.store.site().to_string(),
-        url: fed.local_url(),
-        region: fed.region().map(str::to_string),
-        state: PeerState::Up,
-        rtt_ms: Some(0.0),
-    }
-}
-
-/// Sites in order of preference: up before suspect before down, then by
-/// lower heartbeat latency (none counts as the highest), then by name.
-pub(crate) fn by_preference(mut sites: Vec<PeerSummary>) -> Vec<PeerSummary> {
-    sites.sort_by(|a, b| {
-        a.state
-            .cmp(&b.state)
-            .then(a.rtt_ms.unwrap_or(f64::MAX).total_cmp(&b.rtt_ms.unwrap_or(f64::MAX)))
-            .then(a.name.cmp(&b.name))
-    });
-    sites
 }
 
 /// `sample:k`: the first k sites by preference.
@@ -466,9 +447,25 @@ fn merge(answers: Vec<(String, Value)>, descending: bool) -> Map<String, Value> 
     out
 }
 
+/// The sites a query of `channel` should ask: the live complete monitors
+/// of the policy pattern covering it, this site first if it is one, then
+/// peers that are up by heartbeat latency. `None` when no policy covers it.
+pub(crate) fn recorders(state: &AppState, channel: &str) -> Option<(String, Vec<(String, String)>)> {
+    let sup = &state.supervisor;
+    let pattern = sup.covering(channel)?;
+    let me = state.store.site().to_string();
+    let mut sites = complete_peers(state, &pattern, &me);
+    if state.store.monitor_state(&pattern) == Some(MonitorState::Complete) {
+        sites.push(crate::federation::this_site(&state.federation, state.store.site()));
+    }
+    let ordered = crate::federation::by_preference(sites).into_iter().map(|p| (p.name, p.url)).collect();
+    Some((pattern, ordered))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::federation::PeerState;
 
     #[test]
     fn scopes_parse_or_say_what_is_wrong() {

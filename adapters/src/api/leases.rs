@@ -20,9 +20,7 @@
 //!
 //! Endpoints: `POST /v1/leases` (201), `POST /v1/leases/{id}/renew`,
 //! `DELETE /v1/leases/{id}` (204), `GET /v1/leases`, `GET /v1/leases/{id}`.
-//! Delivery is in `sse.rs` and `dispatch.rs`.
-
-use std::time::Duration;
+//! Expiry runs in `loops::expiry`; delivery in `streams` and `loops::dispatch`.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -31,109 +29,15 @@ use axum::response::IntoResponse;
 use axum::Json;
 use pepper_router::Pattern;
 use pepper_storage::limits::{ID_BYTES_MAX, LEASE_TYPES_MAX};
-use pepper_storage::{
-    now_us, Body, Distribution, Error as StoreError, Event, Lease, LeaseEnd, LeaseGrant, LeaseRenew, Party, Target,
-};
+use pepper_storage::{now_us, Body, Error as StoreError, Lease, LeaseEnd, LeaseGrant, LeaseRenew, Party};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::envelope::{canonical_types, new_event_id, rfc3339_us};
 use crate::error::ApiError;
 use crate::expiry::ExpiryIndex;
-use crate::http::AppState;
-
-/// How often the expiry task looks for lapsed leases.
-pub const LEASE_EXPIRY_TICK: Duration = Duration::from_millis(100);
-
-/// Default cap on a granted time to live, in seconds (PsEPR's clients asked
-/// for 1800 to 3600).
-pub const LEASE_TTL_MAX_S_DEFAULT: u64 = 3600;
-
-/// Most live leases one site holds. A grant past it gets 429.
-pub const LEASES_MAX: usize = 100_000;
-
-/// Most leases one expiry pass ends; the rest wait a tick. Every live
-/// lease, so that leases lapsing together all end in the same pass.
-pub const LEASE_EXPIRIES_PER_TICK_MAX: usize = LEASES_MAX;
-
-/// Leases ended by one append of an expiry pass (two records each).
-pub const LEASE_EXPIRE_BATCH: usize = 256;
-
-const _: () = assert!(2 * LEASE_EXPIRE_BATCH <= pepper_storage::limits::BATCH_RECORDS_MAX);
-
-/// The channel expiry events are published on.
-pub const LEASE_EVENTS_CHANNEL: &str = "/pepper/leases/";
-
-/// Expires every lease that is due, once: in appends of
-/// [`LEASE_EXPIRE_BATCH`] leases, all in flight together so the writer packs
-/// them into few group commits.
-pub async fn expire_due(state: &AppState) {
-    let due = state.leases.due(now_us(), LEASE_EXPIRIES_PER_TICK_MAX);
-    let tasks: Vec<_> =
-        due.chunks(LEASE_EXPIRE_BATCH).map(|batch| tokio::spawn(expire_batch(state.clone(), batch.to_vec()))).collect();
-    for t in tasks {
-        let _ = t.await;
-    }
-}
-
-/// The two records that end lease `id`: its expire record, and the
-/// `lease.expired` event on [`LEASE_EVENTS_CHANNEL`].
-fn expire_records(state: &AppState, id: &str) -> [Body; 2] {
-    let expired = Body::Event(Event {
-        id: new_event_id(),
-        channel: LEASE_EVENTS_CHANNEL.to_string(),
-        event_type: "lease.expired".to_string(),
-        from: Party { service: "pepper".into(), instance: state.store.site().to_string() },
-        to: Target::default(),
-        distribution: Distribution::All,
-        payload: json!({ "id": id }).to_string().into_bytes(),
-        assigned: Vec::new(),
-        tuple: None,
-    });
-    [Body::LeaseExpire(LeaseEnd { id: id.to_string() }), expired]
-}
-
-/// Expires a batch of due leases in one append. The writer checks each
-/// lease again; if any was renewed or ended meanwhile it refuses the whole
-/// append, and the batch is expired lease by lease instead.
-async fn expire_batch(state: AppState, batch: Vec<(String, u64)>) {
-    if batch.len() > 1 {
-        let bodies: Vec<Body> = batch.iter().flat_map(|(id, _)| expire_records(&state, id)).collect();
-        match state.store.append(bodies).await {
-            Ok(appended) => {
-                for (i, (id, _)) in batch.iter().enumerate() {
-                    state.leases.remove(id, appended.first + 2 * i as u64);
-                }
-                return;
-            }
-            Err(StoreError::NotFound { .. } | StoreError::Conflict { .. }) => {}
-            Err(e) => {
-                tracing::warn!(leases = batch.len(), error = %e, "lease expiry failed; retrying next tick");
-                return;
-            }
-        }
-    }
-    for (id, version) in batch {
-        match state.store.append(expire_records(&state, &id).into()).await {
-            Ok(appended) => state.leases.remove(&id, appended.first),
-            Err(StoreError::NotFound { .. }) => state.leases.remove(&id, version),
-            // Renewed meanwhile: take the stored expiry, whatever the
-            // renewal's own index update does.
-            Err(StoreError::Conflict { .. }) => {
-                let id2 = id.clone();
-                if let Ok(Some(lease)) = state.store.read(move |v| v.lease(&id2)).await {
-                    state.leases.set(&id, lease.expires_at_us, lease.renewed_seq);
-                }
-            }
-            Err(e) => tracing::warn!(lease = %id, error = %e, "lease expiry failed; retrying next tick"),
-        }
-    }
-}
-
-/// Runs [`expire_due`] every [`LEASE_EXPIRY_TICK`] until the runtime stops.
-pub async fn run_expiry(state: AppState) {
-    crate::expiry::every(LEASE_EXPIRY_TICK, || expire_due(&state)).await;
-}
+use crate::limits::LEASES_MAX;
+use crate::state::AppState;
+use crate::wire::envelope::{canonical_types, new_event_id, rfc3339_us};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -313,7 +217,7 @@ pub(crate) async fn grant(
     // Peers learn of a new interest before the grant is answered, so
     // their events published after it reach the lease.
     let interest = crate::federation::Interest { pattern: body.channel.clone(), types: body.types.clone() };
-    state.federation.lease_granted(&state, interest).await;
+    state.federation.lease_granted(&state.store, interest).await;
     Ok((StatusCode::CREATED, Json(body)))
 }
 
@@ -365,46 +269,5 @@ pub(crate) async fn get_one(
     match state.store.read(move |v| v.lease(&id2)).await? {
         Some(l) => Ok(Json(LeaseJson::from(&l))),
         None => Err(ApiError::no_lease(&id)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A batch whose append is refused because one of its leases was
-    /// renewed meanwhile falls back to one append per lease: the others
-    /// expire, the renewed one lives on with its new expiry in the index.
-    #[tokio::test]
-    async fn a_renewal_inside_an_expiry_batch_spares_only_that_lease() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = pepper_storage::Store::open(dir.path(), pepper_storage::Options::new("t")).expect("open");
-        let soon = now_us() + 100_000;
-        let grant = |id: &str| {
-            Body::LeaseGrant(LeaseGrant {
-                id: id.into(),
-                pattern: "/a.org/".into(),
-                types: Vec::new(),
-                ttl_ms: 100,
-                expires_at_us: soon,
-                group: None,
-                from_seq: None,
-                holder: Party::default(),
-            })
-        };
-        store.append(vec![grant("a"), grant("b"), grant("c")]).await.expect("grant");
-        let state = AppState::load(store.clone(), crate::ApiConfig::default()).await.expect("state");
-        // b is renewed in the store, but the index still has its old expiry.
-        let later = now_us() + 3_600_000_000;
-        store
-            .append(vec![Body::LeaseRenew(LeaseRenew { id: "b".into(), ttl_ms: 3_600_000, expires_at_us: later })])
-            .await
-            .expect("renew");
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        expire_due(&state).await;
-        let live: Vec<String> = store.read(|v| v.leases()).await.expect("leases").into_iter().map(|l| l.id).collect();
-        assert_eq!(live, ["b"]);
-        assert_eq!(state.leases.len(), 1);
-        assert!(state.leases.due(later - 1, 10).is_empty(), "b's index entry has its renewed expiry");
     }
 }

@@ -43,8 +43,8 @@ use pepper_storage::{Body, Event, Feed, FeedItem, Filter, Kind, Party, Record, S
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::envelope::EventOut;
 use crate::metrics::Metrics;
+use crate::wire::envelope::EventOut;
 
 /// Default for the most events buffered for one subscriber between the
 /// dispatcher and its socket (`stream_buffer_events` in the site's
@@ -116,7 +116,7 @@ impl Subscription {
     /// subscriber: its type, its `to`, and for distribution `one`, the
     /// writer's choice.
     fn wants_event(&self, seq: u64, e: &Event) -> bool {
-        (self.types.is_empty() || self.types.contains(&e.event_type) || e.event_type == crate::federation::GAP_TYPE)
+        (self.types.is_empty() || self.types.contains(&e.event_type) || e.event_type == crate::wire::frames::GAP_TYPE)
             && self.holder.as_ref().is_none_or(|h| e.to.admits(h))
             && match (&self.group, &self.lease) {
                 (Some(_), Some(lease)) if e.distribution == pepper_storage::Distribution::One => {
@@ -174,7 +174,7 @@ impl Outgoing {
             time_us: record.time_us,
             reason,
         };
-        let json = crate::pldb::tombstone_json(&gone).to_string();
+        let json = crate::wire::tuples::tombstone_json(&gone).to_string();
         Some(Outgoing { seq: record.seq, event_type: format!("tuple.{}", reason.name()), json })
     }
 }

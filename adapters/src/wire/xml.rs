@@ -36,8 +36,10 @@ use quick_xml::reader::NsReader;
 use quick_xml::{Writer, XmlVersion};
 use serde_json::{Map, Value};
 
-use crate::envelope::{canonical_type, type_namespace, DistributionJson, EventIn, EventOut, PartyJson, TargetJson};
 use crate::error::ApiError;
+use crate::wire::envelope::{
+    canonical_type, type_namespace, DistributionJson, EventIn, EventOut, PartyJson, TargetJson,
+};
 
 /// The namespace of the PsEPR event envelope.
 pub const EVENT_NS: &str = "http://psepr.org/xs/event";

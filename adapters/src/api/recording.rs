@@ -1,0 +1,127 @@
+//! `GET /v1/recording` (the policy, who records each pattern, the last
+//! backfill) and `PUT`/`DELETE /v1/recording/policies`. Policy changes are
+//! written one at a time, so the store's policy, its documents and the
+//! supervisor's copy agree.
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use pepper_storage::{Body, DocDelete, MonitorState};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::supervisor::check_policy;
+use crate::supervisor::lock;
+use crate::supervisor::policy_doc;
+use crate::supervisor::POLICIES_MAX;
+use crate::supervisor::POLICY_DOC_PREFIX;
+
+/// `GET /v1/recording`: the policy, what this site sees of each pattern's
+/// monitors, and its own monitors.
+pub(crate) async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let sup = &state.supervisor;
+    let me = state.store.site().to_string();
+    let rows = state.store.read(|v| v.monitors()).await?;
+    let mut policies = Vec::new();
+    for (pattern, replicas) in sup.policies() {
+        let mut monitors: Vec<Value> = sup
+            .live(&pattern, &me)
+            .into_iter()
+            .map(|(site, s)| {
+                json!({ "site": site, "region": s.region, "state": s.state,
+                        "heard_ms_ago": s.last.elapsed().as_millis() as u64 })
+            })
+            .collect();
+        if let Some(r) = rows.iter().find(|r| r.pattern == pattern && r.state != MonitorState::Stopped) {
+            monitors.push(json!({ "site": me, "region": state.federation.region(), "state": r.state.name(),
+                                  "heard_ms_ago": 0 }));
+        }
+        let complete = monitors.iter().filter(|m| m["state"] == "complete").count();
+        policies.push(json!({ "pattern": pattern, "replicas": replicas, "live": monitors.len(),
+                              "complete": complete, "monitors": monitors }));
+    }
+    let local: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({ "pattern": r.pattern, "state": r.state.name(), "seq": r.seq,
+                    "since": crate::wire::envelope::rfc3339_us(r.time_us), "started_seq": r.started_seq,
+                    "source": r.source, "marks": r.marks, "reason": r.reason })
+        })
+        .collect();
+    Ok(Json(json!({
+        "site": me,
+        "interval_ms": sup.interval.as_millis() as u64,
+        "policies": policies,
+        "local": local,
+        "last_backfill": *lock(&sup.last_backfill),
+    })))
+}
+
+/// The body of `PUT /v1/recording/policies`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PolicyBody {
+    pattern: String,
+    replicas: usize,
+}
+
+/// `PUT /v1/recording/policies`: adds a pattern or changes its R.
+pub(crate) async fn put_policy(
+    State(state): State<AppState>,
+    body: Result<Json<PolicyBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(p) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
+    check_policy(&p.pattern, p.replicas).map_err(ApiError::invalid_body)?;
+    let sup = &state.supervisor;
+    let _one_at_a_time = POLICY_WRITES.lock().await;
+    let mut next = sup.policies();
+    next.insert(p.pattern.clone(), p.replicas);
+    if next.len() > POLICIES_MAX {
+        return Err(ApiError::too_large(format!("a policy holds at most {POLICIES_MAX} patterns")));
+    }
+    state.store.set_recording_policy(next.keys().cloned().collect())?;
+    if let Err(e) = state.store.append(vec![policy_doc(&p.pattern, p.replicas)]).await {
+        // Not kept: put back what the store had.
+        state.store.set_recording_policy(sup.policies().keys().cloned().collect())?;
+        return Err(e.into());
+    }
+    *sup.policies.write().unwrap_or_else(|p| p.into_inner()) = next;
+    Ok(Json(json!({ "pattern": p.pattern, "replicas": p.replicas })))
+}
+
+/// The query of `DELETE /v1/recording/policies`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PatternQuery {
+    pattern: String,
+}
+
+/// `DELETE /v1/recording/policies?pattern=P`: drops a pattern; this
+/// site's monitor of it stops at the next evaluation.
+pub(crate) async fn delete_policy(
+    State(state): State<AppState>,
+    query: Result<Query<PatternQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
+    let sup = &state.supervisor;
+    let _one_at_a_time = POLICY_WRITES.lock().await;
+    let mut next = sup.policies();
+    if next.remove(&q.pattern).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no recording policy names {}", q.pattern),
+        ));
+    }
+    let key = format!("{POLICY_DOC_PREFIX}{}", q.pattern);
+    state.store.append(vec![Body::DocDelete(DocDelete { key })]).await?;
+    state.store.set_recording_policy(next.keys().cloned().collect())?;
+    *sup.policies.write().unwrap_or_else(|p| p.into_inner()) = next;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Policy changes one at a time, so the store's policy, the documents and
+/// the supervisor's copy agree.
+static POLICY_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -1,0 +1,142 @@
+//! [`AppState`]: what every handler and loop can reach (the store, the
+//! in-memory indexes, the peer registry, the supervisor, the dispatcher,
+//! the limits' semaphores), and [`ApiConfig`], the API's settings from the
+//! site's configuration. It is built once, by [`AppState::load`], from the
+//! store; cloning it is cheap (every field is shared).
+
+use pepper_storage::Store;
+
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+use crate::expiry::ExpiryIndex;
+use crate::limits::REQUESTS_IN_FLIGHT_MAX;
+use crate::loops::dispatch::Dispatcher;
+use crate::metrics::Metrics;
+
+/// Settings of the API that come from the site's configuration.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// The longest time to live a lease is granted, in seconds.
+    pub lease_ttl_max_s: u64,
+    /// Events buffered per live stream before a client that does not keep
+    /// up is disconnected ([`crate::SUBSCRIBER_BUFFER_EVENTS`] by default).
+    pub stream_buffer_events: usize,
+    /// Region, peers, peer secret and heartbeat.
+    pub federation: crate::federation::FederationConfig,
+    /// Recording policy and the supervisor's interval.
+    pub supervisor: crate::supervisor::SupervisorConfig,
+    /// Host names, CORS origins and the body timeout.
+    pub edge: crate::edge::EdgeConfig,
+}
+
+impl Default for ApiConfig {
+    fn default() -> ApiConfig {
+        ApiConfig {
+            lease_ttl_max_s: crate::limits::LEASE_TTL_MAX_S_DEFAULT,
+            stream_buffer_events: crate::SUBSCRIBER_BUFFER_EVENTS,
+            federation: crate::federation::FederationConfig::default(),
+            supervisor: crate::supervisor::SupervisorConfig::default(),
+            edge: crate::edge::EdgeConfig::default(),
+        }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The site's store.
+    pub store: Store,
+    /// Live leases' expiries.
+    pub leases: Arc<ExpiryIndex>,
+    /// Live tuples' expiries.
+    pub tuples: Arc<ExpiryIndex>,
+    /// The API's settings (shared: every handler clones the state).
+    pub config: Arc<ApiConfig>,
+    /// Set once the server is stopping, so live streams end and graceful
+    /// shutdown does not wait on them forever.
+    pub(crate) stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Counters and histograms for `GET /metrics`.
+    pub(crate) metrics: Arc<Metrics>,
+    /// The model repository's schemas.
+    pub(crate) models: Arc<crate::models::Models>,
+    /// Routes each committed event to the live streams it matches.
+    pub(crate) dispatcher: Dispatcher,
+    /// One permit per open SSE stream ([`crate::limits::SUBSCRIBERS_MAX`]).
+    pub(crate) subscriber_slots: Arc<Semaphore>,
+    /// One permit per snapshot being read ([`crate::limits::SNAPSHOTS_MAX`]).
+    pub(crate) snapshot_readers: Arc<Semaphore>,
+    /// One permit per request being handled ([`REQUESTS_IN_FLIGHT_MAX`]).
+    pub(crate) requests_in_flight: Arc<Semaphore>,
+    /// Peers, interests and forwarders.
+    pub(crate) federation: Arc<crate::federation::Federation>,
+    /// Recording policy and monitors.
+    pub(crate) supervisor: Arc<crate::supervisor::Supervisor>,
+    /// The names this site answers to and the peer secret (the `Host` check).
+    pub(crate) host_check: Arc<crate::edge::HostCheck>,
+    /// Permits and timeout for reading request bodies ([`crate::edge::BODY_READERS_MAX`]).
+    pub(crate) body_reading: Arc<crate::edge::BodyReading>,
+}
+
+impl AppState {
+    /// The state for `store`, with the lease index loaded from it. Starts
+    /// the site's dispatcher, which runs until [`AppState::begin_shutdown`].
+    ///
+    /// # Errors
+    /// Store read errors.
+    pub async fn load(store: Store, config: ApiConfig) -> Result<AppState, pepper_storage::Error> {
+        let leases = store.read(|v| v.leases()).await?;
+        let tuples = crate::expiry::load_tuple_index(&store).await?;
+        let models = Arc::new(crate::models::Models::load(&store).await?);
+        let federation = Arc::new(
+            crate::federation::Federation::new(store.site(), config.federation.clone())
+                .map_err(|reason| pepper_storage::Error::InvalidInput { what: "federation", reason })?,
+        );
+        let supervisor = crate::supervisor::Supervisor::load(&store, &config.supervisor).await.map_err(|e| {
+            pepper_storage::Error::InvalidInput { what: "recording policy", reason: e.message().to_string() }
+        })?;
+        config
+            .edge
+            .validate()
+            .map_err(|reason| pepper_storage::Error::InvalidInput { what: "edge settings", reason })?;
+        let hosts = crate::edge::Hosts::new(store.site(), config.federation.url.as_deref(), &config.edge);
+        let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
+        let metrics = Arc::new(Metrics::default());
+        let dispatcher =
+            Dispatcher::spawn(store.clone(), metrics.clone(), stopping_rx, config.stream_buffer_events.max(1));
+        Ok(AppState {
+            store,
+            leases: Arc::new(ExpiryIndex::of_leases(&leases)),
+            tuples: Arc::new(tuples),
+            models,
+            stopping: Arc::new(stopping),
+            metrics,
+            dispatcher,
+            subscriber_slots: Arc::new(Semaphore::new(crate::limits::SUBSCRIBERS_MAX)),
+            snapshot_readers: Arc::new(Semaphore::new(crate::limits::SNAPSHOTS_MAX)),
+            requests_in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
+            body_reading: Arc::new(crate::edge::BodyReading::new(config.edge.body_read_timeout)),
+            host_check: Arc::new(crate::edge::HostCheck { hosts, federation: federation.clone() }),
+            federation,
+            supervisor: Arc::new(supervisor),
+            config: Arc::new(config),
+        })
+    }
+
+    /// Ends every live stream (each client resumes from its last event id
+    /// elsewhere or after the restart). Call it when shutdown begins.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// A receiver that turns true once shutdown has begun.
+    pub(crate) fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn stopped(&self) {
+        let mut rx = self.stopping.subscribe();
+        let _ = rx.wait_for(|stopping| *stopping).await;
+    }
+}
