@@ -613,3 +613,245 @@ fn check_scan<T>(from: u64, records: &[Outgoing<T>], next: u64) -> std::result::
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type F = Forwarder<&'static str>;
+    type A = Action<&'static str>;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn wants(patterns: &[(&str, &[&str])]) -> PeerWants {
+        let list: Vec<Interest> = patterns
+            .iter()
+            .map(|(p, t)| Interest { pattern: p.to_string(), types: t.iter().map(|t| t.to_string()).collect() })
+            .collect();
+        PeerWants { wants: Arc::new(Wants::parse(&list).expect("wants")), first_cursor: 11 }
+    }
+
+    fn out(seq: u64, bytes: usize) -> Outgoing<&'static str> {
+        Outgoing { seq, bytes, record: "r" }
+    }
+
+    /// A forwarder with cursor `cursor` and a log that ends at `head`; returns
+    /// it with the id of the scan it sent out.
+    fn scanning(cursor: u64, head: u64) -> (F, u64) {
+        let mut f = F::new("a", ms(0));
+        assert!(matches!(f.step(ms(0), Input::Interests(wants(&[("/x/", &[])])))[..], [A::LoadCursor { or_else: 11 }]));
+        assert!(matches!(f.step(ms(0), Input::CursorLoaded { next: cursor })[..], [A::WaitForSeq(c)] if c == cursor));
+        let actions = f.step(ms(0), Input::Appended { last_seq: head });
+        let [A::Scan { id, from, records_max, bytes_max, scan_max, .. }] = actions[..] else { panic!("{actions:?}") };
+        assert_eq!((from, records_max, bytes_max, scan_max), (cursor, 1000, 1024 * 1024, 100_000));
+        (f, id)
+    }
+
+    fn send_of(actions: &[A]) -> (u64, u64, u64, Vec<u64>) {
+        match actions {
+            [A::Send { id, from, next, records }] => (*id, *from, *next, records.iter().map(|r| r.seq).collect()),
+            _ => panic!("{actions:?}"),
+        }
+    }
+
+    fn wake_of(actions: &[A]) -> Duration {
+        match actions.last() {
+            Some(A::WakeAt(t)) => *t,
+            _ => panic!("{actions:?}"),
+        }
+    }
+
+    #[test]
+    fn only_local_events_the_peer_wants_are_kept() {
+        let w = wants(&[("/fleet/*/load/", &["attribute"]), ("/alerts/", &[])]).wants;
+        let filter = Filter { site: "a".into(), wants: w };
+        assert!(filter.keep("a", Some(("/fleet/h1/load/", "attribute"))));
+        assert!(!filter.keep("a", Some(("/fleet/h1/load/", "ping"))), "wrong type");
+        assert!(filter.keep("a", Some(("/alerts/disk/", "anything"))), "any type, subtree");
+        assert!(!filter.keep("b", Some(("/alerts/disk/", "anything"))), "received, not ours");
+        assert!(!filter.keep("a", Some(("/fleet/h1/", "attribute"))), "outside the pattern");
+        assert!(!filter.keep("a", Some(("not a channel", "attribute"))));
+        assert!(!filter.keep("a", None), "not an event");
+        assert!(Wants::parse(&[Interest { pattern: "/a//".into(), types: Vec::new() }]).is_err());
+    }
+
+    #[test]
+    fn nothing_is_read_before_the_peer_has_said_what_it_wants() {
+        let mut f = F::new("a", ms(0));
+        assert!(f.step(ms(0), Input::Appended { last_seq: 50 }).is_empty());
+        assert!(f.tick(ms(10_000)).is_empty());
+        assert_eq!(f.cursor(), None);
+        assert!(matches!(f.step(ms(1), Input::Interests(wants(&[])))[..], [A::LoadCursor { or_else: 11 }]));
+        // A failed load is tried again after the longest backoff.
+        assert_eq!(wake_of(&f.step(ms(1), Input::CursorLoadFailed { error: "io".into() })), ms(1) + BACKOFF_MAX);
+        assert!(f.tick(ms(1) + BACKOFF_MAX - ms(1)).is_empty());
+        assert!(matches!(f.tick(ms(1) + BACKOFF_MAX)[..], [A::LoadCursor { or_else: 11 }]));
+        // The log already holds the cursor: read at once.
+        assert!(matches!(f.step(ms(6000), Input::CursorLoaded { next: 30 })[..], [A::Scan { from: 30, .. }]));
+        assert_eq!(f.cursor(), Some(30));
+    }
+
+    #[test]
+    fn an_acknowledged_batch_moves_the_cursor_past_all_it_scanned() {
+        let (mut f, id) = scanning(11, 40);
+        let records = vec![out(12, 10), out(15, 10)];
+        let (send, from, next, seqs) = send_of(&f.step(ms(5), Input::Scanned { id, records, next: 41 }));
+        assert_eq!((from, next, seqs), (11, 41, vec![12, 15]));
+        assert_eq!(f.cursor(), Some(11), "not before the peer answered");
+        let acked = f.step(ms(6), Input::Sent { id: send });
+        assert!(matches!(acked[..], [A::SaveCursor { next: 41, durable: true }, A::WaitForSeq(41)]), "{acked:?}");
+        assert_eq!((f.cursor(), f.forwarded(), f.last_error()), (Some(41), 2, None));
+        // A late or repeated answer changes nothing.
+        assert!(f.step(ms(7), Input::Sent { id: send }).is_empty());
+        assert!(f.step(ms(7), Input::SendFailed { id: send, status: None, error: "late".into() }).is_empty());
+        assert!(f.step(ms(7), Input::Scanned { id, records: vec![out(12, 1)], next: 41 }).is_empty());
+        assert_eq!(f.cursor(), Some(41));
+        assert!(matches!(f.step(ms(8), Input::Appended { last_seq: 41 })[..], [A::Scan { from: 41, .. }]));
+    }
+
+    #[test]
+    fn scans_that_keep_nothing_move_on_and_save_now_and_then() {
+        let (mut f, id) = scanning(1, 300_000);
+        let actions = f.step(ms(10), Input::Scanned { id, records: Vec::new(), next: 100_001 });
+        let [A::SaveCursor { next: 100_001, durable: false }, A::Scan { id, from: 100_001, .. }] = actions[..] else {
+            panic!("{actions:?}")
+        };
+        // Once a second at most, the cursor is kept durably.
+        let actions = f.step(ms(1000), Input::Scanned { id, records: Vec::new(), next: 200_001 });
+        let [A::SaveCursor { next: 200_001, durable: true }, A::Scan { id, .. }] = actions[..] else {
+            panic!("{actions:?}")
+        };
+        let actions = f.step(ms(1500), Input::Scanned { id, records: Vec::new(), next: 300_001 });
+        assert!(matches!(actions[..], [A::SaveCursor { next: 300_001, durable: false }, A::WaitForSeq(300_001)]));
+        assert_eq!(f.backoff(), BACKOFF_MIN);
+    }
+
+    #[test]
+    fn a_scan_past_the_batch_limits_is_refused_as_a_failed_read() {
+        let full: Vec<_> = (1..=FORWARD_BATCH_RECORDS as u64).map(|s| out(s, 1)).collect();
+        assert_eq!(check_scan(1, &full, 1001), Ok(()));
+        let over: Vec<_> = (1..=FORWARD_BATCH_RECORDS as u64 + 1).map(|s| out(s, 1)).collect();
+        assert!(check_scan(1, &over, 1002).expect_err("over").contains("over 1000"));
+        // The record that crosses the byte limit is the last one.
+        let half = FORWARD_BATCH_BYTES / 2;
+        assert_eq!(check_scan(1, &[out(1, half), out(2, half - 1), out(3, half)], 4), Ok(()));
+        assert!(check_scan(1, &[out(1, half), out(2, half), out(3, 1)], 4).expect_err("bytes").contains("bytes"));
+        assert_eq!(check_scan(1, &[out(1, FORWARD_BATCH_BYTES * 3)], 2), Ok(()), "one record always goes");
+        // Order, range and the scan limit.
+        assert!(check_scan(5, &[out(4, 1)], 9).is_err());
+        assert!(check_scan(5, &[out(6, 1), out(6, 1)], 9).is_err());
+        assert!(check_scan(5, &[out(9, 1)], 9).is_err());
+        assert!(check_scan::<()>(5, &[], 4).is_err());
+        assert_eq!(check_scan::<()>(5, &[], 5 + FORWARD_SCAN_MAX), Ok(()));
+        assert!(check_scan::<()>(5, &[], 6 + FORWARD_SCAN_MAX).is_err());
+
+        let (mut f, id) = scanning(5, 10);
+        let actions = f.step(ms(0), Input::Scanned { id, records: vec![out(3, 1)], next: 9 });
+        assert_eq!(wake_of(&actions), BACKOFF_MIN);
+        assert!(
+            f.last_error().is_some_and(|e| e.starts_with("forwarding: cannot read the log")),
+            "{:?}",
+            f.last_error()
+        );
+        assert_eq!(f.cursor(), Some(5));
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_a_success_resets_it() {
+        let (mut f, mut id) = scanning(1, 10);
+        let mut now = ms(0);
+        let mut delays = Vec::new();
+        for _ in 0..9 {
+            let (send, ..) = send_of(&f.step(now, Input::Scanned { id, records: vec![out(1, 1)], next: 11 }));
+            let wake = wake_of(&f.step(now, Input::SendFailed { id: send, status: Some(503), error: "busy".into() }));
+            delays.push((wake - now).as_millis());
+            assert!(f.tick(wake - ms(1)).is_empty(), "not before the backoff ends");
+            now = wake;
+            let [A::Scan { id: again, from: 1, .. }] = f.tick(now)[..] else { panic!("rescans") };
+            id = again;
+        }
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        assert!(!f.stalled(), "a 5xx is not a refusal");
+        assert_eq!(f.last_error(), Some("forwarding: busy"));
+        let (send, ..) = send_of(&f.step(now, Input::Scanned { id, records: vec![out(1, 1)], next: 11 }));
+        f.step(now, Input::Sent { id: send });
+        assert_eq!((f.backoff(), f.last_error(), f.cursor()), (BACKOFF_MIN, None, Some(11)));
+    }
+
+    #[test]
+    fn a_refusal_stalls_once_retries_slowly_and_clears_on_success() {
+        let (mut f, id) = scanning(1, 10);
+        let (send, ..) = send_of(&f.step(ms(0), Input::Scanned { id, records: vec![out(2, 1)], next: 11 }));
+        let actions = f.step(ms(0), Input::SendFailed { id: send, status: Some(400), error: "bad frame".into() });
+        assert!(
+            matches!(&actions[..], [A::Stalled { error }, A::WakeAt(t)] if error == "bad frame" && *t == BACKOFF_MAX)
+        );
+        assert!(f.stalled());
+        let [A::Scan { id, .. }] = f.tick(BACKOFF_MAX)[..] else { panic!("rescans") };
+        let (send, ..) = send_of(&f.step(BACKOFF_MAX, Input::Scanned { id, records: vec![out(2, 1)], next: 11 }));
+        let again = f.step(BACKOFF_MAX, Input::SendFailed { id: send, status: Some(413), error: "too big".into() });
+        assert!(matches!(again[..], [A::WakeAt(t)] if t == BACKOFF_MAX * 2), "said once: {again:?}");
+        // A success ends the stall.
+        let [A::Scan { id, .. }] = f.tick(BACKOFF_MAX * 2)[..] else { panic!("rescans") };
+        let (send, ..) = send_of(&f.step(BACKOFF_MAX * 2, Input::Scanned { id, records: vec![out(2, 1)], next: 11 }));
+        f.step(BACKOFF_MAX * 2, Input::Sent { id: send });
+        assert!(!f.stalled() && f.last_error().is_none());
+        assert_eq!(f.cursor(), Some(11), "the batch was never skipped");
+    }
+
+    #[test]
+    fn a_trimmed_range_becomes_one_gap_marker_and_a_conflict_is_retried() {
+        let (mut f, id) = scanning(11, 90);
+        let actions = f.step(ms(0), Input::Compacted { id, earliest: 50 });
+        let [A::SendGap { id: gap, from: 11, to: 49 }] = actions[..] else { panic!("{actions:?}") };
+        let failed = f.step(ms(0), Input::SendFailed { id: gap, status: Some(409), error: "gap_refused".into() });
+        assert!(!f.stalled() && wake_of(&failed) == BACKOFF_MIN);
+        let [A::Scan { id, from: 11, .. }] = f.tick(BACKOFF_MIN)[..] else { panic!("rescans") };
+        let [A::SendGap { id: gap, from: 11, to: 49 }] = f.step(BACKOFF_MIN, Input::Compacted { id, earliest: 50 })[..]
+        else {
+            panic!("gap again")
+        };
+        let acked = f.step(BACKOFF_MIN, Input::Sent { id: gap });
+        assert!(matches!(acked[..], [A::SaveCursor { next: 50, durable: true }, A::Scan { from: 50, .. }]));
+        assert_eq!(f.forwarded(), 0, "a gap forwards no record");
+        // A log that claims to start at or below the cursor is not trimmed.
+        let (mut f, id) = scanning(11, 90);
+        assert_eq!(wake_of(&f.step(ms(0), Input::Compacted { id, earliest: 11 })), BACKOFF_MIN);
+        assert_eq!(f.cursor(), Some(11));
+    }
+
+    #[test]
+    fn interests_that_change_during_a_read_make_it_read_again() {
+        for answer in 0..3 {
+            let (mut f, id) = scanning(11, 90);
+            assert!(f.step(ms(0), Input::Interests(wants(&[("/y/", &[])]))).is_empty());
+            let result = match answer {
+                0 => Input::Scanned { id, records: vec![out(12, 1)], next: 91 },
+                1 => Input::Compacted { id, earliest: 20 },
+                _ => Input::ScanFailed { id, error: "io".into() },
+            };
+            let actions = f.step(ms(0), result);
+            let [A::Scan { from: 11, ref filter, .. }] = actions[..] else { panic!("{actions:?}") };
+            assert!(filter.keep("a", Some(("/y/z/", "t"))) && !filter.keep("a", Some(("/x/", "t"))));
+        }
+        // During a send, new interests wait for the next read.
+        let (mut f, id) = scanning(11, 90);
+        let (send, ..) = send_of(&f.step(ms(0), Input::Scanned { id, records: vec![out(12, 1)], next: 91 }));
+        assert!(f.step(ms(0), Input::Interests(wants(&[("/y/", &[])]))).is_empty());
+        assert!(matches!(
+            f.step(ms(0), Input::Sent { id: send })[..],
+            [A::SaveCursor { next: 91, .. }, A::WaitForSeq(91)]
+        ));
+    }
+
+    #[test]
+    fn a_read_past_the_head_waits_for_the_log() {
+        let (mut f, id) = scanning(11, 90);
+        // The log turned out shorter than thought: wait for it.
+        assert!(matches!(f.step(ms(0), Input::Scanned { id, records: Vec::new(), next: 11 })[..], [A::WaitForSeq(11)]));
+        assert!(matches!(f.step(ms(0), Input::Appended { last_seq: 10 })[..], [A::WaitForSeq(11)]));
+        assert!(matches!(f.step(ms(0), Input::Appended { last_seq: 11 })[..], [A::Scan { from: 11, .. }]));
+    }
+}
