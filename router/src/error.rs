@@ -1,4 +1,10 @@
 //! The router crate's one error type.
+//!
+//! Variants are grouped by what the caller does about them: fix the input
+//! ([`Error::InvalidChannel`], [`Error::InvalidAnnouncement`],
+//! [`Error::InvalidConfig`]), wait for room ([`Error::PeersFull`]), or try
+//! again later ([`Error::GapRefused`]). None of them leaves a state machine
+//! half-changed: an input that is refused changes nothing.
 
 /// Everything the router refuses or fails at.
 #[derive(Debug, thiserror::Error)]
@@ -11,6 +17,35 @@ pub enum Error {
         /// Which rule it breaks.
         reason: String,
     },
+    /// A peer's announcement breaks a rule or a limit. It is refused whole
+    /// (HTTP 400) and the registry is unchanged.
+    #[error("{reason}")]
+    InvalidAnnouncement {
+        /// Which rule it breaks.
+        reason: String,
+    },
+    /// An announcement from a site the registry does not know arrived while
+    /// it holds [`crate::PEERS_MAX`] peers. Refused (HTTP 400); known peers
+    /// are still heard.
+    #[error("this site already knows {limit} peers, its limit")]
+    PeersFull {
+        /// The limit reached.
+        limit: usize,
+    },
+    /// The federation settings break a rule: the site does not start.
+    #[error("{reason}")]
+    InvalidConfig {
+        /// Which rule they break.
+        reason: String,
+    },
+    /// A gap marker covers records its origin has not announced it trimmed
+    /// (HTTP 409). An honest origin whose retention moved after its last
+    /// heartbeat passes after the next one.
+    #[error("{reason}")]
+    GapRefused {
+        /// Why the gap is refused.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -18,6 +53,17 @@ impl Error {
         // Echo at most 80 characters of hostile input back.
         let channel: String = input.chars().take(80).collect();
         Error::InvalidChannel { channel, reason: reason.into() }
+    }
+
+    pub(crate) fn announcement(reason: impl Into<String>) -> Error {
+        Error::InvalidAnnouncement { reason: reason.into() }
+    }
+
+    /// Whether the same request may succeed later unchanged: a refused gap
+    /// passes once its origin has announced what it trimmed. Bad input never
+    /// passes, and a full registry forgets no peer to make room.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::GapRefused { .. })
     }
 }
 

@@ -1,17 +1,36 @@
-//! pepper's router: the PsEPR half of pepper.
+//! pepper's router: the PsEPR half of pepper, as decisions without I/O.
 //!
-//! Today this crate holds channel names and lease patterns ([`Channel`],
-//! [`Pattern`]) and the [`Trie`] that maps a channel to the leases whose
-//! patterns cover it. Leases (grant, renew, release, server-side expiry),
-//! distribution `one`, per-lease delivery and inter-site forwarders build on
-//! these in the issues that follow. The router reads the log through
-//! `pepper-storage`'s change feed and writes lease records through its group
-//! commit; it owns no storage of its own.
+//! - [`Channel`] and [`Pattern`]: channel names and lease patterns, and the
+//!   [`Trie`] that maps a channel to the leases whose patterns cover it.
+//! - [`Registry`]: the peer registry. Which sites this site knows, what
+//!   they announced, whether each is up, suspect or down at a given `now`,
+//!   and this site's own announcement and interests.
+//! - [`Forwarder`]: one peer's forwarder. A cursor over the local log, the
+//!   records the peer wants, batches, backoff, stalls and gap markers.
+//!
+//! The registry and the forwarder are state machines: `step(now, input)`
+//! and `tick(now)` return the actions to carry out, and they read no
+//! clock, spawn nothing and touch no socket. `pepper-adapters` carries the
+//! actions out (HTTP, the store, timers); a simulator can carry them out
+//! with a manual clock and a simulated network instead. The router owns no
+//! storage: records reach it as the driver reads them.
 
 mod channel;
 mod error;
+mod forwarder;
+mod peers;
 mod trie;
 
 pub use channel::{subtrees, Channel, Pattern, Segment, CHANNEL_BYTES_MAX, CHANNEL_DEPTH_MAX, RESERVED_AUTHORITY};
 pub use error::{Error, Result};
+pub use forwarder::{
+    Action as ForwarderAction, Filter, Forwarder, Input as ForwarderInput, Outgoing, Wants, BACKOFF_MAX, BACKOFF_MIN,
+    CURSOR_SAVE_INTERVAL, FORWARD_BATCH_BYTES, FORWARD_BATCH_RECORDS, FORWARD_SCAN_MAX,
+};
+pub use peers::{
+    aggregate, check_site, Action as RegistryAction, Announcement, Input as RegistryInput, Interest, PeerInfo,
+    PeerState, PeerView, PeerWants, Registry, RegistryConfig, Target, ANNOUNCE_TIMEOUT_MIN, DOWN_AFTER_HEARTBEATS,
+    HEARTBEAT_DEFAULT, INTERESTS_MAX, INTEREST_PUSH_WAIT, NAME_BYTES_MAX, PEERS_MAX, SITE_BYTES_MAX,
+    SUSPECT_AFTER_HEARTBEATS,
+};
 pub use trie::Trie;
