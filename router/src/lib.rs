@@ -15,3 +15,11 @@ mod trie;
 pub use channel::{subtrees, Channel, Pattern, Segment, CHANNEL_BYTES_MAX, CHANNEL_DEPTH_MAX, RESERVED_AUTHORITY};
 pub use error::{Error, Result};
 pub use trie::Trie;
+
+mod placement;
+pub use placement::{
+    by_preference, cut_poll, start_delay, victim, Announce, AnnounceDetail, AnnounceKind, BackfillReport, Candidate,
+    Copied, Cut, CutProgress, CutReply, Heard, LocalMonitor, MonitorStatus, PeerView, Placement, PlacementAction,
+    PlacementConfig, PlacementInput, Reach, SeenMonitor, StopResult, CUT_WAIT_MAX, DEAD_AFTER_INTERVALS,
+    INTERVAL_DEFAULT, LOST_AFTER_INTERVALS, POLICIES_MAX, REPLICAS_MAX, SEEN_MAX, SURPLUS_EVALUATIONS,
+};
