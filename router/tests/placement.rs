@@ -411,6 +411,14 @@ fn a_live_replica_that_is_not_up_fails_the_backfill_and_a_failed_stop_leaves_it_
     let refused = PlacementInput::Started { pattern: pattern(), result: Err("conflict".into()) };
     assert!(p.step(now, refused).is_empty());
     assert!(!p.busy("/n/"));
+    // So does an action whose task will never report.
+    let (mut p, now) = warm(1);
+    start_now(&mut p, now);
+    p.step(now, PlacementInput::Started { pattern: pattern(), result: Ok(()) });
+    assert!(p.step(now, PlacementInput::Abandoned { pattern: pattern() }).is_empty());
+    assert!(!p.busy("/n/"));
+    let held = PlacementInput::InterestHeld { pattern: pattern(), peers: Vec::new() };
+    assert!(p.step(now, held).is_empty(), "a late result of an abandoned task is ignored");
 }
 
 #[test]

@@ -227,6 +227,14 @@ pub enum PlacementInput {
         /// How it went.
         result: StopResult,
     },
+    /// The action in flight for the pattern will never report (the task
+    /// carrying it out panicked): the pattern is no longer busy, and nothing
+    /// else is done. A monitor it left importing is stopped as interrupted
+    /// by a later evaluation.
+    Abandoned {
+        /// The pattern.
+        pattern: String,
+    },
 }
 
 /// What the machine asks the driver to do. Actions of one pattern are
@@ -535,6 +543,10 @@ impl Placement {
             PlacementInput::Copied { pattern, result } => self.copied(pattern, result),
             PlacementInput::Completed { pattern, result } => self.completed(now, pattern, result),
             PlacementInput::Stopped { pattern, result } => self.stopped(pattern, result),
+            PlacementInput::Abandoned { pattern } => {
+                self.tasks.remove(&pattern);
+                Vec::new()
+            }
         }
     }
 
