@@ -33,6 +33,10 @@ pub enum Error {
     /// A schema change or lookup was refused.
     #[error("{0}")]
     Schema(String),
+    /// A federation parameter (`scope`, `deadline_ms`, `min_sites`,
+    /// `partial`) is not valid.
+    #[error("{0}")]
+    Param(String),
 }
 
 /// The query crate's result type.

@@ -15,12 +15,16 @@
 //! - [`model`]: enumeration (deep or shallow), WQL selection, references and
 //!   associators with their filters, paging, and [`model::MemoryModel`], an
 //!   in-memory repository with the reference and deletion rules.
+//! - [`federated`]: a query asked of several sites at once: its scope and
+//!   deadline, the sites in scope, the merge of their answers and the
+//!   manifest of who answered.
 //!
 //! The instance store (materialized from the log in the same batch as each
 //! change), enumeration, associators and the HTTP API build on these. Tuple queries live in `pepper-adapters` (`pldb.rs`) over the
-//! store's views; federated queries come with federation.
+//! store's views; the adapters send a federated query to its sites.
 
 mod error;
+pub mod federated;
 pub mod model;
 pub mod path;
 pub mod schema;

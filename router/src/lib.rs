@@ -34,3 +34,11 @@ pub use peers::{
     SUSPECT_AFTER_HEARTBEATS,
 };
 pub use trie::Trie;
+
+mod placement;
+pub use placement::{
+    by_preference, cut_poll, start_delay, victim, Announce, AnnounceDetail, AnnounceKind, BackfillReport, Candidate,
+    Copied, Cut, CutProgress, CutReply, Heard, LocalMonitor, MonitorStatus, PeerView, Placement, PlacementAction,
+    PlacementConfig, PlacementInput, Reach, SeenMonitor, StopResult, CUT_WAIT_MAX, DEAD_AFTER_INTERVALS,
+    INTERVAL_DEFAULT, LOST_AFTER_INTERVALS, POLICIES_MAX, REPLICAS_MAX, SEEN_MAX, SURPLUS_EVALUATIONS,
+};
