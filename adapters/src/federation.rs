@@ -46,39 +46,12 @@ use pepper_storage::Store;
 
 pub use crate::wire::frames::{FORWARD_BATCH_BYTES, FORWARD_BATCH_RECORDS, SITES_CHANNEL_PREFIX};
 
-/// The default time between heartbeats.
-pub const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(1);
-
-/// A peer is `up` while its last announcement is at most this many
-/// heartbeat intervals old, then `suspect` up to [`DOWN_AFTER_HEARTBEATS`],
-/// then `down`.
-pub const SUSPECT_AFTER_HEARTBEATS: u32 = 3;
-/// See [`SUSPECT_AFTER_HEARTBEATS`].
-pub const DOWN_AFTER_HEARTBEATS: u32 = 10;
-
-/// Most peers a site keeps in its registry; announcements naming more are
-/// cut to this.
-pub const PEERS_MAX: usize = 256;
-
-/// Most interests one announcement may carry. A site with more lease
-/// patterns than this advertises their first elements instead (broader,
-/// never narrower).
-pub const INTERESTS_MAX: usize = 4096;
-
-/// Most log records a forwarder scans per read, matching or not.
-pub(crate) const FORWARD_SCAN_MAX: u64 = 100_000;
-
-/// How long a lease grant waits for the peers that are up to acknowledge
-/// its interest.
-pub const INTEREST_PUSH_WAIT: Duration = Duration::from_secs(1);
-
-/// The forwarder's retry delay doubles from this after each failure...
-pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// ...up to this.
-pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// Longest site name, url or region accepted from a peer, in bytes.
-const NAME_BYTES_MAX: usize = 256;
+// The federation's limits and timings are the router's, which decides
+// with them; they are re-exported where adapter code names them.
+pub(crate) use pepper_router::{BACKOFF_MAX, BACKOFF_MIN, FORWARD_SCAN_MAX, NAME_BYTES_MAX};
+pub use pepper_router::{
+    DOWN_AFTER_HEARTBEATS, HEARTBEAT_DEFAULT, INTERESTS_MAX, INTEREST_PUSH_WAIT, PEERS_MAX, SUSPECT_AFTER_HEARTBEATS,
+};
 
 /// Federation settings of a site.
 #[derive(Clone, Default)]

@@ -60,6 +60,9 @@ use crate::state::AppState;
 /// since the Unix epoch, for the manifest's `data_age_ms`.
 const TIME_HEADER: &str = "x-pepper-time-us";
 
+// `scope=sites:` may name every peer a site may know and the site itself.
+const _: () = assert!(pepper_query::federated::SCOPE_SITES_MAX == crate::federation::PEERS_MAX + 1);
+
 /// Axum middleware on the federated routes: a local query goes on to its
 /// handler (without the federation parameters), stamped with its time; any
 /// other scope is fanned out.

@@ -13,11 +13,9 @@ use crate::error::ApiError;
 /// The channel prefix of site announcements.
 pub const SITES_CHANNEL_PREFIX: &str = "/pepper/sites/";
 
-/// Most records in one forwarded batch.
-pub const FORWARD_BATCH_RECORDS: usize = 1000;
-
-/// About the most bytes of log frames in one forwarded batch.
-pub const FORWARD_BATCH_BYTES: usize = 1024 * 1024;
+/// A forwarded batch's bounds, as the forwarder decides them (records, and
+/// about the most bytes of log frames).
+pub use pepper_router::{FORWARD_BATCH_BYTES, FORWARD_BATCH_RECORDS};
 
 /// Largest `POST /v1/peer/records` body: a full batch plus the one record
 /// that may cross [`FORWARD_BATCH_BYTES`], with their length prefixes.
