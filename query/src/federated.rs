@@ -36,9 +36,11 @@
 //! is instead.
 
 mod manifest;
+mod refusal;
 mod scope;
 
-pub use manifest::{conclude, merge, Outcome, Refusal, RefusalCode, SiteAnswer};
+pub use manifest::{conclude, merge, Outcome, SiteAnswer};
+pub use refusal::{Refusal, RefusalCode};
 pub use scope::{
     decode_query, encode_query, parse_params, parse_scope, recorders_in_scope, sites_in_scope, Ask, Params, Scope,
     DEADLINE_DEFAULT_MS, DEADLINE_MAX_MS, SCOPE_SITES_MAX,

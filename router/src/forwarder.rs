@@ -58,10 +58,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::channel::{Channel, Pattern};
-use crate::error::Result;
-use crate::peers::{Interest, PeerWants};
-use crate::trie::Trie;
+use crate::interest::{PeerWants, Wants};
 
 /// Most records in one forwarded batch.
 pub const FORWARD_BATCH_RECORDS: usize = 1000;
@@ -85,50 +82,6 @@ pub const CURSOR_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 const _: () = assert!(BACKOFF_MIN.as_nanos() > 0 && BACKOFF_MIN.as_nanos() <= BACKOFF_MAX.as_nanos());
 const _: () = assert!(FORWARD_BATCH_RECORDS as u64 <= FORWARD_SCAN_MAX);
-
-/// A peer's interests, parsed into a routing trie: each pattern maps to its
-/// types (empty means all), so matching a record is O(channel depth)
-/// whatever the number of interests.
-#[derive(Debug, Default)]
-pub struct Wants {
-    trie: Trie<Vec<String>>,
-}
-
-impl Wants {
-    /// Parses interests as an announcement carries them.
-    ///
-    /// # Errors
-    /// [`crate::Error::InvalidChannel`] for the first pattern that does not
-    /// parse.
-    pub fn parse(interests: &[Interest]) -> Result<Wants> {
-        let mut trie = Trie::new();
-        for i in interests {
-            trie.insert(&Pattern::parse(&i.pattern)?, i.types.clone());
-        }
-        Ok(Wants { trie })
-    }
-
-    /// How many (pattern, types) there are.
-    pub fn len(&self) -> usize {
-        self.trie.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.trie.is_empty()
-    }
-
-    /// Whether an event on `channel` of type `event_type` is wanted. A
-    /// channel that does not parse is not.
-    pub fn covers(&self, channel: &str, event_type: &str) -> bool {
-        let Ok(channel) = Channel::parse(channel) else { return false };
-        let mut hit = false;
-        self.trie.for_each_match(&channel, |types| {
-            hit = hit || types.is_empty() || types.iter().any(|t| t == event_type);
-        });
-        hit
-    }
-}
 
 /// Which records of the local log go to the peer, as of one read.
 #[derive(Clone, Debug)]
@@ -617,6 +570,7 @@ fn check_scan<T>(from: u64, records: &[Outgoing<T>], next: u64) -> std::result::
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::interest::Interest;
 
     type F = Forwarder<&'static str>;
     type A = Action<&'static str>;

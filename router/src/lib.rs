@@ -18,20 +18,21 @@
 mod channel;
 mod error;
 mod forwarder;
+mod interest;
 mod peers;
 mod trie;
 
 pub use channel::{subtrees, Channel, Pattern, Segment, CHANNEL_BYTES_MAX, CHANNEL_DEPTH_MAX, RESERVED_AUTHORITY};
 pub use error::{Error, Result};
 pub use forwarder::{
-    Action as ForwarderAction, Filter, Forwarder, Input as ForwarderInput, Outgoing, Wants, BACKOFF_MAX, BACKOFF_MIN,
+    Action as ForwarderAction, Filter, Forwarder, Input as ForwarderInput, Outgoing, BACKOFF_MAX, BACKOFF_MIN,
     CURSOR_SAVE_INTERVAL, FORWARD_BATCH_BYTES, FORWARD_BATCH_RECORDS, FORWARD_SCAN_MAX,
 };
+pub use interest::{Interest, PeerWants, Wants};
 pub use peers::{
-    aggregate, check_site, Action as RegistryAction, Announcement, Input as RegistryInput, Interest, KnownPeer,
-    PeerInfo, PeerState, PeerWants, Registry, RegistryConfig, Target, ANNOUNCE_TIMEOUT_MIN, DOWN_AFTER_HEARTBEATS,
-    HEARTBEAT_DEFAULT, INTERESTS_MAX, INTEREST_PUSH_WAIT, NAME_BYTES_MAX, PEERS_MAX, SITE_BYTES_MAX,
-    SUSPECT_AFTER_HEARTBEATS,
+    aggregate, check_site, Action as RegistryAction, Announcement, Input as RegistryInput, KnownPeer, PeerInfo,
+    PeerState, Registry, RegistryConfig, Target, ANNOUNCE_TIMEOUT_MIN, DOWN_AFTER_HEARTBEATS, HEARTBEAT_DEFAULT,
+    INTERESTS_MAX, INTEREST_PUSH_WAIT, NAME_BYTES_MAX, PEERS_MAX, SITE_BYTES_MAX, SUSPECT_AFTER_HEARTBEATS,
 };
 pub use trie::Trie;
 

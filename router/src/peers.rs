@@ -53,7 +53,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::forwarder::Wants;
+use crate::interest::{Interest, PeerWants, Wants};
 
 /// The time between heartbeat rounds when none is configured.
 pub const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(1);
@@ -93,15 +93,6 @@ pub const SITE_BYTES_MAX: usize = 255;
 
 const _: () = assert!(SUSPECT_AFTER_HEARTBEATS < DOWN_AFTER_HEARTBEATS);
 const _: () = assert!(SITE_BYTES_MAX <= NAME_BYTES_MAX && SITE_BYTES_MAX <= u8::MAX as usize);
-
-/// What a site is interested in: the events of one lease pattern and types.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Interest {
-    /// A lease pattern.
-    pub pattern: String,
-    /// Event types; empty means all.
-    pub types: Vec<String>,
-}
 
 /// A peer as an announcement lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,18 +165,6 @@ impl PeerState {
             PeerState::Down => "down",
         }
     }
-}
-
-/// A peer's parsed interests for its forwarder, and where that forwarder
-/// starts if it never sent to the peer before.
-#[derive(Clone, Debug)]
-pub struct PeerWants {
-    /// The interests, parsed.
-    pub wants: Arc<Wants>,
-    /// This site's log head + 1 when the peer was first heard in this run:
-    /// a record committed after that may match its interests, so none may
-    /// be skipped.
-    pub first_cursor: u64,
 }
 
 /// A peer to send an announcement to.

@@ -38,6 +38,7 @@
 //! bounded by [`POLICIES_MAX`] and [`SEEN_MAX`].
 
 mod cut;
+mod heard;
 mod machine;
 mod rules;
 mod seen;
@@ -45,9 +46,10 @@ mod seen;
 use std::time::Duration;
 
 pub use cut::{cut_poll, Cut, CutProgress, CutReply};
+pub use heard::{AnnounceKind, Heard, MonitorStatus};
 pub use machine::{
-    Announce, AnnounceDetail, AnnounceKind, BackfillReport, Copied, Heard, LocalMonitor, MonitorStatus, Placement,
-    PlacementAction, PlacementConfig, PlacementInput, SeenMonitor, StopResult,
+    Announce, AnnounceDetail, BackfillReport, Copied, LocalMonitor, Placement, PlacementAction, PlacementConfig,
+    PlacementInput, SeenMonitor, StopResult,
 };
 pub use rules::{by_preference, start_delay, victim, Candidate, PeerView, Reach};
 

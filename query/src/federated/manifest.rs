@@ -11,6 +11,7 @@
 
 use serde_json::{json, Map, Value};
 
+use super::refusal::{Refusal, RefusalCode};
 use super::scope::{Params, Scope};
 
 /// How one site's part of a federated query ended.
@@ -64,40 +65,6 @@ impl SiteAnswer {
             Outcome::Unreachable(_) => "unreachable",
             Outcome::Failed(_) => "error",
         }
-    }
-}
-
-/// Why a federated query is refused, and so its HTTP status and code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RefusalCode {
-    /// The query itself is wrong (400, `invalid_query`).
-    InvalidQuery,
-    /// No site recording the subtree could answer (503, `no_recorder`).
-    NoRecorder,
-    /// Fewer sites answered than `partial=deny` requires (503,
-    /// `partial_answer`).
-    PartialAnswer,
-}
-
-/// A federated query refused: the caller's answer is an error, with the
-/// manifest once sites were asked.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Refusal {
-    /// Why.
-    pub code: RefusalCode,
-    /// The error message.
-    pub message: String,
-    /// The manifest, to put in the error as `manifest`.
-    pub manifest: Option<Value>,
-}
-
-impl Refusal {
-    pub(crate) fn new(code: RefusalCode, message: String) -> Refusal {
-        Refusal { code, message, manifest: None }
-    }
-
-    fn with(code: RefusalCode, message: String, manifest: &Value) -> Refusal {
-        Refusal { code, message, manifest: Some(manifest.clone()) }
     }
 }
 

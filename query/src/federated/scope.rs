@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use pepper_router::{by_preference, PeerView};
 
-use super::manifest::{Refusal, RefusalCode};
+use super::refusal::{Refusal, RefusalCode};
 use crate::error::{Error, Result};
 
 /// The deadline of a federated query when none is given.

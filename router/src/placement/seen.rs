@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::machine::{Heard, MonitorStatus};
+use super::heard::{Heard, MonitorStatus};
 use super::{DEAD_AFTER_INTERVALS, LOST_AFTER_INTERVALS, SEEN_MAX};
 
 /// A monitor as announcements show it.
@@ -83,7 +83,7 @@ impl Seen {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::placement::machine::AnnounceKind;
+    use crate::placement::heard::AnnounceKind;
 
     const I: Duration = Duration::from_millis(20);
 
