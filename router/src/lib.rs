@@ -28,8 +28,8 @@ pub use forwarder::{
     CURSOR_SAVE_INTERVAL, FORWARD_BATCH_BYTES, FORWARD_BATCH_RECORDS, FORWARD_SCAN_MAX,
 };
 pub use peers::{
-    aggregate, check_site, Action as RegistryAction, Announcement, Input as RegistryInput, Interest, PeerInfo,
-    PeerState, PeerView, PeerWants, Registry, RegistryConfig, Target, ANNOUNCE_TIMEOUT_MIN, DOWN_AFTER_HEARTBEATS,
+    aggregate, check_site, Action as RegistryAction, Announcement, Input as RegistryInput, Interest, KnownPeer,
+    PeerInfo, PeerState, PeerWants, Registry, RegistryConfig, Target, ANNOUNCE_TIMEOUT_MIN, DOWN_AFTER_HEARTBEATS,
     HEARTBEAT_DEFAULT, INTERESTS_MAX, INTEREST_PUSH_WAIT, NAME_BYTES_MAX, PEERS_MAX, SITE_BYTES_MAX,
     SUSPECT_AFTER_HEARTBEATS,
 };

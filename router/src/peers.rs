@@ -385,7 +385,7 @@ impl Peer {
 
 /// A peer as [`Registry::peers`] shows it.
 #[derive(Clone, Debug)]
-pub struct PeerView<'a> {
+pub struct KnownPeer<'a> {
     /// Site name.
     pub name: &'a str,
     /// Where it is reached.
@@ -562,8 +562,8 @@ impl Registry {
     }
 
     /// Every known peer, by name, as of `now`.
-    pub fn peers(&self, now: Duration) -> impl Iterator<Item = PeerView<'_>> {
-        self.peers.iter().map(move |(name, p)| PeerView {
+    pub fn peers(&self, now: Duration) -> impl Iterator<Item = KnownPeer<'_>> {
+        self.peers.iter().map(move |(name, p)| KnownPeer {
             name,
             url: &p.url,
             region: p.region.as_deref(),
