@@ -693,30 +693,6 @@ pub fn loopback_of(addr: std::net::SocketAddr) -> std::net::SocketAddr {
     std::net::SocketAddr::new(ip, addr.port())
 }
 
-/// This site as a peer summary: up, with no latency, so it comes first
-/// among equals.
-pub(crate) fn this_site(fed: &Federation, site: &str) -> PeerSummary {
-    PeerSummary {
-        name: site.to_string(),
-        url: fed.local_url(),
-        region: fed.region().map(str::to_string),
-        state: PeerState::Up,
-        rtt_ms: Some(0.0),
-    }
-}
-
-/// Sites in order of preference: up before suspect before down, then by
-/// lower heartbeat latency (none counts as the highest), then by name.
-pub(crate) fn by_preference(mut sites: Vec<PeerSummary>) -> Vec<PeerSummary> {
-    sites.sort_by(|a, b| {
-        a.state
-            .cmp(&b.state)
-            .then(a.rtt_ms.unwrap_or(f64::MAX).total_cmp(&b.rtt_ms.unwrap_or(f64::MAX)))
-            .then(a.name.cmp(&b.name))
-    });
-    sites
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,11 +50,24 @@
 //! after the copy, in one batch. Any failure stops the monitor, which the
 //! next evaluation may start again. `docs/supervisors.md` has the argument
 //! that nothing is lost or recorded twice, and the limits.
+//!
+//! **Design.** Every decision above is made by `pepper_router::Placement`,
+//! a state machine without I/O driven by what this site hears, the rows of
+//! its monitors and the results of what it asked for. This module keeps
+//! the policy documents and the machine; `loops::supervise` carries out
+//! the actions the machine returns (announcements, store writes,
+//! interests, the cut's requests, the copy). Deciding inside those tasks
+//! was rejected: the rules could then only be tested with running sites.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Mutex, RwLock};
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use pepper_router::{Placement, PlacementConfig, PlacementInput};
+pub use pepper_router::{
+    CUT_WAIT_MAX, DEAD_AFTER_INTERVALS, INTERVAL_DEFAULT, LOST_AFTER_INTERVALS, POLICIES_MAX, REPLICAS_MAX, SEEN_MAX,
+    SURPLUS_EVALUATIONS,
+};
 use pepper_storage::{Body, DocPut};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -67,24 +80,6 @@ use crate::federation::Interest;
 pub const ANNOUNCE_PREFIX: &str = "/pepper/monitors/";
 /// Policies are kept in documents under this key prefix, then the pattern.
 pub const POLICY_DOC_PREFIX: &str = "pepper/recording/";
-/// Time between evaluations and announcements when none is configured.
-pub const INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
-/// A monitor not announced for this many intervals no longer counts.
-pub const DEAD_AFTER_INTERVALS: u32 = 3;
-/// A complete monitor heard from within this many intervals, though no
-/// longer live, keeps a new monitor from starting empty: its history may
-/// still be reachable.
-pub const LOST_AFTER_INTERVALS: u32 = 30;
-/// Evaluations in a row that must see too many replicas before one stops.
-pub const SURPLUS_EVALUATIONS: u32 = 2;
-/// Patterns one policy may hold.
-pub const POLICIES_MAX: usize = 256;
-/// The highest replication factor a pattern may ask for.
-pub const REPLICAS_MAX: usize = 16;
-/// Monitors (pattern, site) the supervisor keeps track of.
-pub const SEEN_MAX: usize = 16_384;
-/// The longest a backfill waits for the cut before it gives up.
-pub const CUT_WAIT_MAX: Duration = Duration::from_secs(10);
 /// The longest a replica stream may stay silent.
 pub const REPLICA_IDLE_MAX: Duration = Duration::from_secs(10);
 /// The longest line of a replica stream: a row with a value at the
@@ -124,49 +119,19 @@ pub struct Announcement {
     pub monitors: usize,
 }
 
-/// A monitor as announcements show it.
-#[derive(Clone, Debug)]
-pub(crate) struct Seen {
-    pub(crate) state: String,
-    pub(crate) region: Option<String>,
-    pub(crate) monitors: usize,
-    pub(crate) since_us: u64,
-    pub(crate) last: Instant,
-}
-
-/// Per pattern: whether a start waits for its delay, and the surplus count.
-#[derive(Default)]
-pub(crate) struct Plan {
-    pub(crate) start_planned: bool,
-    pub(crate) surplus: u32,
-}
-
-/// The last backfill this site ran.
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct Backfill {
-    pub(crate) pattern: String,
-    pub(crate) source: String,
-    pub(crate) rows: u64,
-    pub(crate) elapsed_ms: f64,
-    pub(crate) rows_per_s: f64,
-    pub(crate) held_recorded: u64,
-}
-
-/// A site's supervisor.
+/// A site's supervisor: the placement machine (`pepper_router::Placement`)
+/// that makes every decision, and the clock origin its time is measured
+/// from. The tasks in `loops::supervise` carry out what it decides.
 pub struct Supervisor {
-    pub(crate) interval: Duration,
-    pub(crate) policies: RwLock<BTreeMap<String, usize>>,
-    pub(crate) seen: Mutex<BTreeMap<(String, String), Seen>>,
-    pub(crate) plans: Mutex<HashMap<String, Plan>>,
-    /// Patterns with a start or stop in flight here.
-    pub(crate) busy: Mutex<HashSet<String>>,
-    pub(crate) last_backfill: Mutex<Option<Backfill>>,
-    /// Time to restore each pattern's count, last measured here: from the
-    /// first evaluation that saw it short to this site's completion.
-    pub(crate) short_since: Mutex<HashMap<String, Instant>>,
+    interval: Duration,
+    origin: Instant,
+    placement: Mutex<Placement>,
+    /// Task results given to the machine so far; an evaluation whose rows
+    /// were read before the latest one reads them again.
+    results: std::sync::atomic::AtomicU64,
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -225,19 +190,33 @@ impl Supervisor {
             store.append(writes).await?;
         }
         let interval = if config.interval.is_zero() { INTERVAL_DEFAULT } else { config.interval };
-        Ok(Supervisor::new(interval, policies))
+        Ok(Supervisor::new(store.site(), interval, policies))
     }
 
-    pub(crate) fn new(interval: Duration, policies: BTreeMap<String, usize>) -> Supervisor {
+    pub(crate) fn new(site: &str, interval: Duration, policies: BTreeMap<String, usize>) -> Supervisor {
+        let origin = Instant::now();
+        let config = PlacementConfig { site: site.to_string(), interval, policies, ..PlacementConfig::default() };
         Supervisor {
             interval,
-            policies: RwLock::new(policies),
-            seen: Mutex::new(BTreeMap::new()),
-            plans: Mutex::new(HashMap::new()),
-            busy: Mutex::new(HashSet::new()),
-            last_backfill: Mutex::new(None),
-            short_since: Mutex::new(HashMap::new()),
+            origin,
+            placement: Mutex::new(Placement::new(config, Duration::ZERO)),
+            results: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Starts the machine afresh at `now` with this site's region and the
+    /// federation's heartbeat (zero when federation is off), keeping the
+    /// policy: its warm-up counts from here.
+    pub(crate) fn begin(&self, region: Option<String>, heartbeat: Duration) {
+        let mut placement = self.placement();
+        let config = PlacementConfig {
+            site: placement.site().to_string(),
+            region,
+            interval: self.interval,
+            heartbeat,
+            policies: placement.policies().clone(),
+        };
+        *placement = Placement::new(config, self.now());
     }
 
     /// The interval between evaluations.
@@ -245,55 +224,40 @@ impl Supervisor {
         self.interval
     }
 
+    /// The machine's time: since this supervisor was made.
+    pub(crate) fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    /// When the machine's time `at` is, on the monotonic clock.
+    pub(crate) fn instant(&self, at: Duration) -> Instant {
+        self.origin + at
+    }
+
+    /// The machine, locked; never held across an await.
+    pub(crate) fn placement(&self) -> MutexGuard<'_, Placement> {
+        lock(&self.placement)
+    }
+
+    /// Gives the machine a task's result; returns what to do next.
+    pub(crate) fn report(&self, input: PlacementInput) -> Vec<pepper_router::PlacementAction> {
+        let mut placement = self.placement();
+        self.results.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        placement.step(self.now(), input)
+    }
+
+    /// Task results given so far (see [`Supervisor::report`]).
+    pub(crate) fn results(&self) -> u64 {
+        self.results.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub(crate) fn policies(&self) -> BTreeMap<String, usize> {
-        self.policies.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.placement().policies().clone()
     }
 
     /// The policy pattern covering `channel`, if any.
     pub(crate) fn covering(&self, channel: &str) -> Option<String> {
-        let policies = self.policies.read().unwrap_or_else(|p| p.into_inner());
-        pepper_router::subtrees(channel).find(|p| policies.contains_key(*p)).map(str::to_string)
-    }
-
-    /// Live monitors of `pattern` other sites announced: (site, seen).
-    pub(crate) fn live(&self, pattern: &str, me: &str) -> Vec<(String, Seen)> {
-        self.heard_within(pattern, me, self.interval * DEAD_AFTER_INTERVALS)
-    }
-
-    /// A site other than `me` announced a complete monitor of `pattern`
-    /// within [`LOST_AFTER_INTERVALS`] intervals.
-    pub(crate) fn heard_complete_lately(&self, pattern: &str, me: &str) -> Option<String> {
-        let lately = self.heard_within(pattern, me, self.interval * LOST_AFTER_INTERVALS);
-        lately.into_iter().find(|(_, s)| s.state == "complete").map(|(site, _)| site)
-    }
-
-    /// Monitors of `pattern` on sites other than `me`, announced within `within`.
-    pub(crate) fn heard_within(&self, pattern: &str, me: &str, within: Duration) -> Vec<(String, Seen)> {
-        lock(&self.seen)
-            .range((pattern.to_string(), String::new())..)
-            .take_while(|((p, _), _)| p == pattern)
-            .filter(|((_, site), s)| site != me && s.last.elapsed() < within)
-            .map(|((_, site), s)| (site.clone(), s.clone()))
-            .collect()
-    }
-
-    /// Takes in one announcement or handoff event.
-    pub(crate) fn heard(&self, event_type: &str, a: Announcement) {
-        let mut seen = lock(&self.seen);
-        let key = (a.pattern.clone(), a.site.clone());
-        if matches!(event_type, "pepper.monitor.stop" | "pepper.monitor.failed") || a.state == "stopped" {
-            seen.remove(&key);
-            return;
-        }
-        if !seen.contains_key(&key) && seen.len() >= SEEN_MAX {
-            // Make room by forgetting the longest silent.
-            if let Some(oldest) = seen.iter().min_by_key(|(_, s)| s.last).map(|(k, _)| k.clone()) {
-                seen.remove(&oldest);
-            }
-        }
-        let s =
-            Seen { state: a.state, region: a.region, monitors: a.monitors, since_us: a.since_us, last: Instant::now() };
-        seen.insert(key, s);
+        self.placement().covering(channel).map(str::to_string)
     }
 }
 
@@ -316,41 +280,6 @@ pub(crate) fn interest(pattern: &str) -> Interest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loops::supervise::{start_delay, victim, Candidate};
-
-    fn c(site: &str, region: Option<&str>, monitors: usize, since_us: u64) -> Candidate {
-        Candidate { site: site.into(), region: region.map(Into::into), monitors, since_us }
-    }
-
-    #[test]
-    fn the_stop_rule_prefers_crowded_regions_busy_sites_then_the_newest() {
-        // Two in r1, one in r2: one of r1's stops, the busier site.
-        let v = victim(&[c("a", Some("r1"), 1, 10), c("b", Some("r1"), 3, 5), c("z", Some("r2"), 9, 99)]);
-        assert_eq!(v.as_deref(), Some("b"));
-        // Same region count and load: the one that completed last.
-        let v = victim(&[c("a", Some("r1"), 1, 10), c("b", Some("r1"), 1, 20), c("c", Some("r2"), 1, 30)]);
-        assert_eq!(v.as_deref(), Some("b"));
-        // All equal: the greatest name. Every site computes the same.
-        let all = [c("a", None, 1, 1), c("c", None, 1, 1), c("b", None, 1, 1)];
-        assert_eq!(victim(&all).as_deref(), Some("c"));
-        let mut reversed = all.to_vec();
-        reversed.reverse();
-        assert_eq!(victim(&reversed), victim(&all));
-        assert_eq!(victim(&[]), None);
-    }
-
-    #[test]
-    fn placement_delays_favour_other_regions_and_idle_sites() {
-        let i = Duration::from_millis(100);
-        // Whatever the draws, a site in a new region with no monitors fires
-        // before one in a covered region, or one already running a monitor.
-        let best = start_delay(i, false, 0, 1.0);
-        assert!(best < start_delay(i, true, 0, 0.0));
-        assert!(best < start_delay(i, false, 1, 0.0));
-        assert!(start_delay(i, false, 1, 1.0) < start_delay(i, true, 0, 0.0));
-        assert_eq!(start_delay(i, false, 0, 0.0), Duration::ZERO);
-        assert_eq!(start_delay(i, true, 1, 0.5), Duration::from_millis(350));
-    }
 
     #[test]
     fn policies_parse_or_say_what_is_wrong() {
@@ -367,38 +296,6 @@ mod tests {
             let err = parse_policy(bad).expect_err(bad);
             assert!(err.contains(needle), "{bad}: {err}");
         }
-    }
-
-    fn said(site: &str, state: &str) -> Announcement {
-        Announcement {
-            site: site.into(),
-            region: None,
-            pattern: "/n/".into(),
-            state: state.into(),
-            since_us: 1,
-            monitors: 1,
-        }
-    }
-
-    #[test]
-    fn announcements_make_monitors_live_until_silent_or_stopped() {
-        let sup = Supervisor::new(Duration::from_millis(20), BTreeMap::from([("/n/".to_string(), 2)]));
-        sup.heard("pepper.monitor", said("a", "complete"));
-        sup.heard("pepper.monitor.start", said("b", "importing"));
-        sup.heard("pepper.monitor", said("me", "complete"));
-        let live: Vec<String> = sup.live("/n/", "me").into_iter().map(|(s, _)| s).collect();
-        assert_eq!(live, ["a", "b"], "this site's own announcements do not count as others'");
-        assert_eq!(sup.covering("/n/h1/").as_deref(), Some("/n/"));
-        assert_eq!(sup.covering("/m/"), None);
-        // A stop removes at once.
-        sup.heard("pepper.monitor.stop", said("b", "stopped"));
-        assert_eq!(sup.live("/n/", "me").len(), 1);
-        // Silent for DEAD_AFTER_INTERVALS: no longer live, but still heard of
-        // lately, which keeps a new monitor from starting empty.
-        std::thread::sleep(Duration::from_millis(20) * DEAD_AFTER_INTERVALS + Duration::from_millis(10));
-        assert!(sup.live("/n/", "me").is_empty());
-        assert_eq!(sup.heard_complete_lately("/n/", "me").as_deref(), Some("a"));
-        assert_eq!(sup.heard_complete_lately("/m/", "me"), None);
     }
 
     #[test]

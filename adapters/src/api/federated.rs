@@ -53,7 +53,6 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::federation::PeerState;
 use crate::federation::PeerSummary;
-use crate::loops::supervise::complete_peers;
 use crate::state::AppState;
 
 /// The header each local answer carries: when it was made, microseconds
@@ -244,11 +243,20 @@ async fn fan_out(state: AppState, params: Params, request: Request) -> Result<Re
 pub(crate) fn recorders(state: &AppState, channel: &str) -> Option<(String, Vec<(String, String)>)> {
     let sup = &state.supervisor;
     let pattern = sup.covering(channel)?;
-    let me = state.store.site().to_string();
-    let mut sites = complete_peers(state, &pattern, &me);
-    if state.store.monitor_state(&pattern) == Some(MonitorState::Complete) {
-        sites.push(crate::federation::this_site(&state.federation, state.store.site()));
-    }
-    let ordered = crate::federation::by_preference(sites).into_iter().map(|p| (p.name, p.url)).collect();
+    let complete_here = state.store.monitor_state(&pattern) == Some(MonitorState::Complete);
+    let peers = state.federation.peer_list();
+    let views = crate::loops::supervise::peer_views_of(&peers);
+    let (pattern, names) = sup.placement().recorders(sup.now(), channel, complete_here, &views)?;
+    // Every name is a peer's or, if not among them, this site's.
+    let url = |name: &str| {
+        peers.iter().find(|p| p.name == name).map_or_else(|| state.federation.local_url(), |p| p.url.clone())
+    };
+    let ordered = names
+        .into_iter()
+        .map(|name| {
+            let url = url(&name);
+            (name, url)
+        })
+        .collect();
     Some((pattern, ordered))
 }

@@ -6,6 +6,7 @@
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
+use pepper_router::{BackfillReport, PlacementInput, SeenMonitor};
 use pepper_storage::{Body, DocDelete, MonitorState};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -13,7 +14,6 @@ use serde_json::{json, Value};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::supervisor::check_policy;
-use crate::supervisor::lock;
 use crate::supervisor::policy_doc;
 use crate::supervisor::POLICIES_MAX;
 use crate::supervisor::POLICY_DOC_PREFIX;
@@ -24,14 +24,20 @@ pub(crate) async fn status(State(state): State<AppState>) -> Result<Json<Value>,
     let sup = &state.supervisor;
     let me = state.store.site().to_string();
     let rows = state.store.read(|v| v.monitors()).await?;
+    let (seen, last_backfill) = {
+        let placement = sup.placement();
+        let now = sup.now();
+        let seen: Vec<(String, usize, Vec<SeenMonitor>)> =
+            placement.policies().iter().map(|(p, r)| (p.clone(), *r, placement.seen_monitors(now, p))).collect();
+        (seen, placement.last_backfill().map(backfill_json))
+    };
     let mut policies = Vec::new();
-    for (pattern, replicas) in sup.policies() {
-        let mut monitors: Vec<Value> = sup
-            .live(&pattern, &me)
+    for (pattern, replicas, seen) in seen {
+        let mut monitors: Vec<Value> = seen
             .into_iter()
-            .map(|(site, s)| {
-                json!({ "site": site, "region": s.region, "state": s.state,
-                        "heard_ms_ago": s.last.elapsed().as_millis() as u64 })
+            .map(|m| {
+                json!({ "site": m.site, "region": m.region, "state": m.status.name(),
+                        "heard_ms_ago": m.heard_ago.as_millis() as u64 })
             })
             .collect();
         if let Some(r) = rows.iter().find(|r| r.pattern == pattern && r.state != MonitorState::Stopped) {
@@ -52,11 +58,17 @@ pub(crate) async fn status(State(state): State<AppState>) -> Result<Json<Value>,
         .collect();
     Ok(Json(json!({
         "site": me,
-        "interval_ms": sup.interval.as_millis() as u64,
+        "interval_ms": sup.interval().as_millis() as u64,
         "policies": policies,
         "local": local,
-        "last_backfill": *lock(&sup.last_backfill),
+        "last_backfill": last_backfill,
     })))
+}
+
+/// The last backfill as `GET /v1/recording` shows it.
+fn backfill_json(b: &BackfillReport) -> Value {
+    json!({ "pattern": b.pattern, "source": b.source, "rows": b.rows, "elapsed_ms": b.elapsed_ms,
+            "rows_per_s": b.rows_per_s, "held_recorded": b.held_recorded })
 }
 
 /// The body of `PUT /v1/recording/policies`.
@@ -87,7 +99,7 @@ pub(crate) async fn put_policy(
         state.store.set_recording_policy(sup.policies().keys().cloned().collect())?;
         return Err(e.into());
     }
-    *sup.policies.write().unwrap_or_else(|p| p.into_inner()) = next;
+    sup.placement().step(sup.now(), PlacementInput::Policies(next));
     Ok(Json(json!({ "pattern": p.pattern, "replicas": p.replicas })))
 }
 
@@ -118,7 +130,7 @@ pub(crate) async fn delete_policy(
     let key = format!("{POLICY_DOC_PREFIX}{}", q.pattern);
     state.store.append(vec![Body::DocDelete(DocDelete { key })]).await?;
     state.store.set_recording_policy(next.keys().cloned().collect())?;
-    *sup.policies.write().unwrap_or_else(|p| p.into_inner()) = next;
+    sup.placement().step(sup.now(), PlacementInput::Policies(next));
     Ok(StatusCode::NO_CONTENT)
 }
 
