@@ -30,8 +30,9 @@
 //! | `filter`, `view`, `feed` | reading: one snapshot, and the change feed |
 //! | `anycast`, `recording`, `models` | the writer's helpers for anycast leases, monitors and models |
 //! | `retention`, `check` | trimming plans, and the offline check |
+//! | `options` | what a deployment chooses when it opens a store |
 //! | `writer` | the single writer: group commit and each record's effects |
-//! | `options`, `store` | how to open a store, and the [`Store`] facade |
+//! | `store` | the [`Store`] facade over all of it |
 
 mod anycast;
 mod check;

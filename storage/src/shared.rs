@@ -55,7 +55,8 @@ pub(crate) struct Shared {
     pub stats: Stats,
     /// Where the next history retention pass resumes (a tuple's key prefix).
     pub history_resume: Mutex<Option<Vec<u8>>>,
-    /// The recording policy's patterns ([`crate::recording`]).
+    /// The recording policy's patterns: the channel subtrees only monitors
+    /// record.
     policy: RwLock<Arc<BTreeSet<String>>>,
     /// The running monitors' states, as the writer last committed them.
     monitor_states: RwLock<BTreeMap<String, MonitorState>>,
