@@ -112,8 +112,11 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
 /// long runs of sequential keys.
 const LOG_READAHEAD_BYTES: usize = 2 * 1024 * 1024;
 
-/// Per-operation bytes a RocksDB write batch adds to the keys and values
-/// (tag, family id, two lengths), for sizing it in one allocation.
+/// Bytes a RocksDB write batch adds to the keys and values: a header
+/// (sequence number and count), then per operation a tag, a family id and
+/// two lengths. For sizing it in one allocation; a batch that needs more
+/// grows.
+const WRITE_BATCH_HEADER_BYTES: usize = 12;
 const WRITE_BATCH_OP_OVERHEAD_BYTES: usize = 16;
 
 /// The production engine: a RocksDB database in a data folder.
@@ -226,7 +229,8 @@ impl Reader for RocksEngine {
 
 impl Engine for RocksEngine {
     fn write(&self, batch: &Batch, sync: bool) -> Result<()> {
-        let mut wb = WriteBatch::with_capacity_bytes(batch.bytes() + WRITE_BATCH_OP_OVERHEAD_BYTES * batch.len());
+        let capacity = WRITE_BATCH_HEADER_BYTES + batch.bytes() + WRITE_BATCH_OP_OVERHEAD_BYTES * batch.len();
+        let mut wb = WriteBatch::with_capacity_bytes(capacity);
         for op in batch.ops() {
             match op {
                 BatchOp::Put { family, key, value } => wb.put_cf(self.cf(family)?, key, value),

@@ -176,8 +176,8 @@ impl Writer {
     /// `answers` (indexed like `group`) that it does not leave to a panic.
     fn commit_group(&mut self, group: Vec<Work>, answers: &mut [Option<Answer>]) {
         if let Some(reason) = self.shared.poison_reason() {
-            for i in 0..answers.len() {
-                fail(answers, i, Error::Poisoned(reason.clone()));
+            for answer in answers.iter_mut().filter_map(Option::take) {
+                answer.fail(Error::Poisoned(reason.clone()));
             }
             return;
         }
