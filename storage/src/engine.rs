@@ -15,7 +15,8 @@
 //! - say **where** it keeps its files, if anywhere.
 //!
 //! [`Engine`] is that interface and nothing more. [`RocksEngine`] is the
-//! production engine (today's on-disk format, byte for byte), [`MemoryEngine`]
+//! production engine, whose bytes are pepper's file format
+//! (docs/storage-format.md), [`MemoryEngine`]
 //! keeps the same families in memory for fast, deterministic tests, and
 //! [`FaultEngine`] wraps either to fail or panic on a chosen write, which is
 //! how the store's poisoning is tested.
@@ -24,15 +25,16 @@
 //! visitor returns `false`. Nothing is copied per entry, so a feed catching
 //! up over a million records pays one indirect call per record on top of
 //! RocksDB's own iterator. A batch keeps its keys and values in one buffer,
-//! which the writer reuses from one group to the next.
+//! which the writer reuses from one group to the next; the RocksDB engine
+//! copies it into a RocksDB write batch once per group commit.
 //!
 //! Rejected alternative: a trait mirroring RocksDB's API (column family
 //! handles, read and write options, raw iterators with `seek`, `prev` and
 //! `status`). Every other engine would have to imitate RocksDB's quirks, and
 //! the store would keep depending on them. The rejected trait would also have
 //! let retention walk the history family with one iterator; with scans it
-//! opens one per tuple it trims, which is RocksDB's own cost and happens only
-//! in the background retention pass.
+//! opens up to three per tuple it visits, which is RocksDB's own cost and
+//! happens only in the background retention pass.
 //!
 //! [`RocksEngine`]: crate::RocksEngine
 //! [`MemoryEngine`]: crate::MemoryEngine

@@ -123,6 +123,9 @@ const WRITE_BATCH_OP_OVERHEAD_BYTES: usize = 16;
 pub struct RocksEngine {
     db: DB,
     path: PathBuf,
+    /// Read options of every point read of the latest state, made once:
+    /// creating them is a C++ allocation per read otherwise.
+    latest: ReadOptions,
 }
 
 impl RocksEngine {
@@ -137,7 +140,7 @@ impl RocksEngine {
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cfs = ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &cache)));
         let db = DB::open_cf_descriptors(&db_options(), path, cfs).map_err(|e| describe_open_error(path, e))?;
-        Ok(RocksEngine { db, path: path.to_path_buf() })
+        Ok(RocksEngine { db, path: path.to_path_buf(), latest: ReadOptions::default() })
     }
 
     /// Opens the database read-only, for the offline check. It replays the
@@ -163,7 +166,7 @@ impl RocksEngine {
             .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &cache)));
         let db =
             DB::open_cf_descriptors_read_only(&opts, path, cfs, false).map_err(|e| describe_open_error(path, e))?;
-        Ok(RocksEngine { db, path: path.to_path_buf() })
+        Ok(RocksEngine { db, path: path.to_path_buf(), latest: ReadOptions::default() })
     }
 
     fn cf(&self, name: &str) -> Result<&ColumnFamily> {
@@ -219,7 +222,7 @@ impl RocksEngine {
 
 impl Reader for RocksEngine {
     fn get(&self, family: &str, key: &[u8]) -> Result<Option<Value<'_>>> {
-        Ok(self.db.get_pinned_cf(self.cf(family)?, key)?.map(Value::pinned))
+        Ok(self.db.get_pinned_cf_opt(self.cf(family)?, key, &self.latest)?.map(Value::pinned))
     }
 
     fn scan(&self, family: &str, range: KeyRange<'_>, direction: Direction, visit: &mut Visit<'_>) -> Result<()> {
@@ -231,11 +234,24 @@ impl Engine for RocksEngine {
     fn write(&self, batch: &Batch, sync: bool) -> Result<()> {
         let capacity = WRITE_BATCH_HEADER_BYTES + batch.bytes() + WRITE_BATCH_OP_OVERHEAD_BYTES * batch.len();
         let mut wb = WriteBatch::with_capacity_bytes(capacity);
+        // Operations come in runs of one family (the counters, a record's
+        // rows): look a family's handle up once per run.
+        let mut last: Option<(&str, &ColumnFamily)> = None;
+        let mut cf = |family: &'static str| -> Result<&ColumnFamily> {
+            match last {
+                Some((name, handle)) if name == family => Ok(handle),
+                _ => {
+                    let handle = self.cf(family)?;
+                    last = Some((family, handle));
+                    Ok(handle)
+                }
+            }
+        };
         for op in batch.ops() {
             match op {
-                BatchOp::Put { family, key, value } => wb.put_cf(self.cf(family)?, key, value),
-                BatchOp::Delete { family, key } => wb.delete_cf(self.cf(family)?, key),
-                BatchOp::DeleteRange { family, start, end } => wb.delete_range_cf(self.cf(family)?, start, end),
+                BatchOp::Put { family, key, value } => wb.put_cf(cf(family)?, key, value),
+                BatchOp::Delete { family, key } => wb.delete_cf(cf(family)?, key),
+                BatchOp::DeleteRange { family, start, end } => wb.delete_range_cf(cf(family)?, start, end),
             }
         }
         let mut opts = WriteOptions::default();
@@ -246,7 +262,10 @@ impl Engine for RocksEngine {
     }
 
     fn snapshot(&self) -> Box<dyn Reader + '_> {
-        Box::new(RocksSnapshot { engine: self, snap: self.db.snapshot() })
+        let snap = self.db.snapshot();
+        let mut read = ReadOptions::default();
+        read.set_snapshot(&snap);
+        Box::new(RocksSnapshot { engine: self, read, snap })
     }
 
     fn has_family(&self, family: &str) -> bool {
@@ -261,12 +280,15 @@ impl Engine for RocksEngine {
 /// A RocksDB snapshot of every family.
 struct RocksSnapshot<'a> {
     engine: &'a RocksEngine,
+    /// Read options bound to `snap`, made once for every point read of it.
+    /// Declared before `snap`, so they are dropped first.
+    read: ReadOptions,
     snap: SnapshotWithThreadMode<'a, DB>,
 }
 
 impl Reader for RocksSnapshot<'_> {
     fn get(&self, family: &str, key: &[u8]) -> Result<Option<Value<'_>>> {
-        Ok(self.snap.get_pinned_cf(self.engine.cf(family)?, key)?.map(Value::pinned))
+        Ok(self.engine.db.get_pinned_cf_opt(self.engine.cf(family)?, key, &self.read)?.map(Value::pinned))
     }
 
     fn scan(&self, family: &str, range: KeyRange<'_>, direction: Direction, visit: &mut Visit<'_>) -> Result<()> {
