@@ -35,11 +35,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use pepper_router::Pattern;
 
+use crate::engine::{Direction, KeyRange, Reader};
 use crate::error::{Error, Result};
 use crate::keys::CF_LEASES;
 use crate::record::{Event, Party};
 use crate::rows::Lease;
-use crate::store::Shared;
 
 /// A live lease that belongs to an anycast group, as the writer sees it.
 #[derive(Debug)]
@@ -88,13 +88,13 @@ pub(crate) struct Anycast {
 
 impl Anycast {
     /// Loads the groups from the lease table.
-    pub(crate) fn load(shared: &Shared) -> Result<Anycast> {
+    pub(crate) fn load(reader: &dyn Reader) -> Result<Anycast> {
         let mut anycast = Anycast::default();
-        for item in shared.db.iterator_cf(shared.cf(CF_LEASES)?, rocksdb::IteratorMode::Start) {
-            let (key, value) = item?;
-            let lease = crate::rows::decode_lease_row(&key, &value)?;
+        reader.scan(CF_LEASES, KeyRange::ALL, Direction::Forward, &mut |key, value| {
+            let lease = crate::rows::decode_lease_row(key, value)?;
             anycast.apply(&lease.id.clone(), Some(&lease))?;
-        }
+            Ok(true)
+        })?;
         Ok(anycast)
     }
 

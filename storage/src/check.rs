@@ -1,6 +1,7 @@
 //! Offline integrity check of a data folder (`pepper check`).
 //!
-//! The check opens the store read-only and verifies, from one snapshot:
+//! The check opens the store read-only (or takes any [`crate::Engine`], for
+//! a store in memory) and verifies, from one snapshot:
 //!
 //! 1. every log record decodes and its crc matches, and it sits under the key
 //!    of its own sequence number;
@@ -21,6 +22,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::Path;
 
+use crate::engine::rocks::RocksEngine;
+use crate::engine::{Direction, Engine, KeyRange, Reader};
 use crate::error::{Error, Result};
 use crate::keys::{
     self, CF_DOCS, CF_EVENT_IDS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_MODEL_CLASSES, CF_MODEL_CLASS_INDEX,
@@ -28,7 +31,6 @@ use crate::keys::{
 };
 use crate::record::{Body, Party, Record};
 use crate::rows::{decode_row, DocRow, HistoryRow, Lease, ModelClassRow, ModelInstanceRow, TombstoneRow, TupleRow};
-use crate::store::Shared;
 
 /// Most problems a report lists one by one; the rest are only counted.
 pub const CHECK_PROBLEMS_LISTED_MAX: usize = 1000;
@@ -240,29 +242,26 @@ impl Replay {
     }
 }
 
-type RawIter<'a> = rocksdb::DBRawIteratorWithThreadMode<'a, rocksdb::DB>;
+/// Calls `f` on every entry of `family` in `snap`, in key order.
+fn each(snap: &dyn Reader, family: &str, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+    snap.scan(family, KeyRange::ALL, Direction::Forward, &mut |key, value| {
+        f(key, value)?;
+        Ok(true)
+    })
+}
 
 /// Model rows against the log, and the two model indexes against the
 /// instance rows (the indexes need no log to be checked).
-fn check_models(
-    shared: &Shared,
-    snap: &rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>,
-    replay: &mut Replay,
-    floor: u64,
-    report: &mut CheckReport,
-) -> Result<()> {
+fn check_models(snap: &dyn Reader, replay: &mut Replay, floor: u64, report: &mut CheckReport) -> Result<()> {
     let split = |key: &[u8]| -> Option<(String, String)> {
         let at = key.iter().position(|b| *b == keys::SEP)?;
         Some((String::from_utf8(key[..at].to_vec()).ok()?, String::from_utf8(key[at + 1..].to_vec()).ok()?))
     };
     let mut live: HashMap<(String, String), ModelInstanceRow> = HashMap::new();
-    let mut it = iterate(shared, snap, CF_MODEL_INSTANCES)?;
-    while it.valid() {
-        let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+    each(snap, CF_MODEL_INSTANCES, |key, value| {
         let Some(k) = split(key) else {
             report.problem(format!("model instance key {key:02x?} has no separator"));
-            it.next();
-            continue;
+            return Ok(());
         };
         match decode_row::<ModelInstanceRow>("model instance", key, value) {
             Err(e) => report.problem(e.to_string()),
@@ -280,17 +279,14 @@ fn check_models(
                 live.insert(k, row);
             }
         }
-        it.next();
-    }
-    it.status()?;
+        Ok(())
+    })?;
     for ((_, identity), state) in replay.instances.drain() {
         if let Some(want) = state {
             report.problem(format!("instance {identity}: the log puts it at seq {} but it has no row", want.seq));
         }
     }
-    let mut it = iterate(shared, snap, CF_MODEL_CLASSES)?;
-    while it.valid() {
-        let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+    each(snap, CF_MODEL_CLASSES, |key, value| {
         if let (Some(k), Ok(row)) = (split(key), decode_row::<ModelClassRow>("model class", key, value)) {
             match replay.classes.remove(&k) {
                 Some(want) if want == row => report.rows_verified += 1,
@@ -303,9 +299,8 @@ fn check_models(
         } else {
             report.problem(format!("model class row {key:02x?} is malformed"));
         }
-        it.next();
-    }
-    it.status()?;
+        Ok(())
+    })?;
     for ((_, name), want) in replay.classes.drain() {
         report.problem(format!("class {name}: the log defines it at seq {} but it has no row", want.seq));
     }
@@ -322,14 +317,10 @@ fn check_models(
         [(CF_MODEL_CLASS_INDEX, want_class, "class index"), (CF_MODEL_REF_INDEX, want_refs, "reference index")]
     {
         let mut got = BTreeSet::new();
-        let mut it = iterate(shared, snap, cf)?;
-        while it.valid() {
-            if let Some(k) = it.key() {
-                got.insert(k.to_vec());
-            }
-            it.next();
-        }
-        it.status()?;
+        each(snap, cf, |k, _| {
+            got.insert(k.to_vec());
+            Ok(())
+        })?;
         for k in want.difference(&got) {
             report.problem(format!("{what}: missing entry {}", String::from_utf8_lossy(k).replace('\0', " | ")));
         }
@@ -342,26 +333,8 @@ fn check_models(
 }
 
 /// Whether the snapshot has a latest row for (channel, field).
-fn latest_seen(
-    shared: &Shared,
-    snap: &rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>,
-    channel: &str,
-    field: &str,
-) -> Result<bool> {
-    Ok(snap.get_pinned_cf(shared.cf(CF_TUPLES)?, keys::tuple_key(channel, field))?.is_some())
-}
-
-fn iterate<'a>(
-    shared: &'a Shared,
-    snap: &rocksdb::SnapshotWithThreadMode<'a, rocksdb::DB>,
-    cf: &str,
-) -> Result<RawIter<'a>> {
-    let mut o = rocksdb::ReadOptions::default();
-    o.set_snapshot(snap);
-    o.set_verify_checksums(true);
-    let mut it = shared.db.raw_iterator_cf_opt(shared.cf(cf)?, o);
-    it.seek_to_first();
-    Ok(it)
+fn latest_seen(snap: &dyn Reader, channel: &str, field: &str) -> Result<bool> {
+    Ok(snap.get(CF_TUPLES, &keys::tuple_key(channel, field))?.is_some())
 }
 
 /// Checks the store in `path` without modifying it.
@@ -371,13 +344,20 @@ fn iterate<'a>(
 /// open it. Damage inside the store is reported in the [`CheckReport`], not
 /// as an error.
 pub fn check(path: &Path) -> Result<CheckReport> {
-    let db = crate::db::open_read_only(path)?;
-    let shared = Shared::read_only(db);
-    let snap = shared.db.snapshot();
+    check_engine(&RocksEngine::open_read_only(path)?)
+}
+
+/// Checks the store kept by `engine`, from one snapshot, without modifying
+/// it. A store may go on writing meanwhile.
+///
+/// # Errors
+/// Read errors. Damage inside the store is reported in the [`CheckReport`],
+/// not as an error.
+pub fn check_engine(engine: &dyn Engine) -> Result<CheckReport> {
+    let snap = engine.snapshot();
     let mut report = CheckReport::default();
-    let read = |cf: &str| iterate(&shared, &snap, cf);
     let meta = |key: &[u8]| -> Result<Option<u64>> {
-        match snap.get_pinned_cf(shared.cf(CF_META)?, key)? {
+        match snap.get(CF_META, key)? {
             Some(v) => Ok(Some(keys::decode_u64(&v).ok_or_else(|| Error::corruption("meta", "not a u64"))?)),
             None => Ok(None),
         }
@@ -394,15 +374,12 @@ pub fn check(path: &Path) -> Result<CheckReport> {
     let mut last_time = 0u64;
     let mut bytes = 0u64;
     let mut last_seq = None;
-    let mut it = read(CF_LOG)?;
-    while it.valid() {
-        let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+    each(&*snap, CF_LOG, |key, value| {
         report.records += 1;
         bytes += value.len() as u64;
         let Some(seq) = keys::decode_u64(key) else {
             report.problem(format!("log key {key:02x?} is not a sequence number"));
-            it.next();
-            continue;
+            return Ok(());
         };
         if seq != expect {
             if seq < floor {
@@ -430,9 +407,8 @@ pub fn check(path: &Path) -> Result<CheckReport> {
             }
             Err(e) => report.problem(e.to_string()),
         }
-        it.next();
-    }
-    it.status()?;
+        Ok(())
+    })?;
     report.last_seq = next_seq - 1;
     match last_seq {
         Some(last) if last + 1 != next_seq => {
@@ -448,13 +424,10 @@ pub fn check(path: &Path) -> Result<CheckReport> {
     }
 
     // 4: latest tuples.
-    let mut it = read(CF_TUPLES)?;
-    while it.valid() {
-        let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+    each(&*snap, CF_TUPLES, |key, value| {
         let Some((channel, field)) = keys::split_tuple_key(key) else {
             report.problem(format!("tuples key {key:02x?} has no separator"));
-            it.next();
-            continue;
+            return Ok(());
         };
         let name = format!("tuple ({channel}, {field})");
         match decode_row::<TupleRow>("tuple", key, value) {
@@ -483,49 +456,41 @@ pub fn check(path: &Path) -> Result<CheckReport> {
                 None => report.rows_unverifiable += 1,
             },
         }
-        it.next();
-    }
-    it.status()?;
+        Ok(())
+    })?;
 
     // 4: tombstones (a folder from before format 3 has none).
-    let mut it = match shared.db.cf_handle(CF_TOMBSTONES) {
-        Some(_) => Some(read(CF_TOMBSTONES)?),
-        None => None,
-    };
-    while let Some(it) = it.as_mut().filter(|it| it.valid()) {
-        let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
-        let Some((channel, field)) = keys::split_tuple_key(key) else {
-            report.problem(format!("tombstones key {key:02x?} has no separator"));
-            it.next();
-            continue;
-        };
-        let name = format!("tombstone ({channel}, {field})");
-        match decode_row::<TombstoneRow>("tombstone", key, value) {
-            Err(e) => report.problem(e.to_string()),
-            Ok(row) => match replay.tuples.remove(&(channel.to_string(), field.to_string())) {
-                Some(TupleState::Gone(want)) => {
-                    report.rows_verified += 1;
-                    if row != want {
-                        report.problem(format!("{name}: row {row:?} disagrees with the log's end {want:?}"));
+    if engine.has_family(CF_TOMBSTONES) {
+        each(&*snap, CF_TOMBSTONES, |key, value| {
+            let Some((channel, field)) = keys::split_tuple_key(key) else {
+                report.problem(format!("tombstones key {key:02x?} has no separator"));
+                return Ok(());
+            };
+            let name = format!("tombstone ({channel}, {field})");
+            match decode_row::<TombstoneRow>("tombstone", key, value) {
+                Err(e) => report.problem(e.to_string()),
+                Ok(row) => match replay.tuples.remove(&(channel.to_string(), field.to_string())) {
+                    Some(TupleState::Gone(want)) => {
+                        report.rows_verified += 1;
+                        if row != want {
+                            report.problem(format!("{name}: row {row:?} disagrees with the log's end {want:?}"));
+                        }
                     }
-                }
-                Some(TupleState::Live(set)) => {
-                    report.problem(format!("{name}: the tuple is live again since seq {}", set.seq))
-                }
-                None if row.seq >= floor => {
-                    report.problem(format!("{name}: names seq {} but the log has no end there", row.seq))
-                }
-                None => report.rows_unverifiable += 1,
-            },
-        }
-        it.next();
-    }
-    if let Some(it) = &it {
-        it.status()?;
+                    Some(TupleState::Live(set)) => {
+                        report.problem(format!("{name}: the tuple is live again since seq {}", set.seq))
+                    }
+                    None if row.seq >= floor => {
+                        report.problem(format!("{name}: names seq {} but the log has no end there", row.seq))
+                    }
+                    None => report.rows_unverifiable += 1,
+                },
+            }
+            Ok(())
+        })?;
     }
     for ((channel, field), state) in replay.tuples.drain() {
         match state {
-            TupleState::Live(want) if !latest_seen(&shared, &snap, &channel, &field)? => report.problem(format!(
+            TupleState::Live(want) if !latest_seen(&*snap, &channel, &field)? => report.problem(format!(
                 "tuple ({channel}, {field}): the log sets it at seq {} but it has no latest row",
                 want.seq
             )),
@@ -540,9 +505,7 @@ pub fn check(path: &Path) -> Result<CheckReport> {
 
     // 4: history.
     let mut rows: BTreeMap<(String, String), Vec<Set>> = BTreeMap::new();
-    let mut it = read(CF_HISTORY)?;
-    while it.valid() {
-        let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+    each(&*snap, CF_HISTORY, |key, value| {
         match (keys::split_history_key(key), decode_row::<HistoryRow>("history", key, value)) {
             (None, _) => report.problem(format!("history key {key:02x?} is malformed")),
             (_, Err(e)) => report.problem(e.to_string()),
@@ -555,9 +518,8 @@ pub fn check(path: &Path) -> Result<CheckReport> {
                 source: row.source,
             }),
         }
-        it.next();
-    }
-    it.status()?;
+        Ok(())
+    })?;
     for (key, got) in rows {
         let writes = replay.history.remove(&key).unwrap_or_default();
         report.rows_verified += got.len() as u64;
@@ -589,9 +551,7 @@ pub fn check(path: &Path) -> Result<CheckReport> {
     }
 
     // 4: leases.
-    let mut it = read(CF_LEASES)?;
-    while it.valid() {
-        let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+    each(&*snap, CF_LEASES, |key, value| {
         let id = String::from_utf8_lossy(key).to_string();
         match crate::rows::decode_lease_row(key, value) {
             Err(e) => report.problem(e.to_string()),
@@ -614,9 +574,8 @@ pub fn check(path: &Path) -> Result<CheckReport> {
                 None => report.rows_unverifiable += 1,
             },
         }
-        it.next();
-    }
-    it.status()?;
+        Ok(())
+    })?;
     for (id, state) in replay.leases.drain() {
         if !matches!(state, LeaseState::Ended) {
             report.problem(format!("lease {id}: the log holds it live but it has no row"));
@@ -624,9 +583,7 @@ pub fn check(path: &Path) -> Result<CheckReport> {
     }
 
     // 4: documents.
-    let mut it = read(CF_DOCS)?;
-    while it.valid() {
-        let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+    each(&*snap, CF_DOCS, |key, value| {
         let k = String::from_utf8_lossy(key).to_string();
         match decode_row::<DocRow>("doc", key, value) {
             Err(e) => report.problem(e.to_string()),
@@ -644,9 +601,8 @@ pub fn check(path: &Path) -> Result<CheckReport> {
                 None => report.rows_unverifiable += 1,
             },
         }
-        it.next();
-    }
-    it.status()?;
+        Ok(())
+    })?;
     for (k, state) in replay.docs.drain() {
         if let Some((seq, _, _)) = state {
             report.problem(format!("document {k}: the log puts it at seq {seq} but it has no row"));
@@ -654,14 +610,12 @@ pub fn check(path: &Path) -> Result<CheckReport> {
     }
 
     // 4: model classes and instances, against the log.
-    if shared.db.cf_handle(CF_MODEL_INSTANCES).is_some() {
-        check_models(&shared, &snap, &mut replay, floor, &mut report)?;
+    if engine.has_family(CF_MODEL_INSTANCES) {
+        check_models(&*snap, &mut replay, floor, &mut report)?;
     }
 
     // 4: the event id index.
-    let mut it = read(CF_EVENT_IDS)?;
-    while it.valid() {
-        let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+    each(&*snap, CF_EVENT_IDS, |key, value| {
         let id = String::from_utf8_lossy(key).to_string();
         match (keys::decode_event_id_value(value), replay.event_ids.remove(&id)) {
             (None, _) => report.problem(format!("event id {id}: index value is not 16 bytes")),
@@ -681,9 +635,8 @@ pub fn check(path: &Path) -> Result<CheckReport> {
                 report.problem(format!("event id {id}: index entry for seq {seq} survived retention of its event"))
             }
         }
-        it.next();
-    }
-    it.status()?;
+        Ok(())
+    })?;
     for (id, (seq, _)) in replay.event_ids.drain() {
         report.problem(format!("event id {id}: the log has it at seq {seq} but the index does not"));
     }

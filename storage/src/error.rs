@@ -75,7 +75,8 @@ pub enum Error {
     /// RocksDB reported an error.
     #[error("rocksdb: {0}")]
     Rocks(#[from] rocksdb::Error),
-    /// A filesystem or thread error outside RocksDB.
+    /// A filesystem or thread error outside RocksDB, or a fault a
+    /// [`crate::FaultEngine`] injected.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }

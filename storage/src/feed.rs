@@ -24,40 +24,11 @@ use std::sync::{Arc, Weak};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::filter::Filter;
 use crate::limits::FEED_CHUNK_RECORDS_MAX;
-use crate::record::{Kind, Record};
-use crate::store::{Shared, Store};
+use crate::record::Record;
+use crate::shared::Shared;
 use crate::view::{Scan, View};
-
-/// Which records a feed yields. An empty filter yields every record.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Filter {
-    /// Only records whose channel starts with this prefix. Records without a
-    /// channel (documents, lease renewals and ends) never match a prefix.
-    pub channel_prefix: Option<String>,
-    /// Only records whose type is one of these: an event's payload type, or
-    /// the kind name (`tuple.set`, `lease.grant`, `doc.put`, ...) of any
-    /// other record. Empty means every type.
-    pub types: Vec<String>,
-    /// Only records of these kinds. Empty means every kind.
-    pub kinds: Vec<Kind>,
-}
-
-impl Filter {
-    /// Whether `record` passes the filter.
-    pub fn matches(&self, record: &Record) -> bool {
-        if !self.kinds.is_empty() && !self.kinds.contains(&record.kind()) {
-            return false;
-        }
-        if let Some(prefix) = &self.channel_prefix {
-            match record.body.channel() {
-                Some(c) if c.starts_with(prefix.as_str()) => {}
-                _ => return false,
-            }
-        }
-        self.types.is_empty() || self.types.iter().any(|t| t == record.body.type_name())
-    }
-}
 
 /// What a feed yields.
 // `Record` is the variant on the hot path; boxing it to shrink the rare
@@ -77,7 +48,7 @@ pub enum FeedItem {
     },
 }
 
-/// A change feed. Obtain one with [`Store::feed`].
+/// A change feed. Obtain one with [`crate::Store::feed`].
 ///
 /// A feed does not keep the store open: once the store is closed, it ends
 /// with `Closed`.
@@ -98,9 +69,9 @@ enum Chunk {
 }
 
 impl Feed {
-    pub(crate) fn new(store: &Store, from_seq: u64, filter: Filter) -> Feed {
-        let durable = store.shared().durable.subscribe();
-        let shared = Arc::downgrade(store.shared());
+    pub(crate) fn new(shared: &Arc<Shared>, from_seq: u64, filter: Filter) -> Feed {
+        let durable = shared.durable.subscribe();
+        let shared = Arc::downgrade(shared);
         Feed { shared, next: from_seq.max(1), filter, durable, buffer: VecDeque::new(), ended: false, reading: None }
     }
 
@@ -179,7 +150,7 @@ impl Feed {
 }
 
 fn read_chunk(shared: &Shared, from: u64, durable: u64, filter: &Filter) -> Result<Chunk> {
-    match View::new(shared)?.scan(from, durable, filter, usize::MAX, FEED_CHUNK_RECORDS_MAX)? {
+    match View::new(&*shared.engine)?.scan(from, durable, filter, usize::MAX, FEED_CHUNK_RECORDS_MAX)? {
         Scan::Records { records, next_seq } => Ok(Chunk::Records { records, next: next_seq }),
         Scan::Compacted { earliest } => Ok(Chunk::Compacted { earliest }),
     }

@@ -43,12 +43,17 @@ pub const BATCH_RECORDS_MAX: usize = 1024;
 /// Most encoded bytes in one `append` call. Larger batches are rejected.
 pub const BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 
-/// Most records the writer packs into one group commit (one WriteBatch, one
+/// Most records the writer packs into one group commit (one batch, one
 /// WAL sync). Further requests wait for the next group.
 pub const GROUP_RECORDS_MAX: usize = 8192;
 
 /// Most encoded record bytes the writer packs into one group commit.
 pub const GROUP_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+/// Largest batch buffer the writer keeps from one group for the next, in
+/// bytes. It is a cache: a group that grew the buffer past it frees it, and
+/// the next group allocates again.
+pub const BATCH_BUFFER_KEPT_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Most anycast groups live at once on a site. A lease grant that would
 /// start one more is refused with `TooLarge`; joining an existing group is

@@ -20,15 +20,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use rocksdb::WriteBatch;
-
+use crate::engine::{Batch, Direction, Engine, KeyRange};
 use crate::error::{Error, Result};
 use crate::keys::{
     self, CF_MODEL_CLASSES, CF_MODEL_CLASS_INDEX, CF_MODEL_HISTORY, CF_MODEL_INSTANCES, CF_MODEL_REF_INDEX,
 };
 use crate::record::{Body, ModelDelete, ModelPut};
 use crate::rows::{decode_row, encode_row, ModelClassRow, ModelInstanceRow, ModelVersion};
-use crate::store::Shared;
 
 /// Model state as a write group (or one request's check) sees it.
 #[derive(Clone, Debug, Default)]
@@ -51,21 +49,13 @@ fn instance_key(ns: &str, identity: &str) -> Vec<u8> {
     keys::joined(&[ns, identity])
 }
 
-/// Every `00`-free string: namespaces, identities and class names must be.
-pub(crate) fn check_part(what: &'static str, s: &str) -> Result<()> {
-    if s.is_empty() || s.bytes().any(|b| b == 0) {
-        return Err(Error::invalid(what, "must be non-empty and contain no NUL byte"));
-    }
-    Ok(())
-}
-
 impl ModelOverlay {
     /// The instance's class and references, or `None` if it does not exist.
-    fn instance(&self, shared: &Shared, ns: &str, identity: &str) -> Result<Option<Live>> {
+    fn instance(&self, engine: &dyn Engine, ns: &str, identity: &str) -> Result<Option<Live>> {
         if let Some(state) = self.instances.get(&(ns.to_string(), identity.to_string())) {
             return Ok(state.clone());
         }
-        match shared.db.get_pinned_cf(shared.cf(CF_MODEL_INSTANCES)?, instance_key(ns, identity))? {
+        match engine.get(CF_MODEL_INSTANCES, &instance_key(ns, identity))? {
             Some(bytes) => {
                 let row: ModelInstanceRow = decode_row("model instance", identity.as_bytes(), &bytes)?;
                 Ok(Some(Live { class: row.class, refs: row.refs }))
@@ -75,7 +65,7 @@ impl ModelOverlay {
     }
 
     /// The identities of instances that refer to `target`.
-    fn referrers(&self, shared: &Shared, ns: &str, target: &str) -> Result<BTreeSet<String>> {
+    fn referrers(&self, engine: &dyn Engine, ns: &str, target: &str) -> Result<BTreeSet<String>> {
         let prefix = {
             let mut p = keys::joined(&[ns, target]);
             p.push(keys::SEP);
@@ -83,20 +73,15 @@ impl ModelOverlay {
         };
         let mut out = BTreeSet::new();
         let upper = keys::prefix_end(&prefix);
-        let mut o = rocksdb::ReadOptions::default();
-        o.set_iterate_lower_bound(prefix.clone());
-        if let Some(u) = upper {
-            o.set_iterate_upper_bound(u);
-        }
-        let mut it = shared.db.raw_iterator_cf_opt(shared.cf(CF_MODEL_REF_INDEX)?, o);
-        it.seek(&prefix);
-        while it.valid() {
-            let Some(key) = it.key() else { break };
-            let source = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-            out.insert(source);
-            it.next();
-        }
-        it.status()?;
+        engine.scan(
+            CF_MODEL_REF_INDEX,
+            KeyRange::new(&prefix, upper.as_deref()),
+            Direction::Forward,
+            &mut |key, _| {
+                out.insert(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
+                Ok(true)
+            },
+        )?;
         for ((n, t, s), present) in &self.refs {
             if n == ns && t == target {
                 if *present {
@@ -111,11 +96,11 @@ impl ModelOverlay {
 
     /// Checks one request's model records in order, without writing, and
     /// records their effects in `self` (a copy for the request).
-    pub(crate) fn check(&mut self, shared: &Shared, records: &[&Body]) -> Result<()> {
+    pub(crate) fn check(&mut self, engine: &dyn Engine, records: &[&Body]) -> Result<()> {
         for body in records {
             match body {
                 Body::ModelPut(p) => {
-                    let exists = self.instance(shared, &p.namespace, &p.identity)?;
+                    let exists = self.instance(engine, &p.namespace, &p.identity)?;
                     match (p.create, &exists) {
                         (true, Some(_)) => {
                             return Err(Error::Conflict {
@@ -127,17 +112,17 @@ impl ModelOverlay {
                         _ => {}
                     }
                     for r in &p.refs {
-                        if r != &p.identity && self.instance(shared, &p.namespace, r)?.is_none() {
+                        if r != &p.identity && self.instance(engine, &p.namespace, r)?.is_none() {
                             return Err(Error::NotFound { what: "referenced instance", key: r.clone() });
                         }
                     }
                     self.apply_put(p, exists.map(|l| l.refs).unwrap_or_default());
                 }
                 Body::ModelDelete(d) => {
-                    let Some(live) = self.instance(shared, &d.namespace, &d.identity)? else {
+                    let Some(live) = self.instance(engine, &d.namespace, &d.identity)? else {
                         return Err(Error::NotFound { what: "instance", key: d.identity.clone() });
                     };
-                    let referrers = self.referrers(shared, &d.namespace, &d.identity)?;
+                    let referrers = self.referrers(engine, &d.namespace, &d.identity)?;
                     let others: Vec<&String> = referrers.iter().filter(|s| **s != d.identity).collect();
                     if !others.is_empty() {
                         let list: Vec<&str> = others.iter().take(10).map(|s| s.as_str()).collect();
@@ -182,8 +167,8 @@ impl ModelOverlay {
     /// Writes a checked model record's effects into the batch.
     pub(crate) fn materialize(
         &mut self,
-        shared: &Shared,
-        batch: &mut WriteBatch,
+        engine: &dyn Engine,
+        batch: &mut Batch,
         seq: u64,
         time_us: u64,
         body: &Body,
@@ -192,10 +177,10 @@ impl ModelOverlay {
             Body::ModelClass(c) => {
                 let row = ModelClassRow { seq, time_us, name: c.name.clone(), definition: c.definition.clone() };
                 let key = keys::joined(&[&c.namespace, &c.name.to_ascii_lowercase()]);
-                batch.put_cf(shared.cf(CF_MODEL_CLASSES)?, key, encode_row(&row));
+                batch.put(CF_MODEL_CLASSES, key, encode_row(&row));
             }
             Body::ModelPut(p) => {
-                let old = self.instance(shared, &p.namespace, &p.identity)?.map(|l| l.refs).unwrap_or_default();
+                let old = self.instance(engine, &p.namespace, &p.identity)?.map(|l| l.refs).unwrap_or_default();
                 let row = ModelInstanceRow {
                     seq,
                     time_us,
@@ -204,40 +189,30 @@ impl ModelOverlay {
                     properties: p.properties.clone(),
                     refs: p.refs.clone(),
                 };
-                batch.put_cf(shared.cf(CF_MODEL_INSTANCES)?, instance_key(&p.namespace, &p.identity), encode_row(&row));
+                batch.put(CF_MODEL_INSTANCES, instance_key(&p.namespace, &p.identity), encode_row(&row));
                 let version =
                     ModelVersion { time_us, class: p.class.clone(), properties: p.properties.clone(), deleted: false };
-                batch.put_cf(
-                    shared.cf(CF_MODEL_HISTORY)?,
-                    history_key(&p.namespace, &p.identity, seq),
-                    encode_row(&version),
-                );
+                batch.put(CF_MODEL_HISTORY, history_key(&p.namespace, &p.identity, seq), encode_row(&version));
                 let class_key = keys::joined(&[&p.namespace, &p.class.to_ascii_lowercase(), &p.identity]);
-                batch.put_cf(shared.cf(CF_MODEL_CLASS_INDEX)?, class_key, []);
-                let refs = shared.cf(CF_MODEL_REF_INDEX)?;
+                batch.put(CF_MODEL_CLASS_INDEX, class_key, []);
                 for r in old.iter().filter(|r| !p.refs.contains(r)) {
-                    batch.delete_cf(refs, keys::joined(&[&p.namespace, r, &p.identity]));
+                    batch.delete(CF_MODEL_REF_INDEX, keys::joined(&[&p.namespace, r, &p.identity]));
                 }
                 for r in &p.refs {
-                    batch.put_cf(refs, keys::joined(&[&p.namespace, r, &p.identity]), []);
+                    batch.put(CF_MODEL_REF_INDEX, keys::joined(&[&p.namespace, r, &p.identity]), []);
                 }
                 self.apply_put(p, old);
             }
             Body::ModelDelete(d) => {
-                let Live { class, refs } = self.instance(shared, &d.namespace, &d.identity)?.unwrap_or_default();
-                batch.delete_cf(shared.cf(CF_MODEL_INSTANCES)?, instance_key(&d.namespace, &d.identity));
+                let Live { class, refs } = self.instance(engine, &d.namespace, &d.identity)?.unwrap_or_default();
+                batch.delete(CF_MODEL_INSTANCES, instance_key(&d.namespace, &d.identity));
                 let class_key = keys::joined(&[&d.namespace, &class.to_ascii_lowercase(), &d.identity]);
-                batch.delete_cf(shared.cf(CF_MODEL_CLASS_INDEX)?, class_key);
-                let idx = shared.cf(CF_MODEL_REF_INDEX)?;
+                batch.delete(CF_MODEL_CLASS_INDEX, class_key);
                 for r in &refs {
-                    batch.delete_cf(idx, keys::joined(&[&d.namespace, r, &d.identity]));
+                    batch.delete(CF_MODEL_REF_INDEX, keys::joined(&[&d.namespace, r, &d.identity]));
                 }
                 let version = ModelVersion { time_us, class, properties: Vec::new(), deleted: true };
-                batch.put_cf(
-                    shared.cf(CF_MODEL_HISTORY)?,
-                    history_key(&d.namespace, &d.identity, seq),
-                    encode_row(&version),
-                );
+                batch.put(CF_MODEL_HISTORY, history_key(&d.namespace, &d.identity, seq), encode_row(&version));
                 self.apply_delete(d, refs);
             }
             _ => {}

@@ -777,6 +777,21 @@ impl Record {
 
 /// Frames an already encoded body into a record with its crc.
 pub(crate) fn frame(seq: u64, time_us: u64, origin: &str, kind: Kind, body: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    frame_into(&mut out, seq, time_us, origin, kind, body)?;
+    Ok(out)
+}
+
+/// Appends the framed record to `out` (the writer's batch buffer) and
+/// returns its length. On error nothing is appended.
+pub(crate) fn frame_into(
+    out: &mut Vec<u8>,
+    seq: u64,
+    time_us: u64,
+    origin: &str,
+    kind: Kind,
+    body: &[u8],
+) -> Result<usize> {
     if origin.len() > crate::limits::SITE_BYTES_MAX {
         return Err(Error::invalid(
             "origin",
@@ -787,7 +802,8 @@ pub(crate) fn frame(seq: u64, time_us: u64, origin: &str, kind: Kind, body: &[u8
     if len > crate::limits::RECORD_BYTES_MAX {
         return Err(Error::TooLarge { what: "record", size: len, max: crate::limits::RECORD_BYTES_MAX });
     }
-    let mut out = Vec::with_capacity(len);
+    let start = out.len();
+    out.reserve(len);
     out.push(kind.version());
     out.push(kind as u8);
     out.extend_from_slice(&seq.to_le_bytes());
@@ -796,9 +812,9 @@ pub(crate) fn frame(seq: u64, time_us: u64, origin: &str, kind: Kind, body: &[u8
     out.push(origin.len() as u8);
     out.extend_from_slice(origin.as_bytes());
     out.extend_from_slice(body);
-    let crc = crc32fast::hash(&out);
+    let crc = crc32fast::hash(&out[start..]);
     out.extend_from_slice(&crc.to_le_bytes());
-    Ok(out)
+    Ok(len)
 }
 
 /// The time field of an encoded record, without checking its crc. Used by

@@ -39,11 +39,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::engine::{Direction, KeyRange, Reader};
 use crate::error::{Error, Result};
 use crate::keys::CF_MONITORS;
 use crate::record::{MonitorState, Party};
 use crate::rows::{decode_row, MonitorRow};
-use crate::store::Shared;
 
 /// An update an importing monitor took in, waiting for its completion.
 #[derive(Clone, Debug)]
@@ -105,14 +105,12 @@ pub(crate) struct Recording {
 impl Recording {
     /// The running monitors as their rows say. One that was importing
     /// lost its pending updates with the restart: it is broken.
-    pub(crate) fn load(shared: &Shared) -> Result<Recording> {
-        let cf = shared.cf(CF_MONITORS)?;
+    pub(crate) fn load(reader: &dyn Reader) -> Result<Recording> {
         let mut monitors = BTreeMap::new();
-        for item in shared.db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
-            let (key, value) = item?;
-            let row: MonitorRow = decode_row("monitor", &key, &value)?;
+        reader.scan(CF_MONITORS, KeyRange::ALL, Direction::Forward, &mut |key, value| {
+            let row: MonitorRow = decode_row("monitor", key, value)?;
             let broken = match row.state {
-                MonitorState::Stopped => continue,
+                MonitorState::Stopped => return Ok(true),
                 MonitorState::Importing => Some("the site restarted while the monitor was importing".to_string()),
                 MonitorState::Complete => None,
             };
@@ -126,8 +124,15 @@ impl Recording {
                     broken,
                 },
             );
-        }
+            Ok(true)
+        })?;
         Ok(Recording { monitors })
+    }
+
+    /// Each running monitor's state, by pattern, as [`crate::Store`]
+    /// publishes them.
+    pub(crate) fn states(&self) -> BTreeMap<String, MonitorState> {
+        self.monitors.iter().map(|(p, m)| (p.clone(), m.state)).collect()
     }
 
     /// The running monitor whose pattern covers `channel` (patterns do not

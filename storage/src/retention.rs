@@ -1,7 +1,8 @@
 //! Retention: trimming the log by age and size, and history by count and age.
 //!
-//! A pass plans on a snapshot and commits through the writer, like any other
-//! write, so trims are ordered with appends and the counters they change
+//! A pass plans on a snapshot ([`plan`], here) and commits through the
+//! writer, like any other write (the store sends the plan; the writer applies
+//! it), so trims are ordered with appends and the counters they change
 //! (`floor`, `log_bytes`) stay exact:
 //!
 //! - **Log.** Record times never decrease along the log (LOG-4), so
@@ -30,19 +31,19 @@
 //! rows are safe against concurrent appends: new rows always have larger
 //! sequence numbers, so they sort after every planned range.
 
-use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
-
+use crate::engine::{Direction, Engine, KeyRange, Reader};
 use crate::error::{Error, Result};
 use crate::keys::{self, CF_HISTORY, CF_LOG};
 use crate::limits::{HISTORY_TRIM_STEPS_MAX, LOG_TRIM_SCAN_MAX, TOMBSTONE_SCAN_MAX, TOMBSTONE_TRIMS_MAX};
 use crate::record::{peek_time_us, Body, Kind, Record};
 use crate::rows::history_row_time;
-use crate::store::{Shared, RETENTION_INTERVAL_DEFAULT};
 use crate::view::View;
-use crate::writer::Request;
+
+/// How long [`Retention::default`]'s background task sleeps between passes.
+pub const RETENTION_INTERVAL_DEFAULT: Duration = Duration::from_secs(10);
 
 /// What to keep. `None` keeps everything along that axis.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,72 +168,63 @@ pub(crate) struct TrimPlan {
 }
 
 impl TrimPlan {
-    fn is_empty(&self) -> bool {
+    /// Whether the plan deletes nothing.
+    pub(crate) fn is_empty(&self) -> bool {
         self.log.is_none() && self.history.is_empty() && self.tombstones.is_empty()
     }
-}
-
-/// Plans one pass and has the writer apply it, blocking the calling thread.
-pub(crate) fn enforce(
-    shared: &Arc<Shared>,
-    tx: &mpsc::Sender<Request>,
-    policy: &Retention,
-    now_us: u64,
-) -> Result<RetentionReport> {
-    let (plan, report) = plan(shared, policy, now_us)?;
-    if plan.is_empty() {
-        return Ok(report);
-    }
-    let (reply, rx) = oneshot::channel();
-    tx.blocking_send(Request::Trim { plan, reply }).map_err(|_| Error::Closed)?;
-    rx.blocking_recv().map_err(|_| Error::Closed)??;
-    Ok(report)
 }
 
 fn cutoff(now_us: u64, age: Option<Duration>) -> Option<u64> {
     age.map(|a| now_us.saturating_sub(a.as_micros().min(u128::from(u64::MAX)) as u64))
 }
 
-fn plan(shared: &Shared, policy: &Retention, now_us: u64) -> Result<(TrimPlan, RetentionReport)> {
-    let view = View::new(shared)?;
+/// Plans one pass on a snapshot of `engine`, as of `now_us`. A history walk
+/// resumes where `resume` says and leaves there where the next pass resumes.
+///
+/// # Errors
+/// Read errors, and `Corruption` for malformed rows.
+pub(crate) fn plan(
+    engine: &dyn Engine,
+    resume: &Mutex<Option<Vec<u8>>>,
+    policy: &Retention,
+    now_us: u64,
+) -> Result<(TrimPlan, RetentionReport)> {
+    let view = View::new(engine)?;
     let mut plan = TrimPlan::default();
     let mut report = RetentionReport { floor: view.earliest_seq(), ..RetentionReport::default() };
-    plan_log(shared, &view, policy, now_us, &mut plan, &mut report)?;
-    plan_history(shared, &view, policy, now_us, &mut plan, &mut report)?;
-    plan_tombstones(shared, &view, policy, now_us, &mut plan, &mut report)?;
+    plan_log(&view, policy, now_us, &mut plan, &mut report)?;
+    plan_history(view.reader(), resume, policy, now_us, &mut plan, &mut report)?;
+    plan_tombstones(view.reader(), policy, now_us, &mut plan, &mut report)?;
     Ok((plan, report))
 }
 
 /// Tombstones older than the age limit, oldest keys first, bounded per pass.
 fn plan_tombstones(
-    shared: &Shared,
-    view: &View<'_>,
+    reader: &dyn Reader,
     policy: &Retention,
     now_us: u64,
     plan: &mut TrimPlan,
     report: &mut RetentionReport,
 ) -> Result<()> {
     let Some(cut) = cutoff(now_us, policy.tombstone_max_age) else { return Ok(()) };
-    let mut it = shared.db.raw_iterator_cf_opt(shared.cf(keys::CF_TOMBSTONES)?, view.opts(None, None));
-    it.seek_to_first();
     let mut scanned = 0u64;
-    while it.valid() && scanned < TOMBSTONE_SCAN_MAX && plan.tombstones.len() < TOMBSTONE_TRIMS_MAX {
-        let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+    reader.scan(keys::CF_TOMBSTONES, KeyRange::ALL, Direction::Forward, &mut |key, value| {
+        if scanned >= TOMBSTONE_SCAN_MAX || plan.tombstones.len() >= TOMBSTONE_TRIMS_MAX {
+            return Ok(false);
+        }
         let row: crate::rows::TombstoneRow = crate::rows::decode_row("tombstone", key, value)?;
         if row.time_us < cut {
             plan.tombstones.push((key.to_vec(), row.seq));
         }
         scanned += 1;
-        it.next();
-    }
-    it.status()?;
+        Ok(true)
+    })?;
     report.tombstones = plan.tombstones.len() as u64;
     Ok(())
 }
 
 /// The end of the log prefix that is too old or over the byte budget.
 fn plan_log(
-    shared: &Shared,
     view: &View<'_>,
     policy: &Retention,
     now_us: u64,
@@ -243,25 +235,26 @@ fn plan_log(
     if age_cut.is_none() && policy.log_max_bytes.is_none() {
         return Ok(());
     }
-    let total =
-        match shared.db.get_pinned_cf_opt(shared.cf(keys::CF_META)?, keys::META_LOG_BYTES, &view.opts(None, None))? {
-            Some(v) => keys::decode_u64(&v).ok_or_else(|| Error::corruption("meta log_bytes", "not a u64"))?,
-            None => 0,
-        };
+    let reader = view.reader();
+    let total = match reader.get(keys::CF_META, keys::META_LOG_BYTES)? {
+        Some(v) => keys::decode_u64(&v).ok_or_else(|| Error::corruption("meta log_bytes", "not a u64"))?,
+        None => 0,
+    };
     let mut excess = policy.log_max_bytes.map_or(0, |max| total.saturating_sub(max));
     let from = view.earliest_seq();
-    let upper = view.seq().checked_add(1).map(|end| keys::log_key(end).to_vec());
-    let o = view.opts(Some(keys::log_key(from).to_vec()), upper);
-    let mut it = shared.db.raw_iterator_cf_opt(shared.cf(CF_LOG)?, o);
-    it.seek_to_first();
+    let lower = keys::log_key(from);
+    let upper = view.seq().checked_add(1).map(keys::log_key);
     let (mut to, mut bytes, mut scanned) = (from, 0u64, 0u64);
     let mut event_ids = Vec::new();
-    while it.valid() && scanned < LOG_TRIM_SCAN_MAX {
-        let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+    let range = KeyRange::new(&lower, upper.as_ref().map(|u| &u[..]));
+    reader.scan(CF_LOG, range, Direction::Forward, &mut |key, value| {
+        if scanned >= LOG_TRIM_SCAN_MAX {
+            return Ok(false);
+        }
         let seq = keys::decode_u64(key).ok_or_else(|| Error::corruption("log", "key is not a u64"))?;
         let old = matches!((age_cut, peek_time_us(value)), (Some(cut), Some(t)) if t < cut);
         if !old && excess == 0 {
-            break;
+            return Ok(false);
         }
         if value.get(1) == Some(&(Kind::Event as u8)) {
             if let Body::Event(e) = Record::decode(value)?.body {
@@ -275,9 +268,8 @@ fn plan_log(
         bytes += len;
         to = seq + 1;
         scanned += 1;
-        it.next();
-    }
-    it.status()?;
+        Ok(true)
+    })?;
     if to > from {
         report.log_records = to - from;
         report.log_bytes = bytes;
@@ -287,10 +279,25 @@ fn plan_log(
     Ok(())
 }
 
+/// The first history key in `range`, walking `direction`.
+fn first_key(reader: &dyn Reader, range: KeyRange<'_>, direction: Direction) -> Result<Option<Vec<u8>>> {
+    let mut first = None;
+    reader.scan(CF_HISTORY, range, direction, &mut |key, _| {
+        first = Some(key.to_vec());
+        Ok(false)
+    })?;
+    Ok(first)
+}
+
 /// One key range per tuple whose oldest history rows must go.
+///
+/// Each tuple's rows are one run of keys (`channel 00 field 00 seq`). A walk
+/// takes a step per row it reads and per run it moves past, and stops at
+/// [`Retention::history_steps_per_pass`], leaving the tuple it reached to the
+/// next pass.
 fn plan_history(
-    shared: &Shared,
-    view: &View<'_>,
+    reader: &dyn Reader,
+    resume: &Mutex<Option<Vec<u8>>>,
     policy: &Retention,
     now_us: u64,
     plan: &mut TrimPlan,
@@ -299,20 +306,11 @@ fn plan_history(
     if !policy.trims_history() {
         return Ok(());
     }
-    let mut resume = shared.history_resume.lock().map_err(|_| Error::Closed)?;
-    let mut it = shared.db.raw_iterator_cf_opt(shared.cf(CF_HISTORY)?, view.opts(None, None));
-    match resume.take() {
-        Some(key) => it.seek(key),
-        None => it.seek_to_first(),
-    }
+    let mut resume = resume.lock().map_err(|_| Error::Closed)?;
+    let mut pos = resume.take().unwrap_or_default();
     let budget = policy.history_steps_per_pass.max(1);
     let mut steps = 0u64;
-    let in_run = |it: &rocksdb::DBRawIteratorWithThreadMode<'_, rocksdb::DB>, prefix: &[u8]| {
-        it.valid() && it.key().is_some_and(|k| k.starts_with(prefix))
-    };
-    while it.valid() {
-        let Some(run_start) = it.key().map(<[u8]>::to_vec) else { break };
-        // The tuple's run: every key starting with `channel 00 field 00`.
+    while let Some(run_start) = first_key(reader, KeyRange::new(&pos, None), Direction::Forward)? {
         let Some(prefix) = run_start.len().checked_sub(8).map(|n| run_start[..n].to_vec()) else {
             return Err(Error::corruption("history", "key shorter than a sequence number"));
         };
@@ -322,32 +320,36 @@ fn plan_history(
             report.history_resumes = true;
             break;
         }
+        let run = KeyRange::new(&prefix, Some(&end));
         let channel = keys::split_tuple_key(&prefix).map_or("", |(c, _)| c);
         let (max_count, max_age) = policy.history_limits(channel);
-        let age_cut = cutoff(now_us, max_age);
         let mut cut: Option<Vec<u8>> = None;
-        if let Some(age_cut) = age_cut {
-            // Old rows are a prefix of the run: walk until the first young one.
-            while in_run(&it, &prefix) && steps < budget {
-                steps += 1;
-                let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
-                if history_row_time(key, value)? >= age_cut {
-                    break;
+        if let Some(age_cut) = cutoff(now_us, max_age) {
+            // Old rows are a prefix of the run: walk until the first young
+            // one, or the first row past the step budget.
+            let mut stop = None;
+            reader.scan(CF_HISTORY, run, Direction::Forward, &mut |key, value| {
+                if steps >= budget {
+                    stop = Some(key.to_vec());
+                    return Ok(false);
                 }
-                it.next();
-            }
-            cut = Some(if in_run(&it, &prefix) {
-                it.key().map(<[u8]>::to_vec).unwrap_or_default()
-            } else {
+                steps += 1;
+                if history_row_time(key, value)? >= age_cut {
+                    stop = Some(key.to_vec());
+                    return Ok(false);
+                }
+                Ok(true)
+            })?;
+            cut = match stop {
+                Some(key) => Some(key),
                 // Every row is old: keep the newest, the value the tuple has
                 // held since (a value that never changes is refreshed
                 // without new rows, so its one row must not age out).
-                it.seek_for_prev(&end);
-                it.key().filter(|k| k.starts_with(&prefix)).map_or_else(|| run_start.clone(), <[u8]>::to_vec)
-            });
-            if steps >= budget && in_run(&it, &prefix) {
-                // Out of steps inside an old prefix: trim what was seen and
-                // resume with this tuple.
+                None => Some(first_key(reader, run, Direction::Backward)?.unwrap_or_else(|| run_start.clone())),
+            };
+            if steps >= budget {
+                // Out of steps: trim what was seen and resume with this
+                // tuple.
                 push_range(plan, report, &run_start, cut);
                 *resume = Some(prefix);
                 report.history_resumes = true;
@@ -356,24 +358,25 @@ fn plan_history(
         }
         if let Some(max) = max_count {
             // Walk back over the `max` newest rows; anything older goes.
-            it.seek_for_prev(&end);
-            let mut oldest_kept = end.clone();
-            let mut kept = 0;
-            while kept < max && in_run(&it, &prefix) {
-                oldest_kept = it.key().map(<[u8]>::to_vec).unwrap_or_default();
+            let (mut oldest_kept, mut kept, mut older) = (None, 0u64, false);
+            reader.scan(CF_HISTORY, run, Direction::Backward, &mut |key, _| {
+                if kept >= max {
+                    older = true;
+                    return Ok(false);
+                }
+                oldest_kept = Some(key.to_vec());
                 kept += 1;
                 steps += 1;
-                it.prev();
-            }
-            if in_run(&it, &prefix) {
-                cut = cut.max(Some(oldest_kept));
+                Ok(true)
+            })?;
+            if older {
+                cut = cut.max(Some(oldest_kept.unwrap_or_else(|| end.clone())));
             }
         }
         push_range(plan, report, &run_start, cut);
-        it.seek(&end);
+        pos = end;
         steps += 1;
     }
-    it.status()?;
     Ok(())
 }
 

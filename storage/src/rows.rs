@@ -1,7 +1,7 @@
 //! Rows of the materialized views, and the values reads return.
 //!
 //! A view row is derived from log records and written in the same
-//! WriteBatch as the record that caused it. Rows are framed as one version
+//! batch as the record that caused it. Rows are framed as one version
 //! byte followed by a postcard body. They carry no crc of their own: RocksDB's
 //! block checksums cover them at rest (reads verify them), and `pepper check`
 //! compares every row against the log record it came from.

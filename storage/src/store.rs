@@ -1,145 +1,60 @@
 //! The store handle: open, append, read, feed, retention, close.
 //!
-//! [`Store`] is a cheap, cloneable handle. Writes go through the single
-//! writer thread (see `writer.rs`); reads open a RocksDB snapshot on the
-//! calling thread (or a blocking pool thread, for the async API) and never
-//! wait for the writer. Recovery is RocksDB's WAL replay plus one rule:
+//! [`Store`] is the crate's facade, a cheap, cloneable handle over the
+//! layers below it: writes go through the single writer thread
+//! ([`crate::writer`]); reads take an engine snapshot on the calling thread
+//! (or a blocking pool thread, for the async API) and never wait for the
+//! writer; feeds follow the durable sequence number. What the store runs on
+//! is chosen at open: [`Store::open`] puts a folder on RocksDB with the
+//! system clock, [`Store::open_memory`] keeps everything in memory, and
+//! [`Store::open_with`] takes any [`Engine`] and [`Clock`].
+//!
+//! Recovery is the engine's own (RocksDB's WAL replay) plus one rule:
 //! numbering continues at the larger of the persisted `next_seq` counter and
 //! the last log key plus one, so a sequence number is never reused even
 //! after retention trimmed the whole log.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use rocksdb::{ColumnFamily, IteratorMode, DB};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
+use crate::anycast::Anycast;
+use crate::clock::{Clock, SystemClock};
+use crate::engine::memory::MemoryEngine;
+use crate::engine::rocks::RocksEngine;
+use crate::engine::{Batch, Direction, Engine, KeyRange};
 use crate::error::{Error, Result};
-use crate::feed::{Feed, Filter};
+use crate::feed::Feed;
+use crate::filter::Filter;
 use crate::keys::{self, CF_LOG, CF_META};
 use crate::limits::*;
+use crate::options::{Durability, Options};
 use crate::record::{Body, Distribution, MonitorState};
+use crate::recording::Recording;
 use crate::retention::{Retention, RetentionReport};
+use crate::shared::Shared;
+use crate::validate::validate_site;
 use crate::view::View;
-use crate::writer::{Appended, MonitorOp, Prepared, Request, Writer};
+use crate::writer::group::Writer;
+use crate::writer::request::{Appended, MonitorOp, Origin, Prepared, Request};
+use crate::writer::state::{LogTail, WriterState};
 
 /// The data format version this build writes and the newest it reads.
 /// Version 2 added the `event_ids` index; a version-1 folder is upgraded on
 /// open.
 pub const FORMAT_VERSION: u8 = 6;
 
-/// When an append is acknowledged.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Durability {
-    /// After the WAL is fsynced: an acknowledged record survives power loss.
-    #[default]
-    Sync,
-    /// After the WAL is written to the operating system: an acknowledged
-    /// record survives a crash of pepper, but not of the machine.
-    Buffered,
-}
-
-/// How to open a store.
-#[derive(Clone, Debug)]
-pub struct Options {
-    /// This site's name, stamped as the origin of every local record.
-    pub site: String,
-    /// When appends are acknowledged.
-    pub durability: Durability,
-    /// What the background retention task trims.
-    pub retention: Retention,
-    /// How long an event id is remembered for idempotent retries. The log's
-    /// retention bounds it too: a trimmed event's id is forgotten.
-    pub dedupe_window: Duration,
-}
-
-/// Default of [`Options::dedupe_window`].
-pub const DEDUPE_WINDOW_DEFAULT: Duration = Duration::from_secs(600);
-
-impl Options {
-    /// Options for a site with the default durability (`sync`) and no
-    /// retention.
-    pub fn new(site: impl Into<String>) -> Options {
-        Options {
-            site: site.into(),
-            durability: Durability::Sync,
-            retention: Retention::default(),
-            dedupe_window: DEDUPE_WINDOW_DEFAULT,
-        }
-    }
-}
-
-/// Counters of the writer, for benchmarks and metrics.
-#[derive(Debug, Default)]
-pub(crate) struct Stats {
-    pub groups: AtomicU64,
-    pub records: AtomicU64,
-}
-
 /// A point-in-time copy of the writer's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
-    /// Group commits written (each one WriteBatch and, under `sync`, one fsync).
+    /// Group commits written (each one batch and, under `sync`, one fsync).
     pub groups: u64,
     /// Records committed.
     pub records: u64,
-}
-
-/// State shared by the handle, the writer thread and readers.
-pub(crate) struct Shared {
-    pub db: DB,
-    pub site: String,
-    pub durability: Durability,
-    /// How long event ids are remembered for retries.
-    pub dedupe_window: Duration,
-    /// The last durable sequence number (0 before the first record).
-    pub durable: watch::Sender<u64>,
-    /// The lowest sequence number retention kept.
-    pub floor: AtomicU64,
-    poisoned: OnceLock<String>,
-    pub stats: Stats,
-    /// Where the next history retention pass resumes (a tuple's key prefix).
-    pub history_resume: Mutex<Option<Vec<u8>>>,
-    /// The recording policy's patterns ([`crate::recording`]).
-    pub policy: std::sync::RwLock<Arc<std::collections::BTreeSet<String>>>,
-    /// The running monitors' states, as the writer last committed them.
-    pub monitor_states: std::sync::RwLock<std::collections::BTreeMap<String, crate::record::MonitorState>>,
-    /// Test hook: the writer's next batch write fails as if the WAL did.
-    #[cfg(test)]
-    pub fail_next_write: std::sync::atomic::AtomicBool,
-    /// Test hook: held by a test, it stops the writer between taking a
-    /// group's first request and gathering the rest, so requests sent
-    /// meanwhile land in one group.
-    #[cfg(test)]
-    pub writer_gate: Mutex<()>,
-}
-
-impl Shared {
-    pub fn cf(&self, name: &str) -> Result<&ColumnFamily> {
-        self.db.cf_handle(name).ok_or_else(|| Error::corruption(name, "column family is missing"))
-    }
-
-    pub fn poison(&self, reason: String) {
-        let _ = self.poisoned.set(reason);
-    }
-
-    pub fn poison_reason(&self) -> Option<String> {
-        self.poisoned.get().cloned()
-    }
-
-    /// Publishes the writer's monitors, once their records are durable.
-    pub(crate) fn set_monitor_states(&self, recording: &crate::recording::Recording) {
-        let states = recording.monitors.iter().map(|(p, m)| (p.clone(), m.state)).collect();
-        *self.monitor_states.write().unwrap_or_else(|p| p.into_inner()) = states;
-    }
-
-    /// The recording policy's patterns now.
-    pub fn policy(&self) -> Arc<std::collections::BTreeSet<String>> {
-        self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
 }
 
 /// A handle to an open store. Cloning it is cheap; the store closes when the
@@ -152,6 +67,7 @@ pub struct Store {
 struct Inner {
     shared: Arc<Shared>,
     path: PathBuf,
+    durability: Durability,
     tx: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
     retention: Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>,
@@ -173,13 +89,8 @@ impl Drop for Inner {
     }
 }
 
-/// Microseconds since the Unix epoch, from the system clock.
-pub fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
-}
-
-fn read_meta(db: &DB, meta: &ColumnFamily, key: &[u8]) -> Result<Option<u64>> {
-    match db.get_pinned_cf(meta, key)? {
+fn read_meta(engine: &dyn Engine, key: &[u8]) -> Result<Option<u64>> {
+    match engine.get(CF_META, key)? {
         None => Ok(None),
         Some(v) => keys::decode_u64(&v)
             .map(Some)
@@ -187,86 +98,92 @@ fn read_meta(db: &DB, meta: &ColumnFamily, key: &[u8]) -> Result<Option<u64>> {
     }
 }
 
+/// Writes this build's format version, synced.
+fn stamp_format(engine: &dyn Engine) -> Result<()> {
+    let mut batch = Batch::new();
+    batch.put(CF_META, keys::META_FORMAT, [FORMAT_VERSION]);
+    engine.write(&batch, true)
+}
+
 impl Store {
-    /// Opens the store in `path`, creating it if needed, and recovers.
+    /// Opens the store in `path` on RocksDB, creating it if needed, and
+    /// recovers. Records are stamped with the system clock.
     ///
     /// # Errors
     /// `InvalidInput` for a bad site name, `UnsupportedFormat` for data from a
     /// newer pepper, `Io` if another process has the folder open, and
     /// `Rocks` or `Corruption` if the data cannot be recovered.
     pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Store> {
-        let path = path.as_ref().to_path_buf();
         validate_site(&options.site)?;
-        let db = crate::db::open(&path)?;
-        let meta = db.cf_handle(CF_META).ok_or_else(|| Error::corruption(CF_META, "column family is missing"))?;
-        match db.get_pinned_cf(meta, keys::META_FORMAT)?.map(|v| v.to_vec()) {
+        let engine = RocksEngine::open(path)?;
+        Store::open_with(Arc::new(engine), Arc::new(SystemClock), options)
+    }
+
+    /// Opens a new, empty store kept in memory ([`MemoryEngine`]), with the
+    /// system clock. Nothing outlives the store; to reopen the same data,
+    /// keep a [`MemoryEngine`] and pass it to [`Store::open_with`].
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad site name.
+    pub fn open_memory(options: Options) -> Result<Store> {
+        Store::open_with(Arc::new(MemoryEngine::new()), Arc::new(SystemClock), options)
+    }
+
+    /// Opens the store kept by `engine`, stamping records with `clock`, and
+    /// recovers. An empty engine becomes a new store. One store at a time
+    /// may run on an engine: closing one and opening another on the same
+    /// engine is a restart.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad site name, `UnsupportedFormat` for data from
+    /// a newer pepper, the engine's errors, and `Corruption` if the data
+    /// cannot be recovered.
+    pub fn open_with(engine: Arc<dyn Engine>, clock: Arc<dyn Clock>, options: Options) -> Result<Store> {
+        validate_site(&options.site)?;
+        match engine.get(CF_META, keys::META_FORMAT)?.map(|v| v.to_vec()) {
             Some(v) if v == [FORMAT_VERSION] => {}
-            Some(v) if v == [1] => migrate_v1(&db)?,
+            Some(v) if v == [1] => migrate_v1(&*engine)?,
             // Versions 3, 4, 5 and 6 added families (`tombstones`; the
             // `model_*` ones; `origins` and `peer_cursors`; `monitors`),
             // which opening creates empty: nothing to rewrite.
-            Some(v) if v == [2] || v == [3] || v == [4] || v == [5] => {
-                let mut opts = rocksdb::WriteOptions::default();
-                opts.set_sync(true);
-                let mut batch = rocksdb::WriteBatch::default();
-                batch.put_cf(meta, keys::META_FORMAT, [FORMAT_VERSION]);
-                db.write_opt(batch, &opts)?;
-            }
+            Some(v) if v == [2] || v == [3] || v == [4] || v == [5] => stamp_format(&*engine)?,
             Some(v) if v.len() == 1 => return Err(Error::UnsupportedFormat { found: v[0], supported: FORMAT_VERSION }),
             Some(_) => return Err(Error::corruption("meta format", "not one byte")),
-            None => {
-                let mut opts = rocksdb::WriteOptions::default();
-                opts.set_sync(true);
-                let mut batch = rocksdb::WriteBatch::default();
-                batch.put_cf(meta, keys::META_FORMAT, [FORMAT_VERSION]);
-                db.write_opt(batch, &opts)?;
-            }
+            None => stamp_format(&*engine)?,
         }
-        let log = db.cf_handle(CF_LOG).ok_or_else(|| Error::corruption(CF_LOG, "column family is missing"))?;
-        let last_key = match db.iterator_cf(log, IteratorMode::End).next() {
-            Some(item) => {
-                let (k, _) = item?;
-                Some(keys::decode_u64(&k).ok_or_else(|| Error::corruption("log", "key is not a u64"))?)
-            }
-            None => None,
+        let mut last_key = None;
+        engine.scan(CF_LOG, KeyRange::ALL, Direction::Backward, &mut |k, _| {
+            last_key = Some(keys::decode_u64(k).ok_or_else(|| Error::corruption("log", "key is not a u64"))?);
+            Ok(false)
+        })?;
+        let next_seq = read_meta(&*engine, keys::META_NEXT_SEQ)?.unwrap_or(1).max(last_key.map_or(1, |k| k + 1));
+        let floor = read_meta(&*engine, keys::META_FLOOR)?.unwrap_or(1);
+        let log_bytes = read_meta(&*engine, keys::META_LOG_BYTES)?.unwrap_or(0);
+        let last_time_us = read_meta(&*engine, keys::META_LAST_TIME)?.unwrap_or(0);
+        let (anycast, recording) = {
+            let snap = engine.snapshot();
+            (Anycast::load(&*snap)?, Recording::load(&*snap)?)
         };
-        let next_seq = read_meta(&db, meta, keys::META_NEXT_SEQ)?.unwrap_or(1).max(last_key.map_or(1, |k| k + 1));
-        let floor = read_meta(&db, meta, keys::META_FLOOR)?.unwrap_or(1);
-        let log_bytes = read_meta(&db, meta, keys::META_LOG_BYTES)?.unwrap_or(0);
-        let last_time_us = read_meta(&db, meta, keys::META_LAST_TIME)?.unwrap_or(0);
-        let (durable, _) = watch::channel(next_seq - 1);
-        let shared = Arc::new(Shared {
-            db,
-            site: options.site.clone(),
-            durability: options.durability,
-            dedupe_window: options.dedupe_window,
-            durable,
-            floor: AtomicU64::new(floor),
-            poisoned: OnceLock::new(),
-            stats: Stats::default(),
-            history_resume: Mutex::new(None),
-            policy: std::sync::RwLock::new(Arc::default()),
-            monitor_states: std::sync::RwLock::default(),
-            #[cfg(test)]
-            fail_next_write: std::sync::atomic::AtomicBool::new(false),
-            #[cfg(test)]
-            writer_gate: Mutex::new(()),
-        });
+        let path = engine.path().map(Path::to_path_buf).unwrap_or_default();
+        let shared =
+            Arc::new(Shared::new(engine, clock, options.site.clone(), options.dedupe_window, next_seq - 1, floor));
+        shared.set_monitor_states(recording.states());
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_REQUESTS_MAX);
-        let anycast = crate::anycast::Anycast::load(&shared)?;
-        let recording = crate::recording::Recording::load(&shared)?;
-        shared.set_monitor_states(&recording);
-        let writer = Writer::new(shared.clone(), next_seq, log_bytes, last_time_us, floor, anycast, recording);
+        let tail = LogTail { next_seq, log_bytes, last_time_us, floor };
+        let writer = Writer::new(shared.clone(), options.durability, WriterState { tail, anycast, recording });
         let writer = std::thread::Builder::new().name("pepper-writer".into()).spawn(move || writer.run(rx))?;
         let retention = match options.retention.is_enabled() {
             true => Some(start_retention(shared.clone(), tx.clone(), options.retention)?),
             false => None,
         };
         tracing::info!(path = %path.display(), next_seq, floor, "store opened");
-        Ok(Store { inner: Arc::new(Inner { shared, path, tx: Some(tx), writer: Some(writer), retention }) })
+        let inner =
+            Inner { shared, path, durability: options.durability, tx: Some(tx), writer: Some(writer), retention };
+        Ok(Store { inner: Arc::new(inner) })
     }
 
-    /// The folder the store lives in.
+    /// The folder the store lives in; empty for an engine without one (in
+    /// memory).
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
@@ -276,20 +193,27 @@ impl Store {
         &self.inner.shared.site
     }
 
+    /// The time now on the store's clock, in microseconds since the Unix
+    /// epoch: the time its next write group would carry (unless the log's
+    /// last time is later).
+    pub fn now_us(&self) -> u64 {
+        self.inner.shared.clock.now_us()
+    }
+
     /// The last durable sequence number, 0 if the log was never written.
     pub fn last_seq(&self) -> u64 {
-        *self.inner.shared.durable.borrow()
+        self.inner.shared.last_seq()
     }
 
     /// The lowest sequence number retention kept; a feed from below it gets
     /// `Compacted`.
     pub fn earliest_seq(&self) -> u64 {
-        self.inner.shared.floor.load(Ordering::Acquire)
+        self.inner.shared.floor()
     }
 
     /// The durability the store was opened with.
     pub fn durability(&self) -> Durability {
-        self.inner.shared.durability
+        self.inner.durability
     }
 
     /// The writer's counters.
@@ -298,7 +222,8 @@ impl Store {
         StatsSnapshot { groups: s.groups.load(Ordering::Relaxed), records: s.records.load(Ordering::Relaxed) }
     }
 
-    /// Why the store refuses writes, if it does.
+    /// Why the store refuses writes, if it does: a write or sync failed, or
+    /// the writer thread panicked. Reopening the store recovers.
     pub fn poisoned(&self) -> Option<String> {
         self.inner.shared.poison_reason()
     }
@@ -330,9 +255,7 @@ impl Store {
     }
 
     fn sender(&self) -> Result<&mpsc::Sender<Request>> {
-        if let Some(reason) = self.inner.shared.poison_reason() {
-            return Err(Error::Poisoned(reason));
-        }
+        self.inner.shared.check_writable()?;
         self.inner.tx.as_ref().ok_or(Error::Closed)
     }
 
@@ -376,8 +299,7 @@ impl Store {
             seqs.push(seq);
             bodies.push(Body::Event(e));
         }
-        let (req, rx) =
-            self.request(bodies, Some(crate::writer::Origin { site: origin.to_string(), seqs, gap: false }))?;
+        let (req, rx) = self.request(bodies, Some(Origin { site: origin.to_string(), seqs, gap: false }))?;
         self.sender()?.send(req).await.map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
     }
@@ -402,8 +324,7 @@ impl Store {
             return Err(Error::invalid("gap marker", "markers must be events"));
         }
         let seqs = vec![to_seq; markers.len()];
-        let (req, rx) =
-            self.request(markers, Some(crate::writer::Origin { site: origin.to_string(), seqs, gap: true }))?;
+        let (req, rx) = self.request(markers, Some(Origin { site: origin.to_string(), seqs, gap: true }))?;
         self.sender()?.send(req).await.map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
     }
@@ -421,7 +342,7 @@ impl Store {
                 return Err(Error::invalid("recording pattern", format!("{p} and {q} nest; patterns may not")));
             }
         }
-        *self.inner.shared.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(patterns.into_iter().collect());
+        self.inner.shared.set_policy(patterns.into_iter().collect());
         Ok(())
     }
 
@@ -429,12 +350,12 @@ impl Store {
     /// or complete), as of the last committed monitor record. No disk read:
     /// query routing asks it per request.
     pub fn monitor_state(&self, pattern: &str) -> Option<MonitorState> {
-        self.inner.shared.monitor_states.read().unwrap_or_else(|p| p.into_inner()).get(pattern).copied()
+        self.inner.shared.monitor_state(pattern)
     }
 
     /// How many monitors run on this site.
     pub fn monitors_running(&self) -> usize {
-        self.inner.shared.monitor_states.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.inner.shared.monitors_running()
     }
 
     /// Starts a monitor of `pattern` here, importing: clears the subtree's
@@ -503,13 +424,13 @@ impl Store {
     /// safety.
     ///
     /// # Errors
-    /// Write errors.
+    /// `Poisoned` once the store refuses writes; write errors.
     pub fn set_peer_cursor(&self, peer: &str, next: u64) -> Result<()> {
         let shared = &self.inner.shared;
-        let mut opts = rocksdb::WriteOptions::default();
-        opts.set_sync(false);
-        shared.db.put_cf_opt(shared.cf(keys::CF_PEER_CURSORS)?, peer.as_bytes(), next.to_be_bytes(), &opts)?;
-        Ok(())
+        shared.check_writable()?;
+        let mut batch = Batch::new();
+        batch.put(keys::CF_PEER_CURSORS, peer.as_bytes(), next.to_be_bytes());
+        shared.engine.write(&batch, false)
     }
 
     /// The highest sequence number of site `origin` appended here by
@@ -524,7 +445,7 @@ impl Store {
     fn request(
         &self,
         bodies: Vec<Body>,
-        origin: Option<crate::writer::Origin>,
+        origin: Option<Origin>,
     ) -> Result<(Request, oneshot::Receiver<Result<Appended>>)> {
         if bodies.is_empty() {
             return Err(Error::invalid("batch", "an append needs at least one record"));
@@ -594,7 +515,7 @@ impl Store {
     /// # Errors
     /// Whatever `f` returns.
     pub fn read_blocking<T>(&self, f: impl FnOnce(&View<'_>) -> Result<T>) -> Result<T> {
-        let view = View::new(&self.inner.shared)?;
+        let view = View::new(&*self.inner.shared.engine)?;
         f(&view)
     }
 
@@ -608,11 +529,7 @@ impl Store {
 
     /// A change feed from `from_seq` (inclusive), filtered. See [`Feed`].
     pub fn feed(&self, from_seq: u64, filter: Filter) -> Feed {
-        Feed::new(self, from_seq, filter)
-    }
-
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.inner.shared
+        Feed::new(&self.inner.shared, from_seq, filter)
     }
 
     /// Applies the retention policy once, as of `now_us`, on the calling
@@ -622,7 +539,7 @@ impl Store {
     /// # Errors
     /// Read errors while planning, or the writer's refusal.
     pub fn enforce_retention_blocking(&self, policy: &Retention, now_us: u64) -> Result<RetentionReport> {
-        crate::retention::enforce(&self.inner.shared, self.sender()?, policy, now_us)
+        enforce_retention(&self.inner.shared, self.sender()?, policy, now_us)
     }
 
     /// [`Store::enforce_retention_blocking`] on a blocking-pool thread.
@@ -637,7 +554,8 @@ impl Store {
     }
 
     /// Closes the store: waits for queued writes to commit and the background
-    /// threads to stop, then closes RocksDB. Other clones of the handle keep
+    /// threads to stop, then drops its engine (closing RocksDB, unless the
+    /// caller holds the engine too). Other clones of the handle keep
     /// it open until they are dropped too; feeds do not (they end with
     /// `Closed`). It blocks: call it from a blocking context.
     pub fn close(self) {
@@ -656,7 +574,7 @@ fn start_retention(
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             _ => return,
         }
-        match crate::retention::enforce(&shared, &tx, &policy, now_us()) {
+        match enforce_retention(&shared, &tx, &policy, shared.clock.now_us()) {
             Ok(report) if report.is_empty() => {}
             Ok(report) => tracing::info!(?report, "retention trimmed"),
             Err(e) => tracing::warn!(error = %e, "retention pass failed"),
@@ -665,97 +583,60 @@ fn start_retention(
     Ok((stop, handle))
 }
 
-/// Upgrades a format-1 folder: format 2 adds the `event_ids` index, which is
+/// Plans one retention pass and has the writer apply it, blocking the
+/// calling thread.
+fn enforce_retention(
+    shared: &Shared,
+    tx: &mpsc::Sender<Request>,
+    policy: &Retention,
+    now_us: u64,
+) -> Result<RetentionReport> {
+    let (plan, report) = crate::retention::plan(&*shared.engine, &shared.history_resume, policy, now_us)?;
+    if plan.is_empty() {
+        return Ok(report);
+    }
+    let (reply, rx) = oneshot::channel();
+    tx.blocking_send(Request::Trim { plan, reply }).map_err(|_| Error::Closed)?;
+    rx.blocking_recv().map_err(|_| Error::Closed)??;
+    Ok(report)
+}
+
+/// Most index entries one upgrade batch carries; each full batch is
+/// written (unsynced) before the scan goes on, so an upgrade holds at most
+/// this many in memory.
+const MIGRATION_BATCH_OPS_MAX: usize = 10_000;
+
+/// Upgrades a format-1 store: format 2 adds the `event_ids` index, which is
 /// rebuilt from the retained log. It can be interrupted and rerun: the
 /// format byte changes only in the last, synced batch.
-fn migrate_v1(db: &DB) -> Result<()> {
-    let cf = |name: &str| db.cf_handle(name).ok_or_else(|| Error::corruption(name, "column family is missing"));
-    let (log, ids, meta) = (cf(CF_LOG)?, cf(keys::CF_EVENT_IDS)?, cf(CF_META)?);
-    let mut batch = rocksdb::WriteBatch::default();
+fn migrate_v1(engine: &dyn Engine) -> Result<()> {
+    let mut batch = Batch::new();
     let mut indexed = 0u64;
-    for item in db.iterator_cf(log, IteratorMode::Start) {
-        let (_, value) = item?;
-        let record = crate::record::Record::decode(&value)?;
+    engine.scan(CF_LOG, KeyRange::ALL, Direction::Forward, &mut |_, value| {
+        let record = crate::record::Record::decode(value)?;
         match &record.body {
             Body::Event(e) if !e.id.is_empty() => {
-                batch.put_cf(ids, e.id.as_bytes(), keys::event_id_value(record.seq, record.time_us));
+                batch.put(keys::CF_EVENT_IDS, e.id.as_bytes(), keys::event_id_value(record.seq, record.time_us));
                 indexed += 1;
             }
             _ => {}
         }
-        if batch.len() >= 10_000 {
-            db.write(std::mem::take(&mut batch))?;
+        if batch.len() >= MIGRATION_BATCH_OPS_MAX {
+            engine.write(&batch, false)?;
+            batch.clear();
         }
-    }
-    batch.put_cf(meta, keys::META_FORMAT, [FORMAT_VERSION]);
-    let mut opts = rocksdb::WriteOptions::default();
-    opts.set_sync(true);
-    db.write_opt(batch, &opts)?;
+        Ok(true)
+    })?;
+    batch.put(CF_META, keys::META_FORMAT, [FORMAT_VERSION]);
+    engine.write(&batch, true)?;
     tracing::info!(indexed, "upgraded the data folder from format 1 to 2");
     Ok(())
-}
-
-/// How long [`Retention::default`]'s background task sleeps between passes.
-pub const RETENTION_INTERVAL_DEFAULT: Duration = Duration::from_secs(10);
-
-/// Checks a site name: 1 to [`SITE_BYTES_MAX`] bytes, no control
-/// characters, no `/`. The rule for this site's own name, for origins of
-/// received records, and for peers.
-///
-/// # Errors
-/// `InvalidInput` saying which part of the rule the name breaks.
-pub fn validate_site(site: &str) -> Result<()> {
-    if site.is_empty() || site.len() > SITE_BYTES_MAX {
-        return Err(Error::invalid("site", format!("site name must be 1 to {SITE_BYTES_MAX} bytes")));
-    }
-    if site.chars().any(|c| c.is_control() || c == '/') {
-        return Err(Error::invalid("site", "site name may not contain control characters or '/'"));
-    }
-    Ok(())
-}
-
-impl Shared {
-    /// A u64 (big-endian) kept under `key` in family `cf`, if any.
-    pub(crate) fn read_u64(&self, cf: &str, key: &str) -> Result<Option<u64>> {
-        let got = self.db.get_pinned_cf(self.cf(cf)?, key.as_bytes())?;
-        match got.as_deref().map(<[u8; 8]>::try_from) {
-            None => Ok(None),
-            Some(Ok(b)) => Ok(Some(u64::from_be_bytes(b))),
-            Some(Err(_)) => Err(Error::corruption(cf, format!("{key}: not 8 bytes"))),
-        }
-    }
-
-    /// The highest sequence number of site `origin` appended here, 0 if none.
-    pub(crate) fn origin_mark(&self, origin: &str) -> Result<u64> {
-        Ok(self.read_u64(keys::CF_ORIGINS, origin)?.unwrap_or(0))
-    }
-
-    /// A `Shared` over a read-only database, for the offline check.
-    pub(crate) fn read_only(db: DB) -> Shared {
-        let (durable, _) = watch::channel(0);
-        Shared {
-            db,
-            site: String::new(),
-            durability: Durability::Sync,
-            dedupe_window: DEDUPE_WINDOW_DEFAULT,
-            durable,
-            floor: AtomicU64::new(1),
-            poisoned: OnceLock::new(),
-            stats: Stats::default(),
-            history_resume: Mutex::new(None),
-            policy: std::sync::RwLock::new(Arc::default()),
-            monitor_states: std::sync::RwLock::default(),
-            #[cfg(test)]
-            fail_next_write: std::sync::atomic::AtomicBool::new(false),
-            #[cfg(test)]
-            writer_gate: Mutex::new(()),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::fault::{Fault, FaultEngine};
     use crate::record::{Party, TupleSet};
 
     fn tuple(value: &str) -> Body {
@@ -782,22 +663,38 @@ mod tests {
         })
     }
 
-    /// Sends `bodies` as separate appends that the writer takes as one
-    /// group, and returns where their answers arrive.
-    fn one_group(store: &Store, bodies: Vec<Vec<Body>>) -> Vec<oneshot::Receiver<Result<Appended>>> {
-        let gate = store.inner.shared.writer_gate.lock().unwrap_or_else(|p| p.into_inner());
-        let mut replies = Vec::new();
-        for b in bodies {
-            let (req, rx) = store.request(b, None).expect("request");
-            store.sender().expect("sender").blocking_send(req).expect("send");
-            replies.push(rx);
-        }
-        drop(gate);
-        replies
+    /// A store on RocksDB in `dir`, behind a fault engine the test keeps.
+    /// Drop both before opening the folder again.
+    fn open_faulty(dir: &Path) -> (Store, Arc<FaultEngine>) {
+        let faults = Arc::new(FaultEngine::new(Arc::new(RocksEngine::open(dir).expect("open rocksdb"))));
+        let store = Store::open_with(faults.clone(), Arc::new(SystemClock), Options::new("s")).expect("open");
+        (store, faults)
     }
 
     fn answer(rx: oneshot::Receiver<Result<Appended>>) -> Result<Appended> {
         rx.blocking_recv().unwrap_or(Err(Error::Closed))
+    }
+
+    /// Sends `bodies` as separate appends that the writer takes as one
+    /// group, and returns where their answers arrive. The writer is held in
+    /// the write of a group before them (one tuple record) while they queue.
+    fn one_group(
+        store: &Store,
+        faults: &FaultEngine,
+        bodies: Vec<Vec<Body>>,
+    ) -> Vec<oneshot::Receiver<Result<Appended>>> {
+        let send = |b: Vec<Body>| {
+            let (req, rx) = store.request(b, None).expect("request");
+            store.sender().expect("sender").blocking_send(req).expect("send");
+            rx
+        };
+        let hold = faults.hold_next_write();
+        let before = send(vec![tuple("before")]);
+        hold.wait_until_held();
+        let replies = bodies.into_iter().map(send).collect();
+        hold.release();
+        answer(before).expect("the group before");
+        replies
     }
 
     /// A retry that lands in the original's group is answered with the
@@ -806,9 +703,9 @@ mod tests {
     #[test]
     fn a_replay_in_the_originals_group_is_answered_only_once_durable() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), Options::new("s")).expect("open");
+        let (store, faults) = open_faulty(dir.path());
         let durable = store.inner.shared.durable.subscribe();
-        let mut replies = one_group(&store, vec![vec![event("dup1")], vec![event("dup1")]]);
+        let mut replies = one_group(&store, &faults, vec![vec![event("dup1")], vec![event("dup1")]]);
         // The replay's answer first, and the durable seq the moment it came.
         let replay = answer(replies.remove(1)).expect("replay");
         let durable_then = *durable.borrow();
@@ -816,7 +713,8 @@ mod tests {
         assert!(!original.replayed && replay.replayed);
         assert_eq!((replay.first, replay.last), (original.first, original.last));
         assert!(durable_then >= replay.last, "answered before its original was durable");
-        assert_eq!(store.last_seq(), 1, "logged once");
+        assert_eq!(store.last_seq(), 2, "the group before, and the event logged once");
+        assert_eq!(store.stats().groups, 2, "the two appends shared one group");
     }
 
     /// When the group's write fails, the retry in it fails too: it may not
@@ -824,24 +722,27 @@ mod tests {
     #[test]
     fn a_replay_in_a_failed_group_fails_with_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), Options::new("s")).expect("open");
-        store.inner.shared.fail_next_write.store(true, Ordering::Release);
-        let answers: Vec<_> =
-            one_group(&store, vec![vec![event("dup1")], vec![event("dup1")]]).into_iter().map(answer).collect();
+        let (store, faults) = open_faulty(dir.path());
+        // The group before is the first write; the one under test fails.
+        faults.arm(Fault::FailWrite(2));
+        let answers: Vec<_> = one_group(&store, &faults, vec![vec![event("dup1")], vec![event("dup1")]])
+            .into_iter()
+            .map(answer)
+            .collect();
         for a in &answers {
             assert!(matches!(a, Err(Error::Poisoned(_))), "{a:?}");
         }
         store.close();
+        drop(faults);
         let store = Store::open(dir.path(), Options::new("s")).expect("reopen");
-        assert_eq!(store.last_seq(), 0, "nothing was written");
+        assert_eq!(store.last_seq(), 1, "only the group before was written");
         let again = store.append_blocking(vec![event("dup1")]).expect("after reopen");
         assert!(!again.replayed, "the id was never logged");
     }
 
     #[test]
     fn a_batch_that_carries_one_id_twice_is_refused_naming_it() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), Options::new("s")).expect("open");
+        let store = Store::open_memory(Options::new("s")).expect("open");
         let err = store.append_blocking(vec![event("dup1"), event("other"), event("dup1")]).expect_err("twice");
         assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
         assert!(err.to_string().contains("dup1"), "{err}");
@@ -851,21 +752,43 @@ mod tests {
     #[test]
     fn a_failed_wal_write_poisons_the_store_until_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), Options::new("s")).expect("open");
+        let (store, faults) = open_faulty(dir.path());
         store.append_blocking(vec![tuple("1")]).expect("first append");
-        store.inner.shared.fail_next_write.store(true, Ordering::Release);
+        faults.arm(Fault::FailWrite(1));
         let err = store.append_blocking(vec![tuple("2")]).expect_err("the injected failure must surface");
         assert!(matches!(err, Error::Poisoned(_)), "{err}");
-        // Every later write is refused, though the WAL would work again.
+        // Every later write is refused, the peer cursor's too.
         let err = store.append_blocking(vec![tuple("3")]).expect_err("poisoned");
         assert!(matches!(err, Error::Poisoned(ref r) if r.contains("injected")), "{err}");
+        assert!(matches!(store.set_peer_cursor("p", 1), Err(Error::Poisoned(_))));
         assert!(store.poisoned().is_some());
         // Reads still work, and show only what was acknowledged.
         let t = store.read_blocking(|v| v.tuple("/a/", "f")).expect("read").expect("tuple");
         assert_eq!((t.value.as_str(), store.last_seq()), ("1", 1));
         store.close();
+        drop(faults);
         let store = Store::open(dir.path(), Options::new("s")).expect("reopen");
         assert_eq!(store.poisoned(), None);
         assert_eq!(store.append_blocking(vec![tuple("4")]).expect("after reopen").first, 2);
+    }
+
+    /// A panic while a group is built or written poisons the store, and
+    /// every caller waiting in that group hears `Poisoned`, not `Closed`.
+    #[test]
+    fn a_panic_in_a_group_answers_each_waiting_caller_with_poisoned() {
+        let memory = Arc::new(MemoryEngine::new());
+        let faults = Arc::new(FaultEngine::new(memory.clone()));
+        let store = Store::open_with(faults.clone(), Arc::new(SystemClock), Options::new("s")).expect("open");
+        faults.arm(Fault::Panic(2));
+        let answers: Vec<_> = one_group(&store, &faults, vec![vec![tuple("a")], vec![tuple("b")], vec![event("e")]])
+            .into_iter()
+            .map(answer)
+            .collect();
+        for a in &answers {
+            assert!(matches!(a, Err(Error::Poisoned(r)) if r.contains("panicked")), "{a:?}");
+        }
+        assert!(store.poisoned().is_some_and(|r| r.contains("injected panic")));
+        assert!(matches!(store.append_blocking(vec![tuple("c")]), Err(Error::Poisoned(_))));
+        assert_eq!(store.last_seq(), 1, "only the group before");
     }
 }

@@ -168,18 +168,18 @@ pub fn body(b: &Body) -> Result<()> {
         Body::DocPut(d) => doc_key(&d.key),
         Body::DocDelete(d) => doc_key(&d.key),
         Body::ModelClass(c) => {
-            crate::models::check_part("namespace", &c.namespace)?;
-            crate::models::check_part("class", &c.name)
+            model_part("namespace", &c.namespace)?;
+            model_part("class", &c.name)
         }
         Body::ModelPut(p) => {
-            crate::models::check_part("namespace", &p.namespace)?;
-            crate::models::check_part("class", &p.class)?;
-            crate::models::check_part("instance identity", &p.identity)?;
-            p.refs.iter().try_for_each(|r| crate::models::check_part("reference", r))
+            model_part("namespace", &p.namespace)?;
+            model_part("class", &p.class)?;
+            model_part("instance identity", &p.identity)?;
+            p.refs.iter().try_for_each(|r| model_part("reference", r))
         }
         Body::ModelDelete(d) => {
-            crate::models::check_part("namespace", &d.namespace)?;
-            crate::models::check_part("instance identity", &d.identity)
+            model_part("namespace", &d.namespace)?;
+            model_part("instance identity", &d.identity)
         }
         Body::TupleExpire(t) | Body::TupleDelete(t) => {
             existing_channel(&t.channel)?;
@@ -197,10 +197,10 @@ pub fn body(b: &Body) -> Result<()> {
                 return Err(Error::TooLarge { what: "monitor marks", size: m.marks.len(), max: MONITOR_MARKS_MAX });
             }
             for (site, _) in &m.marks {
-                crate::store::validate_site(site)?;
+                validate_site(site)?;
             }
             if !m.source.is_empty() {
-                crate::store::validate_site(&m.source)?;
+                validate_site(&m.source)?;
             }
             bounded("monitor reason", &m.reason, MONITOR_REASON_BYTES_MAX)
         }
@@ -216,6 +216,31 @@ pub fn monitor_pattern(p: &str) -> Result<()> {
     channel("recording pattern", p)?;
     if !p.ends_with('/') {
         return Err(Error::invalid("recording pattern", "must name a subtree: end it with '/'"));
+    }
+    Ok(())
+}
+
+/// Checks a site name: 1 to [`SITE_BYTES_MAX`] bytes, no control
+/// characters, no `/`. The rule for this site's own name, for origins of
+/// received records, and for peers.
+///
+/// # Errors
+/// `InvalidInput` saying which part of the rule the name breaks.
+pub fn validate_site(site: &str) -> Result<()> {
+    if site.is_empty() || site.len() > SITE_BYTES_MAX {
+        return Err(Error::invalid("site", format!("site name must be 1 to {SITE_BYTES_MAX} bytes")));
+    }
+    if site.chars().any(|c| c.is_control() || c == '/') {
+        return Err(Error::invalid("site", "site name may not contain control characters or '/'"));
+    }
+    Ok(())
+}
+
+/// Checks a part of a model key (namespace, identity, class name, reference):
+/// non-empty and free of the `00` byte that separates key parts.
+fn model_part(what: &'static str, s: &str) -> Result<()> {
+    if s.is_empty() || s.bytes().any(|b| b == 0) {
+        return Err(Error::invalid(what, "must be non-empty and contain no NUL byte"));
     }
     Ok(())
 }

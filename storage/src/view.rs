@@ -1,15 +1,14 @@
 //! Snapshot reads of the materialized views.
 //!
-//! A [`View`] wraps one RocksDB snapshot. Every read through it sees the same
-//! state, and [`View::seq`] names the sequence number that state reflects:
+//! A [`View`] wraps one engine snapshot ([`crate::Engine::snapshot`]). Every
+//! read through it sees the same state, and [`View::seq`] names the sequence number that state reflects:
 //! the `next_seq` counter is written in the same batch as the records, so
 //! reading it from the snapshot gives exactly the last record the snapshot
 //! contains. A view never waits for the writer and never blocks it.
 
-use rocksdb::{ReadOptions, SnapshotWithThreadMode, DB};
-
+use crate::engine::{Direction, Engine, KeyRange, Reader};
 use crate::error::{Error, Result};
-use crate::feed::Filter;
+use crate::filter::Filter;
 use crate::keys::{self, CF_DOCS, CF_HISTORY, CF_LEASES, CF_LOG, CF_META, CF_TOMBSTONES, CF_TUPLES};
 use crate::limits::{READ_ROWS_MAX, SCAN_BYTES_MAX};
 use crate::record::Record;
@@ -17,7 +16,6 @@ use crate::rows::{
     decode_row, Doc, DocRow, HistoryEntry, HistoryRow, Lease, ModelClassRow, ModelInstanceRow, ModelVersion,
     MonitorRow, Tombstone, TombstoneRow, Tuple, TupleRow,
 };
-use crate::store::Shared;
 
 /// A log record with its stored bytes, crc included.
 pub type Frame = (Record, Vec<u8>);
@@ -88,8 +86,7 @@ impl HasTupleKey for Tombstone {
 
 /// A consistent, read-only view of the store at one sequence number.
 pub struct View<'a> {
-    shared: &'a Shared,
-    snap: SnapshotWithThreadMode<'a, DB>,
+    snap: Box<dyn Reader + 'a>,
     seq: u64,
     floor: u64,
 }
@@ -105,18 +102,17 @@ fn limit_ok(limit: usize) -> Result<usize> {
 }
 
 impl<'a> View<'a> {
-    pub(crate) fn new(shared: &'a Shared) -> Result<View<'a>> {
-        let snap = shared.db.snapshot();
-        let meta = shared.cf(CF_META)?;
+    pub(crate) fn new(engine: &'a dyn Engine) -> Result<View<'a>> {
+        let snap = engine.snapshot();
         let read = |key: &[u8]| -> Result<Option<u64>> {
-            match snap.get_pinned_cf(meta, key)? {
+            match snap.get(CF_META, key)? {
                 Some(v) => Ok(Some(keys::decode_u64(&v).ok_or_else(|| Error::corruption("meta", "not a u64"))?)),
                 None => Ok(None),
             }
         };
         let seq = read(keys::META_NEXT_SEQ)?.map_or(0, |n| n - 1);
         let floor = read(keys::META_FLOOR)?.unwrap_or(1);
-        Ok(View { shared, snap, seq, floor })
+        Ok(View { snap, seq, floor })
     }
 
     /// The sequence number of the last record this view reflects (0 if none).
@@ -129,18 +125,9 @@ impl<'a> View<'a> {
         self.floor
     }
 
-    /// Read options bound to this view's snapshot, with checksums verified.
-    pub(crate) fn opts(&self, lower: Option<Vec<u8>>, upper: Option<Vec<u8>>) -> ReadOptions {
-        let mut o = ReadOptions::default();
-        o.set_snapshot(&self.snap);
-        o.set_verify_checksums(true);
-        if let Some(l) = lower {
-            o.set_iterate_lower_bound(l);
-        }
-        if let Some(u) = upper {
-            o.set_iterate_upper_bound(u);
-        }
-        o
+    /// The snapshot itself, for reads the view has no method for.
+    pub(crate) fn reader(&self) -> &dyn Reader {
+        &*self.snap
     }
 
     /// Tombstones with a lower sequence number may have been trimmed by
@@ -150,7 +137,7 @@ impl<'a> View<'a> {
     /// # Errors
     /// `Corruption` if the counter is malformed.
     pub fn tombstone_floor(&self) -> Result<u64> {
-        match self.snap.get_pinned_cf(self.shared.cf(CF_META)?, keys::META_TOMBSTONE_FLOOR)? {
+        match self.snap.get(CF_META, keys::META_TOMBSTONE_FLOOR)? {
             Some(v) => keys::decode_u64(&v).ok_or_else(|| Error::corruption("meta tombstone_floor", "not a u64")),
             None => Ok(0),
         }
@@ -159,10 +146,10 @@ impl<'a> View<'a> {
     /// The latest value of one tuple.
     ///
     /// # Errors
-    /// `Corruption` if the row does not decode; `Rocks` on read errors.
+    /// `Corruption` if the row does not decode; the engine's read errors.
     pub fn tuple(&self, channel: &str, field: &str) -> Result<Option<Tuple>> {
         let key = keys::tuple_key(channel, field);
-        match self.snap.get_pinned_cf(self.shared.cf(CF_TUPLES)?, &key)? {
+        match self.snap.get(CF_TUPLES, &key)? {
             Some(bytes) => Ok(Some(Tuple::from_row(channel, field, decode_row::<TupleRow>("tuple", &key, &bytes)?))),
             None => Ok(None),
         }
@@ -218,34 +205,32 @@ impl<'a> View<'a> {
         decode: impl Fn(&str, &str, &[u8], &[u8]) -> Result<T>,
     ) -> Result<Page<T, TupleCursor>> {
         let limit = limit_ok(limit)?;
-        let prefix = channel_prefix.as_bytes().to_vec();
-        let upper = keys::prefix_end(&prefix);
-        let mut it = self.snap.raw_iterator_cf_opt(self.shared.cf(cf)?, self.opts(Some(prefix.clone()), upper));
-        match after {
-            Some(c) => {
-                let mut start = keys::tuple_key(&c.channel, &c.field);
-                start.push(0); // strictly after the cursor
-                it.seek(start);
-            }
-            None => it.seek(&prefix),
-        }
+        let prefix = channel_prefix.as_bytes();
+        let upper = keys::prefix_end(prefix);
+        // Strictly after the cursor.
+        let start = after.map(|c| {
+            let mut start = keys::tuple_key(&c.channel, &c.field);
+            start.push(0);
+            start
+        });
+        let from = start.as_deref().filter(|s| *s > prefix).unwrap_or(prefix);
         let mut items = Vec::new();
-        while it.valid() {
-            let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+        let mut more = false;
+        self.snap.scan(cf, KeyRange::new(from, upper.as_deref()), Direction::Forward, &mut |key, value| {
             if items.len() == limit {
-                let next = items.last().map(|t: &T| {
-                    let (channel, field) = t.tuple_key();
-                    TupleCursor { channel: channel.to_string(), field: field.to_string() }
-                });
-                return Ok(Page { items, next });
+                more = true;
+                return Ok(false);
             }
             let (channel, field) =
                 keys::split_tuple_key(key).ok_or_else(|| Error::corruption(cf, "key without separator"))?;
             items.push(decode(channel, field, key, value)?);
-            it.next();
-        }
-        it.status()?;
-        Ok(Page { items, next: None })
+            Ok(true)
+        })?;
+        let next = items.last().filter(|_| more).map(|t: &T| {
+            let (channel, field) = t.tuple_key();
+            TupleCursor { channel: channel.to_string(), field: field.to_string() }
+        });
+        Ok(Page { items, next })
     }
 
     /// A range of one tuple's history.
@@ -262,14 +247,12 @@ impl<'a> View<'a> {
             Some(end) => keys::history_key(channel, field, end),
             None => keys::prefix_end(&keys::history_prefix(channel, field)).unwrap_or_default(),
         };
-        let mut it = self.snap.raw_iterator_cf_opt(self.shared.cf(CF_HISTORY)?, self.opts(Some(lower), Some(upper)));
-        match range.order {
-            Order::Asc => it.seek_to_first(),
-            Order::Desc => it.seek_to_last(),
-        }
+        let direction = match range.order {
+            Order::Asc => Direction::Forward,
+            Order::Desc => Direction::Backward,
+        };
         let mut out = Vec::new();
-        while it.valid() && out.len() < limit {
-            let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+        self.snap.scan(CF_HISTORY, KeyRange::new(&lower, Some(&upper)), direction, &mut |key, value| {
             let (_, _, seq) =
                 keys::split_history_key(key).ok_or_else(|| Error::corruption("history", "malformed key"))?;
             let row: HistoryRow = decode_row("history", key, value)?;
@@ -280,12 +263,8 @@ impl<'a> View<'a> {
                 expires_at_us: row.expires_at_us,
                 source: row.source,
             });
-            match range.order {
-                Order::Asc => it.next(),
-                Order::Desc => it.prev(),
-            }
-        }
-        it.status()?;
+            Ok(out.len() < limit)
+        })?;
         Ok(out)
     }
 
@@ -372,20 +351,8 @@ impl<'a> View<'a> {
         mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
     ) -> Result<()> {
         let upper = keys::prefix_end(prefix);
-        let mut it = self.snap.raw_iterator_cf_opt(self.shared.cf(cf)?, self.opts(Some(prefix.to_vec()), upper));
-        match start {
-            Some(s) if s > prefix => it.seek(s),
-            _ => it.seek(prefix),
-        }
-        while it.valid() {
-            let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
-            if !f(key, value)? {
-                break;
-            }
-            it.next();
-        }
-        it.status()?;
-        Ok(())
+        let from = start.filter(|s| *s > prefix).unwrap_or(prefix);
+        self.snap.scan(cf, KeyRange::new(from, upper.as_deref()), Direction::Forward, &mut f)
     }
 
     /// The classes defined in namespace `ns` (by lowercase name).
@@ -426,7 +393,7 @@ impl<'a> View<'a> {
     /// `Corruption` for a bad row.
     pub fn model_instance(&self, ns: &str, identity: &str) -> Result<Option<ModelInstanceRow>> {
         let key = keys::joined(&[ns, identity]);
-        match self.snap.get_pinned_cf(self.shared.cf(keys::CF_MODEL_INSTANCES)?, &key)? {
+        match self.snap.get(keys::CF_MODEL_INSTANCES, &key)? {
             Some(bytes) => Ok(Some(decode_row("model instance", &key, &bytes)?)),
             None => Ok(None),
         }
@@ -509,7 +476,7 @@ impl<'a> View<'a> {
     /// The identities of the instances in `ns` that refer to `target`.
     ///
     /// # Errors
-    /// `Rocks` on read errors.
+    /// The engine's read errors.
     pub fn model_referrers(&self, ns: &str, target: &str) -> Result<Vec<String>> {
         let mut prefix = keys::joined(&[ns, target]);
         prefix.push(keys::SEP);
@@ -557,15 +524,11 @@ impl<'a> View<'a> {
     /// # Errors
     /// `Corruption` for bad rows.
     pub fn leases(&self) -> Result<Vec<Lease>> {
-        let mut it = self.snap.raw_iterator_cf_opt(self.shared.cf(CF_LEASES)?, self.opts(None, None));
-        it.seek_to_first();
         let mut out = Vec::new();
-        while it.valid() {
-            let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+        self.snap.scan(CF_LEASES, KeyRange::ALL, Direction::Forward, &mut |key, value| {
             out.push(crate::rows::decode_lease_row(key, value)?);
-            it.next();
-        }
-        it.status()?;
+            Ok(true)
+        })?;
         Ok(out)
     }
 
@@ -574,7 +537,7 @@ impl<'a> View<'a> {
     /// # Errors
     /// `Corruption` for a bad row.
     pub fn lease(&self, id: &str) -> Result<Option<Lease>> {
-        match self.snap.get_pinned_cf(self.shared.cf(CF_LEASES)?, id.as_bytes())? {
+        match self.snap.get(CF_LEASES, id.as_bytes())? {
             Some(bytes) => Ok(Some(crate::rows::decode_lease_row(id.as_bytes(), &bytes)?)),
             None => Ok(None),
         }
@@ -585,7 +548,7 @@ impl<'a> View<'a> {
     /// # Errors
     /// `Corruption` for a bad row.
     pub fn doc(&self, key: &str) -> Result<Option<Doc>> {
-        match self.snap.get_pinned_cf(self.shared.cf(CF_DOCS)?, key.as_bytes())? {
+        match self.snap.get(CF_DOCS, key.as_bytes())? {
             Some(bytes) => {
                 let row: DocRow = decode_row("doc", key.as_bytes(), &bytes)?;
                 Ok(Some(Doc { key: key.to_string(), value: row.value, seq: row.seq, time_us: row.time_us }))
@@ -601,31 +564,29 @@ impl<'a> View<'a> {
     /// `InvalidInput`/`TooLarge` for a bad limit; `Corruption` for bad rows.
     pub fn docs(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page<Doc, String>> {
         let limit = limit_ok(limit)?;
-        let lower = prefix.as_bytes().to_vec();
-        let upper = keys::prefix_end(&lower);
-        let mut it = self.snap.raw_iterator_cf_opt(self.shared.cf(CF_DOCS)?, self.opts(Some(lower.clone()), upper));
-        match after {
-            Some(a) => {
-                let mut start = a.as_bytes().to_vec();
-                start.push(0);
-                it.seek(start);
-            }
-            None => it.seek(&lower),
-        }
+        let lower = prefix.as_bytes();
+        let upper = keys::prefix_end(lower);
+        // Strictly after the cursor.
+        let start = after.map(|a| {
+            let mut start = a.as_bytes().to_vec();
+            start.push(0);
+            start
+        });
+        let from = start.as_deref().filter(|s| *s > lower).unwrap_or(lower);
         let mut items: Vec<Doc> = Vec::new();
-        while it.valid() {
-            let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+        let mut more = false;
+        self.snap.scan(CF_DOCS, KeyRange::new(from, upper.as_deref()), Direction::Forward, &mut |key, value| {
             if items.len() == limit {
-                let next = items.last().map(|d| d.key.clone());
-                return Ok(Page { items, next });
+                more = true;
+                return Ok(false);
             }
             let row: DocRow = decode_row("doc", key, value)?;
             let key = String::from_utf8(key.to_vec()).map_err(|_| Error::corruption("docs", "key is not UTF-8"))?;
             items.push(Doc { key, value: row.value, seq: row.seq, time_us: row.time_us });
-            it.next();
-        }
-        it.status()?;
-        Ok(Page { items, next: None })
+            Ok(true)
+        })?;
+        let next = items.last().filter(|_| more).map(|d| d.key.clone());
+        Ok(Page { items, next })
     }
 
     /// Log records from `from_seq` up to `to_seq` (inclusive), at most
@@ -725,14 +686,10 @@ impl<'a> View<'a> {
         if from_seq > to_seq {
             return Ok(from_seq);
         }
-        let upper = keys::log_key(to_seq + 1).to_vec();
-        let mut o = self.opts(Some(keys::log_key(from_seq).to_vec()), Some(upper));
-        o.set_readahead_size(2 * 1024 * 1024);
-        let mut it = self.snap.raw_iterator_cf_opt(self.shared.cf(CF_LOG)?, o);
-        it.seek_to_first();
+        let (lower, upper) = (keys::log_key(from_seq), keys::log_key(to_seq + 1));
         let mut expect = from_seq;
-        while it.valid() {
-            let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+        let mut stopped = false;
+        self.snap.scan(CF_LOG, KeyRange::new(&lower, Some(&upper)), Direction::Forward, &mut |key, value| {
             let seq = keys::decode_u64(key).ok_or_else(|| Error::corruption("log", "key is not a u64"))?;
             if seq != expect {
                 return Err(Error::corruption(
@@ -745,13 +702,10 @@ impl<'a> View<'a> {
                 return Err(Error::corruption(format!("seq {seq}"), format!("record says it is seq {}", rec.seq)));
             }
             expect += 1;
-            if !f(rec, value)? {
-                return Ok(expect);
-            }
-            it.next();
-        }
-        it.status()?;
-        if expect != to_seq + 1 {
+            stopped = !f(rec, value)?;
+            Ok(!stopped)
+        })?;
+        if !stopped && expect != to_seq + 1 {
             return Err(Error::corruption(
                 format!("seq {expect}"),
                 format!("log ends before {to_seq}, which the snapshot covers"),

@@ -138,34 +138,49 @@ fn compare(store: &Store, model: &Model) {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
+    /// The same steps on RocksDB and on the memory engine: both match the
+    /// model, so they match each other.
     #[test]
     fn store_matches_a_btreemap_model(steps in prop::collection::vec(step(), 1..60)) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = open(dir.path());
+        let backings = Backing::each();
+        let mut stores: Vec<Store> = backings.iter().map(Backing::open).collect();
         let mut model = Model { next_seq: 1, ..Model::default() };
         for step in steps {
             match step {
                 Step::Append(ops) => {
-                    let result = store.append_blocking(ops.iter().map(body).collect());
-                    match model.apply(&ops) {
-                        Some(next) => {
-                            let a = result.unwrap();
-                            prop_assert_eq!((a.first, a.last), (model.next_seq, next.next_seq - 1));
-                            model = next;
+                    let next = model.apply(&ops);
+                    for (store, backing) in stores.iter().zip(&backings) {
+                        let result = store.append_blocking(ops.iter().map(body).collect());
+                        match &next {
+                            Some(next) => {
+                                let a = result.unwrap();
+                                prop_assert_eq!((a.first, a.last), (model.next_seq, next.next_seq - 1), "{}", backing.name());
+                            }
+                            None => prop_assert!(result.unwrap_err().is_bad_input(), "{}", backing.name()),
                         }
-                        None => prop_assert!(result.unwrap_err().is_bad_input()),
+                    }
+                    if let Some(next) = next {
+                        model = next;
                     }
                 }
                 Step::Reopen => {
-                    compare(&store, &model);
-                    store.close();
-                    store = open(dir.path());
+                    stores = stores
+                        .into_iter()
+                        .zip(&backings)
+                        .map(|(store, backing)| {
+                            compare(&store, &model);
+                            store.close();
+                            backing.open()
+                        })
+                        .collect();
                 }
             }
         }
-        compare(&store, &model);
-        store.close();
-        let report = check(dir.path()).unwrap();
-        prop_assert!(report.is_ok(), "{}", report);
+        for (store, backing) in stores.into_iter().zip(&backings) {
+            compare(&store, &model);
+            store.close();
+            let report = backing.check();
+            prop_assert!(report.is_ok(), "{}: {}", backing.name(), report);
+        }
     }
 }
