@@ -236,4 +236,35 @@ mod tests {
         let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024).await.expect("body");
         assert!(String::from_utf8_lossy(&bytes).contains("snapshots"));
     }
+
+    /// A panic on the store's writer thread poisons the store, and
+    /// `/v1/health` then answers 503 in the API's error shape, so a load
+    /// balancer takes the site out; the panicking write is not acknowledged.
+    #[tokio::test]
+    async fn a_writer_panic_makes_health_answer_503() {
+        use pepper_storage::{Fault, FaultEngine, MemoryEngine, SystemClock};
+        let faults = Arc::new(FaultEngine::new(Arc::new(MemoryEngine::new())));
+        let store =
+            Store::open_with(faults.clone(), Arc::new(SystemClock), pepper_storage::Options::new("t")).expect("open");
+        let state = AppState::load(store.clone(), ApiConfig::default()).await.expect("state");
+        let health = || Request::get("/v1/health").body(Body::empty()).expect("request");
+        let response = router(state.clone()).oneshot(health()).await.expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+
+        faults.arm(Fault::Panic(1));
+        let request = Request::post("/v1/events")
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"channel": "/a.org/", "type": "t"}"#))
+            .expect("request");
+        let response = router(state.clone()).oneshot(request).await.expect("response");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "the write is not acknowledged");
+        assert!(store.poisoned().is_some());
+
+        let response = router(state).oneshot(health()).await.expect("response");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024).await.expect("body");
+        let err: Value = serde_json::from_slice(&bytes).expect("json");
+        assert!(err["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{err}");
+        assert_eq!(store.last_seq(), 0);
+    }
 }
