@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
-use pepper_router::Pattern;
+use pepper_router::{PeerWants, Wants};
 use pepper_storage::now_us;
 use serde::{Deserialize, Serialize};
 
@@ -48,7 +48,7 @@ pub use crate::wire::frames::{FORWARD_BATCH_BYTES, FORWARD_BATCH_RECORDS, SITES_
 
 // The federation's limits and timings are the router's, which decides
 // with them; they are re-exported where adapter code names them.
-pub(crate) use pepper_router::{BACKOFF_MAX, BACKOFF_MIN, FORWARD_SCAN_MAX, NAME_BYTES_MAX};
+pub(crate) use pepper_router::NAME_BYTES_MAX;
 pub use pepper_router::{
     DOWN_AFTER_HEARTBEATS, HEARTBEAT_DEFAULT, INTERESTS_MAX, INTEREST_PUSH_WAIT, PEERS_MAX, SUSPECT_AFTER_HEARTBEATS,
 };
@@ -140,11 +140,6 @@ pub struct Announce {
     pub peers: Vec<PeerInfo>,
 }
 
-/// A peer's interests, parsed, in a routing trie: each pattern maps to its
-/// types (empty means all), so matching a record is O(channel depth)
-/// whatever the number of interests.
-type Wants = Arc<pepper_router::Trie<Vec<String>>>;
-
 /// A peer as federated queries see it.
 #[derive(Clone, Debug)]
 pub(crate) struct PeerSummary {
@@ -166,9 +161,10 @@ pub(crate) struct Peer {
     pub(crate) last_seen_us: Option<u64>,
     /// Heartbeat round trip, smoothed.
     pub(crate) rtt_ms: Option<f64>,
-    /// Its interests, parsed; `None` until it has told us this run, and the
-    /// forwarder waits until then rather than skip what it might want.
-    pub(crate) interests: Option<Wants>,
+    /// Its interests, parsed, for its forwarder; `None` until it has told
+    /// us this run, and the forwarder waits until then rather than skip
+    /// what it might want.
+    pub(crate) wants: tokio::sync::watch::Sender<Option<PeerWants>>,
     /// The sender's version of `interests` (0: none yet).
     pub(crate) interests_version: u64,
     /// The run of the peer those interests came from.
@@ -176,9 +172,6 @@ pub(crate) struct Peer {
     /// The peer refuses what the forwarder sends (4xx): forwarding to it
     /// is stuck until an operator looks.
     pub(crate) stalled: bool,
-    /// Bumped here whenever `interests` change, so a forwarder can tell
-    /// that they changed while it was reading the log.
-    pub(crate) interests_changes: u64,
     /// The last sequence number of its log it announced.
     pub(crate) head_seq: u64,
     /// The first sequence number its log holds, as it last announced (0:
@@ -203,11 +196,10 @@ impl Peer {
             last_seen: None,
             last_seen_us: None,
             rtt_ms: None,
-            interests: None,
+            wants: tokio::sync::watch::Sender::new(None),
             interests_version: 0,
             incarnation: 0,
             stalled: false,
-            interests_changes: 0,
             head_seq: 0,
             earliest_seq: 0,
             cursor: None,
@@ -415,11 +407,12 @@ impl Federation {
         if a.interests.len() > INTERESTS_MAX {
             return Err(format!("{} interests, over the limit of {INTERESTS_MAX}", a.interests.len()));
         }
-        let mut interests = pepper_router::Trie::new();
-        for i in &a.interests {
-            let pattern = Pattern::parse(&i.pattern).map_err(|e| e.to_string())?;
-            interests.insert(&pattern, i.types.clone());
-        }
+        let interests: Vec<pepper_router::Interest> = a
+            .interests
+            .iter()
+            .map(|i| pepper_router::Interest { pattern: i.pattern.clone(), types: i.types.clone() })
+            .collect();
+        let wants = Wants::parse(&interests).map_err(|e| e.to_string())?;
         let mut peers = write(&self.peers);
         if !peers.contains_key(&a.name) && peers.len() >= PEERS_MAX {
             return Err(format!("this site already knows {PEERS_MAX} peers, its limit"));
@@ -442,9 +435,9 @@ impl Federation {
         // Version 0: the peer has not computed its interests yet; keep
         // waiting rather than take an empty set for the truth.
         if a.interests_version > p.interests_version {
-            p.interests = Some(Arc::new(interests));
+            let first_cursor = p.first_cursor.unwrap_or(head + 1);
+            p.wants.send_replace(Some(PeerWants { wants: Arc::new(wants), first_cursor }));
             p.interests_version = a.interests_version;
-            p.interests_changes += 1;
         }
         if let Some(rtt) = rtt {
             let ms = rtt.as_secs_f64() * 1e3;
@@ -696,9 +689,7 @@ pub fn loopback_of(addr: std::net::SocketAddr) -> std::net::SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loops::forward::wanted;
     use crate::wire::frames::gap_allowed;
-    use pepper_storage::{Body, Distribution, Event, Party, Record, Target};
 
     fn config(peers: &[(&str, &str)]) -> FederationConfig {
         FederationConfig {
@@ -748,17 +739,10 @@ mod tests {
     /// Which of a few probe channels the peer's interests cover.
     fn interests_of(fed: &Federation, peer: &str) -> Option<Vec<String>> {
         read(&fed.peers).get(peer).and_then(|p| {
-            p.interests.as_ref().map(|trie| {
-                ["/x/", "/y/"]
-                    .into_iter()
-                    .filter(|c| {
-                        let mut hit = false;
-                        trie.for_each_match(&pepper_router::Channel::parse(c).expect("channel"), |_| hit = true);
-                        hit
-                    })
-                    .map(str::to_string)
-                    .collect()
-            })
+            p.wants
+                .borrow()
+                .as_ref()
+                .map(|w| ["/x/", "/y/"].into_iter().filter(|c| w.wants.covers(c, "t")).map(str::to_string).collect())
         })
     }
 
@@ -834,34 +818,6 @@ mod tests {
         let mut known = announce(2, 1, &["/x/"]);
         known.name = "p0".into();
         fed.heard(&known, None, 0).expect("known");
-    }
-
-    #[test]
-    fn only_local_events_the_peer_wants_are_forwarded() {
-        let mut interests = pepper_router::Trie::new();
-        interests.insert(&Pattern::parse("/fleet/*/load/").expect("pattern"), vec!["attribute".to_string()]);
-        interests.insert(&Pattern::parse("/alerts/").expect("pattern"), Vec::new());
-        let record = |origin: &str, channel: &str, ty: &str| Record {
-            seq: 1,
-            time_us: 1,
-            origin: origin.into(),
-            body: Body::Event(Event {
-                id: String::new(),
-                channel: channel.into(),
-                event_type: ty.into(),
-                from: Party::default(),
-                to: Target::default(),
-                distribution: Distribution::All,
-                payload: Vec::new(),
-                assigned: Vec::new(),
-                tuple: None,
-            }),
-        };
-        assert!(wanted("a", &record("a", "/fleet/h1/load/", "attribute"), &interests));
-        assert!(!wanted("a", &record("a", "/fleet/h1/load/", "ping"), &interests), "wrong type");
-        assert!(wanted("a", &record("a", "/alerts/disk/", "anything"), &interests), "any type, subtree");
-        assert!(!wanted("a", &record("b", "/alerts/disk/", "anything"), &interests), "received, not ours");
-        assert!(!wanted("a", &record("a", "/fleet/h1/", "attribute"), &interests), "outside the pattern");
     }
 
     #[test]

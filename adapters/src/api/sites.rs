@@ -29,7 +29,7 @@ pub(crate) async fn sites(State(state): State<AppState>) -> Json<Value> {
                 "seq": p.head_seq,
                 "cursor": p.cursor,
                 "cursor_lag": lag,
-                "interests": p.interests.as_ref().map(|i| i.len()),
+                "interests": p.wants.borrow().as_ref().map(|w| w.wants.len()),
                 "forwarded": p.forwarded,
                 "last_error": p.last_error,
                 "stalled": p.stalled,

@@ -1,224 +1,264 @@
-//! One forwarder per peer: it reads this site's log from the peer's cursor,
-//! keeps the local records the peer's interests cover, sends them in
-//! batches (`wire::frames`), and advances the cursor once the peer has
-//! them; failures back off between [`BACKOFF_MIN`] and [`BACKOFF_MAX`].
-//! A cursor below retention sends a gap marker instead of skipping.
+//! One forwarder per peer: it carries out what `pepper_router::Forwarder`
+//! decides. The machine says which range of this site's log to read, which
+//! records go to the peer, when to send a batch or a gap marker, when to
+//! keep the cursor and how long to back off; this loop reads the log and
+//! the cursor from the store, sends the batches (`wire::frames`), waits
+//! for the log, the clock and the peer's interests, and steps the results
+//! back in.
 
 use std::time::{Duration, Instant};
 
-use pepper_storage::{Body, Record};
+use pepper_router::{Forwarder, ForwarderAction as Action, ForwarderInput as Input, Outgoing};
+use pepper_storage::{Body, Frame, Record};
 use serde_json::Value;
 
 use crate::federation::read;
 use crate::federation::write;
 use crate::federation::Federation;
-use crate::federation::BACKOFF_MAX;
-use crate::federation::BACKOFF_MIN;
-use crate::federation::FORWARD_BATCH_BYTES;
-use crate::federation::FORWARD_BATCH_RECORDS;
-use crate::federation::FORWARD_SCAN_MAX;
 use crate::state::AppState;
 
-/// Whether `record` goes to a peer with `interests`: an event that
-/// originated here, on a channel and of a type the peer wants.
-pub(crate) fn wanted(site: &str, record: &Record, interests: &pepper_router::Trie<Vec<String>>) -> bool {
-    let Body::Event(e) = &record.body else { return false };
-    if record.origin != site {
-        return false;
-    }
-    // Channels in the log were validated when they were written.
-    let Ok(channel) = pepper_router::Channel::parse(&e.channel) else { return false };
-    let mut hit = false;
-    interests.for_each_match(&channel, |types| {
-        hit = hit || types.is_empty() || types.contains(&e.event_type);
-    });
-    hit
-}
-
-/// What the forwarder reads next.
-enum Next {
-    /// The peer's cursor fell below retention: records `from..to` are gone.
-    Gap { from: u64, to: u64 },
-    /// Matching frames, and where to continue after them.
-    Frames(Vec<pepper_storage::Frame>, u64),
+/// What the forwarder waits for once its actions are carried out.
+enum Park {
+    /// Only new interests (or shutdown).
+    Interests,
+    /// The log to reach this sequence number.
+    Seq(u64),
+    /// Its clock to reach this time.
+    At(Duration),
 }
 
 /// The forwarder of one peer; runs until shutdown.
 pub(crate) async fn forward(state: AppState, peer: String) {
     let fed = state.federation.clone();
+    let Some(mut interests) = read(&fed.peers).get(&peer).map(|p| p.wants.subscribe()) else { return };
     let mut stopping = state.stopping();
-    let mut backoff = BACKOFF_MIN;
-    let mut persisted_at = Instant::now();
+    let epoch = Instant::now();
+    let mut f = Forwarder::<Frame>::new(&fed.site, epoch.elapsed());
+    let mut park = Park::Interests;
+    // Interests already known when the forwarder starts.
+    let mut actions: Vec<Action<Frame>> = match interests.borrow_and_update().clone() {
+        Some(w) => f.step(epoch.elapsed(), Input::Interests(w)),
+        None => Vec::new(),
+    };
     loop {
-        if *stopping.borrow() {
-            return;
+        for action in std::mem::take(&mut actions) {
+            if *stopping.borrow() {
+                return;
+            }
+            let input = match carry_out(&state, &peer, &mut park, action).await {
+                Some(Done::Step(input)) => input,
+                Some(Done::Read(input)) => {
+                    // Interests that changed while the log was read may have
+                    // arrived before a record this read filtered with the old
+                    // ones: the machine then reads again.
+                    if interests.has_changed().unwrap_or(false) {
+                        if let Some(w) = interests.borrow_and_update().clone() {
+                            let more = f.step(epoch.elapsed(), Input::Interests(w));
+                            actions.extend(more);
+                        }
+                    }
+                    input
+                }
+                None => continue,
+            };
+            let outcome = outcome_of(&input);
+            let more = f.step(epoch.elapsed(), input);
+            mirror(&fed, &peer, &f, outcome.filter(|_| !more.is_empty()), &more);
+            actions.extend(more);
         }
-        let (interests, changes, url) = match read(&fed.peers).get(&peer) {
-            Some(p) => (p.interests.clone(), p.interests_changes, p.url.clone()),
-            None => return,
-        };
-        // Until the peer has said what it wants this run, send nothing and
-        // skip nothing.
-        let Some(interests) = interests else {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                _ = stopping.wait_for(|s| *s) => return,
-            }
-            continue;
-        };
-        let cursor = match cursor_of(&state, &peer).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(peer = %peer, error = %e, "cannot read the forwarding cursor");
-                tokio::time::sleep(BACKOFF_MAX).await;
-                continue;
-            }
-        };
-        if cursor > state.store.last_seq() {
-            tokio::select! {
-                _ = state.store.wait_for_seq(cursor, Duration::from_secs(1)) => {}
-                _ = stopping.wait_for(|s| *s) => return,
-            }
+        if !actions.is_empty() {
             continue;
         }
-        let site = fed.site.clone();
-        let next = state
-            .store
-            .read(move |v| {
-                if cursor < v.earliest_seq() {
-                    return Ok(Next::Gap { from: cursor, to: v.earliest_seq() });
-                }
-                let (frames, next) =
-                    v.frames(cursor, FORWARD_BATCH_RECORDS, FORWARD_BATCH_BYTES, FORWARD_SCAN_MAX, |r| {
-                        wanted(&site, r, &interests)
-                    })?;
-                Ok(Next::Frames(frames, next))
-            })
-            .await;
-        // Interests that changed while the log was read may have arrived
-        // before a record this read filtered with the old ones: read again.
-        if read(&fed.peers).get(&peer).is_some_and(|p| p.interests_changes != changes) {
-            continue;
-        }
-        let (sent, next_cursor) = match next {
-            Err(e) => (Err(SendError { message: format!("cannot read the log: {e}"), refused: false }), cursor),
-            Ok(Next::Gap { from, to }) => (send(&fed, &url, Some((from, to - 1)), &[]).await.map(|_| 0), to),
-            Ok(Next::Frames(frames, next)) if frames.is_empty() => {
-                // Nothing for this peer in what was scanned: move on, and
-                // keep the cursor now and then (losing it only rescans).
-                let durable = persisted_at.elapsed() >= Duration::from_secs(1);
-                set_cursor(&state, &peer, next, durable).await;
-                if durable {
-                    persisted_at = Instant::now();
-                }
-                continue;
-            }
-            Ok(Next::Frames(frames, next)) => {
-                let n = frames.len() as u64;
-                (send(&fed, &url, None, &frames).await.map(|_| n), next)
-            }
+        let wait_seq = match park {
+            Park::Seq(s) => Some(s),
+            _ => None,
         };
-        match sent {
-            Ok(n) => {
-                set_cursor(&state, &peer, next_cursor, true).await;
-                persisted_at = Instant::now();
-                backoff = BACKOFF_MIN;
-                if let Some(p) = write(&fed.peers).get_mut(&peer) {
-                    p.forwarded += n;
-                    p.last_error = None;
-                    p.stalled = false;
+        let wake_at = match park {
+            Park::At(t) => Some(tokio::time::Instant::from_std(epoch + t)),
+            _ => None,
+        };
+        tokio::select! {
+            _ = stopping.wait_for(|s| *s) => return,
+            changed = interests.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if let Some(w) = interests.borrow_and_update().clone() {
+                    actions = f.step(epoch.elapsed(), Input::Interests(w));
                 }
             }
-            Err(e) => {
-                // A refusal (4xx) will not pass by itself: say so loudly, once,
-                // and keep trying slowly. Skipping the batch would lose it.
-                let first_refusal = e.refused
-                    && write(&fed.peers).get_mut(&peer).is_some_and(|p| !std::mem::replace(&mut p.stalled, true));
-                if first_refusal {
-                    tracing::error!(peer = %peer, error = %e.message, "the peer refuses what this site forwards; forwarding to it is stalled");
-                } else {
-                    tracing::debug!(peer = %peer, error = %e.message, "forwarding failed; retrying");
-                }
-                if let Some(p) = write(&fed.peers).get_mut(&peer) {
-                    p.last_error = Some(format!("forwarding: {}", e.message));
-                }
-                if e.refused {
-                    backoff = BACKOFF_MAX;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stopping.wait_for(|s| *s) => return,
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+            _ = state.store.wait_for_seq(wait_seq.unwrap_or(0), Duration::from_secs(1)), if wait_seq.is_some() => {
+                actions = f.step(epoch.elapsed(), Input::Appended { last_seq: state.store.last_seq() });
+            }
+            _ = tokio::time::sleep_until(wake_at.unwrap_or_else(tokio::time::Instant::now)), if wake_at.is_some() => {
+                park = Park::Interests;
+                actions = f.tick(epoch.elapsed());
             }
         }
     }
 }
 
-/// The next sequence number to forward to `peer`: the cached one, the
-/// durable one, or (first contact) where its interests first arrived, kept
-/// at once.
-async fn cursor_of(state: &AppState, peer: &str) -> Result<u64, pepper_storage::Error> {
-    let (cached, first) = match read(&state.federation.peers).get(peer) {
-        Some(p) => (p.cursor, p.first_cursor),
-        None => (None, None),
-    };
-    if let Some(c) = cached {
-        return Ok(c);
+/// What carrying out an action produced for the machine.
+enum Done {
+    /// A result to step.
+    Step(Input<Frame>),
+    /// The result of a log read, to step after any new interests.
+    Read(Input<Frame>),
+}
+
+/// Whether a stepped result was a send's success or a failure of a read or
+/// send: those set (or clear) the peer's last error.
+#[derive(Clone, Copy)]
+enum Outcome {
+    Succeeded,
+    MaybeFailed,
+}
+
+fn outcome_of(input: &Input<Frame>) -> Option<Outcome> {
+    match input {
+        Input::Sent { .. } => Some(Outcome::Succeeded),
+        Input::Scanned { .. } | Input::Compacted { .. } | Input::ScanFailed { .. } | Input::SendFailed { .. } => {
+            Some(Outcome::MaybeFailed)
+        }
+        _ => None,
     }
+}
+
+/// Copies the machine's status into the registry, where `/v1/sites` and
+/// the supervisor read it. The peer's one last error is shared with the
+/// heartbeat: a send that passes clears it, a failure sets it.
+fn mirror(fed: &Federation, peer: &str, f: &Forwarder<Frame>, outcome: Option<Outcome>, more: &[Action<Frame>]) {
+    let failed = matches!(outcome, Some(Outcome::MaybeFailed)) && more.iter().any(|a| matches!(a, Action::WakeAt(_)));
+    let succeeded = matches!(outcome, Some(Outcome::Succeeded));
+    if failed && !more.iter().any(|a| matches!(a, Action::Stalled { .. })) {
+        tracing::debug!(peer = %peer, error = %f.last_error().unwrap_or(""), "forwarding failed; retrying");
+    }
+    if let Some(p) = write(&fed.peers).get_mut(peer) {
+        p.cursor = f.cursor();
+        p.forwarded = f.forwarded();
+        p.stalled = f.stalled();
+        if failed || succeeded {
+            p.last_error = f.last_error().map(str::to_string);
+        }
+    }
+}
+
+/// Carries out one action; returns what to step, if anything.
+async fn carry_out(state: &AppState, peer: &str, park: &mut Park, action: Action<Frame>) -> Option<Done> {
+    let fed = &state.federation;
+    match action {
+        Action::LoadCursor { or_else } => Some(Done::Step(match load_cursor(state, peer, or_else).await {
+            Ok(next) => Input::CursorLoaded { next },
+            Err(e) => {
+                tracing::error!(peer = %peer, error = %e, "cannot read the forwarding cursor");
+                Input::CursorLoadFailed { error: e.to_string() }
+            }
+        })),
+        Action::WaitForSeq(s) => {
+            *park = Park::Seq(s);
+            None
+        }
+        Action::WakeAt(t) => {
+            *park = Park::At(t);
+            None
+        }
+        Action::Scan { id, from, filter, records_max, bytes_max, scan_max } => {
+            let read = state
+                .store
+                .read(move |v| {
+                    if from < v.earliest_seq() {
+                        return Ok(Input::Compacted { id, earliest: v.earliest_seq() });
+                    }
+                    let (frames, next) =
+                        v.frames(from, records_max, bytes_max, scan_max, |r| filter.keep(&r.origin, event(r)))?;
+                    let records = frames
+                        .into_iter()
+                        .map(|(record, raw)| Outgoing { seq: record.seq, bytes: raw.len(), record: (record, raw) })
+                        .collect();
+                    Ok(Input::Scanned { id, records, next })
+                })
+                .await;
+            Some(Done::Read(read.unwrap_or_else(|e| Input::ScanFailed { id, error: e.to_string() })))
+        }
+        Action::Send { id, records, .. } => {
+            let frames: Vec<Frame> = records.into_iter().map(|o| o.record).collect();
+            Some(Done::Step(sent(id, send(fed, peer, None, &frames).await)))
+        }
+        Action::SendGap { id, from, to } => Some(Done::Step(sent(id, send(fed, peer, Some((from, to)), &[]).await))),
+        Action::SaveCursor { next, durable } => {
+            if durable {
+                set_cursor(state, peer, next).await;
+            }
+            None
+        }
+        Action::Stalled { error } => {
+            tracing::error!(peer = %peer, error = %error, "the peer refuses what this site forwards; forwarding to it is stalled");
+            None
+        }
+    }
+}
+
+/// A record's channel and type, if it is an event.
+fn event(r: &Record) -> Option<(&str, &str)> {
+    match &r.body {
+        Body::Event(e) => Some((e.channel.as_str(), e.event_type.as_str())),
+        _ => None,
+    }
+}
+
+fn sent(id: u64, result: Result<Value, SendError>) -> Input<Frame> {
+    match result {
+        Ok(_) => Input::Sent { id },
+        Err(e) => Input::SendFailed { id, status: e.status, error: e.message },
+    }
+}
+
+/// The durable cursor of `peer`, or (first contact) `or_else`, kept at once.
+async fn load_cursor(state: &AppState, peer: &str, or_else: u64) -> Result<u64, pepper_storage::Error> {
     // RocksDB calls run off the async executor.
     let (store, name) = (state.store.clone(), peer.to_string());
-    let c = tokio::task::spawn_blocking(move || match store.peer_cursor(&name)? {
+    tokio::task::spawn_blocking(move || match store.peer_cursor(&name)? {
         Some(c) => Ok::<u64, pepper_storage::Error>(c),
         None => {
-            let c = first.unwrap_or_else(|| store.last_seq() + 1);
-            store.set_peer_cursor(&name, c)?;
-            Ok(c)
+            store.set_peer_cursor(&name, or_else)?;
+            Ok(or_else)
         }
     })
     .await
-    .map_err(|e| pepper_storage::Error::Io(std::io::Error::other(format!("cursor task failed: {e}"))))??;
-    if let Some(p) = write(&state.federation.peers).get_mut(peer) {
-        p.cursor = Some(c);
-    }
-    Ok(c)
+    .map_err(|e| pepper_storage::Error::Io(std::io::Error::other(format!("cursor task failed: {e}"))))?
 }
 
-async fn set_cursor(state: &AppState, peer: &str, next: u64, durable: bool) {
-    if durable {
-        let (store, name) = (state.store.clone(), peer.to_string());
-        let kept = tokio::task::spawn_blocking(move || store.set_peer_cursor(&name, next)).await;
-        if let Err(e) = kept.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
-            // The cached cursor still moves; a restart resends from the
-            // durable one and the peer drops the repeats.
-            tracing::error!(peer = %peer, error = %e, "cannot keep the forwarding cursor");
-        }
-    }
-    if let Some(p) = write(&state.federation.peers).get_mut(peer) {
-        p.cursor = Some(next);
+async fn set_cursor(state: &AppState, peer: &str, next: u64) {
+    let (store, name) = (state.store.clone(), peer.to_string());
+    let kept = tokio::task::spawn_blocking(move || store.set_peer_cursor(&name, next)).await;
+    if let Err(e) = kept.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+        // The cached cursor still moves; a restart resends from the
+        // durable one and the peer drops the repeats.
+        tracing::error!(peer = %peer, error = %e, "cannot keep the forwarding cursor");
     }
 }
 
 /// Why a batch did not get through.
 struct SendError {
     message: String,
-    /// The peer answered 4xx: it will refuse the same batch again.
-    refused: bool,
+    /// The peer's HTTP status, when it answered with a JSON body.
+    status: Option<u16>,
 }
 
 impl From<String> for SendError {
     fn from(message: String) -> SendError {
-        SendError { message, refused: false }
+        SendError { message, status: None }
     }
 }
 
-/// Sends one batch (or a gap marker) and waits for the peer's answer.
+/// Sends one batch (or a gap marker) to `peer` and waits for its answer.
 async fn send(
     fed: &Federation,
-    url: &str,
+    peer: &str,
     gap: Option<(u64, u64)>,
     frames: &[pepper_storage::Frame],
 ) -> Result<Value, SendError> {
+    let url = fed.url_of(peer).ok_or_else(|| SendError::from(format!("{peer} is not a known peer")))?;
     let mut body = Vec::with_capacity(frames.iter().map(|(_, f)| f.len() + 4).sum());
     for (_, f) in frames {
         let len = u32::try_from(f.len()).map_err(|_| SendError::from("frame over 4 GiB".to_string()))?;
@@ -240,9 +280,7 @@ async fn send(
     let status = res.status();
     let answer: Value = res.json().await.map_err(|e| e.to_string())?;
     if !status.is_success() {
-        // 409 passes by itself (a gap taken after the next heartbeat).
-        let refused = status.is_client_error() && status != axum::http::StatusCode::CONFLICT;
-        return Err(SendError { message: format!("answered {status}: {answer}"), refused });
+        return Err(SendError { message: format!("answered {status}: {answer}"), status: Some(status.as_u16()) });
     }
     Ok(answer)
 }
