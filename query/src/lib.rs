@@ -1,7 +1,8 @@
 //! pepper's query layer.
 //!
-//! Today this crate holds the pure, storage-free parts of the CIM-style
-//! model repository (issue 5), each usable and tested on its own:
+//! This crate holds pure, storage-free code, each module usable and tested
+//! on its own: the CIM-style model repository's parts and the federated
+//! query's decisions. It reads no clock and touches no socket.
 //!
 //! - [`value`]: CIM property types (`uint32`, `datetime`, `reference`,
 //!   arrays, ...) and typed values, checked from JSON.
@@ -20,8 +21,10 @@
 //!   manifest of who answered.
 //!
 //! The instance store (materialized from the log in the same batch as each
-//! change), enumeration, associators and the HTTP API build on these. Tuple queries live in `pepper-adapters` (`pldb.rs`) over the
-//! store's views; the adapters send a federated query to its sites.
+//! change) and the HTTP API build on these. Tuple queries live in
+//! `pepper-adapters` (`api/tuples.rs`) over the store's views; the adapters
+//! send a federated query to its sites and hand the answers to
+//! [`federated::conclude`].
 
 mod error;
 pub mod federated;

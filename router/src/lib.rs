@@ -7,8 +7,11 @@
 //!   and this site's own announcement and interests.
 //! - [`Forwarder`]: one peer's forwarder. A cursor over the local log, the
 //!   records the peer wants, batches, backoff, stalls and gap markers.
+//! - [`Placement`]: the supervisor. Monitor announcements heard,
+//!   evaluations, placement delays, the surplus stop rule, and each new
+//!   monitor's backfill protocol, with its [`Cut`].
 //!
-//! The registry and the forwarder are state machines: `step(now, input)`
+//! The registry, the forwarder and the placement are state machines: `step(now, input)`
 //! and `tick(now)` return the actions to carry out, and they read no
 //! clock, spawn nothing and touch no socket. `pepper-adapters` carries the
 //! actions out (HTTP, the store, timers); a simulator can carry them out
