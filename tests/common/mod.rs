@@ -52,6 +52,30 @@ impl Server {
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap().success());
+        if signal == "STOP" {
+            self.wait_stopped();
+        }
+    }
+
+    /// Waits until every thread of the server is stopped (state `T` in
+    /// `/proc`): `kill` returns once SIGSTOP is queued, and a thread running
+    /// on another core can still answer a request before it takes effect.
+    fn wait_stopped(&self) {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let states: Vec<char> = std::fs::read_dir(&tasks)
+                .unwrap()
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+                .filter_map(|stat| stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()))
+                .collect();
+            if !states.is_empty() && states.iter().all(|s| *s == 'T' || *s == 't') {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the server's threads did not stop: {states:?}");
+            std::thread::yield_now();
+        }
     }
 
     /// Kills the server with SIGKILL and waits for it to be gone.
