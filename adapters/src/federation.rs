@@ -27,17 +27,27 @@
 //! silent. Records received from a peer are never forwarded again: each
 //! origin sends its own records to every interested peer directly.
 //!
+//! The decisions are the router's: `pepper_router::Registry` keeps the
+//! peers, their liveness and interests and this site's own, and says when
+//! to announce, to whom, and which forwarder to start or tell of new
+//! interests; `pepper_router::Forwarder` decides each forwarder's reads
+//! and sends. [`Federation`] holds the registry behind a lock (never
+//! across an await) and carries out its actions: the HTTP calls, the lease
+//! reads, a watch channel of interests per forwarder, and a mirror of each
+//! forwarder's status for `GET /v1/sites`. `loops::heartbeat` drives its
+//! rounds.
+//!
 //! Site-to-site requests carry the shared peer secret as a bearer token;
 //! without a configured secret, the peer endpoints refuse everything.
 //! `docs/federation.md` has the protocol, the cursors, the dedupe and the
 //! failure cases.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
-use pepper_router::{PeerWants, Wants};
+use pepper_router::{PeerWants, Registry, RegistryAction, RegistryConfig, RegistryInput, Target};
 use pepper_storage::now_us;
 use serde::{Deserialize, Serialize};
 
@@ -48,9 +58,9 @@ pub use crate::wire::frames::{FORWARD_BATCH_BYTES, FORWARD_BATCH_RECORDS, SITES_
 
 // The federation's limits and timings are the router's, which decides
 // with them; they are re-exported where adapter code names them.
-pub(crate) use pepper_router::NAME_BYTES_MAX;
 pub use pepper_router::{
-    DOWN_AFTER_HEARTBEATS, HEARTBEAT_DEFAULT, INTERESTS_MAX, INTEREST_PUSH_WAIT, PEERS_MAX, SUSPECT_AFTER_HEARTBEATS,
+    check_site, PeerState, DOWN_AFTER_HEARTBEATS, HEARTBEAT_DEFAULT, INTERESTS_MAX, INTEREST_PUSH_WAIT, PEERS_MAX,
+    SUSPECT_AFTER_HEARTBEATS,
 };
 
 /// Federation settings of a site.
@@ -140,6 +150,64 @@ pub struct Announce {
     pub peers: Vec<PeerInfo>,
 }
 
+impl From<Interest> for pepper_router::Interest {
+    fn from(i: Interest) -> pepper_router::Interest {
+        pepper_router::Interest { pattern: i.pattern, types: i.types }
+    }
+}
+
+impl From<pepper_router::Interest> for Interest {
+    fn from(i: pepper_router::Interest) -> Interest {
+        Interest { pattern: i.pattern, types: i.types }
+    }
+}
+
+impl From<PeerInfo> for pepper_router::PeerInfo {
+    fn from(p: PeerInfo) -> pepper_router::PeerInfo {
+        pepper_router::PeerInfo { name: p.name, url: p.url, region: p.region }
+    }
+}
+
+impl From<pepper_router::PeerInfo> for PeerInfo {
+    fn from(p: pepper_router::PeerInfo) -> PeerInfo {
+        PeerInfo { name: p.name, url: p.url, region: p.region }
+    }
+}
+
+impl From<Announce> for pepper_router::Announcement {
+    fn from(a: Announce) -> pepper_router::Announcement {
+        pepper_router::Announcement {
+            name: a.name,
+            url: a.url,
+            region: a.region,
+            seq: a.seq,
+            earliest_seq: a.earliest_seq,
+            time_us: a.time_us,
+            interests: a.interests.into_iter().map(Into::into).collect(),
+            interests_version: a.interests_version,
+            incarnation: a.incarnation,
+            peers: a.peers.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<pepper_router::Announcement> for Announce {
+    fn from(a: pepper_router::Announcement) -> Announce {
+        Announce {
+            name: a.name,
+            url: a.url,
+            region: a.region,
+            seq: a.seq,
+            earliest_seq: a.earliest_seq,
+            time_us: a.time_us,
+            interests: a.interests.into_iter().map(Into::into).collect(),
+            interests_version: a.interests_version,
+            incarnation: a.incarnation,
+            peers: a.peers.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
 /// A peer as federated queries see it.
 #[derive(Clone, Debug)]
 pub(crate) struct PeerSummary {
@@ -151,116 +219,69 @@ pub(crate) struct PeerSummary {
     pub rtt_ms: Option<f64>,
 }
 
-/// One peer in the registry.
-#[derive(Debug)]
-pub(crate) struct Peer {
-    pub(crate) url: String,
-    pub(crate) region: Option<String>,
-    /// When its last announcement (or answer to ours) arrived.
-    pub(crate) last_seen: Option<Instant>,
-    pub(crate) last_seen_us: Option<u64>,
-    /// Heartbeat round trip, smoothed.
-    pub(crate) rtt_ms: Option<f64>,
-    /// Its interests, parsed, for its forwarder; `None` until it has told
-    /// us this run, and the forwarder waits until then rather than skip
-    /// what it might want.
-    pub(crate) wants: tokio::sync::watch::Sender<Option<PeerWants>>,
-    /// The sender's version of `interests` (0: none yet).
-    pub(crate) interests_version: u64,
-    /// The run of the peer those interests came from.
-    pub(crate) incarnation: u64,
+/// A peer's forwarder as `/v1/sites` and the supervisor see it: a mirror
+/// of its `pepper_router::Forwarder`'s status, kept by `loops::forward`.
+#[derive(Debug, Default)]
+pub(crate) struct Forwarding {
+    /// The next local sequence number to forward to it.
+    pub(crate) cursor: Option<u64>,
+    /// Records it acknowledged from this run's forwarder.
+    pub(crate) forwarded: u64,
     /// The peer refuses what the forwarder sends (4xx): forwarding to it
     /// is stuck until an operator looks.
     pub(crate) stalled: bool,
-    /// The last sequence number of its log it announced.
-    pub(crate) head_seq: u64,
-    /// The first sequence number its log holds, as it last announced (0:
-    /// not announced). Bounds the gap markers it may send.
-    pub(crate) earliest_seq: u64,
-    /// The next local sequence number to forward to it.
-    pub(crate) cursor: Option<u64>,
-    /// Where forwarding starts for a peer never forwarded to: the log's
-    /// head when its interests first arrived. A record committed after
-    /// that may match them, so none may be skipped.
-    pub(crate) first_cursor: Option<u64>,
-    /// Records it acknowledged from this run's forwarder.
-    pub(crate) forwarded: u64,
+    /// The peer's last error, of its heartbeat or its forwarding: one
+    /// field, set by either's failure, cleared by a batch that passes.
     pub(crate) last_error: Option<String>,
 }
 
-impl Peer {
-    pub(crate) fn new(url: String, region: Option<String>) -> Peer {
-        Peer {
-            url,
-            region,
-            last_seen: None,
-            last_seen_us: None,
-            rtt_ms: None,
-            wants: tokio::sync::watch::Sender::new(None),
-            interests_version: 0,
-            incarnation: 0,
-            stalled: false,
-            head_seq: 0,
-            earliest_seq: 0,
-            cursor: None,
-            first_cursor: None,
-            forwarded: 0,
-            last_error: None,
-        }
-    }
-}
-
-/// A peer's liveness, from the age of its last announcement.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PeerState {
-    /// Heard from within [`SUSPECT_AFTER_HEARTBEATS`] intervals.
-    Up,
-    /// Heard from within [`DOWN_AFTER_HEARTBEATS`] intervals.
-    Suspect,
-    /// Not heard from for longer, or never.
-    Down,
-}
-
-/// A site's federation: its registry of peers and its own announcement.
+/// A site's federation: it carries out what its peer registry
+/// (`pepper_router::Registry`) decides, and shows the registry's views.
 pub struct Federation {
     pub(crate) site: String,
-    pub(crate) region: Option<String>,
-    pub(crate) url: RwLock<String>,
+    region: Option<String>,
+    heartbeat: Duration,
     pub(crate) secret: Option<String>,
-    pub(crate) heartbeat: Duration,
-    pub(crate) peers: RwLock<BTreeMap<String, Peer>>,
-    /// This site's interests as last computed, and their version (0 until
-    /// they are first computed: peers then keep waiting instead of taking
-    /// an empty set for the truth).
-    pub(crate) interests: RwLock<(Vec<Interest>, u64)>,
+    /// The peer registry; locked only between awaits, never across one.
+    registry: Mutex<Registry>,
+    /// The registry's clock starts here.
+    pub(crate) epoch: Instant,
     /// Held across a recomputation of the interests, from reading the
     /// leases to installing the result, so an older reading never replaces
     /// a newer one.
     pub(crate) refreshing: tokio::sync::Mutex<()>,
-    /// Interests held by the site itself rather than by a lease: the
-    /// supervisor's in monitor announcements, and each running monitor's
-    /// in its subtree.
-    pub(crate) standing: RwLock<BTreeSet<Interest>>,
-    /// Random, per run; see [`Announce::incarnation`].
-    pub(crate) incarnation: u64,
     /// Loopback url of this site, for its own part of a federated query.
     pub(crate) local_url: RwLock<String>,
-    /// Peers whose forwarder runs.
-    pub(crate) forwarders: Mutex<HashSet<String>>,
+    /// Each peer's forwarder status, mirrored.
+    forwarding: Mutex<BTreeMap<String, Forwarding>>,
+    /// Each started forwarder's interests: `None` until its peer has told
+    /// us this run, and the forwarder waits until then rather than skip
+    /// what it might want.
+    wants: Mutex<BTreeMap<String, tokio::sync::watch::Sender<Option<PeerWants>>>>,
     /// Wakes the heartbeat loop early (interests changed).
     pub(crate) wake: tokio::sync::Notify,
     pub(crate) client: reqwest::Client,
 }
 
-/// A `RwLock` read that survives a panicked writer: the registry holds no
-/// invariant a panic could break halfway.
+/// A `RwLock` read that survives a panicked writer: what it guards holds
+/// no invariant a panic could break halfway.
 pub(crate) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|p| p.into_inner())
 }
 
 pub(crate) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A `Mutex` lock that survives a panicked holder (the registry refuses
+/// bad input whole before it changes anything).
+pub(crate) fn lock<T>(lock: &Mutex<T>) -> MutexGuard<'_, T> {
+    lock.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether `url` is an absolute http(s) url by the peer client's parser.
+fn url_ok(url: &str) -> bool {
+    matches!(reqwest::Url::parse(url), Ok(u) if u.scheme() == "http" || u.scheme() == "https")
 }
 
 impl Federation {
@@ -273,38 +294,31 @@ impl Federation {
         if !config.peers.is_empty() && config.secret.is_none() {
             return Err("peers are configured but no peer secret: site-to-site traffic must be authenticated".into());
         }
-        let mut peers = BTreeMap::new();
-        for (name, url) in config.peers {
-            check_site(&name)?;
-            check_url(&url)?;
-            if name == site {
-                return Err(format!("peer {name} is this site's own name"));
-            }
-            peers.insert(name, Peer::new(url.trim_end_matches('/').to_string(), None));
-        }
-        if let Some(url) = &config.url {
-            check_url(url)?;
-        }
-        if let Some(region) = &config.region {
-            check_name("region", region)?;
-        }
+        let registry = Registry::new(RegistryConfig {
+            site: site.to_string(),
+            region: config.region,
+            url: config.url,
+            peers: config.peers,
+            heartbeat: config.heartbeat,
+            incarnation: rand::random::<u64>() | 1,
+            url_ok,
+        })
+        .map_err(|e| e.to_string())?;
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(8)
             .build()
             .map_err(|e| format!("cannot build the peer client: {e}"))?;
         Ok(Federation {
             site: site.to_string(),
-            region: config.region,
-            url: RwLock::new(config.url.unwrap_or_default()),
+            region: registry.region().map(str::to_string),
+            heartbeat: registry.heartbeat(),
             secret: config.secret,
-            heartbeat: if config.heartbeat.is_zero() { HEARTBEAT_DEFAULT } else { config.heartbeat },
-            peers: RwLock::new(peers),
-            interests: RwLock::new((Vec::new(), 0)),
+            registry: Mutex::new(registry),
+            epoch: Instant::now(),
             refreshing: tokio::sync::Mutex::new(()),
-            standing: RwLock::new(BTreeSet::new()),
-            incarnation: rand::random::<u64>() | 1,
             local_url: RwLock::new(String::new()),
-            forwarders: Mutex::new(HashSet::new()),
+            forwarding: Mutex::new(BTreeMap::new()),
+            wants: Mutex::new(BTreeMap::new()),
             wake: tokio::sync::Notify::new(),
             client,
         })
@@ -327,7 +341,12 @@ impl Federation {
 
     /// This site's url, as announced.
     pub fn url(&self) -> String {
-        read(&self.url).clone()
+        lock(&self.registry).url().to_string()
+    }
+
+    /// Sets the url to announce (when none was configured).
+    pub(crate) fn set_url(&self, url: String) {
+        lock(&self.registry).set_url(url);
     }
 
     /// This site's url over loopback (empty until it listens).
@@ -335,26 +354,91 @@ impl Federation {
         read(&self.local_url).clone()
     }
 
-    pub(crate) fn state_of(&self, p: &Peer) -> PeerState {
-        match p.last_seen.map(|t| t.elapsed()) {
-            Some(age) if age <= self.heartbeat * SUSPECT_AFTER_HEARTBEATS => PeerState::Up,
-            Some(age) if age <= self.heartbeat * DOWN_AFTER_HEARTBEATS => PeerState::Suspect,
-            _ => PeerState::Down,
-        }
+    /// The registry's clock now.
+    pub(crate) fn now(&self) -> Duration {
+        self.epoch.elapsed()
     }
 
     /// Every known peer.
     pub(crate) fn peer_list(&self) -> Vec<PeerSummary> {
-        read(&self.peers)
-            .iter()
-            .map(|(n, p)| PeerSummary {
-                name: n.clone(),
-                url: p.url.clone(),
-                region: p.region.clone(),
-                state: self.state_of(p),
+        lock(&self.registry)
+            .peers(self.now())
+            .map(|p| PeerSummary {
+                name: p.name.to_string(),
+                url: p.url.to_string(),
+                region: p.region.map(str::to_string),
+                state: p.state,
                 rtt_ms: p.rtt_ms,
             })
             .collect()
+    }
+
+    /// Reads the registry's view: `f` gets it at the registry's `now`.
+    pub(crate) fn with_registry<R>(&self, f: impl FnOnce(&Registry, Duration) -> R) -> R {
+        let now = self.now();
+        f(&lock(&self.registry), now)
+    }
+
+    /// Reads (`f`) or updates the mirror of each peer's forwarder.
+    pub(crate) fn forwarding<R>(&self, f: impl FnOnce(&mut BTreeMap<String, Forwarding>) -> R) -> R {
+        f(&mut lock(&self.forwarding))
+    }
+
+    /// The interests of `peer`'s forwarder, as they change; `None` for a
+    /// peer whose forwarder was not started.
+    pub(crate) fn interests_of(&self, peer: &str) -> Option<tokio::sync::watch::Receiver<Option<PeerWants>>> {
+        lock(&self.wants).get(peer).map(|w| w.subscribe())
+    }
+
+    /// Steps the registry with `input` now. The actions that pass interests
+    /// to forwarders are carried out before the registry is let go, so two
+    /// steps' interests reach a forwarder in their order; state changes are
+    /// logged. The rest is the caller's to carry out.
+    ///
+    /// # Errors
+    /// The registry's refusal; it is then unchanged.
+    pub(crate) fn step(&self, input: RegistryInput) -> pepper_router::Result<Vec<RegistryAction>> {
+        let mut registry = lock(&self.registry);
+        let actions = registry.step(self.now(), input)?;
+        self.deliver(&actions);
+        Ok(actions)
+    }
+
+    /// Ticks the registry now; see [`Federation::step`].
+    pub(crate) fn tick(&self) -> Vec<RegistryAction> {
+        let mut registry = lock(&self.registry);
+        let actions = registry.tick(self.now());
+        self.deliver(&actions);
+        actions
+    }
+
+    /// Called with the registry locked.
+    fn deliver(&self, actions: &[RegistryAction]) {
+        for action in actions {
+            match action {
+                RegistryAction::StartForwarder { peer, wants } => {
+                    lock(&self.wants).insert(peer.clone(), tokio::sync::watch::Sender::new(wants.clone()));
+                }
+                RegistryAction::Interests { peer, wants } => {
+                    if let Some(w) = lock(&self.wants).get(peer) {
+                        w.send_replace(Some(wants.clone()));
+                    }
+                }
+                RegistryAction::StateChanged { peer, from, to } => {
+                    tracing::info!(peer = %peer, from = from.as_str(), to = to.as_str(), "peer state changed");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether `origin` may declare its records up to `to` lost (see
+    /// `pepper_router::Registry::gap_allowed`).
+    ///
+    /// # Errors
+    /// Why the gap is refused.
+    pub(crate) fn gap_allowed(&self, origin: &str, to: u64) -> pepper_router::Result<()> {
+        lock(&self.registry).gap_allowed(origin, to)
     }
 
     pub(crate) fn client(&self) -> &reqwest::Client {
@@ -387,135 +471,41 @@ impl Federation {
         format!("Bearer {}", self.secret.as_deref().unwrap_or(""))
     }
 
-    /// Takes in an announcement from `a.name`, heard directly from it;
-    /// `head` is this site's last sequence number.
-    pub(crate) fn heard(&self, a: &Announce, rtt: Option<Duration>, head: u64) -> Result<(), String> {
-        check_site(&a.name)?;
-        check_url(&a.url)?;
-        if let Some(r) = &a.region {
-            check_name("region", r)?;
-        }
-        if a.name == self.site {
-            return Err(format!("announcement from {} names this site", a.name));
-        }
-        if a.earliest_seq > a.seq.saturating_add(1) {
-            return Err(format!(
-                "announcement says its log starts at seq {} but ends at {}; the start is at most the end + 1",
-                a.earliest_seq, a.seq
-            ));
-        }
-        if a.interests.len() > INTERESTS_MAX {
-            return Err(format!("{} interests, over the limit of {INTERESTS_MAX}", a.interests.len()));
-        }
-        let interests: Vec<pepper_router::Interest> = a
-            .interests
-            .iter()
-            .map(|i| pepper_router::Interest { pattern: i.pattern.clone(), types: i.types.clone() })
-            .collect();
-        let wants = Wants::parse(&interests).map_err(|e| e.to_string())?;
-        let mut peers = write(&self.peers);
-        if !peers.contains_key(&a.name) && peers.len() >= PEERS_MAX {
-            return Err(format!("this site already knows {PEERS_MAX} peers, its limit"));
-        }
-        let p = peers.entry(a.name.clone()).or_insert_with(|| Peer::new(a.url.clone(), a.region.clone()));
-        p.url = a.url.trim_end_matches('/').to_string();
-        p.region = a.region.clone();
-        p.last_seen = Some(Instant::now());
-        p.last_seen_us = Some(now_us());
-        p.head_seq = a.seq;
-        p.earliest_seq = a.earliest_seq;
-        if p.first_cursor.is_none() {
-            p.first_cursor = Some(head + 1);
-        }
-        if a.incarnation != p.incarnation {
-            // A new run of the peer: its versions start over.
-            p.incarnation = a.incarnation;
-            p.interests_version = 0;
-        }
-        // Version 0: the peer has not computed its interests yet; keep
-        // waiting rather than take an empty set for the truth.
-        if a.interests_version > p.interests_version {
-            let first_cursor = p.first_cursor.unwrap_or(head + 1);
-            p.wants.send_replace(Some(PeerWants { wants: Arc::new(wants), first_cursor }));
-            p.interests_version = a.interests_version;
-        }
-        if let Some(rtt) = rtt {
-            let ms = rtt.as_secs_f64() * 1e3;
-            p.rtt_ms = Some(p.rtt_ms.map_or(ms, |old| old * 0.8 + ms * 0.2));
-        }
-        // Peers it knows that we do not: learned, to be confirmed by their
-        // own announcements.
-        for info in &a.peers {
-            if info.name == self.site || peers.contains_key(&info.name) || peers.len() >= PEERS_MAX {
-                continue;
-            }
-            if check_site(&info.name).is_ok() && check_url(&info.url).is_ok() {
-                peers.insert(
-                    info.name.clone(),
-                    Peer::new(info.url.trim_end_matches('/').to_string(), info.region.clone()),
-                );
-            }
-        }
-        Ok(())
+    /// Takes in an announcement `a` posted by its sender.
+    ///
+    /// # Errors
+    /// The registry's refusal (a bad announcement, or no room for a new
+    /// peer); nothing changed.
+    pub(crate) fn heard(&self, a: Announce, head: u64) -> Result<(), String> {
+        let input = RegistryInput::Announced { announcement: a.into(), local_head: head, wall_us: now_us() };
+        self.step(input).map(drop).map_err(|e| e.to_string())
     }
 
     /// This site's announcement now, with its log's range.
     pub(crate) fn announce(&self, seq: u64, earliest_seq: u64) -> Announce {
-        // One guard at a time: a second read of a lock this thread already
-        // holds can deadlock behind a waiting writer.
-        let (interests, interests_version) = read(&self.interests).clone();
-        let peers = read(&self.peers)
-            .iter()
-            .map(|(n, p)| PeerInfo { name: n.clone(), url: p.url.clone(), region: p.region.clone() })
-            .collect();
-        Announce {
-            name: self.site.clone(),
-            url: self.url(),
-            region: self.region.clone(),
-            seq,
-            earliest_seq,
-            time_us: now_us(),
-            interests,
-            interests_version,
-            incarnation: self.incarnation,
-            peers,
-        }
+        lock(&self.registry).announcement(seq, earliest_seq, now_us()).into()
     }
 
-    /// Recomputes this site's interests from its live leases. Returns
-    /// whether they changed.
-    pub(crate) async fn refresh_interests(&self, store: &Store) -> Result<bool, pepper_storage::Error> {
+    /// Recomputes this site's interests from its live leases.
+    pub(crate) async fn refresh_interests(&self, store: &Store) -> Result<(), pepper_storage::Error> {
         let _one_at_a_time = self.refreshing.lock().await;
         let now = now_us();
         let leases = store.read(|v| v.leases()).await?;
-        let standing = read(&self.standing).clone();
-        let next = aggregate(
-            leases
-                .into_iter()
-                .filter(|l| l.expires_at_us > now)
-                .map(|l| Interest { pattern: l.pattern, types: l.types })
-                .chain(standing)
-                .collect(),
-        );
-        let mut current = write(&self.interests);
-        if current.1 != 0 && current.0 == next {
-            return Ok(false);
-        }
-        let version = now_us().max(current.1 + 1);
-        *current = (next, version);
-        Ok(true)
+        let interests = leases
+            .into_iter()
+            .filter(|l| l.expires_at_us > now)
+            .map(|l| pepper_router::Interest { pattern: l.pattern, types: l.types })
+            .collect();
+        // Installing interests does not fail.
+        let _ = self.step(RegistryInput::InterestsRead { interests, version_us: now_us() });
+        Ok(())
     }
 
-    /// Sends this site's announcement to every peer (to those `up` only,
-    /// when `only_up`), each within `timeout`, and takes in their answers.
-    pub(crate) async fn announce_to_peers(&self, store: &Store, timeout: Duration, only_up: bool) {
+    /// Sends this site's announcement to each of `to`, each within
+    /// `timeout`, and takes in their answers.
+    pub(crate) async fn announce_to(&self, store: &Store, to: Vec<Target>, timeout: Duration) {
         let me = self.announce(store.last_seq(), store.earliest_seq());
-        let targets: Vec<(String, String)> = read(&self.peers)
-            .iter()
-            .filter(|(_, p)| !only_up || self.state_of(p) == PeerState::Up)
-            .map(|(n, p)| (n.clone(), p.url.clone()))
-            .collect();
-        let sends = targets.into_iter().map(|(name, url)| {
+        let sends = to.into_iter().map(|Target { name, url }| {
             let me = &me;
             async move {
                 let started = Instant::now();
@@ -534,20 +524,43 @@ impl Federation {
                 };
                 match answer {
                     Ok(a) if a.name == name => {
-                        if let Err(e) = self.heard(&a, Some(started.elapsed()), store.last_seq()) {
+                        let input = RegistryInput::Answered {
+                            peer: name.clone(),
+                            announcement: a.into(),
+                            rtt: started.elapsed(),
+                            local_head: store.last_seq(),
+                            wall_us: now_us(),
+                        };
+                        if let Err(e) = self.step(input) {
                             tracing::warn!(peer = %name, error = %e, "bad announcement");
                         }
                     }
                     Ok(a) => tracing::warn!(peer = %name, answered_as = %a.name, "peer answered under another name"),
                     Err(e) => {
-                        if let Some(p) = write(&self.peers).get_mut(&name) {
-                            p.last_error = Some(format!("heartbeat: {e}"));
-                        }
+                        let last_error = format!("heartbeat: {e}");
+                        let _ = self.step(RegistryInput::AnnounceFailed { peer: name.clone(), error: e });
+                        self.forwarding(|f| f.entry(name).or_default().last_error = Some(last_error));
                     }
                 }
             }
         });
         futures_util::future::join_all(sends).await;
+    }
+
+    /// Carries out the registry's actions outside a round: interests to
+    /// recompute, announcements to send.
+    async fn carry_out(&self, store: &Store, actions: Vec<RegistryAction>) {
+        for action in actions {
+            match action {
+                RegistryAction::RefreshInterests => {
+                    if let Err(e) = self.refresh_interests(store).await {
+                        tracing::warn!(error = %e, "cannot read leases for interests");
+                    }
+                }
+                RegistryAction::Announce { to, timeout } => self.announce_to(store, to, timeout).await,
+                _ => {}
+            }
+        }
     }
 
     /// After a lease grant: if this site's interests changed, tells the
@@ -557,58 +570,48 @@ impl Federation {
         if !self.enabled() {
             return;
         }
-        // An addition needs no reading of every lease: it goes into the set
-        // as it is (removals wait for the heartbeat's full recomputation).
-        // Only a set at its limit, or not yet computed, is recomputed.
-        let added = {
+        let actions = {
             let _one_at_a_time = self.refreshing.lock().await;
-            let mut current = write(&self.interests);
-            if current.1 == 0 || (current.0.len() >= INTERESTS_MAX && !current.0.contains(&interest)) {
-                false
-            } else {
-                if let Err(at) = current.0.binary_search(&interest) {
-                    current.0.insert(at, interest);
-                    current.1 = now_us().max(current.1 + 1);
-                }
-                true
-            }
+            self.step(RegistryInput::LeaseGranted { interest: interest.into(), version_us: now_us() })
+                .unwrap_or_default()
         };
-        if !added {
-            if let Err(e) = self.refresh_interests(store).await {
-                tracing::warn!(error = %e, "cannot read leases for interests");
-            }
-        }
-        // Pushed even when the set did not change here: a concurrent
-        // refresh may have installed it without its push being answered yet.
-        self.announce_to_peers(store, INTEREST_PUSH_WAIT, true).await;
+        self.carry_out(store, actions).await;
     }
 
     /// After a lease ended: the next heartbeat withdraws its interest.
     pub(crate) fn lease_ended(&self) {
+        let _ = self.step(RegistryInput::Wake);
         self.wake.notify_one();
     }
 
     /// Adds a standing interest before the first heartbeat, without a push.
     pub(crate) fn add_standing(&self, interest: Interest) {
-        write(&self.standing).insert(interest);
+        lock(&self.registry).add_standing(interest.into());
     }
 
-    /// Adds a standing interest (see [`Federation::standing`]) and, like a
-    /// lease grant, pushes it to the peers that are up.
+    /// Adds a standing interest (held by the site itself rather than by a
+    /// lease: the supervisor's, a running monitor's) and, like a lease
+    /// grant, pushes it to the peers that are up.
     pub(crate) async fn hold_interest(&self, store: &Store, interest: Interest) {
-        write(&self.standing).insert(interest.clone());
+        self.add_standing(interest.clone());
         self.lease_granted(store, interest).await;
     }
 
     /// Drops a standing interest; the next heartbeat withdraws it.
     pub(crate) fn drop_interest(&self, interest: &Interest) {
-        write(&self.standing).remove(interest);
+        lock(&self.registry).remove_standing(&interest.clone().into());
+        let _ = self.step(RegistryInput::Wake);
         self.wake.notify_one();
+    }
+
+    /// This site's interests as last computed.
+    pub(crate) fn interests(&self) -> Vec<Interest> {
+        lock(&self.registry).interests().0.iter().cloned().map(Into::into).collect()
     }
 
     /// This site's interests version now (0: not computed yet).
     pub(crate) fn interests_version(&self) -> u64 {
-        read(&self.interests).1
+        lock(&self.registry).interests().1
     }
 
     /// The shared secret as a bearer header value, for site-to-site calls.
@@ -618,59 +621,17 @@ impl Federation {
 
     /// The next local sequence number this site's forwarder sends `peer`.
     pub(crate) fn cursor_toward(&self, peer: &str) -> Option<u64> {
-        read(&self.peers).get(peer).and_then(|p| p.cursor)
+        self.forwarding(|f| f.get(peer).and_then(|p| p.cursor))
     }
 
     /// The version of `peer`'s interests this site holds (0: none yet).
     pub(crate) fn interests_version_of(&self, peer: &str) -> u64 {
-        read(&self.peers).get(peer).map_or(0, |p| p.interests_version)
+        lock(&self.registry).interests_version_of(peer)
     }
 
     /// `peer`'s url, if it is known.
     pub(crate) fn url_of(&self, peer: &str) -> Option<String> {
-        read(&self.peers).get(peer).map(|p| p.url.clone())
-    }
-}
-
-/// A site name by the store's rule ([`pepper_storage::validate_site`]), so a
-/// peer accepted here is never refused by `Store::receive`.
-pub(crate) fn check_site(name: &str) -> Result<(), String> {
-    pepper_storage::validate_site(name).map_err(|e| format!("{name:?}: {e}"))
-}
-
-fn check_name(what: &str, name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > NAME_BYTES_MAX || name.chars().any(|c| c.is_control() || c == '/') {
-        return Err(format!("{what} {name:?} must be 1 to {NAME_BYTES_MAX} bytes without '/' or control characters"));
-    }
-    Ok(())
-}
-
-/// The interests to advertise for these, in order: all of them while they
-/// fit in [`INTERESTS_MAX`]; past it, broader, never narrower: each
-/// pattern's first element with any type; still past it, everything (`/`).
-fn aggregate(mut set: BTreeSet<Interest>) -> Vec<Interest> {
-    let everything = || Interest { pattern: "/".into(), types: Vec::new() };
-    if set.len() > INTERESTS_MAX {
-        set = set
-            .into_iter()
-            .map(|i| match i.pattern.trim_start_matches('/').split('/').next() {
-                Some(first) if !first.is_empty() && first != "*" => {
-                    Interest { pattern: format!("/{first}/"), types: Vec::new() }
-                }
-                _ => everything(),
-            })
-            .collect();
-        if set.len() > INTERESTS_MAX {
-            set = BTreeSet::from([everything()]);
-        }
-    }
-    set.into_iter().collect()
-}
-
-fn check_url(url: &str) -> Result<(), String> {
-    match reqwest::Url::parse(url) {
-        Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && url.len() <= NAME_BYTES_MAX => Ok(()),
-        _ => Err(format!("peer url {url:?} must be an http(s) url of at most {NAME_BYTES_MAX} bytes")),
+        lock(&self.registry).url_of(peer).map(str::to_string)
     }
 }
 
@@ -689,7 +650,6 @@ pub fn loopback_of(addr: std::net::SocketAddr) -> std::net::SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::frames::gap_allowed;
 
     fn config(peers: &[(&str, &str)]) -> FederationConfig {
         FederationConfig {
@@ -697,127 +657,6 @@ mod tests {
             secret: Some("s".into()),
             ..FederationConfig::default()
         }
-    }
-
-    fn announce(version: u64, incarnation: u64, patterns: &[&str]) -> Announce {
-        Announce {
-            name: "b".into(),
-            url: "http://127.0.0.1:2".into(),
-            region: None,
-            seq: 10,
-            earliest_seq: 1,
-            time_us: now_us(),
-            interests: patterns.iter().map(|p| Interest { pattern: p.to_string(), types: Vec::new() }).collect(),
-            interests_version: version,
-            incarnation,
-            peers: vec![PeerInfo { name: "c".into(), url: "http://127.0.0.1:3".into(), region: None }],
-        }
-    }
-
-    /// A gap of `1-18446744073709551615` was taken, and the receiving site
-    /// then dropped everything that origin ever sent.
-    #[test]
-    fn a_gap_covers_only_what_the_origin_announced_it_trimmed() {
-        assert!(gap_allowed("b", 99, Some((100, 500))).is_ok());
-        assert!(gap_allowed("b", 100, Some((100, 500))).expect_err("kept").contains("still holds"));
-        assert!(gap_allowed("b", u64::MAX, Some((100, 500))).is_err());
-        assert!(gap_allowed("b", 5, Some((0, 500))).expect_err("unsaid").contains("not announced"));
-        assert!(gap_allowed("b", 5, None).expect_err("unknown").contains("not a known peer"));
-        // The head bounds an earliest that claims more than the log holds.
-        assert!(gap_allowed("b", 600, Some((u64::MAX, 500))).is_err());
-        let fed = Federation::new("a", config(&[])).expect("federation");
-        fed.heard(&Announce { earliest_seq: 40, seq: 100, ..announce(1, 1, &[]) }, None, 0).expect("heard");
-        let announced = read(&fed.peers).get("b").map(|p| (p.earliest_seq, p.head_seq));
-        assert_eq!(announced, Some((40, 100)));
-        assert!(gap_allowed("b", 39, announced).is_ok() && gap_allowed("b", 40, announced).is_err());
-        // An announcement whose start lies past its end is refused whole.
-        let lie = Announce { earliest_seq: u64::MAX, ..announce(2, 1, &[]) };
-        assert!(fed.heard(&lie, None, 0).expect_err("past its end").contains("starts at seq"));
-        assert_eq!(read(&fed.peers).get("b").map(|p| p.earliest_seq), Some(40));
-    }
-
-    /// Which of a few probe channels the peer's interests cover.
-    fn interests_of(fed: &Federation, peer: &str) -> Option<Vec<String>> {
-        read(&fed.peers).get(peer).and_then(|p| {
-            p.wants
-                .borrow()
-                .as_ref()
-                .map(|w| ["/x/", "/y/"].into_iter().filter(|c| w.wants.covers(c, "t")).map(str::to_string).collect())
-        })
-    }
-
-    #[test]
-    fn configuration_is_checked() {
-        assert!(Federation::new("a", FederationConfig { secret: None, ..config(&[("b", "http://x:1")]) }).is_err());
-        assert!(Federation::new("a", config(&[("a", "http://x:1")])).is_err(), "itself as a peer");
-        assert!(Federation::new("a", config(&[("b", "ftp://x")])).is_err());
-        assert!(Federation::new("a", config(&[("b/c", "http://x:1")])).is_err());
-        let bad_url = FederationConfig { url: Some("no scheme".into()), ..config(&[]) };
-        assert!(Federation::new("a", bad_url).is_err());
-        assert!(Federation::new("a", config(&[("b", "http://x:1")])).is_ok());
-    }
-
-    #[test]
-    fn interests_follow_versions_within_a_run_and_reset_across_runs() {
-        let fed = Federation::new("a", config(&[])).expect("federation");
-        // Not computed yet (version 0): the forwarder keeps waiting.
-        fed.heard(&announce(0, 7, &[]), None, 100).expect("heard");
-        assert_eq!(interests_of(&fed, "b"), None);
-        assert_eq!(read(&fed.peers).get("b").and_then(|p| p.first_cursor), Some(101));
-        // Learned of c from b's list, as a peer to confirm.
-        assert!(read(&fed.peers).contains_key("c"));
-        fed.heard(&announce(5, 7, &["/x/"]), None, 100).expect("heard");
-        assert_eq!(interests_of(&fed, "b"), Some(vec!["/x/".to_string()]));
-        // An overtaken announcement does not bring back older interests.
-        fed.heard(&announce(4, 7, &[]), None, 100).expect("heard");
-        assert_eq!(interests_of(&fed, "b"), Some(vec!["/x/".to_string()]));
-        // A new run of b starts its versions over, even with a clock behind.
-        fed.heard(&announce(2, 8, &["/y/"]), None, 100).expect("heard");
-        assert_eq!(interests_of(&fed, "b"), Some(vec!["/y/".to_string()]));
-        // The first cursor stays where the interests first arrived.
-        assert_eq!(read(&fed.peers).get("b").and_then(|p| p.first_cursor), Some(101));
-        // Bad announcements change nothing.
-        let mut bad = announce(9, 8, &["no slash"]);
-        assert!(fed.heard(&bad, None, 100).is_err());
-        bad = announce(9, 8, &[]);
-        bad.name = "a".into();
-        assert!(fed.heard(&bad, None, 100).is_err(), "its own name");
-        assert_eq!(interests_of(&fed, "b"), Some(vec!["/y/".to_string()]));
-    }
-
-    #[test]
-    fn interests_past_the_limit_get_broader_never_narrower() {
-        let interest =
-            |p: &str, t: &[&str]| Interest { pattern: p.to_string(), types: t.iter().map(|t| t.to_string()).collect() };
-        let few: BTreeSet<Interest> = [interest("/a/b/", &["x"]), interest("/", &[])].into();
-        assert_eq!(aggregate(few.clone()), few.into_iter().collect::<Vec<_>>(), "under the limit: as they are");
-        // Over the limit, under few first elements: their first elements.
-        let mut many: BTreeSet<Interest> = (0..INTERESTS_MAX).map(|n| interest(&format!("/a/n{n}/"), &["x"])).collect();
-        many.insert(interest("/b/*/c/", &[]));
-        many.insert(interest("/*/d/", &["y"]));
-        assert_eq!(aggregate(many), [interest("/", &[]), interest("/a/", &[]), interest("/b/", &[])]);
-        // Over the limit even then: everything.
-        let spread: BTreeSet<Interest> = (0..=INTERESTS_MAX).map(|n| interest(&format!("/s{n}/x/"), &[])).collect();
-        assert_eq!(aggregate(spread), [interest("/", &[])]);
-    }
-
-    #[test]
-    fn the_registry_is_bounded() {
-        let fed = Federation::new("a", config(&[])).expect("federation");
-        for n in 0..PEERS_MAX {
-            let mut a = announce(1, 1, &[]);
-            a.name = format!("p{n}");
-            a.peers.clear();
-            fed.heard(&a, None, 0).expect("room");
-        }
-        let mut one_more = announce(1, 1, &[]);
-        one_more.name = "extra".into();
-        assert!(fed.heard(&one_more, None, 0).is_err());
-        assert_eq!(read(&fed.peers).len(), PEERS_MAX);
-        // A known peer is still heard.
-        let mut known = announce(2, 1, &["/x/"]);
-        known.name = "p0".into();
-        fed.heard(&known, None, 0).expect("known");
     }
 
     #[test]

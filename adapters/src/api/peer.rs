@@ -22,7 +22,6 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::federation::check_site;
-use crate::federation::read;
 use crate::federation::Announce;
 use crate::federation::SITES_CHANNEL_PREFIX;
 use crate::loops::supervise::Line;
@@ -30,7 +29,6 @@ use crate::state::AppState;
 use crate::supervisor::REPLICA_CHUNK_BYTES;
 use crate::supervisor::REPLICA_IDLE_MAX;
 use crate::wire::frames::decode_batch;
-use crate::wire::frames::gap_allowed;
 use crate::wire::frames::GAP_TYPE;
 use crate::wire::frames::PEER_BODY_BYTES_MAX;
 use crate::wire::frames::{admit, marker};
@@ -56,7 +54,7 @@ pub(crate) async fn heartbeat(
 ) -> Result<Json<Announce>, ApiError> {
     let fed = &state.federation;
     let Json(a) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
-    fed.heard(&a, None, state.store.last_seq()).map_err(ApiError::invalid_body)?;
+    fed.heard(a, state.store.last_seq()).map_err(ApiError::invalid_body)?;
     Ok(Json(fed.announce(state.store.last_seq(), state.store.earliest_seq())))
 }
 
@@ -82,8 +80,10 @@ pub(crate) async fn records(
             .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
             .filter(|(a, b)| a <= b)
             .ok_or_else(|| ApiError::invalid_body(format!("x-pepper-gap {gap:?} is not FROM-TO")))?;
-        let announced = read(&state.federation.peers).get(&origin).map(|p| (p.earliest_seq, p.head_seq));
-        gap_allowed(&origin, to, announced).map_err(|m| ApiError::new(StatusCode::CONFLICT, "gap_refused", m))?;
+        state
+            .federation
+            .gap_allowed(&origin, to)
+            .map_err(|e| ApiError::new(StatusCode::CONFLICT, "gap_refused", e.to_string()))?;
         let markers = gap_markers(&state, &origin, from, to).await?;
         let appended = state.store.receive_gap(&origin, to, markers).await?;
         tracing::warn!(origin = %origin, from, to, "records lost to the origin's retention; gap markers appended");

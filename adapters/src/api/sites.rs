@@ -1,12 +1,12 @@
 //! `GET /v1/sites`: this site and every peer it knows, with its state (up,
 //! suspect, down), heartbeat latency, forwarding cursor and errors, read
-//! from the peer registry in `federation`.
+//! from the peer registry (`pepper_router::Registry`) and the forwarders'
+//! status, both held in `federation`.
 
 use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::federation::read;
 use crate::state::AppState;
 
 /// `GET /v1/sites`: this site and every peer it knows, with state, last
@@ -14,36 +14,42 @@ use crate::state::AppState;
 pub(crate) async fn sites(State(state): State<AppState>) -> Json<Value> {
     let fed = &state.federation;
     let head = state.store.last_seq();
-    let peers: Vec<Value> = read(&fed.peers)
-        .iter()
-        .map(|(name, p)| {
-            let lag = p.cursor.map(|c| (head + 1).saturating_sub(c));
-            json!({
-                "name": name,
-                "url": p.url,
-                "region": p.region,
-                "state": fed.state_of(p),
-                "last_seen": p.last_seen_us.map(crate::wire::envelope::rfc3339_us),
-                "last_seen_ms_ago": p.last_seen.map(|t| t.elapsed().as_millis() as u64),
-                "latency_ms": p.rtt_ms,
-                "seq": p.head_seq,
-                "cursor": p.cursor,
-                "cursor_lag": lag,
-                "interests": p.wants.borrow().as_ref().map(|w| w.wants.len()),
-                "forwarded": p.forwarded,
-                "last_error": p.last_error,
-                "stalled": p.stalled,
-            })
+    let peers: Vec<Value> = fed.with_registry(|registry, now| {
+        fed.forwarding(|forwarding| {
+            registry
+                .peers(now)
+                .map(|p| {
+                    let f = forwarding.get(p.name);
+                    let cursor = f.and_then(|f| f.cursor);
+                    let lag = cursor.map(|c| (head + 1).saturating_sub(c));
+                    json!({
+                        "name": p.name,
+                        "url": p.url,
+                        "region": p.region,
+                        "state": p.state.as_str(),
+                        "last_seen": p.last_seen_wall_us.map(crate::wire::envelope::rfc3339_us),
+                        "last_seen_ms_ago": p.last_seen_ago.map(|t| t.as_millis() as u64),
+                        "latency_ms": p.rtt_ms,
+                        "seq": p.head_seq,
+                        "cursor": cursor,
+                        "cursor_lag": lag,
+                        "interests": p.interests,
+                        "forwarded": f.map_or(0, |f| f.forwarded),
+                        "last_error": f.and_then(|f| f.last_error.as_deref()),
+                        "stalled": f.is_some_and(|f| f.stalled),
+                    })
+                })
+                .collect()
         })
-        .collect();
+    });
     Json(json!({
         "site": fed.site,
-        "region": fed.region,
+        "region": fed.region(),
         "url": fed.url(),
         "seq": head,
         "federation": fed.enabled(),
-        "heartbeat_ms": fed.heartbeat.as_millis() as u64,
-        "interests": read(&fed.interests).0.clone(),
+        "heartbeat_ms": fed.heartbeat().as_millis() as u64,
+        "interests": fed.interests(),
         "peers": peers,
     }))
 }

@@ -12,8 +12,6 @@ use pepper_router::{Forwarder, ForwarderAction as Action, ForwarderInput as Inpu
 use pepper_storage::{Body, Frame, Record};
 use serde_json::Value;
 
-use crate::federation::read;
-use crate::federation::write;
 use crate::federation::Federation;
 use crate::state::AppState;
 
@@ -30,7 +28,7 @@ enum Park {
 /// The forwarder of one peer; runs until shutdown.
 pub(crate) async fn forward(state: AppState, peer: String) {
     let fed = state.federation.clone();
-    let Some(mut interests) = read(&fed.peers).get(&peer).map(|p| p.wants.subscribe()) else { return };
+    let Some(mut interests) = fed.interests_of(&peer) else { return };
     let mut stopping = state.stopping();
     let epoch = Instant::now();
     let mut f = Forwarder::<Frame>::new(&fed.site, epoch.elapsed());
@@ -124,7 +122,7 @@ fn outcome_of(input: &Input<Frame>) -> Option<Outcome> {
     }
 }
 
-/// Copies the machine's status into the registry, where `/v1/sites` and
+/// Copies the machine's status into the federation, where `/v1/sites` and
 /// the supervisor read it. The peer's one last error is shared with the
 /// heartbeat: a send that passes clears it, a failure sets it.
 fn mirror(fed: &Federation, peer: &str, f: &Forwarder<Frame>, outcome: Option<Outcome>, more: &[Action<Frame>]) {
@@ -133,14 +131,15 @@ fn mirror(fed: &Federation, peer: &str, f: &Forwarder<Frame>, outcome: Option<Ou
     if failed && !more.iter().any(|a| matches!(a, Action::Stalled { .. })) {
         tracing::debug!(peer = %peer, error = %f.last_error().unwrap_or(""), "forwarding failed; retrying");
     }
-    if let Some(p) = write(&fed.peers).get_mut(peer) {
+    fed.forwarding(|all| {
+        let p = all.entry(peer.to_string()).or_default();
         p.cursor = f.cursor();
         p.forwarded = f.forwarded();
         p.stalled = f.stalled();
         if failed || succeeded {
             p.last_error = f.last_error().map(str::to_string);
         }
-    }
+    });
 }
 
 /// Carries out one action; returns what to step, if anything.

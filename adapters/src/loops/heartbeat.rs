@@ -1,16 +1,17 @@
-//! The heartbeat loop: every heartbeat interval it refreshes this site's
-//! interests from its leases, announces itself to every peer (and learns
-//! theirs), starts a forwarder for each peer it has heard from, and
-//! publishes this site's state on `/pepper/sites/`. The registry it updates
-//! is in `federation`.
+//! The heartbeat loop: it carries out what the peer registry
+//! (`pepper_router::Registry`, in `federation`) decides. Each tick may
+//! start a round: refresh this site's interests from its leases, announce
+//! itself to every peer (and learn theirs); when the round is done it
+//! starts a forwarder for each peer heard of, and publishes this site's
+//! state on `/pepper/sites/`. Then it sleeps until the registry's next
+//! wake, an early wake (interests changed) or shutdown.
 
-use std::time::{Duration, Instant};
-
+use pepper_router::RegistryAction as Action;
+use pepper_router::RegistryInput as Input;
 use pepper_storage::{Body, Distribution, Event, Party, Target};
 use serde_json::json;
 
 use crate::federation::loopback_of;
-use crate::federation::read;
 use crate::federation::write;
 use crate::federation::SITES_CHANNEL_PREFIX;
 use crate::loops::forward::forward;
@@ -30,31 +31,47 @@ pub async fn run(state: AppState, listening: std::net::SocketAddr) {
         if loopback != listening {
             tracing::warn!(%listening, "listening on every address: announcing loopback; set --url for peers elsewhere");
         }
-        *write(&fed.url) = local;
+        fed.set_url(local);
     }
     if !fed.enabled() {
         return;
     }
     let mut stopping = state.stopping();
-    let mut last_published = Instant::now() - fed.heartbeat;
     loop {
-        if let Err(e) = fed.refresh_interests(&state.store).await {
-            tracing::warn!(error = %e, "cannot read leases for interests");
-        }
-        fed.announce_to_peers(&state.store, fed.heartbeat.max(Duration::from_millis(500)), false).await;
-        let names: Vec<String> = read(&fed.peers).keys().cloned().collect();
-        for name in names {
-            let started = fed.forwarders.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone());
-            if started {
-                tokio::spawn(forward(state.clone(), name));
+        let mut wake_at = None;
+        let mut round = false;
+        for action in fed.tick() {
+            match action {
+                Action::RefreshInterests => {
+                    if let Err(e) = fed.refresh_interests(&state.store).await {
+                        tracing::warn!(error = %e, "cannot read leases for interests");
+                    }
+                }
+                Action::Announce { to, timeout } => {
+                    round = true;
+                    fed.announce_to(&state.store, to, timeout).await;
+                }
+                Action::WakeAt(t) => wake_at = Some(t),
+                // State changes are logged by the federation; the rest
+                // come only from a round's end.
+                _ => {}
             }
         }
-        if last_published.elapsed() >= fed.heartbeat && !read(&fed.peers).is_empty() {
-            last_published = Instant::now();
-            publish_heartbeat(&state).await;
+        if round {
+            for action in fed.step(Input::RoundDone).unwrap_or_default() {
+                match action {
+                    Action::StartForwarder { peer, .. } => {
+                        tokio::spawn(forward(state.clone(), peer));
+                    }
+                    Action::PublishHeartbeat => publish_heartbeat(&state).await,
+                    Action::WakeAt(t) => wake_at = Some(t),
+                    _ => {}
+                }
+            }
         }
+        let at = wake_at.unwrap_or_else(|| fed.now() + fed.heartbeat());
         tokio::select! {
-            _ = tokio::time::sleep(fed.heartbeat) => {}
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(fed.epoch + at)) => {}
             _ = fed.wake.notified() => {}
             _ = stopping.wait_for(|s| *s) => return,
         }

@@ -95,35 +95,5 @@ pub(crate) fn marker(channel: String, event_type: &str, origin: &str, payload: &
     })
 }
 
-/// Whether origin may declare its records up to `to` lost: only those
-/// below the first one its log still holds, as it last announced
-/// (`announced`: its earliest and last seq; `None` for a site not known as
-/// a peer, earliest 0 for one that has not said). A gap marker moves the
-/// origin's mark past `to`, which drops every record up to it from then
-/// on, so a gap past what the origin trimmed (up to `u64::MAX`, say) would
-/// silence it for good. Refused with 409; an honest origin whose retention
-/// moved after its last heartbeat is let through after the next one.
-///
-/// # Errors
-/// Why the gap is refused.
-pub(crate) fn gap_allowed(origin: &str, to: u64, announced: Option<(u64, u64)>) -> Result<(), String> {
-    let Some((earliest, head)) = announced else {
-        return Err(format!("{origin} is not a known peer; a gap is taken only from a peer that announced its log"));
-    };
-    if earliest == 0 {
-        return Err(format!("{origin} has not announced the first sequence number its log holds"));
-    }
-    // An announcement never says more than its log's range (see `heard`);
-    // the head bounds it again here.
-    let kept_from = earliest.min(head.saturating_add(1));
-    if to >= kept_from {
-        return Err(format!(
-            "a gap up to seq {to} covers records {origin} announced it still holds (from seq {kept_from}); \
-             a gap may only cover what its retention trimmed"
-        ));
-    }
-    Ok(())
-}
-
 /// The type of gap markers; leases receive them whatever their types.
 pub const GAP_TYPE: &str = "pepper.gap";
