@@ -1,11 +1,14 @@
-//! An in-memory index of expiries, for the tasks that enforce them: lease
-//! expiry (`lease.rs`) and tuple expiry (`pldb.rs`).
+//! An in-memory index of expiries, for the tasks that enforce them
+//! (`loops::expiry`): live leases and tuples with an expiry.
 //!
 //! Entries are keyed by a string (a lease id, or a tuple's key) and ordered
 //! by expiry time, so finding what is due is O(log n + due). Each entry is
-//! versioned by the sequence number of the record that set it: handlers and
-//! the expiry tasks update the index after their commits, in any order, and
-//! an update older than the entry it would change is ignored.
+//! versioned by the sequence number of the record that set it, and an
+//! update older than the entry it would change is ignored. The indexes are
+//! loaded from the store once, and then follow the log in one place:
+//! [`ExpiryFold`], which the store's writer tells what each durable group
+//! changed, before any of the group's callers hears back. No handler
+//! updates them by hand.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -20,9 +23,9 @@ pub struct ExpiryIndex {
 }
 
 /// The index is versioned by the sequence number of the record that set
-/// each entry (grant, renew, release or expire), because handlers and the
-/// expiry task update it after their commits, in any order: an update older
-/// than the entry it would change is ignored. An entry left for a lease that
+/// each entry (grant, renew, release or expire), so the load at start and
+/// the fold may meet in any order: an update older than the entry it would
+/// change is ignored. An entry left for a lease that
 /// has ended heals itself: expiring it finds no lease and removes it.
 #[derive(Debug, Default)]
 struct Expiries {
@@ -103,6 +106,38 @@ impl ExpiryIndex {
     }
 }
 
+/// Keeps the lease and tuple expiry indexes in step with the log: the
+/// store tells it, on its writer thread, the end state of every lease and
+/// latest tuple each durable group touched, before the group's callers
+/// hear back (`pepper_storage::Fold`). This is the one place the indexes
+/// follow commits; the expiry tasks only correct an entry the store says is
+/// stale (nothing live to expire).
+pub(crate) struct ExpiryFold {
+    pub(crate) leases: std::sync::Arc<ExpiryIndex>,
+    pub(crate) tuples: std::sync::Arc<ExpiryIndex>,
+}
+
+impl pepper_storage::Fold for ExpiryFold {
+    fn committed(&self, group: &pepper_storage::Committed<'_>) {
+        for (id, lease) in group.leases() {
+            match lease {
+                Some(l) => self.leases.set(id, l.expires_at_us, l.renewed_seq),
+                None => self.leases.remove(id, group.last_seq()),
+            }
+        }
+        for (channel, field, tuple) in group.tuples() {
+            let key = index_key(channel, field);
+            match tuple {
+                Some(t) => match t.expires_at_us {
+                    Some(at) => self.tuples.set(&key, at, t.seq),
+                    None => self.tuples.remove(&key, t.seq),
+                },
+                None => self.tuples.remove(&key, group.last_seq()),
+            }
+        }
+    }
+}
+
 /// The key of a tuple in the expiry index.
 pub(crate) fn index_key(channel: &str, field: &str) -> String {
     format!("{channel}\0{field}")
@@ -117,8 +152,7 @@ pub(crate) fn split_index_key(key: &str) -> Option<(&str, &str)> {
 ///
 /// # Errors
 /// Store read errors.
-pub async fn load_tuple_index(store: &pepper_storage::Store) -> Result<ExpiryIndex, StoreError> {
-    let index = ExpiryIndex::default();
+pub async fn load_tuple_index(store: &pepper_storage::Store, index: &ExpiryIndex) -> Result<(), StoreError> {
     let mut after: Option<TupleCursor> = None;
     loop {
         let cursor = after.take();
@@ -130,7 +164,7 @@ pub async fn load_tuple_index(store: &pepper_storage::Store) -> Result<ExpiryInd
         }
         match page.next {
             Some(next) => after = Some(next),
-            None => return Ok(index),
+            None => return Ok(()),
         }
     }
 }
@@ -139,19 +173,6 @@ pub async fn load_tuple_index(store: &pepper_storage::Store) -> Result<ExpiryInd
 /// not be written yet).
 pub(crate) fn is_expired(t: &Tuple, now_us: u64) -> bool {
     t.expires_at_us.is_some_and(|at| at <= now_us)
-}
-
-/// Records what a committed batch of events did to tuple expiries: the
-/// event at `first + i` set the tuple of `writes[i]`, if any.
-pub(crate) fn note_tuple_writes(index: &ExpiryIndex, first: u64, writes: &[Option<(String, Option<u64>)>]) {
-    for (i, w) in writes.iter().enumerate() {
-        let Some((key, expires)) = w else { continue };
-        let seq = first + i as u64;
-        match expires {
-            Some(at) => index.set(key, *at, seq),
-            None => index.remove(key, seq),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -85,8 +85,16 @@ impl AppState {
     /// # Errors
     /// Store read errors.
     pub async fn load(store: Store, config: ApiConfig) -> Result<AppState, pepper_storage::Error> {
-        let leases = store.read(|v| v.leases()).await?;
-        let tuples = crate::expiry::load_tuple_index(&store).await?;
+        // The fold first, then the load: a commit in between reaches the
+        // indexes through the fold, and the load never replaces a newer
+        // entry (entries are versioned by sequence number).
+        let leases = Arc::new(ExpiryIndex::default());
+        let tuples = Arc::new(ExpiryIndex::default());
+        store.set_fold(Arc::new(crate::expiry::ExpiryFold { leases: leases.clone(), tuples: tuples.clone() }));
+        for l in store.read(|v| v.leases()).await? {
+            leases.set(&l.id, l.expires_at_us, l.renewed_seq);
+        }
+        crate::expiry::load_tuple_index(&store, &tuples).await?;
         let models = Arc::new(crate::models::Models::load(&store).await?);
         let federation = Arc::new(
             crate::federation::Federation::new(store.site(), config.federation.clone())
@@ -106,8 +114,8 @@ impl AppState {
             Dispatcher::spawn(store.clone(), metrics.clone(), stopping_rx, config.stream_buffer_events.max(1));
         Ok(AppState {
             store,
-            leases: Arc::new(ExpiryIndex::of_leases(&leases)),
-            tuples: Arc::new(tuples),
+            leases,
+            tuples,
             models,
             stopping: Arc::new(stopping),
             metrics,

@@ -26,6 +26,7 @@
 //! | `error`, `limits`, `keys` | the error type, every named limit, the families and key encodings |
 //! | `record`, `rows`, `validate` | the log record and view row formats, the input rules |
 //! | `clock`, `engine` | the seams: time, and the key-value store (`rocks`, `memory`, `fault`) |
+//! | `fold` | what each durable group changed, for derived state kept outside the store |
 //! | `shared` | the state one open store shares between its threads |
 //! | `filter`, `view`, `feed` | reading: one snapshot, and the change feed |
 //! | `anycast`, `recording`, `models` | the writer's helpers for anycast leases, monitors and models |
@@ -41,6 +42,7 @@ mod engine;
 mod error;
 mod feed;
 mod filter;
+mod fold;
 pub mod keys;
 pub mod limits;
 mod models;
@@ -64,6 +66,7 @@ pub use engine::{Batch, BatchOp, Direction, Engine, KeyRange, Reader, Value, Vis
 pub use error::{Error, Result};
 pub use feed::{Feed, FeedItem};
 pub use filter::Filter;
+pub use fold::{Committed, Fold, TupleState};
 pub use options::{Durability, Options, DEDUPE_WINDOW_DEFAULT};
 pub use record::{
     Body, Distribution, DocDelete, DocPut, Event, Kind, LeaseEnd, LeaseGrant, LeaseRenew, ModelClass, ModelDelete,

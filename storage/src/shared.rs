@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use crate::clock::Clock;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::fold::Fold;
 use crate::keys;
 use crate::record::MonitorState;
 
@@ -60,6 +61,8 @@ pub(crate) struct Shared {
     policy: RwLock<Arc<BTreeSet<String>>>,
     /// The running monitors' states, as the writer last committed them.
     monitor_states: RwLock<BTreeMap<String, MonitorState>>,
+    /// Told what each durable group changed ([`crate::fold`]).
+    fold: RwLock<Option<Arc<dyn Fold>>>,
 }
 
 impl Shared {
@@ -86,7 +89,18 @@ impl Shared {
             history_resume: Mutex::new(None),
             policy: RwLock::default(),
             monitor_states: RwLock::default(),
+            fold: RwLock::new(None),
         }
+    }
+
+    /// Registers the fold told of each durable group (replacing any other).
+    pub fn set_fold(&self, fold: Arc<dyn Fold>) {
+        *self.fold.write().unwrap_or_else(|p| p.into_inner()) = Some(fold);
+    }
+
+    /// The registered fold, if any.
+    pub fn fold(&self) -> Option<Arc<dyn Fold>> {
+        self.fold.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Refuses every later write, for `reason`. The first reason stays.

@@ -222,6 +222,16 @@ impl Store {
         StatsSnapshot { groups: s.groups.load(Ordering::Relaxed), records: s.records.load(Ordering::Relaxed) }
     }
 
+    /// Registers `fold`, told on the writer thread what each durable group
+    /// changed (the end state of every lease and latest tuple it touched),
+    /// after the group is durable and before its callers are answered. One
+    /// fold at a time; registering another replaces it. Register it right
+    /// after reading the state it derives from, before anything else
+    /// writes, or changes in between are missed.
+    pub fn set_fold(&self, fold: std::sync::Arc<dyn crate::fold::Fold>) {
+        self.inner.shared.set_fold(fold);
+    }
+
     /// Why the store refuses writes, if it does: a write or sync failed, or
     /// the writer thread panicked. Reopening the store recovers.
     pub fn poisoned(&self) -> Option<String> {

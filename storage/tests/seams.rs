@@ -158,3 +158,55 @@ fn a_lease_lapses_when_the_clock_passes_its_expiry() {
         assert!(store.read_blocking(|v| v.lease("l")).unwrap().is_none());
     }
 }
+
+/// What a fold was told, group by group.
+#[derive(Default)]
+struct Told(std::sync::Mutex<Vec<String>>);
+
+impl Fold for Told {
+    fn committed(&self, group: &Committed<'_>) {
+        let mut lines: Vec<String> = group
+            .leases()
+            .map(|(id, l)| format!("lease {id} {:?}", l.map(|l| (l.expires_at_us, l.renewed_seq))))
+            .chain(group.tuples().map(|(c, f, t)| format!("tuple {c} {f} {:?}", t.map(|t| (t.seq, t.expires_at_us)))))
+            .collect();
+        lines.sort();
+        self.0.lock().unwrap().push(format!("{}: {}", group.last_seq(), lines.join(", ")));
+    }
+}
+
+/// The fold hears every durable group's end state of the leases and latest
+/// tuples it touched, before the caller is answered; a refused append
+/// tells it nothing.
+#[test]
+fn a_fold_hears_each_durable_group_before_its_caller() {
+    let store = Store::open_memory(Options::new("s")).unwrap();
+    let told = Arc::new(Told::default());
+    store.set_fold(told.clone());
+    let grant = Body::LeaseGrant(LeaseGrant {
+        id: "l1".into(),
+        pattern: "/a.org/".into(),
+        types: Vec::new(),
+        ttl_ms: 1000,
+        expires_at_us: u64::MAX / 2,
+        group: None,
+        from_seq: None,
+        holder: Party::default(),
+    });
+    store.append_blocking(vec![grant]).unwrap();
+    assert_eq!(told.0.lock().unwrap().last().unwrap(), &format!("1: lease l1 Some(({}, 1))", u64::MAX / 2));
+    let mut expiring = tuple("/a.org/n/", "load", "1");
+    if let Body::TupleSet(t) = &mut expiring {
+        t.expires_at_us = Some(42);
+    }
+    store.append_blocking(vec![expiring, tuple("/a.org/n/", "mem", "2")]).unwrap();
+    assert_eq!(
+        told.0.lock().unwrap().last().unwrap(),
+        "3: tuple /a.org/n/ load Some((2, Some(42))), tuple /a.org/n/ mem Some((3, None))"
+    );
+    store.append_blocking(vec![Body::LeaseRelease(LeaseEnd { id: "l1".into() })]).unwrap();
+    assert_eq!(told.0.lock().unwrap().last().unwrap(), "4: lease l1 None");
+    let before = told.0.lock().unwrap().len();
+    assert!(store.append_blocking(vec![Body::LeaseRelease(LeaseEnd { id: "l1".into() })]).is_err());
+    assert_eq!(told.0.lock().unwrap().len(), before, "a refused append changes nothing");
+}

@@ -76,30 +76,20 @@ pub(crate) async fn publish(
     let many = events.len() > 1;
     let mut bodies = Vec::with_capacity(events.len());
     let mut ids = Vec::with_capacity(events.len());
-    let mut tuple_writes = Vec::with_capacity(events.len());
     for (i, e) in events.into_iter().enumerate() {
         let event = e.into_event().map_err(|err| match many {
             true => ApiError::new(err.status(), err.code(), format!("event {}: {}", i + 1, err.message())),
             false => err,
         })?;
         ids.push(event.id.clone());
-        tuple_writes
-            .push(event.tuple.as_ref().map(|t| (crate::expiry::index_key(&event.channel, &t.field), t.expires_at_us)));
         bodies.push(RecordBody::Event(event));
     }
-    // The append, and the tuple expiry index update after it, run in their
-    // own task so a client that hangs up mid-commit cannot cancel them
-    // halfway: the outcome is the same either way.
+    // The append runs in its own task so a client that hangs up mid-commit
+    // cannot cancel it halfway: the outcome is the same either way. The
+    // tuple expiry index follows the commit by itself (`expiry::ExpiryFold`).
     let st = state.clone();
-    let appended = tokio::spawn(async move {
-        let appended = st.store.append(bodies).await?;
-        if !appended.replayed {
-            crate::expiry::note_tuple_writes(&st.tuples, appended.first, &tuple_writes);
-        }
-        Ok::<_, pepper_storage::Error>(appended)
-    })
-    .await
-    .map_err(ApiError::task_failed)??;
+    let appended =
+        tokio::spawn(async move { st.store.append(bodies).await }).await.map_err(ApiError::task_failed)??;
     let mut answer = match single {
         true => json!({ "seq": appended.first, "id": ids[0] }),
         false => json!({ "first_seq": appended.first, "last_seq": appended.last, "ids": ids }),

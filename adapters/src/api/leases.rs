@@ -34,7 +34,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::expiry::ExpiryIndex;
 use crate::limits::LEASES_MAX;
 use crate::state::AppState;
 use crate::wire::envelope::{canonical_types, new_event_id, rfc3339_us};
@@ -120,22 +119,14 @@ fn granted_ttl_s(requested: u64, max: u64) -> Result<u64, ApiError> {
     Ok(requested.min(max))
 }
 
-/// Appends one lease record and then updates the index with the record's
-/// sequence number, in a task of its own: a client that hangs up cannot
-/// cancel it between the commit and the index update.
-async fn commit(
-    state: &AppState,
-    body: Body,
-    update: impl FnOnce(&ExpiryIndex, u64) + Send + 'static,
-) -> Result<pepper_storage::Appended, ApiError> {
+/// Appends one lease record in a task of its own, so a client that hangs
+/// up cannot cancel it halfway. The lease index follows the commit by
+/// itself (`expiry::ExpiryFold`).
+async fn commit(state: &AppState, body: Body) -> Result<pepper_storage::Appended, ApiError> {
     let state = state.clone();
-    tokio::spawn(async move {
-        let appended = state.store.append(vec![body]).await.map_err(lease_error)?;
-        update(&state.leases, appended.first);
-        Ok(appended)
-    })
-    .await
-    .map_err(ApiError::task_failed)?
+    tokio::spawn(async move { state.store.append(vec![body]).await.map_err(lease_error) })
+        .await
+        .map_err(ApiError::task_failed)?
 }
 
 fn lease_error(e: StoreError) -> ApiError {
@@ -188,7 +179,6 @@ pub(crate) async fn grant(
         }
     }
     let id = req.id.unwrap_or_else(new_event_id);
-    let id2 = id.clone();
     let expires_at_us = now_us() + ttl_s * 1_000_000;
     let grant = LeaseGrant {
         id: id.clone(),
@@ -200,8 +190,7 @@ pub(crate) async fn grant(
         from_seq: req.from_seq,
         holder: Party { service: req.service.clone(), instance: req.instance.clone() },
     };
-    let appended =
-        commit(&state, Body::LeaseGrant(grant), move |leases, seq| leases.set(&id2, expires_at_us, seq)).await?;
+    let appended = commit(&state, Body::LeaseGrant(grant)).await?;
     let body = LeaseJson {
         id,
         channel: pattern.as_str().to_string(),
@@ -240,8 +229,7 @@ pub(crate) async fn renew(
     let ttl_s = granted_ttl_s(req.ttl_s.unwrap_or(current.ttl_ms / 1000), state.config.lease_ttl_max_s)?;
     let expires_at_us = now_us() + ttl_s * 1_000_000;
     let renew = LeaseRenew { id: id.clone(), ttl_ms: ttl_s * 1000, expires_at_us };
-    let id2 = id.clone();
-    commit(&state, Body::LeaseRenew(renew), move |leases, seq| leases.set(&id2, expires_at_us, seq)).await?;
+    commit(&state, Body::LeaseRenew(renew)).await?;
     let mut lease = current;
     lease.ttl_ms = ttl_s * 1000;
     lease.expires_at_us = expires_at_us;
@@ -249,8 +237,7 @@ pub(crate) async fn renew(
 }
 
 pub(crate) async fn release(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let id2 = id.clone();
-    commit(&state, Body::LeaseRelease(LeaseEnd { id }), move |leases, seq| leases.remove(&id2, seq)).await?;
+    commit(&state, Body::LeaseRelease(LeaseEnd { id })).await?;
     state.federation.lease_ended();
     Ok(StatusCode::NO_CONTENT)
 }

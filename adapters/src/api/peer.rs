@@ -16,7 +16,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use pepper_storage::{Body, Event, MonitorState};
+use pepper_storage::{Body, MonitorState};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -92,28 +92,9 @@ pub(crate) async fn records(
     }
     let received: Vec<(u64, Body)> =
         decode_batch(&origin, &body)?.into_iter().map(|(seq, body)| (seq, admit(&origin, seq, body))).collect();
-    // Expiries of received attribute updates, in case this site records
-    // them (a monitor of their channel): an entry for an update it did not
-    // record is harmless, since expiring a tuple that is not live, or not
-    // yet due, is refused and the entry corrected then.
-    let expiries: Vec<Option<(String, u64)>> = received
-        .iter()
-        .map(|(_, body)| match body {
-            Body::Event(Event { channel, tuple: Some(t), .. }) => {
-                t.expires_at_us.map(|at| (crate::expiry::index_key(channel, &t.field), at))
-            }
-            _ => None,
-        })
-        .collect();
+    // The tuple expiry index follows what this site recorded by itself
+    // (`expiry::ExpiryFold`).
     let appended = state.store.receive(&origin, received).await?;
-    if appended.written() > 0 {
-        // The dropped records are the first ones (at or below the mark).
-        for (i, e) in expiries.iter().skip(appended.dropped as usize).enumerate() {
-            if let Some((key, at)) = e {
-                state.tuples.set(key, *at, appended.first + i as u64);
-            }
-        }
-    }
     Ok(Json(
         json!({ "appended": appended.written(), "dropped": appended.dropped, "mark": state.store.origin_mark(&origin)? }),
     ))

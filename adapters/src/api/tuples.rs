@@ -207,22 +207,17 @@ pub(crate) async fn delete(
     if channel.is_reserved() {
         return Err(ApiError::reserved_channel(channel.as_str()));
     }
-    let key = index_key(channel.as_str(), &q.field);
     let end = Body::TupleDelete(TupleEnd { channel: channel.as_str().to_string(), field: q.field });
     let st = state.clone();
-    let appended = tokio::spawn(async move {
-        let appended = st.store.append(vec![end]).await?;
-        st.tuples.remove(&key, appended.first);
-        Ok::<_, StoreError>(appended)
-    })
-    .await
-    .map_err(ApiError::task_failed)?
-    .map_err(|e| match e {
-        StoreError::NotFound { key, .. } => {
-            ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", format!("no live tuple {key}"))
-        }
-        other => other.into(),
-    })?;
+    let appended = tokio::spawn(async move { st.store.append(vec![end]).await })
+        .await
+        .map_err(ApiError::task_failed)?
+        .map_err(|e| match e {
+            StoreError::NotFound { key, .. } => {
+                ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", format!("no live tuple {key}"))
+            }
+            other => other.into(),
+        })?;
     Ok(Json(json!({ "seq": appended.first })))
 }
 

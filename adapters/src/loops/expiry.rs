@@ -56,12 +56,8 @@ async fn expire_tuple_batch(state: AppState, batch: Vec<(String, u64)>) {
     if batch.len() > 1 {
         let bodies: Vec<Body> = batch.iter().filter_map(|(key, _)| expire_record(key)).collect();
         match state.store.append(bodies).await {
-            Ok(appended) => {
-                for (i, (key, _)) in batch.iter().enumerate() {
-                    state.tuples.remove(key, appended.first + i as u64);
-                }
-                return;
-            }
+            // The index follows the commit by itself (`expiry::ExpiryFold`).
+            Ok(_) => return,
             Err(StoreError::NotFound { .. } | StoreError::Conflict { .. }) => {}
             Err(e) => {
                 tracing::warn!(tuples = batch.len(), error = %e, "tuple expiry failed; retrying next tick");
@@ -72,7 +68,8 @@ async fn expire_tuple_batch(state: AppState, batch: Vec<(String, u64)>) {
     for (key, version) in batch {
         let Some(record) = expire_record(&key) else { continue };
         match state.store.append(vec![record]).await {
-            Ok(appended) => state.tuples.remove(&key, appended.first),
+            Ok(_) => {}
+            // No live tuple: the entry was stale (the store is the truth).
             Err(StoreError::NotFound { .. }) => state.tuples.remove(&key, version),
             // Refreshed meanwhile: take the stored expiry.
             Err(StoreError::Conflict { .. }) => {
@@ -166,12 +163,8 @@ async fn expire_lease_batch(state: AppState, batch: Vec<(String, u64)>) {
     if batch.len() > 1 {
         let bodies: Vec<Body> = batch.iter().flat_map(|(id, _)| expire_records(&state, id)).collect();
         match state.store.append(bodies).await {
-            Ok(appended) => {
-                for (i, (id, _)) in batch.iter().enumerate() {
-                    state.leases.remove(id, appended.first + 2 * i as u64);
-                }
-                return;
-            }
+            // The index follows the commit by itself (`expiry::ExpiryFold`).
+            Ok(_) => return,
             Err(StoreError::NotFound { .. } | StoreError::Conflict { .. }) => {}
             Err(e) => {
                 tracing::warn!(leases = batch.len(), error = %e, "lease expiry failed; retrying next tick");
@@ -181,7 +174,8 @@ async fn expire_lease_batch(state: AppState, batch: Vec<(String, u64)>) {
     }
     for (id, version) in batch {
         match state.store.append(expire_records(&state, &id).into()).await {
-            Ok(appended) => state.leases.remove(&id, appended.first),
+            Ok(_) => {}
+            // No live lease: the entry was stale (the store is the truth).
             Err(StoreError::NotFound { .. }) => state.leases.remove(&id, version),
             // Renewed meanwhile: take the stored expiry, whatever the
             // renewal's own index update does.

@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::Batch;
 use crate::error::{Error, Result};
+use crate::fold::Committed;
 use crate::limits::{BATCH_BUFFER_KEPT_BYTES_MAX, GROUP_BYTES_MAX, GROUP_RECORDS_MAX};
 use crate::options::Durability;
 use crate::retention::TrimPlan;
@@ -272,8 +273,13 @@ impl Writer {
         self.state.recording.add_pending(std::mem::take(&mut ov.pending));
         self.shared.stats.groups.fetch_add(1, Ordering::Relaxed);
         self.shared.stats.records.fetch_add(records, Ordering::Relaxed);
+        // Derived state follows before any caller of the group hears back.
+        let last_seq = self.state.tail.next_seq - 1;
+        if let Some(fold) = self.shared.fold() {
+            fold.committed(&Committed { last_seq, leases: &ov.leases, tuples: &ov.tuples });
+        }
         // FEED-2: readers learn of a record only after its batch is durable.
-        self.shared.durable.send_replace(self.state.tail.next_seq - 1);
+        self.shared.durable.send_replace(last_seq);
     }
 
     /// Keeps the batch buffer for the next group, unless it grew past
