@@ -12,6 +12,7 @@
 //! no faster, and the difference is what routing and SSE add.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+#[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,7 +43,7 @@ fn delivery(c: &mut Criterion) {
         b.iter_custom(|iters| {
             // One scenario run per criterion sample is enough: the figures
             // that matter are the latency percentiles printed below.
-            let server = common::Server::start();
+            let server = common::Server::temporary(&["--site", "bench"]);
             let client = reqwest::Client::builder().pool_max_idle_per_host(leases + 64).build().unwrap();
             let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()));
             let received = Arc::new(AtomicU64::new(0));

@@ -17,6 +17,7 @@
 //!   every query must return within the deadline plus 50 ms.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+#[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::sync::{Arc, Mutex};
@@ -40,7 +41,7 @@ fn site(name: &str, peer: Option<&Server>) -> Server {
     if let Some(p) = &peer_arg {
         args.extend(["--peer", p.as_str()]);
     }
-    Server::start_with(&args)
+    Server::temporary(&args)
 }
 
 async fn sites(client: &reqwest::Client, s: &Server) -> Value {

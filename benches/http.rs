@@ -12,6 +12,7 @@
 //! row in the same commit).
 #![allow(clippy::unwrap_used, missing_docs)]
 
+#[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +26,7 @@ const CLIENTS: usize = 64;
 const BATCH: usize = 100;
 
 fn publish(c: &mut Criterion) {
-    let server = common::Server::start();
+    let server = common::Server::temporary(&["--site", "bench"]);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let client = reqwest::Client::builder().pool_max_idle_per_host(CLIENTS).build().unwrap();
     let url = format!("{}/v1/events", server.url);

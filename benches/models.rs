@@ -16,6 +16,7 @@
 //! - a WHERE query over the 100,000 instances, time per query.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+#[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -66,7 +67,7 @@ async fn create_all(client: &reqwest::Client, base: &str, items: Vec<Value>) {
 }
 
 fn models(c: &mut Criterion) {
-    let server = common::Server::start();
+    let server = common::Server::temporary(&["--site", "bench"]);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let client = reqwest::Client::builder().pool_max_idle_per_host(CLIENTS).build().unwrap();
     let base = server.url.clone();

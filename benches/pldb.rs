@@ -17,6 +17,7 @@
 //! criterion's own figures.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+#[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,7 +58,7 @@ async fn load(client: &reqwest::Client, url: &str) {
 }
 
 fn pldb(c: &mut Criterion) {
-    let server = common::Server::start();
+    let server = common::Server::temporary(&["--site", "bench"]);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let client = reqwest::Client::builder().pool_max_idle_per_host(CLIENTS).build().unwrap();
     let url = server.url.clone();

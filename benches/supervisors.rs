@@ -19,6 +19,7 @@
 //!   site, in batches of 1,000, in the same run.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+#[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -50,7 +51,7 @@ fn site(name: &str, region: &str, seed: Option<&Server>, interval_ms: &str) -> S
     if let Some(p) = &peer {
         args.extend(["--peer", p.as_str()]);
     }
-    Server::start_with(&args)
+    Server::temporary(&args)
 }
 
 async fn recording(client: &reqwest::Client, s: &Server) -> Value {

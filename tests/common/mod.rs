@@ -1,5 +1,6 @@
-//! Starting and stopping the real `pepper` binary for integration tests:
-//! loopback, an ephemeral port, a temporary data folder, stopped by its pid.
+//! Starting and stopping the real `pepper` binary for integration tests and
+//! benchmarks (which include this file with `#[path]`): loopback, an
+//! ephemeral port, a temporary data folder, stopped by its pid.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -12,13 +13,19 @@ pub struct Server {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    /// The data folder, when the server owns it ([`Server::temporary`]).
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
     /// Starts `pepper serve` on `data` with extra flags, and waits until it
     /// prints the address it listens on.
     pub fn start(data: &Path, extra: &[&str]) -> Server {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_pepper"));
+        // `PEPPER_BENCH_BIN` runs the same bench or test against another
+        // build (an earlier commit's, say), so two builds are compared in
+        // one session.
+        let bin = std::env::var_os("PEPPER_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_pepper").into());
+        let mut command = Command::new(bin);
         command.args(["serve", "--data"]).arg(data);
         if !extra.contains(&"--site") && !extra.contains(&"--config") {
             command.args(["--site", "test-site"]);
@@ -26,6 +33,8 @@ impl Server {
         if !extra.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }
+        // Its log goes nowhere; `warn` keeps it from costing a benchmark.
+        command.env("RUST_LOG", "warn");
         let mut child = command.args(extra).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
@@ -35,7 +44,16 @@ impl Server {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_string();
         assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-        Server { child, url }
+        Server { child, url, _dir: None }
+    }
+
+    /// Starts `pepper serve` on a temporary data folder of its own, removed
+    /// when the server is dropped.
+    pub fn temporary(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Server::start(dir.path(), extra);
+        server._dir = Some(dir);
+        server
     }
 
     /// `url` + `path`.
