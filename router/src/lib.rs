@@ -2,6 +2,7 @@
 //!
 //! - [`Channel`] and [`Pattern`]: channel names and lease patterns, and the
 //!   [`Trie`] that maps a channel to the leases whose patterns cover it.
+//! - [`ExpiryIndex`]: which leases and tuples are due at a given `now`.
 //! - [`Registry`]: the peer registry. Which sites this site knows, what
 //!   they announced, whether each is up, suspect or down at a given `now`,
 //!   and this site's own announcement and interests.
@@ -20,6 +21,7 @@
 
 mod channel;
 mod error;
+mod expiry;
 mod forwarder;
 mod interest;
 mod peers;
@@ -27,6 +29,7 @@ mod trie;
 
 pub use channel::{subtrees, Channel, Pattern, Segment, CHANNEL_BYTES_MAX, CHANNEL_DEPTH_MAX, RESERVED_AUTHORITY};
 pub use error::{Error, Result};
+pub use expiry::ExpiryIndex;
 pub use forwarder::{
     Action as ForwarderAction, Filter, Forwarder, Input as ForwarderInput, Outgoing, BACKOFF_MAX, BACKOFF_MIN,
     CURSOR_SAVE_INTERVAL, FORWARD_BATCH_BYTES, FORWARD_BATCH_RECORDS, FORWARD_SCAN_MAX,
