@@ -25,7 +25,14 @@
 //! event of type `t` with payload NAME); `partition A B`; `heal A B`;
 //! `run DURATION`; `trim A` (A's retention drops every record older than
 //! now); `expect B from A: NAME.. gap:FROM-TO ..` (exactly what B holds from
-//! A, in order).
+//! A, in order). For anycast: `lease A ID PATTERN group G`; `release A ID`;
+//! `publish-one A CHANNEL NAME` (distribution `one`); `expect A NAME
+//! assigned ID..|none` (the leases the writer chose at commit).
+//!
+//! **Scenarios:** (b) anycast `one` across a member's release
+//! (`anycast_release.sim`); (c) forwarding across a partition that heals
+//! (`partition_heals.sim`, and 1,000 random seeds of it); (d) a gap marker
+//! after retention (`gap_after_retention.sim`).
 //!
 //! **Invariants**, checked after every script (and so for every seed of the
 //! randomized runs), for each origin A and peer B:
@@ -60,7 +67,10 @@ use pepper_adapters::wire::frames::{decode_batch, GAP_TYPE};
 use pepper_router::{
     Forwarder, ForwarderAction as Action, ForwarderInput as Input, Interest, Outgoing, PeerWants, Wants,
 };
-use pepper_storage::{Body, Distribution, Event, ManualClock, MemoryEngine, Options, Party, Retention, Store, Target};
+use pepper_storage::{
+    Body, Distribution, Event, LeaseEnd, LeaseGrant, ManualClock, MemoryEngine, Options, Party, Retention, Store,
+    Target,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -235,6 +245,28 @@ impl Sim {
                     self.partitions.remove(&pair(a, b));
                 }
                 ["run", d] => self.run(parse_duration(d)),
+                ["lease", site, id, pattern, "group", group] => self.lease(site, id, pattern, group),
+                ["release", site, id] => {
+                    let release = Body::LeaseRelease(LeaseEnd { id: id.into() });
+                    self.store(site).append_blocking(vec![release]).expect("release");
+                    self.log(format!("release {site} {id}"));
+                }
+                ["publish-one", site, channel, name] => {
+                    let mut one = event(channel, name);
+                    if let Body::Event(e) = &mut one {
+                        e.distribution = Distribution::One;
+                    }
+                    self.store(site).append_blocking(vec![one]).expect("publish");
+                    self.log(format!("publish-one {site} {channel} {name}"));
+                }
+                ["expect", site, name, "assigned", ref to @ ..] => {
+                    let got = self.assigned(site, name);
+                    let want: Vec<String> = match to {
+                        ["none"] => Vec::new(),
+                        _ => to.iter().map(|t| (*t).to_string()).collect(),
+                    };
+                    assert_eq!(got, want, "{name} at {site}\n{}", self.trace.join("\n"));
+                }
                 ["trim", site] => self.trim(site),
                 ["expect", peer, "from", origin, ref held @ ..] => {
                     let origin = origin.trim_end_matches(':');
@@ -486,6 +518,33 @@ impl Sim {
 
     /// What `peer` holds from `origin`: its events and gap markers, in
     /// `peer`'s log order.
+    fn lease(&mut self, site: &str, id: &str, pattern: &str, group: &str) {
+        let grant = Body::LeaseGrant(LeaseGrant {
+            id: id.into(),
+            pattern: pattern.into(),
+            types: Vec::new(),
+            ttl_ms: 3_600_000,
+            expires_at_us: EPOCH_US + u64::try_from(self.now.as_micros()).unwrap() + 3_600_000_000,
+            group: Some(group.into()),
+            from_seq: None,
+            holder: Party::default(),
+        });
+        self.store(site).append_blocking(vec![grant]).expect("grant");
+        self.log(format!("lease {site} {id} {pattern} group {group}"));
+    }
+
+    /// The leases the writer assigned the distribution-`one` event `name`.
+    fn assigned(&self, site: &str, name: &str) -> Vec<String> {
+        let records = self.store(site).read_blocking(|v| v.records(1, u64::MAX, 1_000_000)).expect("records");
+        records
+            .into_iter()
+            .find_map(|r| match r.body {
+                Body::Event(e) if e.payload == name.as_bytes() => Some(e.assigned),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no event {name} at {site}"))
+    }
+
     fn held(&self, peer: &str, origin: &str) -> Vec<Held> {
         let records = self.store(peer).read_blocking(|v| v.records(1, u64::MAX, 1_000_000)).expect("records");
         records
@@ -579,6 +638,13 @@ fn run_script(seed: u64, text: &str) -> Vec<String> {
 fn c_forwarding_across_a_partition_that_heals_loses_and_repeats_nothing() {
     let trace = run_script(1, PARTITION_HEALS);
     assert!(trace.iter().any(|l| l.contains("lost to the partition")), "the partition was felt");
+}
+
+/// (b) Anycast `one` across a member's release: each event goes to exactly
+/// one live member, round robin, and none to a released one.
+#[test]
+fn b_anycast_one_moves_to_the_remaining_members_after_a_release() {
+    run_script(3, include_str!("sim/anycast_release.sim"));
 }
 
 #[test]
