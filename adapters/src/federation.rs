@@ -49,7 +49,6 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderMap, StatusCode};
 use pepper_router::{PeerWants, Registry, RegistryAction, RegistryConfig, RegistryInput, Target};
 use pepper_storage::now_us;
-use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use pepper_storage::Store;
@@ -92,121 +91,9 @@ impl std::fmt::Debug for FederationConfig {
     }
 }
 
-/// What a site is interested in: the events of one lease pattern and types.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Interest {
-    /// A lease pattern.
-    pub pattern: String,
-    /// Event types; empty means all.
-    #[serde(default)]
-    pub types: Vec<String>,
-}
-
-/// A peer as an announcement lists it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PeerInfo {
-    /// Site name.
-    pub name: String,
-    /// Where it is reached.
-    pub url: String,
-    /// Its region, if any.
-    #[serde(default)]
-    pub region: Option<String>,
-}
-
-/// A site's announcement: its heartbeat.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Announce {
-    /// Site name.
-    pub name: String,
-    /// Where it is reached.
-    pub url: String,
-    /// Its region, if any.
-    #[serde(default)]
-    pub region: Option<String>,
-    /// Its log's last sequence number.
-    pub seq: u64,
-    /// The first sequence number its log still holds (what retention
-    /// kept); 0 from a site that does not say. A gap marker from it may
-    /// only cover records below this.
-    #[serde(default)]
-    pub earliest_seq: u64,
-    /// When it was sent, microseconds since the Unix epoch.
-    pub time_us: u64,
-    /// What its leases want from other sites.
-    #[serde(default)]
-    pub interests: Vec<Interest>,
-    /// When `interests` were computed (microseconds, strictly increasing
-    /// at the sender): an announcement overtaken by a newer one on the way
-    /// does not bring back stale interests.
-    #[serde(default)]
-    pub interests_version: u64,
-    /// A random number drawn when the site started: versions compare only
-    /// within one run, so a restart with a clock behind is not ignored.
-    #[serde(default)]
-    pub incarnation: u64,
-    /// The peers it knows.
-    #[serde(default)]
-    pub peers: Vec<PeerInfo>,
-}
-
-impl From<Interest> for pepper_router::Interest {
-    fn from(i: Interest) -> pepper_router::Interest {
-        pepper_router::Interest { pattern: i.pattern, types: i.types }
-    }
-}
-
-impl From<pepper_router::Interest> for Interest {
-    fn from(i: pepper_router::Interest) -> Interest {
-        Interest { pattern: i.pattern, types: i.types }
-    }
-}
-
-impl From<PeerInfo> for pepper_router::PeerInfo {
-    fn from(p: PeerInfo) -> pepper_router::PeerInfo {
-        pepper_router::PeerInfo { name: p.name, url: p.url, region: p.region }
-    }
-}
-
-impl From<pepper_router::PeerInfo> for PeerInfo {
-    fn from(p: pepper_router::PeerInfo) -> PeerInfo {
-        PeerInfo { name: p.name, url: p.url, region: p.region }
-    }
-}
-
-impl From<Announce> for pepper_router::Announcement {
-    fn from(a: Announce) -> pepper_router::Announcement {
-        pepper_router::Announcement {
-            name: a.name,
-            url: a.url,
-            region: a.region,
-            seq: a.seq,
-            earliest_seq: a.earliest_seq,
-            time_us: a.time_us,
-            interests: a.interests.into_iter().map(Into::into).collect(),
-            interests_version: a.interests_version,
-            incarnation: a.incarnation,
-            peers: a.peers.into_iter().map(Into::into).collect(),
-        }
-    }
-}
-
-impl From<pepper_router::Announcement> for Announce {
-    fn from(a: pepper_router::Announcement) -> Announce {
-        Announce {
-            name: a.name,
-            url: a.url,
-            region: a.region,
-            seq: a.seq,
-            earliest_seq: a.earliest_seq,
-            time_us: a.time_us,
-            interests: a.interests.into_iter().map(Into::into).collect(),
-            interests_version: a.interests_version,
-            incarnation: a.incarnation,
-            peers: a.peers.into_iter().map(Into::into).collect(),
-        }
-    }
-}
+/// The wire's announcement types are the registry's own (they derive serde;
+/// a field an older site does not send takes its default).
+pub use pepper_router::{Announcement as Announce, Interest, PeerInfo};
 
 /// A peer as federated queries see it.
 #[derive(Clone, Debug)]
@@ -477,13 +364,13 @@ impl Federation {
     /// The registry's refusal (a bad announcement, or no room for a new
     /// peer); nothing changed.
     pub(crate) fn heard(&self, a: Announce, head: u64) -> Result<(), String> {
-        let input = RegistryInput::Announced { announcement: a.into(), local_head: head, wall_us: now_us() };
+        let input = RegistryInput::Announced { announcement: a, local_head: head, wall_us: now_us() };
         self.step(input).map(drop).map_err(|e| e.to_string())
     }
 
     /// This site's announcement now, with its log's range.
     pub(crate) fn announce(&self, seq: u64, earliest_seq: u64) -> Announce {
-        lock(&self.registry).announcement(seq, earliest_seq, now_us()).into()
+        lock(&self.registry).announcement(seq, earliest_seq, now_us())
     }
 
     /// Recomputes this site's interests from its live leases.
@@ -526,7 +413,7 @@ impl Federation {
                     Ok(a) if a.name == name => {
                         let input = RegistryInput::Answered {
                             peer: name.clone(),
-                            announcement: a.into(),
+                            announcement: a,
                             rtt: started.elapsed(),
                             local_head: store.last_seq(),
                             wall_us: now_us(),
@@ -572,8 +459,7 @@ impl Federation {
         }
         let actions = {
             let _one_at_a_time = self.refreshing.lock().await;
-            self.step(RegistryInput::LeaseGranted { interest: interest.into(), version_us: now_us() })
-                .unwrap_or_default()
+            self.step(RegistryInput::LeaseGranted { interest, version_us: now_us() }).unwrap_or_default()
         };
         self.carry_out(store, actions).await;
     }
@@ -586,7 +472,7 @@ impl Federation {
 
     /// Adds a standing interest before the first heartbeat, without a push.
     pub(crate) fn add_standing(&self, interest: Interest) {
-        lock(&self.registry).add_standing(interest.into());
+        lock(&self.registry).add_standing(interest);
     }
 
     /// Adds a standing interest (held by the site itself rather than by a
@@ -599,14 +485,14 @@ impl Federation {
 
     /// Drops a standing interest; the next heartbeat withdraws it.
     pub(crate) fn drop_interest(&self, interest: &Interest) {
-        lock(&self.registry).remove_standing(&interest.clone().into());
+        lock(&self.registry).remove_standing(interest);
         let _ = self.step(RegistryInput::Wake);
         self.wake.notify_one();
     }
 
     /// This site's interests as last computed.
     pub(crate) fn interests(&self) -> Vec<Interest> {
-        lock(&self.registry).interests().0.iter().cloned().map(Into::into).collect()
+        lock(&self.registry).interests().0.to_vec()
     }
 
     /// This site's interests version now (0: not computed yet).
@@ -670,5 +556,40 @@ mod tests {
         assert!(fed.authorized(&headers).is_ok());
         let off = Federation::new("a", FederationConfig::default()).expect("federation");
         assert_eq!(off.authorized(&headers).map_err(|e| e.status()), Err(StatusCode::FORBIDDEN));
+    }
+
+    /// The announcement on the wire keeps its field names, and one from a
+    /// site that sends fewer fields (an older version) still reads, the
+    /// missing ones at their defaults.
+    #[test]
+    fn announcements_keep_their_wire_shape() {
+        let old: Announce =
+            serde_json::from_str(r#"{"name": "b", "url": "http://127.0.0.1:1", "seq": 7, "time_us": 5}"#).expect("old");
+        assert_eq!((&old.region, old.earliest_seq, old.interests_version, old.incarnation), (&None, 0, 0, 0));
+        assert!(old.interests.is_empty() && old.peers.is_empty());
+        let interest: Interest = serde_json::from_str(r#"{"pattern": "/a/"}"#).expect("interest");
+        assert!(interest.types.is_empty());
+        let mut a = old;
+        a.interests = vec![interest];
+        a.peers = vec![PeerInfo { name: "c".into(), url: "http://127.0.0.1:2".into(), region: Some("eu".into()) }];
+        let v = serde_json::to_value(&a).expect("json");
+        let keys: Vec<&str> = v.as_object().expect("object").keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "earliest_seq",
+                "incarnation",
+                "interests",
+                "interests_version",
+                "name",
+                "peers",
+                "region",
+                "seq",
+                "time_us",
+                "url"
+            ]
+        );
+        assert_eq!(v["interests"][0], serde_json::json!({"pattern": "/a/", "types": []}));
+        assert_eq!(v["peers"][0], serde_json::json!({"name": "c", "url": "http://127.0.0.1:2", "region": "eu"}));
     }
 }

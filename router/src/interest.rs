@@ -5,16 +5,19 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::channel::{Channel, Pattern};
 use crate::error::Result;
 use crate::trie::Trie;
 
 /// What a site is interested in: the events of one lease pattern and types.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Interest {
     /// A lease pattern.
     pub pattern: String,
     /// Event types; empty means all.
+    #[serde(default)]
     pub types: Vec<String>,
 }
 

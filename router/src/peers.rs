@@ -48,6 +48,7 @@
 //! per peer and gives states an operator cannot predict from the settings;
 //! whole heartbeat intervals are what `GET /v1/sites` explains.
 
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,41 +96,49 @@ const _: () = assert!(SUSPECT_AFTER_HEARTBEATS < DOWN_AFTER_HEARTBEATS);
 const _: () = assert!(SITE_BYTES_MAX <= NAME_BYTES_MAX && SITE_BYTES_MAX <= u8::MAX as usize);
 
 /// A peer as an announcement lists it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerInfo {
     /// Site name.
     pub name: String,
     /// Where it is reached.
     pub url: String,
     /// Its region, if any.
+    #[serde(default)]
     pub region: Option<String>,
 }
 
-/// A site's announcement: its heartbeat, as the wire carries it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A site's announcement: its heartbeat, as the wire carries it (JSON; a
+/// field an older site does not send takes its default).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announcement {
     /// Site name.
     pub name: String,
     /// Where it is reached.
     pub url: String,
     /// Its region, if any.
+    #[serde(default)]
     pub region: Option<String>,
     /// Its log's last sequence number.
     pub seq: u64,
     /// The first sequence number its log still holds; 0 from a site that
     /// does not say. A gap marker from it may only cover records below it.
+    #[serde(default)]
     pub earliest_seq: u64,
     /// When it was sent, microseconds since the Unix epoch (shown, never
     /// compared).
     pub time_us: u64,
     /// What its leases want from other sites.
+    #[serde(default)]
     pub interests: Vec<Interest>,
     /// The version of `interests`, strictly increasing within one run of
     /// the sender; 0: not computed yet.
+    #[serde(default)]
     pub interests_version: u64,
     /// The sender's run, drawn at random when it started.
+    #[serde(default)]
     pub incarnation: u64,
     /// The peers it knows.
+    #[serde(default)]
     pub peers: Vec<PeerInfo>,
 }
 
