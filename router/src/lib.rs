@@ -2,6 +2,8 @@
 //!
 //! - [`Channel`] and [`Pattern`]: channel names and lease patterns, and the
 //!   [`Trie`] that maps a channel to the leases whose patterns cover it.
+//! - [`Dispatch`]: which live subscribers (lease streams, watches) each
+//!   committed record goes to, and when one is detached or its lease ends.
 //! - [`ExpiryIndex`]: which leases and tuples are due at a given `now`.
 //! - [`Registry`]: the peer registry. Which sites this site knows, what
 //!   they announced, whether each is up, suspect or down at a given `now`,
@@ -12,7 +14,7 @@
 //!   evaluations, placement delays, the surplus stop rule, and each new
 //!   monitor's backfill protocol, with its [`Cut`].
 //!
-//! The registry, the forwarder and the placement are state machines: `step(now, input)`
+//! The dispatch, the registry, the forwarder and the placement are state machines: `step(now, input)`
 //! and `tick(now)` return the actions to carry out, and they read no
 //! clock, spawn nothing and touch no socket. `pepper-adapters` carries the
 //! actions out (HTTP, the store, timers); a simulator can carry them out
@@ -20,6 +22,7 @@
 //! storage: records reach it as the driver reads them.
 
 mod channel;
+mod dispatch;
 mod error;
 mod expiry;
 mod forwarder;
@@ -28,6 +31,10 @@ mod peers;
 mod trie;
 
 pub use channel::{subtrees, Channel, Pattern, Segment, CHANNEL_BYTES_MAX, CHANNEL_DEPTH_MAX, RESERVED_AUTHORITY};
+pub use dispatch::{
+    should_join, Action as DispatchAction, Detach, Dispatch, EndReason, EventHead, Holder, Input as DispatchInput,
+    Meaning, Routed, Subscriber, SubscriberId, GAP_EVENT_TYPE, HANDOFF_LAG_MAX,
+};
 pub use error::{Error, Result};
 pub use expiry::ExpiryIndex;
 pub use forwarder::{

@@ -6,7 +6,7 @@
 //! 1. **Catch-up.** It reads the log with its own change feed from where the
 //!    client asked (`Last-Event-ID`, `?from_seq`, the lease's start, or the
 //!    head), as fast as the client's socket drains.
-//! 2. **Handoff.** Once within [`HANDOFF_LAG_MAX`] records of the head, it
+//! 2. **Handoff.** Once within [`HANDOFF_LAG_MAX`](pepper_router::HANDOFF_LAG_MAX) records of the head, it
 //!    joins the site's [dispatcher](crate::loops::dispatch) at its cursor. The
 //!    dispatcher answers with its own position; the stream reads whatever
 //!    lies between the two from the log.
@@ -51,9 +51,10 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use crate::error::ApiError;
 use crate::limits::SNAPSHOTS_MAX;
 use crate::limits::SUBSCRIBERS_MAX;
-use crate::loops::dispatch::{Detach, Item, Live, Outgoing, Subscription, Wants, HANDOFF_LAG_MAX};
+use crate::loops::dispatch::{filter, meaning, Item, Live, Outgoing, Subscription};
 use crate::state::AppState;
 use crate::wire::envelope::{canonical_types, EventOut};
+use pepper_router::{Detach, Meaning};
 
 /// How often an idle SSE stream sends a keep-alive comment.
 pub const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -130,7 +131,10 @@ pub(crate) async fn lease_events(
         pattern,
         types: lease.types.clone(),
         lease: Some(id),
-        holder: Some(lease.holder.clone()),
+        holder: Some(pepper_router::Holder {
+            service: lease.holder.service.clone(),
+            instance: lease.holder.instance.clone(),
+        }),
         group: lease.group.clone(),
         granted_seq: lease.granted_seq,
         tuples: false,
@@ -378,14 +382,14 @@ struct Subscriber {
 impl Subscriber {
     /// What `record` gives the client, if anything.
     fn deliver(&mut self, record: &Record) -> Option<Out> {
-        match self.sub.wants(record) {
-            Wants::Event => {
+        match meaning(&self.sub, record) {
+            Meaning::Deliver => {
                 let out = Outgoing::from_record(record)?;
                 self.state.metrics.deliveries.inc();
                 Some(Out::Event(Arc::new(out)))
             }
-            Wants::LeaseEnded { reason } => Some(Out::LeaseEnded { seq: record.seq, reason }),
-            Wants::Nothing => None,
+            Meaning::LeaseEnded(reason) => Some(Out::LeaseEnded { seq: record.seq, reason: reason.name() }),
+            Meaning::Nothing => None,
         }
     }
 
@@ -400,14 +404,14 @@ impl Subscriber {
                     match rx.recv().await {
                         Some(SnapshotItem::Page { event, json }) => return Some(Out::Page { event, json }),
                         Some(SnapshotItem::Done { seq, tuples, removed, reset }) => {
-                            self.phase = Phase::CatchUp(self.state.store.feed(seq + 1, self.sub.filter()));
+                            self.phase = Phase::CatchUp(self.state.store.feed(seq + 1, filter(&self.sub)));
                             return Some(Out::SnapshotDone { seq, tuples, removed, since, reset });
                         }
                         Some(SnapshotItem::Failed(message)) => return Some(Out::Failed(message)),
                         None => return None,
                     }
                 }
-                Phase::CatchUp(feed) if feed.lag() <= HANDOFF_LAG_MAX => {
+                Phase::CatchUp(feed) if pepper_router::should_join(feed.lag()) => {
                     let from = feed.position();
                     let Ok(live) = self.state.dispatcher.join(self.sub.clone(), from).await else { return None };
                     self.phase = if live.from > from {
@@ -440,7 +444,7 @@ impl Subscriber {
                         self.phase = Phase::Live(live);
                         continue;
                     }
-                    let (from, to, filter) = (*next, live.from - 1, self.sub.filter());
+                    let (from, to, filter) = (*next, live.from - 1, filter(&self.sub));
                     let scan =
                         self.state.store.read(move |v| v.scan(from, to, &filter, GAP_CHUNK_RECORDS, u64::MAX)).await;
                     match scan {
@@ -467,7 +471,7 @@ impl Subscriber {
 
 pub(crate) fn sse(state: AppState, sub: Subscription, from: u64) -> Result<Response, ApiError> {
     let slot = take_slot(&state)?;
-    let feed = state.store.feed(from, sub.filter());
+    let feed = state.store.feed(from, filter(&sub));
     Ok(stream(Subscriber { state, sub, phase: Phase::CatchUp(feed), _slot: slot }))
 }
 
@@ -585,7 +589,7 @@ async fn long_poll(
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     let mut from = from;
     loop {
-        let filter = sub.filter();
+        let filter = filter(&sub);
         let scan = state.store.read(move |v| v.scan(from, u64::MAX, &filter, max, LONG_POLL_SCAN_MAX)).await?;
         let (records, next_seq) = match scan {
             Scan::Records { records, next_seq } => (records, next_seq),
@@ -595,19 +599,19 @@ async fn long_poll(
         let mut ended = None;
         let mut next = next_seq;
         for record in &records {
-            match sub.wants(record) {
-                Wants::Event => {
+            match meaning(&sub, record) {
+                Meaning::Deliver => {
                     if let Some(e) = EventOut::from_record(record) {
                         state.metrics.deliveries.inc();
                         events.push(e);
                     }
                 }
-                Wants::LeaseEnded { reason } => {
-                    ended = Some(reason);
+                Meaning::LeaseEnded(reason) => {
+                    ended = Some(reason.name());
                     next = record.seq + 1;
                     break;
                 }
-                Wants::Nothing => {}
+                Meaning::Nothing => {}
             }
         }
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());

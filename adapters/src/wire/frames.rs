@@ -96,4 +96,4 @@ pub(crate) fn marker(channel: String, event_type: &str, origin: &str, payload: &
 }
 
 /// The type of gap markers; leases receive them whatever their types.
-pub const GAP_TYPE: &str = "pepper.gap";
+pub const GAP_TYPE: &str = pepper_router::GAP_EVENT_TYPE;
