@@ -71,7 +71,7 @@ pub(crate) fn filter(sub: &Subscription) -> Filter {
 }
 
 /// A stored record as routing sees it.
-pub(crate) fn routed(record: &Record) -> Routed<'_> {
+pub fn routed(record: &Record) -> Routed<'_> {
     match &record.body {
         Body::Event(e) => Routed::Event(EventHead {
             channel: &e.channel,
