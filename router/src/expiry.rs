@@ -7,8 +7,12 @@
 //! the entry it would change is ignored. The index reads no clock: the
 //! caller passes `now` to [`ExpiryIndex::due`] and carries out the expiry
 //! (the adapters append expire records and the store decides each race
-//! with a renewal). The rejected alternative, a timer per lease, costs a
+//! with a renewal, settled by an [`ExpiryPass`]). The rejected alternative, a timer per lease, costs a
 //! task per lease and cannot batch what lapses together.
+
+mod pass;
+
+pub use pass::{Action as ExpiryAction, Outcome as ExpiryOutcome, Pass as ExpiryPass};
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;

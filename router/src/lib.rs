@@ -4,7 +4,9 @@
 //!   [`Trie`] that maps a channel to the leases whose patterns cover it.
 //! - [`Dispatch`]: which live subscribers (lease streams, watches) each
 //!   committed record goes to, and when one is detached or its lease ends.
-//! - [`ExpiryIndex`]: which leases and tuples are due at a given `now`.
+//! - [`ExpiryIndex`]: which leases and tuples are due at a given `now`;
+//!   [`ExpiryPass`]: one pass ending them, in batches, settling races with
+//!   renewals.
 //! - [`Registry`]: the peer registry. Which sites this site knows, what
 //!   they announced, whether each is up, suspect or down at a given `now`,
 //!   and this site's own announcement and interests.
@@ -36,7 +38,7 @@ pub use dispatch::{
     Meaning, Routed, Subscriber, SubscriberId, GAP_EVENT_TYPE, HANDOFF_LAG_MAX,
 };
 pub use error::{Error, Result};
-pub use expiry::ExpiryIndex;
+pub use expiry::{ExpiryAction, ExpiryIndex, ExpiryOutcome, ExpiryPass};
 pub use forwarder::{
     Action as ForwarderAction, Filter, Forwarder, Input as ForwarderInput, Outgoing, BACKOFF_MAX, BACKOFF_MIN,
     CURSOR_SAVE_INTERVAL, FORWARD_BATCH_BYTES, FORWARD_BATCH_RECORDS, FORWARD_SCAN_MAX,
