@@ -2,7 +2,9 @@
 //!
 //! Schemas live in memory, one per namespace (`root/cimv2` starts with
 //! pepper's core set), rebuilt at start from the `model.class` records the
-//! store kept. Instances live in the store only: every read runs the
+//! store kept, and then following the log in one place: [`Models`] is a
+//! `pepper_storage::Fold`, told every class a durable group defined before
+//! the group's caller hears back. No handler edits a schema. Instances live in the store only: every read runs the
 //! `pepper-query` model functions over one store snapshot, whose sequence
 //! number the answer states. Every write appends the model record and its
 //! change event on `/pepper/model/<namespace>/<class>/` in one atomic
@@ -14,14 +16,14 @@
 //! an instance still referred to).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use axum::http::StatusCode;
 use pepper_query::model::{Instance, Instances};
 use pepper_query::path::ObjectPath;
 use pepper_query::schema::{ClassDef, Schema, CORE_NAMESPACE};
 use pepper_query::value::Value;
-use pepper_storage::{Body, Distribution, Event, Party, Store, Target, View};
+use pepper_storage::{Body, Distribution, Event, ModelClassRow, Party, Store, Target, View};
 use serde_json::Map;
 
 use crate::error::ApiError;
@@ -32,6 +34,10 @@ pub const MODEL_EVENTS_PREFIX: &str = "/pepper/model/";
 /// The namespaces' schemas.
 pub struct Models {
     pub(crate) schemas: RwLock<HashMap<String, Arc<Schema>>>,
+    /// The sequence number of each class definition in `schemas`, by
+    /// lowercased (namespace, class): a definition no newer is skipped, so
+    /// the load at start and the fold may meet in any order.
+    versions: Mutex<HashMap<(String, String), u64>>,
     /// Instance writes hold it shared, from reading the schema to their
     /// append; a class definition holds it alone, from its check ("does this
     /// class have instances?") until the new schema is in place. So no
@@ -43,6 +49,20 @@ pub struct Models {
     /// modifications of one instance both land instead of the later one
     /// writing over the earlier.
     pub(crate) stripes: Box<[tokio::sync::Mutex<()>]>,
+}
+
+impl Default for Models {
+    fn default() -> Models {
+        Models::new()
+    }
+}
+
+impl pepper_storage::Fold for Models {
+    fn committed(&self, group: &pepper_storage::Committed<'_>) {
+        for (ns, row) in group.classes() {
+            self.apply(ns, row);
+        }
+    }
 }
 
 /// Stripes of [`Models::stripes`]: enough that unrelated instances rarely
@@ -60,36 +80,60 @@ pub(crate) fn query_error(e: pepper_query::Error) -> ApiError {
 }
 
 impl Models {
-    /// The core schema, plus every class the store kept, in the order they
-    /// were defined.
+    /// The core schema only; [`Models::load`] adds the stored classes.
+    pub fn new() -> Models {
+        let mut schemas = HashMap::new();
+        schemas.insert(CORE_NAMESPACE.to_string(), Arc::new(Schema::core()));
+        Models {
+            schemas: RwLock::new(schemas),
+            versions: Mutex::new(HashMap::new()),
+            schema_lock: tokio::sync::RwLock::new(()),
+            stripes: (0..MODIFY_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
+
+    /// Adds every class the store kept, in the order they were defined.
+    /// Register the fold first: a class defined meanwhile reaches the
+    /// schemas through it, and the load never replaces a newer definition.
     ///
     /// # Errors
     /// Store read errors; a stored class that no longer checks is logged
     /// and skipped.
-    pub async fn load(store: &Store) -> Result<Models, pepper_storage::Error> {
+    pub async fn load(&self, store: &Store) -> Result<(), pepper_storage::Error> {
         let mut rows = store.read(|v| v.all_model_classes()).await?;
         rows.sort_by_key(|(_, row)| row.seq);
-        let mut schemas: HashMap<String, Schema> = HashMap::new();
-        schemas.insert(CORE_NAMESPACE.to_string(), Schema::core());
-        for (ns, row) in rows {
-            let schema = schemas.entry(ns.to_ascii_lowercase()).or_default();
-            match serde_json::from_slice::<ClassDef>(&row.definition) {
-                Ok(def) => {
-                    if let Err(e) = schema.define(def, &|_: &str| false) {
-                        tracing::error!(namespace = %ns, class = %row.name, error = %e, "stored class skipped");
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(namespace = %ns, class = %row.name, error = %e, "stored class does not parse")
-                }
-            }
+        for (ns, row) in &rows {
+            self.apply(ns, row);
         }
-        let schemas = schemas.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
-        Ok(Models {
-            schemas: RwLock::new(schemas),
-            schema_lock: tokio::sync::RwLock::new(()),
-            stripes: (0..MODIFY_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
-        })
+        Ok(())
+    }
+
+    /// Puts the class of `row`, defined in namespace `ns`, into its schema,
+    /// unless the schema has it from a newer record. Its checks against
+    /// existing instances ran before the record was written.
+    fn apply(&self, ns: &str, row: &ModelClassRow) {
+        let ns = ns.to_ascii_lowercase();
+        let key = (ns.clone(), row.name.to_ascii_lowercase());
+        let mut versions = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        if versions.get(&key).is_some_and(|v| *v >= row.seq) {
+            return;
+        }
+        let def = match serde_json::from_slice::<ClassDef>(&row.definition) {
+            Ok(def) => def,
+            Err(e) => {
+                tracing::error!(namespace = %ns, class = %row.name, error = %e, "stored class does not parse");
+                return;
+            }
+        };
+        let mut schemas = self.schemas.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = schemas.get(&ns).map(|s| (**s).clone()).unwrap_or_default();
+        match next.define(def, &|_: &str| false) {
+            Ok(()) => {
+                schemas.insert(ns, Arc::new(next));
+                versions.insert(key, row.seq);
+            }
+            Err(e) => tracing::error!(namespace = %ns, class = %row.name, error = %e, "stored class skipped"),
+        }
     }
 
     pub(crate) fn stripe(&self, identity: &str) -> &tokio::sync::Mutex<()> {
@@ -233,4 +277,32 @@ pub(crate) fn refs_of(values: &std::collections::BTreeMap<String, Value>) -> Vec
 
 pub(crate) fn props_json(values: &std::collections::BTreeMap<String, Value>) -> serde_json::Value {
     serde_json::Value::Object(values.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pepper_storage::{ModelClass, Options};
+
+    fn class(ns: &str, json: &str) -> Body {
+        let def: ClassDef = serde_json::from_str(json).expect("class");
+        Body::ModelClass(ModelClass { namespace: ns.into(), name: def.name.clone(), definition: json.into() })
+    }
+
+    /// A class committed by any path reaches the schema before its append
+    /// returns, and the load at start neither misses nor undoes one.
+    #[tokio::test]
+    async fn the_schemas_follow_committed_classes() {
+        let store = Store::open_memory(Options::new("s")).expect("open");
+        store.append(vec![class("root/x", r#"{"name":"A"}"#)]).await.expect("A");
+        let state = crate::AppState::load(store.clone(), crate::ApiConfig::default()).await.expect("state");
+        assert!(state.models.schema("root/x").expect("loaded").get("A").is_some());
+        store.append(vec![class("Root/X", r#"{"name":"B","superclass":"A"}"#)]).await.expect("B");
+        let schema = state.models.schema("root/x").expect("namespace");
+        assert!(schema.is_a("B", "A"), "folded in, with its superclass");
+        // Loading again (as a late load would) keeps the newer definitions.
+        state.models.load(&store).await.expect("load");
+        assert!(state.models.schema("root/x").expect("namespace").get("B").is_some());
+        assert!(state.models.schema("root/y").is_err(), "no other namespace appeared");
+    }
 }

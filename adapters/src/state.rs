@@ -42,6 +42,23 @@ impl Default for ApiConfig {
     }
 }
 
+/// The site's derived state, following the log in one place: the store's
+/// writer tells it what each durable group changed, before the group's
+/// callers hear back.
+struct SiteFold {
+    /// The lease and tuple expiry indexes.
+    expiry: crate::expiry::ExpiryFold,
+    /// The model repository's schemas.
+    models: Arc<crate::models::Models>,
+}
+
+impl pepper_storage::Fold for SiteFold {
+    fn committed(&self, group: &pepper_storage::Committed<'_>) {
+        self.expiry.committed(group);
+        self.models.committed(group);
+    }
+}
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -90,12 +107,14 @@ impl AppState {
         // entry (entries are versioned by sequence number).
         let leases = Arc::new(ExpiryIndex::default());
         let tuples = Arc::new(ExpiryIndex::default());
-        store.set_fold(Arc::new(crate::expiry::ExpiryFold { leases: leases.clone(), tuples: tuples.clone() }));
+        let models = Arc::new(crate::models::Models::new());
+        let expiry = crate::expiry::ExpiryFold { leases: leases.clone(), tuples: tuples.clone() };
+        store.set_fold(Arc::new(SiteFold { expiry, models: models.clone() }));
         for l in store.read(|v| v.leases()).await? {
             leases.set(&l.id, l.expires_at_us, l.renewed_seq);
         }
         crate::expiry::load_tuple_index(&store, &tuples).await?;
-        let models = Arc::new(crate::models::Models::load(&store).await?);
+        models.load(&store).await?;
         let federation = Arc::new(
             crate::federation::Federation::new(store.site(), config.federation.clone())
                 .map_err(|reason| pepper_storage::Error::InvalidInput { what: "federation", reason })?,

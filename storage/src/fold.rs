@@ -1,7 +1,8 @@
 //! Derived state kept outside the store, folded from each durable group.
 //!
 //! A site keeps a few things in memory that follow from the log: the
-//! expiries of live leases and of tuples, for the tasks that end them. They
+//! expiries of live leases and of tuples, for the tasks that end them, and
+//! the model repository's schemas, built from the classes defined. They
 //! must change exactly when the log does, and in one place: updating them
 //! by hand after each append left every write site (publish, grant, renew,
 //! release, delete, receive, import, expire) to remember it.
@@ -10,8 +11,9 @@
 //! changed, once the group is durable and before any caller of the group
 //! hears its answer: a caller that sees its write acknowledged also sees
 //! its effect on the derived state. What is reported is the group's end
-//! state of every lease and latest tuple it touched ([`Committed`]), not
-//! the records, so the fold needs no knowledge of record kinds. A fold runs
+//! state of every lease and latest tuple it touched, and the class rows it
+//! wrote ([`Committed`]), not the records, so the fold needs no knowledge
+//! of record kinds. A fold runs
 //! on the writer thread: it must be quick and must not block or call the
 //! store. The rejected alternative, a consumer of the change feed, would
 //! have let a caller's next request see the derived state lag its own
@@ -20,7 +22,7 @@
 use std::collections::HashMap;
 
 use crate::keys::split_tuple_key;
-use crate::rows::{Lease, TupleRow};
+use crate::rows::{Lease, ModelClassRow, TupleRow};
 
 /// Receives what each durable group changed. Registered with
 /// [`crate::Store::set_fold`].
@@ -45,6 +47,8 @@ pub struct Committed<'a> {
     /// The writer's overlays: lease id, and tuple key, to end state.
     pub(crate) leases: &'a HashMap<String, Option<Lease>>,
     pub(crate) tuples: &'a HashMap<Vec<u8>, Option<TupleRow>>,
+    /// The model classes the group defined, in log order.
+    pub(crate) classes: &'a [(String, ModelClassRow)],
 }
 
 impl<'a> Committed<'a> {
@@ -57,6 +61,12 @@ impl<'a> Committed<'a> {
     /// (`None`: released or expired).
     pub fn leases(&self) -> impl Iterator<Item = (&'a str, Option<&'a Lease>)> {
         self.leases.iter().map(|(id, lease)| (id.as_str(), lease.as_ref()))
+    }
+
+    /// Every model class the group defined or replaced, as (namespace,
+    /// class row), in log order.
+    pub fn classes(&self) -> impl Iterator<Item = (&'a str, &'a ModelClassRow)> {
+        self.classes.iter().map(|(ns, row)| (ns.as_str(), row))
     }
 
     /// Every latest tuple the group touched, as (channel, field, state

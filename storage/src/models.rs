@@ -36,6 +36,9 @@ pub(crate) struct ModelOverlay {
     instances: HashMap<(String, String), Option<Live>>,
     /// (namespace, target, source) -> whether the reference exists.
     refs: HashMap<(String, String, String), bool>,
+    /// The classes the group defined, by namespace, in log order: told to
+    /// the fold ([`crate::fold::Committed::classes`]).
+    pub(crate) classes: Vec<(String, ModelClassRow)>,
 }
 
 /// What the writer needs of an existing instance: its class and references.
@@ -178,6 +181,7 @@ impl ModelOverlay {
                 let row = ModelClassRow { seq, time_us, name: c.name.clone(), definition: c.definition.clone() };
                 let key = keys::joined(&[&c.namespace, &c.name.to_ascii_lowercase()]);
                 batch.put(CF_MODEL_CLASSES, key, encode_row(&row));
+                self.classes.push((c.namespace.clone(), row));
             }
             Body::ModelPut(p) => {
                 let old = self.instance(engine, &p.namespace, &p.identity)?.map(|l| l.refs).unwrap_or_default();

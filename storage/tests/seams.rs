@@ -169,6 +169,7 @@ impl Fold for Told {
             .leases()
             .map(|(id, l)| format!("lease {id} {:?}", l.map(|l| (l.expires_at_us, l.renewed_seq))))
             .chain(group.tuples().map(|(c, f, t)| format!("tuple {c} {f} {:?}", t.map(|t| (t.seq, t.expires_at_us)))))
+            .chain(group.classes().map(|(ns, c)| format!("class {ns} {} {}", c.name, c.seq)))
             .collect();
         lines.sort();
         self.0.lock().unwrap().push(format!("{}: {}", group.last_seq(), lines.join(", ")));
@@ -176,7 +177,8 @@ impl Fold for Told {
 }
 
 /// The fold hears every durable group's end state of the leases and latest
-/// tuples it touched, before the caller is answered; a refused append
+/// tuples it touched and the model classes it defined, before the caller
+/// is answered; a refused append
 /// tells it nothing.
 #[test]
 fn a_fold_hears_each_durable_group_before_its_caller() {
@@ -209,4 +211,13 @@ fn a_fold_hears_each_durable_group_before_its_caller() {
     let before = told.0.lock().unwrap().len();
     assert!(store.append_blocking(vec![Body::LeaseRelease(LeaseEnd { id: "l1".into() })]).is_err());
     assert_eq!(told.0.lock().unwrap().len(), before, "a refused append changes nothing");
+    let class = |name: &str| {
+        Body::ModelClass(pepper_storage::ModelClass {
+            namespace: "root/x".into(),
+            name: name.into(),
+            definition: br#"{"name":"X"}"#.to_vec(),
+        })
+    };
+    store.append_blocking(vec![class("A"), class("B")]).unwrap();
+    assert_eq!(told.0.lock().unwrap().last().unwrap(), "6: class root/x A 5, class root/x B 6");
 }

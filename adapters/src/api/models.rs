@@ -67,19 +67,23 @@ pub(crate) async fn define_class(
     let _guard = state.models.schema_lock.write().await;
     let current = state.models.schema(&ns).unwrap_or_default();
     let (ns2, def2) = (ns.clone(), def.clone());
-    let next = state
+    // The check: the class must fit the schema as it is, and a key change
+    // needs a class without instances.
+    state
         .store
         .read(move |v| {
             let mut next = (*current).clone();
             let has = |c: &str| v.model_instances_of(&ns2, c, None, 1).map_or(true, |p| !p.items.is_empty());
-            Ok(next.define(def2, &has).map(|()| next))
+            Ok(next.define(def2, &has))
         })
         .await?
         .map_err(query_error)?;
     let definition = serde_json::to_vec(&def).map_err(|e| ApiError::invalid_body(e.to_string()))?;
     let record = Body::ModelClass(ModelClass { namespace: ns.clone(), name: def.name.clone(), definition });
+    // The schemas follow the commit by themselves (`Models` is the store's
+    // fold); the lock held since the check keeps instance writes out until
+    // then.
     let appended = state.store.append(vec![record]).await?;
-    state.models.schemas.write().unwrap_or_else(|p| p.into_inner()).insert(ns.to_ascii_lowercase(), Arc::new(next));
     Ok((StatusCode::CREATED, Json(json!({ "class": def.name, "seq": appended.first }))))
 }
 

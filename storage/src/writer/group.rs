@@ -276,7 +276,12 @@ impl Writer {
         // Derived state follows before any caller of the group hears back.
         let last_seq = self.state.tail.next_seq - 1;
         if let Some(fold) = self.shared.fold() {
-            fold.committed(&Committed { last_seq, leases: &ov.leases, tuples: &ov.tuples });
+            fold.committed(&Committed {
+                last_seq,
+                leases: &ov.leases,
+                tuples: &ov.tuples,
+                classes: &ov.models.classes,
+            });
         }
         // FEED-2: readers learn of a record only after its batch is durable.
         self.shared.durable.send_replace(last_seq);
