@@ -11,8 +11,9 @@
 //! - `expiry`, `metrics`, `models`, `federation`, `supervisor`: the state
 //!   the site keeps in memory (expiry indexes, counters, model classes, the
 //!   peer registry, recording policies and monitors).
-//! - `loops::dispatch`: the task that routes each committed event to the
-//!   live streams it matches.
+//! - `loops::dispatch`: the task that steps the router's `Dispatch` with
+//!   each committed record and pushes what it returns into the live
+//!   streams' buffers.
 //! - `edge`: what every request passes first (Host, CORS, content type,
 //!   body limit and timeout) and the JSON shape of every error on the way
 //!   out.
@@ -22,6 +23,11 @@
 //! - `api`: the HTTP handlers, one module per resource, and the router.
 //! - `server`: the connection loop (connection limit, header timeout).
 //! - `site`: [`Site`], which opens, runs and stops all of the above.
+//!
+//! The decisions the tasks carry out are state machines in
+//! `pepper-router` (dispatch, expiry passes, the peer registry, forwarders,
+//! placement) and pure functions in `pepper-query`; the state kept in
+//! memory follows the log through one fold (`state.rs`).
 //!
 //! `docs/api.md` describes every endpoint; `docs/architecture.md` follows an
 //! event from the publish to a subscriber.
