@@ -148,19 +148,34 @@ fn renewal_keeps_a_lease_alive_past_its_first_ttl() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let http = Client::new();
+    // Two leases of one second; only `kept` is renewed, for a minute. No
+    // timing is assumed: once `control` has lapsed, `kept`'s first TTL has
+    // passed too.
     let lease = grant(&http, &server, json!({"channel": "/a.org/", "ttl_s": 1, "id": "kept"}));
     assert_eq!(lease["ttl_s"], 1);
-    let until = Instant::now() + Duration::from_millis(2500);
-    while Instant::now() < until {
-        let res =
-            http.post(server.at("/v1/leases/kept/renew")).header("content-type", "application/json").send().unwrap();
-        assert_eq!(res.status(), 200, "renewed in time, the lease must still be live");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    assert_eq!(http.get(server.at("/v1/leases/kept")).send().unwrap().status(), 200);
-    // Left alone, it lapses.
+    grant(&http, &server, json!({"channel": "/a.org/", "ttl_s": 1, "id": "control"}));
+    let res = http
+        .post(server.at("/v1/leases/kept/renew"))
+        .header("content-type", "application/json")
+        .body(r#"{"ttl_s": 60}"#)
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200, "renewed in time, the lease must still be live");
+    assert!(eventually(Duration::from_secs(10), || {
+        http.get(server.at("/v1/leases/control")).send().unwrap().status() == 404
+    }));
+    let kept: Value = http.get(server.at("/v1/leases/kept")).send().unwrap().json().unwrap();
+    assert_eq!(kept["ttl_s"], 60, "{kept}");
+    // Renewed with its own TTL, it lapses again when left alone.
+    let res = http
+        .post(server.at("/v1/leases/kept/renew"))
+        .header("content-type", "application/json")
+        .body(r#"{"ttl_s": 1}"#)
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
     assert!(
-        eventually(Duration::from_secs(5), || http.get(server.at("/v1/leases/kept")).send().unwrap().status() == 404)
+        eventually(Duration::from_secs(10), || http.get(server.at("/v1/leases/kept")).send().unwrap().status() == 404)
     );
 }
 
@@ -364,8 +379,7 @@ fn distribution_one_reaches_exactly_one_live_member_of_each_group() {
         SseReader::open(&server.at(&format!("/v1/leases/{}/events", lease["id"].as_str().unwrap())), &[])
     };
     let (mut sa, mut sb, mut sc, mut ssolo) = (open(&a), open(&b), open(&c), open(&solo));
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(eventually(Duration::from_secs(3), || {
+    assert!(eventually(Duration::from_secs(10), || {
         http.get(server.at("/v1/leases/d")).send().unwrap().status() == 404
     }));
 

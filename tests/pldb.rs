@@ -172,12 +172,15 @@ fn an_expired_tuple_leaves_the_latest_values_and_keeps_its_history() {
     // The watch saw both sets, then the expiry record on the channel.
     let kinds: Vec<String> = (0..3).map(|_| watch.next().unwrap().event).collect();
     assert_eq!(kinds, ["attribute", "attribute", "tuple.expired"]);
-    // Refreshing before the expiry keeps a tuple alive.
-    attr(&http, &server, ch, "uptime", "11", Some(2));
-    for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(700));
-        attr(&http, &server, ch, "uptime", "11", Some(2));
-    }
+    // Refreshing before the expiry keeps a tuple alive. No timing is
+    // assumed: once `control`, set with `uptime`, has expired, `uptime`'s
+    // first expiry has passed too.
+    attr(&http, &server, ch, "uptime", "11", Some(1));
+    attr(&http, &server, ch, "control", "1", Some(1));
+    attr(&http, &server, ch, "uptime", "11", Some(3600));
+    assert!(eventually(Duration::from_secs(10), || {
+        fields(&get(&http, &server, &format!("/v1/tuples?channel={ch}&field=control"))).is_empty()
+    }));
     assert_eq!(fields(&get(&http, &server, &format!("/v1/tuples?channel={ch}&field=uptime"))).len(), 1);
 }
 
@@ -393,10 +396,16 @@ fn history_by_time_skips_long_runs_outside_the_range() {
         .collect();
     // One batch: one commit time for all 300. Then a later one.
     http.post(server.at("/v1/events")).json(&batch).send().unwrap();
-    std::thread::sleep(Duration::from_millis(20));
-    let later = attr(&http, &server, ch, "t", "late", None);
-    let all = get(&http, &server, &format!("/v1/tuples/history?channel={ch}&field=t&order=desc&limit=1"));
-    let late_time = all["history"][0]["time"].as_str().unwrap().to_string();
+    let newest = || {
+        let all = get(&http, &server, &format!("/v1/tuples/history?channel={ch}&field=t&order=desc&limit=1"));
+        all["history"][0]["time"].as_str().unwrap().to_string()
+    };
+    let batch_time = newest();
+    // A later commit time; one commit may share the batch's microsecond.
+    let (later, late_time) = (0..)
+        .map(|n| (attr(&http, &server, ch, "t", &format!("late{n}"), None), newest()))
+        .find(|(_, time)| *time > batch_time)
+        .unwrap();
     let since = get(&http, &server, &format!("/v1/tuples/history?channel={ch}&field=t&since={late_time}&limit=5"));
     let seqs: Vec<u64> = since["history"].as_array().unwrap().iter().map(|h| h["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [later], "300 older rows skipped, the one in range found");
@@ -420,23 +429,38 @@ fn a_resume_from_before_the_tombstone_floor_gets_a_reset_snapshot() {
     for n in 0..40 {
         attr(&http, &server, "/lab.org/filler/", &format!("x{n}"), &"v".repeat(100), None);
     }
-    // Wait until the log is trimmed past `first` and the tombstone aged out.
-    std::thread::sleep(Duration::from_millis(2500));
+    // Wait until the log is trimmed past `first` and the tombstone aged out
+    // (retention runs every second): until a resume gets a reset.
     assert!(eventually(Duration::from_secs(10), || {
         get(&http, &server, "/v1/health")["earliest_seq"].as_u64().unwrap() > first + 1
     }));
-    let mut watch =
-        SseReader::open(&server.at(&format!("/v1/watch?channel={ch}&snapshot=true&from_seq={}", first + 1)), &[]);
-    let mut fields_seen = Vec::new();
-    let done = loop {
-        let e = watch.next().unwrap();
-        match e.event.as_str() {
-            "tuples" => fields_seen
-                .extend(e.json().as_array().unwrap().iter().map(|t| t["field"].as_str().unwrap().to_string())),
-            "pepper.snapshot" => break e.json(),
-            other => panic!("{other}: {}", e.data),
+    let resume = || {
+        let url = server.at(&format!("/v1/watch?channel={ch}&snapshot=true&from_seq={}", first + 1));
+        let mut watch = SseReader::open(&url, &[]);
+        let mut fields_seen = Vec::new();
+        loop {
+            let e = watch.next().unwrap();
+            match e.event.as_str() {
+                "tuples" => fields_seen
+                    .extend(e.json().as_array().unwrap().iter().map(|t| t["field"].as_str().unwrap().to_string())),
+                "pepper.snapshot" => break (e.json(), fields_seen),
+                // Before the tombstone has aged out: the changes since.
+                "tuples.removed" => {}
+                other => panic!("{other}: {}", e.data),
+            }
         }
     };
+    let mut last = None;
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            let (done, fields_seen) = resume();
+            let reset = done["reset"] == true;
+            last = Some((done, fields_seen));
+            reset
+        }),
+        "{last:?}"
+    );
+    let (done, fields_seen) = last.unwrap();
     assert_eq!(done["reset"], true, "{done}");
     assert_eq!(fields_seen, ["kept"], "a full snapshot: the tuple set before `since` too");
 }
