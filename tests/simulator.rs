@@ -32,6 +32,23 @@
 //! has work, each dispatcher and stream, in an order the seed draws, does
 //! up to four units of work (a record, a join, a buffered item).
 //!
+//! **Supervisors.** After `supervise`, each site runs a
+//! `pepper_router::Placement` driven the way `adapters/src/loops/supervise.rs`
+//! drives it: announcements are events on `/pepper/monitors/`, forwarded
+//! like any other and read back from each site's own log; ticks when the
+//! machine says; starts, completions and stops on the real store; the
+//! subtree's interest declared to the peers; the cut polled every
+//! `cut_poll` from this site's forwarder toward the source and each other
+//! peer's answer (its log's end, the version of the new monitor's
+//! interests it holds, its forwarder's cursor toward the source); the copy
+//! read from the source's snapshot (rows and marks, as `GET
+//! /v1/peer/replica` serves them) and imported as `tuple.import` records.
+//! A killed site loses its machines and forwarders, refuses connections
+//! (the cut passes it over) and keeps its store; a restart rebuilds them
+//! from the store. Simplifications: interests reach every live peer at
+//! once (no interest exchange), a killed peer is seen down at once (no
+//! heartbeats), and the copy takes no time.
+//!
 //! **Scripts**, one command a line (`#` starts a comment):
 //! `site A`; `network delay MIN MAX drop P`; `interest B PATTERN [TYPE..]`
 //! (B wants these from every other site); `publish A CHANNEL NAME` (an
@@ -45,16 +62,24 @@
 //! streams: `watch A S PATTERN from SEQ|head [buffer N]`; `stream A S lease
 //! ID [buffer N]` (the lease's stream, from its start); `expect stream S:
 //! NAME.. [ended]` (exactly these events, then the lease's end) or `expect
-//! stream S count N`.
+//! stream S count N`. For supervisors: `supervise PATTERN R` (every site);
+//! `record A CHANNEL VALUE` and `record-many A CHANNEL PREFIX N` (attribute
+//! updates of field `load`); `kill A`, `kill recorder` (the first complete
+//! recorder that publishes nothing), `kill any` (see `kill_any`), `restart
+//! A`, `restart killed` (the site killed last), `restart any`; `expect recorders N`
+//! (invariants 9 and 10 with N replicas).
 //!
 //! **Scenarios:** (a) catch-up to live handoff (`catch_up_handoff.sim`,
 //! and 1,000 random seeds of streams); (b) anycast `one` across a member's
 //! release, each member's stream included (`anycast_release.sim`); (c)
 //! forwarding across a partition that heals (`partition_heals.sim`, and
 //! 1,000 random seeds of it); (d) a gap marker after retention
-//! (`gap_after_retention.sim`). (e) and (f), a recorder killed and R
-//! restored, and the surplus stop rule, run over the supervisor's machines
-//! in `router/tests/placement_sim.rs`.
+//! (`gap_after_retention.sim`); (e) a recorder killed and R restored with
+//! the complete history, the paper's Figure 11 (`recorder_killed.sim`, and
+//! 1,000 random seeds of kills and restarts); (f) the surplus-monitor stop
+//! rule, when a killed recorder comes back after its replacement
+//! (`surplus_stop.sim`, and in the random runs of (e) whenever a restart
+//! makes one replica too many).
 //!
 //! **Invariants**, checked after every script (and so for every seed of the
 //! randomized runs), for each origin A and peer B:
@@ -79,6 +104,14 @@
 //! 8. *Complete:* once the run has settled, S delivered all of them, and
 //!    its lease's end if the lease ended.
 //!
+//! and, with supervisors, once the run has settled with at least R sites
+//! alive:
+//! 9. *R replicas:* the live sites run exactly R complete monitors of the
+//!    pattern, and none is still importing.
+//! 10. *Complete history:* each of them holds every update published on
+//!    each channel, in the publisher's order, once; for a publisher that is
+//!    down, a prefix of them.
+//!
 //! **Not covered:** the HTTP layer (requests, status codes, headers, body
 //! limits, the 409 for a gap not yet announced: the simulated receiver takes
 //! every gap, SSE framing), the adapters' own loops (this driver stands for
@@ -93,14 +126,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pepper_adapters::loops::dispatch::routed;
+use pepper_adapters::supervisor::{announce_channel, Announcement, ANNOUNCE_PREFIX};
 use pepper_adapters::wire::frames::{decode_batch, GAP_TYPE};
 use pepper_router::{
-    should_join, Detach, Dispatch, DispatchAction, DispatchInput, Forwarder, ForwarderAction as Action,
-    ForwarderInput as Input, Holder, Interest, Meaning, Outgoing, Pattern, PeerWants, Subscriber, SubscriberId, Wants,
+    cut_poll, should_join, AnnounceKind, Copied, Cut, CutProgress, CutReply, Detach, Dispatch, DispatchAction,
+    DispatchInput, Forwarder, ForwarderAction as Action, ForwarderInput as Input, Heard, Holder, Interest,
+    LocalMonitor, Meaning, MonitorStatus, Outgoing, Pattern, PeerView, PeerWants, Placement, PlacementAction,
+    PlacementConfig, PlacementInput, Reach, StopResult, Subscriber, SubscriberId, Wants,
 };
 use pepper_storage::{
-    Body, Distribution, Event, LeaseEnd, LeaseGrant, ManualClock, MemoryEngine, Options, Party, Record, Retention,
-    Store, Target,
+    Body, Distribution, Event, LeaseEnd, LeaseGrant, ManualClock, MemoryEngine, MonitorState, Options, Party, Record,
+    Retention, Store, Target, TupleImport, TupleUpdate,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -128,7 +164,15 @@ enum Msg {
 #[derive(Debug)]
 enum Due {
     Deliver(Msg),
-    Timeout { link: Link, id: u64 },
+    Timeout {
+        link: Link,
+        id: u64,
+    },
+    /// The peer's process is not running: the connection was refused.
+    Refused {
+        link: Link,
+        id: u64,
+    },
 }
 
 /// One directed forwarding link: origin `link.0` toward peer `link.1`.
@@ -191,6 +235,20 @@ struct Stream {
     ended: Option<u64>,
 }
 
+/// A site's supervisor, driven as `adapters/src/loops/supervise.rs` drives
+/// it.
+struct Sup {
+    placement: Placement,
+    /// The next record of its own log to read announcements from.
+    heard_next: u64,
+    /// Backfills waiting for their cut, by pattern: the source, the cut and
+    /// when to poll it next.
+    cuts: BTreeMap<String, (String, Cut, Duration)>,
+}
+
+/// The supervisors' interval between evaluations (and the heartbeat).
+const INTERVAL: Duration = Duration::from_secs(1);
+
 struct Sim {
     clock: ManualClock,
     now: Duration,
@@ -215,6 +273,22 @@ struct Sim {
     /// open.
     work_at: Option<Duration>,
     next_subscriber: SubscriberId,
+    /// What each site declared it wants from its peers, and the version of
+    /// that declaration; which version each origin holds, by (origin, site).
+    interest_lists: BTreeMap<String, Vec<Interest>>,
+    /// The script's own `interest` lines, per site.
+    scripted: BTreeMap<String, Vec<Interest>>,
+    interest_version: BTreeMap<String, u64>,
+    held_version: BTreeMap<Link, u64>,
+    /// The recording policy every site supervises, once `supervise` ran.
+    policy: Option<(String, usize)>,
+    supervisors: BTreeMap<String, Sup>,
+    /// Killed sites: their machines are gone, their stores kept (the disk).
+    down: BTreeSet<String>,
+    /// Every site killed, in order.
+    killed: Vec<String>,
+    /// Per channel, the site that records on it and the values, in order.
+    recorded: BTreeMap<String, (String, Vec<String>)>,
 }
 
 fn event(channel: &str, name: &str) -> Body {
@@ -297,6 +371,15 @@ impl Sim {
             streams: BTreeMap::new(),
             work_at: None,
             next_subscriber: 1,
+            interest_lists: BTreeMap::new(),
+            scripted: BTreeMap::new(),
+            interest_version: BTreeMap::new(),
+            held_version: BTreeMap::new(),
+            policy: None,
+            supervisors: BTreeMap::new(),
+            down: BTreeSet::new(),
+            killed: Vec::new(),
+            recorded: BTreeMap::new(),
         }
     }
 
@@ -401,6 +484,43 @@ impl Sim {
                     self.open_stream(site, name, sub, from, rest);
                 }
                 ["expect", "stream", name, ref want @ ..] => self.expect_stream(name, want),
+                ["supervise", pattern, r] => self.supervise(pattern, r.parse().expect("R")),
+                ["record", site, channel, value] => self.record_updates(site, channel, &[value.to_string()]),
+                ["record-many", site, channel, prefix, n] => {
+                    let values: Vec<String> = (0..n.parse().expect("count")).map(|i| format!("{prefix}{i}")).collect();
+                    self.record_updates(site, channel, &values);
+                }
+                ["kill", "recorder"] => {
+                    // The first complete recorder that publishes nothing.
+                    let pattern = self.policy.clone().expect("supervise first").0;
+                    let victim = self
+                        .sites
+                        .keys()
+                        .filter(|s| !self.down.contains(*s) && !self.recorded.values().any(|(p, _)| p == *s))
+                        .find(|s| self.store(s).monitor_state(&pattern) == Some(MonitorState::Complete))
+                        .cloned()
+                        .expect("a recorder to kill");
+                    self.kill(&victim);
+                }
+                ["kill", "any"] => self.kill_any(),
+                ["restart", "any"] => {
+                    let down: Vec<String> = self.down.iter().cloned().collect();
+                    if !down.is_empty() {
+                        let site = down[self.rng.gen_range(0..down.len())].clone();
+                        self.restart(&site);
+                    }
+                }
+                ["kill", site] => self.kill(site),
+                ["restart", "killed"] => {
+                    let site = self.killed.last().cloned().expect("a killed site");
+                    self.restart(&site);
+                }
+                ["restart", site] => self.restart(site),
+                ["expect", "recorders", n] => {
+                    if let Err(e) = self.check_recorders(Some(n.parse().expect("count"))) {
+                        panic!("{e}\n{}", self.trace.join("\n"));
+                    }
+                }
                 ["expect", peer, "from", origin, ref held @ ..] => {
                     let origin = origin.trim_end_matches(':');
                     let want: Vec<Held> = held
@@ -437,12 +557,47 @@ impl Sim {
     }
 
     fn interest(&mut self, site: &str, pattern: &str, types: &[&str]) {
-        let list = [Interest { pattern: pattern.into(), types: types.iter().map(|t| (*t).into()).collect() }];
-        let wants = Arc::new(Wants::parse(&list).expect("interest"));
-        self.wants.insert(site.into(), wants.clone());
+        let interest = Interest { pattern: pattern.into(), types: types.iter().map(|t| (*t).into()).collect() };
         self.log(format!("interest {site} {pattern} {types:?}"));
-        let links: Vec<Link> = self.links.keys().filter(|l| l.1 == site).cloned().collect();
+        // What the invariants check against: the script's interests only
+        // (a supervisor's come and go with its monitors).
+        let mut scripted: Vec<Interest> = self.wants_list(site).into_iter().filter(|i| i.pattern != pattern).collect();
+        scripted.push(interest.clone());
+        self.wants.insert(site.into(), Arc::new(Wants::parse(&scripted).expect("interest")));
+        self.scripted.insert(site.into(), scripted);
+        self.hold(site, interest);
+    }
+
+    fn wants_list(&self, site: &str) -> Vec<Interest> {
+        self.scripted.get(site).cloned().unwrap_or_default()
+    }
+
+    /// Adds `interest` to what `site` wants (replacing one of its pattern)
+    /// and declares it.
+    fn hold(&mut self, site: &str, interest: Interest) {
+        let list = self.interest_lists.entry(site.into()).or_default();
+        list.retain(|i| i.pattern != interest.pattern);
+        list.push(interest);
+        self.declare(site);
+    }
+
+    /// Gives `site`'s interests, as a new version, to every live origin's
+    /// forwarder toward it (at once: the sim has no interest exchange).
+    fn declare(&mut self, site: &str) {
+        let list = self.interest_lists.get(site).cloned().unwrap_or_default();
+        let wants = Arc::new(Wants::parse(&list).expect("interest"));
+        let version = {
+            let v = self.interest_version.entry(site.into()).or_default();
+            *v += 1;
+            *v
+        };
+        if self.down.contains(site) {
+            return;
+        }
+        let links: Vec<Link> =
+            self.links.keys().filter(|l| l.1 == site && !self.down.contains(&l.0)).cloned().collect();
         for link in links {
+            self.held_version.insert(link.clone(), version);
             let first_cursor = self.store(&link.0).last_seq() + 1;
             let input = Input::Interests(PeerWants { wants: wants.clone(), first_cursor });
             self.step(&link, input);
@@ -468,6 +623,7 @@ impl Sim {
 
     /// Tells the forwarders out of `site` that its log grew.
     fn appended(&mut self, site: &str) {
+        self.hear(site);
         let last_seq = self.store(site).last_seq();
         let links: Vec<Link> = self.links.keys().filter(|l| l.0 == site).cloned().collect();
         for link in links {
@@ -481,7 +637,10 @@ impl Sim {
 
     fn step(&mut self, link: &Link, input: Input<Vec<u8>>) {
         let now = self.now;
-        let actions = self.links.get_mut(link).unwrap().fwd.step(now, input);
+        // A link out of a killed site is gone; what was in flight for it
+        // answers nobody.
+        let Some(f) = self.links.get_mut(link) else { return };
+        let actions = f.fwd.step(now, input);
         self.carry_out(link, actions);
     }
 
@@ -564,6 +723,16 @@ impl Sim {
     /// Puts a message on the network from `from` to `to`: lost to a
     /// partition or a drop, or delivered after a random delay.
     fn transmit(&mut self, from: &str, to: &str, msg: Msg) {
+        if self.down.contains(to) || self.down.contains(from) {
+            // A killed process refuses the connection at once; the send
+            // fails after a round trip, not after its timeout.
+            self.log(format!("{from}->{to} refused: a site is down"));
+            if let (false, Msg::Batch { link, id, .. } | Msg::Gap { link, id, .. }) = (self.down.contains(from), &msg) {
+                let due = Due::Refused { link: link.clone(), id: *id };
+                self.schedule(self.now + self.delay.0, due);
+            }
+            return;
+        }
         if self.partitions.contains(&pair(from, to)) {
             self.log(format!("{from}->{to} lost to the partition"));
             return;
@@ -582,11 +751,17 @@ impl Sim {
         loop {
             let next_msg = self.queue.peek().map(|r| r.0 .0);
             let next_wake = self.links.values().filter_map(|f| f.wake).min();
-            let Some(at) = [next_msg, next_wake, self.work_at].into_iter().flatten().min().filter(|&at| at <= end)
+            let next_sup = self.next_supervision();
+            let Some(at) =
+                [next_msg, next_wake, self.work_at, next_sup].into_iter().flatten().min().filter(|&at| at <= end)
             else {
                 break;
             };
             self.advance_to(at);
+            if next_sup == Some(at) {
+                self.supervise_at(at);
+                continue;
+            }
             if self.work_at == Some(at) {
                 self.work();
                 self.work_at = self.busy().then(|| at + Duration::from_millis(1));
@@ -619,12 +794,16 @@ impl Sim {
 
     fn happen(&mut self, due: Due) {
         match due {
+            Due::Refused { link, id } => {
+                let input = Input::SendFailed { id, status: None, error: "connection refused".into() };
+                self.step(&link, input);
+            }
             Due::Timeout { link, id } => {
                 let input = Input::SendFailed { id, status: None, error: "timed out".into() };
                 self.step(&link, input);
             }
             Due::Deliver(Msg::Ack { link, id }) => {
-                if self.partitions.contains(&pair(&link.0, &link.1)) {
+                if self.partitions.contains(&pair(&link.0, &link.1)) || self.down.contains(&link.0) {
                     self.log(format!("{}->{} ack #{id} lost to the partition", link.1, link.0));
                     return;
                 }
@@ -635,6 +814,10 @@ impl Sim {
                 let (Msg::Batch { link, id, .. } | Msg::Gap { link, id, .. }) = &msg else { unreachable!() };
                 let (link, id) = (link.clone(), *id);
                 let (origin, peer) = (link.0.clone(), link.1.clone());
+                if self.down.contains(&peer) || self.down.contains(&origin) {
+                    self.log(format!("{origin}->{peer} #{id} lost: a site is down"));
+                    return;
+                }
                 if self.partitions.contains(&pair(&origin, &peer)) {
                     self.log(format!("{origin}->{peer} #{id} lost to the partition"));
                     return;
@@ -693,6 +876,11 @@ impl Sim {
             .into_iter()
             .filter_map(|r| {
                 let Body::Event(e) = r.body else { return None };
+                // Announcements and recorded updates are the supervisors'
+                // (scenario (e) checks them).
+                if e.channel.starts_with(ANNOUNCE_PREFIX) || e.tuple.is_some() {
+                    return None;
+                }
                 if e.event_type == GAP_TYPE && e.from.instance == origin {
                     let p: serde_json::Value = serde_json::from_slice(&e.payload).expect("gap payload");
                     return Some(Held::Gap(p["from_seq"].as_u64().unwrap(), p["to_seq"].as_u64().unwrap()));
@@ -709,7 +897,7 @@ impl Sim {
         for origin in self.sites.keys() {
             let published = self.published.get(origin).cloned().unwrap_or_default();
             let earliest = self.store(origin).earliest_seq();
-            for peer in self.sites.keys().filter(|p| *p != origin) {
+            for peer in self.sites.keys().filter(|p| *p != origin && !self.down.contains(*p)) {
                 let held = self.held(peer, origin);
                 let wants = self.wants.get(peer);
                 let wanted: Vec<&(u64, String, String)> =
@@ -744,13 +932,509 @@ impl Sim {
                     }
                     last = hi;
                 }
-                if settled {
+                if settled && !self.down.contains(origin) {
                     for (seq, _, name) in &wanted {
                         let in_gap = gaps.iter().any(|(f, t)| f <= seq && seq <= t);
                         if !seen.contains(seq) && !in_gap {
                             return Err(format!("4: {peer} never got {name} (seq {seq}) of {origin}"));
                         }
                     }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a supervisor on every site, all with the policy `pattern` =
+    /// `r`, as `pepper serve --record PATTERN=R` does.
+    fn supervise(&mut self, pattern: &str, r: usize) {
+        self.policy = Some((pattern.into(), r));
+        let sites: Vec<String> = self.sites.keys().cloned().collect();
+        for site in sites {
+            self.store(&site).set_recording_policy(vec![pattern.into()]).expect("policy");
+            self.start_supervisor(&site);
+        }
+        self.log(format!("supervise {pattern} R={r}"));
+    }
+
+    /// A fresh machine for `site` (at start, or after a restart), with the
+    /// standing interests `supervise::prepare` holds: the announcements and
+    /// every running monitor's subtree.
+    fn start_supervisor(&mut self, site: &str) {
+        let Some((pattern, r)) = self.policy.clone() else { return };
+        let config = PlacementConfig {
+            site: site.into(),
+            region: None,
+            interval: INTERVAL,
+            heartbeat: INTERVAL,
+            policies: [(pattern, r)].into_iter().collect(),
+        };
+        let heard_next = self.store(site).last_seq() + 1;
+        let sup = Sup { placement: Placement::new(config, self.now), heard_next, cuts: BTreeMap::new() };
+        self.supervisors.insert(site.into(), sup);
+        let mut standing = vec![Interest { pattern: ANNOUNCE_PREFIX.into(), types: Vec::new() }];
+        let rows = self.store(site).read_blocking(|v| v.monitors()).expect("monitors");
+        standing.extend(
+            rows.iter()
+                .filter(|r| r.state != MonitorState::Stopped)
+                .map(|r| Interest { pattern: r.pattern.clone(), types: Vec::new() }),
+        );
+        let list = self.interest_lists.entry(site.into()).or_default();
+        for i in standing {
+            list.retain(|x| x.pattern != i.pattern);
+            list.push(i);
+        }
+        self.declare(site);
+    }
+
+    /// Publishes attribute updates (field `load`) on `channel` at `site`,
+    /// one append each, as a publisher would.
+    fn record_updates(&mut self, site: &str, channel: &str, values: &[String]) {
+        for value in values {
+            let body = Body::Event(Event {
+                id: String::new(),
+                channel: channel.into(),
+                event_type: "attribute".into(),
+                from: Party { service: "agent".into(), instance: site.into() },
+                to: Target::default(),
+                distribution: Distribution::All,
+                payload: value.as_bytes().to_vec(),
+                assigned: Vec::new(),
+                tuple: Some(TupleUpdate {
+                    field: "load".into(),
+                    value: value.clone(),
+                    expires_at_us: None,
+                    recorded: true,
+                }),
+            });
+            self.store(site).append_blocking(vec![body]).expect("record");
+            let entry = self.recorded.entry(channel.into()).or_insert_with(|| (site.into(), Vec::new()));
+            assert_eq!(entry.0, site, "one publisher per channel, so its order is defined");
+            entry.1.push(value.clone());
+            self.appended(site);
+        }
+        self.log(format!("record {site} {channel} {} values", values.len()));
+    }
+
+    /// Kills a site the seed picks, but never a publisher, never the last
+    /// live complete recorder (its history would go with it until it came
+    /// back) and never below R live sites; nobody if no site qualifies.
+    fn kill_any(&mut self) {
+        let (pattern, r) = self.policy.clone().expect("supervise first");
+        let live: Vec<String> = self.sites.keys().filter(|s| !self.down.contains(*s)).cloned().collect();
+        let complete: Vec<&String> =
+            live.iter().filter(|s| self.store(s).monitor_state(&pattern) == Some(MonitorState::Complete)).collect();
+        let candidates: Vec<String> = live
+            .iter()
+            .filter(|s| !self.recorded.values().any(|(p, _)| p == *s))
+            .filter(|s| !(complete.len() == 1 && complete[0] == *s))
+            .cloned()
+            .collect();
+        if live.len() <= r || candidates.is_empty() {
+            self.log("kill any: nobody may go".into());
+            return;
+        }
+        let site = candidates[self.rng.gen_range(0..candidates.len())].clone();
+        self.kill(&site);
+    }
+
+    /// Kills `site`: its supervisor and forwarders are gone, nothing reaches
+    /// it or leaves it; its store stays, as a disk does.
+    fn kill(&mut self, site: &str) {
+        assert!(self.down.insert(site.into()), "{site} is down already");
+        self.killed.push(site.into());
+        self.supervisors.remove(site);
+        self.links.retain(|l, _| l.0 != site);
+        self.log(format!("kill {site}"));
+    }
+
+    /// Restarts `site` on its store: new forwarders (from their stored
+    /// cursors), a new supervisor, its interests declared again.
+    fn restart(&mut self, site: &str) {
+        assert!(self.down.remove(site), "{site} is not down");
+        self.log(format!("restart {site}"));
+        let peers: Vec<String> = self.sites.keys().filter(|p| *p != site).cloned().collect();
+        for peer in &peers {
+            let link = (site.to_string(), peer.clone());
+            self.links.insert(link, Forward { fwd: Forwarder::new(site, self.now), wake: None, waiting: None });
+        }
+        if self.policy.is_some() {
+            self.start_supervisor(site);
+        } else {
+            self.declare(site);
+        }
+        let live: Vec<String> = peers.into_iter().filter(|p| !self.down.contains(p)).collect();
+        for peer in &live {
+            let Some(list) = self.interest_lists.get(peer).cloned() else { continue };
+            let wants = Arc::new(Wants::parse(&list).expect("interest"));
+            let link = (site.to_string(), peer.clone());
+            let version = self.interest_version.get(peer).copied().unwrap_or(0);
+            self.held_version.insert(link.clone(), version);
+            let first_cursor = self.store(site).last_seq() + 1;
+            self.step(&link, Input::Interests(PeerWants { wants, first_cursor }));
+        }
+    }
+
+    /// Reads the announcements `site`'s log gained into its supervisor, as
+    /// `supervise::read_announcements` does.
+    fn hear(&mut self, site: &str) {
+        let Some(sup) = self.supervisors.get(site) else { return };
+        let (from, last) = (sup.heard_next, self.store(site).last_seq());
+        if from > last {
+            return;
+        }
+        let records = self.store(site).read_blocking(move |v| v.records(from, last, 1_000_000)).expect("records");
+        let now = self.now;
+        let sup = self.supervisors.get_mut(site).unwrap();
+        sup.heard_next = last + 1;
+        for r in records {
+            let Body::Event(e) = r.body else { continue };
+            if !e.channel.starts_with(ANNOUNCE_PREFIX) {
+                continue;
+            }
+            let a: Announcement = serde_json::from_slice(&e.payload).expect("an announcement");
+            let heard = Heard {
+                kind: AnnounceKind::parse(&e.event_type),
+                site: a.site,
+                region: a.region,
+                pattern: a.pattern,
+                status: MonitorStatus::parse(&a.state),
+                since_us: a.since_us,
+                monitors: a.monitors,
+            };
+            // As in the adapters, hearing returns nothing to carry out.
+            sup.placement.step(now, PlacementInput::Heard(heard));
+        }
+    }
+
+    /// When a live supervisor next has something due: a tick or a cut poll.
+    fn next_supervision(&self) -> Option<Duration> {
+        self.supervisors
+            .values()
+            .flat_map(|s| std::iter::once(s.placement.next_tick()).chain(s.cuts.values().map(|c| c.2)))
+            .min()
+            .map(|at| at.max(self.now))
+    }
+
+    fn supervise_at(&mut self, at: Duration) {
+        let sites: Vec<String> = self.supervisors.keys().cloned().collect();
+        for site in sites {
+            let polls: Vec<String> = match self.supervisors.get(&site) {
+                Some(s) => s.cuts.iter().filter(|(_, c)| c.2 <= at).map(|(p, _)| p.clone()).collect(),
+                None => continue,
+            };
+            for pattern in polls {
+                self.poll_cut(&site, &pattern);
+            }
+            if self.supervisors.get(&site).is_some_and(|s| s.placement.next_tick() <= at) {
+                let rows = self.store(&site).read_blocking(|v| v.monitors()).expect("monitors");
+                let local: Vec<LocalMonitor> = rows
+                    .iter()
+                    .filter(|r| r.state != MonitorState::Stopped)
+                    .map(|r| LocalMonitor {
+                        pattern: r.pattern.clone(),
+                        complete: r.state == MonitorState::Complete,
+                        since_us: r.time_us,
+                        started_seq: r.started_seq,
+                    })
+                    .collect();
+                let rng = &mut self.rng;
+                let sup = self.supervisors.get_mut(&site).unwrap();
+                let actions = sup.placement.tick(at, &local, || rng.gen::<f64>());
+                if sup.placement.next_tick() <= at {
+                    panic!("{site}'s supervisor is due again at {at:?} right after its tick");
+                }
+                self.carry_out_placement(&site, actions);
+            }
+        }
+    }
+
+    /// The peers as `site`'s placement sees them: up, or down once killed.
+    fn views(&self, site: &str) -> Vec<PeerView> {
+        self.sites
+            .keys()
+            .filter(|p| *p != site)
+            .map(|p| PeerView {
+                name: p.clone(),
+                region: None,
+                reach: if self.down.contains(p) { Reach::Down } else { Reach::Up },
+                rtt_ms: Some(1.0),
+            })
+            .collect()
+    }
+
+    /// Gives `site`'s machine a task result and carries out what follows.
+    fn report(&mut self, site: &str, input: PlacementInput) {
+        let Some(sup) = self.supervisors.get_mut(site) else { return };
+        let actions = sup.placement.step(self.now, input);
+        self.carry_out_placement(site, actions);
+    }
+
+    /// Carries out a supervisor's actions as `supervise::carry_out` does,
+    /// each result reported as it comes (the wait for the cut polls later).
+    fn carry_out_placement(&mut self, site: &str, actions: Vec<PlacementAction>) {
+        for action in actions {
+            if !self.supervisors.contains_key(site) {
+                return;
+            }
+            match action {
+                PlacementAction::Announce(a) => {
+                    let since_us = a.since_us.unwrap_or(EPOCH_US + u64::try_from(self.now.as_micros()).unwrap());
+                    let announcement = Announcement {
+                        site: site.into(),
+                        region: None,
+                        pattern: a.pattern.clone(),
+                        state: a.status.name().to_string(),
+                        since_us,
+                        monitors: a.monitors.unwrap_or_else(|| self.store(site).monitors_running()),
+                    };
+                    let body = Body::Event(Event {
+                        id: String::new(),
+                        channel: announce_channel(&a.pattern),
+                        event_type: a.kind.event_type().into(),
+                        from: Party { service: "pepper".into(), instance: site.into() },
+                        to: Target::default(),
+                        distribution: Distribution::All,
+                        payload: serde_json::to_vec(&announcement).unwrap(),
+                        assigned: Vec::new(),
+                        tuple: None,
+                    });
+                    if a.kind != AnnounceKind::Heartbeat {
+                        self.log(format!("{site} announces {} {}", a.kind.event_type(), a.pattern));
+                    }
+                    self.store(site).append_blocking(vec![body]).expect("announce");
+                    self.appended(site);
+                }
+                PlacementAction::Start { pattern, reason } => {
+                    let result = self.rt.block_on(self.store(site).monitor_start(&pattern, &reason));
+                    self.log(format!("{site} starts a monitor of {pattern}: {reason} ({:?})", result.is_ok()));
+                    self.appended(site);
+                    let result = result.map(|_| ()).map_err(|e| e.to_string());
+                    self.report(site, PlacementInput::Started { pattern, result });
+                }
+                PlacementAction::HoldInterest { pattern } => {
+                    self.hold(site, Interest { pattern: pattern.clone(), types: Vec::new() });
+                    let peers = self.views(site);
+                    self.report(site, PlacementInput::InterestHeld { pattern, peers });
+                }
+                PlacementAction::WaitForCut { pattern, source } => {
+                    let cut = Cut::new(&source, self.store(site).last_seq(), self.now);
+                    let now = self.now;
+                    self.supervisors.get_mut(site).unwrap().cuts.insert(pattern.clone(), (source, cut, now));
+                    self.poll_cut(site, &pattern);
+                }
+                PlacementAction::Copy { pattern, source } => {
+                    let result = self.copy_replica(site, &pattern, &source);
+                    self.log(format!("{site} copies {pattern} from {source}: {result:?}"));
+                    self.report(site, PlacementInput::Copied { pattern, result });
+                }
+                PlacementAction::Complete { pattern, source, marks } => {
+                    let result = self.rt.block_on(self.store(site).monitor_complete(&pattern, &source, marks));
+                    self.log(format!("{site} completes {pattern}: {:?}", result.as_ref().map(|_| ())));
+                    self.appended(site);
+                    let result = result.map(|done| done.written().saturating_sub(1)).map_err(|e| e.to_string());
+                    self.report(site, PlacementInput::Completed { pattern, result });
+                }
+                PlacementAction::Stop { pattern, reason, if_importing_since } => {
+                    let result = self.stop_monitor(site, &pattern, &reason, if_importing_since);
+                    self.log(format!("{site} stops {pattern}: {reason} ({result:?})"));
+                    self.appended(site);
+                    self.report(site, PlacementInput::Stopped { pattern, result });
+                }
+                PlacementAction::DropInterest { pattern } => {
+                    if let Some(list) = self.interest_lists.get_mut(site) {
+                        list.retain(|i| i.pattern != pattern);
+                    }
+                    self.declare(site);
+                }
+            }
+        }
+    }
+
+    /// Polls a backfill's cut as `supervise::wait_for_cut` does: this
+    /// site's forwarder toward the source, then each other peer's answer
+    /// (its log's end, the version of this site's interests it holds, its
+    /// forwarder toward the source), at once; a killed peer refuses.
+    fn poll_cut(&mut self, site: &str, pattern: &str) {
+        loop {
+            let now = self.now;
+            let Some(sup) = self.supervisors.get_mut(site) else { return };
+            let Some((source, cut, _)) = sup.cuts.get_mut(pattern) else { return };
+            let source = source.clone();
+            match cut.progress(now) {
+                CutProgress::Own => {
+                    let own = self.links.get(&(site.to_string(), source.clone())).and_then(|f| f.fwd.cursor());
+                    let (_, cut, next) = self.supervisors.get_mut(site).unwrap().cuts.get_mut(pattern).unwrap();
+                    cut.own_cursor(now, own);
+                    if matches!(cut.progress(now), CutProgress::Own) {
+                        *next = now + cut_poll(INTERVAL);
+                        return;
+                    }
+                }
+                CutProgress::NeedPeers => {
+                    let version = self.interest_version.get(site).copied().unwrap_or(0);
+                    let views = self.views(site);
+                    let (_, cut, _) = self.supervisors.get_mut(site).unwrap().cuts.get_mut(pattern).unwrap();
+                    cut.peers(version, site, &views);
+                }
+                CutProgress::Ask(names) => {
+                    let replies: Vec<(String, CutReply)> = names
+                        .into_iter()
+                        .map(|name| {
+                            let reply = if self.down.contains(&name) {
+                                CutReply::Unreachable
+                            } else {
+                                CutReply::Answer {
+                                    interests_version: self
+                                        .held_version
+                                        .get(&(name.clone(), site.to_string()))
+                                        .copied()
+                                        .unwrap_or(0),
+                                    seq: Some(self.store(&name).last_seq()),
+                                    cursor: self
+                                        .links
+                                        .get(&(name.clone(), source.clone()))
+                                        .and_then(|f| f.fwd.cursor()),
+                                }
+                            };
+                            (name, reply)
+                        })
+                        .collect();
+                    let (_, cut, next) = self.supervisors.get_mut(site).unwrap().cuts.get_mut(pattern).unwrap();
+                    for (name, reply) in replies {
+                        cut.reply(&name, reply);
+                    }
+                    if matches!(cut.progress(now), CutProgress::Ask(_)) {
+                        *next = now + cut_poll(INTERVAL);
+                        return;
+                    }
+                }
+                CutProgress::Passed | CutProgress::Failed(_) => {
+                    let (_, mut cut, _) = self.supervisors.get_mut(site).unwrap().cuts.remove(pattern).unwrap();
+                    let result = match cut.progress(now) {
+                        CutProgress::Failed(message) => Err(message),
+                        _ => Ok(()),
+                    };
+                    self.log(format!("{site}'s cut toward {source} for {pattern}: {result:?}"));
+                    self.report(site, PlacementInput::CutPassed { pattern: pattern.into(), result });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// What `GET /v1/peer/replica` serves and `supervise::copy` imports:
+    /// the source's rows of the subtree from one snapshot, with its marks.
+    fn copy_replica(&mut self, site: &str, pattern: &str, source: &str) -> Result<Copied, String> {
+        if self.down.contains(source) {
+            return Err(format!("cannot reach {source}"));
+        }
+        let p = pattern.to_string();
+        let source_name = source.to_string();
+        let (marks, rows) = self
+            .store(source)
+            .read_blocking(move |v| {
+                let Some(row) = v.monitors()?.into_iter().find(|m| m.pattern == p && m.state == MonitorState::Complete)
+                else {
+                    return Ok(None);
+                };
+                let mut marks: BTreeMap<String, u64> = v.origin_marks()?.into_iter().collect();
+                for (origin, mark) in row.marks {
+                    let at = marks.entry(origin).or_insert(0);
+                    *at = (*at).max(mark);
+                }
+                marks.insert(source_name, v.seq());
+                let mut rows = Vec::new();
+                v.history_under(&p, |channel, field, h| {
+                    rows.push(import(channel, field, h.time_us, h.value, h.expires_at_us, h.source, true, false));
+                    Ok(true)
+                })?;
+                v.tuples_under(&p, |t| {
+                    rows.push(import(&t.channel, &t.field, t.time_us, t.value, t.expires_at_us, t.source, false, true));
+                    Ok(true)
+                })?;
+                Ok(Some((marks.into_iter().collect::<Vec<_>>(), rows)))
+            })
+            .expect("replica")
+            .ok_or_else(|| format!("{source} refused the replica: it has no complete monitor of {pattern}"))?;
+        let n = rows.len() as u64;
+        for chunk in rows.chunks(pepper_storage::limits::BATCH_RECORDS_MAX) {
+            self.store(site).append_blocking(chunk.to_vec()).map_err(|e| format!("cannot import rows: {e}"))?;
+        }
+        self.appended(site);
+        Ok(Copied { marks, rows: n })
+    }
+
+    fn stop_monitor(&self, site: &str, pattern: &str, reason: &str, guard: Option<u64>) -> StopResult {
+        let store = self.store(site);
+        if let Some(started_seq) = guard {
+            let rows = store.read_blocking(|v| v.monitors()).expect("monitors");
+            let same = rows
+                .iter()
+                .any(|r| r.pattern == pattern && r.state == MonitorState::Importing && r.started_seq == started_seq);
+            if !same {
+                return StopResult::NotSame;
+            }
+        }
+        match self.rt.block_on(store.monitor_stop(pattern, reason)) {
+            Ok(_) => StopResult::Stopped,
+            Err(pepper_storage::Error::NotFound { .. }) => StopResult::NotFound,
+            Err(e) => StopResult::Failed(e.to_string()),
+        }
+    }
+
+    /// Scenario (e)'s invariants: the live sites run exactly `want` (by
+    /// default R) complete monitors of the policy's pattern and none
+    /// importing (9), and each of them holds the complete history of every
+    /// channel, in order, once each (10); a channel whose publisher is down
+    /// need only be a prefix.
+    fn check_recorders(&self, want: Option<usize>) -> Result<(), String> {
+        let Some((pattern, r)) = self.policy.clone() else { return Ok(()) };
+        let mut complete = Vec::new();
+        for site in self.sites.keys().filter(|s| !self.down.contains(*s)) {
+            let rows = self.store(site).read_blocking(|v| v.monitors()).expect("monitors");
+            for row in rows.iter().filter(|row| row.pattern == pattern) {
+                match row.state {
+                    MonitorState::Complete => complete.push(site.clone()),
+                    MonitorState::Importing => return Err(format!("9: {site} is still importing {pattern}")),
+                    MonitorState::Stopped => {}
+                }
+            }
+        }
+        let want = want.unwrap_or(r);
+        if complete.len() != want {
+            return Err(format!("9: {complete:?} record {pattern}, not {want} sites"));
+        }
+        for site in &complete {
+            let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            let p = pattern.clone();
+            let history = self
+                .store(site)
+                .read_blocking(move |v| {
+                    let mut rows = Vec::new();
+                    v.history_under(&p, |channel, _, h| {
+                        rows.push((channel.to_string(), h.value));
+                        Ok(true)
+                    })?;
+                    Ok(rows)
+                })
+                .expect("history");
+            for (channel, value) in history {
+                got.entry(channel).or_default().push(value);
+            }
+            for (channel, (publisher, values)) in &self.recorded {
+                let have = got.get(channel).cloned().unwrap_or_default();
+                let whole = !self.down.contains(publisher);
+                let ok = if whole { have == *values } else { values.starts_with(&have) };
+                if !ok {
+                    let missing = values.iter().filter(|v| !have.contains(v)).count();
+                    return Err(format!(
+                        "10: {site}'s history of {channel} has {} of {} values ({missing} missing; first: {:?} / {:?})",
+                        have.len(),
+                        values.len(),
+                        have.iter().take(3).collect::<Vec<_>>(),
+                        values.iter().take(3).collect::<Vec<_>>()
+                    ));
                 }
             }
         }
@@ -1043,11 +1727,38 @@ impl Sim {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
+fn import(
+    channel: &str,
+    field: &str,
+    time_us: u64,
+    value: String,
+    expires_at_us: Option<u64>,
+    source: Party,
+    history: bool,
+    latest: bool,
+) -> Body {
+    Body::TupleImport(TupleImport {
+        channel: channel.into(),
+        field: field.into(),
+        value,
+        time_us,
+        expires_at_us,
+        source,
+        history,
+        latest,
+    })
+}
+
 /// Runs a script and checks the invariants once it is done; returns the trace.
 fn run_script(seed: u64, text: &str) -> Vec<String> {
     let mut sim = Sim::new(seed);
     sim.script(text);
-    if let Err(e) = sim.check(sim.partitions.is_empty()).and_then(|()| sim.check_streams(true)) {
+    let checked = sim
+        .check(sim.partitions.is_empty())
+        .and_then(|()| sim.check_streams(true))
+        .and_then(|()| sim.check_recorders(None));
+    if let Err(e) = checked {
         panic!("seed {seed}: invariant {e}\n{text}\n{}", sim.trace.join("\n"));
     }
     let trace = std::mem::take(&mut sim.trace);
@@ -1140,6 +1851,67 @@ fn random_scenario(seed: u64) -> String {
     }
     s += "run 300s\n";
     s
+}
+
+/// A random scenario (e): three to five sites supervising `/fleet/` with R
+/// of 1 to 3, site `a` publishing updates in bursts once the first monitor
+/// is complete, other sites killed and restarted at random (`kill any`:
+/// never below R live sites, never the last live complete recorder), then
+/// a quiet minute.
+fn random_recorders_scenario(seed: u64) -> String {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xf1911);
+    let names = ["a", "b", "c", "d", "e"];
+    let n = rng.gen_range(3..=5);
+    let r = rng.gen_range(1..=3.min(n - 1));
+    let mut s = String::new();
+    for site in &names[..n] {
+        s += &format!("site {site}\n");
+    }
+    s += &format!("network delay 1ms {}ms drop 0.0\n", rng.gen_range(2..100));
+    // Updates are recorded from the first complete monitor on.
+    s += &format!("supervise /fleet/ {r}\nrun {}ms\n", rng.gen_range(15_000..20_000));
+    for i in 0..rng.gen_range(4..16) {
+        match rng.gen_range(0..6) {
+            0 => s += "kill any\n",
+            1 => s += "restart any\n",
+            2 | 3 => s += &format!("run {}ms\n", rng.gen_range(1..15_000)),
+            _ => s += &format!("record-many a /fleet/h{}/ v{i}x {}\n", rng.gen_range(0..3), rng.gen_range(1..30)),
+        }
+    }
+    s += "run 60s\n";
+    s
+}
+
+#[test]
+fn e_a_killed_recorder_is_replaced_with_the_complete_history() {
+    let trace = run_script(11, include_str!("sim/recorder_killed.sim"));
+    let kills = trace.iter().filter(|l| l.contains(" kill ")).count();
+    let copies = trace.iter().filter(|l| l.contains(" copies /fleet/ from ") && l.contains("Ok(")).count();
+    assert_eq!(kills, 2, "{}", trace.join("\n"));
+    assert!(copies >= 2, "each replacement copied a surviving replica:\n{}", trace.join("\n"));
+}
+
+#[test]
+fn f_a_returning_recorder_makes_a_surplus_and_exactly_one_stops() {
+    let trace = run_script(13, include_str!("sim/surplus_stop.sim"));
+    let back = trace.iter().position(|l| l.contains(" restart ")).expect("a restart");
+    let stops: Vec<&String> = trace[back..].iter().filter(|l| l.contains(" stops /fleet/")).collect();
+    assert_eq!(stops.len(), 1, "one surplus monitor stopped after the restart:\n{}", trace.join("\n"));
+    assert!(stops[0].contains("more than 2"), "{}", stops[0]);
+}
+
+#[test]
+fn a_thousand_random_kills_keep_r_complete_replicas() {
+    let started = Instant::now();
+    let mut felt = [0usize; 3];
+    for seed in 0..1000 {
+        let trace = run_script(seed, &random_recorders_scenario(seed));
+        for (n, what) in felt.iter_mut().zip([" kill ", " copies /fleet/ from ", " completes /fleet/"]) {
+            *n += trace.iter().filter(|l| l.contains(what)).count();
+        }
+    }
+    eprintln!("1000 random runs of (e) took {:?}; kills, copies, completions: {felt:?}", started.elapsed());
+    assert!(felt.iter().all(|&n| n > 300), "the runs killed, copied and completed: {felt:?}");
 }
 
 /// A random scenario (a): one site, a log of up to 900 records, up to four
