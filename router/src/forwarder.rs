@@ -360,12 +360,22 @@ impl<T> Forwarder<T> {
             Input::Interests(w) => {
                 self.wants = Some(w.wants);
                 self.generation += 1;
-                if self.phase != Phase::AwaitingInterests {
-                    return Vec::new();
+                match self.phase {
+                    Phase::AwaitingInterests => {
+                        self.first_cursor = w.first_cursor;
+                        self.phase = Phase::Loading;
+                        vec![Action::LoadCursor { or_else: self.first_cursor }]
+                    }
+                    // The peer just sent its interests, so it runs again (a
+                    // restart): the backoff from failing to reach it ends
+                    // now, instead of leaving a restarted site unfed for up
+                    // to BACKOFF_MAX while its supervisor warms up.
+                    Phase::Backoff { .. } => {
+                        self.backoff = BACKOFF_MIN;
+                        self.proceed()
+                    }
+                    _ => Vec::new(),
                 }
-                self.first_cursor = w.first_cursor;
-                self.phase = Phase::Loading;
-                vec![Action::LoadCursor { or_else: self.first_cursor }]
             }
             Input::CursorLoaded { next } => {
                 if self.phase != Phase::Loading {
@@ -732,6 +742,31 @@ mod tests {
         let (send, ..) = send_of(&f.step(now, Input::Scanned { id, records: vec![out(1, 1)], next: 11 }));
         f.step(now, Input::Sent { id: send });
         assert_eq!((f.backoff(), f.last_error(), f.cursor()), (BACKOFF_MIN, None, Some(11)));
+    }
+
+    /// A peer that pushes its interests runs again (it restarted): the
+    /// backoff from failing to reach it ends at once, and starts over from
+    /// the shortest.
+    #[test]
+    fn interests_from_a_peer_end_the_backoff_of_failing_to_reach_it() {
+        let (mut f, mut id) = scanning(1, 10);
+        let mut now = ms(0);
+        for _ in 0..6 {
+            let (send, ..) = send_of(&f.step(now, Input::Scanned { id, records: vec![out(1, 1)], next: 11 }));
+            now = wake_of(&f.step(now, Input::SendFailed { id: send, status: None, error: "refused".into() }));
+            let [A::Scan { id: again, .. }] = f.tick(now)[..] else { panic!("rescans") };
+            id = again;
+        }
+        let (send, ..) = send_of(&f.step(now, Input::Scanned { id, records: vec![out(1, 1)], next: 11 }));
+        let wake = wake_of(&f.step(now, Input::SendFailed { id: send, status: None, error: "refused".into() }));
+        assert_eq!(wake - now, BACKOFF_MAX);
+        let back = now + ms(10);
+        let actions = f.step(back, Input::Interests(wants(&[("/x/", &[])])));
+        assert!(matches!(actions[..], [A::Scan { from: 1, .. }]), "{actions:?}");
+        assert_eq!(f.backoff(), BACKOFF_MIN);
+        // Outside a backoff, new interests change what is sent, not when.
+        let (mut f, _) = scanning(1, 10);
+        assert!(f.step(ms(0), Input::Interests(wants(&[("/y/", &[])]))).is_empty());
     }
 
     #[test]
