@@ -366,11 +366,12 @@ impl<T> Forwarder<T> {
                         self.phase = Phase::Loading;
                         vec![Action::LoadCursor { or_else: self.first_cursor }]
                     }
-                    // The peer just sent its interests, so it runs again (a
-                    // restart): the backoff from failing to reach it ends
-                    // now, instead of leaving a restarted site unfed for up
-                    // to BACKOFF_MAX while its supervisor warms up.
-                    Phase::Backoff { .. } => {
+                    // The peer just sent its interests, so it runs (after a
+                    // restart, for one): a backoff from failing to reach it
+                    // ends now, instead of leaving a restarted site unfed
+                    // for up to BACKOFF_MAX while its supervisor warms up. A
+                    // stall (the peer refused a batch) keeps its pace.
+                    Phase::Backoff { .. } if !self.stalled => {
                         self.backoff = BACKOFF_MIN;
                         self.proceed()
                     }
@@ -767,6 +768,12 @@ mod tests {
         // Outside a backoff, new interests change what is sent, not when.
         let (mut f, _) = scanning(1, 10);
         assert!(f.step(ms(0), Input::Interests(wants(&[("/y/", &[])]))).is_empty());
+        // A stall (the peer refused a batch) keeps its pace.
+        let (mut f, id) = scanning(1, 10);
+        let (send, ..) = send_of(&f.step(ms(0), Input::Scanned { id, records: vec![out(1, 1)], next: 11 }));
+        f.step(ms(0), Input::SendFailed { id: send, status: Some(400), error: "bad frame".into() });
+        assert!(f.stalled());
+        assert!(f.step(ms(10), Input::Interests(wants(&[("/x/", &[])]))).is_empty());
     }
 
     #[test]

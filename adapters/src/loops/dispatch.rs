@@ -404,8 +404,13 @@ impl Task {
                 }
                 Action::End { id, seq, reason } => {
                     if let Some(entry) = self.buffers.remove(&id) {
-                        // The last slot is kept for the lease's end.
-                        let _ = entry.tx.try_send(Item::LeaseEnded { seq, reason: reason.name() });
+                        // The last slot is kept for the lease's end, so this
+                        // fails only if the stream has gone.
+                        if let Err(TrySendError::Full(_)) =
+                            entry.tx.try_send(Item::LeaseEnded { seq, reason: reason.name() })
+                        {
+                            tracing::error!(subscriber = id, seq, "no slot left for a lease's end");
+                        }
                     }
                 }
                 Action::Detach { id, why, at } => {
@@ -420,7 +425,8 @@ impl Task {
                 Action::Unroutable { seq } => {
                     // The store takes only channels the router parses; this
                     // came from a damaged log.
-                    tracing::warn!(seq, "record on an unroutable channel");
+                    let channel = record.and_then(|r| r.body.channel()).unwrap_or_default();
+                    tracing::warn!(seq, %channel, "record on an unroutable channel");
                 }
             }
         }
