@@ -62,11 +62,13 @@
 //! streams: `watch A S PATTERN from SEQ|head [buffer N]`; `stream A S lease
 //! ID [buffer N]` (the lease's stream, from its start); `expect stream S:
 //! NAME.. [ended]` (exactly these events, then the lease's end) or `expect
-//! stream S count N`. For supervisors: `supervise PATTERN R` (every site);
+//! stream S count N`. For supervisors: `expect kept PREFIX` (a live
+//! complete replica holds every recorded value starting with PREFIX); `supervise PATTERN R` (every site);
 //! `record A CHANNEL VALUE` and `record-many A CHANNEL PREFIX N` (attribute
 //! updates of field `load`); `kill A`, `kill recorder` (the first complete
-//! recorder that publishes nothing), `kill any` (see `kill_any`), `restart
-//! A`, `restart killed` (the site killed last), `restart any`; `expect recorders N`
+//! recorder that publishes nothing), `kill any` (see `kill_any`), `kill
+//! killed` (the site killed last, again), `restart A`, `restart killed` (the
+//! site killed last), `restart any`; `expect recorders N`
 //! (invariants 9 and 10 with N replicas).
 //!
 //! **Scenarios:** (a) catch-up to live handoff (`catch_up_handoff.sim`,
@@ -512,12 +514,22 @@ impl Sim {
                         self.restart(&site);
                     }
                 }
+                ["kill", "killed"] => {
+                    // The site killed last, killed again after its restart.
+                    let site = self.killed.last().cloned().expect("a killed site");
+                    self.kill(&site);
+                }
                 ["kill", site] => self.kill(site),
                 ["restart", "killed"] => {
                     let site = self.killed.last().cloned().expect("a killed site");
                     self.restart(&site);
                 }
                 ["restart", site] => self.restart(site),
+                ["expect", "kept", prefix] => {
+                    if let Err(e) = self.check_kept(prefix) {
+                        panic!("{e}\n{}", self.trace.join("\n"));
+                    }
+                }
                 ["expect", "recorders", n] => {
                     if let Err(e) = self.check_recorders(Some(n.parse().expect("count"))) {
                         panic!("{e}\n{}", self.trace.join("\n"));
@@ -1443,6 +1455,35 @@ impl Sim {
         Ok(())
     }
 
+    /// Some live complete replica holds every recorded value that starts
+    /// with `prefix`.
+    fn check_kept(&self, prefix: &str) -> Result<(), String> {
+        let (pattern, _) = self.policy.clone().expect("supervise first");
+        let want: Vec<String> =
+            self.recorded.values().flat_map(|(_, v)| v.iter().filter(|v| v.starts_with(prefix)).cloned()).collect();
+        for site in self.sites.keys().filter(|s| !self.down.contains(*s)) {
+            if self.store(site).monitor_state(&pattern) != Some(MonitorState::Complete) {
+                continue;
+            }
+            let p = pattern.clone();
+            let have: BTreeSet<String> = self
+                .store(site)
+                .read_blocking(move |v| {
+                    let mut values = BTreeSet::new();
+                    v.history_under(&p, |_, _, h| {
+                        values.insert(h.value);
+                        Ok(true)
+                    })?;
+                    Ok(values)
+                })
+                .expect("history");
+            if want.iter().all(|w| have.contains(w)) {
+                return Ok(());
+            }
+        }
+        Err(format!("no live complete replica holds the {} values {prefix}*", want.len()))
+    }
+
     fn publish_many(&mut self, site: &str, channel: &str, prefix: &str, count: usize) {
         let store = self.store(site).clone();
         let first = store.last_seq() + 1;
@@ -1939,6 +1980,22 @@ fn f_a_returning_recorder_makes_a_surplus_and_exactly_one_stops() {
     let stops: Vec<&String> = trace[back..].iter().filter(|l| l.contains(" stops /fleet/")).collect();
     assert_eq!(stops.len(), 1, "one surplus monitor stopped after the restart:\n{}", trace.join("\n"));
     assert!(stops[0].contains("more than 2"), "{}", stops[0]);
+}
+
+/// The stop rule counts a replica until it has been silent for
+/// `DEAD_AFTER_INTERVALS`, so a surplus replica may stop itself because of
+/// one that has just died, and take the last copy of the history with it
+/// (`stop_rule_race.sim`; `router/tests/placement.rs` pins the rule). This
+/// fails today (seeds 0, 1 and 2 all lose Y's rows); it is the reproduction
+/// for whoever fixes the rule, which needs more than a shorter window: a
+/// replica can die right after its last announcement.
+#[test]
+#[ignore = "known data-loss race in the stop rule, not fixed yet"]
+fn known_race_the_stop_rule_can_stop_the_last_live_replica() {
+    // Not `run_script`: with R = 1, what only X held is gone with X in any
+    // case; the script checks what Y held.
+    let mut sim = Sim::new(0);
+    sim.script(include_str!("sim/stop_rule_race.sim"));
 }
 
 #[test]
