@@ -34,7 +34,9 @@
 //! a row): exactly one stops, the first in this order, which every site
 //! computes alike from the same announcements: its region has the most
 //! monitors of the pattern; then its site runs the most monitors; then it
-//! completed last; then the greatest site name. Only that site acts.
+//! completed last; then the greatest site name. Only that site acts, and
+//! only once it has heard, after deciding, enough other complete monitors
+//! to leave R (a replica that has just died is never heard again).
 //!
 //! **Backfill.** A starting monitor (1) writes its start (clearing any old
 //! rows) and holds an interest in the subtree, pushed to the peers that are

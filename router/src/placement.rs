@@ -9,7 +9,9 @@
 //! supervisor counts the live monitors of every pattern. Too few: a site
 //! without one starts one after a delay that favours other regions and idle
 //! sites. Too many complete ones, twice in a row: the one site that every
-//! site's rule picks stops its monitor. A new monitor backfills: it holds
+//! site's rule picks stops its monitor, once it has heard (after deciding)
+//! enough other complete replicas to leave R, so a replica that has just
+//! died never makes it stop. A new monitor backfills: it holds
 //! its interest in the subtree, picks a live complete replica, waits for the
 //! cut (every update the replica will not have now reaches the new monitor
 //! directly), copies the replica's rows and completes. The whole argument

@@ -148,8 +148,12 @@ async fn read_announcements(state: AppState) {
                             since_us: a.since_us,
                             monitors: a.monitors,
                         };
-                        let mut placement = sup.placement();
-                        placement.step(sup.now(), PlacementInput::Heard(heard));
+                        // A complete replica heard may confirm this site's
+                        // surplus stop: that stop is carried out at once.
+                        let actions = sup.placement().step(sup.now(), PlacementInput::Heard(heard));
+                        if !actions.is_empty() {
+                            carry_out_tick(&state, actions).await;
+                        }
                     }
                     Err(err) => tracing::debug!(seq = r.seq, error = %err, "not a monitor announcement"),
                 }

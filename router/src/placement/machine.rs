@@ -73,6 +73,8 @@ pub enum StopResult {
 #[derive(Clone, Debug, PartialEq)]
 pub enum PlacementInput {
     /// An announcement read from this site's log (its own or a peer's).
+    /// A complete replica heard may confirm this site's surplus stop: the
+    /// step then returns the [`PlacementAction::Stop`].
     Heard(Heard),
     /// The recording policy now, checked and kept by the driver.
     Policies(BTreeMap<String, usize>),
@@ -272,9 +274,21 @@ pub struct SeenMonitor {
 struct Plan {
     start_planned: bool,
     surplus: u32,
+    /// When this site, the rule's victim, decided to stop its surplus
+    /// monitor. It stops only once it has heard, after that, enough other
+    /// complete replicas to leave R: proof they were alive after the
+    /// decision, not just within the last [`DEAD_AFTER_INTERVALS`].
+    confirm_after: Option<Duration>,
+    /// This site's complete monitor as the last evaluation saw it, for a
+    /// stop confirmed by an announcement between evaluations.
+    mine: Option<Candidate>,
     /// Due time and the replication factor the plan was made for. A plan
     /// superseded before it is due still fires; it counts again then.
     due: Vec<(Duration, usize)>,
+}
+
+fn surplus_reason(complete: usize, replicas: usize) -> String {
+    format!("{complete} complete replicas, more than {replicas}: this site is the one the rule stops")
 }
 
 /// A task in flight for a pattern, and what it waits for.
@@ -422,8 +436,12 @@ impl Placement {
     pub fn step(&mut self, now: Duration, input: PlacementInput) -> Vec<PlacementAction> {
         match input {
             PlacementInput::Heard(h) => {
+                let confirms = (h.status == MonitorStatus::Complete && !h.ends()).then(|| h.pattern.clone());
                 self.seen.heard(now, h);
-                Vec::new()
+                match confirms {
+                    Some(pattern) => self.confirm_stop(now, &pattern),
+                    None => Vec::new(),
+                }
             }
             PlacementInput::Policies(policies) => {
                 self.policies = policies;
@@ -512,6 +530,8 @@ impl Placement {
             let plan = self.plans.entry(pattern.clone()).or_default();
             if mine.is_none() {
                 plan.surplus = 0;
+                plan.confirm_after = None;
+                plan.mine = None;
                 if live >= replicas || !warm {
                     plan.start_planned = false;
                     continue;
@@ -525,7 +545,11 @@ impl Placement {
                 continue;
             }
             plan.start_planned = false;
-            let Some(row) = mine.filter(|m| m.complete) else { continue };
+            let Some(row) = mine.filter(|m| m.complete) else {
+                plan.confirm_after = None;
+                plan.mine = None;
+                continue;
+            };
             let mut complete: Vec<Candidate> = others
                 .iter()
                 .filter(|(_, e)| e.status == MonitorStatus::Complete)
@@ -536,26 +560,76 @@ impl Placement {
                     since_us: e.since_us,
                 })
                 .collect();
-            complete.push(Candidate {
+            let me = Candidate {
                 site: self.site.clone(),
                 region: self.region.clone(),
                 monitors: running.len(),
                 since_us: row.since_us,
-            });
+            };
+            plan.mine = Some(me.clone());
+            complete.push(me);
             if complete.len() <= replicas {
                 plan.surplus = 0;
+                plan.confirm_after = None;
                 continue;
             }
             plan.surplus += 1;
-            if plan.surplus >= SURPLUS_EVALUATIONS && victim(&complete).is_some_and(|v| v == self.site) {
-                plan.surplus = 0;
-                let reason = format!(
-                    "{} complete replicas, more than {replicas}: this site is the one the rule stops",
-                    complete.len()
-                );
-                self.stop(&pattern, reason, None, out);
+            if plan.surplus < SURPLUS_EVALUATIONS || victim(&complete).is_none_or(|v| v != self.site) {
+                plan.confirm_after = None;
+                continue;
+            }
+            // The victim: decide now, stop once the others prove alive.
+            let Some(after) = plan.confirm_after else {
+                plan.confirm_after = Some(now);
+                continue;
+            };
+            let confirmed =
+                others.iter().filter(|(_, e)| e.status == MonitorStatus::Complete && e.last > after).count();
+            if confirmed >= replicas {
+                let reason = surplus_reason(complete.len(), replicas);
+                self.stop_surplus(&pattern, reason, out);
             }
         }
+    }
+
+    /// A complete monitor of `pattern` was just heard: if this site is the
+    /// surplus' victim waiting for proof that the others live, stop now
+    /// when it has it (rather than at the next evaluation, which would
+    /// leave an interval for a confirmed replica to die unnoticed).
+    fn confirm_stop(&mut self, now: Duration, pattern: &str) -> Vec<PlacementAction> {
+        let mut out = Vec::new();
+        let Some(&replicas) = self.policies.get(pattern) else { return out };
+        let Some(plan) = self.plans.get(pattern) else { return out };
+        let (Some(after), Some(mine)) = (plan.confirm_after, plan.mine.clone()) else { return out };
+        if self.busy(pattern) {
+            return out;
+        }
+        let others = self.seen.live(now, pattern, &self.site, self.interval);
+        let mut complete: Vec<Candidate> = others
+            .iter()
+            .filter(|(_, e)| e.status == MonitorStatus::Complete)
+            .map(|(site, e)| Candidate {
+                site: site.to_string(),
+                region: e.region.clone(),
+                monitors: e.monitors,
+                since_us: e.since_us,
+            })
+            .collect();
+        let confirmed = others.iter().filter(|(_, e)| e.status == MonitorStatus::Complete && e.last > after).count();
+        complete.push(mine);
+        if complete.len() > replicas && victim(&complete).is_some_and(|v| v == self.site) && confirmed >= replicas {
+            let reason = surplus_reason(complete.len(), replicas);
+            self.stop_surplus(pattern, reason, &mut out);
+        }
+        out
+    }
+
+    fn stop_surplus(&mut self, pattern: &str, reason: String, out: &mut Vec<PlacementAction>) {
+        if let Some(plan) = self.plans.get_mut(pattern) {
+            plan.surplus = 0;
+            plan.confirm_after = None;
+        }
+        self.stop(pattern, reason, None, out);
     }
 
     /// Planned starts whose delay is over: each starts a monitor if the
