@@ -154,26 +154,19 @@ fn renewal_keeps_a_lease_alive_past_its_first_ttl() {
     let lease = grant(&http, &server, json!({"channel": "/a.org/", "ttl_s": 1, "id": "kept"}));
     assert_eq!(lease["ttl_s"], 1);
     grant(&http, &server, json!({"channel": "/a.org/", "ttl_s": 1, "id": "control"}));
-    let res = http
-        .post(server.at("/v1/leases/kept/renew"))
-        .header("content-type", "application/json")
-        .body(r#"{"ttl_s": 60}"#)
-        .send()
-        .unwrap();
-    assert_eq!(res.status(), 200, "renewed in time, the lease must still be live");
+    let renew = |ttl_s: u64| {
+        let body = json!({ "ttl_s": ttl_s }).to_string();
+        let url = server.at("/v1/leases/kept/renew");
+        http.post(url).header("content-type", "application/json").body(body).send().unwrap().status()
+    };
+    assert_eq!(renew(60), 200, "renewed in time, the lease must still be live");
     assert!(eventually(Duration::from_secs(10), || {
         http.get(server.at("/v1/leases/control")).send().unwrap().status() == 404
     }));
     let kept: Value = http.get(server.at("/v1/leases/kept")).send().unwrap().json().unwrap();
     assert_eq!(kept["ttl_s"], 60, "{kept}");
-    // Renewed with its own TTL, it lapses again when left alone.
-    let res = http
-        .post(server.at("/v1/leases/kept/renew"))
-        .header("content-type", "application/json")
-        .body(r#"{"ttl_s": 1}"#)
-        .send()
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    // Renewed with a TTL of one second, it lapses again when left alone.
+    assert_eq!(renew(1), 200);
     assert!(
         eventually(Duration::from_secs(10), || http.get(server.at("/v1/leases/kept")).send().unwrap().status() == 404)
     );

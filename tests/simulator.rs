@@ -131,13 +131,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pepper_adapters::loops::dispatch::routed;
-use pepper_adapters::supervisor::{announce_channel, Announcement, ANNOUNCE_PREFIX};
-use pepper_adapters::wire::frames::{decode_batch, GAP_TYPE};
+use pepper_adapters::supervisor::{announce_channel, local_monitors, replica_marks, Announcement, ANNOUNCE_PREFIX};
+use pepper_adapters::wire::frames::{decode_batch, GAP_TYPE, SITES_CHANNEL_PREFIX};
 use pepper_router::{
     cut_poll, should_join, AnnounceKind, Copied, Cut, CutProgress, CutReply, Detach, Dispatch, DispatchAction,
-    DispatchInput, Forwarder, ForwarderAction as Action, ForwarderInput as Input, Heard, Holder, Interest,
-    LocalMonitor, Meaning, MonitorStatus, Outgoing, Pattern, PeerView, PeerWants, Placement, PlacementAction,
-    PlacementConfig, PlacementInput, Reach, StopResult, Subscriber, SubscriberId, Wants,
+    DispatchInput, Forwarder, ForwarderAction as Action, ForwarderInput as Input, Holder, Interest, Meaning, Outgoing,
+    Pattern, PeerView, PeerWants, Placement, PlacementAction, PlacementConfig, PlacementInput, Reach, StopResult,
+    Subscriber, SubscriberId, Wants,
 };
 use pepper_storage::{
     Body, Distribution, Event, LeaseEnd, LeaseGrant, ManualClock, MemoryEngine, MonitorState, Options, Party, Record,
@@ -311,22 +311,9 @@ fn event(channel: &str, name: &str) -> Body {
 }
 
 /// The marker `POST /v1/peer/records` appends for a gap when the receiver
-/// has no lease (its `gap_markers`), rebuilt here: the adapters keep theirs
-/// crate-private.
+/// has no lease: on the origin's own channel.
 fn gap_marker(origin: &str, from: u64, to: u64) -> Body {
-    let payload = serde_json::json!({ "origin": origin, "from_seq": from, "to_seq": to,
-        "reason": "the origin's retention trimmed these records before they could be sent" });
-    Body::Event(Event {
-        id: String::new(),
-        channel: format!("/pepper/sites/{origin}/"),
-        event_type: GAP_TYPE.into(),
-        from: Party { service: "pepper".into(), instance: origin.into() },
-        to: Target::default(),
-        distribution: Distribution::All,
-        payload: payload.to_string().into_bytes(),
-        assigned: Vec::new(),
-        tuple: None,
-    })
+    pepper_adapters::wire::frames::gap_marker(format!("{SITES_CHANNEL_PREFIX}{origin}/"), origin, from, to)
 }
 
 fn parse_duration(s: &str) -> Duration {
@@ -459,15 +446,7 @@ impl Sim {
                         "head" => self.store(site).last_seq() + 1,
                         n => n.parse().expect("from"),
                     };
-                    let sub = Subscriber {
-                        pattern: Pattern::parse(pattern).expect("pattern"),
-                        types: Vec::new(),
-                        lease: None,
-                        holder: None,
-                        group: None,
-                        granted_seq: 0,
-                        tuples: false,
-                    };
+                    let sub = Subscriber::watch(Pattern::parse(pattern).expect("pattern"), Vec::new(), false);
                     self.open_stream(site, name, sub, from, rest);
                 }
                 ["stream", site, name, "lease", id, ref rest @ ..] => {
@@ -1109,15 +1088,7 @@ impl Sim {
                 continue;
             }
             let a: Announcement = serde_json::from_slice(&e.payload).expect("an announcement");
-            let heard = Heard {
-                kind: AnnounceKind::parse(&e.event_type),
-                site: a.site,
-                region: a.region,
-                pattern: a.pattern,
-                status: MonitorStatus::parse(&a.state),
-                since_us: a.since_us,
-                monitors: a.monitors,
-            };
+            let heard = a.heard(&e.event_type);
             // A complete replica heard may confirm a surplus stop here.
             actions.extend(sup.placement.step(now, PlacementInput::Heard(heard)));
         }
@@ -1145,16 +1116,7 @@ impl Sim {
             }
             if self.supervisors.get(&site).is_some_and(|s| s.placement.next_tick() <= at) {
                 let rows = self.store(&site).read_blocking(|v| v.monitors()).expect("monitors");
-                let local: Vec<LocalMonitor> = rows
-                    .iter()
-                    .filter(|r| r.state != MonitorState::Stopped)
-                    .map(|r| LocalMonitor {
-                        pattern: r.pattern.clone(),
-                        complete: r.state == MonitorState::Complete,
-                        since_us: r.time_us,
-                        started_seq: r.started_seq,
-                    })
-                    .collect();
+                let local = local_monitors(&rows);
                 let rng = &mut self.rng;
                 let sup = self.supervisors.get_mut(&site).unwrap();
                 let actions = sup.placement.tick(at, &local, || rng.gen::<f64>());
@@ -1355,12 +1317,7 @@ impl Sim {
                 else {
                     return Ok(None);
                 };
-                let mut marks: BTreeMap<String, u64> = v.origin_marks()?.into_iter().collect();
-                for (origin, mark) in row.marks {
-                    let at = marks.entry(origin).or_insert(0);
-                    *at = (*at).max(mark);
-                }
-                marks.insert(source_name, v.seq());
+                let marks = replica_marks(v, &source_name, &row)?;
                 let mut rows = Vec::new();
                 v.history_under(&p, |channel, field, h| {
                     rows.push(import(channel, field, h.time_us, h.value, h.expires_at_us, h.source, true, false));
@@ -1370,7 +1327,7 @@ impl Sim {
                     rows.push(import(&t.channel, &t.field, t.time_us, t.value, t.expires_at_us, t.source, false, true));
                     Ok(true)
                 })?;
-                Ok(Some((marks.into_iter().collect::<Vec<_>>(), rows)))
+                Ok(Some((marks, rows)))
             })
             .expect("replica")
             .ok_or_else(|| format!("{source} refused the replica: it has no complete monitor of {pattern}"))?;

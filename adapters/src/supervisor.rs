@@ -121,6 +121,57 @@ pub struct Announcement {
     pub monitors: usize,
 }
 
+/// Per origin, what a complete replica's rows include, as its replica
+/// stream's header says: the origin's mark here, or what this site's own
+/// backfill copied (`monitor`'s marks), whichever is higher; and this
+/// site's own records up to the view's seq.
+///
+/// # Errors
+/// Store read errors.
+pub fn replica_marks(
+    v: &pepper_storage::View<'_>,
+    site: &str,
+    monitor: &pepper_storage::MonitorRow,
+) -> pepper_storage::Result<Vec<(String, u64)>> {
+    let mut marks: BTreeMap<String, u64> = v.origin_marks()?.into_iter().collect();
+    for (origin, mark) in &monitor.marks {
+        let at = marks.entry(origin.clone()).or_insert(0);
+        *at = (*at).max(*mark);
+    }
+    marks.insert(site.to_string(), v.seq());
+    Ok(marks.into_iter().collect())
+}
+
+/// The monitors running on a site (rows not stopped), as the placement
+/// machine takes them.
+pub fn local_monitors(rows: &[pepper_storage::MonitorRow]) -> Vec<pepper_router::LocalMonitor> {
+    rows.iter()
+        .filter(|r| r.state != pepper_storage::MonitorState::Stopped)
+        .map(|r| pepper_router::LocalMonitor {
+            pattern: r.pattern.clone(),
+            complete: r.state == pepper_storage::MonitorState::Complete,
+            since_us: r.time_us,
+            started_seq: r.started_seq,
+        })
+        .collect()
+}
+
+impl Announcement {
+    /// The announcement as the placement machine takes it, read from an
+    /// event of type `event_type`.
+    pub fn heard(self, event_type: &str) -> pepper_router::Heard {
+        pepper_router::Heard {
+            kind: pepper_router::AnnounceKind::parse(event_type),
+            site: self.site,
+            region: self.region,
+            pattern: self.pattern,
+            status: pepper_router::MonitorStatus::parse(&self.state),
+            since_us: self.since_us,
+            monitors: self.monitors,
+        }
+    }
+}
+
 /// A site's supervisor: the placement machine (`pepper_router::Placement`)
 /// that makes every decision, and the clock origin its time is measured
 /// from. The tasks in `loops::supervise` carry out what it decides.

@@ -85,6 +85,14 @@ pub struct Subscriber {
     pub tuples: bool,
 }
 
+impl Subscriber {
+    /// A watch: every matching event (of `types`, if any), and with
+    /// `tuples` the tuple ends too; no lease, no holder.
+    pub fn watch(pattern: Pattern, types: Vec<String>, tuples: bool) -> Subscriber {
+        Subscriber { pattern, types, lease: None, holder: None, group: None, granted_seq: 0, tuples }
+    }
+}
+
 /// Why a lease ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndReason {
@@ -415,15 +423,7 @@ mod tests {
     use super::*;
 
     fn watch(pattern: &str) -> Subscriber {
-        Subscriber {
-            pattern: Pattern::parse(pattern).expect("pattern"),
-            types: Vec::new(),
-            lease: None,
-            holder: None,
-            group: None,
-            granted_seq: 0,
-            tuples: false,
-        }
+        Subscriber::watch(Pattern::parse(pattern).expect("pattern"), Vec::new(), false)
     }
 
     fn lease(id: &str, pattern: &str, granted_seq: u64) -> Subscriber {

@@ -9,7 +9,7 @@
 //! - `GET /v1/peer/replica`: a subtree's rows from one snapshot, streamed
 //!   to a starting monitor (`loops::supervise`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
@@ -29,9 +29,8 @@ use crate::state::AppState;
 use crate::supervisor::REPLICA_CHUNK_BYTES;
 use crate::supervisor::REPLICA_IDLE_MAX;
 use crate::wire::frames::decode_batch;
-use crate::wire::frames::GAP_TYPE;
 use crate::wire::frames::PEER_BODY_BYTES_MAX;
-use crate::wire::frames::{admit, marker};
+use crate::wire::frames::{admit, gap_marker};
 
 /// Axum middleware on `/v1/peer/`: the peer secret is checked before a
 /// body is read.
@@ -122,12 +121,10 @@ async fn gap_markers(state: &AppState, origin: &str, from: u64, to: u64) -> Resu
     if channels.is_empty() {
         channels.insert(fallback);
     }
-    let payload = json!({ "origin": origin, "from_seq": from, "to_seq": to,
-                          "reason": "the origin's retention trimmed these records before they could be sent" });
     Ok(channels
         .into_iter()
         .take(pepper_storage::limits::BATCH_RECORDS_MAX)
-        .map(|channel| marker(channel, GAP_TYPE, origin, &payload))
+        .map(|channel| gap_marker(channel, origin, from, to))
         .collect())
 }
 
@@ -232,15 +229,7 @@ pub(crate) async fn replica(
             if let Some(f) = first.take() {
                 let _ = f.send(Ok(()));
             }
-            // Per origin, what the rows include: the origin's mark here, or
-            // what this site's own backfill copied, whichever is higher.
-            let mut marks: BTreeMap<String, u64> = v.origin_marks()?.into_iter().collect();
-            for (origin, mark) in row.marks {
-                let at = marks.entry(origin).or_insert(0);
-                *at = (*at).max(mark);
-            }
-            marks.insert(site.clone(), v.seq());
-            let marks: Vec<(String, u64)> = marks.into_iter().collect();
+            let marks = crate::supervisor::replica_marks(v, &site, &row)?;
             let mut out = Vec::with_capacity(REPLICA_CHUNK_BYTES * 2);
             let line = |out: &mut Vec<u8>, l: &Line| -> pepper_storage::Result<bool> {
                 serde_json::to_writer(&mut *out, l)

@@ -154,8 +154,7 @@ pub(crate) async fn watch(
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     let pattern = Pattern::parse(&q.channel).map_err(ApiError::bad_channel)?;
     let types = q.types.as_deref().map(|t| canonical_types(t.split(','))).unwrap_or_default();
-    let sub =
-        Subscription { pattern, types, lease: None, holder: None, group: None, granted_seq: 0, tuples: q.snapshot };
+    let sub = Subscription::watch(pattern, types, q.snapshot);
     let seen = state.store.last_seq();
     if !q.snapshot {
         let from = start_seq(&state, &headers, q.from_seq, seen + 1, seen)?;

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use pepper_router::{
-    cut_poll, Announce, AnnounceDetail, AnnounceKind, Copied, Cut, CutProgress, CutReply, Heard, LocalMonitor,
-    MonitorStatus, PeerView, PlacementAction, PlacementInput, Reach, StopResult,
+    cut_poll, Announce, AnnounceDetail, AnnounceKind, Copied, Cut, CutProgress, CutReply, PeerView, PlacementAction,
+    PlacementInput, Reach, StopResult,
 };
 use pepper_storage::{
-    now_us, Body, Distribution, Event, FeedItem, Filter, Kind, MonitorRow, MonitorState, Party, Target, TupleImport,
+    now_us, Body, Distribution, Event, FeedItem, Filter, Kind, MonitorState, Party, Target, TupleImport,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -23,6 +23,7 @@ use crate::federation::{PeerState, PeerSummary};
 use crate::state::AppState;
 use crate::supervisor::announce_channel;
 use crate::supervisor::interest;
+use crate::supervisor::local_monitors;
 use crate::supervisor::Announcement;
 use crate::supervisor::ANNOUNCE_PREFIX;
 use crate::supervisor::CUT_WAIT_MAX;
@@ -93,19 +94,6 @@ pub async fn run(state: AppState) {
     }
 }
 
-/// The monitors running here (rows not stopped), as the machine takes them.
-fn local_monitors(rows: &[MonitorRow]) -> Vec<LocalMonitor> {
-    rows.iter()
-        .filter(|r| r.state != MonitorState::Stopped)
-        .map(|r| LocalMonitor {
-            pattern: r.pattern.clone(),
-            complete: r.state == MonitorState::Complete,
-            since_us: r.time_us,
-            started_seq: r.started_seq,
-        })
-        .collect()
-}
-
 /// A peer as the placement rules see it.
 fn peer_view(p: &PeerSummary) -> PeerView {
     let reach = match p.state {
@@ -139,15 +127,7 @@ async fn read_announcements(state: AppState) {
                 let Body::Event(e) = r.body else { continue };
                 match serde_json::from_slice::<Announcement>(&e.payload) {
                     Ok(a) => {
-                        let heard = Heard {
-                            kind: AnnounceKind::parse(&e.event_type),
-                            site: a.site,
-                            region: a.region,
-                            pattern: a.pattern,
-                            status: MonitorStatus::parse(&a.state),
-                            since_us: a.since_us,
-                            monitors: a.monitors,
-                        };
+                        let heard = a.heard(&e.event_type);
                         // A complete replica heard may confirm this site's
                         // surplus stop: that stop is carried out at once.
                         let actions = sup.placement().step(sup.now(), PlacementInput::Heard(heard));

@@ -95,5 +95,13 @@ pub(crate) fn marker(channel: String, event_type: &str, origin: &str, payload: &
     })
 }
 
+/// The marker of a gap: records `from..=to` of `origin` that its retention
+/// trimmed before they could be sent, on `channel`.
+pub fn gap_marker(channel: String, origin: &str, from: u64, to: u64) -> Body {
+    let payload = json!({ "origin": origin, "from_seq": from, "to_seq": to,
+                          "reason": "the origin's retention trimmed these records before they could be sent" });
+    marker(channel, GAP_TYPE, origin, &payload)
+}
+
 /// The type of gap markers; leases receive them whatever their types.
 pub const GAP_TYPE: &str = pepper_router::GAP_EVENT_TYPE;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::heard::{AnnounceKind, Heard, MonitorStatus};
 use super::rules::{by_preference, start_delay, victim, Candidate, PeerView, Reach};
-use super::seen::Seen;
+use super::seen::{Entry, Seen};
 use super::{DEAD_AFTER_INTERVALS, INTERVAL_DEFAULT, SURPLUS_EVALUATIONS};
 
 /// A monitor running on this site (its row is not stopped), as the store
@@ -287,6 +287,25 @@ struct Plan {
     due: Vec<(Duration, usize)>,
 }
 
+/// The complete monitors among `others`, as the stop rule weighs them.
+fn complete_candidates(others: &[(&str, &Entry)]) -> Vec<Candidate> {
+    others
+        .iter()
+        .filter(|(_, e)| e.status == MonitorStatus::Complete)
+        .map(|(site, e)| Candidate {
+            site: site.to_string(),
+            region: e.region.clone(),
+            monitors: e.monitors,
+            since_us: e.since_us,
+        })
+        .collect()
+}
+
+/// How many of `others` are complete and were heard after `after`.
+fn complete_heard_after(others: &[(&str, &Entry)], after: Duration) -> usize {
+    others.iter().filter(|(_, e)| e.status == MonitorStatus::Complete && e.last > after).count()
+}
+
 fn surplus_reason(complete: usize, replicas: usize) -> String {
     format!("{complete} complete replicas, more than {replicas}: this site is the one the rule stops")
 }
@@ -550,16 +569,7 @@ impl Placement {
                 plan.mine = None;
                 continue;
             };
-            let mut complete: Vec<Candidate> = others
-                .iter()
-                .filter(|(_, e)| e.status == MonitorStatus::Complete)
-                .map(|(site, e)| Candidate {
-                    site: site.to_string(),
-                    region: e.region.clone(),
-                    monitors: e.monitors,
-                    since_us: e.since_us,
-                })
-                .collect();
+            let mut complete = complete_candidates(&others);
             let me = Candidate {
                 site: self.site.clone(),
                 region: self.region.clone(),
@@ -583,9 +593,7 @@ impl Placement {
                 plan.confirm_after = Some(now);
                 continue;
             };
-            let confirmed =
-                others.iter().filter(|(_, e)| e.status == MonitorStatus::Complete && e.last > after).count();
-            if confirmed >= replicas {
+            if complete_heard_after(&others, after) >= replicas {
                 let reason = surplus_reason(complete.len(), replicas);
                 self.stop_surplus(&pattern, reason, out);
             }
@@ -605,17 +613,8 @@ impl Placement {
             return out;
         }
         let others = self.seen.live(now, pattern, &self.site, self.interval);
-        let mut complete: Vec<Candidate> = others
-            .iter()
-            .filter(|(_, e)| e.status == MonitorStatus::Complete)
-            .map(|(site, e)| Candidate {
-                site: site.to_string(),
-                region: e.region.clone(),
-                monitors: e.monitors,
-                since_us: e.since_us,
-            })
-            .collect();
-        let confirmed = others.iter().filter(|(_, e)| e.status == MonitorStatus::Complete && e.last > after).count();
+        let mut complete = complete_candidates(&others);
+        let confirmed = complete_heard_after(&others, after);
         complete.push(mine);
         if complete.len() > replicas && victim(&complete).is_some_and(|v| v == self.site) && confirmed >= replicas {
             let reason = surplus_reason(complete.len(), replicas);
