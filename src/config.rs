@@ -90,6 +90,27 @@ impl From<DurabilityArg> for Durability {
     }
 }
 
+/// `pepper serve`'s flags read from `flags` (what follows `pepper serve`
+/// on a command line), exactly as the binary reads them, `PEPPER_*`
+/// variables included.
+///
+/// # Errors
+/// An unknown flag or a value that does not parse, with clap's message.
+pub fn parse_serve_flags<I, T>(flags: I) -> Result<ServeArgs, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    #[derive(clap::Parser)]
+    #[command(name = "pepper serve")]
+    struct Flags {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+    let args = std::iter::once(std::ffi::OsString::from("pepper serve")).chain(flags.into_iter().map(Into::into));
+    <Flags as clap::Parser>::try_parse_from(args).map(|f| f.serve)
+}
+
 /// `pepper serve`'s flags. Those left out fall back to the config file, then
 /// to the defaults named in their help.
 #[derive(clap::Args, Debug)]
@@ -317,7 +338,7 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
         ..Retention::default()
     };
     let options = Options {
-        site: args.site.or(file.site).unwrap_or_else(crate::host_name),
+        site: args.site.or(file.site).unwrap_or_else(host_name),
         durability: args.durability.or(file.durability).unwrap_or(DurabilityArg::Sync).into(),
         retention,
         dedupe_window: args
@@ -393,4 +414,15 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
         agent: args.agent || file.agent.unwrap_or(false),
         server,
     })
+}
+
+/// This machine's host name (the default site name and agent instance),
+/// or `localhost` when it has none.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
 }

@@ -14,8 +14,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod agent;
-mod config;
 mod model_cli;
+
+use pepper::config::{self, host_name};
 
 /// mimalloc instead of the system allocator: the server allocates small,
 /// short-lived buffers per request and per record, where glibc's malloc
@@ -526,15 +527,6 @@ fn watch(server: &str, channel: &str, types: Option<&str>, from_seq: Option<u64>
         eprintln!("pepper watch: connection to {server} ended; resuming from seq {next}");
         std::thread::sleep(backoff);
     }
-}
-
-pub(crate) fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
 }
 
 fn serve(site: config::Site) -> anyhow::Result<ExitCode> {

@@ -1,5 +1,6 @@
-//! Publishing and paging events over HTTP against the real binary, and
-//! every kind of malformed input.
+//! Publishing and paging events over HTTP, and every kind of malformed
+//! input, against a site run in this process ([`Server::embedded`], the
+//! binary's own configuration and `Site`); `pepper send` is the real CLI.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
@@ -24,7 +25,7 @@ fn last_seq(http: &Client, server: &Server) -> u64 {
 #[test]
 fn publish_json_and_xml_then_page_through_them() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
 
     let one = json!({"id": "c-1", "channel": "/example.com/node/h1/", "type": "ping", "payload": {"n": 1}});
@@ -97,7 +98,7 @@ fn publish_json_and_xml_then_page_through_them() {
 #[test]
 fn malformed_input_gets_a_clear_4xx_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     http.post(server.at("/v1/events")).json(&json!({"channel": "/a.org/", "type": "t"})).send().unwrap();
     assert_eq!(last_seq(&http, &server), 1);
@@ -194,7 +195,7 @@ fn malformed_input_gets_a_clear_4xx_and_changes_nothing() {
 #[test]
 fn a_page_from_before_retention_is_gone_with_the_earliest_seq() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--log-max-bytes", "0", "--retention-interval-s", "1"]);
+    let server = Server::embedded(dir.path(), &["--log-max-bytes", "0", "--retention-interval-s", "1"]);
     let http = Client::new();
     for _ in 0..3 {
         http.post(server.at("/v1/events")).json(&json!({"channel": "/a.org/", "type": "t"})).send().unwrap();
@@ -216,7 +217,7 @@ fn a_page_from_before_retention_is_gone_with_the_earliest_seq() {
 #[test]
 fn pepper_send_publishes_attributes_json_and_xml() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let send = |args: &[&str], stdin: Option<&str>| {
         use std::io::Write;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pepper"))
@@ -264,7 +265,7 @@ fn pepper_send_publishes_attributes_json_and_xml() {
 #[test]
 fn a_retried_event_id_is_logged_once() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     let event = json!({"id": "retry-me", "channel": "/a.org/", "type": "t"});
     let first: Value = http.post(server.at("/v1/events")).json(&event).send().unwrap().json().unwrap();
@@ -286,7 +287,7 @@ fn a_retried_event_id_is_logged_once() {
     assert_eq!(last_seq(&http, &server), 3);
     // Still remembered after a restart.
     assert!(server.stop().success());
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let again: Value = http.post(server.at("/v1/events")).json(&event).send().unwrap().json().unwrap();
     assert_eq!((again["seq"].as_u64(), &again["replayed"]), (Some(1), &json!(true)));
 }
@@ -294,7 +295,7 @@ fn a_retried_event_id_is_logged_once() {
 #[test]
 fn metrics_count_commits_requests_and_leases() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     for _ in 0..3 {
         http.post(server.at("/v1/events")).json(&json!({"channel": "/a.org/", "type": "t"})).send().unwrap();

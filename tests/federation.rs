@@ -1,13 +1,20 @@
-//! Federation with real processes on loopback: sites that find each other,
-//! events that cross between them exactly once through a SIGKILL and a
-//! restart, federated queries with manifests through a SIGSTOP, interest
-//! withdrawn when a lease expires, and a retried batch dropped as a
-//! duplicate.
+//! Federation on loopback: sites that find each other, events that cross
+//! between them exactly once through a SIGKILL and a restart, federated
+//! queries with manifests through a SIGSTOP, interest withdrawn when a
+//! lease expires, and a retried batch dropped as a duplicate.
+//!
+//! Sites run in this process ([`Server::embedded`]) except those a test
+//! kills or stops with a signal, which are real `pepper serve` processes:
+//! the smoke tests of federation through a crash. The protocol's detail
+//! (partitions, backoff, gap markers, every interleaving of a kill) is in
+//! the simulator (`tests/simulator.rs`) and the router's state machines.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{eventually, Server, SseReader};
@@ -16,10 +23,28 @@ use serde_json::{json, Value};
 
 const SECRET: &str = "test-secret";
 
-fn site(dir: &std::path::Path, name: &str, extra: &[&str]) -> Server {
+fn args<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["--site", name, "--peer-secret", SECRET, "--heartbeat-ms", "100"];
     args.extend_from_slice(extra);
-    Server::start(&dir.join(name), &args)
+    args
+}
+
+/// A site in this process.
+fn site(dir: &std::path::Path, name: &str, extra: &[&str]) -> Server {
+    Server::embedded(&dir.join(name), &args(name, extra))
+}
+
+/// A site in a `pepper serve` process, for a test that kills or stops it.
+fn process_site(dir: &std::path::Path, name: &str, extra: &[&str]) -> Server {
+    Server::start(&dir.join(name), &args(name, extra))
+}
+
+/// Waits until `published` reaches `n`.
+fn wait_published(published: &AtomicUsize, n: usize) {
+    assert!(
+        eventually(Duration::from_secs(30), || published.load(Ordering::Relaxed) >= n),
+        "the publisher never reached {n} events"
+    );
 }
 
 fn sites(http: &Client, s: &Server) -> Value {
@@ -71,7 +96,7 @@ fn read_events(stream: &mut SseReader, n: usize) -> (BTreeMap<String, u32>, Vec<
 fn events_cross_sites_exactly_once_through_a_kill_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-    let a = site(dir.path(), "a", &[]);
+    let a = process_site(dir.path(), "a", &[]);
     let a_peer = format!("a={}", a.url);
     let b = site(dir.path(), "b", &["--peer", &a_peer]);
     let c = site(dir.path(), "c", &["--peer", &a_peer]);
@@ -128,12 +153,15 @@ fn events_cross_sites_exactly_once_through_a_kill_and_restart() {
     // (same id) until a acknowledges it.
     let total = 200;
     let port = a.port();
+    let published = Arc::new(AtomicUsize::new(0));
     let publisher = {
         let url = a.url.clone();
+        let published = published.clone();
         std::thread::spawn(move || {
             let http = Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
             let mut retries = 0;
             for n in 0..total {
+                published.store(n, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(5));
                 let body = json!({"id": format!("k{n:04}"), "channel": "/fleet/n2/", "type": "ping", "payload": n});
                 let deadline = Instant::now() + Duration::from_secs(60);
@@ -151,10 +179,10 @@ fn events_cross_sites_exactly_once_through_a_kill_and_restart() {
             retries
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    wait_published(&published, 50);
     a.kill();
     let listen = format!("127.0.0.1:{port}");
-    let a = site(dir.path(), "a", &["--listen", &listen]);
+    let a = process_site(dir.path(), "a", &["--listen", &listen]);
     let retries = publisher.join().unwrap();
     assert!(retries > 0, "the kill landed inside the publish stream");
     for (name, stream) in [("b", &mut on_b), ("c", &mut on_c)] {
@@ -184,7 +212,8 @@ fn federated_queries_answer_within_their_deadline_with_a_manifest() {
     let a = site(dir.path(), "a", &["--region", "eu"]);
     let a_peer = format!("a={}", a.url);
     let b = site(dir.path(), "b", &["--peer", &a_peer, "--region", "eu"]);
-    let c = site(dir.path(), "c", &["--peer", &a_peer, "--region", "us"]);
+    // c is a process, so a signal can freeze it.
+    let c = process_site(dir.path(), "c", &["--peer", &a_peer, "--region", "us"]);
     wait_up(&http, &a, &["b", "c"]);
     for (s, name) in [(&a, "a"), (&b, "b"), (&c, "c")] {
         let body = json!({"channel": format!("/fleet/{name}/"), "type": "attribute", "payload": {"field": "load", "value": name}});
@@ -362,7 +391,7 @@ fn a_peer_back_after_retention_trimmed_what_it_missed_gets_a_gap_marker() {
     // b goes away; a's log moves on and retention trims what b missed.
     let port = b.port();
     drop(stream);
-    b.kill();
+    assert!(b.stop().success());
     for n in 1..=5 {
         assert!(publish(&http, &a, &ping(n)).unwrap().status().is_success());
     }
@@ -412,28 +441,34 @@ fn a_receiving_site_killed_mid_stream_gets_every_event_once_after_its_restart() 
     let dir = tempfile::tempdir().unwrap();
     let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let a = site(dir.path(), "a", &[]);
-    let b = site(dir.path(), "b", &["--peer", &format!("a={}", a.url)]);
+    let b = process_site(dir.path(), "b", &["--peer", &format!("a={}", a.url)]);
     wait_up(&http, &a, &["b"]);
     wait_up(&http, &b, &["a"]);
     let lease = grant(&http, &b, json!({"channel": "/fleet/", "ttl_s": 300, "types": ["ping"]}));
     // a publishes 150 events while b is killed partway and restarted.
     let total = 150;
+    let published = Arc::new(AtomicUsize::new(0));
     let publisher = {
         let url = a.url.clone();
+        let published = published.clone();
         std::thread::spawn(move || {
             let http = Client::new();
             for n in 0..total {
+                published.store(n, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(5));
                 let body = json!({"id": format!("r{n:04}"), "channel": "/fleet/n/", "type": "ping", "payload": n});
                 assert!(http.post(format!("{url}/v1/events")).json(&body).send().unwrap().status().is_success());
             }
         })
     };
-    std::thread::sleep(Duration::from_millis(250));
+    // Killed after a third, restarted after two thirds: a's forwarder
+    // meets a dead peer, then a new one, mid-stream.
+    wait_published(&published, total / 3);
     let port = b.port();
     b.kill();
-    std::thread::sleep(Duration::from_millis(300));
-    let b = site(dir.path(), "b", &["--peer", &format!("a={}", a.url), "--listen", &format!("127.0.0.1:{port}")]);
+    wait_published(&published, 2 * total / 3);
+    let b =
+        process_site(dir.path(), "b", &["--peer", &format!("a={}", a.url), "--listen", &format!("127.0.0.1:{port}")]);
     publisher.join().unwrap();
     // The lease survived the kill; read it from its start.
     let mut stream = SseReader::open(&b.at(&format!("/v1/leases/{lease}/events?from_seq=1")), &[]);

@@ -3,7 +3,8 @@
 //!
 //! `scripts/deps` is run against fake roots (`PEPPER_DEPS_ROOT`) in dry-run
 //! mode, so what it would install is checked without touching the machine.
-//! The CLI tests start the real binary and close its stdout under it.
+//! The CLI tests run the real CLI against a site in this process and close
+//! its stdout under it.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
@@ -103,7 +104,7 @@ fn with_closed_stdout(args: &[&str]) -> (std::process::ExitStatus, String) {
 #[test]
 fn cli_commands_end_quietly_when_their_output_is_closed() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     for i in 0..50 {
         let event = json!({"channel": "/h.example/node/h1/", "type": "attribute",
@@ -133,7 +134,7 @@ fn cli_commands_end_quietly_when_their_output_is_closed() {
 #[test]
 fn watch_ends_when_its_reader_goes_away() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_pepper"))
         .args(["watch", "/w.example/", "--from-seq", "1", "--server", &server.url])
         .stdout(Stdio::piped())

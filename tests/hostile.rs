@@ -1,5 +1,6 @@
-//! Hostile and malformed input, endpoint by endpoint, against the real
-//! binary. Every refusal is checked for its status, the API's error shape
+//! Hostile and malformed input, endpoint by endpoint, against a site run
+//! in this process ([`Server::embedded`]: the binary's configuration and
+//! `Site`, on a loopback socket, so the edge's limits are the real ones). Every refusal is checked for its status, the API's error shape
 //! (`{"error": {"code", "message"}}`) and its code, and for having changed
 //! nothing: the log, the leases and the model classes read the same after.
 //! Accepted input that reaches an encoder (XML, SSE) is checked by parsing
@@ -67,7 +68,7 @@ fn json_post(http: &Client, url: String, body: &Value) -> RequestBuilder {
 #[test]
 fn publish_refuses_what_would_break_a_stream_an_encoder_or_a_browser() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     let events = || server.at("/v1/events");
     let ok = json!({"channel": "/x/", "type": "t"});
@@ -137,7 +138,7 @@ y">p</payload></event>"#;
 #[test]
 fn errors_from_routing_and_extractors_have_the_apis_shape() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     let (headers, _) =
         refused(&http, &server, "PUT /v1/health", http.put(server.at("/v1/health")), 405, "method_not_allowed");
@@ -168,7 +169,7 @@ fn errors_from_routing_and_extractors_have_the_apis_shape() {
 #[test]
 fn browsers_and_rebinding_pages_cannot_drive_a_site() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--allowed-host", "pepper.example.org"]);
+    let server = Server::embedded(dir.path(), &["--allowed-host", "pepper.example.org"]);
     let http = Client::new();
     let ok = json!({"channel": "/x/", "type": "t"});
     for host in ["evil.example", "evil.example:7171", "localhost.evil.example", "127.0.0.1.nip.io"] {
@@ -193,7 +194,7 @@ fn browsers_and_rebinding_pages_cannot_drive_a_site() {
     assert!(!res.status().is_success());
 
     let dir = tempfile::tempdir().unwrap();
-    let with_cors = Server::start(dir.path(), &["--cors-origin", "https://console.example.org"]);
+    let with_cors = Server::embedded(dir.path(), &["--cors-origin", "https://console.example.org"]);
     let preflight = |origin: &str| {
         http.request(Method::OPTIONS, with_cors.at("/v1/events"))
             .header("origin", origin)
@@ -212,7 +213,7 @@ fn browsers_and_rebinding_pages_cannot_drive_a_site() {
 #[test]
 fn any_json_payload_comes_back_as_well_formed_xml() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     let payload = json!({"x><injected/><y": "a", "with space": "b", "ctl": "one\u{1}two", "ok": "<&>"});
     let event = json!({"channel": "/x/", "type": "kv", "payload": payload});
@@ -244,7 +245,7 @@ fn any_json_payload_comes_back_as_well_formed_xml() {
 #[test]
 fn streams_survive_every_event_that_is_accepted() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     let mut watch = SseReader::open(&server.at("/v1/watch?channel=/"), &[]);
     for t in ["x\ny", "a\rb", "tab\there"] {
@@ -269,7 +270,7 @@ fn streams_survive_every_event_that_is_accepted() {
 #[test]
 fn invented_methods_do_not_grow_the_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     for i in 0..2000 {
         let method = Method::from_bytes(format!("INVENTED{i}").as_bytes()).unwrap();
@@ -303,7 +304,7 @@ fn read_to_close(mut tcp: TcpStream) -> (String, Duration) {
 #[test]
 fn slow_and_idle_clients_are_cut_off() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--header-read-timeout-s", "1", "--body-read-timeout-s", "1"]);
+    let server = Server::embedded(dir.path(), &["--header-read-timeout-s", "1", "--body-read-timeout-s", "1"]);
     // Declared over the limit: refused at once, without reading the body.
     let mut tcp = connect(&server);
     tcp.write_all(b"POST /v1/events HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 10000000000\r\n\r\n{").unwrap();
@@ -336,7 +337,7 @@ fn slow_and_idle_clients_are_cut_off() {
 #[test]
 fn a_gap_marker_beyond_what_the_origin_trimmed_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--peer-secret", "s3cret"]);
+    let server = Server::embedded(dir.path(), &["--peer-secret", "s3cret"]);
     let http = Client::new();
     let peer_post = |path: &str| {
         http.post(server.at(path))
@@ -386,7 +387,7 @@ fn a_gap_marker_beyond_what_the_origin_trimmed_is_refused() {
 #[test]
 fn a_received_event_that_breaks_the_rules_becomes_a_marker() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--peer-secret", "s3cret"]);
+    let server = Server::embedded(dir.path(), &["--peer-secret", "s3cret"]);
     let http = Client::new();
     let records =
         [common::peer_event("old", 1, "e1", "/fleet/", "x\ny"), common::peer_event("old", 2, "e2", "/fleet/", "fine")];
@@ -415,7 +416,7 @@ fn a_received_event_that_breaks_the_rules_becomes_a_marker() {
 #[test]
 fn every_state_changing_endpoint_refuses_bad_input_the_same_way() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     let ns = "/v1/namespaces/root%2Fcimv2";
     for (method, path) in [
@@ -456,7 +457,7 @@ fn every_state_changing_endpoint_refuses_bad_input_the_same_way() {
 fn peers_pass_the_host_check_with_the_secret_and_cors_survives_errors() {
     let dir = tempfile::tempdir().unwrap();
     let server =
-        Server::start(dir.path(), &["--peer-secret", "s3cret", "--cors-origin", "https://console.example.org"]);
+        Server::embedded(dir.path(), &["--peer-secret", "s3cret", "--cors-origin", "https://console.example.org"]);
     let http = Client::new();
     for (authorization, status) in [(None, 403), (Some("Bearer s3cret"), 200), (Some("Bearer wrong"), 403)] {
         let mut req = http.get(server.at("/v1/health")).header("host", "b.internal:7171");

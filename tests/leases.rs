@@ -1,4 +1,5 @@
-//! Leases and live delivery over HTTP against the real binary: grant,
+//! Leases and live delivery over HTTP against a site run in this process
+//! ([`Server::embedded`]; `pepper watch` is the real CLI): grant,
 //! renew, release, server-side expiry, SSE order and filters, resume after
 //! a restart, watch and long-poll.
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -31,7 +32,7 @@ fn grant(http: &Client, server: &Server, body: Value) -> Value {
 #[test]
 fn grant_renew_release_and_the_ttl_cap() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--lease-ttl-max-s", "60"]);
+    let server = Server::embedded(dir.path(), &["--lease-ttl-max-s", "60"]);
     let http = Client::new();
     let lease =
         grant(&http, &server, json!({"channel": "/example.com/", "ttl_s": 1000, "types": ["attribute"], "id": "mine"}));
@@ -92,7 +93,7 @@ fn grant_renew_release_and_the_ttl_cap() {
 #[test]
 fn sse_delivers_in_order_with_subtree_wildcard_and_type_filters() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     let lease = grant(&http, &server, json!({"channel": "/example.com/node/*/", "ttl_s": 60, "types": ["ping"]}));
     let id = lease["id"].as_str().unwrap().to_string();
@@ -126,7 +127,7 @@ fn sse_delivers_in_order_with_subtree_wildcard_and_type_filters() {
 #[test]
 fn an_expired_lease_ends_within_a_second_and_is_announced() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     let lease = grant(&http, &server, json!({"channel": "/a.org/", "ttl_s": 1}));
     let id = lease["id"].as_str().unwrap().to_string();
@@ -146,7 +147,7 @@ fn an_expired_lease_ends_within_a_second_and_is_announced() {
 #[test]
 fn renewal_keeps_a_lease_alive_past_its_first_ttl() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     // Two leases of one second; only `kept` is renewed, for a minute. No
     // timing is assumed: once `control` has lapsed, `kept`'s first TTL has
@@ -176,7 +177,7 @@ fn renewal_keeps_a_lease_alive_past_its_first_ttl() {
 fn resume_with_last_event_id_across_a_restart_has_no_gap_or_duplicate() {
     let dir = tempfile::tempdir().unwrap();
     let http = Client::new();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let lease = grant(&http, &server, json!({"channel": "/a.org/", "ttl_s": 600}));
     let id = lease["id"].as_str().unwrap().to_string();
     let mut seqs: Vec<u64> = (0..5).map(|n| publish(&http, &server, "/a.org/x/", "t", n)).collect();
@@ -193,7 +194,7 @@ fn resume_with_last_event_id_across_a_restart_has_no_gap_or_duplicate() {
         got.push(e.id.unwrap().parse().unwrap());
     }
 
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     seqs.extend((5..8).map(|n| publish(&http, &server, "/a.org/y/", "t", n)));
     let last = got.last().unwrap().to_string();
     let mut stream = SseReader::open(&server.at(&format!("/v1/leases/{id}/events")), &[("last-event-id", &last)]);
@@ -211,7 +212,7 @@ fn resume_with_last_event_id_across_a_restart_has_no_gap_or_duplicate() {
 #[test]
 fn watch_streams_a_channel_and_long_poll_serves_clients_without_sse() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     let first = publish(&http, &server, "/a.org/old/", "t", 0);
     let mut watch = SseReader::open(&server.at(&format!("/v1/watch?channel=/a.org/&from_seq={first}")), &[]);
@@ -250,7 +251,7 @@ fn pepper_watch_prints_events_and_resumes_after_a_restart() {
     // A fixed port, so the watcher can find the restarted server.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let listen = format!("127.0.0.1:{port}");
-    let server = Server::start(dir.path(), &["--listen", &listen]);
+    let server = Server::embedded(dir.path(), &["--listen", &listen]);
     let http = Client::new();
     let mut watcher = std::process::Command::new(env!("CARGO_BIN_EXE_pepper"))
         .args(["watch", "/a.org/", "--from-seq", "1", "--server", &server.url])
@@ -265,7 +266,7 @@ fn pepper_watch_prints_events_and_resumes_after_a_restart() {
     seen.push(line["seq"].as_u64().unwrap());
     assert_eq!(seen, [first]);
     assert!(server.stop().success());
-    let server = Server::start(dir.path(), &["--listen", &listen]);
+    let server = Server::embedded(dir.path(), &["--listen", &listen]);
     let after: Vec<u64> = (1..4).map(|n| publish(&http, &server, "/a.org/y/", "t", n)).collect();
     publish(&http, &server, "/b.org/", "t", 9);
     for want in after {
@@ -293,7 +294,7 @@ fn pepper_watch_prints_events_and_resumes_after_a_restart() {
 #[test]
 fn to_narrows_the_receivers_to_the_named_holder() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     let pldb = grant(
         &http,
@@ -359,7 +360,7 @@ fn read_seqs(stream: &mut SseReader, n: usize) -> Vec<u64> {
 #[test]
 fn distribution_one_reaches_exactly_one_live_member_of_each_group() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     let member = |name: &str| {
         grant(&http, &server, json!({"channel": "/d.org/jobs/", "ttl_s": 60, "group": "workers", "id": name}))
@@ -422,7 +423,7 @@ fn a_slow_stream_of_large_events_overflows_its_byte_budget() {
 
 fn slow_stream_overflows(args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), args);
+    let server = Server::embedded(dir.path(), args);
     let http = Client::new();
     let slow = grant(&http, &server, json!({"channel": "/s.org/", "ttl_s": 600}));
     let id = slow["id"].as_str().unwrap().to_string();
@@ -474,7 +475,7 @@ fn slow_stream_overflows(args: &[&str]) {
 #[test]
 fn catch_up_under_load_hands_off_to_live_without_gap_or_duplicate() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     let lease = grant(&http, &server, json!({"channel": "/h.org/", "ttl_s": 600, "from_seq": 1}));
     let id = lease["id"].as_str().unwrap().to_string();
@@ -519,7 +520,7 @@ fn catch_up_under_load_hands_off_to_live_without_gap_or_duplicate() {
 #[test]
 fn a_reused_lease_id_is_a_new_lease() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     let body = json!({"channel": "/r.org/", "ttl_s": 60, "group": "g", "id": "r", "from_seq": 1});
     grant(&http, &server, body.clone());

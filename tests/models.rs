@@ -1,4 +1,5 @@
-//! The CIM model repository over HTTP against the real binary: classes,
+//! The CIM model repository over HTTP against a site run in this process
+//! ([`Server::embedded`]): classes,
 //! instances, validation, enumeration, queries, associations, change events,
 //! the deletion rule, and persistence across a restart.
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -52,7 +53,7 @@ fn names(body: &Value) -> Vec<String> {
 fn classes_instances_queries_associations_and_events() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = Server::start(&data, &[]);
+    let server = Server::embedded(&data, &[]);
     let http = Client::new();
     let mut events = SseReader::open(&server.at("/v1/watch?channel=/pepper/model/root/cimv2/"), &[]);
 
@@ -237,7 +238,7 @@ fn classes_instances_queries_associations_and_events() {
 
     // Everything survives a restart.
     drop(server);
-    let server = Server::start(&data, &[]);
+    let server = Server::embedded(&data, &[]);
     let deep = ok(http.get(url(&server, &["instances"])).query(&[("class", "CIM_ComputerSystem")]).send().unwrap());
     assert_eq!(names(&deep), ["h2"]);
     assert_eq!(deep["instances"][0]["properties"]["Rack"], "r8");
@@ -255,7 +256,7 @@ fn the_store_behaves_like_the_in_memory_model() {
     use rand::{Rng, SeedableRng};
 
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     let mut memory = MemoryModel::new(NS, Schema::core());
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -355,7 +356,7 @@ fn the_store_behaves_like_the_in_memory_model() {
 #[test]
 fn concurrent_modifications_of_one_instance_all_land() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     let mut props = vec![json!({"name": "Id", "type": "string", "key": true})];
     props.extend((0..8).map(|i| json!({"name": format!("P{i}"), "type": "uint32"})));

@@ -1,4 +1,6 @@
-//! PLDB against the real binary: tuples from attribute events, latest and
+//! PLDB against a site run in this process ([`Server::embedded`]; the
+//! agent's test runs the real binary, whose flag it is): tuples from
+//! attribute events, latest and
 //! history queries, expiry, delete, snapshot-then-watch, resume from before
 //! retention, and pldbget over channels.
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -52,7 +54,7 @@ fn fields(page: &Value) -> Vec<(String, String, String)> {
 #[test]
 fn latest_values_history_and_paging() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     let h1 = "/lab.org/node/h1/";
     let s1 = attr(&http, &server, h1, "load", "0.5", None);
@@ -156,7 +158,7 @@ fn latest_values_history_and_paging() {
 #[test]
 fn an_expired_tuple_leaves_the_latest_values_and_keeps_its_history() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     let ch = "/lab.org/node/h1/";
     let mut watch = SseReader::open(&server.at(&format!("/v1/watch?channel={ch}&snapshot=true")), &[]);
@@ -189,16 +191,21 @@ fn an_expired_tuple_leaves_the_latest_values_and_keeps_its_history() {
 #[test]
 fn snapshot_then_watch_has_no_gap_under_concurrent_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     for n in 0..200 {
         attr(&http, &server, &format!("/lab.org/node/h{}/", n % 20), &format!("f{n}"), "0", None);
     }
     let url = server.at("/v1/events");
+    // The watch opens once the writer is well under way.
+    let (under_way, started) = std::sync::mpsc::channel();
     let writer = std::thread::spawn(move || {
         let http = Client::new();
         let mut seqs = Vec::new();
         for i in 1..=300u64 {
+            if i == 30 {
+                let _ = under_way.send(());
+            }
             let n = (i * 7) % 200;
             let body = json!({"channel": format!("/lab.org/node/h{}/", n % 20), "type": "attribute",
                               "payload": {"field": format!("f{n}"), "value": i.to_string()}});
@@ -207,7 +214,7 @@ fn snapshot_then_watch_has_no_gap_under_concurrent_writes() {
         }
         seqs
     });
-    std::thread::sleep(Duration::from_millis(50));
+    started.recv().unwrap();
     let mut watch = SseReader::open(&server.at("/v1/watch?channel=/lab.org/&snapshot=true"), &[]);
     let mut state: BTreeMap<(String, String), String> = BTreeMap::new();
     let snapshot_seq = loop {
@@ -257,7 +264,7 @@ fn snapshot_then_watch_has_no_gap_under_concurrent_writes() {
 #[test]
 fn a_resume_from_before_retention_gets_the_changes_since() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--log-max-bytes", "4000", "--retention-interval-s", "1"]);
+    let server = Server::embedded(dir.path(), &["--log-max-bytes", "4000", "--retention-interval-s", "1"]);
     let http = Client::new();
     let ch = "/lab.org/node/h1/";
     attr(&http, &server, ch, "old", "1", None);
@@ -294,7 +301,7 @@ fn a_resume_from_before_retention_gets_the_changes_since() {
 #[test]
 fn pldbget_is_answered_on_the_reply_channel_with_relative_fields() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     attr(&http, &server, "/lab.org/node/h1/", "load", "0.5", Some(90));
     attr(&http, &server, "/lab.org/node/h1/packages/", "bash", "5.2", None);
@@ -388,7 +395,7 @@ fn the_agent_publishes_this_host_and_pepper_tuples_prints_it() {
 #[test]
 fn history_by_time_skips_long_runs_outside_the_range() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::embedded(dir.path(), &[]);
     let http = Client::new();
     let ch = "/lab.org/node/h1/";
     let batch: Vec<Value> = (0..300)
@@ -420,7 +427,7 @@ fn history_by_time_skips_long_runs_outside_the_range() {
 fn a_resume_from_before_the_tombstone_floor_gets_a_reset_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let args = ["--log-max-bytes", "3000", "--tombstone-max-age-s", "1", "--retention-interval-s", "1"];
-    let server = Server::start(dir.path(), &args);
+    let server = Server::embedded(dir.path(), &args);
     let http = Client::new();
     let ch = "/lab.org/node/h1/";
     let first = attr(&http, &server, ch, "kept", "1", None);

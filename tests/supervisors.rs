@@ -1,10 +1,17 @@
-//! Supervisors with real processes on loopback: the paper's Figure 11. Five
+//! Supervisors on loopback. The smoke test of the real binary is the
+//! paper's Figure 11, with `pepper serve` processes killed by SIGKILL: five
 //! sites, a recording policy of R=2 for one subtree, and a publisher writing
 //! tuples all along. One recording site is killed, R is restored by a
 //! backfilled replica, then the other original recorder is killed, and R is
 //! restored again. The two live recorders then hold the complete history,
 //! no more than R replicas remain, queries are routed to the recorders, and
-//! the handoff can be read as events.
+//! the handoff can be read as events. The other tests run their sites in
+//! this process ([`Server::embedded`]); the placement and stop rules in
+//! detail are the router's state machines' and the simulator's.
+//!
+//! No test waits on the clock to see that nothing happens: a steady state
+//! is checked after every site's supervisor has evaluated the policy a few
+//! more times (`pepper_supervisor_evaluations_total`).
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
@@ -26,8 +33,18 @@ const INTERVAL_MS: &str = "200";
 /// The documented bound on restoring R after a kill, with these intervals.
 const RESTORE_MAX: Duration = Duration::from_secs(10);
 
-/// A site of the test's federation; `peer` is another site as NAME=URL.
+/// A site of the test's federation in this process; `peer` is another
+/// site as NAME=URL.
 fn site(dir: &std::path::Path, name: &str, region: &str, peer: Option<&str>) -> Server {
+    Server::embedded(&dir.join(name), &args(name, region, peer))
+}
+
+/// The same site as a `pepper serve` process, which a test can kill.
+fn process_site(dir: &std::path::Path, name: &str, region: &str, peer: Option<&str>) -> Server {
+    Server::start(&dir.join(name), &args(name, region, peer))
+}
+
+fn args<'a>(name: &'a str, region: &'a str, peer: Option<&'a str>) -> Vec<&'a str> {
     let mut args = vec![
         "--site",
         name,
@@ -45,7 +62,30 @@ fn site(dir: &std::path::Path, name: &str, region: &str, peer: Option<&str>) -> 
     if let Some(p) = peer {
         args.extend(["--peer", p]);
     }
-    Server::start(&dir.join(name), &args)
+    args
+}
+
+/// How many times `s`'s supervisor has evaluated the policy.
+fn evaluations(http: &Client, s: &Server) -> u64 {
+    let text = http.get(s.at("/metrics")).send().unwrap().text().unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("pepper_supervisor_evaluations_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no evaluation count in {text}"))
+}
+
+/// Waits until each of `sites` has evaluated the policy `n` more times: a
+/// window in which a wrong decision would have been taken, counted in the
+/// supervisors' own steps rather than in wall-clock time.
+fn wait_evaluations<'a>(http: &Client, sites: impl IntoIterator<Item = &'a Server>, n: u64) {
+    let sites: Vec<(&Server, u64)> = sites.into_iter().map(|s| (s, evaluations(http, s))).collect();
+    for (s, from) in sites {
+        assert!(
+            eventually(Duration::from_secs(30), || evaluations(http, s) >= from + n),
+            "{} did not evaluate {n} more times",
+            s.url
+        );
+    }
 }
 
 fn get(http: &Client, s: &Server, path: &str) -> Value {
@@ -86,11 +126,11 @@ fn history(http: &Client, s: &Server, channel: &str, field: &str, scope: &str) -
 fn recorders_are_replaced_with_their_history_after_kills() {
     let dir = tempfile::tempdir().unwrap();
     let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-    let s1 = site(dir.path(), "s1", "r1", None);
+    let s1 = process_site(dir.path(), "s1", "r1", None);
     let seed = format!("s1={}", s1.url);
     let mut servers: BTreeMap<String, Server> = BTreeMap::new();
     for (name, region) in [("s2", "r1"), ("s3", "r2"), ("s4", "r2"), ("s5", "r3")] {
-        servers.insert(name.into(), site(dir.path(), name, region, Some(&seed)));
+        servers.insert(name.into(), process_site(dir.path(), name, region, Some(&seed)));
     }
     servers.insert("s1".into(), s1);
     let any = |servers: &BTreeMap<String, Server>, not: &BTreeSet<String>| -> String {
@@ -137,7 +177,10 @@ fn recorders_are_replaced_with_their_history_after_kills() {
             }
         })
     };
-    std::thread::sleep(Duration::from_millis(800));
+    let published = |n: usize| {
+        assert!(eventually(Duration::from_secs(30), || acked.lock().unwrap().len() >= n), "the publisher stalled");
+    };
+    published(100);
 
     // Kill one recorder; wait until R is restored without it.
     let mut dead = BTreeSet::new();
@@ -159,7 +202,8 @@ fn recorders_are_replaced_with_their_history_after_kills() {
         );
         restore_times.push(killed_at.elapsed());
         // Keep publishing a little across the restored state.
-        std::thread::sleep(Duration::from_millis(500));
+        let so_far = acked.lock().unwrap().len();
+        published(so_far + 50);
     }
     eprintln!("R restored after each kill in {restore_times:?}");
     stop.store(true, Ordering::Relaxed);
@@ -195,8 +239,9 @@ fn recorders_are_replaced_with_their_history_after_kills() {
         );
     }
 
-    // Steady state: no more than R replicas, and the others record nothing.
-    std::thread::sleep(Duration::from_millis(2000));
+    // Steady state: no more than R replicas, and the others record nothing,
+    // after every site has evaluated the policy five more times.
+    wait_evaluations(&http, servers.values(), 5);
     for (name, s) in &servers {
         assert!(live_monitors(&http, s) <= 2, "{name} sees {}", get(&http, s, "/v1/recording"));
         assert_eq!(complete_recorders(&http, s), recorders, "{name}");
@@ -283,8 +328,9 @@ fn one_monitor_stops_when_there_are_too_many() {
         get(&http, &a, "/v1/recording")
     );
     assert!(two.contains("s3"), "the site alone in its region keeps its monitor: {two:?}");
-    // It stays at two, and the stopped site no longer holds the rows.
-    std::thread::sleep(Duration::from_millis(1500));
+    // It stays at two, through five more evaluations on every site, and the
+    // stopped site no longer holds the rows.
+    wait_evaluations(&http, all, 5);
     assert_eq!(complete_recorders(&http, &c), two);
     let stopped = all.iter().find(|s| !two.contains(get(&http, s, "/v1/health")["site"].as_str().unwrap()));
     let stopped = stopped.unwrap();
@@ -303,10 +349,16 @@ fn one_monitor_stops_when_there_are_too_many() {
     let at = servers.iter().position(|s| get(&http, s, "/v1/health")["site"] == name.as_str()).unwrap();
     assert!(servers.remove(at).stop().success());
     let restarted = site(dir.path(), &name, region, Some(&seed_peer));
-    for _ in 0..10 {
-        std::thread::sleep(Duration::from_millis(200));
+    // Checked after each of its first ten evaluations (its warm-up and
+    // beyond).
+    loop {
+        let done = evaluations(&http, &restarted);
         let v = get(&http, &restarted, "/v1/recording");
         assert!(v["local"][0]["state"] == "stopped", "{name} started a monitor after its restart: {v}");
+        if done >= 10 {
+            break;
+        }
+        assert!(eventually(Duration::from_secs(10), || evaluations(&http, &restarted) > done));
     }
     assert_eq!(complete_recorders(&http, &restarted), two);
 }
@@ -373,7 +425,7 @@ fn peer_endpoints_refuse_what_they_cannot_serve() {
 fn policies_are_checked_kept_and_changed_at_run_time() {
     let dir = tempfile::tempdir().unwrap();
     let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-    let s = Server::start(&dir.path().join("one"), &["--site", "one", "--monitor-interval-ms", "50"]);
+    let s = Server::embedded(&dir.path().join("one"), &["--site", "one", "--monitor-interval-ms", "50"]);
     // Bad policies get 400 and change nothing.
     for (body, needle) in [
         (json!({"pattern": "/a", "replicas": 2}), "end with '/'"),
@@ -401,8 +453,8 @@ fn policies_are_checked_kept_and_changed_at_run_time() {
     assert_eq!(v["tuples"][0]["value"], "1", "{v}");
     // Kept across a restart.
     let data = dir.path().join("one");
-    s.stop();
-    let s = Server::start(&data, &["--site", "one", "--monitor-interval-ms", "50"]);
+    assert!(s.stop().success());
+    let s = Server::embedded(&data, &["--site", "one", "--monitor-interval-ms", "50"]);
     let v = get(&http, &s, "/v1/recording");
     assert_eq!(v["policies"][0]["pattern"], "/a/", "{v}");
     assert_eq!(v["local"][0]["state"], "complete", "{v}");
@@ -455,7 +507,7 @@ fn queries_on_a_subtree_nobody_records_say_so() {
     let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     // A long interval: no monitor starts during the test.
     let args = ["--site", "one", "--monitor-interval-ms", "60000", "--record", "/a/=1"];
-    let s = Server::start(&dir.path().join("one"), &args);
+    let s = Server::embedded(&dir.path().join("one"), &args);
     // Routed to the recorders on its own, and there are none: 503, not an
     // empty answer a client would take for "no rows".
     let res = http.get(s.at("/v1/tuples?channel=/a/x/")).send().unwrap();

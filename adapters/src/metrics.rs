@@ -3,7 +3,8 @@
 //! Counted as they happen: HTTP requests and their latency per route and
 //! method, events delivered to subscribers, how far behind the log's head
 //! each delivered event was (the feed lag, in records), and streams
-//! disconnected for a full buffer. Read at scrape
+//! disconnected for a full buffer, the supervisor's evaluations (a test
+//! or an operator sees it work without watching a clock). Read at scrape
 //! time from the store: group commits, records committed (so records per
 //! commit), the log's sequence range, live leases and open streams.
 
@@ -50,6 +51,8 @@ pub struct Metrics {
     pub(crate) delivery_lag: Histogram,
     /// Live streams disconnected because their buffer was full.
     pub(crate) overflows: Counter,
+    /// Evaluations of the recording policy by this site's supervisor.
+    pub(crate) evaluations: Counter,
     pub(crate) streams: Gauge,
     pub(crate) commits: Gauge,
     pub(crate) records: Gauge,
@@ -70,6 +73,7 @@ impl Default for Metrics {
         let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let deliveries = Counter::default();
         let overflows = Counter::default();
+        let evaluations = Counter::default();
         let streams = Gauge::default();
         let delivery_lag = Histogram::new(exponential_buckets(1.0, 4.0, 12));
         let (commits, records, last_seq, earliest_seq, leases) =
@@ -83,6 +87,11 @@ impl Default for Metrics {
             delivery_lag.clone(),
         );
         registry.register("stream_overflows", "Live streams disconnected for a full buffer", overflows.clone());
+        registry.register(
+            "supervisor_evaluations",
+            "Evaluations of the recording policy by this site's supervisor",
+            evaluations.clone(),
+        );
         registry.register("streams_open", "Open SSE streams (lease streams and watches)", streams.clone());
         registry.register(
             "store_group_commits",
@@ -100,6 +109,7 @@ impl Default for Metrics {
             deliveries,
             delivery_lag,
             overflows,
+            evaluations,
             streams,
             commits,
             records,

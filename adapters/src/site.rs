@@ -18,6 +18,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pepper_storage::{Options, Store};
@@ -55,15 +56,17 @@ pub struct Site {
     server: ServerLimits,
 }
 
-/// Stops a running site from elsewhere (a signal handler, a test).
+/// Stops a running site from elsewhere (a signal handler, a test). It
+/// holds only the stop signal, not the site's state, so the store still
+/// closes when the site ends while a Stopper is kept.
 #[derive(Clone)]
-pub struct Stopper(AppState);
+pub struct Stopper(Arc<tokio::sync::watch::Sender<bool>>);
 
 impl Stopper {
     /// Begins the shutdown: live streams end, the server stops accepting,
     /// and [`Site::run`] returns once the tasks are stopped.
     pub fn stop(&self) {
-        self.0.begin_shutdown();
+        self.0.send_replace(true);
     }
 }
 
@@ -116,7 +119,7 @@ impl Site {
 
     /// A handle that stops [`Site::run`].
     pub fn stopper(&self) -> Stopper {
-        Stopper(self.state.clone())
+        Stopper(self.state.stopping.clone())
     }
 
     /// Runs the site until `shutdown` resolves or a [`Stopper`] stops it:

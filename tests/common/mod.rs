@@ -1,6 +1,14 @@
-//! Starting and stopping the real `pepper` binary for integration tests and
-//! benchmarks (which include this file with `#[path]`): loopback, an
-//! ephemeral port, a temporary data folder, stopped by its pid.
+//! Running sites for integration tests and benchmarks (which include this
+//! file with `#[path]`), on loopback, an ephemeral port and a temporary
+//! data folder:
+//!
+//! - [`Server::start`] runs the real `pepper` binary, stopped by its pid:
+//!   for the smoke tests of the binary itself (signals, kills, crash
+//!   loops) and for benchmarks, which may compare another build;
+//! - [`Server::embedded`] runs the same [`pepper_adapters::Site`] in this
+//!   process, from the same flags, parsed by `pepper serve`'s own parser,
+//!   for the detailed API tests: nothing to spawn, and no process boundary
+//!   to wait across.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -8,13 +16,45 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A running `pepper serve`.
+/// A running site.
 pub struct Server {
-    child: Child,
+    run: Running,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     /// The data folder, when the server owns it ([`Server::temporary`]).
     _dir: Option<tempfile::TempDir>,
+}
+
+enum Running {
+    /// `pepper serve`, a child process.
+    Process(Child),
+    /// A site in this process, on a thread of its own with its own runtime;
+    /// the thread answers whether the site ran and closed cleanly.
+    Embedded { stopper: pepper_adapters::Stopper, thread: Option<std::thread::JoinHandle<Result<(), String>>> },
+}
+
+/// How a stopped server ended.
+#[derive(Debug)]
+pub struct Exit(Result<(), String>);
+
+impl Exit {
+    /// Whether it ended cleanly.
+    pub fn success(&self) -> bool {
+        self.0.is_ok()
+    }
+}
+
+/// `extra` with the flags every test site needs added when missing.
+fn with_defaults<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut flags = Vec::new();
+    if !extra.contains(&"--site") && !extra.contains(&"--config") {
+        flags.extend(["--site", "test-site"]);
+    }
+    if !extra.contains(&"--listen") {
+        flags.extend(["--listen", "127.0.0.1:0"]);
+    }
+    flags.extend_from_slice(extra);
+    flags
 }
 
 impl Server {
@@ -27,15 +67,10 @@ impl Server {
         let bin = std::env::var_os("PEPPER_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_pepper").into());
         let mut command = Command::new(bin);
         command.args(["serve", "--data"]).arg(data);
-        if !extra.contains(&"--site") && !extra.contains(&"--config") {
-            command.args(["--site", "test-site"]);
-        }
-        if !extra.contains(&"--listen") {
-            command.args(["--listen", "127.0.0.1:0"]);
-        }
         // Its log goes nowhere; `warn` keeps it from costing a benchmark.
         command.env("RUST_LOG", "warn");
-        let mut child = command.args(extra).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child =
+            command.args(with_defaults(extra)).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let url = line
@@ -44,7 +79,51 @@ impl Server {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_string();
         assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-        Server { child, url, _dir: None }
+        Server { run: Running::Process(child), url, _dir: None }
+    }
+
+    /// Runs a site in this process on `data`, configured by the flags
+    /// `pepper serve` takes, and returns once it listens. `--agent` is the
+    /// binary's, not the site's: use [`Server::start`] for it.
+    pub fn embedded(data: &Path, extra: &[&str]) -> Server {
+        assert!(!extra.contains(&"--agent"), "the agent runs only in the binary");
+        let mut flags: Vec<std::ffi::OsString> = vec!["--data".into(), data.into()];
+        flags.extend(with_defaults(extra).into_iter().map(Into::into));
+        let args = pepper::config::parse_serve_flags(flags).unwrap_or_else(|e| panic!("{e}"));
+        let pepper::config::Site { data, listen, options, api, server, agent: _ } =
+            pepper::config::resolve(args).unwrap_or_else(|e| panic!("{e:#}"));
+        let config = pepper_adapters::SiteConfig { data, listen, options, api, server };
+        let (opened, open) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("embedded-site".into())
+            .spawn(move || -> Result<(), String> {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let store = runtime.block_on(async move {
+                    let site = match pepper_adapters::Site::open(config).await {
+                        Ok(site) => site,
+                        Err(e) => {
+                            let _ = opened.send(Err(e.to_string()));
+                            return Err(e.to_string());
+                        }
+                    };
+                    let store = site.store().clone();
+                    let _ = opened.send(Ok((site.addr(), site.stopper())));
+                    site.run(std::future::pending()).await.map_err(|e| e.to_string())?;
+                    Ok(store)
+                })?;
+                // As `pepper serve` does: the runtime's tasks end first, then
+                // the store closes with its last writes durable.
+                drop(runtime);
+                store.close();
+                Ok(())
+            })
+            .unwrap();
+        let (addr, stopper) = open.recv().unwrap().unwrap_or_else(|e| panic!("the site did not open: {e}"));
+        Server { run: Running::Embedded { stopper, thread: Some(thread) }, url: format!("http://{addr}"), _dir: None }
     }
 
     /// Starts `pepper serve` on a temporary data folder of its own, removed
@@ -66,9 +145,16 @@ impl Server {
         self.url.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap()
     }
 
+    fn child(&self) -> &Child {
+        match &self.run {
+            Running::Process(child) => child,
+            Running::Embedded { .. } => panic!("signals and kills need a process: start it with Server::start"),
+        }
+    }
+
     /// Sends `signal` (`STOP`, `CONT`, `KILL`...) to the server by its pid.
     pub fn signal(&self, signal: &str) {
-        let pid = self.child.id().to_string();
+        let pid = self.child().id().to_string();
         assert!(Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap().success());
         if signal == "STOP" {
             self.wait_stopped();
@@ -79,7 +165,7 @@ impl Server {
     /// `/proc`): `kill` returns once SIGSTOP is queued, and a thread running
     /// on another core can still answer a request before it takes effect.
     fn wait_stopped(&self) {
-        let tasks = format!("/proc/{}/task", self.child.id());
+        let tasks = format!("/proc/{}/task", self.child().id());
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let states: Vec<char> = std::fs::read_dir(&tasks)
@@ -98,22 +184,46 @@ impl Server {
 
     /// Kills the server with SIGKILL and waits for it to be gone.
     pub fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.child();
+        if let Running::Process(child) = &mut self.run {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
     }
 
-    /// Stops the server by its own pid with SIGTERM and returns its status.
-    pub fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        self.child.wait().unwrap()
+    /// Stops the server (a process by its own pid, with SIGTERM) and says
+    /// how it ended.
+    pub fn stop(mut self) -> Exit {
+        match &mut self.run {
+            Running::Process(child) => {
+                let pid = child.id().to_string();
+                assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+                let status = child.wait().unwrap();
+                Exit(if status.success() { Ok(()) } else { Err(status.to_string()) })
+            }
+            Running::Embedded { stopper, thread } => {
+                stopper.stop();
+                let thread = thread.take().unwrap();
+                Exit(thread.join().unwrap_or_else(|_| Err("the site's thread panicked".into())))
+            }
+        }
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.run {
+            Running::Process(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Running::Embedded { stopper, thread } => {
+                stopper.stop();
+                if let Some(thread) = thread.take() {
+                    let _ = thread.join();
+                }
+            }
+        }
     }
 }
 

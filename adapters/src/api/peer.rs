@@ -174,8 +174,6 @@ pub const REPLICA_STREAM_TIME_MAX: Duration = Duration::from_secs(600);
 /// Replica streams served at once; more get 503.
 pub const REPLICA_STREAMS_MAX: usize = 4;
 
-static REPLICA_STREAMS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(REPLICA_STREAMS_MAX);
-
 /// `GET /v1/peer/replica?pattern=P`: this site's rows of a subtree it
 /// records completely, from one snapshot, as JSON lines: a header with the
 /// snapshot's seq and per-origin marks, every history row, every latest
@@ -195,7 +193,7 @@ pub(crate) async fn replica(
         let message = format!("this site does not hold {}'s interests version {} yet; ask again", q.site, q.version);
         return ApiError::new(StatusCode::CONFLICT, "interests_pending", message).into_response();
     }
-    let Ok(permit) = REPLICA_STREAMS.try_acquire() else {
+    let Ok(permit) = state.replica_streams.clone().try_acquire_owned() else {
         let message = format!("{REPLICA_STREAMS_MAX} replica streams are being served; ask again");
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message).into_response();
     };

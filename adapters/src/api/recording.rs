@@ -87,7 +87,7 @@ pub(crate) async fn put_policy(
     let Json(p) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
     check_policy(&p.pattern, p.replicas).map_err(ApiError::invalid_body)?;
     let sup = &state.supervisor;
-    let _one_at_a_time = POLICY_WRITES.lock().await;
+    let _one_at_a_time = state.policy_writes.lock().await;
     let mut next = sup.policies();
     next.insert(p.pattern.clone(), p.replicas);
     if next.len() > POLICIES_MAX {
@@ -118,7 +118,7 @@ pub(crate) async fn delete_policy(
 ) -> Result<StatusCode, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     let sup = &state.supervisor;
-    let _one_at_a_time = POLICY_WRITES.lock().await;
+    let _one_at_a_time = state.policy_writes.lock().await;
     let mut next = sup.policies();
     if next.remove(&q.pattern).is_none() {
         return Err(ApiError::new(
@@ -133,7 +133,3 @@ pub(crate) async fn delete_policy(
     sup.placement().step(sup.now(), PlacementInput::Policies(next));
     Ok(StatusCode::NO_CONTENT)
 }
-
-/// Policy changes one at a time, so the store's policy, the documents and
-/// the supervisor's copy agree.
-static POLICY_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

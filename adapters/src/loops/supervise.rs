@@ -81,7 +81,10 @@ pub async fn run(state: AppState) {
             }
         };
         match actions {
-            Ok(actions) => carry_out_tick(&state, actions).await,
+            Ok(actions) => {
+                carry_out_tick(&state, actions).await;
+                state.metrics.evaluations.inc();
+            }
             Err(e) => {
                 // Not ticked: the tick stays due, so wait an interval.
                 tracing::warn!(error = %e, "supervisor evaluation failed");
