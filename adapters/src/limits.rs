@@ -23,6 +23,10 @@ pub const LEASES_MAX: usize = 100_000;
 /// One more is refused with 503 and `Retry-After`.
 pub const SUBSCRIBERS_MAX: usize = 10_000;
 
+/// Replica streams (`GET /v1/peer/replica`) served at once; one more gets
+/// 503. Each holds a snapshot and a blocking-pool thread.
+pub const REPLICA_STREAMS_MAX: usize = 4;
+
 /// Most snapshots being read at once. Each holds a blocking-pool thread and
 /// a RocksDB snapshot while its client drains it; one more is refused with
 /// 503 and `Retry-After`.

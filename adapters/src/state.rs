@@ -94,7 +94,7 @@ pub struct AppState {
     /// Permits and timeout for reading request bodies ([`crate::edge::BODY_READERS_MAX`]).
     pub(crate) body_reading: Arc<crate::edge::BodyReading>,
     /// One permit per replica stream being served
-    /// ([`crate::api::peer::REPLICA_STREAMS_MAX`]).
+    /// ([`crate::limits::REPLICA_STREAMS_MAX`]).
     pub(crate) replica_streams: Arc<Semaphore>,
     /// Recording policy changes one at a time, so the store's policy, the
     /// documents and the supervisor's copy agree.
@@ -149,7 +149,7 @@ impl AppState {
             snapshot_readers: Arc::new(Semaphore::new(crate::limits::SNAPSHOTS_MAX)),
             requests_in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
             body_reading: Arc::new(crate::edge::BodyReading::new(config.edge.body_read_timeout)),
-            replica_streams: Arc::new(Semaphore::new(crate::api::peer::REPLICA_STREAMS_MAX)),
+            replica_streams: Arc::new(Semaphore::new(crate::limits::REPLICA_STREAMS_MAX)),
             policy_writes: Arc::new(tokio::sync::Mutex::new(())),
             host_check: Arc::new(crate::edge::HostCheck { hosts, federation: federation.clone() }),
             federation,

@@ -171,9 +171,6 @@ pub(crate) struct ReplicaQuery {
 /// off, so no snapshot is held open for long.
 pub const REPLICA_STREAM_TIME_MAX: Duration = Duration::from_secs(600);
 
-/// Replica streams served at once; more get 503.
-pub const REPLICA_STREAMS_MAX: usize = 4;
-
 /// `GET /v1/peer/replica?pattern=P`: this site's rows of a subtree it
 /// records completely, from one snapshot, as JSON lines: a header with the
 /// snapshot's seq and per-origin marks, every history row, every latest
@@ -194,7 +191,7 @@ pub(crate) async fn replica(
         return ApiError::new(StatusCode::CONFLICT, "interests_pending", message).into_response();
     }
     let Ok(permit) = state.replica_streams.clone().try_acquire_owned() else {
-        let message = format!("{REPLICA_STREAMS_MAX} replica streams are being served; ask again");
+        let message = format!("{} replica streams are being served; ask again", crate::limits::REPLICA_STREAMS_MAX);
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message).into_response();
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
