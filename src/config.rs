@@ -122,6 +122,18 @@ pub struct ServeArgs {
     /// `/<site>/node/<hostname>/`.
     #[arg(long, env = "PEPPER_AGENT")]
     agent: bool,
+    /// A file holding the admin token (at least 32 characters; its first
+    /// line). With an admin token, auth is on: every request needs a token
+    /// (docs/security.md). The token itself may instead be in the
+    /// environment variable PEPPER_ADMIN_TOKEN; it is never a flag, which
+    /// `ps` would show.
+    #[arg(long, env = "PEPPER_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Serve beyond loopback without auth. Anyone who reaches the port can
+    /// then publish, read and change everything: for a closed lab network
+    /// only. Logged loudly at start.
+    #[arg(long, env = "PEPPER_INSECURE")]
+    insecure: bool,
     /// Folder of the site's store; created if missing [default: ./pepper-data].
     #[arg(long, env = "PEPPER_DATA")]
     data: Option<PathBuf>,
@@ -220,6 +232,8 @@ pub struct ServeArgs {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
+    admin_token_file: Option<PathBuf>,
+    insecure: Option<bool>,
     data: Option<PathBuf>,
     listen: Option<SocketAddr>,
     site: Option<String>,
@@ -281,6 +295,8 @@ pub struct Site {
     pub api: pepper_adapters::ApiConfig,
     /// Whether to run the node agent too.
     pub agent: bool,
+    /// Whether serving beyond loopback without auth was asked for.
+    pub insecure: bool,
     /// The connection loop's limits.
     pub server: pepper_adapters::ServerLimits,
 }
@@ -313,6 +329,15 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
         Some(l) => l,
         None => LISTEN_DEFAULT.parse().context("the default listen address")?,
     };
+    let admin_token = admin_token(args.admin_token_file.or(file.admin_token_file))?;
+    let insecure = args.insecure || file.insecure.unwrap_or(false);
+    if admin_token.is_none() && !listen.ip().is_loopback() && !insecure {
+        anyhow::bail!(
+            "refusing to serve on {listen} without auth: anyone who reaches it could publish, read and change \
+             everything. Give an admin token (--admin-token-file FILE or PEPPER_ADMIN_TOKEN; docs/security.md), \
+             listen on loopback, or pass --insecure on a closed network"
+        );
+    }
     let retention = Retention {
         log_max_age: args.log_max_age_s.or(r.log_max_age_s).map(Duration::from_secs),
         log_max_bytes: args.log_max_bytes.or(r.log_max_bytes),
@@ -410,10 +435,47 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
         data: args.data.or(file.data).unwrap_or_else(|| PathBuf::from(DATA_DEFAULT)),
         listen,
         options,
-        api: pepper_adapters::ApiConfig { lease_ttl_max_s, stream_buffer_events, federation, supervisor, edge },
+        api: pepper_adapters::ApiConfig {
+            lease_ttl_max_s,
+            stream_buffer_events,
+            federation,
+            supervisor,
+            edge,
+            admin_token,
+        },
         agent: args.agent || file.agent.unwrap_or(false),
+        insecure,
         server,
     })
+}
+
+/// Shortest admin token accepted, in characters: one a person types from
+/// memory is guessable.
+pub const ADMIN_TOKEN_CHARS_MIN: usize = 32;
+
+/// The admin token: the first line of `file`, or else `PEPPER_ADMIN_TOKEN`.
+///
+/// # Errors
+/// An unreadable file, or a token shorter than [`ADMIN_TOKEN_CHARS_MIN`].
+fn admin_token(file: Option<PathBuf>) -> anyhow::Result<Option<pepper_adapters::auth::Secret>> {
+    let (token, from) = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
+            (text.lines().next().unwrap_or_default().trim().to_string(), path.display().to_string())
+        }
+        None => match std::env::var("PEPPER_ADMIN_TOKEN") {
+            Ok(token) => (token.trim().to_string(), "PEPPER_ADMIN_TOKEN".to_string()),
+            Err(_) => return Ok(None),
+        },
+    };
+    if token.chars().count() < ADMIN_TOKEN_CHARS_MIN || token.chars().any(|c| c.is_control()) {
+        anyhow::bail!(
+            "the admin token in {from} must be at least {ADMIN_TOKEN_CHARS_MIN} characters without control \
+             characters (try: head -c 32 /dev/urandom | base64)"
+        );
+    }
+    Ok(Some(pepper_adapters::auth::Secret::new(token)))
 }
 
 /// This machine's host name (the default site name and agent instance),

@@ -530,7 +530,8 @@ fn watch(server: &str, channel: &str, types: Option<&str>, from_seq: Option<u64>
 }
 
 fn serve(site: config::Site) -> anyhow::Result<ExitCode> {
-    let config::Site { data, listen, options, api, agent, server } = site;
+    let config::Site { data, listen, options, api, agent, server, insecure } = site;
+    let auth = api.admin_token.is_some();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let store = runtime.block_on(async {
         let site = Site::open(SiteConfig { data: data.clone(), listen, options, api, server }).await?;
@@ -558,7 +559,12 @@ fn serve(site: config::Site) -> anyhow::Result<ExitCode> {
                 }
             })?;
         }
-        tracing::info!(%addr, site = store.site(), data = %data.display(), "pepper serving");
+        tracing::info!(%addr, site = store.site(), data = %data.display(), auth, "pepper serving");
+        if !auth && insecure && !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "INSECURE: auth is off and this site serves beyond loopback; anyone who reaches it can publish, read and change everything");
+        } else if !auth {
+            tracing::info!("auth is off: every caller may do everything (loopback only); docs/security.md turns it on");
+        }
         site.run(shutdown_signal()).await?;
         anyhow::Ok(store)
     })?;

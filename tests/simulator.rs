@@ -306,6 +306,7 @@ fn event(channel: &str, name: &str) -> Body {
         distribution: Distribution::All,
         payload: name.as_bytes().to_vec(),
         assigned: Vec::new(),
+        principal: None,
         tuple: None,
     })
 }
@@ -994,6 +995,7 @@ impl Sim {
                 distribution: Distribution::All,
                 payload: value.as_bytes().to_vec(),
                 assigned: Vec::new(),
+                principal: None,
                 tuple: Some(TupleUpdate {
                     field: "load".into(),
                     value: value.clone(),
@@ -1176,6 +1178,7 @@ impl Sim {
                         distribution: Distribution::All,
                         payload: serde_json::to_vec(&announcement).unwrap(),
                         assigned: Vec::new(),
+                        principal: None,
                         tuple: None,
                     });
                     if a.kind != AnnounceKind::Heartbeat {

@@ -34,6 +34,17 @@ impl ApiError {
         ApiError { status, code, message: message.into(), extra: None }
     }
 
+    /// 401 `unauthorized`: auth is on and the request carries no valid
+    /// token. The response carries `WWW-Authenticate: Bearer`.
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403 `forbidden`: the caller's principal holds no grant for this.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
     /// 404 for a path the API does not have.
     pub fn no_route(path: &str) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "no_route", format!("no such endpoint: {path}"))
@@ -151,6 +162,11 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(body)).into_response();
         if self.code == "overloaded" {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        if self.status == StatusCode::UNAUTHORIZED && self.code == "unauthorized" {
+            response
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
         }
         if self.code == "body_timeout" {
             // The rest of the body may still be on its way: the connection

@@ -345,10 +345,9 @@ impl Federation {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        // Compared in time independent of where they differ.
-        let same = given.len() == secret.len()
-            && given.bytes().zip(secret.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-        if !same {
+        // Compared in time independent of where they differ and of their
+        // lengths (as hashes).
+        if !crate::auth::secret_matches(given.as_bytes(), secret.as_bytes()) {
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong peer secret"));
         }
         Ok(())

@@ -8,6 +8,8 @@
 //!   limits, and query-string helpers.
 //! - `wire`: the formats on the wire (JSON envelope, PsEPR XML, peer
 //!   frames, tuple JSON), pure readers and writers.
+//! - `auth`: principals, tokens and who the caller of a request is (the
+//!   permission rule itself is `pepper_router::allows`).
 //! - `expiry`, `metrics`, `models`, `federation`, `supervisor`: the state
 //!   the site keeps in memory (expiry indexes, counters, model classes, the
 //!   peer registry, recording policies and monitors).
@@ -33,6 +35,7 @@
 //! event from the publish to a subscriber.
 
 mod api;
+pub mod auth;
 mod edge;
 mod error;
 pub mod expiry;

@@ -257,6 +257,7 @@ pub(crate) fn change_event(ns: &str, class: &str, kind: &str, payload: serde_jso
         distribution: Distribution::All,
         payload: payload.to_string().into_bytes(),
         assigned: Vec::new(),
+        principal: None,
         tuple: None,
     })
 }

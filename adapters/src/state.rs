@@ -28,6 +28,8 @@ pub struct ApiConfig {
     pub supervisor: crate::supervisor::SupervisorConfig,
     /// Host names, CORS origins and the body timeout.
     pub edge: crate::edge::EdgeConfig,
+    /// The admin token: with one, auth is on (`auth`).
+    pub admin_token: Option<crate::auth::Secret>,
 }
 
 impl Default for ApiConfig {
@@ -38,6 +40,7 @@ impl Default for ApiConfig {
             federation: crate::federation::FederationConfig::default(),
             supervisor: crate::supervisor::SupervisorConfig::default(),
             edge: crate::edge::EdgeConfig::default(),
+            admin_token: None,
         }
     }
 }
@@ -50,12 +53,15 @@ struct SiteFold {
     expiry: crate::expiry::ExpiryFold,
     /// The model repository's schemas.
     models: Arc<crate::models::Models>,
+    /// Principals, their tokens and grants.
+    principals: Arc<crate::auth::Principals>,
 }
 
 impl pepper_storage::Fold for SiteFold {
     fn committed(&self, group: &pepper_storage::Committed<'_>) {
         self.expiry.committed(group);
         self.models.committed(group);
+        self.principals.committed(group);
     }
 }
 
@@ -96,6 +102,10 @@ pub struct AppState {
     /// One permit per replica stream being served
     /// ([`crate::limits::REPLICA_STREAMS_MAX`]).
     pub(crate) replica_streams: Arc<Semaphore>,
+    /// Who each request is: the admin token, the principals.
+    pub(crate) auth: Arc<crate::auth::Auth>,
+    /// Principal changes one at a time, so each reads the one before.
+    pub(crate) principal_writes: Arc<tokio::sync::Mutex<()>>,
     /// Recording policy changes one at a time, so the store's policy, the
     /// documents and the supervisor's copy agree.
     pub(crate) policy_writes: Arc<tokio::sync::Mutex<()>>,
@@ -114,13 +124,20 @@ impl AppState {
         let leases = Arc::new(ExpiryIndex::default());
         let tuples = Arc::new(ExpiryIndex::default());
         let models = Arc::new(crate::models::Models::new());
+        let principals = Arc::new(crate::auth::Principals::default());
         let expiry = crate::expiry::ExpiryFold { leases: leases.clone(), tuples: tuples.clone() };
-        store.set_fold(Arc::new(SiteFold { expiry, models: models.clone() }));
+        store.set_fold(Arc::new(SiteFold { expiry, models: models.clone(), principals: principals.clone() }));
         for l in store.read(|v| v.leases()).await? {
             leases.set(&l.id, l.expires_at_us, l.renewed_seq);
         }
         crate::expiry::load_tuple_index(&store, &tuples).await?;
         models.load(&store).await?;
+        principals.load(&store).await?;
+        let auth = Arc::new(crate::auth::Auth::new(
+            config.admin_token.as_ref().map(crate::auth::Secret::expose),
+            config.federation.secret.as_deref(),
+            principals,
+        ));
         let federation = Arc::new(
             crate::federation::Federation::new(store.site(), config.federation.clone())
                 .map_err(|reason| pepper_storage::Error::InvalidInput { what: "federation", reason })?,
@@ -151,6 +168,8 @@ impl AppState {
             body_reading: Arc::new(crate::edge::BodyReading::new(config.edge.body_read_timeout)),
             replica_streams: Arc::new(Semaphore::new(crate::limits::REPLICA_STREAMS_MAX)),
             policy_writes: Arc::new(tokio::sync::Mutex::new(())),
+            principal_writes: Arc::new(tokio::sync::Mutex::new(())),
+            auth,
             host_check: Arc::new(crate::edge::HostCheck { hosts, federation: federation.clone() }),
             federation,
             supervisor: Arc::new(supervisor),

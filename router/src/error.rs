@@ -2,7 +2,7 @@
 //!
 //! Variants are grouped by what the caller does about them: fix the input
 //! ([`Error::InvalidChannel`], [`Error::InvalidAnnouncement`],
-//! [`Error::InvalidConfig`]), wait for room ([`Error::PeersFull`]), or try
+//! [`Error::InvalidConfig`], [`Error::InvalidGrant`]), wait for room ([`Error::PeersFull`]), or try
 //! again later ([`Error::GapRefused`]). None of them leaves a state machine
 //! half-changed: an input that is refused changes nothing.
 
@@ -38,6 +38,10 @@ pub enum Error {
         /// Which rule they break.
         reason: String,
     },
+    /// A grant names an unknown action or a resource its action does not
+    /// take (HTTP 400).
+    #[error("{0}")]
+    InvalidGrant(String),
     /// A gap marker covers records its origin has not announced it trimmed
     /// (HTTP 409). An honest origin whose retention moved after its last
     /// heartbeat passes after the next one.

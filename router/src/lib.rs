@@ -2,6 +2,8 @@
 //!
 //! - [`Channel`] and [`Pattern`]: channel names and lease patterns, and the
 //!   [`Trie`] that maps a channel to the leases whose patterns cover it.
+//! - [`Grant`] and [`allows`]: the permission rule, an [`Action`] on a
+//!   [`Resource`], deny by default.
 //! - [`Dispatch`]: which live subscribers (lease streams, watches) each
 //!   committed record goes to, and when one is detached or its lease ends.
 //! - [`ExpiryIndex`]: which leases and tuples are due at a given `now`;
@@ -23,6 +25,7 @@
 //! with a manual clock and a simulated network instead. The router owns no
 //! storage: records reach it as the driver reads them.
 
+mod access;
 mod channel;
 mod dispatch;
 mod error;
@@ -32,6 +35,7 @@ mod interest;
 mod peers;
 mod trie;
 
+pub use access::{allows, covers, Action, Grant, Resource, ResourceKind, GRANT_NAMESPACE_BYTES_MAX};
 pub use channel::{subtrees, Channel, Pattern, Segment, CHANNEL_BYTES_MAX, CHANNEL_DEPTH_MAX, RESERVED_AUTHORITY};
 pub use dispatch::{
     should_join, Action as DispatchAction, Detach, Dispatch, EndReason, EventHead, Holder, Input as DispatchInput,

@@ -228,6 +228,7 @@ mod tests {
             distribution: Distribution::One,
             payload: Vec::new(),
             assigned: Vec::new(),
+            principal: None,
             tuple: None,
         }
     }

@@ -1,8 +1,9 @@
 //! Derived state kept outside the store, folded from each durable group.
 //!
 //! A site keeps a few things in memory that follow from the log: the
-//! expiries of live leases and of tuples, for the tasks that end them, and
-//! the model repository's schemas, built from the classes defined. They
+//! expiries of live leases and of tuples, for the tasks that end them, the
+//! model repository's schemas, built from the classes defined, and what
+//! the site keeps in documents (principals and their tokens). They
 //! must change exactly when the log does, and in one place: updating them
 //! by hand after each append left every write site (publish, grant, renew,
 //! release, delete, receive, import, expire) to remember it.
@@ -11,8 +12,8 @@
 //! changed, once the group is durable and before any caller of the group
 //! hears its answer: a caller that sees its write acknowledged also sees
 //! its effect on the derived state. What is reported is the group's end
-//! state of every lease and latest tuple it touched, and the class rows it
-//! wrote ([`Committed`]), not the records, so the fold needs no knowledge
+//! state of every lease and latest tuple it touched, the class rows and the
+//! documents it wrote ([`Committed`]), not the records, so the fold needs no knowledge
 //! of record kinds. A fold runs
 //! on the writer thread: it must be quick and must not block or call the
 //! store. The rejected alternative, a consumer of the change feed, would
@@ -32,6 +33,9 @@ pub trait Fold: Send + Sync {
     fn committed(&self, group: &Committed<'_>);
 }
 
+/// A document a group put (`Some((seq, value))`) or deleted (`None`), by key.
+pub(crate) type DocChange = (String, Option<(u64, Vec<u8>)>);
+
 /// A latest tuple as a group left it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TupleState {
@@ -49,6 +53,8 @@ pub struct Committed<'a> {
     pub(crate) tuples: &'a HashMap<Vec<u8>, Option<TupleRow>>,
     /// The model classes the group defined, in log order.
     pub(crate) classes: &'a [(String, ModelClassRow)],
+    /// The documents the group put or deleted, in log order.
+    pub(crate) docs: &'a [DocChange],
 }
 
 impl<'a> Committed<'a> {
@@ -67,6 +73,12 @@ impl<'a> Committed<'a> {
     /// class row), in log order.
     pub fn classes(&self) -> impl Iterator<Item = (&'a str, &'a ModelClassRow)> {
         self.classes.iter().map(|(ns, row)| (ns.as_str(), row))
+    }
+
+    /// Every document the group put or deleted, in log order, as (key,
+    /// `Some((seq, value))` put at seq, or `None` deleted).
+    pub fn docs(&self) -> impl Iterator<Item = (&'a str, Option<(u64, &'a [u8])>)> {
+        self.docs.iter().map(|(key, doc)| (key.as_str(), doc.as_ref().map(|(seq, v)| (*seq, v.as_slice()))))
     }
 
     /// Every latest tuple the group touched, as (channel, field, state

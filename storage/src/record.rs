@@ -109,6 +109,42 @@ pub struct Event {
     /// tuple (channel, field) takes `value`, with `from` as its source.
     /// Added in record version 3 of events; older events set none.
     pub tuple: Option<TupleUpdate>,
+    /// The principal that published it, stamped by its origin site when
+    /// auth is on there (`None` with auth off). Clients cannot set it; a
+    /// site takes it from another only over the authenticated peer
+    /// endpoint. Added in record version 5 of events; older events have none.
+    pub principal: Option<String>,
+}
+
+/// An event as record version 4 laid it out: without `principal`.
+#[derive(Deserialize)]
+struct EventV4 {
+    id: String,
+    channel: String,
+    event_type: String,
+    from: Party,
+    to: Target,
+    distribution: Distribution,
+    payload: Vec<u8>,
+    assigned: Vec<String>,
+    tuple: Option<TupleUpdate>,
+}
+
+impl From<EventV4> for Event {
+    fn from(e: EventV4) -> Event {
+        Event {
+            id: e.id,
+            channel: e.channel,
+            event_type: e.event_type,
+            from: e.from,
+            to: e.to,
+            distribution: e.distribution,
+            payload: e.payload,
+            assigned: e.assigned,
+            tuple: e.tuple,
+            principal: None,
+        }
+    }
 }
 
 /// The tuple an attribute event sets on its own channel.
@@ -170,6 +206,7 @@ impl From<EventV3> for Event {
                 expires_at_us: t.expires_at_us,
                 recorded: true,
             }),
+            principal: None,
         }
     }
 }
@@ -201,6 +238,7 @@ impl From<EventV2> for Event {
             payload: e.payload,
             assigned: e.assigned,
             tuple: None,
+            principal: None,
         }
     }
 }
@@ -562,7 +600,7 @@ impl Kind {
     /// of its body. Decoders read every version up to it.
     pub fn version(self) -> u8 {
         match self {
-            Kind::Event => 4,
+            Kind::Event => 5,
             Kind::LeaseGrant => 2,
             _ => RECORD_VERSION,
         }
@@ -674,6 +712,7 @@ impl Body {
             Kind::Event if version == 1 => Body::Event(EventV2::from(whole::<EventV1>(bytes)?).into()),
             Kind::Event if version == 2 => Body::Event(whole::<EventV2>(bytes)?.into()),
             Kind::Event if version == 3 => Body::Event(whole::<EventV3>(bytes)?.into()),
+            Kind::Event if version == 4 => Body::Event(whole::<EventV4>(bytes)?.into()),
             Kind::Event => Body::Event(whole(bytes)?),
             Kind::TupleSet => Body::TupleSet(whole(bytes)?),
             Kind::LeaseGrant if version == 1 => {
@@ -848,6 +887,7 @@ mod tests {
                 distribution: Distribution::One,
                 payload: b"<x>1</x>".to_vec(),
                 assigned: vec!["l1".into()],
+                principal: None,
                 tuple: Some(TupleUpdate {
                     field: "load".into(),
                     value: "0.5".into(),
@@ -1020,6 +1060,48 @@ mod tests {
         let Body::Event(e) = Record::decode(&bytes).expect("v1 decodes").body else { panic!("kind") };
         assert_eq!((e.id.as_str(), e.distribution, e.payload.as_slice()), ("e", Distribution::One, &b"p"[..]));
         assert!(e.assigned.is_empty() && e.tuple.is_none());
+    }
+
+    /// An event logged before `principal` existed still reads, with none;
+    /// and a stamped one round-trips.
+    #[test]
+    fn version_4_events_still_decode_without_a_principal() {
+        let Body::Event(mut e) = samples().remove(0) else { panic!("sample 0 is an event") };
+        #[derive(Serialize)]
+        struct V4<'a> {
+            id: &'a str,
+            channel: &'a str,
+            event_type: &'a str,
+            from: &'a Party,
+            to: &'a Target,
+            distribution: Distribution,
+            payload: &'a [u8],
+            assigned: &'a [String],
+            tuple: &'a Option<TupleUpdate>,
+        }
+        let v4 = V4 {
+            id: &e.id,
+            channel: &e.channel,
+            event_type: &e.event_type,
+            from: &e.from,
+            to: &e.to,
+            distribution: e.distribution,
+            payload: &e.payload,
+            assigned: &e.assigned,
+            tuple: &e.tuple,
+        };
+        let mut body = Vec::new();
+        postcard::to_io(&v4, &mut body).expect("encode");
+        let bytes = with_version(frame(4, 1, "s", Kind::Event, &body).expect("frame"), 4);
+        let Body::Event(read) = Record::decode(&bytes).expect("v4 decodes").body else { panic!("kind") };
+        e.principal = None;
+        assert_eq!(read, e);
+        e.principal = Some("ops".into());
+        let stamped = Record { seq: 4, time_us: 1, origin: "s".into(), body: Body::Event(e.clone()) };
+        let Body::Event(back) = Record::decode(&stamped.encode().expect("encode")).expect("v5").body else {
+            panic!("kind")
+        };
+        assert_eq!(back.principal.as_deref(), Some("ops"));
     }
 
     /// An attribute event logged before `recorded` existed still reads, as

@@ -669,6 +669,7 @@ mod tests {
             distribution: crate::record::Distribution::All,
             payload: b"null".to_vec(),
             assigned: Vec::new(),
+            principal: None,
             tuple: None,
         })
     }

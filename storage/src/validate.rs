@@ -267,6 +267,7 @@ mod tests {
             distribution: Distribution::All,
             payload: b"null".to_vec(),
             assigned: Vec::new(),
+            principal: None,
             tuple: None,
         })
     }

@@ -95,6 +95,7 @@ pub fn event(channel: &str, ty: &str, payload: &[u8]) -> Body {
         distribution: Default::default(),
         payload: payload.to_vec(),
         assigned: Vec::new(),
+        principal: None,
         tuple: None,
     })
 }

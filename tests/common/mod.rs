@@ -90,7 +90,7 @@ impl Server {
         let mut flags: Vec<std::ffi::OsString> = vec!["--data".into(), data.into()];
         flags.extend(with_defaults(extra).into_iter().map(Into::into));
         let args = pepper::config::parse_serve_flags(flags).unwrap_or_else(|e| panic!("{e}"));
-        let pepper::config::Site { data, listen, options, api, server, agent: _ } =
+        let pepper::config::Site { data, listen, options, api, server, agent: _, insecure: _ } =
             pepper::config::resolve(args).unwrap_or_else(|e| panic!("{e:#}"));
         let config = pepper_adapters::SiteConfig { data, listen, options, api, server };
         let (opened, open) = std::sync::mpsc::channel();
@@ -321,6 +321,7 @@ pub fn peer_event(origin: &str, seq: u64, id: &str, channel: &str, event_type: &
             distribution: pepper_storage::Distribution::All,
             payload: b"{}".to_vec(),
             assigned: Vec::new(),
+            principal: None,
             tuple: None,
         }),
     }

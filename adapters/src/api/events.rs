@@ -20,13 +20,14 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use pepper_router::Channel;
+use pepper_router::{Action, Channel, Resource};
 use pepper_storage::{Body as RecordBody, Filter, Kind, Scan};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 pub use crate::wire::envelope::EVENTS_PER_REQUEST_MAX;
 
+use crate::auth::{Caller, Wanted};
 use crate::error::ApiError;
 use crate::limits::BODY_BYTES_MAX;
 use crate::state::AppState;
@@ -57,6 +58,7 @@ fn parse_publish(headers: &HeaderMap, body: &[u8]) -> Result<(Vec<EventIn>, bool
 
 pub(crate) async fn publish(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
@@ -77,10 +79,15 @@ pub(crate) async fn publish(
     let mut bodies = Vec::with_capacity(events.len());
     let mut ids = Vec::with_capacity(events.len());
     for (i, e) in events.into_iter().enumerate() {
-        let event = e.into_event().map_err(|err| match many {
+        let numbered = |err: ApiError| match many {
             true => ApiError::new(err.status(), err.code(), format!("event {}: {}", i + 1, err.message())),
             false => err,
-        })?;
+        };
+        let mut event = e.into_event().map_err(numbered)?;
+        event.principal = caller.stamp();
+        // One refused event refuses the whole batch: nothing is appended.
+        let channel = Channel::parse(&event.channel).map_err(ApiError::bad_channel).map_err(numbered)?;
+        caller.require(Action::Publish, &Resource::Channel(&channel)).map_err(numbered)?;
         ids.push(event.id.clone());
         bodies.push(RecordBody::Event(event));
     }
@@ -119,10 +126,12 @@ struct EventsPage {
 
 pub(crate) async fn list_events(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
+    caller.require_wanted(Action::Subscribe, &Wanted::subtree(q.channel.as_deref())?)?;
     let limit = crate::params::page_limit(q.limit, EVENTS_PAGE_MAX).map_err(ApiError::invalid_query)?;
     let channel_prefix = match q.channel {
         Some(c) => Some(Channel::parse(&c).map_err(ApiError::bad_channel)?.as_str().to_string()),

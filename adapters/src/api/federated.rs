@@ -46,10 +46,11 @@ use pepper_query::federated::{
     conclude, parse_params, recorders_in_scope, sites_in_scope, Ask, Outcome, Params, Refusal, RefusalCode, Scope,
     SiteAnswer,
 };
-use pepper_router::{PeerView, Reach};
+use pepper_router::{Action, PeerView, Reach, Resource};
 use pepper_storage::MonitorState;
 use serde_json::Value;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::federation::PeerState;
 use crate::federation::PeerSummary;
@@ -113,10 +114,36 @@ pub(crate) async fn layer(State(state): State<AppState>, mut request: Request, n
     if !is_query {
         return ApiError::invalid_query("scope applies to queries only; writes are local").into_response();
     }
+    // The legs reach other sites as this site (the peer secret), and the
+    // other sites let a leg read: so the caller's own permission is
+    // checked here, once, for all of them.
+    if let Err(e) = authorize_fan_out(&request) {
+        return e.into_response();
+    }
     match fan_out(state, params, request).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
+}
+
+/// Whether the caller may read what a fanned-out query reads: `tuples.read`
+/// on its channel (its subtree with `recursive=true`), or `models.read` on
+/// its namespace; the same rule as the handlers'.
+fn authorize_fan_out(request: &Request) -> Result<(), ApiError> {
+    let caller = request.extensions().get::<Caller>().ok_or_else(|| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "a query reached fan-out without being identified")
+    })?;
+    let path = request.uri().path();
+    let pairs: Vec<(String, String)> =
+        request.uri().query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
+    let param = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    if let Some(ns) = path.strip_prefix("/v1/namespaces/").and_then(|rest| rest.split('/').next()) {
+        let ns = percent_encoding::percent_decode_str(ns).decode_utf8_lossy();
+        return caller.require(Action::ModelsRead, &Resource::Namespace(&ns));
+    }
+    let channel = param("channel").ok_or_else(|| ApiError::invalid_query("channel is required"))?;
+    let recursive = path == "/v1/tuples" && param("recursive") == Some("true");
+    caller.require_wanted(Action::TuplesRead, &crate::api::tuples::read_wanted(channel, recursive)?)
 }
 
 /// Where to reach each site a query asks: its url, `None` for a site this
@@ -185,6 +212,10 @@ async fn fan_out(state: AppState, params: Params, request: Request) -> Result<Re
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let content_type = request.headers().get(axum::http::header::CONTENT_TYPE).cloned();
+    // This site's own leg carries the caller's token: without a peer
+    // secret there is nothing else it would accept.
+    let own_token = request.headers().get(AUTHORIZATION).cloned();
+    let me = state.store.site().to_string();
     let (_, body) = crate::edge::read_whole(request, &state.body_reading).await?;
     let asked = sites_to_ask(&state, &params)?;
     let client = state.federation.client().clone();
@@ -192,7 +223,10 @@ async fn fan_out(state: AppState, params: Params, request: Request) -> Result<Re
     let query = params.site_query();
     let calls = asked.into_iter().map(|(ask, base)| {
         let (client, method, body, content_type) = (client.clone(), method.clone(), body.clone(), content_type.clone());
-        let bearer = state.federation.bearer();
+        let bearer = match (&own_token, ask.site == me) {
+            (Some(own), true) => own.clone(),
+            _ => HeaderValue::from_str(&state.federation.bearer()).unwrap_or(HeaderValue::from_static("")),
+        };
         let (path, query) = (path.clone(), query.clone());
         async move {
             let site = ask.site;

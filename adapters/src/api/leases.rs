@@ -27,12 +27,13 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
-use pepper_router::Pattern;
+use pepper_router::{Action, Pattern, Resource};
 use pepper_storage::limits::{ID_BYTES_MAX, LEASE_TYPES_MAX};
 use pepper_storage::{now_us, Body, Error as StoreError, Lease, LeaseEnd, LeaseGrant, LeaseRenew, Party};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::limits::LEASES_MAX;
 use crate::state::AppState;
@@ -142,12 +143,33 @@ fn lease_error(e: StoreError) -> ApiError {
     }
 }
 
+/// Whether `caller` may hold `lease`: `subscribe` on every channel of its
+/// pattern. A lease (live, so its pattern was valid when granted) is read
+/// and acted on by those who may subscribe to what it receives.
+fn may_hold(caller: &Caller, lease: &pepper_storage::Lease) -> bool {
+    Pattern::parse(&lease.pattern).is_ok_and(|p| caller.may(Action::Subscribe, &Resource::Channels(&p)))
+}
+
+/// The live lease `id`, if `caller` may hold it: 404 when there is none,
+/// 403 when the caller may not subscribe to all of its pattern.
+pub(crate) async fn lease_for(state: &AppState, caller: &Caller, id: &str) -> Result<pepper_storage::Lease, ApiError> {
+    let id2 = id.to_string();
+    let Some(lease) = state.store.read(move |v| v.lease(&id2)).await? else {
+        return Err(ApiError::no_lease(id));
+    };
+    let pattern = Pattern::parse(&lease.pattern).map_err(ApiError::bad_channel)?;
+    caller.require(Action::Subscribe, &Resource::Channels(&pattern))?;
+    Ok(lease)
+}
+
 pub(crate) async fn grant(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<Json<GrantRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Json(req) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
     let pattern = Pattern::parse(&req.channel).map_err(ApiError::bad_channel)?;
+    caller.require(Action::Subscribe, &Resource::Channels(&pattern))?;
     let ttl_s = granted_ttl_s(req.ttl_s, state.config.lease_ttl_max_s)?;
     if req.types.len() > LEASE_TYPES_MAX {
         return Err(ApiError::too_large(format!("{} types, over the limit of {LEASE_TYPES_MAX}", req.types.len())));
@@ -212,6 +234,7 @@ pub(crate) async fn grant(
 
 pub(crate) async fn renew(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<LeaseJson>, ApiError> {
@@ -221,11 +244,7 @@ pub(crate) async fn renew(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::invalid_body(format!("body is not a renewal: {e}")))?
     };
-    let id2 = id.clone();
-    let current = state.store.read(move |v| v.lease(&id2)).await?;
-    let Some(current) = current else {
-        return Err(ApiError::no_lease(&id));
-    };
+    let current = lease_for(&state, &caller, &id).await?;
     let ttl_s = granted_ttl_s(req.ttl_s.unwrap_or(current.ttl_ms / 1000), state.config.lease_ttl_max_s)?;
     let expires_at_us = now_us() + ttl_s * 1_000_000;
     let renew = LeaseRenew { id: id.clone(), ttl_ms: ttl_s * 1000, expires_at_us };
@@ -236,25 +255,29 @@ pub(crate) async fn renew(
     Ok(Json(LeaseJson::from(&lease)))
 }
 
-pub(crate) async fn release(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub(crate) async fn release(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    lease_for(&state, &caller, &id).await?;
     commit(&state, Body::LeaseRelease(LeaseEnd { id })).await?;
     state.federation.lease_ended();
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+/// `GET /v1/leases`: the live leases the caller may hold (all of them with
+/// auth off or for an admin).
+pub(crate) async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
     let (leases, seq) = state.store.read(|v| Ok((v.leases()?, v.seq()))).await?;
-    let leases: Vec<LeaseJson> = leases.iter().map(LeaseJson::from).collect();
+    let leases: Vec<LeaseJson> = leases.iter().filter(|l| may_hold(&caller, l)).map(LeaseJson::from).collect();
     Ok(Json(json!({ "leases": leases, "seq": seq })))
 }
 
 pub(crate) async fn get_one(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<LeaseJson>, ApiError> {
-    let id2 = id.clone();
-    match state.store.read(move |v| v.lease(&id2)).await? {
-        Some(l) => Ok(Json(LeaseJson::from(&l))),
-        None => Err(ApiError::no_lease(&id)),
-    }
+    Ok(Json(LeaseJson::from(&lease_for(&state, &caller, &id).await?)))
 }

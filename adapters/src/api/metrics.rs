@@ -8,11 +8,14 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::text::encode;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::metrics::as_i64;
 use crate::state::AppState;
+use pepper_router::{Action, Resource};
 
-pub(crate) async fn scrape(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub(crate) async fn scrape(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(Action::Metrics, &Resource::Site)?;
     let m = &state.metrics;
     let stats = state.store.stats();
     m.commits.set(as_i64(stats.groups));

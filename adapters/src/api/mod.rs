@@ -10,6 +10,7 @@
 //! - `models`: the CIM model repository.
 //! - `recording`, `sites`: recording policies and the federation's view.
 //! - `peer`: the site-to-site endpoints (secret required).
+//! - `principals`: principals, tokens and grants (`auth`).
 //! - `federated`: the `scope=` layer that fans a query out to other sites.
 //! - `health`, `metrics`: for load balancers and scrapers.
 
@@ -20,6 +21,7 @@ pub mod leases;
 pub mod metrics;
 pub mod models;
 pub mod peer;
+pub mod principals;
 pub mod recording;
 pub mod sites;
 pub mod streams;
@@ -97,6 +99,15 @@ pub fn router(state: AppState) -> Router {
         .api("/v1/leases/{id}/events", get(crate::api::streams::lease_events))
         .api("/v1/watch", get(crate::api::streams::watch))
         .api("/v1/sites", get(crate::api::sites::sites))
+        .api("/v1/auth/whoami", get(crate::api::principals::whoami))
+        .api("/v1/auth/principals", get(crate::api::principals::list).post(crate::api::principals::create))
+        .api("/v1/auth/principals/{name}", axum::routing::delete(crate::api::principals::remove))
+        .api("/v1/auth/principals/{name}/tokens", post(crate::api::principals::create_token))
+        .api("/v1/auth/principals/{name}/tokens/{id}", axum::routing::delete(crate::api::principals::revoke_token))
+        .api(
+            "/v1/auth/principals/{name}/grants",
+            post(crate::api::principals::add_grant).delete(crate::api::principals::remove_grant),
+        )
         .api("/v1/recording", get(crate::api::recording::status))
         .api(
             "/v1/recording/policies",
@@ -124,7 +135,8 @@ pub fn router(state: AppState) -> Router {
         // Innermost first; see `edge` for what each does and why. Bodies
         // are read whole, within their limit, by `edge::read_body`.
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .layer(axum::middleware::from_fn_with_state(state.requests_in_flight.clone(), limit_in_flight));
+        .layer(axum::middleware::from_fn_with_state(state.requests_in_flight.clone(), limit_in_flight))
+        .layer(axum::middleware::from_fn_with_state(state.auth.clone(), crate::auth::identify));
     let app = match cors(&state.config.edge.cors_origins) {
         Some(cors) => app.layer(cors),
         None => app,

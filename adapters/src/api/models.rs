@@ -18,6 +18,7 @@ use pepper_storage::{Body, ModelClass, ModelDelete, ModelPut, View};
 use serde::Deserialize;
 use serde_json::{json, Map};
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::models::change_event;
 use crate::models::class_rows;
@@ -26,6 +27,7 @@ use crate::models::query_error;
 use crate::models::refs_of;
 use crate::models::ViewSource;
 use crate::state::AppState;
+use pepper_router::{Action, Resource};
 
 /// Most instances one enumeration page returns.
 pub const INSTANCES_PAGE_MAX: usize = 1000;
@@ -33,8 +35,10 @@ pub const INSTANCES_PAGE_MAX: usize = 1000;
 /// `GET /v1/namespaces/{ns}/classes`.
 pub(crate) async fn list_classes(
     State(state): State<AppState>,
+    caller: Caller,
     Path(ns): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Action::ModelsRead, &Resource::Namespace(&ns))?;
     let schema = state.models.schema(&ns)?;
     let classes: Vec<&ClassDef> = schema.classes().collect();
     Ok(Json(json!({ "namespace": ns, "classes": classes })))
@@ -44,8 +48,10 @@ pub(crate) async fn list_classes(
 /// property, inherited ones included.
 pub(crate) async fn get_class(
     State(state): State<AppState>,
+    caller: Caller,
     Path((ns, class)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Action::ModelsRead, &Resource::Namespace(&ns))?;
     let schema = state.models.schema(&ns)?;
     let resolved = schema.resolve(&class).map_err(query_error)?;
     let def = schema.get(&class).cloned();
@@ -57,9 +63,11 @@ pub(crate) async fn get_class(
 /// creates the namespace with its first class).
 pub(crate) async fn define_class(
     State(state): State<AppState>,
+    caller: Caller,
     Path(ns): Path<String>,
     body: Result<Json<ClassDef>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Action::ModelsWrite, &Resource::Namespace(&ns))?;
     let Json(def) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
     if ObjectPath::new(&ns, "X", Vec::new()).is_err() {
         return Err(ApiError::invalid_body(format!("namespace {ns:?} must be names separated by '/'")));
@@ -139,9 +147,11 @@ fn store_error(e: pepper_storage::Error) -> ApiError {
 /// `POST /v1/namespaces/{ns}/instances` `{"class", "properties"}` → 201.
 pub(crate) async fn create_instance(
     State(state): State<AppState>,
+    caller: Caller,
     Path(ns): Path<String>,
     body: Result<Json<CreateBody>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Action::ModelsWrite, &Resource::Namespace(&ns))?;
     let Json(body) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
     let _shared = state.models.schema_lock.read().await;
     let schema = state.models.schema(&ns)?;
@@ -192,9 +202,11 @@ fn yes() -> bool {
 /// `GET /v1/namespaces/{ns}/instances?class=&deep=&where=&limit=&cursor=`.
 pub(crate) async fn enumerate(
     State(state): State<AppState>,
+    caller: Caller,
     Path(ns): Path<String>,
     query: Result<Query<EnumerateQuery>, QueryRejection>,
 ) -> Result<axum::response::Response, ApiError> {
+    caller.require(Action::ModelsRead, &Resource::Namespace(&ns))?;
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     let limit = crate::params::page_limit(q.limit, INSTANCES_PAGE_MAX).map_err(ApiError::invalid_query)?;
     let schema = state.models.schema(&ns)?;
@@ -312,8 +324,10 @@ fn parse_path(ns: &str, text: &str) -> Result<ObjectPath, ApiError> {
 /// `GET /v1/namespaces/{ns}/instances/{path}`.
 pub(crate) async fn get_instance(
     State(state): State<AppState>,
+    caller: Caller,
     Path((ns, text)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Action::ModelsRead, &Resource::Namespace(&ns))?;
     let schema = state.models.schema(&ns)?;
     let path = parse_path(&ns, &text)?;
     let (found, seq) = state
@@ -342,9 +356,11 @@ pub(crate) struct DeleteQuery {
 /// which deletes them (and what refers to them) in the same batch.
 pub(crate) async fn delete_instance(
     State(state): State<AppState>,
+    caller: Caller,
     Path((ns, text)): Path<(String, String)>,
     query: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Action::ModelsWrite, &Resource::Namespace(&ns))?;
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     let _shared = state.models.schema_lock.read().await;
     let schema = state.models.schema(&ns)?;
@@ -445,9 +461,11 @@ async fn modify(
 /// `PUT /v1/namespaces/{ns}/instances/{path}` `{"properties"}`.
 pub(crate) async fn replace_instance(
     State(state): State<AppState>,
+    caller: Caller,
     Path((ns, text)): Path<(String, String)>,
     body: Result<Json<Map<String, serde_json::Value>>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Action::ModelsWrite, &Resource::Namespace(&ns))?;
     let Json(body) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
     modify(state, ns, text, properties_of(body)?, true).await
 }
@@ -455,9 +473,11 @@ pub(crate) async fn replace_instance(
 /// `PATCH /v1/namespaces/{ns}/instances/{path}` `{"properties"}`.
 pub(crate) async fn patch_instance(
     State(state): State<AppState>,
+    caller: Caller,
     Path((ns, text)): Path<(String, String)>,
     body: Result<Json<Map<String, serde_json::Value>>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Action::ModelsWrite, &Resource::Namespace(&ns))?;
     let Json(body) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
     modify(state, ns, text, properties_of(body)?, false).await
 }
@@ -510,9 +530,11 @@ async fn traverse(
 /// `GET /v1/namespaces/{ns}/instances/{path}/associators?assoc_class=&result_class=&role=&result_role=`.
 pub(crate) async fn associators(
     State(state): State<AppState>,
+    caller: Caller,
     Path((ns, text)): Path<(String, String)>,
     query: Result<Query<AssocQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Action::ModelsRead, &Resource::Namespace(&ns))?;
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     traverse(state, ns, text, q, true).await
 }
@@ -520,9 +542,11 @@ pub(crate) async fn associators(
 /// `GET /v1/namespaces/{ns}/instances/{path}/references?assoc_class=&role=`.
 pub(crate) async fn references(
     State(state): State<AppState>,
+    caller: Caller,
     Path((ns, text)): Path<(String, String)>,
     query: Result<Query<AssocQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Action::ModelsRead, &Resource::Namespace(&ns))?;
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     traverse(state, ns, text, q, false).await
 }
@@ -540,9 +564,11 @@ pub(crate) struct HistoryQuery {
 /// `since` and `until` (inclusive) are sequence numbers or RFC 3339 times.
 pub(crate) async fn history(
     State(state): State<AppState>,
+    caller: Caller,
     Path((ns, text)): Path<(String, String)>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Action::ModelsRead, &Resource::Namespace(&ns))?;
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     let limit = crate::params::page_limit(q.limit, INSTANCES_PAGE_MAX).map_err(ApiError::invalid_query)?;
     let path = parse_path(&ns, &text)?;
@@ -578,9 +604,11 @@ pub(crate) struct QueryBody {
 /// `POST /v1/namespaces/{ns}/query` `{"query": "SELECT ...", "limit"?, "cursor"?}`.
 pub(crate) async fn run_query(
     State(state): State<AppState>,
+    caller: Caller,
     Path(ns): Path<String>,
     body: Result<Json<QueryBody>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Action::ModelsRead, &Resource::Namespace(&ns))?;
     let Json(body) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
     let limit = crate::params::page_limit(body.limit, INSTANCES_PAGE_MAX).map_err(ApiError::invalid_body)?;
     let schema = state.models.schema(&ns)?;

@@ -6,11 +6,12 @@
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use pepper_router::{BackfillReport, PlacementInput, SeenMonitor};
+use pepper_router::{Action, BackfillReport, PlacementInput, Resource, SeenMonitor};
 use pepper_storage::{Body, DocDelete, MonitorState};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::supervisor::check_policy;
@@ -20,7 +21,8 @@ use crate::supervisor::POLICY_DOC_PREFIX;
 
 /// `GET /v1/recording`: the policy, what this site sees of each pattern's
 /// monitors, and its own monitors.
-pub(crate) async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn status(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    caller.require(Action::Recording, &Resource::Site)?;
     let sup = &state.supervisor;
     let me = state.store.site().to_string();
     let rows = state.store.read(|v| v.monitors()).await?;
@@ -82,8 +84,10 @@ pub(crate) struct PolicyBody {
 /// `PUT /v1/recording/policies`: adds a pattern or changes its R.
 pub(crate) async fn put_policy(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<Json<PolicyBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require(Action::Recording, &Resource::Site)?;
     let Json(p) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
     check_policy(&p.pattern, p.replicas).map_err(ApiError::invalid_body)?;
     let sup = &state.supervisor;
@@ -114,8 +118,10 @@ pub(crate) struct PatternQuery {
 /// site's monitor of it stops at the next evaluation.
 pub(crate) async fn delete_policy(
     State(state): State<AppState>,
+    caller: Caller,
     query: Result<Query<PatternQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
+    caller.require(Action::Recording, &Resource::Site)?;
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     let sup = &state.supervisor;
     let _one_at_a_time = state.policy_writes.lock().await;

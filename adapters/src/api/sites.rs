@@ -7,11 +7,15 @@ use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
+use crate::auth::Caller;
+use crate::error::ApiError;
 use crate::state::AppState;
+use pepper_router::{Action, Resource};
 
 /// `GET /v1/sites`: this site and every peer it knows, with state, last
 /// contact, latency and forwarding lag.
-pub(crate) async fn sites(State(state): State<AppState>) -> Json<Value> {
+pub(crate) async fn sites(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    caller.require(Action::Sites, &Resource::Site)?;
     let fed = &state.federation;
     let head = state.store.last_seq();
     let peers: Vec<Value> = fed.with_registry(|registry, now| {
@@ -42,7 +46,7 @@ pub(crate) async fn sites(State(state): State<AppState>) -> Json<Value> {
                 .collect()
         })
     });
-    Json(json!({
+    Ok(Json(json!({
         "site": fed.site,
         "region": fed.region(),
         "url": fed.url(),
@@ -51,5 +55,5 @@ pub(crate) async fn sites(State(state): State<AppState>) -> Json<Value> {
         "heartbeat_ms": fed.heartbeat().as_millis() as u64,
         "interests": fed.interests(),
         "peers": peers,
-    }))
+    })))
 }

@@ -42,12 +42,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use pepper_router::Pattern;
+use pepper_router::{Action, Pattern, Resource};
 use pepper_storage::{Feed, FeedItem, Record, Scan};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::limits::SNAPSHOTS_MAX;
 use crate::limits::SUBSCRIBERS_MAX;
@@ -116,6 +117,7 @@ fn start_seq(
 
 pub(crate) async fn lease_events(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
     query: Result<Query<LeaseStreamQuery>, QueryRejection>,
@@ -127,6 +129,7 @@ pub(crate) async fn lease_events(
         return Err(ApiError::no_lease(&id));
     };
     let pattern = Pattern::parse(&lease.pattern).map_err(ApiError::bad_channel)?;
+    caller.require(Action::Subscribe, &Resource::Channels(&pattern))?;
     let sub = Subscription {
         pattern,
         types: lease.types.clone(),
@@ -148,11 +151,17 @@ pub(crate) async fn lease_events(
 
 pub(crate) async fn watch(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     query: Result<Query<WatchQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     let pattern = Pattern::parse(&q.channel).map_err(ApiError::bad_channel)?;
+    caller.require(Action::Subscribe, &Resource::Channels(&pattern))?;
+    if q.snapshot {
+        // A snapshot is the subtree's latest values.
+        caller.require(Action::TuplesRead, &Resource::Channels(&pattern))?;
+    }
     let types = q.types.as_deref().map(|t| canonical_types(t.split(','))).unwrap_or_default();
     let sub = Subscription::watch(pattern, types, q.snapshot);
     let seen = state.store.last_seq();

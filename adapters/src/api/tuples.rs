@@ -35,11 +35,12 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
-use pepper_router::Channel;
+use pepper_router::{Action, Channel, Pattern, Resource};
 use pepper_storage::{now_us, Body, Error as StoreError, HistoryEntry, HistoryRange, Order, TupleCursor, TupleEnd};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::auth::{Caller, Wanted};
 use crate::error::ApiError;
 use crate::expiry::index_key;
 use crate::expiry::is_expired;
@@ -83,13 +84,28 @@ fn decode_cursor(s: &str) -> Option<TupleCursor> {
     Some(TupleCursor { channel: channel.to_string(), field: field.to_string() })
 }
 
+/// What a tuple query reads: the channel, or with `recursive` its whole
+/// subtree. A caller needs `tuples.read` over all of it: a query is
+/// refused, never answered with part of what it asked for.
+///
+/// # Errors
+/// `invalid_channel` (400).
+pub(crate) fn read_wanted(channel: &str, recursive: bool) -> Result<Wanted, ApiError> {
+    Ok(match recursive {
+        true => Wanted::Channels(Pattern::parse(channel).map_err(ApiError::bad_channel)?),
+        false => Wanted::Channel(Channel::parse(channel).map_err(ApiError::bad_channel)?),
+    })
+}
+
 /// `GET /v1/tuples?channel=&field=&recursive=&limit=&cursor=`.
 pub(crate) async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     query: Result<Query<TuplesQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     let channel = Channel::parse(&q.channel).map_err(ApiError::bad_channel)?.as_str().to_string();
+    caller.require_wanted(Action::TuplesRead, &read_wanted(&channel, q.recursive)?)?;
     let limit = page_limit(q.limit, TUPLES_PAGE_MAX).map_err(ApiError::invalid_query)?;
     let cursor = match &q.cursor {
         Some(c) => Some(decode_cursor(c).ok_or_else(|| ApiError::invalid_query("cursor is not one this API gave"))?),
@@ -142,10 +158,12 @@ fn history_json(channel: &str, field: &str, h: &HistoryEntry) -> Value {
 /// time.
 pub(crate) async fn history(
     State(state): State<AppState>,
+    caller: Caller,
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     let channel = Channel::parse(&q.channel).map_err(ApiError::bad_channel)?.as_str().to_string();
+    caller.require_wanted(Action::TuplesRead, &read_wanted(&channel, false)?)?;
     let limit = page_limit(q.limit, HISTORY_PAGE_MAX).map_err(ApiError::invalid_query)?;
     let order = match q.order.as_deref() {
         None | Some("asc") => Order::Asc,
@@ -200,10 +218,12 @@ pub(crate) struct DeleteQuery {
 /// (a `tuple.delete` record and a tombstone); its history stays.
 pub(crate) async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     query: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     let channel = Channel::parse(&q.channel).map_err(ApiError::bad_channel)?;
+    caller.require(Action::TuplesDelete, &Resource::Channel(&channel))?;
     if channel.is_reserved() {
         return Err(ApiError::reserved_channel(channel.as_str()));
     }

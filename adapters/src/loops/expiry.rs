@@ -87,6 +87,7 @@ impl Ending {
                     distribution: Distribution::All,
                     payload: json!({ "id": key }).to_string().into_bytes(),
                     assigned: Vec::new(),
+                    principal: None,
                     tuple: None,
                 });
                 Some(vec![Body::LeaseExpire(LeaseEnd { id: key.to_string() }), expired])

@@ -94,6 +94,7 @@ async fn publish_heartbeat(state: &AppState) {
         distribution: Distribution::All,
         payload: payload.to_string().into_bytes(),
         assigned: Vec::new(),
+        principal: None,
         tuple: None,
     };
     if let Err(e) = state.store.append(vec![Body::Event(event)]).await {

@@ -3,11 +3,12 @@
 //! this task reads those events from the site's feed and answers each with
 //! a `pldbattrlist` event on the reply channel, whose attributes' field
 //! names are relative to the queried subtree, within
-//! [`PLDB_REPLY_ATTRIBUTES_MAX`] and [`PLDB_REPLY_BYTES_MAX`].
+//! [`PLDB_REPLY_ATTRIBUTES_MAX`] and [`PLDB_REPLY_BYTES_MAX`]. With auth
+//! on, it answers as the request's publisher (see [`answer_pldbget`]).
 
 use std::time::Duration;
 
-use pepper_router::Channel;
+use pepper_router::{Action, Channel, Pattern, Resource};
 use pepper_storage::{now_us, Body, Error as StoreError, Event, FeedItem, Filter, Kind, Party, Target};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -46,14 +47,33 @@ struct PldbGet {
     reply: String,
 }
 
-/// The `pldbattrlist` answer to a request, or why there is none.
-async fn answer_pldbget(state: &AppState, request: &Event) -> Result<Body, String> {
+/// The `pldbattrlist` answer to a request logged by `origin`, or why there
+/// is none.
+///
+/// With auth on, the site answers as the request's publisher: only a
+/// request this site stamped (a peer's principals are not this site's),
+/// whose principal may read the whole subtree (`tuples.read`) and publish
+/// on the reply channel. Anyone who may subscribe to the reply channel
+/// reads the answer, as with any event there.
+async fn answer_pldbget(state: &AppState, origin: &str, request: &Event) -> Result<Body, String> {
     let get: PldbGet = serde_json::from_slice(&request.payload)
         .map_err(|e| format!("pldbget payload needs channel and reply: {e}"))?;
     let subtree = Channel::parse(&get.channel).map_err(|e| e.to_string())?.as_str().to_string();
     let reply = Channel::parse(&get.reply).map_err(|e| e.to_string())?;
     if reply.is_reserved() {
         return Err(format!("reply channel {} is reserved", reply.as_str()));
+    }
+    if state.auth.enabled() && origin != state.store.site() {
+        return Err(format!("a request from {origin}: with auth on, a site answers only its own principals"));
+    }
+    let Some(caller) = state.auth.acting_as(request.principal.as_deref()) else {
+        return Err("the request carries no principal this site knows".to_string());
+    };
+    let pattern = Pattern::parse(&subtree).map_err(|e| e.to_string())?;
+    if !caller.may(Action::TuplesRead, &Resource::Channels(&pattern))
+        || !caller.may(Action::Publish, &Resource::Channel(&reply))
+    {
+        return Err(format!("principal {} may not read {subtree} or publish on {}", caller.name(), reply.as_str()));
     }
     let prefix = subtree.clone();
     let (page, seq) = state
@@ -99,6 +119,7 @@ async fn answer_pldbget(state: &AppState, request: &Event) -> Result<Body, Strin
         distribution: pepper_storage::Distribution::All,
         payload: payload.to_string().into_bytes(),
         assigned: Vec::new(),
+        principal: None,
         tuple: None,
     }))
 }
@@ -133,7 +154,7 @@ pub async fn run_pldbget(state: AppState) {
             }
         };
         let Body::Event(request) = &record.body else { continue };
-        match answer_pldbget(&state, request).await {
+        match answer_pldbget(&state, &record.origin, request).await {
             Ok(reply) => {
                 if let Err(e) = state.store.append(vec![reply]).await {
                     tracing::warn!(seq = record.seq, error = %e, "pldbattrlist reply not logged");

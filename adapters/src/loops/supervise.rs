@@ -356,6 +356,7 @@ fn monitor_event(state: &AppState, a: Announce) -> Event {
         distribution: Distribution::All,
         payload: payload.to_string().into_bytes(),
         assigned: Vec::new(),
+        principal: None,
         tuple: None,
     }
 }

@@ -138,6 +138,10 @@ pub struct EventOut {
     pub time: String,
     /// The site it originated on.
     pub site: String,
+    /// The principal that published it, stamped by its origin site when
+    /// auth is on there; absent otherwise. Clients cannot set it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
 }
 
 /// Most events one publish may carry (the store's batch limit). More get 413.
@@ -225,6 +229,7 @@ impl EventIn {
             },
             payload,
             assigned: Vec::new(),
+            principal: None,
             tuple,
         };
         // The store's own rules (lengths, no control characters in the
@@ -306,6 +311,7 @@ impl EventOut {
             seq: record.seq,
             time: rfc3339_us(record.time_us),
             site: record.origin.clone(),
+            principal: e.principal.clone(),
         })
     }
 }

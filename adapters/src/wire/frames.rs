@@ -91,6 +91,7 @@ pub(crate) fn marker(channel: String, event_type: &str, origin: &str, payload: &
         distribution: Distribution::All,
         payload: payload.to_string().into_bytes(),
         assigned: Vec::new(),
+        principal: None,
         tuple: None,
     })
 }

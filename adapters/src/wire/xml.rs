@@ -570,6 +570,7 @@ mod tests {
             seq: 1,
             time: "t".into(),
             site: "lab".into(),
+            principal: None,
         };
         let xml = write_events(std::slice::from_ref(&out), false);
         let names = elements_of(&xml);

@@ -172,10 +172,13 @@ fn records_into_batch(
         materialize(engine, &mut draft.batch, &mut draft.ov.leases, seq, time_us, &rec.body)?;
         materialize_tuple(engine, &mut draft.batch, &mut draft.ov.tuples, seq, time_us, &rec.body)?;
         draft.ov.models.materialize(engine, &mut draft.batch, seq, time_us, &rec.body)?;
-        if let Body::Event(e) = &rec.body {
-            if !e.id.is_empty() {
+        match &rec.body {
+            Body::Event(e) if !e.id.is_empty() => {
                 draft.ov.ids.insert(e.id.clone(), (seq, time_us));
             }
+            Body::DocPut(d) => draft.ov.docs.push((d.key.clone(), Some((seq, d.value.clone())))),
+            Body::DocDelete(d) => draft.ov.docs.push((d.key.clone(), None)),
+            _ => {}
         }
     }
     state.tail.last_time_us = time_us;

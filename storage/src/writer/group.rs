@@ -281,6 +281,7 @@ impl Writer {
                 leases: &ov.leases,
                 tuples: &ov.tuples,
                 classes: &ov.models.classes,
+                docs: &ov.docs,
             });
         }
         // FEED-2: readers learn of a record only after its batch is durable.

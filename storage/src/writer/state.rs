@@ -118,6 +118,9 @@ pub(crate) struct Overlays {
     pub origins: HashMap<String, u64>,
     /// Updates held for importing monitors, by pattern, in log order.
     pub pending: Vec<(String, PendingUpdate)>,
+    /// Documents put (`Some`, with the seq that put it) or deleted (`None`)
+    /// in this group, in log order.
+    pub docs: Vec<crate::fold::DocChange>,
 }
 
 /// Lease `id` as the group sees it.

@@ -1,0 +1,673 @@
+//! Identity: principals, their bearer tokens and grants, and who the caller
+//! of a request is. What a caller may do is the router's rule
+//! ([`pepper_router::allows`]); this module only says who is asking.
+//!
+//! **Auth is on** when the site has an admin token (`--admin-token-file`
+//! or `PEPPER_ADMIN_TOKEN`). Then every request but `GET /v1/health` and
+//! the peer endpoints (which take the peer secret) must carry
+//! `Authorization: Bearer TOKEN`: no token or an unknown, revoked or
+//! expired one gets 401, and a token whose principal holds no grant for
+//! the request gets 403. With auth off, every caller may do everything, as
+//! before this module, and the site listens on loopback only unless told
+//! `--insecure`.
+//!
+//! **Principals** are documents in the store (`pepper/auth/principals/NAME`,
+//! JSON): a name, grants and tokens. They are written like any record, so
+//! they survive restarts and keep their history in the log, and the
+//! site's in-memory index follows the log through the store's fold
+//! ([`Principals`] is a [`pepper_storage::Fold`]).
+//!
+//! **Tokens** are `pepper_ID_SECRET`: a 16-hex-digit id that names the
+//! token, and 64 hex digits (256 bits) from the operating system's random
+//! source. Only the SHA-256 of the secret is stored; the token is shown
+//! once, when it is created. A check finds the token by its id and
+//! compares the hashes in constant time; revoked and expired tokens stay
+//! listed (with when) until their principal is removed.
+//!
+//! The **admin token** from the configuration is never stored: the site
+//! keeps its hash, and a caller presenting it is the principal `admin`,
+//! holding the `admin` grant (every action). It cannot be revoked through
+//! the API, only by restarting the site with another.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use pepper_router::{Action, Grant, Resource};
+use pepper_storage::{Committed, Fold, Store};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+
+/// Where principals are kept: one document per principal, under this
+/// prefix, named by the principal.
+pub const PRINCIPAL_DOC_PREFIX: &str = "pepper/auth/principals/";
+
+/// Most principals a site keeps; one more is refused with 409.
+pub const PRINCIPALS_MAX: usize = 10_000;
+
+/// Most tokens one principal holds, revoked and expired ones included
+/// (removing the principal clears them); one more is refused with 409.
+pub const TOKENS_PER_PRINCIPAL_MAX: usize = 32;
+
+/// Most grants one principal holds; one more is refused with 409.
+pub const GRANTS_PER_PRINCIPAL_MAX: usize = 256;
+
+/// Longest principal name, in bytes.
+pub const PRINCIPAL_NAME_BYTES_MAX: usize = 128;
+
+/// The name the configured admin token authenticates as. No stored
+/// principal may take it.
+pub const ADMIN_PRINCIPAL: &str = "admin";
+
+/// Token text: the prefix, then the id, `_`, the secret.
+const TOKEN_PREFIX: &str = "pepper_";
+const TOKEN_ID_BYTES: usize = 8;
+const TOKEN_SECRET_BYTES: usize = 32;
+
+/// A principal's name is 1 to [`PRINCIPAL_NAME_BYTES_MAX`] bytes of ASCII
+/// letters, digits, `.`, `_`, `-` and `@`, not starting with `.` (it is
+/// part of a document key and of audit lines).
+///
+/// # Errors
+/// What is wrong with it, for a 400.
+pub fn check_principal_name(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@');
+    if name.is_empty() || name.len() > PRINCIPAL_NAME_BYTES_MAX {
+        return Err(format!("a principal's name is 1 to {PRINCIPAL_NAME_BYTES_MAX} bytes"));
+    }
+    if name.starts_with('.') || !name.chars().all(ok_char) {
+        return Err(format!(
+            "principal name {name:?}: use ASCII letters, digits, '.', '_', '-' and '@', not starting with '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// A secret from the configuration (a token, a peer secret): its `Debug`
+/// never shows it, so no log line or error can carry it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `secret`.
+    pub fn new(secret: impl Into<String>) -> Secret {
+        Secret(secret.into())
+    }
+
+    /// The secret itself, for the one place that compares or sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
+}
+
+/// A grant as stored and as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantDoc {
+    /// The action's name (`publish`, `models.read`, ...).
+    pub action: String,
+    /// A channel pattern, a namespace, or `*`.
+    pub resource: String,
+}
+
+impl GrantDoc {
+    /// The grant it names.
+    ///
+    /// # Errors
+    /// The router's refusal: an unknown action, or a resource the action
+    /// does not take.
+    pub fn grant(&self) -> Result<Grant, pepper_router::Error> {
+        Grant::new(Action::parse(&self.action)?, &self.resource)
+    }
+}
+
+impl From<&Grant> for GrantDoc {
+    fn from(g: &Grant) -> GrantDoc {
+        GrantDoc { action: g.action().name().to_string(), resource: g.resource().to_string() }
+    }
+}
+
+/// A token as stored: never its secret, only the secret's hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenDoc {
+    /// The id, the public part of the token.
+    pub id: String,
+    /// SHA-256 of the secret, in hex.
+    pub hash: String,
+    /// When it was created (µs since the epoch).
+    pub created_us: u64,
+    /// When it stops working, if it does.
+    pub expires_us: Option<u64>,
+    /// When it was revoked, if it was.
+    pub revoked_us: Option<u64>,
+    /// What the token is for, as its creator wrote it.
+    #[serde(default)]
+    pub note: String,
+}
+
+/// A principal as stored in its document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalDoc {
+    /// Its name.
+    pub name: String,
+    /// What it may do.
+    pub grants: Vec<GrantDoc>,
+    /// Its tokens.
+    pub tokens: Vec<TokenDoc>,
+    /// When it was created (µs since the epoch).
+    pub created_us: u64,
+}
+
+impl PrincipalDoc {
+    /// The document's key.
+    pub fn key(name: &str) -> String {
+        format!("{PRINCIPAL_DOC_PREFIX}{name}")
+    }
+
+    /// The document's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// A principal as the index holds it: its grants parsed.
+#[derive(Debug)]
+pub struct Principal {
+    /// The stored document.
+    pub doc: PrincipalDoc,
+    /// Its grants, parsed.
+    pub grants: Vec<Grant>,
+    /// The sequence number of the record that last wrote it.
+    pub seq: u64,
+}
+
+/// A newly made token: the text to show once, and what to store.
+pub struct NewToken {
+    /// The whole token, `pepper_ID_SECRET`.
+    pub text: String,
+    /// What the store keeps of it.
+    pub doc: TokenDoc,
+}
+
+/// SHA-256 of `secret`.
+fn digest(secret: &[u8]) -> [u8; 32] {
+    Sha256::digest(secret).into()
+}
+
+/// Makes a token from the operating system's random source.
+pub fn new_token(created_us: u64, expires_us: Option<u64>, note: String) -> NewToken {
+    let mut id = [0u8; TOKEN_ID_BYTES];
+    let mut secret = [0u8; TOKEN_SECRET_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let (id, secret) = (hex::encode(id), hex::encode(secret));
+    let hash = hex::encode(digest(secret.as_bytes()));
+    NewToken {
+        text: format!("{TOKEN_PREFIX}{id}_{secret}"),
+        doc: TokenDoc { id, hash, created_us, expires_us, revoked_us: None, note },
+    }
+}
+
+/// The id and secret of a token's text, if it has a token's shape.
+fn split_token(text: &str) -> Option<(&str, &str)> {
+    let (id, secret) = text.strip_prefix(TOKEN_PREFIX)?.split_once('_')?;
+    let hex_of = |s: &str, bytes: usize| s.len() == 2 * bytes && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex_of(id, TOKEN_ID_BYTES) && hex_of(secret, TOKEN_SECRET_BYTES)).then_some((id, secret))
+}
+
+/// Whether `given` hashes to `hash` (hex), compared in constant time.
+fn hash_matches(given: &[u8], hash: &str) -> bool {
+    let Ok(want) = hex::decode(hash) else { return false };
+    digest(given).ct_eq(want.as_slice()).into()
+}
+
+/// Whether `given` is `secret`, in time independent of where they differ
+/// and of their lengths (both are hashed first). For the peer secret.
+pub fn secret_matches(given: &[u8], secret: &[u8]) -> bool {
+    digest(given).ct_eq(&digest(secret)).into()
+}
+
+/// The site's principals, indexed by name and by token id, following the
+/// log.
+#[derive(Default)]
+pub struct Principals {
+    index: RwLock<Index>,
+}
+
+#[derive(Default)]
+struct Index {
+    by_name: BTreeMap<String, Arc<Principal>>,
+    /// Token id to principal name.
+    by_token: HashMap<String, String>,
+}
+
+impl Index {
+    fn remove(&mut self, name: &str) {
+        if let Some(old) = self.by_name.remove(name) {
+            for t in &old.doc.tokens {
+                self.by_token.remove(&t.id);
+            }
+        }
+    }
+
+    /// Applies a document written at `seq`; a document that does not parse
+    /// (which the API never writes) is logged and leaves the principal out.
+    fn put(&mut self, key: &str, seq: u64, value: &[u8]) {
+        let Some(name) = key.strip_prefix(PRINCIPAL_DOC_PREFIX) else { return };
+        if self.by_name.get(name).is_some_and(|p| p.seq >= seq) {
+            return;
+        }
+        self.remove(name);
+        let parsed = serde_json::from_slice::<PrincipalDoc>(value).map_err(|e| e.to_string()).and_then(|doc| {
+            let grants =
+                doc.grants.iter().map(|g| g.grant().map_err(|e| e.to_string())).collect::<Result<Vec<_>, _>>()?;
+            Ok((doc, grants))
+        });
+        match parsed {
+            Ok((doc, grants)) => {
+                for t in &doc.tokens {
+                    self.by_token.insert(t.id.clone(), name.to_string());
+                }
+                self.by_name.insert(name.to_string(), Arc::new(Principal { doc, grants, seq }));
+            }
+            Err(e) => {
+                tracing::error!(principal = name, error = %e, "a stored principal does not parse; it is left out")
+            }
+        }
+    }
+}
+
+impl Fold for Principals {
+    fn committed(&self, group: &Committed<'_>) {
+        let mut docs = group.docs().filter(|(key, _)| key.starts_with(PRINCIPAL_DOC_PREFIX)).peekable();
+        if docs.peek().is_none() {
+            return;
+        }
+        let mut index = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (key, doc) in docs {
+            match doc {
+                Some((seq, value)) => index.put(key, seq, value),
+                None => {
+                    if let Some(name) = key.strip_prefix(PRINCIPAL_DOC_PREFIX) {
+                        index.remove(name);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Most principal documents read per page while loading.
+const LOAD_PAGE: usize = 1000;
+
+impl Principals {
+    /// Loads every stored principal. Register the fold first, so a write
+    /// between the two is not missed (entries are versioned by seq).
+    ///
+    /// # Errors
+    /// Store read errors.
+    pub async fn load(&self, store: &Store) -> Result<(), pepper_storage::Error> {
+        let mut after: Option<String> = None;
+        loop {
+            let from = after.clone();
+            let page = store.read(move |v| v.docs(PRINCIPAL_DOC_PREFIX, from.as_deref(), LOAD_PAGE)).await?;
+            {
+                let mut index = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                for doc in &page.items {
+                    index.put(&doc.key, doc.seq, &doc.value);
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// The principal named `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Principal>> {
+        self.index.read().unwrap_or_else(std::sync::PoisonError::into_inner).by_name.get(name).cloned()
+    }
+
+    /// Every principal, by name.
+    pub fn all(&self) -> Vec<Arc<Principal>> {
+        self.index.read().unwrap_or_else(std::sync::PoisonError::into_inner).by_name.values().cloned().collect()
+    }
+
+    /// How many principals there are.
+    pub fn len(&self) -> usize {
+        self.index.read().unwrap_or_else(std::sync::PoisonError::into_inner).by_name.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The principal holding the token with this id.
+    fn by_token(&self, id: &str) -> Option<Arc<Principal>> {
+        let index = self.index.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        index.by_token.get(id).and_then(|name| index.by_name.get(name)).cloned()
+    }
+}
+
+/// The site's identity settings and principals.
+pub struct Auth {
+    /// SHA-256 of the admin token; `None`: auth is off.
+    admin: Option<[u8; 32]>,
+    /// SHA-256 of the peer secret, which a federated query's legs carry.
+    peer: Option<[u8; 32]>,
+    /// The stored principals.
+    pub principals: Arc<Principals>,
+}
+
+/// Who is asking.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    /// Auth is off: every request is allowed.
+    Open,
+    /// The configured admin token.
+    Admin,
+    /// A stored principal, by one of its tokens.
+    Principal(Arc<Principal>),
+    /// Another site, by the peer secret, asking a leg of a federated query
+    /// its own site allowed: it may read tuples and models, nothing else.
+    Peer,
+}
+
+/// What a request acts on, owned (a [`Resource`] borrows).
+#[derive(Clone, Debug)]
+pub enum Wanted {
+    /// One channel.
+    Channel(pepper_router::Channel),
+    /// Every channel of a pattern.
+    Channels(pepper_router::Pattern),
+    /// A model namespace.
+    Namespace(String),
+    /// The site itself.
+    Site,
+}
+
+impl Wanted {
+    /// The channels under `prefix` (a channel name), or every channel.
+    ///
+    /// # Errors
+    /// `invalid_channel` (400) for a prefix that is not a channel.
+    pub fn subtree(prefix: Option<&str>) -> Result<Wanted, ApiError> {
+        let pattern = pepper_router::Pattern::parse(prefix.unwrap_or("/")).map_err(ApiError::bad_channel)?;
+        Ok(Wanted::Channels(pattern))
+    }
+
+    /// The borrowed form.
+    pub fn resource(&self) -> Resource<'_> {
+        match self {
+            Wanted::Channel(c) => Resource::Channel(c),
+            Wanted::Channels(p) => Resource::Channels(p),
+            Wanted::Namespace(ns) => Resource::Namespace(ns),
+            Wanted::Site => Resource::Site,
+        }
+    }
+}
+
+impl Caller {
+    /// The principal's name (`admin` for the admin token, `anonymous` with
+    /// auth off).
+    pub fn name(&self) -> &str {
+        match self {
+            Caller::Open => "anonymous",
+            Caller::Admin => ADMIN_PRINCIPAL,
+            Caller::Principal(p) => &p.doc.name,
+            Caller::Peer => "peer",
+        }
+    }
+
+    /// The principal an event it publishes is stamped with: its name when
+    /// auth is on, none with auth off.
+    pub fn stamp(&self) -> Option<String> {
+        match self {
+            Caller::Open | Caller::Peer => None,
+            Caller::Admin | Caller::Principal(_) => Some(self.name().to_string()),
+        }
+    }
+
+    /// Whether the caller may do `action` on `resource`.
+    pub fn may(&self, action: Action, resource: &Resource<'_>) -> bool {
+        match self {
+            Caller::Open | Caller::Admin => true,
+            Caller::Principal(p) => pepper_router::allows(&p.grants, action, resource),
+            Caller::Peer => matches!(action, Action::TuplesRead | Action::ModelsRead),
+        }
+    }
+
+    /// [`Caller::require`] on an owned resource.
+    ///
+    /// # Errors
+    /// `forbidden` (403).
+    pub fn require_wanted(&self, action: Action, wanted: &Wanted) -> Result<(), ApiError> {
+        self.require(action, &wanted.resource())
+    }
+
+    /// `Ok` when the caller may do `action` on `resource`, else a 403 that
+    /// names the principal, the action and the resource.
+    ///
+    /// # Errors
+    /// `forbidden` (403).
+    pub fn require(&self, action: Action, resource: &Resource<'_>) -> Result<(), ApiError> {
+        if self.may(action, resource) {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(format!(
+            "principal {} may not {} on {resource}: no grant of {} covers it",
+            self.name(),
+            action,
+            action
+        )))
+    }
+}
+
+impl Auth {
+    /// Identity for a site whose admin token is `admin_token` (`None`: auth
+    /// off).
+    /// `peer_secret` is the federation's, if any: a federated query's legs
+    /// carry it.
+    pub fn new(admin_token: Option<&str>, peer_secret: Option<&str>, principals: Arc<Principals>) -> Auth {
+        Auth {
+            admin: admin_token.map(|t| digest(t.as_bytes())),
+            peer: peer_secret.map(|t| digest(t.as_bytes())),
+            principals,
+        }
+    }
+
+    /// Whether auth is on.
+    pub fn enabled(&self) -> bool {
+        self.admin.is_some()
+    }
+
+    /// The caller an event this site stamped with `principal` acts as, for
+    /// work the site does on its publisher's behalf (a `pldbget` reply):
+    /// everyone with auth off; with auth on, the named principal as it is
+    /// now (a removed one is no one).
+    pub fn acting_as(&self, principal: Option<&str>) -> Option<Caller> {
+        if !self.enabled() {
+            return Some(Caller::Open);
+        }
+        match principal? {
+            ADMIN_PRINCIPAL => Some(Caller::Admin),
+            name => self.principals.get(name).map(Caller::Principal),
+        }
+    }
+
+    /// Who presents `authorization` (the header's value, if any) at `now_us`.
+    ///
+    /// # Errors
+    /// `unauthorized` (401): auth is on and there is no bearer token, or it
+    /// is unknown, revoked or expired. The message says which, but never
+    /// echoes the token.
+    pub fn authenticate(&self, authorization: Option<&str>, now_us: u64) -> Result<Caller, ApiError> {
+        let Some(admin) = &self.admin else { return Ok(Caller::Open) };
+        let Some(token) = authorization.and_then(|v| v.strip_prefix("Bearer ")).map(str::trim) else {
+            return Err(ApiError::unauthorized("this site requires a token: send Authorization: Bearer TOKEN"));
+        };
+        let given = digest(token.as_bytes());
+        if bool::from(given.ct_eq(admin)) {
+            return Ok(Caller::Admin);
+        }
+        if self.peer.is_some_and(|peer| bool::from(given.ct_eq(&peer))) {
+            return Ok(Caller::Peer);
+        }
+        let unknown = || ApiError::unauthorized("unknown token");
+        let (id, secret) = split_token(token).ok_or_else(unknown)?;
+        let principal = self.principals.by_token(id).ok_or_else(unknown)?;
+        let stored = principal.doc.tokens.iter().find(|t| t.id == id).ok_or_else(unknown)?;
+        if !hash_matches(secret.as_bytes(), &stored.hash) {
+            return Err(unknown());
+        }
+        if stored.revoked_us.is_some() {
+            return Err(ApiError::unauthorized(format!("token {id} was revoked")));
+        }
+        if stored.expires_us.is_some_and(|at| at <= now_us) {
+            return Err(ApiError::unauthorized(format!("token {id} has expired")));
+        }
+        Ok(Caller::Principal(principal))
+    }
+}
+
+/// Whether `path` is answered without a token: health, for load
+/// balancers, and the peer endpoints, which check the peer secret
+/// themselves.
+fn open_path(path: &str) -> bool {
+    path == "/v1/health" || path.starts_with("/v1/peer/")
+}
+
+/// Axum middleware: works out who the caller is and puts the [`Caller`] in
+/// the request's extensions for the handlers, or answers 401.
+pub(crate) async fn identify(
+    axum::extract::State(auth): axum::extract::State<Arc<Auth>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if open_path(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let header = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match auth.authenticate(header, pepper_storage::now_us()) {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Caller, ApiError> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the request reached its handler without being identified",
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal_with(token: &NewToken, grants: &[(&str, &str)]) -> Principals {
+        let doc = PrincipalDoc {
+            name: "ops".into(),
+            grants: grants.iter().map(|(a, r)| GrantDoc { action: (*a).into(), resource: (*r).into() }).collect(),
+            tokens: vec![token.doc.clone()],
+            created_us: 1,
+        };
+        let principals = Principals::default();
+        principals.index.write().expect("index").put(&PrincipalDoc::key("ops"), 5, &doc.encode());
+        principals
+    }
+
+    #[test]
+    fn tokens_authenticate_their_principal_and_nothing_else() {
+        let token = new_token(1, Some(1_000), String::new());
+        assert!(token.text.starts_with("pepper_") && token.text.len() == 7 + 16 + 1 + 64, "{}", token.text);
+        assert!(!token.doc.hash.contains(&token.text[24..]), "the secret is not stored");
+        let auth = Auth::new(
+            Some("the-admin-token"),
+            Some("peer-secret"),
+            Arc::new(principal_with(&token, &[("publish", "/a/")])),
+        );
+        let caller = auth.authenticate(Some(&format!("Bearer {}", token.text)), 10).expect("valid");
+        assert_eq!(caller.name(), "ops");
+        let a = pepper_router::Channel::parse("/a/x/").expect("channel");
+        let b = pepper_router::Channel::parse("/b/").expect("channel");
+        assert!(caller.may(Action::Publish, &Resource::Channel(&a)));
+        let e = caller.require(Action::Publish, &Resource::Channel(&b)).expect_err("forbidden");
+        assert_eq!((e.status().as_u16(), e.code()), (403, "forbidden"));
+        assert!(e.message().contains("ops") && e.message().contains("/b/"), "{}", e.message());
+        assert!(matches!(auth.authenticate(Some("Bearer the-admin-token"), 10), Ok(Caller::Admin)));
+        let peer = auth.authenticate(Some("Bearer peer-secret"), 10).expect("peer");
+        assert!(peer.may(Action::TuplesRead, &Resource::Channel(&a)));
+        assert!(!peer.may(Action::Publish, &Resource::Channel(&a)), "a peer leg only reads");
+        // Expired, unknown, malformed, missing: 401, never the token echoed.
+        let expired = auth.authenticate(Some(&format!("Bearer {}", token.text)), 1_000).expect_err("expired");
+        assert!(expired.message().contains("expired"), "{}", expired.message());
+        let mut wrong = token.text.clone();
+        wrong.replace_range(30..31, if &wrong[30..31] == "0" { "1" } else { "0" });
+        for header in [Some(format!("Bearer {wrong}")), Some("Bearer nope".into()), Some("Basic x".into()), None] {
+            let e = auth.authenticate(header.as_deref(), 10).expect_err("refused");
+            assert_eq!(e.status().as_u16(), 401, "{header:?}");
+            assert!(!e.message().contains(&wrong[24..]), "{}", e.message());
+        }
+    }
+
+    #[test]
+    fn with_auth_off_everyone_may_do_everything() {
+        let auth = Auth::new(None, None, Arc::new(Principals::default()));
+        assert!(!auth.enabled());
+        let caller = auth.authenticate(None, 0).expect("open");
+        assert!(caller.may(Action::Admin, &Resource::Site));
+    }
+
+    #[test]
+    fn the_index_follows_writes_by_seq_and_drops_revoked_tokens_from_nothing() {
+        let token = new_token(1, None, String::new());
+        let principals = principal_with(&token, &[]);
+        // An older write of the same principal is ignored.
+        let older = PrincipalDoc { name: "ops".into(), grants: vec![], tokens: vec![], created_us: 1 };
+        principals.index.write().expect("index").put(&PrincipalDoc::key("ops"), 4, &older.encode());
+        assert_eq!(principals.get("ops").expect("ops").doc.tokens.len(), 1);
+        // A newer one replaces it, and its tokens' ids go with it.
+        principals.index.write().expect("index").put(&PrincipalDoc::key("ops"), 6, &older.encode());
+        assert!(principals.by_token(&token.doc.id).is_none());
+        principals.index.write().expect("index").remove("ops");
+        assert!(principals.is_empty());
+    }
+
+    #[test]
+    fn names_and_secrets() {
+        for ok in ["ops", "deploy-bot@lab.example", "a.b_c"] {
+            assert!(check_principal_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".hidden", "a/b", "a b", "é", &"x".repeat(129)] {
+            assert!(check_principal_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(secret_matches(b"s3cret", b"s3cret"));
+        assert!(!secret_matches(b"s3cret", b"s3cret-longer"));
+        assert!(!secret_matches(b"", b"s3cret"));
+    }
+}
