@@ -14,6 +14,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod agent;
+mod auth_cli;
 mod model_cli;
 
 use pepper::config::{self, host_name};
@@ -32,6 +33,10 @@ use pepper_adapters::{Site, SiteConfig};
     about = "Decentralized fleet management: durable pub/sub, node-state recall, federation"
 )]
 struct Cli {
+    /// The bearer token for a site with auth on (docs/security.md). Prefer
+    /// the environment variable: a flag shows in `ps`.
+    #[arg(long, env = "PEPPER_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -137,6 +142,14 @@ enum Command {
         #[arg(long, env = "PEPPER_SERVER", default_value = "http://127.0.0.1:7171")]
         server: String,
     },
+    /// Principals, tokens and grants (docs/security.md), and who you are.
+    Auth {
+        /// The site to talk to.
+        #[arg(long, env = "PEPPER_SERVER", default_value = "http://127.0.0.1:7171", global = true)]
+        server: String,
+        #[command(subcommand)]
+        command: auth_cli::AuthCommand,
+    },
     /// List the site's live leases.
     Leases {
         /// The site to talk to.
@@ -196,6 +209,22 @@ macro_rules! out {
     }};
 }
 
+/// How long a CLI request may take (a watch has no limit).
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The CLI's HTTP client: every request carries `token` as a bearer token,
+/// marked sensitive so it is never shown in debug output.
+pub(crate) fn http_client(token: Option<&str>, timeout: Option<Duration>) -> anyhow::Result<reqwest::blocking::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .map_err(|_| anyhow::anyhow!("the token has characters an HTTP header cannot carry"))?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    Ok(reqwest::blocking::Client::builder().default_headers(headers).timeout(timeout).build()?)
+}
+
 /// Whether an error is stdout closing under the command: not a failure to
 /// report, just the end of its reader's interest.
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -208,16 +237,21 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let token = cli.token.as_deref();
     let result = match cli.command {
         Command::Serve(args) => config::resolve(*args).and_then(serve),
         Command::Check { data } => check(&data),
-        Command::Send(args) => send(args),
-        Command::Watch { channel, types, from_seq, server } => watch(&server, &channel, types.as_deref(), from_seq),
-        Command::Leases { server } => leases(&server),
-        Command::Recording { set, drop, server } => recording(&server, set.as_deref(), drop.as_deref()),
-        Command::Model { namespace, server, command } => model_cli::run(&server, &namespace, command),
+        Command::Send(args) => send(args, token),
+        Command::Watch { channel, types, from_seq, server } => {
+            watch(&server, token, &channel, types.as_deref(), from_seq)
+        }
+        Command::Leases { server } => leases(&server, token),
+        Command::Recording { set, drop, server } => recording(&server, token, set.as_deref(), drop.as_deref()),
+        Command::Model { namespace, server, command } => model_cli::run(&server, token, &namespace, command),
+        Command::Auth { server, command } => auth_cli::run(&server, token, command),
         Command::Agent { server, authority, interval_s, expire_s, root } => agent::run(agent::AgentConfig {
             server,
+            token: token.map(str::to_string),
             authority,
             interval: Duration::from_secs(interval_s),
             expire_s,
@@ -225,7 +259,7 @@ fn main() -> ExitCode {
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Tuples { channel, field, recursive, history, since, until, server } => {
-            tuples(&server, &channel, field.as_deref(), recursive, history.then_some((since, until)))
+            tuples(&server, token, &channel, field.as_deref(), recursive, history.then_some((since, until)))
         }
     };
     match result {
@@ -251,7 +285,12 @@ fn check(data: &std::path::Path) -> anyhow::Result<ExitCode> {
 /// Sends a request and prints the JSON answer, or the API's error message.
 fn answer(response: reqwest::blocking::Response) -> anyhow::Result<ExitCode> {
     let status = response.status();
-    let body: serde_json::Value = response.json().context("the server's answer is not JSON")?;
+    let text = response.text().context("the server's answer was cut off")?;
+    if status.is_success() && text.trim().is_empty() {
+        // 204: done, nothing to show.
+        return Ok(ExitCode::SUCCESS);
+    }
+    let body: serde_json::Value = serde_json::from_str(&text).context("the server's answer is not JSON")?;
     if status.is_success() {
         out!("{body}");
         return Ok(ExitCode::SUCCESS);
@@ -261,8 +300,8 @@ fn answer(response: reqwest::blocking::Response) -> anyhow::Result<ExitCode> {
     anyhow::bail!("{status} {code}: {message}")
 }
 
-fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
-    let http = reqwest::blocking::Client::new();
+fn send(args: SendArgs, token: Option<&str>) -> anyhow::Result<ExitCode> {
+    let http = http_client(token, Some(HTTP_TIMEOUT))?;
     let url = format!("{}/v1/events", args.server.trim_end_matches('/'));
     let request = match (&args.xml, &args.channel) {
         (Some(file), _) => {
@@ -311,9 +350,9 @@ fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
 
 /// `pepper recording`: prints one line per pattern and the monitors seen,
 /// or changes the policy.
-fn recording(server: &str, set: Option<&str>, drop: Option<&str>) -> anyhow::Result<ExitCode> {
+fn recording(server: &str, token: Option<&str>, set: Option<&str>, drop: Option<&str>) -> anyhow::Result<ExitCode> {
     let root = server.trim_end_matches('/');
-    let http = reqwest::blocking::Client::new();
+    let http = http_client(token, Some(HTTP_TIMEOUT))?;
     if let Some(entry) = set {
         let (pattern, replicas) = pepper_adapters::supervisor::parse_policy(entry).map_err(anyhow::Error::msg)?;
         let response = http
@@ -361,9 +400,10 @@ fn recording(server: &str, set: Option<&str>, drop: Option<&str>) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
-fn leases(server: &str) -> anyhow::Result<ExitCode> {
+fn leases(server: &str, token: Option<&str>) -> anyhow::Result<ExitCode> {
     let url = format!("{}/v1/leases", server.trim_end_matches('/'));
-    let response = reqwest::blocking::get(&url).with_context(|| format!("cannot reach {server}"))?;
+    let response =
+        http_client(token, Some(HTTP_TIMEOUT))?.get(&url).send().with_context(|| format!("cannot reach {server}"))?;
     if !response.status().is_success() {
         return answer(response);
     }
@@ -388,12 +428,13 @@ fn leases(server: &str) -> anyhow::Result<ExitCode> {
 /// Prints latest values (following every page) or one tuple's history.
 fn tuples(
     server: &str,
+    token: Option<&str>,
     channel: &str,
     field: Option<&str>,
     recursive: bool,
     history: Option<(Option<String>, Option<String>)>,
 ) -> anyhow::Result<ExitCode> {
-    let http = reqwest::blocking::Client::new();
+    let http = http_client(token, Some(HTTP_TIMEOUT))?;
     let root = server.trim_end_matches('/');
     if let (Some((since, until)), Some(field)) = (history, field) {
         let mut query = vec![("channel", channel.to_string()), ("field", field.to_string()), ("limit", "1000".into())];
@@ -452,9 +493,15 @@ fn tuples(
 /// Longest wait between reconnection attempts of `pepper watch`.
 const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-fn watch(server: &str, channel: &str, types: Option<&str>, from_seq: Option<u64>) -> anyhow::Result<ExitCode> {
+fn watch(
+    server: &str,
+    token: Option<&str>,
+    channel: &str,
+    types: Option<&str>,
+    from_seq: Option<u64>,
+) -> anyhow::Result<ExitCode> {
     use std::io::{BufRead, Write};
-    let http = reqwest::blocking::Client::builder().timeout(None).build()?;
+    let http = http_client(token, None)?;
     let root = server.trim_end_matches('/');
     // Pin the start to a sequence number, so a reconnect before the first
     // event still resumes exactly where this watch began.
@@ -532,6 +579,7 @@ fn watch(server: &str, channel: &str, types: Option<&str>, from_seq: Option<u64>
 fn serve(site: config::Site) -> anyhow::Result<ExitCode> {
     let config::Site { data, listen, options, api, agent, server, insecure } = site;
     let auth = api.admin_token.is_some();
+    let agent_token = api.admin_token.as_ref().map(|t| t.expose().to_string());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let store = runtime.block_on(async {
         let site = Site::open(SiteConfig { data: data.clone(), listen, options, api, server }).await?;
@@ -549,6 +597,9 @@ fn serve(site: config::Site) -> anyhow::Result<ExitCode> {
             std::thread::Builder::new().name("pepper-agent".into()).spawn(move || {
                 let config = agent::AgentConfig {
                     server: format!("http://{target}"),
+                    // The site's own agent, in its process: with auth on it
+                    // acts with the site's admin token.
+                    token: agent_token.clone(),
                     authority,
                     interval: Duration::from_secs(10),
                     expire_s: 300,

@@ -137,8 +137,8 @@ fn json_object(text: &str) -> anyhow::Result<serde_json::Value> {
 }
 
 /// Runs one `pepper model` command against `server`.
-pub fn run(server: &str, namespace: &str, command: ModelCommand) -> anyhow::Result<ExitCode> {
-    let http = reqwest::blocking::Client::new();
+pub fn run(server: &str, token: Option<&str>, namespace: &str, command: ModelCommand) -> anyhow::Result<ExitCode> {
+    let http = crate::http_client(token, Some(crate::HTTP_TIMEOUT))?;
     let request = match command {
         ModelCommand::Classes { class: None } => http.get(url(server, namespace, &["classes"])?),
         ModelCommand::Classes { class: Some(c) } => http.get(url(server, namespace, &["classes", &c])?),

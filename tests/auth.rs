@@ -364,3 +364,52 @@ fn events_are_stamped_with_their_principal_and_pldbget_answers_as_it() {
         assert_eq!(e["principal"], "nosy", "{e}");
     }
 }
+
+/// The CLI end to end: `pepper auth` manages principals with the admin
+/// token from `PEPPER_TOKEN`, and every command takes the token the same way.
+#[test]
+fn the_cli_manages_principals_and_sends_with_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = site(dir.path());
+    let pepper = |token: Option<&str>, args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pepper"));
+        command.args(args).env("PEPPER_SERVER", &server.url).env_remove("PEPPER_TOKEN");
+        if let Some(t) = token {
+            command.env("PEPPER_TOKEN", t);
+        }
+        let out = command.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = pepper(Some(ADMIN), &["auth", "principal", "add", "ops", "--grant", "publish=/x/"]);
+    assert!(ok, "{text}");
+    let (ok, text) = pepper(Some(ADMIN), &["auth", "principal", "add", "bad", "--grant", "publish"]);
+    assert!(!ok && text.contains("ACTION=RESOURCE"), "{text}");
+    let (ok, text) = pepper(Some(ADMIN), &["auth", "token", "create", "ops", "--note", "cli test"]);
+    assert!(ok, "{text}");
+    let created: Value = serde_json::from_str(text.trim()).unwrap();
+    let token = created["token"].as_str().unwrap().to_string();
+    let (ok, text) = pepper(Some(&token), &["auth", "whoami"]);
+    assert!(ok && text.contains("\"ops\""), "{text}");
+    let (ok, text) = pepper(Some(&token), &["send", "/x/a/", "--type", "t"]);
+    assert!(ok, "{text}");
+    let (ok, text) = pepper(None, &["send", "/x/a/", "--type", "t"]);
+    assert!(!ok && text.contains("401"), "{text}");
+    let (ok, text) = pepper(Some(&token), &["send", "/y/", "--type", "t"]);
+    assert!(!ok && text.contains("403"), "{text}");
+    let (ok, text) = pepper(Some(ADMIN), &["auth", "grant", "ops", "subscribe", "/x/"]);
+    assert!(ok, "{text}");
+    let (ok, text) = pepper(Some(&token), &["leases"]);
+    assert!(ok && text.contains("0 lease(s)"), "{text}");
+    let (ok, text) = pepper(Some(ADMIN), &["auth", "revoke", "ops", "subscribe", "/x/"]);
+    assert!(ok, "{text}");
+    let id = &token[7..23];
+    let (ok, text) = pepper(Some(ADMIN), &["auth", "token", "revoke", "ops", id]);
+    assert!(ok, "{text}");
+    let (ok, text) = pepper(Some(&token), &["auth", "whoami"]);
+    assert!(!ok && text.contains("revoked"), "{text}");
+    let (ok, text) = pepper(Some(ADMIN), &["auth", "principal", "list"]);
+    assert!(ok && text.contains("revoked_at") && !text.contains(&token[24..]), "{text}");
+    let (ok, text) = pepper(Some(ADMIN), &["auth", "principal", "remove", "ops"]);
+    assert!(ok, "{text}");
+}
