@@ -37,7 +37,9 @@ fn now_us() -> u64 {
 
 fn site(name: &str, peer: Option<&Server>) -> Server {
     let peer_arg = peer.map(|p| format!("a={}", p.url));
-    let mut args = vec!["--site", name, "--peer-secret", SECRET, "--heartbeat-ms", "200"];
+    let dir = std::env::temp_dir().join(format!("pepper-bench-{}", std::process::id()));
+    let secret = common::secret_file(&dir, SECRET);
+    let mut args = vec!["--site", name, "--peer-secret-file", &secret, "--heartbeat-ms", "200"];
     if let Some(p) = &peer_arg {
         args.extend(["--peer", p.as_str()]);
     }

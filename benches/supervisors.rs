@@ -34,13 +34,15 @@ const PATTERN: &str = "/bench/node/";
 
 fn site(name: &str, region: &str, seed: Option<&Server>, interval_ms: &str) -> Server {
     let peer = seed.map(|p| format!("s1={}", p.url));
+    let dir = std::env::temp_dir().join(format!("pepper-bench-{}", std::process::id()));
+    let secret = common::secret_file(&dir, SECRET);
     let mut args = vec![
         "--site",
         name,
         "--region",
         region,
-        "--peer-secret",
-        SECRET,
+        "--peer-secret-file",
+        &secret,
         "--heartbeat-ms",
         "100",
         "--monitor-interval-ms",

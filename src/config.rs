@@ -18,7 +18,7 @@
 //! region = "eu-west"
 //! url = "http://10.0.0.5:7171"  # how peers reach this site
 //! peers = ["lab-2=http://10.0.0.6:7171"]
-//! peer_secret = "change me"     # or PEPPER_PEER_SECRET
+//! peer_secret_file = "/etc/pepper/peer-secret"  # or PEPPER_PEER_SECRET
 //! heartbeat_ms = 1000
 //!
 //! # Recording policy (docs/supervisors.md): subtrees kept by R monitors
@@ -191,10 +191,12 @@ pub struct ServeArgs {
     /// other from their announcements.
     #[arg(long = "peer", env = "PEPPER_PEERS", value_delimiter = ',')]
     peers: Vec<String>,
-    /// The shared secret of site-to-site requests; without it the site
-    /// takes part in no federation.
-    #[arg(long, env = "PEPPER_PEER_SECRET", hide_env_values = true)]
-    peer_secret: Option<String>,
+    /// A file holding the shared secret of site-to-site requests (its first
+    /// line); without a secret the site takes part in no federation. The
+    /// secret itself may instead be in PEPPER_PEER_SECRET; it is never a
+    /// flag, which `ps` would show.
+    #[arg(long, env = "PEPPER_PEER_SECRET_FILE")]
+    peer_secret_file: Option<PathBuf>,
     /// Milliseconds between heartbeats to peers [default: 1000].
     #[arg(long, env = "PEPPER_HEARTBEAT_MS", value_parser = clap::value_parser!(u64).range(10..=60_000))]
     heartbeat_ms: Option<u64>,
@@ -247,6 +249,7 @@ struct FileConfig {
     #[serde(default)]
     peers: Vec<String>,
     peer_secret: Option<String>,
+    peer_secret_file: Option<PathBuf>,
     heartbeat_ms: Option<u64>,
     #[serde(default)]
     record: Vec<String>,
@@ -387,7 +390,7 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
         region: args.region.or(file.region),
         url: args.url.or(file.url),
         peers,
-        secret: args.peer_secret.or(file.peer_secret).filter(|s| !s.is_empty()),
+        secret: peer_secret(args.peer_secret_file.or(file.peer_secret_file), file.peer_secret)?,
         heartbeat: Duration::from_millis(heartbeat_ms),
     };
     let record = if args.record.is_empty() { file.record } else { args.record };
@@ -453,22 +456,38 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
 /// memory is guessable.
 pub const ADMIN_TOKEN_CHARS_MIN: usize = 32;
 
+/// A secret from the first line of `file`, or else the environment
+/// variable `var`, with where it came from; `None` when neither is set.
+///
+/// # Errors
+/// An unreadable file.
+fn secret_from(file: Option<PathBuf>, var: &str, what: &str) -> anyhow::Result<Option<(String, String)>> {
+    match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read the {what} file {}", path.display()))?;
+            Ok(Some((text.lines().next().unwrap_or_default().trim().to_string(), path.display().to_string())))
+        }
+        None => Ok(std::env::var(var).ok().map(|s| (s.trim().to_string(), var.to_string()))),
+    }
+}
+
+/// The peer secret: the first line of `file`, or `PEPPER_PEER_SECRET`, or
+/// the config file's `peer_secret`; an empty one is none.
+///
+/// # Errors
+/// An unreadable file.
+fn peer_secret(file: Option<PathBuf>, in_config: Option<String>) -> anyhow::Result<Option<String>> {
+    let found = secret_from(file, "PEPPER_PEER_SECRET", "peer secret")?.map(|(s, _)| s).or(in_config);
+    Ok(found.filter(|s| !s.is_empty()))
+}
+
 /// The admin token: the first line of `file`, or else `PEPPER_ADMIN_TOKEN`.
 ///
 /// # Errors
 /// An unreadable file, or a token shorter than [`ADMIN_TOKEN_CHARS_MIN`].
 fn admin_token(file: Option<PathBuf>) -> anyhow::Result<Option<pepper_adapters::auth::Secret>> {
-    let (token, from) = match file {
-        Some(path) => {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
-            (text.lines().next().unwrap_or_default().trim().to_string(), path.display().to_string())
-        }
-        None => match std::env::var("PEPPER_ADMIN_TOKEN") {
-            Ok(token) => (token.trim().to_string(), "PEPPER_ADMIN_TOKEN".to_string()),
-            Err(_) => return Ok(None),
-        },
-    };
+    let Some((token, from)) = secret_from(file, "PEPPER_ADMIN_TOKEN", "admin token")? else { return Ok(None) };
     if token.chars().count() < ADMIN_TOKEN_CHARS_MIN || token.chars().any(|c| c.is_control()) {
         anyhow::bail!(
             "the admin token in {from} must be at least {ADMIN_TOKEN_CHARS_MIN} characters without control \

@@ -413,3 +413,65 @@ fn the_cli_manages_principals_and_sends_with_a_token() {
     let (ok, text) = pepper(Some(ADMIN), &["auth", "principal", "remove", "ops"]);
     assert!(ok, "{text}");
 }
+
+/// Federation with auth on at both sites: events cross with their origin's
+/// stamp, and a federated query is checked once at the asking site, whose
+/// legs the other site takes as a peer's (reads only).
+#[test]
+fn federation_works_with_auth_on_and_legs_only_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = common::secret_file(dir.path(), "peer-secret-for-tests");
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, ADMIN).unwrap();
+    let token_file = token_file.to_str().unwrap().to_string();
+    let flags = |name: &'static str, peer: Option<String>| {
+        let mut f: Vec<String> = ["--site", name, "--peer-secret-file", &secret, "--admin-token-file", &token_file]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        f.extend(["--heartbeat-ms".into(), "100".into()]);
+        if let Some(p) = peer {
+            f.extend(["--peer".into(), p]);
+        }
+        f
+    };
+    let embedded = |name: &'static str, peer: Option<String>| {
+        let f = flags(name, peer);
+        Server::embedded(&dir.path().join(name), &f.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let a = embedded("a", None);
+    let b = embedded("b", Some(format!("a={}", a.url)));
+    let on_a = Api { http: Client::new(), server: &a };
+    let on_b = Api { http: Client::new(), server: &b };
+    let up = |api: &Api, other: &str| {
+        let v = api.admin(Method::GET, "/v1/sites", None);
+        v["peers"].as_array().unwrap().iter().any(|p| p["name"] == other && p["state"] == "up")
+    };
+    assert!(eventually(Duration::from_secs(15), || up(&on_a, "b") && up(&on_b, "a")), "the sites never met");
+    // An event published on b by a principal of b reaches a's subscriber
+    // with b's stamp.
+    let lease = on_a.admin(Method::POST, "/v1/leases", Some(&json!({"channel": "/f/", "ttl_s": 300})));
+    let lease = lease["id"].as_str().unwrap().to_string();
+    let writer = on_b.principal("writer", &[("publish", "/f/")]);
+    let event = json!({"channel": "/f/x/", "type": "attribute", "payload": {"field": "v", "value": "1"}});
+    assert_eq!(on_b.call(Method::POST, "/v1/events", Some(&writer), Some(&event)).status(), 200);
+    let got = |api: &Api| {
+        let v = api.admin(Method::GET, &format!("/v1/leases/{lease}/events?wait_ms=0&max=10&from_seq=1"), None);
+        v["events"].as_array().unwrap().clone()
+    };
+    assert!(eventually(Duration::from_secs(15), || !got(&on_a).is_empty()), "the event never crossed");
+    let e = &got(&on_a)[0];
+    assert_eq!((e["site"].as_str(), e["principal"].as_str()), (Some("b"), Some("writer")), "{e}");
+    // A federated query: allowed for a reader of a, refused for one without.
+    let reader = on_a.principal("reader", &[("tuples.read", "/f/")]);
+    let query = "/v1/tuples?channel=/f/&recursive=true&scope=all";
+    let v: Value = on_a.call(Method::GET, query, Some(&reader), None).json().unwrap();
+    assert_eq!(v["manifest"]["answered"], 2, "{v}");
+    let outsider = on_a.principal("outsider", &[("tuples.read", "/g/")]);
+    assert_eq!(on_a.call(Method::GET, query, Some(&outsider), None).status(), 403);
+    // The peer secret on the public API reads, and nothing else.
+    let leg = "peer-secret-for-tests";
+    assert_eq!(on_b.call(Method::GET, "/v1/tuples?channel=/f/x/", Some(leg), None).status(), 200);
+    assert_eq!(on_b.call(Method::POST, "/v1/events", Some(leg), Some(&event)).status(), 403);
+    assert_eq!(on_b.call(Method::GET, "/v1/auth/principals", Some(leg), None).status(), 403);
+}

@@ -23,20 +23,26 @@ use serde_json::{json, Value};
 
 const SECRET: &str = "test-secret";
 
-fn args<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["--site", name, "--peer-secret", SECRET, "--heartbeat-ms", "100"];
-    args.extend_from_slice(extra);
+fn args(dir: &std::path::Path, name: &str, extra: &[&str]) -> Vec<String> {
+    let secret = common::secret_file(dir, SECRET);
+    let mut args: Vec<String> = ["--site", name, "--peer-secret-file", &secret, "--heartbeat-ms", "100"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
 
 /// A site in this process.
 fn site(dir: &std::path::Path, name: &str, extra: &[&str]) -> Server {
-    Server::embedded(&dir.join(name), &args(name, extra))
+    let args = args(dir, name, extra);
+    Server::embedded(&dir.join(name), &args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// A site in a `pepper serve` process, for a test that kills or stops it.
 fn process_site(dir: &std::path::Path, name: &str, extra: &[&str]) -> Server {
-    Server::start(&dir.join(name), &args(name, extra))
+    let args = args(dir, name, extra);
+    Server::start(&dir.join(name), &args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// Waits until `published` reaches `n`.

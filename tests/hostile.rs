@@ -337,7 +337,7 @@ fn slow_and_idle_clients_are_cut_off() {
 #[test]
 fn a_gap_marker_beyond_what_the_origin_trimmed_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::embedded(dir.path(), &["--peer-secret", "s3cret"]);
+    let server = Server::embedded(dir.path(), &["--peer-secret-file", &common::secret_file(dir.path(), "s3cret")]);
     let http = Client::new();
     let peer_post = |path: &str| {
         http.post(server.at(path))
@@ -387,7 +387,7 @@ fn a_gap_marker_beyond_what_the_origin_trimmed_is_refused() {
 #[test]
 fn a_received_event_that_breaks_the_rules_becomes_a_marker() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::embedded(dir.path(), &["--peer-secret", "s3cret"]);
+    let server = Server::embedded(dir.path(), &["--peer-secret-file", &common::secret_file(dir.path(), "s3cret")]);
     let http = Client::new();
     let records =
         [common::peer_event("old", 1, "e1", "/fleet/", "x\ny"), common::peer_event("old", 2, "e2", "/fleet/", "fine")];
@@ -456,8 +456,15 @@ fn every_state_changing_endpoint_refuses_bad_input_the_same_way() {
 #[test]
 fn peers_pass_the_host_check_with_the_secret_and_cors_survives_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let server =
-        Server::embedded(dir.path(), &["--peer-secret", "s3cret", "--cors-origin", "https://console.example.org"]);
+    let server = Server::embedded(
+        dir.path(),
+        &[
+            "--peer-secret-file",
+            &common::secret_file(dir.path(), "s3cret"),
+            "--cors-origin",
+            "https://console.example.org",
+        ],
+    );
     let http = Client::new();
     for (authorization, status) in [(None, 403), (Some("Bearer s3cret"), 200), (Some("Bearer wrong"), 403)] {
         let mut req = http.get(server.at("/v1/health")).header("host", "b.internal:7171");

@@ -36,22 +36,25 @@ const RESTORE_MAX: Duration = Duration::from_secs(10);
 /// A site of the test's federation in this process; `peer` is another
 /// site as NAME=URL.
 fn site(dir: &std::path::Path, name: &str, region: &str, peer: Option<&str>) -> Server {
-    Server::embedded(&dir.join(name), &args(name, region, peer))
+    let args = args(dir, name, region, peer);
+    Server::embedded(&dir.join(name), &args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// The same site as a `pepper serve` process, which a test can kill.
 fn process_site(dir: &std::path::Path, name: &str, region: &str, peer: Option<&str>) -> Server {
-    Server::start(&dir.join(name), &args(name, region, peer))
+    let args = args(dir, name, region, peer);
+    Server::start(&dir.join(name), &args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
-fn args<'a>(name: &'a str, region: &'a str, peer: Option<&'a str>) -> Vec<&'a str> {
+fn args(dir: &std::path::Path, name: &str, region: &str, peer: Option<&str>) -> Vec<String> {
+    let secret = common::secret_file(dir, SECRET);
     let mut args = vec![
         "--site",
         name,
         "--region",
         region,
-        "--peer-secret",
-        SECRET,
+        "--peer-secret-file",
+        &secret,
         "--heartbeat-ms",
         "100",
         "--monitor-interval-ms",
@@ -62,7 +65,7 @@ fn args<'a>(name: &'a str, region: &'a str, peer: Option<&'a str>) -> Vec<&'a st
     if let Some(p) = peer {
         args.extend(["--peer", p]);
     }
-    args
+    args.into_iter().map(String::from).collect()
 }
 
 /// How many times `s`'s supervisor has evaluated the policy.

@@ -227,6 +227,15 @@ impl Drop for Server {
     }
 }
 
+/// Writes `secret` to a file in `dir` for `--peer-secret-file` (secrets
+/// are never flags) and returns its path.
+pub fn secret_file(dir: &Path, secret: &str) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("peer-secret");
+    std::fs::write(&path, format!("{secret}\n")).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
 /// Polls `check` every 20 ms until it holds or `within` passes.
 pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
