@@ -475,3 +475,66 @@ fn federation_works_with_auth_on_and_legs_only_read() {
     assert_eq!(on_b.call(Method::POST, "/v1/events", Some(leg), Some(&event)).status(), 403);
     assert_eq!(on_b.call(Method::GET, "/v1/auth/principals", Some(leg), None).status(), 403);
 }
+
+/// Changes to principals, tokens, grants and the recording policy are
+/// audit events on `/pepper/audit/`, logged with the change; refusals are
+/// counted in `/metrics` by reason. Neither ever holds a token's secret.
+#[test]
+fn changes_are_audited_and_refusals_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = site(dir.path());
+    let api = Api { http: Client::new(), server: &server };
+    let token = api.principal("ops", &[("publish", "/x/")]);
+    api.admin(Method::POST, "/v1/auth/principals/ops/grants", Some(&json!({"action": "subscribe", "resource": "/x/"})));
+    let id = &token[7..23];
+    api.admin(Method::DELETE, &format!("/v1/auth/principals/ops/tokens/{id}"), None);
+    api.admin(Method::PUT, "/v1/recording/policies", Some(&json!({"pattern": "/r/", "replicas": 1})));
+    api.admin(Method::DELETE, "/v1/auth/principals/ops", None);
+    let audit = api.admin(Method::GET, "/v1/events?channel=/pepper/audit/", None);
+    let seen: Vec<(String, String, String)> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let p = &e["payload"];
+            (
+                p["action"].as_str().unwrap().into(),
+                p["by"].as_str().unwrap().into(),
+                p["target"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String, String)> = [
+        ("principal.create", "ops"),
+        ("token.create", "ops"),
+        ("grant.add", "ops"),
+        ("token.revoke", "ops"),
+        ("policy.put", "/r/"),
+        ("principal.remove", "ops"),
+    ]
+    .into_iter()
+    .map(|(a, t)| (a.to_string(), "admin".to_string(), t.to_string()))
+    .collect();
+    assert_eq!(seen, want);
+    assert!(!audit.to_string().contains(&token[24..]), "a secret in the audit log");
+    // Clients cannot write audit events.
+    let forged = json!({"channel": "/pepper/audit/", "type": "pepper.audit"});
+    assert_eq!(api.call(Method::POST, "/v1/events", Some(ADMIN), Some(&forged)).status(), 403);
+
+    // Refusals by reason.
+    let reader = api.principal("reader", &[("tuples.read", "/x/")]);
+    assert_eq!(api.call(Method::GET, "/v1/sites", None, None).status(), 401);
+    assert_eq!(api.call(Method::GET, "/v1/sites", Some(&token), None).status(), 401);
+    assert_eq!(api.call(Method::GET, "/v1/sites", Some(&reader), None).status(), 403);
+    let metrics = api.call(Method::GET, "/metrics", Some(ADMIN), None).text().unwrap();
+    for reason in ["no_token", "unknown_token", "forbidden"] {
+        let line = format!("pepper_auth_refusals_total{{reason=\"{reason}\"}} ");
+        let count: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {reason} count in {metrics}"));
+        assert!(count >= 1, "{reason}: {count}");
+    }
+    assert!(!metrics.contains(&token[24..]) && !metrics.contains(ADMIN));
+}

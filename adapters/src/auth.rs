@@ -370,6 +370,8 @@ pub struct Auth {
     peer: Option<[u8; 32]>,
     /// The stored principals.
     pub principals: Arc<Principals>,
+    /// Refusals by reason, registered in the site's metrics.
+    pub refusals: Refusals,
 }
 
 /// Who is asking.
@@ -486,6 +488,7 @@ impl Auth {
             admin: admin_token.map(|t| digest(t.as_bytes())),
             peer: peer_secret.map(|t| digest(t.as_bytes())),
             principals,
+            refusals: Refusals::default(),
         }
     }
 
@@ -543,6 +546,44 @@ impl Auth {
     }
 }
 
+/// The channel of audit events: changes to principals, tokens, grants and
+/// the recording policy, each in the same atomic append as the change.
+pub const AUDIT_CHANNEL: &str = "/pepper/audit/";
+
+/// The payload type of an audit event.
+pub const AUDIT_TYPE: &str = "pepper.audit";
+
+/// An audit event: `caller` did `action` (`principal.create`,
+/// `token.revoke`, `policy.put`, ...) on `target`, with `detail`. Never a
+/// secret in it: tokens appear by id.
+pub fn audit_event(caller: &Caller, action: &str, target: &str, detail: serde_json::Value) -> pepper_storage::Body {
+    let payload = serde_json::json!({ "action": action, "by": caller.name(), "target": target, "detail": detail });
+    pepper_storage::Body::Event(pepper_storage::Event {
+        id: crate::wire::envelope::new_event_id(),
+        channel: AUDIT_CHANNEL.to_string(),
+        event_type: AUDIT_TYPE.to_string(),
+        from: pepper_storage::Party { service: "pepper".into(), instance: String::new() },
+        to: pepper_storage::Target::default(),
+        distribution: pepper_storage::Distribution::All,
+        payload: payload.to_string().into_bytes(),
+        assigned: Vec::new(),
+        tuple: None,
+        principal: caller.stamp(),
+    })
+}
+
+/// Refusals by reason, for `/metrics`: `no_token`, `unknown_token`,
+/// `revoked_token`, `expired_token` (401) and `forbidden` (403).
+pub type Refusals =
+    prometheus_client::metrics::family::Family<RefusalLabel, prometheus_client::metrics::counter::Counter>;
+
+/// The label of a refusal.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RefusalLabel {
+    /// Why it was refused.
+    pub reason: &'static str,
+}
+
 /// Whether `path` is answered without a token: health, for load
 /// balancers, and the peer endpoints, which check the peer secret
 /// themselves.
@@ -565,9 +606,22 @@ pub(crate) async fn identify(
     match auth.authenticate(header, pepper_storage::now_us()) {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
-            next.run(request).await
+            let response = next.run(request).await;
+            if response.extensions().get::<crate::error::ErrorCode>().is_some_and(|c| c.0 == "forbidden") {
+                auth.refusals.get_or_create(&RefusalLabel { reason: "forbidden" }).inc();
+            }
+            response
         }
-        Err(e) => e.into_response(),
+        Err(e) => {
+            let reason = match e.message() {
+                m if m.contains("requires a token") => "no_token",
+                m if m.ends_with("was revoked") => "revoked_token",
+                m if m.ends_with("has expired") => "expired_token",
+                _ => "unknown_token",
+            };
+            auth.refusals.get_or_create(&RefusalLabel { reason }).inc();
+            e.into_response()
+        }
     }
 }
 

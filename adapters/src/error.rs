@@ -149,6 +149,11 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The machine code of an error response, kept in the response's
+/// extensions for the layers on the way out (refusals counted by reason).
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorCode(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
@@ -160,6 +165,7 @@ impl IntoResponse for ApiError {
         }
         let body = serde_json::json!({ "error": error });
         let mut response = (self.status, Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(self.code));
         if self.code == "overloaded" {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
         }

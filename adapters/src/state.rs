@@ -151,7 +151,13 @@ impl AppState {
             .map_err(|reason| pepper_storage::Error::InvalidInput { what: "edge settings", reason })?;
         let hosts = crate::edge::Hosts::new(store.site(), config.federation.url.as_deref(), &config.edge);
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
-        let metrics = Arc::new(Metrics::default());
+        let mut metrics = Metrics::default();
+        metrics.registry.register(
+            "auth_refusals",
+            "Requests refused by auth, by reason (no, unknown, revoked or expired token; forbidden)",
+            auth.refusals.clone(),
+        );
+        let metrics = Arc::new(metrics);
         let dispatcher =
             Dispatcher::spawn(store.clone(), metrics.clone(), stopping_rx, config.stream_buffer_events.max(1));
         Ok(AppState {

@@ -18,7 +18,8 @@
 //! - `DELETE /v1/auth/principals/{name}/grants?action=&resource=` → 204.
 //!
 //! Every change is one document write (`auth`), so it is durable before
-//! it is answered and the site's index follows it through the fold.
+//! it is answered and the site's index follows it through the fold, with
+//! an audit event on `/pepper/audit/` in the same append.
 //! Changes are made one at a time, each on the one before.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -32,7 +33,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::{
-    check_principal_name, new_token, Caller, GrantDoc, PrincipalDoc, TokenDoc, ADMIN_PRINCIPAL,
+    audit_event, check_principal_name, new_token, Caller, GrantDoc, PrincipalDoc, TokenDoc, ADMIN_PRINCIPAL,
     GRANTS_PER_PRINCIPAL_MAX, PRINCIPALS_MAX, TOKENS_PER_PRINCIPAL_MAX,
 };
 use crate::error::ApiError;
@@ -70,11 +71,12 @@ fn canonical(g: &GrantDoc) -> Result<GrantDoc, ApiError> {
     Ok(GrantDoc::from(&grant))
 }
 
-/// Writes `doc` as the principal's document.
-async fn put(state: &AppState, doc: &PrincipalDoc) -> Result<(), ApiError> {
+/// Writes `doc` as the principal's document, with the audit event of the
+/// change in the same append: both are logged, or neither.
+async fn put(state: &AppState, doc: &PrincipalDoc, audit: Body) -> Result<(), ApiError> {
     let body = Body::DocPut(DocPut { key: PrincipalDoc::key(&doc.name), value: doc.encode() });
     let st = state.clone();
-    tokio::spawn(async move { st.store.append(vec![body]).await }).await.map_err(ApiError::task_failed)??;
+    tokio::spawn(async move { st.store.append(vec![body, audit]).await }).await.map_err(ApiError::task_failed)??;
     Ok(())
 }
 
@@ -141,7 +143,8 @@ pub(crate) async fn create(
         ));
     }
     let doc = PrincipalDoc { name: req.name, grants, tokens: Vec::new(), created_us: now_us() };
-    put(&state, &doc).await?;
+    let audit = audit_event(&caller, "principal.create", &doc.name, json!({ "grants": doc.grants }));
+    put(&state, &doc, audit).await?;
     Ok((StatusCode::CREATED, Json(principal_json(&doc))))
 }
 
@@ -155,8 +158,9 @@ pub(crate) async fn remove(
     let _one_at_a_time = state.principal_writes.lock().await;
     current(&state, &name)?;
     let body = Body::DocDelete(DocDelete { key: PrincipalDoc::key(&name) });
+    let audit = audit_event(&caller, "principal.remove", &name, json!({}));
     let st = state.clone();
-    tokio::spawn(async move { st.store.append(vec![body]).await }).await.map_err(ApiError::task_failed)??;
+    tokio::spawn(async move { st.store.append(vec![body, audit]).await }).await.map_err(ApiError::task_failed)??;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -203,7 +207,9 @@ pub(crate) async fn create_token(
     let now = now_us();
     let token = new_token(now, req.expires_in_s.map(|s| now + s * 1_000_000), req.note);
     doc.tokens.push(token.doc.clone());
-    put(&state, &doc).await?;
+    let detail =
+        json!({ "id": token.doc.id, "expires_at": token.doc.expires_us.map(rfc3339_us), "note": token.doc.note });
+    put(&state, &doc, audit_event(&caller, "token.create", &name, detail)).await?;
     let mut answer = token_json(&token.doc);
     answer["token"] = json!(token.text);
     answer["principal"] = json!(name);
@@ -224,7 +230,7 @@ pub(crate) async fn revoke_token(
     };
     if token.revoked_us.is_none() {
         token.revoked_us = Some(now_us());
-        put(&state, &doc).await?;
+        put(&state, &doc, audit_event(&caller, "token.revoke", &name, json!({ "id": id }))).await?;
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -249,8 +255,9 @@ pub(crate) async fn add_grant(
                 format!("{name} holds {GRANTS_PER_PRINCIPAL_MAX} grants, its limit"),
             ));
         }
+        let audit = audit_event(&caller, "grant.add", &name, json!(grant));
         doc.grants.push(grant);
-        put(&state, &doc).await?;
+        put(&state, &doc, audit).await?;
     }
     Ok(Json(principal_json(&doc)))
 }
@@ -276,6 +283,6 @@ pub(crate) async fn remove_grant(
             format!("{name} holds no grant of {} on {}", grant.action, grant.resource),
         ));
     }
-    put(&state, &doc).await?;
+    put(&state, &doc, audit_event(&caller, "grant.remove", &name, json!(grant))).await?;
     Ok(StatusCode::NO_CONTENT)
 }

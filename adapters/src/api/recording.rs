@@ -98,7 +98,8 @@ pub(crate) async fn put_policy(
         return Err(ApiError::too_large(format!("a policy holds at most {POLICIES_MAX} patterns")));
     }
     state.store.set_recording_policy(next.keys().cloned().collect())?;
-    if let Err(e) = state.store.append(vec![policy_doc(&p.pattern, p.replicas)]).await {
+    let audit = crate::auth::audit_event(&caller, "policy.put", &p.pattern, json!({ "replicas": p.replicas }));
+    if let Err(e) = state.store.append(vec![policy_doc(&p.pattern, p.replicas), audit]).await {
         // Not kept: put back what the store had.
         state.store.set_recording_policy(sup.policies().keys().cloned().collect())?;
         return Err(e.into());
@@ -134,7 +135,8 @@ pub(crate) async fn delete_policy(
         ));
     }
     let key = format!("{POLICY_DOC_PREFIX}{}", q.pattern);
-    state.store.append(vec![Body::DocDelete(DocDelete { key })]).await?;
+    let audit = crate::auth::audit_event(&caller, "policy.remove", &q.pattern, json!({}));
+    state.store.append(vec![Body::DocDelete(DocDelete { key }), audit]).await?;
     state.store.set_recording_policy(next.keys().cloned().collect())?;
     sup.placement().step(sup.now(), PlacementInput::Policies(next));
     Ok(StatusCode::NO_CONTENT)
