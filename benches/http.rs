@@ -15,12 +15,11 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use serde_json::json;
 
 const CLIENTS: usize = 64;
 const BATCH: usize = 100;
@@ -40,31 +39,7 @@ fn publish(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let per = iters.div_ceil(CLIENTS as u64);
                 let start = Instant::now();
-                runtime.block_on(async {
-                    let tasks: Vec<_> = (0..CLIENTS)
-                        .map(|w| {
-                            let (client, url, counter) = (client.clone(), url.clone(), counter.clone());
-                            tokio::spawn(async move {
-                                for _ in 0..per {
-                                    let events: Vec<_> = (0..batch)
-                                        .map(|_| {
-                                            let n = counter.fetch_add(1, Ordering::Relaxed);
-                                            json!({"channel": format!("/bench.example.com/node/n{w}/"), "type": ty,
-                                                   "payload": {"field": format!("f{}", n % 64), "value": format!("{n:0100}")}})
-                                        })
-                                        .collect();
-                                    let body = if batch == 1 { events[0].clone() } else { json!(events) };
-                                    let res = client.post(&url).json(&body).send().await.unwrap();
-                                    assert!(res.status().is_success(), "{}", res.status());
-                                    res.bytes().await.unwrap();
-                                }
-                            })
-                        })
-                        .collect();
-                    for t in tasks {
-                        t.await.unwrap();
-                    }
-                });
+                runtime.block_on(common::publish_load(&client, &url, None, CLIENTS, per, batch, ty, &counter));
                 start.elapsed().mul_f64(iters as f64 / (per * CLIENTS as u64) as f64)
             })
         });

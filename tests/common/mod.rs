@@ -135,6 +135,12 @@ impl Server {
         server
     }
 
+    /// Keeps `dir` (the server's data and files) until the server is
+    /// dropped.
+    pub fn keep(&mut self, dir: tempfile::TempDir) {
+        self._dir = Some(dir);
+    }
+
     /// `url` + `path`.
     pub fn at(&self, path: &str) -> String {
         format!("{}{path}", self.url)
@@ -346,4 +352,49 @@ pub fn peer_batch<'a>(records: impl IntoIterator<Item = &'a pepper_storage::Reco
         body.extend_from_slice(&frame);
     }
     body
+}
+
+/// The benches' publish load: `clients` concurrent keep-alive clients each
+/// posting `per` requests of `batch` events of type `ty` to `url` (with a
+/// bearer `token` if given), every value distinct (`counter`). Panics on
+/// any refusal: a benchmark measures only acknowledged writes.
+#[allow(clippy::too_many_arguments)]
+pub async fn publish_load(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    clients: usize,
+    per: u64,
+    batch: usize,
+    ty: &'static str,
+    counter: &std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    let tasks: Vec<_> = (0..clients)
+        .map(|w| {
+            let (client, url, counter) = (client.clone(), url.to_string(), counter.clone());
+            let token = token.map(str::to_string);
+            tokio::spawn(async move {
+                for _ in 0..per {
+                    let events: Vec<_> = (0..batch)
+                        .map(|_| {
+                            let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            serde_json::json!({"channel": format!("/bench.example.com/node/n{w}/"), "type": ty,
+                                   "payload": {"field": format!("f{}", n % 64), "value": format!("{n:0100}")}})
+                        })
+                        .collect();
+                    let body = if batch == 1 { events[0].clone() } else { serde_json::json!(events) };
+                    let mut req = client.post(&url).json(&body);
+                    if let Some(t) = &token {
+                        req = req.bearer_auth(t);
+                    }
+                    let res = req.send().await.unwrap();
+                    assert!(res.status().is_success(), "{}", res.status());
+                    res.bytes().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
 }
