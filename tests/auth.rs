@@ -538,3 +538,39 @@ fn changes_are_audited_and_refusals_counted() {
     }
     assert!(!metrics.contains(&token[24..]) && !metrics.contains(ADMIN));
 }
+
+/// A principal publishing faster than its quota gets 429 with
+/// `Retry-After`, and the refused batch is not logged; the admin is not
+/// limited.
+#[test]
+fn a_principal_over_its_publish_rate_gets_429_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = site(dir.path());
+    let api = Api { http: Client::new(), server: &server };
+    let token = api.principal("busy", &[("publish", "/q/")]);
+    let batch: Vec<Value> = (0..1024).map(|i| json!({"channel": "/q/", "type": "t", "payload": i})).collect();
+    let batch = json!(batch);
+    // Batches of 1,024 events, far faster than 2,000 events/s: the bucket
+    // (4,000) runs dry within a few requests.
+    let mut refused = None;
+    for _ in 0..20 {
+        let before = api.state();
+        let res = api.call(Method::POST, "/v1/events", Some(&token), Some(&batch));
+        if res.status() == 429 {
+            let retry = res.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let body: Value = res.json().unwrap();
+            assert_eq!(api.state(), before, "a refused batch is not logged");
+            refused = Some((retry, body));
+            break;
+        }
+        assert_eq!(res.status(), 200);
+    }
+    let (retry, body) = refused.expect("never limited");
+    assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
+    assert!(retry.is_some_and(|r| r.parse::<u64>().is_ok_and(|s| s >= 1)), "Retry-After");
+    assert!(body["error"]["message"].as_str().unwrap().contains("busy"), "{body}");
+    // The admin is the operator: no quota.
+    for _ in 0..6 {
+        assert_eq!(api.call(Method::POST, "/v1/events", Some(ADMIN), Some(&batch)).status(), 200);
+    }
+}

@@ -159,6 +159,10 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         }
+        let retry_after = match (&self.extra, self.code) {
+            (Some(("retry_after_s", serde_json::Value::Number(n))), "quota_exceeded") => n.as_u64(),
+            _ => None,
+        };
         let mut error = serde_json::json!({ "code": self.code, "message": self.message });
         if let (Some((key, value)), Some(map)) = (self.extra, error.as_object_mut()) {
             map.insert(key.to_string(), value);
@@ -166,6 +170,9 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({ "error": error });
         let mut response = (self.status, Json(body)).into_response();
         response.extensions_mut().insert(ErrorCode(self.code));
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+        }
         if self.code == "overloaded" {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
         }

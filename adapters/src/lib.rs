@@ -9,7 +9,8 @@
 //! - `wire`: the formats on the wire (JSON envelope, PsEPR XML, peer
 //!   frames, tuple JSON), pure readers and writers.
 //! - `auth`: principals, tokens and who the caller of a request is (the
-//!   permission rule itself is `pepper_router::allows`).
+//!   permission rule itself is `pepper_router::allows`); `quota`: each
+//!   principal's publish rate and open streams.
 //! - `expiry`, `metrics`, `models`, `federation`, `supervisor`: the state
 //!   the site keeps in memory (expiry indexes, counters, model classes, the
 //!   peer registry, recording policies and monitors).
@@ -45,6 +46,7 @@ pub mod loops;
 mod metrics;
 pub mod models;
 mod params;
+pub mod quota;
 mod server;
 mod site;
 mod state;

@@ -104,6 +104,8 @@ pub struct AppState {
     pub(crate) replica_streams: Arc<Semaphore>,
     /// Who each request is: the admin token, the principals.
     pub(crate) auth: Arc<crate::auth::Auth>,
+    /// Each principal's publish rate and open streams.
+    pub(crate) quotas: Arc<crate::quota::Quotas>,
     /// Principal changes one at a time, so each reads the one before.
     pub(crate) principal_writes: Arc<tokio::sync::Mutex<()>>,
     /// Recording policy changes one at a time, so the store's policy, the
@@ -175,6 +177,7 @@ impl AppState {
             replica_streams: Arc::new(Semaphore::new(crate::limits::REPLICA_STREAMS_MAX)),
             policy_writes: Arc::new(tokio::sync::Mutex::new(())),
             principal_writes: Arc::new(tokio::sync::Mutex::new(())),
+            quotas: Arc::new(crate::quota::Quotas::default()),
             auth,
             host_check: Arc::new(crate::edge::HostCheck { hosts, federation: federation.clone() }),
             federation,

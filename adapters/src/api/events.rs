@@ -75,6 +75,7 @@ pub(crate) async fn publish(
             events.len()
         )));
     }
+    state.quotas.publish(&caller, events.len(), std::time::Instant::now())?;
     let many = events.len() > 1;
     let mut bodies = Vec::with_capacity(events.len());
     let mut ids = Vec::with_capacity(events.len());

@@ -146,7 +146,8 @@ pub(crate) async fn lease_events(
     if q.wait_ms.is_some() || q.max.is_some() {
         return long_poll(state, sub, from, q.wait_ms.unwrap_or(0), q.max.unwrap_or(100)).await;
     }
-    sse(state, sub, from)
+    let quota = state.quotas.stream(&caller)?;
+    sse(state, sub, from, quota)
 }
 
 pub(crate) async fn watch(
@@ -165,20 +166,21 @@ pub(crate) async fn watch(
     let types = q.types.as_deref().map(|t| canonical_types(t.split(','))).unwrap_or_default();
     let sub = Subscription::watch(pattern, types, q.snapshot);
     let seen = state.store.last_seq();
+    let quota = state.quotas.stream(&caller)?;
     if !q.snapshot {
         let from = start_seq(&state, &headers, q.from_seq, seen + 1, seen)?;
-        return sse(state, sub, from);
+        return sse(state, sub, from, quota);
     }
     // With a snapshot: a fresh watch gets every latest value, then the
     // changes after exactly that snapshot. A resume continues from its
     // position; one from before what retention kept gets the tuples changed
     // since then, and the tombstones of those removed, instead of 410.
     let Some(asked) = resume_from(&headers, q.from_seq)? else {
-        return sse_with_snapshot(state, sub, None);
+        return sse_with_snapshot(state, sub, None, quota);
     };
     match start_seq(&state, &headers, q.from_seq, seen + 1, seen) {
-        Ok(from) => sse(state, sub, from),
-        Err(e) if e.code() == "compacted" => sse_with_snapshot(state, sub, Some(asked)),
+        Ok(from) => sse(state, sub, from, quota),
+        Err(e) if e.code() == "compacted" => sse_with_snapshot(state, sub, Some(asked), quota),
         Err(e) => Err(e),
     }
 }
@@ -332,14 +334,19 @@ fn read_snapshot(
     rx
 }
 
-fn sse_with_snapshot(state: AppState, sub: Subscription, since: Option<u64>) -> Result<Response, ApiError> {
+fn sse_with_snapshot(
+    state: AppState,
+    sub: Subscription,
+    since: Option<u64>,
+    quota: Option<OwnedSemaphorePermit>,
+) -> Result<Response, ApiError> {
     let reader = state.snapshot_readers.clone().try_acquire_owned().map_err(|_| {
         ApiError::overloaded(format!("the site is already streaming {SNAPSHOTS_MAX} snapshots; retry shortly"))
     })?;
     let slot = take_slot(&state)?;
     let rx = read_snapshot(&state, &sub, since, reader);
     let snapshot = Phase::Snapshot { rx, since };
-    Ok(stream(Subscriber { state, sub, phase: snapshot, _slot: slot }))
+    Ok(stream(Subscriber { state, sub, phase: snapshot, _slot: slot, _quota: quota }))
 }
 
 fn take_slot(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
@@ -385,6 +392,8 @@ struct Subscriber {
     phase: Phase,
     /// Holds one of the site's [`SUBSCRIBERS_MAX`] stream slots.
     _slot: OwnedSemaphorePermit,
+    /// Holds one of its principal's stream slots (`quota`), if it has any.
+    _quota: Option<OwnedSemaphorePermit>,
 }
 
 impl Subscriber {
@@ -477,10 +486,15 @@ impl Subscriber {
     }
 }
 
-pub(crate) fn sse(state: AppState, sub: Subscription, from: u64) -> Result<Response, ApiError> {
+pub(crate) fn sse(
+    state: AppState,
+    sub: Subscription,
+    from: u64,
+    quota: Option<OwnedSemaphorePermit>,
+) -> Result<Response, ApiError> {
     let slot = take_slot(&state)?;
     let feed = state.store.feed(from, filter(&sub));
-    Ok(stream(Subscriber { state, sub, phase: Phase::CatchUp(feed), _slot: slot }))
+    Ok(stream(Subscriber { state, sub, phase: Phase::CatchUp(feed), _slot: slot, _quota: quota }))
 }
 
 /// An event type as an SSE `event:` field. The store refuses control

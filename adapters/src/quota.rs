@@ -1,0 +1,180 @@
+//! Quotas per principal, so no one client exhausts what the site shares:
+//! a publish rate (a token bucket of events) and open streams. Past either,
+//! the request gets 429 `quota_exceeded` with `Retry-After`.
+//!
+//! They apply to stored principals when auth is on. The admin token is
+//! exempt (it is the operator), as is every caller with auth off (there is
+//! no one to tell apart). The site-wide limits (`limits`) still apply to
+//! everyone.
+//!
+//! The bucket is decided from a `now` argument, so it is tested without a
+//! clock. Quotas are kept in memory: a restart refills every bucket.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+
+/// Events a principal may publish per second, sustained.
+pub const PUBLISH_EVENTS_PER_S: u32 = 2_000;
+
+/// Events a principal may publish at once after a quiet spell (the
+/// bucket's size): a full batch fits.
+pub const PUBLISH_BURST_EVENTS: u32 = 4_000;
+
+// A whole publish request always fits a full bucket.
+const _: () = assert!(PUBLISH_BURST_EVENTS as usize >= pepper_storage::limits::BATCH_RECORDS_MAX);
+
+/// Live streams (lease streams and watches) one principal holds open.
+pub const STREAMS_PER_PRINCIPAL_MAX: usize = 256;
+
+/// A token bucket of events.
+#[derive(Clone, Copy, Debug)]
+pub struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    /// A full bucket at `now`.
+    pub fn full(now: Instant) -> Bucket {
+        Bucket { tokens: f64::from(PUBLISH_BURST_EVENTS), at: now }
+    }
+
+    /// Takes `n` events at `now`, or says how long until they would fit.
+    /// Taking nothing always fits; a request larger than the burst is
+    /// refused with the time to fill the whole bucket.
+    pub fn take(&mut self, n: u32, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * f64::from(PUBLISH_EVENTS_PER_S)).min(f64::from(PUBLISH_BURST_EVENTS));
+        self.at = now;
+        let want = f64::from(n);
+        if want <= self.tokens {
+            self.tokens -= want;
+            return Ok(());
+        }
+        let missing = want.min(f64::from(PUBLISH_BURST_EVENTS)) - self.tokens;
+        Err(Duration::from_secs_f64(missing.max(0.0) / f64::from(PUBLISH_EVENTS_PER_S)))
+    }
+}
+
+/// The quotas of every principal.
+#[derive(Default)]
+pub struct Quotas {
+    buckets: Mutex<HashMap<String, Bucket>>,
+    streams: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// The principal a quota applies to, if any.
+fn quota_holder(caller: &Caller) -> Option<&str> {
+    match caller {
+        Caller::Principal(p) => Some(&p.doc.name),
+        Caller::Open | Caller::Admin | Caller::Peer => None,
+    }
+}
+
+/// 429 with the time to wait, in whole seconds (at least one).
+fn exceeded(message: String, wait: Duration) -> ApiError {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    ApiError::new(axum::http::StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message)
+        .with_extra("retry_after_s", serde_json::json!(secs.max(1)))
+}
+
+impl Quotas {
+    /// Takes `events` from the caller's publish bucket at `now`.
+    ///
+    /// # Errors
+    /// 429 `quota_exceeded`, with `retry_after_s`.
+    pub fn publish(&self, caller: &Caller, events: usize, now: Instant) -> Result<(), ApiError> {
+        let Some(name) = quota_holder(caller) else { return Ok(()) };
+        let n = u32::try_from(events).unwrap_or(u32::MAX);
+        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bucket = buckets.entry(name.to_string()).or_insert_with(|| Bucket::full(now));
+        bucket.take(n, now).map_err(|wait| {
+            exceeded(
+                format!(
+                    "principal {name} publishes over its quota of {PUBLISH_EVENTS_PER_S} events/s \
+                     (bursts of {PUBLISH_BURST_EVENTS}); retry in {wait:.1?}"
+                ),
+                wait,
+            )
+        })
+    }
+
+    /// One of the caller's stream slots, held as long as the stream is
+    /// open; `None` for a caller without quotas.
+    ///
+    /// # Errors
+    /// 429 `quota_exceeded` when the principal holds
+    /// [`STREAMS_PER_PRINCIPAL_MAX`] streams.
+    pub fn stream(&self, caller: &Caller) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+        let Some(name) = quota_holder(caller) else { return Ok(None) };
+        let slots = {
+            let mut streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            streams
+                .entry(name.to_string())
+                .or_insert_with(|| Arc::new(Semaphore::new(STREAMS_PER_PRINCIPAL_MAX)))
+                .clone()
+        };
+        slots.try_acquire_owned().map(Some).map_err(|_| {
+            exceeded(
+                format!("principal {name} holds {STREAMS_PER_PRINCIPAL_MAX} open streams, its quota; close one"),
+                Duration::from_secs(1),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_refills_at_its_rate_up_to_its_burst() {
+        let t0 = Instant::now();
+        let mut b = Bucket::full(t0);
+        assert!(b.take(PUBLISH_BURST_EVENTS, t0).is_ok(), "a full bucket takes a burst");
+        let wait = b.take(1, t0).expect_err("empty");
+        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(1), "{wait:?}");
+        // A second later, one second's worth fits, and no more.
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(b.take(PUBLISH_EVENTS_PER_S, t1).is_ok());
+        assert!(b.take(1, t1).is_err());
+        // Idle for long: it holds only a burst.
+        let t2 = t1 + Duration::from_secs(3600);
+        assert!(b.take(PUBLISH_BURST_EVENTS, t2).is_ok());
+        assert!(b.take(1, t2).is_err());
+        // More than a burst at once never fits; the wait is to fill it.
+        let mut b = Bucket::full(t2);
+        let wait = b.take(PUBLISH_BURST_EVENTS + 1, t2).expect_err("too big");
+        assert_eq!(wait, Duration::ZERO, "it is full: nothing to wait for, and still too big");
+        assert!(b.take(0, t2).is_ok());
+    }
+
+    #[test]
+    fn a_principal_holds_a_bounded_number_of_streams() {
+        let q = Quotas::default();
+        let doc = crate::auth::PrincipalDoc { name: "p".into(), grants: vec![], tokens: vec![], created_us: 0 };
+        let p = Caller::Principal(Arc::new(crate::auth::Principal { doc, grants: vec![], seq: 1 }));
+        let held: Vec<_> =
+            (0..STREAMS_PER_PRINCIPAL_MAX).map(|_| q.stream(&p).expect("within").expect("slot")).collect();
+        let e = q.stream(&p).expect_err("over");
+        assert_eq!((e.status().as_u16(), e.code()), (429, "quota_exceeded"));
+        drop(held);
+        assert!(q.stream(&p).expect("freed").is_some(), "a closed stream frees its slot");
+    }
+
+    #[test]
+    fn callers_without_a_principal_have_no_quota() {
+        let q = Quotas::default();
+        let now = Instant::now();
+        for caller in [Caller::Open, Caller::Admin, Caller::Peer] {
+            assert!(q.publish(&caller, 1_000_000, now).is_ok());
+            assert!(q.stream(&caller).expect("no quota").is_none());
+        }
+    }
+}
