@@ -29,7 +29,7 @@ use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-const SECRET: &str = "bench-secret";
+const SECRET: &str = "bench-secret-for-federation-0123456789";
 
 fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64

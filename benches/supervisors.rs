@@ -29,7 +29,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-const SECRET: &str = "bench-secret";
+const SECRET: &str = "bench-secret-for-federation-0123456789";
 const PATTERN: &str = "/bench/node/";
 
 fn site(name: &str, region: &str, seed: Option<&Server>, interval_ms: &str) -> Server {

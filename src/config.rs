@@ -333,6 +333,12 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
         None => LISTEN_DEFAULT.parse().context("the default listen address")?,
     };
     let admin_token = admin_token(args.admin_token_file.or(file.admin_token_file))?;
+    let peer_secret = peer_secret(args.peer_secret_file.or(file.peer_secret_file), file.peer_secret)?;
+    if peer_secret.is_some()
+        && peer_secret.as_deref() == admin_token.as_ref().map(pepper_adapters::auth::Secret::expose)
+    {
+        anyhow::bail!("the peer secret and the admin token must differ: a peer would be an admin");
+    }
     let insecure = args.insecure || file.insecure.unwrap_or(false);
     if admin_token.is_none() && !listen.ip().is_loopback() && !insecure {
         anyhow::bail!(
@@ -390,7 +396,7 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
         region: args.region.or(file.region),
         url: args.url.or(file.url),
         peers,
-        secret: peer_secret(args.peer_secret_file.or(file.peer_secret_file), file.peer_secret)?,
+        secret: peer_secret,
         heartbeat: Duration::from_millis(heartbeat_ms),
     };
     let record = if args.record.is_empty() { file.record } else { args.record };
@@ -479,7 +485,16 @@ fn secret_from(file: Option<PathBuf>, var: &str, what: &str) -> anyhow::Result<O
 /// An unreadable file.
 fn peer_secret(file: Option<PathBuf>, in_config: Option<String>) -> anyhow::Result<Option<String>> {
     let found = secret_from(file, "PEPPER_PEER_SECRET", "peer secret")?.map(|(s, _)| s).or(in_config);
-    Ok(found.filter(|s| !s.is_empty()))
+    let Some(secret) = found.filter(|s| !s.is_empty()) else { return Ok(None) };
+    // It lets its holder forward records and read through federated
+    // queries: as hard to guess as the admin token.
+    if secret.chars().count() < ADMIN_TOKEN_CHARS_MIN || secret.chars().any(|c| c.is_control()) {
+        anyhow::bail!(
+            "the peer secret must be at least {ADMIN_TOKEN_CHARS_MIN} characters without control characters \
+             (try: head -c 32 /dev/urandom | base64)"
+        );
+    }
+    Ok(Some(secret))
 }
 
 /// The admin token: the first line of `file`, or else `PEPPER_ADMIN_TOKEN`.

@@ -160,12 +160,15 @@ fn every_endpoint_refuses_each_kind_of_bad_caller_and_changes_nothing() {
     let without = api.principal("without", &other);
 
     for (i, c) in cases.iter().enumerate() {
+        // A lease the caller may not hold is answered as if it did not
+        // exist, so ids cannot be probed.
+        let denied = if c.path.starts_with("/v1/leases/") { (404, "not_found") } else { (403, "forbidden") };
         for (who, token, status, code) in [
             ("no token", None, 401, "unauthorized"),
             ("an unknown token", Some(unknown.as_str()), 401, "unauthorized"),
             ("a revoked token", Some(revoked.as_str()), 401, "unauthorized"),
             ("an expired token", Some(expired.as_str()), 401, "unauthorized"),
-            ("a token without the grant", Some(without.as_str()), 403, "forbidden"),
+            ("a token without the grant", Some(without.as_str()), denied.0, denied.1),
         ] {
             let before = api.state();
             let res = api.call(c.method.clone(), &c.path, token, c.body.as_ref());
@@ -229,7 +232,9 @@ fn a_batch_with_one_refused_event_is_refused_whole_and_a_grant_covers_only_its_s
     api.admin(Method::POST, "/v1/leases", Some(&json!({"channel": "/b/", "ttl_s": 60, "id": "not-yours"})));
     let mine = api.call(Method::GET, "/v1/leases", Some(&token), None).json::<Value>().unwrap();
     assert!(mine["leases"].as_array().unwrap().iter().all(|l| l["id"] != "not-yours"), "{mine}");
-    assert_eq!(api.call(Method::GET, "/v1/leases/not-yours", Some(&token), None).status(), 403);
+    let res = api.call(Method::GET, "/v1/leases/not-yours", Some(&token), None);
+    assert_eq!(res.status(), 404);
+    assert!(!res.text().unwrap().contains("/b/"), "nothing about the lease's pattern");
 }
 
 #[test]
@@ -420,7 +425,7 @@ fn the_cli_manages_principals_and_sends_with_a_token() {
 #[test]
 fn federation_works_with_auth_on_and_legs_only_read() {
     let dir = tempfile::tempdir().unwrap();
-    let secret = common::secret_file(dir.path(), "peer-secret-for-tests");
+    let secret = common::secret_file(dir.path(), "peer-secret-for-tests-0123456789abcd");
     let token_file = dir.path().join("admin-token");
     std::fs::write(&token_file, ADMIN).unwrap();
     let token_file = token_file.to_str().unwrap().to_string();
@@ -470,7 +475,7 @@ fn federation_works_with_auth_on_and_legs_only_read() {
     let outsider = on_a.principal("outsider", &[("tuples.read", "/g/")]);
     assert_eq!(on_a.call(Method::GET, query, Some(&outsider), None).status(), 403);
     // The peer secret on the public API reads, and nothing else.
-    let leg = "peer-secret-for-tests";
+    let leg = "peer-secret-for-tests-0123456789abcd";
     assert_eq!(on_b.call(Method::GET, "/v1/tuples?channel=/f/x/", Some(leg), None).status(), 200);
     assert_eq!(on_b.call(Method::POST, "/v1/events", Some(leg), Some(&event)).status(), 403);
     assert_eq!(on_b.call(Method::GET, "/v1/auth/principals", Some(leg), None).status(), 403);
@@ -572,5 +577,38 @@ fn a_principal_over_its_publish_rate_gets_429_and_changes_nothing() {
     // The admin is the operator: no quota.
     for _ in 0..6 {
         assert_eq!(api.call(Method::POST, "/v1/events", Some(ADMIN), Some(&batch)).status(), 200);
+    }
+}
+
+/// A stream outlives its request, not its token: once the token is revoked
+/// (or the grant taken back), the next event ends the stream with
+/// `pepper.unauthorized` instead of being delivered.
+#[test]
+fn an_open_stream_ends_when_its_token_is_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = site(dir.path());
+    let api = Api { http: Client::new(), server: &server };
+    for (revoke, name) in [("token", "watcher"), ("grant", "granted")] {
+        let token = api.principal(name, &[("subscribe", "/s/")]);
+        let auth = format!("Bearer {token}");
+        let mut stream = common::SseReader::open(&server.at("/v1/watch?channel=/s/"), &[("authorization", &auth)]);
+        let event = json!({"channel": "/s/x/", "type": "t", "payload": 1});
+        api.admin(Method::POST, "/v1/events", Some(&event));
+        assert_eq!(stream.next().unwrap().event, "t");
+        match revoke {
+            "token" => {
+                let id = &token[7..23];
+                api.admin(Method::DELETE, &format!("/v1/auth/principals/{name}/tokens/{id}"), None);
+            }
+            _ => {
+                let path = format!("/v1/auth/principals/{name}/grants?action=subscribe&resource=/s/");
+                assert_eq!(api.call(Method::DELETE, &path, Some(ADMIN), None).status(), 204);
+            }
+        }
+        let secret = json!({"channel": "/s/x/", "type": "t", "payload": "after"});
+        api.admin(Method::POST, "/v1/events", Some(&secret));
+        let next = stream.next().expect("an explicit end");
+        assert_eq!(next.event, "pepper.unauthorized", "{revoke}: {next:?}");
+        assert!(stream.next().is_none(), "{revoke}: the stream ends");
     }
 }

@@ -21,7 +21,7 @@ use common::{eventually, Server, SseReader};
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 
-const SECRET: &str = "test-secret";
+const SECRET: &str = "test-secret-for-federation-0123456789";
 
 fn args(dir: &std::path::Path, name: &str, extra: &[&str]) -> Vec<String> {
     let secret = common::secret_file(dir, SECRET);

@@ -337,11 +337,14 @@ fn slow_and_idle_clients_are_cut_off() {
 #[test]
 fn a_gap_marker_beyond_what_the_origin_trimmed_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::embedded(dir.path(), &["--peer-secret-file", &common::secret_file(dir.path(), "s3cret")]);
+    let server = Server::embedded(
+        dir.path(),
+        &["--peer-secret-file", &common::secret_file(dir.path(), "s3cret-for-the-hostile-tests-0123456")],
+    );
     let http = Client::new();
     let peer_post = |path: &str| {
         http.post(server.at(path))
-            .header("authorization", "Bearer s3cret")
+            .header("authorization", "Bearer s3cret-for-the-hostile-tests-0123456")
             .header("content-type", "application/octet-stream")
     };
     // An origin that never announced itself.
@@ -353,7 +356,7 @@ fn a_gap_marker_beyond_what_the_origin_trimmed_is_refused() {
     let announce = json!({"name": "z", "url": "http://127.0.0.1:9", "seq": 100, "earliest_seq": 50, "time_us": 1});
     let res = http
         .post(server.at("/v1/peer/heartbeat"))
-        .header("authorization", "Bearer s3cret")
+        .header("authorization", "Bearer s3cret-for-the-hostile-tests-0123456")
         .json(&announce)
         .send()
         .unwrap();
@@ -364,7 +367,10 @@ fn a_gap_marker_beyond_what_the_origin_trimmed_is_refused() {
     }
     // One whose start lies past its end is refused whole.
     let lie = json!({"name": "z", "url": "http://127.0.0.1:9", "seq": 100, "earliest_seq": u64::MAX, "time_us": 2});
-    let req = http.post(server.at("/v1/peer/heartbeat")).header("authorization", "Bearer s3cret").json(&lie);
+    let req = http
+        .post(server.at("/v1/peer/heartbeat"))
+        .header("authorization", "Bearer s3cret-for-the-hostile-tests-0123456")
+        .json(&lie);
     refused(&http, &server, "an earliest_seq past the head", req, 400, "invalid_body");
     // What it did trim may be declared lost.
     let res =
@@ -387,14 +393,17 @@ fn a_gap_marker_beyond_what_the_origin_trimmed_is_refused() {
 #[test]
 fn a_received_event_that_breaks_the_rules_becomes_a_marker() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::embedded(dir.path(), &["--peer-secret-file", &common::secret_file(dir.path(), "s3cret")]);
+    let server = Server::embedded(
+        dir.path(),
+        &["--peer-secret-file", &common::secret_file(dir.path(), "s3cret-for-the-hostile-tests-0123456")],
+    );
     let http = Client::new();
     let records =
         [common::peer_event("old", 1, "e1", "/fleet/", "x\ny"), common::peer_event("old", 2, "e2", "/fleet/", "fine")];
     let body = common::peer_batch(&records);
     let res = http
         .post(server.at("/v1/peer/records"))
-        .header("authorization", "Bearer s3cret")
+        .header("authorization", "Bearer s3cret-for-the-hostile-tests-0123456")
         .header("content-type", "application/octet-stream")
         .header("x-pepper-origin", "old")
         .body(body)
@@ -460,13 +469,15 @@ fn peers_pass_the_host_check_with_the_secret_and_cors_survives_errors() {
         dir.path(),
         &[
             "--peer-secret-file",
-            &common::secret_file(dir.path(), "s3cret"),
+            &common::secret_file(dir.path(), "s3cret-for-the-hostile-tests-0123456"),
             "--cors-origin",
             "https://console.example.org",
         ],
     );
     let http = Client::new();
-    for (authorization, status) in [(None, 403), (Some("Bearer s3cret"), 200), (Some("Bearer wrong"), 403)] {
+    for (authorization, status) in
+        [(None, 403), (Some("Bearer s3cret-for-the-hostile-tests-0123456"), 200), (Some("Bearer wrong"), 403)]
+    {
         let mut req = http.get(server.at("/v1/health")).header("host", "b.internal:7171");
         if let Some(a) = authorization {
             req = req.header("authorization", a);

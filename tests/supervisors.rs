@@ -25,7 +25,7 @@ use common::{eventually, Server};
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 
-const SECRET: &str = "test-secret";
+const SECRET: &str = "test-secret-for-federation-0123456789";
 const PATTERN: &str = "/fleet/node/";
 /// Monitor interval of the test's sites: a dead monitor is noticed after
 /// three of them (600 ms).

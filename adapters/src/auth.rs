@@ -243,6 +243,9 @@ pub fn secret_matches(given: &[u8], secret: &[u8]) -> bool {
 #[derive(Default)]
 pub struct Principals {
     index: RwLock<Index>,
+    /// Bumped by every committed change to a principal, so an open stream
+    /// re-checks its access only when something changed.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -295,6 +298,7 @@ impl Fold for Principals {
             return;
         }
         let mut index = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
         for (key, doc) in docs {
             match doc {
                 Some((seq, value)) => index.put(key, seq, value),
@@ -333,6 +337,11 @@ impl Principals {
                 None => return Ok(()),
             }
         }
+    }
+
+    /// How many committed changes to principals there have been.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The principal named `name`.
@@ -584,6 +593,70 @@ pub struct RefusalLabel {
     pub reason: &'static str,
 }
 
+/// Which token of which principal a request came with, for a stream that
+/// outlives its request.
+#[derive(Clone, Debug)]
+pub struct Session {
+    principal: String,
+    token: String,
+}
+
+/// A stream's right to go on: its caller's token and grant, re-checked
+/// before each delivery once principals changed or the token's expiry
+/// passed, so a revoked or expired token, a removed principal or a grant
+/// taken back ends the stream before it delivers another event.
+pub struct StreamAccess {
+    auth: Arc<Auth>,
+    session: Session,
+    action: Action,
+    pattern: pepper_router::Pattern,
+    seen: u64,
+    expires_us: Option<u64>,
+    valid: bool,
+}
+
+impl StreamAccess {
+    /// The access of a stream `session` opened for `action` over `pattern`
+    /// (none to keep for a caller that is not a stored principal).
+    pub fn new(
+        auth: &Arc<Auth>,
+        session: Option<&Session>,
+        action: Action,
+        pattern: &pepper_router::Pattern,
+    ) -> Option<StreamAccess> {
+        let session = session?.clone();
+        let principal = auth.principals.get(&session.principal)?;
+        let expires_us = principal.doc.tokens.iter().find(|t| t.id == session.token).and_then(|t| t.expires_us);
+        Some(StreamAccess {
+            auth: auth.clone(),
+            session,
+            action,
+            pattern: pattern.clone(),
+            seen: auth.principals.generation(),
+            expires_us,
+            valid: true,
+        })
+    }
+
+    /// Whether the stream may deliver at `now_us`.
+    pub fn allowed(&mut self, now_us: u64) -> bool {
+        if self.expires_us.is_some_and(|at| at <= now_us) {
+            self.valid = false;
+        }
+        let generation = self.auth.principals.generation();
+        if self.valid && generation != self.seen {
+            self.seen = generation;
+            self.valid = self.auth.principals.get(&self.session.principal).is_some_and(|p| {
+                let token_ok = p.doc.tokens.iter().any(|t| {
+                    t.id == self.session.token && t.revoked_us.is_none() && t.expires_us.is_none_or(|at| at > now_us)
+                });
+                token_ok && pepper_router::allows(&p.grants, self.action, &Resource::Channels(&self.pattern))
+            });
+        }
+        self.valid
+    }
+}
+
 /// Whether `path` is answered without a token: health, for load
 /// balancers, and the peer endpoints, which check the peer secret
 /// themselves.
@@ -605,6 +678,12 @@ pub(crate) async fn identify(
     let header = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     match auth.authenticate(header, pepper_storage::now_us()) {
         Ok(caller) => {
+            if let (Caller::Principal(p), Some((id, _))) =
+                (&caller, header.and_then(|h| h.strip_prefix("Bearer ")).and_then(|t| split_token(t.trim())))
+            {
+                let session = Session { principal: p.doc.name.clone(), token: id.to_string() };
+                request.extensions_mut().insert(session);
+            }
             request.extensions_mut().insert(caller);
             let response = next.run(request).await;
             if response.extensions().get::<crate::error::ErrorCode>().is_some_and(|c| c.0 == "forbidden") {

@@ -179,7 +179,8 @@ impl Grant {
                         "{action} takes a namespace such as root/cimv2, or * for every namespace, not {resource:?}"
                     )));
                 }
-                Scope::Namespace(resource.to_string())
+                // Namespaces ignore ASCII case, as the repository's do.
+                Scope::Namespace(resource.to_ascii_lowercase())
             }
             ResourceKind::Site if resource.is_empty() || resource == "*" => Scope::Site,
             ResourceKind::Site => {
@@ -215,7 +216,7 @@ impl Grant {
             (Scope::Channels(grant), Resource::Channel(channel)) => grant.matches(channel),
             (Scope::Channels(grant), Resource::Channels(wanted)) => covers(grant, wanted),
             (Scope::AnyNamespace, Resource::Namespace(_)) => true,
-            (Scope::Namespace(ns), Resource::Namespace(wanted)) => ns == wanted,
+            (Scope::Namespace(ns), Resource::Namespace(wanted)) => ns.eq_ignore_ascii_case(wanted),
             (Scope::Site, Resource::Site) => true,
             _ => false,
         }
@@ -326,6 +327,8 @@ mod tests {
         let g = grant("models.write", "root/cimv2");
         assert!(g.allows(Action::ModelsWrite, &Resource::Namespace("root/cimv2")));
         assert!(!g.allows(Action::ModelsWrite, &Resource::Namespace("root/other")));
+        assert!(g.allows(Action::ModelsWrite, &Resource::Namespace("ROOT/CIMv2")), "namespaces ignore case");
+        assert_eq!(grant("models.read", "Root/CIMV2").resource(), "root/cimv2");
         assert!(!g.allows(Action::ModelsRead, &Resource::Namespace("root/cimv2")), "write is not read");
         assert!(grant("models.read", "*").allows(Action::ModelsRead, &Resource::Namespace("anything")));
         assert!(grant("recording", "*").allows(Action::Recording, &Resource::Site));

@@ -75,7 +75,6 @@ pub(crate) async fn publish(
             events.len()
         )));
     }
-    state.quotas.publish(&caller, events.len(), std::time::Instant::now())?;
     let many = events.len() > 1;
     let mut bodies = Vec::with_capacity(events.len());
     let mut ids = Vec::with_capacity(events.len());
@@ -92,6 +91,8 @@ pub(crate) async fn publish(
         ids.push(event.id.clone());
         bodies.push(RecordBody::Event(event));
     }
+    // Charged once every event is allowed: a refused batch costs nothing.
+    state.quotas.publish(&caller, bodies.len(), std::time::Instant::now())?;
     // The append runs in its own task so a client that hangs up mid-commit
     // cannot cancel it halfway: the outcome is the same either way. The
     // tuple expiry index follows the commit by itself (`expiry::ExpiryFold`).

@@ -150,16 +150,15 @@ fn may_hold(caller: &Caller, lease: &pepper_storage::Lease) -> bool {
     Pattern::parse(&lease.pattern).is_ok_and(|p| caller.may(Action::Subscribe, &Resource::Channels(&p)))
 }
 
-/// The live lease `id`, if `caller` may hold it: 404 when there is none,
-/// 403 when the caller may not subscribe to all of its pattern.
+/// The live lease `id`, if `caller` may hold it. A lease the caller may
+/// not hold is answered like one that does not exist (404, nothing about
+/// its pattern), so ids cannot be probed.
 pub(crate) async fn lease_for(state: &AppState, caller: &Caller, id: &str) -> Result<pepper_storage::Lease, ApiError> {
     let id2 = id.to_string();
-    let Some(lease) = state.store.read(move |v| v.lease(&id2)).await? else {
-        return Err(ApiError::no_lease(id));
-    };
-    let pattern = Pattern::parse(&lease.pattern).map_err(ApiError::bad_channel)?;
-    caller.require(Action::Subscribe, &Resource::Channels(&pattern))?;
-    Ok(lease)
+    match state.store.read(move |v| v.lease(&id2)).await? {
+        Some(lease) if may_hold(caller, &lease) => Ok(lease),
+        _ => Err(ApiError::no_lease(id)),
+    }
 }
 
 pub(crate) async fn grant(

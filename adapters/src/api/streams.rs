@@ -48,7 +48,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Session, StreamAccess};
 use crate::error::ApiError;
 use crate::limits::SNAPSHOTS_MAX;
 use crate::limits::SUBSCRIBERS_MAX;
@@ -118,6 +118,7 @@ fn start_seq(
 pub(crate) async fn lease_events(
     State(state): State<AppState>,
     caller: Caller,
+    session: Option<axum::Extension<Session>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     query: Result<Query<LeaseStreamQuery>, QueryRejection>,
@@ -129,7 +130,10 @@ pub(crate) async fn lease_events(
         return Err(ApiError::no_lease(&id));
     };
     let pattern = Pattern::parse(&lease.pattern).map_err(ApiError::bad_channel)?;
-    caller.require(Action::Subscribe, &Resource::Channels(&pattern))?;
+    if !caller.may(Action::Subscribe, &Resource::Channels(&pattern)) {
+        // As if it did not exist: ids cannot be probed.
+        return Err(ApiError::no_lease(&id));
+    }
     let sub = Subscription {
         pattern,
         types: lease.types.clone(),
@@ -147,12 +151,14 @@ pub(crate) async fn lease_events(
         return long_poll(state, sub, from, q.wait_ms.unwrap_or(0), q.max.unwrap_or(100)).await;
     }
     let quota = state.quotas.stream(&caller)?;
-    sse(state, sub, from, quota)
+    let access = StreamAccess::new(&state.auth, session.as_ref().map(|e| &e.0), Action::Subscribe, &sub.pattern);
+    sse(state, sub, from, quota, access)
 }
 
 pub(crate) async fn watch(
     State(state): State<AppState>,
     caller: Caller,
+    session: Option<axum::Extension<Session>>,
     headers: HeaderMap,
     query: Result<Query<WatchQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -167,20 +173,21 @@ pub(crate) async fn watch(
     let sub = Subscription::watch(pattern, types, q.snapshot);
     let seen = state.store.last_seq();
     let quota = state.quotas.stream(&caller)?;
+    let access = StreamAccess::new(&state.auth, session.as_ref().map(|e| &e.0), Action::Subscribe, &sub.pattern);
     if !q.snapshot {
         let from = start_seq(&state, &headers, q.from_seq, seen + 1, seen)?;
-        return sse(state, sub, from, quota);
+        return sse(state, sub, from, quota, access);
     }
     // With a snapshot: a fresh watch gets every latest value, then the
     // changes after exactly that snapshot. A resume continues from its
     // position; one from before what retention kept gets the tuples changed
     // since then, and the tombstones of those removed, instead of 410.
     let Some(asked) = resume_from(&headers, q.from_seq)? else {
-        return sse_with_snapshot(state, sub, None, quota);
+        return sse_with_snapshot(state, sub, None, quota, access);
     };
     match start_seq(&state, &headers, q.from_seq, seen + 1, seen) {
-        Ok(from) => sse(state, sub, from, quota),
-        Err(e) if e.code() == "compacted" => sse_with_snapshot(state, sub, Some(asked), quota),
+        Ok(from) => sse(state, sub, from, quota, access),
+        Err(e) if e.code() == "compacted" => sse_with_snapshot(state, sub, Some(asked), quota, access),
         Err(e) => Err(e),
     }
 }
@@ -339,6 +346,7 @@ fn sse_with_snapshot(
     sub: Subscription,
     since: Option<u64>,
     quota: Option<OwnedSemaphorePermit>,
+    access: Option<crate::auth::StreamAccess>,
 ) -> Result<Response, ApiError> {
     let reader = state.snapshot_readers.clone().try_acquire_owned().map_err(|_| {
         ApiError::overloaded(format!("the site is already streaming {SNAPSHOTS_MAX} snapshots; retry shortly"))
@@ -346,7 +354,7 @@ fn sse_with_snapshot(
     let slot = take_slot(&state)?;
     let rx = read_snapshot(&state, &sub, since, reader);
     let snapshot = Phase::Snapshot { rx, since };
-    Ok(stream(Subscriber { state, sub, phase: snapshot, _slot: slot, _quota: quota }))
+    Ok(stream(Subscriber { state, sub, phase: snapshot, _slot: slot, _quota: quota, access }))
 }
 
 fn take_slot(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
@@ -358,12 +366,31 @@ fn take_slot(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
 /// What a stream tells its client next.
 enum Out {
     Event(Arc<Outgoing>),
-    Page { event: &'static str, json: String },
-    SnapshotDone { seq: u64, tuples: u64, removed: u64, since: Option<u64>, reset: bool },
-    LeaseEnded { seq: u64, reason: &'static str },
-    Compacted { earliest: u64 },
-    Detached { why: Detach, resume_seq: u64 },
+    Page {
+        event: &'static str,
+        json: String,
+    },
+    SnapshotDone {
+        seq: u64,
+        tuples: u64,
+        removed: u64,
+        since: Option<u64>,
+        reset: bool,
+    },
+    LeaseEnded {
+        seq: u64,
+        reason: &'static str,
+    },
+    Compacted {
+        earliest: u64,
+    },
+    Detached {
+        why: Detach,
+        resume_seq: u64,
+    },
     Failed(String),
+    /// The caller's token or grant ended while the stream was open.
+    Unauthorized,
 }
 
 /// Where a stream is on its way from its own cursor to the live stream.
@@ -394,6 +421,8 @@ struct Subscriber {
     _slot: OwnedSemaphorePermit,
     /// Holds one of its principal's stream slots (`quota`), if it has any.
     _quota: Option<OwnedSemaphorePermit>,
+    /// Its caller's right to go on, re-checked before each delivery.
+    access: Option<crate::auth::StreamAccess>,
 }
 
 impl Subscriber {
@@ -491,10 +520,11 @@ pub(crate) fn sse(
     sub: Subscription,
     from: u64,
     quota: Option<OwnedSemaphorePermit>,
+    access: Option<crate::auth::StreamAccess>,
 ) -> Result<Response, ApiError> {
     let slot = take_slot(&state)?;
     let feed = state.store.feed(from, filter(&sub));
-    Ok(stream(Subscriber { state, sub, phase: Phase::CatchUp(feed), _slot: slot, _quota: quota }))
+    Ok(stream(Subscriber { state, sub, phase: Phase::CatchUp(feed), _slot: slot, _quota: quota, access }))
 }
 
 /// An event type as an SSE `event:` field. The store refuses control
@@ -522,7 +552,13 @@ fn stream(subscriber: Subscriber) -> Response {
             // from its last id.
             _ = async { let _ = stopping.wait_for(|stop| *stop).await; } => None,
         };
-        let event = match next? {
+        let mut next = next?;
+        if matches!(next, Out::Event(_) | Out::Page { .. } | Out::SnapshotDone { .. })
+            && s.access.as_mut().is_some_and(|a| !a.allowed(pepper_storage::now_us()))
+        {
+            next = Out::Unauthorized;
+        }
+        let event = match next {
             Out::Page { event, json } => SseEvent::default().event(event).data(json),
             Out::SnapshotDone { seq, tuples, removed, since, reset } => {
                 let mut data = json!({ "seq": seq, "tuples": tuples });
@@ -583,6 +619,13 @@ fn stream(subscriber: Subscriber) -> Response {
                 };
                 let data = json!({ "resume_seq": resume_seq, "reason": reason, "message": message });
                 SseEvent::default().event(event).data(data.to_string())
+            }
+            Out::Unauthorized => {
+                s.phase = Phase::Done;
+                let message = "this stream's token was revoked or expired, or its grant was taken back";
+                SseEvent::default()
+                    .event("pepper.unauthorized")
+                    .data(json!({ "reason": "unauthorized", "message": message }).to_string())
             }
             Out::Failed(message) => {
                 s.phase = Phase::Done;
