@@ -3,6 +3,9 @@
 //! queries with manifests through a SIGSTOP, interest withdrawn when a
 //! lease expires, and a retried batch dropped as a duplicate.
 //!
+//! Every site runs with auth on (an admin token; the test's requests carry
+//! it), so federation is tested as it is deployed.
+//!
 //! Sites run in this process ([`Server::embedded`]) except those a test
 //! kills or stops with a signal, which are real `pepper serve` processes:
 //! the smoke tests of federation through a crash. The protocol's detail
@@ -25,10 +28,12 @@ const SECRET: &str = "test-secret-for-federation-0123456789";
 
 fn args(dir: &std::path::Path, name: &str, extra: &[&str]) -> Vec<String> {
     let secret = common::secret_file(dir, SECRET);
-    let mut args: Vec<String> = ["--site", name, "--peer-secret-file", &secret, "--heartbeat-ms", "100"]
-        .into_iter()
-        .map(String::from)
-        .collect();
+    let admin = common::admin_token_file(dir);
+    let mut args: Vec<String> =
+        ["--site", name, "--peer-secret-file", &secret, "--admin-token-file", &admin, "--heartbeat-ms", "100"]
+            .into_iter()
+            .map(String::from)
+            .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
@@ -101,7 +106,7 @@ fn read_events(stream: &mut SseReader, n: usize) -> (BTreeMap<String, u32>, Vec<
 #[test]
 fn events_cross_sites_exactly_once_through_a_kill_and_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let http = common::admin_client(Duration::from_secs(10));
     let a = process_site(dir.path(), "a", &[]);
     let a_peer = format!("a={}", a.url);
     let b = site(dir.path(), "b", &["--peer", &a_peer]);
@@ -140,8 +145,14 @@ fn events_cross_sites_exactly_once_through_a_kill_and_restart() {
 
     let lease_b = grant(&http, &b, json!({"channel": "/fleet/", "ttl_s": 300}));
     let lease_c = grant(&http, &c, json!({"channel": "/fleet/", "ttl_s": 300, "types": ["ping"]}));
-    let mut on_b = SseReader::open(&b.at(&format!("/v1/leases/{lease_b}/events")), &[]);
-    let mut on_c = SseReader::open(&c.at(&format!("/v1/leases/{lease_c}/events")), &[]);
+    let mut on_b = SseReader::open(
+        &b.at(&format!("/v1/leases/{lease_b}/events")),
+        &[("authorization", common::admin_auth().as_str())],
+    );
+    let mut on_c = SseReader::open(
+        &c.at(&format!("/v1/leases/{lease_c}/events")),
+        &[("authorization", common::admin_auth().as_str())],
+    );
 
     // Delivery across sites, from every site, with the lease's type filter.
     let ev = |id: &str, ty: &str| json!({"id": id, "channel": "/fleet/n1/", "type": ty, "payload": {"n": id}});
@@ -164,7 +175,7 @@ fn events_cross_sites_exactly_once_through_a_kill_and_restart() {
         let url = a.url.clone();
         let published = published.clone();
         std::thread::spawn(move || {
-            let http = Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+            let http = common::admin_client(Duration::from_secs(2));
             let mut retries = 0;
             for n in 0..total {
                 published.store(n, Ordering::Relaxed);
@@ -214,7 +225,7 @@ fn events_cross_sites_exactly_once_through_a_kill_and_restart() {
 #[test]
 fn federated_queries_answer_within_their_deadline_with_a_manifest() {
     let dir = tempfile::tempdir().unwrap();
-    let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let http = common::admin_client(Duration::from_secs(10));
     let a = site(dir.path(), "a", &["--region", "eu"]);
     let a_peer = format!("a={}", a.url);
     let b = site(dir.path(), "b", &["--peer", &a_peer, "--region", "eu"]);
@@ -306,7 +317,7 @@ fn federated_queries_answer_within_their_deadline_with_a_manifest() {
 #[test]
 fn expired_leases_withdraw_interest_and_retried_batches_are_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let http = common::admin_client(Duration::from_secs(10));
     let a = site(dir.path(), "a", &[]);
     let b = site(dir.path(), "b", &["--peer", &format!("a={}", a.url)]);
     wait_up(&http, &a, &["b"]);
@@ -381,7 +392,7 @@ fn expired_leases_withdraw_interest_and_retried_batches_are_dropped() {
 #[test]
 fn a_peer_back_after_retention_trimmed_what_it_missed_gets_a_gap_marker() {
     let dir = tempfile::tempdir().unwrap();
-    let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let http = common::admin_client(Duration::from_secs(10));
     let a = site(dir.path(), "a", &["--log-max-age-s", "1", "--retention-interval-s", "1"]);
     let b = site(dir.path(), "b", &["--peer", &format!("a={}", a.url)]);
     wait_up(&http, &a, &["b"]);
@@ -392,7 +403,10 @@ fn a_peer_back_after_retention_trimmed_what_it_missed_gets_a_gap_marker() {
     let everything = grant(&http, &b, json!({"channel": "/", "ttl_s": 300, "types": ["never"]}));
     let ping = |n: u32| json!({"channel": "/fleet/n/", "type": "ping", "payload": n});
     assert!(publish(&http, &a, &ping(0)).unwrap().status().is_success());
-    let mut stream = SseReader::open(&b.at(&format!("/v1/leases/{lease}/events")), &[]);
+    let mut stream = SseReader::open(
+        &b.at(&format!("/v1/leases/{lease}/events")),
+        &[("authorization", common::admin_auth().as_str())],
+    );
     assert_eq!(stream.next().unwrap().json()["payload"], 0);
     // b goes away; a's log moves on and retention trims what b missed.
     let port = b.port();
@@ -412,7 +426,10 @@ fn a_peer_back_after_retention_trimmed_what_it_missed_gets_a_gap_marker() {
     let b = site(dir.path(), "b", &["--peer", &format!("a={}", a.url), "--listen", &format!("127.0.0.1:{port}")]);
     // The lease (durable on b) receives the gap marker, whatever its types,
     // saying which of a's records are gone; then live events again.
-    let mut stream = SseReader::open(&b.at(&format!("/v1/leases/{lease}/events?from_seq=1")), &[]);
+    let mut stream = SseReader::open(
+        &b.at(&format!("/v1/leases/{lease}/events?from_seq=1")),
+        &[("authorization", common::admin_auth().as_str())],
+    );
     let mut gap = None;
     let deadline = Instant::now() + Duration::from_secs(15);
     while gap.is_none() && Instant::now() < deadline {
@@ -422,7 +439,10 @@ fn a_peer_back_after_retention_trimmed_what_it_missed_gets_a_gap_marker() {
         }
     }
     let gap = gap.expect("no gap marker");
-    let mut all = SseReader::open(&b.at(&format!("/v1/leases/{everything}/events?from_seq=1")), &[]);
+    let mut all = SseReader::open(
+        &b.at(&format!("/v1/leases/{everything}/events?from_seq=1")),
+        &[("authorization", common::admin_auth().as_str())],
+    );
     // It gets every marker (`/` matches every channel), its own on a's
     // site channel included.
     let mut channels: Vec<String> = (0..2)
@@ -445,7 +465,7 @@ fn a_peer_back_after_retention_trimmed_what_it_missed_gets_a_gap_marker() {
 #[test]
 fn a_receiving_site_killed_mid_stream_gets_every_event_once_after_its_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let http = common::admin_client(Duration::from_secs(10));
     let a = site(dir.path(), "a", &[]);
     let b = process_site(dir.path(), "b", &["--peer", &format!("a={}", a.url)]);
     wait_up(&http, &a, &["b"]);
@@ -458,7 +478,7 @@ fn a_receiving_site_killed_mid_stream_gets_every_event_once_after_its_restart() 
         let url = a.url.clone();
         let published = published.clone();
         std::thread::spawn(move || {
-            let http = Client::new();
+            let http = common::admin_client(Duration::from_secs(30));
             for n in 0..total {
                 published.store(n, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(5));
@@ -477,7 +497,10 @@ fn a_receiving_site_killed_mid_stream_gets_every_event_once_after_its_restart() 
         process_site(dir.path(), "b", &["--peer", &format!("a={}", a.url), "--listen", &format!("127.0.0.1:{port}")]);
     publisher.join().unwrap();
     // The lease survived the kill; read it from its start.
-    let mut stream = SseReader::open(&b.at(&format!("/v1/leases/{lease}/events?from_seq=1")), &[]);
+    let mut stream = SseReader::open(
+        &b.at(&format!("/v1/leases/{lease}/events?from_seq=1")),
+        &[("authorization", common::admin_auth().as_str())],
+    );
     let (seen, origins) = read_events(&mut stream, total);
     assert_eq!(seen.len(), total, "every event");
     assert!(seen.values().all(|&n| n == 1), "each once");

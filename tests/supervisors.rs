@@ -9,6 +9,9 @@
 //! this process ([`Server::embedded`]); the placement and stop rules in
 //! detail are the router's state machines' and the simulator's.
 //!
+//! The federated sites run with auth on (an admin token; the test's
+//! requests carry it), as they are deployed.
+//!
 //! No test waits on the clock to see that nothing happens: a steady state
 //! is checked after every site's supervisor has evaluated the policy a few
 //! more times (`pepper_supervisor_evaluations_total`).
@@ -48,7 +51,10 @@ fn process_site(dir: &std::path::Path, name: &str, region: &str, peer: Option<&s
 
 fn args(dir: &std::path::Path, name: &str, region: &str, peer: Option<&str>) -> Vec<String> {
     let secret = common::secret_file(dir, SECRET);
+    let admin = common::admin_token_file(dir);
     let mut args = vec![
+        "--admin-token-file",
+        &admin,
         "--site",
         name,
         "--region",
@@ -128,7 +134,7 @@ fn history(http: &Client, s: &Server, channel: &str, field: &str, scope: &str) -
 #[test]
 fn recorders_are_replaced_with_their_history_after_kills() {
     let dir = tempfile::tempdir().unwrap();
-    let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let http = common::admin_client(Duration::from_secs(10));
     let s1 = process_site(dir.path(), "s1", "r1", None);
     let seed = format!("s1={}", s1.url);
     let mut servers: BTreeMap<String, Server> = BTreeMap::new();
@@ -160,7 +166,7 @@ fn recorders_are_replaced_with_their_history_after_kills() {
     let publisher = {
         let (acked, stop) = (acked.clone(), stop.clone());
         std::thread::spawn(move || {
-            let http = Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+            let http = common::admin_client(Duration::from_secs(5));
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 // Each node's channel is published through one site, as a
@@ -296,7 +302,7 @@ fn recorders_are_replaced_with_their_history_after_kills() {
 #[test]
 fn one_monitor_stops_when_there_are_too_many() {
     let dir = tempfile::tempdir().unwrap();
-    let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let http = common::admin_client(Duration::from_secs(10));
     let a = site(dir.path(), "s1", "r1", None);
     let seed = format!("s1={}", a.url);
     let b = site(dir.path(), "s2", "r1", Some(&seed));
@@ -369,7 +375,7 @@ fn one_monitor_stops_when_there_are_too_many() {
 #[test]
 fn peer_endpoints_refuse_what_they_cannot_serve() {
     let dir = tempfile::tempdir().unwrap();
-    let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let http = common::admin_client(Duration::from_secs(10));
     let s = site(dir.path(), "s1", "r1", None);
     let auth = format!("Bearer {SECRET}");
     let call = |path: &str, with_auth: bool| {
@@ -427,7 +433,7 @@ fn peer_endpoints_refuse_what_they_cannot_serve() {
 #[test]
 fn policies_are_checked_kept_and_changed_at_run_time() {
     let dir = tempfile::tempdir().unwrap();
-    let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let http = common::admin_client(Duration::from_secs(10));
     let s = Server::embedded(&dir.path().join("one"), &["--site", "one", "--monitor-interval-ms", "50"]);
     // Bad policies get 400 and change nothing.
     for (body, needle) in [
@@ -507,7 +513,7 @@ fn complete_recorders_of(http: &Client, s: &Server, pattern: &str) -> Vec<String
 #[test]
 fn queries_on_a_subtree_nobody_records_say_so() {
     let dir = tempfile::tempdir().unwrap();
-    let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let http = common::admin_client(Duration::from_secs(10));
     // A long interval: no monitor starts during the test.
     let args = ["--site", "one", "--monitor-interval-ms", "60000", "--record", "/a/=1"];
     let s = Server::embedded(&dir.path().join("one"), &args);

@@ -242,6 +242,31 @@ pub fn secret_file(dir: &Path, secret: &str) -> String {
     path.to_str().unwrap().to_string()
 }
 
+/// The admin token of the tests that run with auth on.
+pub const ADMIN_TOKEN: &str = "admin-token-for-the-test-suite-0123456789";
+
+/// Writes [`ADMIN_TOKEN`] to a file in `dir` for `--admin-token-file` and
+/// returns its path.
+pub fn admin_token_file(dir: &Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("admin-token");
+    std::fs::write(&path, format!("{ADMIN_TOKEN}\n")).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// `Authorization` with [`ADMIN_TOKEN`].
+pub fn admin_auth() -> String {
+    format!("Bearer {ADMIN_TOKEN}")
+}
+
+/// A client whose every request carries [`ADMIN_TOKEN`] (unless it sets
+/// its own `Authorization`).
+pub fn admin_client(timeout: Duration) -> reqwest::blocking::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, admin_auth().parse().unwrap());
+    reqwest::blocking::Client::builder().default_headers(headers).timeout(timeout).build().unwrap()
+}
+
 /// Polls `check` every 20 ms until it holds or `within` passes.
 pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
