@@ -39,6 +39,7 @@ async fn scenario(leases: u64) -> Duration {
                     group: None,
                     from_seq: None,
                     holder: Party::default(),
+                    owner: None,
                 })
             })
             .collect();

@@ -98,8 +98,11 @@ fn every_endpoint_refuses_each_kind_of_bad_caller_and_changes_nothing() {
     // Something to read, hold and delete.
     let attr = json!({"channel": "/m/x/", "type": "attribute", "payload": {"field": "f", "value": "1"}});
     api.admin(Method::POST, "/v1/events", Some(&attr));
-    let lease = api.admin(Method::POST, "/v1/leases", Some(&json!({"channel": "/m/", "ttl_s": 600})));
-    let lease = lease["id"].as_str().unwrap().to_string();
+    // A lease belongs to the principal it was granted to: the cases on it
+    // are served to its holder.
+    let holder = api.principal("holder", &[("subscribe", "/m/")]);
+    let res = api.call(Method::POST, "/v1/leases", Some(&holder), Some(&json!({"channel": "/m/", "ttl_s": 600})));
+    let lease = res.json::<Value>().unwrap()["id"].as_str().unwrap().to_string();
     let class = json!({"name": "Lab_Host", "superclass": "CIM_ComputerSystem"});
 
     let cases = vec![
@@ -186,7 +189,10 @@ fn every_endpoint_refuses_each_kind_of_bad_caller_and_changes_nothing() {
         }
         // With the grant (and nothing else), it is served.
         let name = format!("with{i}");
-        let token = api.principal(&name, &[c.grant]);
+        let token = match c.path.starts_with("/v1/leases/") {
+            true => holder.clone(),
+            false => api.principal(&name, &[c.grant]),
+        };
         let res = api.call(c.method.clone(), &c.path, Some(&token), c.body.as_ref());
         let status = res.status().as_u16();
         assert_eq!(status, c.ok, "{} {} with {:?}: {}", c.method, c.path, c.grant, res.text().unwrap());
@@ -611,4 +617,54 @@ fn an_open_stream_ends_when_its_token_is_revoked() {
         assert_eq!(next.event, "pepper.unauthorized", "{revoke}: {next:?}");
         assert!(stream.next().is_none(), "{revoke}: the stream ends");
     }
+}
+
+/// A lease belongs to the principal it was granted to: another principal
+/// with the same grant cannot read, renew, release or stream it, and
+/// anycast groups are per principal.
+#[test]
+fn leases_and_groups_belong_to_their_principal() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = site(dir.path());
+    let api = Api { http: Client::new(), server: &server };
+    let alice = api.principal("alice", &[("subscribe", "/w/"), ("publish", "/w/")]);
+    let mallory = api.principal("mallory", &[("subscribe", "/w/")]);
+    let grant = |token: &str, id: &str| {
+        let body = json!({"channel": "/w/", "ttl_s": 60, "id": id, "group": "workers"});
+        let res = api.call(Method::POST, "/v1/leases", Some(token), Some(&body));
+        assert_eq!(res.status(), 201);
+        res.json::<Value>().unwrap()
+    };
+    let a = grant(&alice, "alice-1");
+    assert_eq!(a["group"], "alice:workers", "{a}");
+    let m = grant(&mallory, "mallory-1");
+    assert_eq!(m["group"], "mallory:workers", "{m}");
+    for (method, path, body) in [
+        (Method::GET, "/v1/leases/alice-1", None),
+        (Method::POST, "/v1/leases/alice-1/renew", Some(json!({}))),
+        (Method::GET, "/v1/leases/alice-1/events?wait_ms=0&max=1", None),
+        (Method::DELETE, "/v1/leases/alice-1", None),
+    ] {
+        let res = api.call(method.clone(), path, Some(&mallory), body.as_ref());
+        assert_eq!(res.status(), 404, "{method} {path}");
+        assert!(api.call(method.clone(), path, Some(&alice), body.as_ref()).status().is_success(), "{method} {path}");
+    }
+    let listed = api.call(Method::GET, "/v1/leases", Some(&mallory), None).json::<Value>().unwrap();
+    let ids: Vec<&str> = listed["leases"].as_array().unwrap().iter().map(|l| l["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["mallory-1"]);
+    // Each group gets its own copy of a distribution-one event: mallory's
+    // lease does not take alice's share.
+    let b = grant(&alice, "alice-2");
+    assert_eq!(b["group"], "alice:workers");
+    let one = json!({"channel": "/w/x/", "type": "job", "distribution": "one", "payload": 1});
+    assert_eq!(api.call(Method::POST, "/v1/events", Some(&alice), Some(&one)).status(), 200);
+    let got = |token: &str, id: &str| {
+        let v: Value = api
+            .call(Method::GET, &format!("/v1/leases/{id}/events?wait_ms=0&max=10&from_seq=1"), Some(token), None)
+            .json()
+            .unwrap();
+        v["events"].as_array().unwrap().iter().filter(|e| e["type"] == "job").count()
+    };
+    assert_eq!(got(&alice, "alice-2"), 1, "alice's group gets the job");
+    assert_eq!(got(&mallory, "mallory-1"), 1, "mallory's own group gets its own copy, not alice's");
 }

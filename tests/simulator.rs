@@ -848,6 +848,7 @@ impl Sim {
             group: group.map(Into::into),
             from_seq: None,
             holder: Party::default(),
+            owner: None,
         });
         self.store(site).append_blocking(vec![grant]).expect("grant");
         self.log(format!("lease {site} {id} {pattern} group {group:?}"));

@@ -452,6 +452,17 @@ impl Caller {
         }
     }
 
+    /// Whether the caller may act on something granted to `owner`: its
+    /// owner, or anyone with auth off or the admin token; something with no
+    /// owner (granted with auth off) is anyone's with the grant for it.
+    pub fn owns(&self, owner: Option<&str>) -> bool {
+        match (self, owner) {
+            (Caller::Principal(p), Some(o)) => p.doc.name == o,
+            (Caller::Peer, Some(_)) => false,
+            _ => true,
+        }
+    }
+
     /// Whether the caller may do `action` on `resource`.
     pub fn may(&self, action: Action, resource: &Resource<'_>) -> bool {
         match self {

@@ -215,6 +215,7 @@ mod tests {
             granted_seq: 1,
             renewed_seq: 1,
             holder: Party { service: format!("svc-{id}"), instance: "i".into() },
+            owner: None,
         }
     }
 

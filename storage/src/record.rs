@@ -368,6 +368,23 @@ pub struct LeaseGrant {
     /// Who holds the lease, matched against an event's `to` (added in
     /// record version 2 of this kind; version 1 grants have an empty holder).
     pub holder: Party,
+    /// The principal that was granted it, when auth is on: only it (or the
+    /// admin) may read, renew or release the lease. Added in record
+    /// version 3 of this kind; older grants have none.
+    pub owner: Option<String>,
+}
+
+/// A lease grant as record version 2 laid it out: without `owner`.
+#[derive(Deserialize)]
+struct LeaseGrantV2 {
+    id: String,
+    pattern: String,
+    types: Vec<String>,
+    ttl_ms: u64,
+    expires_at_us: u64,
+    group: Option<String>,
+    from_seq: Option<u64>,
+    holder: Party,
 }
 
 /// A lease grant as record version 1 laid it out: without `holder`.
@@ -601,7 +618,7 @@ impl Kind {
     pub fn version(self) -> u8 {
         match self {
             Kind::Event => 5,
-            Kind::LeaseGrant => 2,
+            Kind::LeaseGrant => 3,
             _ => RECORD_VERSION,
         }
     }
@@ -726,6 +743,21 @@ impl Body {
                     group: g.group,
                     from_seq: g.from_seq,
                     holder: Party::default(),
+                    owner: None,
+                })
+            }
+            Kind::LeaseGrant if version == 2 => {
+                let g: LeaseGrantV2 = whole(bytes)?;
+                Body::LeaseGrant(LeaseGrant {
+                    id: g.id,
+                    pattern: g.pattern,
+                    types: g.types,
+                    ttl_ms: g.ttl_ms,
+                    expires_at_us: g.expires_at_us,
+                    group: g.group,
+                    from_seq: g.from_seq,
+                    holder: g.holder,
+                    owner: None,
                 })
             }
             Kind::LeaseGrant => Body::LeaseGrant(whole(bytes)?),
@@ -911,6 +943,7 @@ mod tests {
                 group: Some("g".into()),
                 from_seq: Some(5),
                 holder: Party { service: "svc".into(), instance: "i".into() },
+                owner: None,
             }),
             Body::LeaseRenew(LeaseRenew { id: "l1".into(), ttl_ms: 10, expires_at_us: 100 }),
             Body::LeaseRelease(LeaseEnd { id: "l1".into() }),
@@ -1025,6 +1058,34 @@ mod tests {
         let bytes = with_version(frame(9, 1, "s", Kind::LeaseGrant, &body).expect("frame"), 1);
         let Body::LeaseGrant(g) = Record::decode(&bytes).expect("v1 decodes").body else { panic!("kind") };
         assert_eq!((g.id.as_str(), g.ttl_ms, g.from_seq, g.holder), ("l", 5, Some(2), Party::default()));
+        // Version 2 (a holder, no owner) reads with no owner.
+        #[derive(Serialize)]
+        struct V2<'a> {
+            id: &'a str,
+            pattern: &'a str,
+            types: Vec<&'a str>,
+            ttl_ms: u64,
+            expires_at_us: u64,
+            group: Option<&'a str>,
+            from_seq: Option<u64>,
+            holder: Party,
+        }
+        let holder = Party { service: "svc".into(), instance: "i".into() };
+        let v2 = V2 {
+            id: "l",
+            pattern: "/a/",
+            types: vec![],
+            ttl_ms: 5,
+            expires_at_us: 6,
+            group: Some("g"),
+            from_seq: None,
+            holder: holder.clone(),
+        };
+        let mut body = Vec::new();
+        postcard::to_io(&v2, &mut body).expect("encode");
+        let bytes = with_version(frame(9, 1, "s", Kind::LeaseGrant, &body).expect("frame"), 2);
+        let Body::LeaseGrant(g) = Record::decode(&bytes).expect("v2 decodes").body else { panic!("kind") };
+        assert_eq!((g.group.as_deref(), g.holder, g.owner), (Some("g"), holder, None));
         // Version 2 of a kind that never had one is refused.
         let tuple = Record { seq: 1, time_us: 1, origin: "s".into(), body: samples().remove(1) };
         let bytes = with_version(tuple.encode().expect("encode"), 2);

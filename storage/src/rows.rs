@@ -230,10 +230,28 @@ pub struct Lease {
     pub renewed_seq: u64,
     /// Who holds it, matched against an event's `to`.
     pub holder: Party,
+    /// The principal it was granted to, when auth was on (row version 3).
+    pub owner: Option<String>,
 }
 
-/// The version of lease rows this build writes; version 1 had no holder.
-pub(crate) const LEASE_ROW_VERSION: u8 = 2;
+/// The version of lease rows this build writes; version 1 had no holder,
+/// version 2 no owner.
+pub(crate) const LEASE_ROW_VERSION: u8 = 3;
+
+/// A lease row as version 2 laid it out.
+#[derive(Deserialize)]
+struct LeaseV2 {
+    id: String,
+    pattern: String,
+    types: Vec<String>,
+    ttl_ms: u64,
+    expires_at_us: u64,
+    group: Option<String>,
+    from_seq: Option<u64>,
+    granted_seq: u64,
+    renewed_seq: u64,
+    holder: Party,
+}
 
 /// A lease row as version 1 laid it out.
 #[derive(Deserialize)]
@@ -275,6 +293,24 @@ pub(crate) fn decode_lease_row(key: &[u8], bytes: &[u8]) -> Result<Lease> {
                 granted_seq: l.granted_seq,
                 renewed_seq: l.renewed_seq,
                 holder: Party::default(),
+                owner: None,
+            })
+        }
+        Some((2, body)) => {
+            let l: LeaseV2 =
+                postcard::from_bytes(body).map_err(|e| Error::corruption(at(), format!("row does not decode: {e}")))?;
+            Ok(Lease {
+                id: l.id,
+                pattern: l.pattern,
+                types: l.types,
+                ttl_ms: l.ttl_ms,
+                expires_at_us: l.expires_at_us,
+                group: l.group,
+                from_seq: l.from_seq,
+                granted_seq: l.granted_seq,
+                renewed_seq: l.renewed_seq,
+                holder: l.holder,
+                owner: None,
             })
         }
         Some((v, _)) => Err(Error::corruption(at(), format!("unknown lease row version {v}"))),
@@ -295,6 +331,7 @@ impl Lease {
             granted_seq: seq,
             renewed_seq: seq,
             holder: g.holder.clone(),
+            owner: g.owner.clone(),
         }
     }
 }

@@ -114,6 +114,7 @@ pub fn grant(id: &str, pattern: &str) -> Body {
         group: None,
         from_seq: None,
         holder: Party::default(),
+        owner: None,
     })
 }
 

@@ -194,6 +194,7 @@ fn a_fold_hears_each_durable_group_before_its_caller() {
         group: None,
         from_seq: None,
         holder: Party::default(),
+        owner: None,
     });
     store.append_blocking(vec![grant]).unwrap();
     assert_eq!(told.0.lock().unwrap().last().unwrap(), &format!("1: lease l1 Some(({}, 1))", u64::MAX / 2));

@@ -143,11 +143,12 @@ fn lease_error(e: StoreError) -> ApiError {
     }
 }
 
-/// Whether `caller` may hold `lease`: `subscribe` on every channel of its
-/// pattern. A lease (live, so its pattern was valid when granted) is read
-/// and acted on by those who may subscribe to what it receives.
-fn may_hold(caller: &Caller, lease: &pepper_storage::Lease) -> bool {
-    Pattern::parse(&lease.pattern).is_ok_and(|p| caller.may(Action::Subscribe, &Resource::Channels(&p)))
+/// Whether `caller` may hold `lease`: it is the lease's owner (the
+/// principal it was granted to, when auth was on) and may `subscribe` on
+/// every channel of its pattern.
+pub(crate) fn may_hold(caller: &Caller, lease: &pepper_storage::Lease) -> bool {
+    caller.owns(lease.owner.as_deref())
+        && Pattern::parse(&lease.pattern).is_ok_and(|p| caller.may(Action::Subscribe, &Resource::Channels(&p)))
 }
 
 /// The live lease `id`, if `caller` may hold it. A lease the caller may
@@ -186,6 +187,21 @@ pub(crate) async fn grant(
             }
         }
     }
+    // With auth on, anycast groups belong to a principal: the stored name
+    // is `PRINCIPAL:GROUP`, so no one joins another's group to take a share
+    // of the events meant for it.
+    let group = match (caller.stamp(), &req.group) {
+        (Some(owner), Some(g)) => {
+            let scoped = format!("{owner}:{g}");
+            if scoped.len() > ID_BYTES_MAX {
+                return Err(ApiError::invalid_body(format!(
+                    "group {g:?} with its principal's name is over {ID_BYTES_MAX} bytes"
+                )));
+            }
+            Some(scoped)
+        }
+        (_, g) => g.clone(),
+    };
     if state.leases.len() >= LEASES_MAX {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -207,16 +223,17 @@ pub(crate) async fn grant(
         types: types.clone(),
         ttl_ms: ttl_s * 1000,
         expires_at_us,
-        group: req.group.clone(),
+        group: group.clone(),
         from_seq: req.from_seq,
         holder: Party { service: req.service.clone(), instance: req.instance.clone() },
+        owner: caller.stamp(),
     };
     let appended = commit(&state, Body::LeaseGrant(grant)).await?;
     let body = LeaseJson {
         id,
         channel: pattern.as_str().to_string(),
         types,
-        group: req.group,
+        group,
         ttl_s,
         expires_at: rfc3339_us(expires_at_us),
         from_seq: req.from_seq,

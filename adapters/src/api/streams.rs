@@ -130,7 +130,7 @@ pub(crate) async fn lease_events(
         return Err(ApiError::no_lease(&id));
     };
     let pattern = Pattern::parse(&lease.pattern).map_err(ApiError::bad_channel)?;
-    if !caller.may(Action::Subscribe, &Resource::Channels(&pattern)) {
+    if !crate::api::leases::may_hold(&caller, &lease) {
         // As if it did not exist: ids cannot be probed.
         return Err(ApiError::no_lease(&id));
     }

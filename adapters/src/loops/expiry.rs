@@ -233,6 +233,7 @@ mod tests {
                 group: None,
                 from_seq: None,
                 holder: Party::default(),
+                owner: None,
             })
         };
         store.append(vec![grant("a"), grant("b"), grant("c")]).await.expect("grant");
