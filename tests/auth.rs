@@ -322,6 +322,20 @@ fn serve_refuses_a_public_address_without_auth_unless_told_insecure() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("at least 32") && !err.contains("tooshort"), "{err}");
+    // The peer secret is as hard to guess as the admin token, and differs
+    // from it (a peer would be an admin).
+    let admin = dir.path().join("admin");
+    std::fs::write(&admin, ADMIN).unwrap();
+    let resolve = |flags: &[&str]| {
+        let args = pepper::config::parse_serve_flags(flags.iter().copied().chain(["--site", "t"])).unwrap();
+        pepper::config::resolve(args).map(|_| ()).map_err(|e| format!("{e:#}"))
+    };
+    let weak = common::secret_file(&dir.path().join("weak"), "short");
+    let err = resolve(&["--peer-secret-file", &weak]).expect_err("a short peer secret");
+    assert!(err.contains("at least 32") && !err.contains("short"), "{err}");
+    let same = common::secret_file(&dir.path().join("same"), ADMIN);
+    let err = resolve(&["--peer-secret-file", &same, "--admin-token-file", admin.to_str().unwrap()]).expect_err("same");
+    assert!(err.contains("must differ"), "{err}");
     // --insecure is accepted by the parser (checked without binding beyond
     // loopback here: the flag resolves, and loopback needs no auth).
     let args = pepper::config::parse_serve_flags(["--listen", "0.0.0.0:0", "--insecure", "--site", "t"]).unwrap();
@@ -500,6 +514,8 @@ fn changes_are_audited_and_refusals_counted() {
     let id = &token[7..23];
     api.admin(Method::DELETE, &format!("/v1/auth/principals/ops/tokens/{id}"), None);
     api.admin(Method::PUT, "/v1/recording/policies", Some(&json!({"pattern": "/r/", "replicas": 1})));
+    let res = api.call(Method::DELETE, "/v1/recording/policies?pattern=/r/", Some(ADMIN), None);
+    assert_eq!(res.status(), 204);
     api.admin(Method::DELETE, "/v1/auth/principals/ops", None);
     let audit = api.admin(Method::GET, "/v1/events?channel=/pepper/audit/", None);
     let seen: Vec<(String, String, String)> = audit["events"]
@@ -521,6 +537,7 @@ fn changes_are_audited_and_refusals_counted() {
         ("grant.add", "ops"),
         ("token.revoke", "ops"),
         ("policy.put", "/r/"),
+        ("policy.remove", "/r/"),
         ("principal.remove", "ops"),
     ]
     .into_iter()

@@ -155,6 +155,22 @@ pub struct TokenDoc {
     pub note: String,
 }
 
+impl TokenDoc {
+    /// `Ok` while the token works at `now_us`: not revoked, not expired.
+    ///
+    /// # Errors
+    /// Which of the two it is.
+    pub fn usable(&self, now_us: u64) -> Result<(), Refusal> {
+        if self.revoked_us.is_some() {
+            return Err(Refusal::Revoked);
+        }
+        if self.expires_us.is_some_and(|at| at <= now_us) {
+            return Err(Refusal::Expired);
+        }
+        Ok(())
+    }
+}
+
 /// A principal as stored in its document.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -452,6 +468,12 @@ impl Caller {
         }
     }
 
+    /// Whether every request of the caller is allowed (auth off, or the
+    /// admin token), so a handler need not work out the resource.
+    pub fn unrestricted(&self) -> bool {
+        matches!(self, Caller::Open | Caller::Admin)
+    }
+
     /// Whether the caller may act on something granted to `owner`: its
     /// owner, or anyone with auth off or the admin token; something with no
     /// owner (granted with auth off) is anyone's with the grant for it.
@@ -538,31 +560,87 @@ impl Auth {
     /// is unknown, revoked or expired. The message says which, but never
     /// echoes the token.
     pub fn authenticate(&self, authorization: Option<&str>, now_us: u64) -> Result<Caller, ApiError> {
-        let Some(admin) = &self.admin else { return Ok(Caller::Open) };
+        self.identify(authorization, now_us).map(|(caller, _)| caller).map_err(ApiError::from)
+    }
+
+    /// [`Auth::authenticate`], with the session of a stored principal's
+    /// token and a typed refusal.
+    fn identify(&self, authorization: Option<&str>, now_us: u64) -> Result<(Caller, Option<Session>), Refused> {
+        let Some(admin) = &self.admin else { return Ok((Caller::Open, None)) };
+        let refused = |why, id: Option<&str>| Refused { why, id: id.map(str::to_string) };
         let Some(token) = authorization.and_then(|v| v.strip_prefix("Bearer ")).map(str::trim) else {
-            return Err(ApiError::unauthorized("this site requires a token: send Authorization: Bearer TOKEN"));
+            return Err(refused(Refusal::NoToken, None));
         };
         let given = digest(token.as_bytes());
         if bool::from(given.ct_eq(admin)) {
-            return Ok(Caller::Admin);
+            return Ok((Caller::Admin, None));
         }
         if self.peer.is_some_and(|peer| bool::from(given.ct_eq(&peer))) {
-            return Ok(Caller::Peer);
+            return Ok((Caller::Peer, None));
         }
-        let unknown = || ApiError::unauthorized("unknown token");
+        let unknown = || refused(Refusal::UnknownToken, None);
         let (id, secret) = split_token(token).ok_or_else(unknown)?;
         let principal = self.principals.by_token(id).ok_or_else(unknown)?;
         let stored = principal.doc.tokens.iter().find(|t| t.id == id).ok_or_else(unknown)?;
         if !hash_matches(secret.as_bytes(), &stored.hash) {
             return Err(unknown());
         }
-        if stored.revoked_us.is_some() {
-            return Err(ApiError::unauthorized(format!("token {id} was revoked")));
+        stored.usable(now_us).map_err(|why| refused(why, Some(id)))?;
+        let session = Session { principal: principal.doc.name.clone(), token: id.to_string() };
+        Ok((Caller::Principal(principal), Some(session)))
+    }
+
+    /// Whether `session`'s token still works at `now_us` and its principal,
+    /// as it is now, may do `action` on `resource`.
+    fn session_may(&self, session: &Session, action: Action, resource: &Resource<'_>, now_us: u64) -> bool {
+        self.principals.get(&session.principal).is_some_and(|p| {
+            p.doc.tokens.iter().any(|t| t.id == session.token && t.usable(now_us).is_ok())
+                && pepper_router::allows(&p.grants, action, resource)
+        })
+    }
+}
+
+/// Why a request's token was refused (401).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Auth is on and the request has no bearer token.
+    NoToken,
+    /// No principal holds the token (or its secret does not match).
+    UnknownToken,
+    /// The token was revoked.
+    Revoked,
+    /// The token's expiry passed.
+    Expired,
+}
+
+impl Refusal {
+    /// The `reason` label of `pepper_auth_refusals_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::NoToken => "no_token",
+            Refusal::UnknownToken => "unknown_token",
+            Refusal::Revoked => "revoked_token",
+            Refusal::Expired => "expired_token",
         }
-        if stored.expires_us.is_some_and(|at| at <= now_us) {
-            return Err(ApiError::unauthorized(format!("token {id} has expired")));
-        }
-        Ok(Caller::Principal(principal))
+    }
+}
+
+/// A refusal, with the token's id when it is known (never its secret).
+#[derive(Debug)]
+struct Refused {
+    why: Refusal,
+    id: Option<String>,
+}
+
+impl From<Refused> for ApiError {
+    fn from(r: Refused) -> ApiError {
+        let id = r.id.unwrap_or_default();
+        ApiError::unauthorized(match r.why {
+            Refusal::NoToken => "this site requires a token: send Authorization: Bearer TOKEN".to_string(),
+            Refusal::UnknownToken => "unknown token".to_string(),
+            Refusal::Revoked => format!("token {id} was revoked"),
+            Refusal::Expired => format!("token {id} has expired"),
+        })
     }
 }
 
@@ -649,20 +727,15 @@ impl StreamAccess {
         })
     }
 
-    /// Whether the stream may deliver at `now_us`.
+    /// Whether the stream may deliver at `now_us`: re-checked when
+    /// principals changed since the last check or the token's expiry passed.
     pub fn allowed(&mut self, now_us: u64) -> bool {
-        if self.expires_us.is_some_and(|at| at <= now_us) {
-            self.valid = false;
-        }
         let generation = self.auth.principals.generation();
-        if self.valid && generation != self.seen {
+        let expired = self.expires_us.is_some_and(|at| at <= now_us);
+        if self.valid && (generation != self.seen || expired) {
             self.seen = generation;
-            self.valid = self.auth.principals.get(&self.session.principal).is_some_and(|p| {
-                let token_ok = p.doc.tokens.iter().any(|t| {
-                    t.id == self.session.token && t.revoked_us.is_none() && t.expires_us.is_none_or(|at| at > now_us)
-                });
-                token_ok && pepper_router::allows(&p.grants, self.action, &Resource::Channels(&self.pattern))
-            });
+            let resource = Resource::Channels(&self.pattern);
+            self.valid = self.auth.session_may(&self.session, self.action, &resource, now_us);
         }
         self.valid
     }
@@ -687,12 +760,9 @@ pub(crate) async fn identify(
         return next.run(request).await;
     }
     let header = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match auth.authenticate(header, pepper_storage::now_us()) {
-        Ok(caller) => {
-            if let (Caller::Principal(p), Some((id, _))) =
-                (&caller, header.and_then(|h| h.strip_prefix("Bearer ")).and_then(|t| split_token(t.trim())))
-            {
-                let session = Session { principal: p.doc.name.clone(), token: id.to_string() };
+    match auth.identify(header, pepper_storage::now_us()) {
+        Ok((caller, session)) => {
+            if let Some(session) = session {
                 request.extensions_mut().insert(session);
             }
             request.extensions_mut().insert(caller);
@@ -702,15 +772,9 @@ pub(crate) async fn identify(
             }
             response
         }
-        Err(e) => {
-            let reason = match e.message() {
-                m if m.contains("requires a token") => "no_token",
-                m if m.ends_with("was revoked") => "revoked_token",
-                m if m.ends_with("has expired") => "expired_token",
-                _ => "unknown_token",
-            };
-            auth.refusals.get_or_create(&RefusalLabel { reason }).inc();
-            e.into_response()
+        Err(refused) => {
+            auth.refusals.get_or_create(&RefusalLabel { reason: refused.why.reason() }).inc();
+            ApiError::from(refused).into_response()
         }
     }
 }
@@ -777,6 +841,41 @@ mod tests {
             assert_eq!(e.status().as_u16(), 401, "{header:?}");
             assert!(!e.message().contains(&wrong[24..]), "{}", e.message());
         }
+    }
+
+    /// A stream opened with a token that then expires stops delivering
+    /// at the expiry, with no change to principals to prompt it; each
+    /// refusal says why in its own type.
+    #[test]
+    fn a_stream_stops_at_its_tokens_expiry() {
+        let token = new_token(1, Some(1_000), String::new());
+        let auth = Arc::new(Auth::new(Some("admin"), None, Arc::new(principal_with(&token, &[("subscribe", "/a/")]))));
+        let header = format!("Bearer {}", token.text);
+        let (_, session) = auth.identify(Some(&header), 10).expect("valid");
+        let pattern = pepper_router::Pattern::parse("/a/x/").expect("pattern");
+        let mut access =
+            StreamAccess::new(&auth, session.as_ref(), Action::Subscribe, &pattern).expect("a principal's");
+        assert!(access.allowed(999));
+        assert!(!access.allowed(1_000), "expired");
+        assert!(!access.allowed(10), "and it stays ended");
+        let wider = pepper_router::Pattern::parse("/").expect("pattern");
+        let mut access = StreamAccess::new(&auth, session.as_ref(), Action::Subscribe, &wider).expect("a principal's");
+        assert!(access.allowed(10), "checked again only when principals change or the token expires");
+        assert!(!auth.session_may(
+            session.as_ref().expect("session"),
+            Action::Subscribe,
+            &Resource::Channels(&wider),
+            10
+        ));
+        for (header, now, why) in [
+            (None, 10, Refusal::NoToken),
+            (Some("Bearer x"), 10, Refusal::UnknownToken),
+            (Some(header.as_str()), 1_000, Refusal::Expired),
+        ] {
+            let refused = auth.identify(header, now).expect_err("refused");
+            assert_eq!(refused.why, why);
+        }
+        assert_eq!(Refusal::Revoked.reason(), "revoked_token");
     }
 
     #[test]

@@ -86,8 +86,12 @@ pub(crate) async fn publish(
         let mut event = e.into_event().map_err(numbered)?;
         event.principal = caller.stamp();
         // One refused event refuses the whole batch: nothing is appended.
-        let channel = Channel::parse(&event.channel).map_err(ApiError::bad_channel).map_err(numbered)?;
-        caller.require(Action::Publish, &Resource::Channel(&channel)).map_err(numbered)?;
+        // (The channel was checked by `into_event`; parsed again only to
+        // match it against a principal's grants.)
+        if !caller.unrestricted() {
+            let channel = Channel::parse(&event.channel).map_err(ApiError::bad_channel).map_err(numbered)?;
+            caller.require(Action::Publish, &Resource::Channel(&channel)).map_err(numbered)?;
+        }
         ids.push(event.id.clone());
         bodies.push(RecordBody::Event(event));
     }
