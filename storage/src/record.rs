@@ -374,20 +374,10 @@ pub struct LeaseGrant {
     pub owner: Option<String>,
 }
 
-/// A lease grant as record version 2 laid it out: without `owner`.
-#[derive(Deserialize)]
-struct LeaseGrantV2 {
-    id: String,
-    pattern: String,
-    types: Vec<String>,
-    ttl_ms: u64,
-    expires_at_us: u64,
-    group: Option<String>,
-    from_seq: Option<u64>,
-    holder: Party,
-}
-
-/// A lease grant as record version 1 laid it out: without `holder`.
+/// The fields every version of a lease grant starts with (all of version
+/// one). Later versions only append, `holder` in version 2 and `owner` in
+/// version 3, and postcard lays a struct out as its fields in order, so an
+/// older grant decodes as this followed by what its version appended.
 #[derive(Deserialize)]
 struct LeaseGrantV1 {
     id: String,
@@ -397,6 +387,14 @@ struct LeaseGrantV1 {
     expires_at_us: u64,
     group: Option<String>,
     from_seq: Option<u64>,
+}
+
+impl LeaseGrantV1 {
+    /// The grant, with what later versions added.
+    fn with(self, holder: Party, owner: Option<String>) -> LeaseGrant {
+        let LeaseGrantV1 { id, pattern, types, ttl_ms, expires_at_us, group, from_seq } = self;
+        LeaseGrant { id, pattern, types, ttl_ms, expires_at_us, group, from_seq, holder, owner }
+    }
 }
 
 /// Extends a live lease.
@@ -733,32 +731,11 @@ impl Body {
             Kind::Event => Body::Event(whole(bytes)?),
             Kind::TupleSet => Body::TupleSet(whole(bytes)?),
             Kind::LeaseGrant if version == 1 => {
-                let g: LeaseGrantV1 = whole(bytes)?;
-                Body::LeaseGrant(LeaseGrant {
-                    id: g.id,
-                    pattern: g.pattern,
-                    types: g.types,
-                    ttl_ms: g.ttl_ms,
-                    expires_at_us: g.expires_at_us,
-                    group: g.group,
-                    from_seq: g.from_seq,
-                    holder: Party::default(),
-                    owner: None,
-                })
+                Body::LeaseGrant(whole::<LeaseGrantV1>(bytes)?.with(Party::default(), None))
             }
             Kind::LeaseGrant if version == 2 => {
-                let g: LeaseGrantV2 = whole(bytes)?;
-                Body::LeaseGrant(LeaseGrant {
-                    id: g.id,
-                    pattern: g.pattern,
-                    types: g.types,
-                    ttl_ms: g.ttl_ms,
-                    expires_at_us: g.expires_at_us,
-                    group: g.group,
-                    from_seq: g.from_seq,
-                    holder: g.holder,
-                    owner: None,
-                })
+                let (grant, holder) = whole::<(LeaseGrantV1, Party)>(bytes)?;
+                Body::LeaseGrant(grant.with(holder, None))
             }
             Kind::LeaseGrant => Body::LeaseGrant(whole(bytes)?),
             Kind::LeaseRenew => Body::LeaseRenew(whole(bytes)?),

@@ -238,22 +238,9 @@ pub struct Lease {
 /// version 2 no owner.
 pub(crate) const LEASE_ROW_VERSION: u8 = 3;
 
-/// A lease row as version 2 laid it out.
-#[derive(Deserialize)]
-struct LeaseV2 {
-    id: String,
-    pattern: String,
-    types: Vec<String>,
-    ttl_ms: u64,
-    expires_at_us: u64,
-    group: Option<String>,
-    from_seq: Option<u64>,
-    granted_seq: u64,
-    renewed_seq: u64,
-    holder: Party,
-}
-
-/// A lease row as version 1 laid it out.
+/// The fields every version of a lease row starts with: all of version 1.
+/// Later versions only append (`holder` in 2, `owner` in 3), so an older
+/// row decodes as this followed by what its version appended.
 #[derive(Deserialize)]
 struct LeaseV1 {
     id: String,
@@ -267,6 +254,14 @@ struct LeaseV1 {
     renewed_seq: u64,
 }
 
+impl LeaseV1 {
+    /// The lease, with what later versions added.
+    fn with(self, holder: Party, owner: Option<String>) -> Lease {
+        let LeaseV1 { id, pattern, types, ttl_ms, expires_at_us, group, from_seq, granted_seq, renewed_seq } = self;
+        Lease { id, pattern, types, ttl_ms, expires_at_us, group, from_seq, granted_seq, renewed_seq, holder, owner }
+    }
+}
+
 pub(crate) fn encode_lease_row(lease: &Lease) -> Vec<u8> {
     let mut out = encode_row(lease);
     out[0] = LEASE_ROW_VERSION;
@@ -275,43 +270,15 @@ pub(crate) fn encode_lease_row(lease: &Lease) -> Vec<u8> {
 
 pub(crate) fn decode_lease_row(key: &[u8], bytes: &[u8]) -> Result<Lease> {
     let at = || format!("lease {}", String::from_utf8_lossy(key));
+    let decode_error = |e: postcard::Error| Error::corruption(at(), format!("row does not decode: {e}"));
     match bytes.split_first() {
-        Some((&LEASE_ROW_VERSION, body)) => {
-            postcard::from_bytes(body).map_err(|e| Error::corruption(at(), format!("row does not decode: {e}")))
-        }
+        Some((&LEASE_ROW_VERSION, body)) => postcard::from_bytes(body).map_err(decode_error),
         Some((1, body)) => {
-            let l: LeaseV1 =
-                postcard::from_bytes(body).map_err(|e| Error::corruption(at(), format!("row does not decode: {e}")))?;
-            Ok(Lease {
-                id: l.id,
-                pattern: l.pattern,
-                types: l.types,
-                ttl_ms: l.ttl_ms,
-                expires_at_us: l.expires_at_us,
-                group: l.group,
-                from_seq: l.from_seq,
-                granted_seq: l.granted_seq,
-                renewed_seq: l.renewed_seq,
-                holder: Party::default(),
-                owner: None,
-            })
+            Ok(postcard::from_bytes::<LeaseV1>(body).map_err(decode_error)?.with(Party::default(), None))
         }
         Some((2, body)) => {
-            let l: LeaseV2 =
-                postcard::from_bytes(body).map_err(|e| Error::corruption(at(), format!("row does not decode: {e}")))?;
-            Ok(Lease {
-                id: l.id,
-                pattern: l.pattern,
-                types: l.types,
-                ttl_ms: l.ttl_ms,
-                expires_at_us: l.expires_at_us,
-                group: l.group,
-                from_seq: l.from_seq,
-                granted_seq: l.granted_seq,
-                renewed_seq: l.renewed_seq,
-                holder: l.holder,
-                owner: None,
-            })
+            let (lease, holder) = postcard::from_bytes::<(LeaseV1, Party)>(body).map_err(decode_error)?;
+            Ok(lease.with(holder, None))
         }
         Some((v, _)) => Err(Error::corruption(at(), format!("unknown lease row version {v}"))),
         None => Err(Error::corruption(at(), "empty row")),
@@ -352,6 +319,41 @@ pub struct Doc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lease rows of every version read: version 2 without an owner,
+    /// version 1 without a holder either. Each version only appended a
+    /// field, so the older bytes are the newer ones cut short.
+    #[test]
+    fn older_lease_rows_still_decode() {
+        let holder = Party { service: "svc".into(), instance: "i".into() };
+        let lease = Lease {
+            id: "l".into(),
+            pattern: "/a/".into(),
+            types: vec!["t".into()],
+            ttl_ms: 5,
+            expires_at_us: 6,
+            group: Some("g".into()),
+            from_seq: Some(2),
+            granted_seq: 7,
+            renewed_seq: 8,
+            holder: holder.clone(),
+            owner: Some("ops".into()),
+        };
+        assert_eq!(decode_lease_row(b"l", &encode_lease_row(&lease)).expect("v3"), lease);
+        let versioned = |v: u8, body: &[u8]| [&[v][..], body].concat();
+        // Version 2: the current layout without the trailing owner (None
+        // is one byte).
+        let unowned = Lease { owner: None, ..lease.clone() };
+        let body = postcard::to_allocvec(&unowned).expect("encode");
+        let v2 = decode_lease_row(b"l", &versioned(2, &body[..body.len() - 1])).expect("v2");
+        assert_eq!(v2, unowned);
+        // Version 1: without the holder either (two empty strings).
+        let plain = Lease { holder: Party::default(), ..unowned };
+        let body = postcard::to_allocvec(&plain).expect("encode");
+        assert_eq!(decode_lease_row(b"l", &versioned(1, &body[..body.len() - 3])).expect("v1"), plain);
+        assert!(decode_lease_row(b"l", &versioned(9, &body)).is_err(), "an unknown version is refused");
+        assert_eq!(v2.holder, holder);
+    }
 
     #[test]
     fn rows_round_trip_and_reject_unknown_versions() {

@@ -236,9 +236,14 @@ impl Drop for Server {
 /// Writes `secret` to a file in `dir` for `--peer-secret-file` (secrets
 /// are never flags) and returns its path.
 pub fn secret_file(dir: &Path, secret: &str) -> String {
+    secret_in(dir, "peer-secret", secret)
+}
+
+/// `value` as the first line of `dir/name`, created with `dir`; its path.
+fn secret_in(dir: &Path, name: &str, value: &str) -> String {
     std::fs::create_dir_all(dir).unwrap();
-    let path = dir.join("peer-secret");
-    std::fs::write(&path, format!("{secret}\n")).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{value}\n")).unwrap();
     path.to_str().unwrap().to_string()
 }
 
@@ -248,10 +253,7 @@ pub const ADMIN_TOKEN: &str = "admin-token-for-the-test-suite-0123456789";
 /// Writes [`ADMIN_TOKEN`] to a file in `dir` for `--admin-token-file` and
 /// returns its path.
 pub fn admin_token_file(dir: &Path) -> String {
-    std::fs::create_dir_all(dir).unwrap();
-    let path = dir.join("admin-token");
-    std::fs::write(&path, format!("{ADMIN_TOKEN}\n")).unwrap();
-    path.to_str().unwrap().to_string()
+    secret_in(dir, "admin-token", ADMIN_TOKEN)
 }
 
 /// `Authorization` with [`ADMIN_TOKEN`].
