@@ -198,8 +198,8 @@ fn packages_digest(packages: &BTreeMap<String, String>) -> String {
 pub struct AgentConfig {
     /// The site, such as `http://127.0.0.1:7171`.
     pub server: String,
-    /// The bearer token, for a site with auth on.
-    pub token: Option<String>,
+    /// The token and TLS trust to reach the site with.
+    pub access: crate::Access,
     /// The naming authority of the node channels.
     pub authority: String,
     /// How often to look for changes.
@@ -275,7 +275,7 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
     let channel = format!("/{}/node/{}/", config.authority, host.hostname());
     pepper_router::Channel::parse(&channel).with_context(|| format!("the node channel {channel} is not valid"))?;
     tracing::info!(%channel, server = %config.server, "agent publishing");
-    let http = crate::http_client(config.token.as_deref(), Some(Duration::from_secs(30)))?;
+    let http = crate::http_client(&config.access, Some(Duration::from_secs(30)))?;
     let interval = config.interval;
     let mut agent = Agent { http, config, channel, published: BTreeMap::new(), refreshed: None };
     loop {

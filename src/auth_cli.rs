@@ -92,7 +92,7 @@ pub enum TokenCommand {
 /// # Errors
 /// The site cannot be reached, or answers with an error (printed, and the
 /// exit code is non-zero).
-pub fn run(server: &str, token: Option<&str>, command: AuthCommand) -> anyhow::Result<ExitCode> {
+pub fn run(server: &str, token: &crate::Access, command: AuthCommand) -> anyhow::Result<ExitCode> {
     let http = crate::http_client(token, Some(crate::HTTP_TIMEOUT))?;
     let root = format!("{}/v1/auth", server.trim_end_matches('/'));
     let principal = |name: &str| format!("{root}/principals/{name}");

@@ -33,6 +33,12 @@
 //! body_read_timeout_s = 60
 //! connections_max = 16384
 //!
+//! # TLS (docs/security.md): HTTPS only, and peers must present a
+//! # certificate the peer CA signed for their site name.
+//! tls_cert = "/etc/pepper/site.crt"
+//! tls_key = "/etc/pepper/site.key"
+//! tls_peer_ca = "/etc/pepper/peer-ca.crt"
+//!
 //! [retention]
 //! log_max_age_s = 604800
 //! log_max_bytes = 10737418240
@@ -229,6 +235,18 @@ pub struct ServeArgs {
     /// accepted [default: 16384].
     #[arg(long, env = "PEPPER_CONNECTIONS_MAX", value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     connections_max: Option<u64>,
+    /// The site's TLS certificate chain (PEM, leaf first). With it and
+    /// --tls-key the site serves HTTPS only (docs/security.md).
+    #[arg(long, env = "PEPPER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "PEPPER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The CA (PEM) that signs the sites' certificates. With it, peers
+    /// must present a client certificate it signed, valid for their site
+    /// name, and this site presents its own to them.
+    #[arg(long, env = "PEPPER_TLS_PEER_CA")]
+    tls_peer_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -261,6 +279,9 @@ struct FileConfig {
     header_read_timeout_s: Option<u64>,
     body_read_timeout_s: Option<u64>,
     connections_max: Option<u64>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_peer_ca: Option<PathBuf>,
     #[serde(default)]
     retention: FileRetention,
 }
@@ -302,6 +323,8 @@ pub struct Site {
     pub insecure: bool,
     /// The connection loop's limits.
     pub server: pepper_adapters::ServerLimits,
+    /// The TLS files, when the site serves HTTPS.
+    pub tls: Option<pepper_adapters::TlsFiles>,
 }
 
 /// Merges flags, the config file and defaults.
@@ -398,6 +421,8 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
         peers,
         secret: peer_secret,
         heartbeat: Duration::from_millis(heartbeat_ms),
+        // Loaded with the site (`Site::open`), from `tls` below.
+        tls: None,
     };
     let record = if args.record.is_empty() { file.record } else { args.record };
     let policies = record
@@ -440,7 +465,14 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
             pepper_adapters::HEADER_READ_TIMEOUT,
         )?,
     };
+    let tls = match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key), args.tls_peer_ca.or(file.tls_peer_ca)) {
+        (Some(cert), Some(key), peer_ca) => Some(pepper_adapters::TlsFiles { cert, key, peer_ca }),
+        (None, None, None) => None,
+        (None, None, Some(_)) => anyhow::bail!("tls_peer_ca needs tls_cert and tls_key: peers verify this site too"),
+        _ => anyhow::bail!("tls_cert and tls_key go together"),
+    };
     Ok(Site {
+        tls,
         data: args.data.or(file.data).unwrap_or_else(|| PathBuf::from(DATA_DEFAULT)),
         listen,
         options,

@@ -37,6 +37,10 @@ struct Cli {
     /// the environment variable: a flag shows in `ps`.
     #[arg(long, env = "PEPPER_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// A CA certificate (PEM) to trust for a site that serves HTTPS,
+    /// besides the system's roots.
+    #[arg(long, env = "PEPPER_CACERT", global = true)]
+    cacert: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -212,17 +216,45 @@ macro_rules! out {
 /// How long a CLI request may take (a watch has no limit).
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The CLI's HTTP client: every request carries `token` as a bearer token,
-/// marked sensitive so it is never shown in debug output.
-pub(crate) fn http_client(token: Option<&str>, timeout: Option<Duration>) -> anyhow::Result<reqwest::blocking::Client> {
+/// How the CLI and the agent reach a site: the token and the TLS trust.
+#[derive(Clone, Default)]
+pub(crate) struct Access {
+    /// The bearer token, for a site with auth on.
+    pub token: Option<String>,
+    /// A CA certificate file to trust besides the system's roots.
+    pub cacert: Option<PathBuf>,
+    /// A whole TLS configuration instead (the site's own agent trusts its
+    /// site's certificate exactly).
+    pub tls: Option<rustls::ClientConfig>,
+}
+
+/// The CLI's HTTP client: every request carries the token as a bearer
+/// token, marked sensitive so it is never shown in debug output, and
+/// HTTPS trusts the system's roots and `--cacert`.
+pub(crate) fn http_client(access: &Access, timeout: Option<Duration>) -> anyhow::Result<reqwest::blocking::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(token) = token {
+    if let Some(token) = &access.token {
         let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
             .map_err(|_| anyhow::anyhow!("the token has characters an HTTP header cannot carry"))?;
         value.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
-    Ok(reqwest::blocking::Client::builder().default_headers(headers).timeout(timeout).build()?)
+    let mut builder = reqwest::blocking::Client::builder().default_headers(headers).timeout(timeout);
+    if let Some(path) = &access.cacert {
+        let pem = std::fs::read(path).with_context(|| format!("cannot read the CA certificate {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
+        if certs.is_empty() {
+            anyhow::bail!("{} holds no certificate", path.display());
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if let Some(tls) = &access.tls {
+        builder = builder.use_preconfigured_tls(tls.clone());
+    }
+    Ok(builder.build()?)
 }
 
 /// Whether an error is stdout closing under the command: not a failure to
@@ -237,7 +269,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let token = cli.token.as_deref();
+    let access = Access { token: cli.token, cacert: cli.cacert, tls: None };
+    let token = &access;
     let result = match cli.command {
         Command::Serve(args) => config::resolve(*args).and_then(serve),
         Command::Check { data } => check(&data),
@@ -251,7 +284,7 @@ fn main() -> ExitCode {
         Command::Auth { server, command } => auth_cli::run(&server, token, command),
         Command::Agent { server, authority, interval_s, expire_s, root } => agent::run(agent::AgentConfig {
             server,
-            token: token.map(str::to_string),
+            access: access.clone(),
             authority,
             interval: Duration::from_secs(interval_s),
             expire_s,
@@ -300,7 +333,7 @@ fn answer(response: reqwest::blocking::Response) -> anyhow::Result<ExitCode> {
     anyhow::bail!("{status} {code}: {message}")
 }
 
-fn send(args: SendArgs, token: Option<&str>) -> anyhow::Result<ExitCode> {
+fn send(args: SendArgs, token: &Access) -> anyhow::Result<ExitCode> {
     let http = http_client(token, Some(HTTP_TIMEOUT))?;
     let url = format!("{}/v1/events", args.server.trim_end_matches('/'));
     let request = match (&args.xml, &args.channel) {
@@ -350,7 +383,7 @@ fn send(args: SendArgs, token: Option<&str>) -> anyhow::Result<ExitCode> {
 
 /// `pepper recording`: prints one line per pattern and the monitors seen,
 /// or changes the policy.
-fn recording(server: &str, token: Option<&str>, set: Option<&str>, drop: Option<&str>) -> anyhow::Result<ExitCode> {
+fn recording(server: &str, token: &Access, set: Option<&str>, drop: Option<&str>) -> anyhow::Result<ExitCode> {
     let root = server.trim_end_matches('/');
     let http = http_client(token, Some(HTTP_TIMEOUT))?;
     if let Some(entry) = set {
@@ -400,7 +433,7 @@ fn recording(server: &str, token: Option<&str>, set: Option<&str>, drop: Option<
     Ok(ExitCode::SUCCESS)
 }
 
-fn leases(server: &str, token: Option<&str>) -> anyhow::Result<ExitCode> {
+fn leases(server: &str, token: &Access) -> anyhow::Result<ExitCode> {
     let url = format!("{}/v1/leases", server.trim_end_matches('/'));
     let response =
         http_client(token, Some(HTTP_TIMEOUT))?.get(&url).send().with_context(|| format!("cannot reach {server}"))?;
@@ -428,7 +461,7 @@ fn leases(server: &str, token: Option<&str>) -> anyhow::Result<ExitCode> {
 /// Prints latest values (following every page) or one tuple's history.
 fn tuples(
     server: &str,
-    token: Option<&str>,
+    token: &Access,
     channel: &str,
     field: Option<&str>,
     recursive: bool,
@@ -495,7 +528,7 @@ const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 fn watch(
     server: &str,
-    token: Option<&str>,
+    token: &Access,
     channel: &str,
     types: Option<&str>,
     from_seq: Option<u64>,
@@ -577,17 +610,19 @@ fn watch(
 }
 
 fn serve(site: config::Site) -> anyhow::Result<ExitCode> {
-    let config::Site { data, listen, options, api, agent, server, insecure } = site;
+    let config::Site { data, listen, options, api, agent, server, insecure, tls } = site;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let auth = api.admin_token.is_some();
     let agent_token = api.admin_token.as_ref().map(|t| t.expose().to_string());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let store = runtime.block_on(async {
-        let site = Site::open(SiteConfig { data: data.clone(), listen, options, api, server }).await?;
+        let site = Site::open(SiteConfig { data: data.clone(), listen, options, api, server, tls }).await?;
         let addr = site.addr();
+        let own_tls = site.own_client_tls().map_err(anyhow::Error::msg)?;
         let store = site.store().clone();
         // Tests and scripts read the chosen port from this line; a closed
         // stdout must not stop the site.
-        let _ = std::io::Write::write_fmt(&mut std::io::stdout(), format_args!("listening on http://{addr}\n"));
+        let _ = std::io::Write::write_fmt(&mut std::io::stdout(), format_args!("listening on {scheme}://{addr}\n"));
         if agent {
             // The agent talks to this site like any client: on the address
             // it listens on, or the loopback of that family when it listens
@@ -596,10 +631,10 @@ fn serve(site: config::Site) -> anyhow::Result<ExitCode> {
             let authority = store.site().to_string();
             std::thread::Builder::new().name("pepper-agent".into()).spawn(move || {
                 let config = agent::AgentConfig {
-                    server: format!("http://{target}"),
+                    server: format!("{scheme}://{target}"),
                     // The site's own agent, in its process: with auth on it
                     // acts with the site's admin token.
-                    token: agent_token.clone(),
+                    access: Access { token: agent_token.clone(), cacert: None, tls: own_tls.clone() },
                     authority,
                     interval: Duration::from_secs(10),
                     expire_s: 300,

@@ -137,7 +137,7 @@ fn json_object(text: &str) -> anyhow::Result<serde_json::Value> {
 }
 
 /// Runs one `pepper model` command against `server`.
-pub fn run(server: &str, token: Option<&str>, namespace: &str, command: ModelCommand) -> anyhow::Result<ExitCode> {
+pub fn run(server: &str, token: &crate::Access, namespace: &str, command: ModelCommand) -> anyhow::Result<ExitCode> {
     let http = crate::http_client(token, Some(crate::HTTP_TIMEOUT))?;
     let request = match command {
         ModelCommand::Classes { class: None } => http.get(url(server, namespace, &["classes"])?),

@@ -397,6 +397,8 @@ pub struct Auth {
     pub principals: Arc<Principals>,
     /// Refusals by reason, registered in the site's metrics.
     pub refusals: Refusals,
+    /// The peer secret counts only with a client certificate (`tls`).
+    peer_certificates_required: bool,
 }
 
 /// Who is asking.
@@ -531,7 +533,15 @@ impl Auth {
             peer: peer_secret.map(|t| digest(t.as_bytes())),
             principals,
             refusals: Refusals::default(),
+            peer_certificates_required: false,
         }
+    }
+
+    /// The same, taking the peer secret only from a connection that
+    /// presented a client certificate the peer CA signed.
+    pub fn requiring_peer_certificates(mut self, required: bool) -> Auth {
+        self.peer_certificates_required = required;
+        self
     }
 
     /// Whether auth is on.
@@ -611,6 +621,9 @@ pub enum Refusal {
     Revoked,
     /// The token's expiry passed.
     Expired,
+    /// The peer secret came without the client certificate this site
+    /// requires of peers (`tls`).
+    NoPeerCertificate,
 }
 
 impl Refusal {
@@ -621,6 +634,7 @@ impl Refusal {
             Refusal::UnknownToken => "unknown_token",
             Refusal::Revoked => "revoked_token",
             Refusal::Expired => "expired_token",
+            Refusal::NoPeerCertificate => "no_peer_certificate",
         }
     }
 }
@@ -640,6 +654,9 @@ impl From<Refused> for ApiError {
             Refusal::UnknownToken => "unknown token".to_string(),
             Refusal::Revoked => format!("token {id} was revoked"),
             Refusal::Expired => format!("token {id} has expired"),
+            Refusal::NoPeerCertificate => {
+                "the peer secret is taken only with a client certificate this site's peer CA signed".to_string()
+            }
         })
     }
 }
@@ -760,7 +777,14 @@ pub(crate) async fn identify(
         return next.run(request).await;
     }
     let header = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match auth.identify(header, pepper_storage::now_us()) {
+    let identified = auth.identify(header, pepper_storage::now_us()).and_then(|(caller, session)| {
+        let certified = request.extensions().get::<crate::tls::PeerCertificate>().is_some();
+        if matches!(caller, Caller::Peer) && auth.peer_certificates_required && !certified {
+            return Err(Refused { why: Refusal::NoPeerCertificate, id: None });
+        }
+        Ok((caller, session))
+    });
+    match identified {
         Ok((caller, session)) => {
             if let Some(session) = session {
                 request.extensions_mut().insert(session);

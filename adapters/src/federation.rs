@@ -77,6 +77,9 @@ pub struct FederationConfig {
     pub secret: Option<String>,
     /// Time between heartbeats ([`HEARTBEAT_DEFAULT`] when zero).
     pub heartbeat: Duration,
+    /// The site's TLS, when it serves HTTPS: its peer client trusts the
+    /// peer CA and presents the site's certificate (`tls`).
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl std::fmt::Debug for FederationConfig {
@@ -87,6 +90,7 @@ impl std::fmt::Debug for FederationConfig {
             .field("peers", &self.peers)
             .field("secret", &self.secret.as_ref().map(|_| "(set)"))
             .field("heartbeat", &self.heartbeat)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -148,6 +152,13 @@ pub struct Federation {
     /// Wakes the heartbeat loop early (interests changed).
     pub(crate) wake: tokio::sync::Notify,
     pub(crate) client: reqwest::Client,
+    /// The client of this site's own leg of a federated query (over
+    /// loopback; with TLS it trusts exactly this site's certificate).
+    pub(crate) own_client: reqwest::Client,
+    /// Peers must present a certificate the peer CA signed (`tls`).
+    peer_certificates_required: bool,
+    /// The site serves HTTPS.
+    tls_on: bool,
 }
 
 /// A `RwLock` read that survives a panicked writer: what it guards holds
@@ -191,10 +202,15 @@ impl Federation {
             url_ok,
         })
         .map_err(|e| e.to_string())?;
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(8)
-            .build()
-            .map_err(|e| format!("cannot build the peer client: {e}"))?;
+        let mut client = reqwest::Client::builder().pool_max_idle_per_host(8);
+        if let Some(tls) = &config.tls {
+            client = tls.peer_client(client)?;
+        }
+        let client = client.build().map_err(|e| format!("cannot build the peer client: {e}"))?;
+        let own_client = match &config.tls {
+            Some(tls) => tls.own_client()?,
+            None => client.clone(),
+        };
         Ok(Federation {
             site: site.to_string(),
             region: registry.region().map(str::to_string),
@@ -208,6 +224,9 @@ impl Federation {
             wants: Mutex::new(BTreeMap::new()),
             wake: tokio::sync::Notify::new(),
             client,
+            own_client,
+            peer_certificates_required: config.tls.as_ref().is_some_and(|t| t.peer_certificates_required),
+            tls_on: config.tls.is_some(),
         })
     }
 
@@ -332,7 +351,43 @@ impl Federation {
         &self.client
     }
 
-    pub(crate) fn authorized(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    /// Whether this site serves HTTPS (its own url's scheme).
+    pub(crate) fn scheme(&self) -> &'static str {
+        if self.tls_on {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Checks a site-to-site request: the peer secret, and where the site
+    /// requires one, the client certificate the connection presented. The
+    /// proof names what the certificate vouches for.
+    ///
+    /// # Errors
+    /// 403 without a peer secret configured; 401 with a missing or wrong
+    /// secret or a missing certificate.
+    pub(crate) fn authorized(
+        &self,
+        headers: &HeaderMap,
+        certificate: Option<&crate::tls::PeerCertificate>,
+    ) -> Result<crate::tls::PeerProof, ApiError> {
+        self.secret_given(headers)?;
+        if !self.peer_certificates_required {
+            return Ok(crate::tls::PeerProof(None));
+        }
+        match certificate {
+            Some(c) => Ok(crate::tls::PeerProof(Some(c.clone()))),
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "peer_certificate_required",
+                "this site takes site-to-site requests only with a client certificate its peer CA signed",
+            )),
+        }
+    }
+
+    /// Checks the peer secret alone.
+    pub(crate) fn secret_given(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(secret) = &self.secret else {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -548,13 +603,13 @@ mod tests {
     fn the_secret_is_required_and_compared() {
         let fed = Federation::new("a", config(&[])).expect("federation");
         let mut headers = HeaderMap::new();
-        assert_eq!(fed.authorized(&headers).map_err(|e| e.status()), Err(StatusCode::UNAUTHORIZED));
+        assert_eq!(fed.authorized(&headers, None).map_err(|e| e.status()), Err(StatusCode::UNAUTHORIZED));
         headers.insert(axum::http::header::AUTHORIZATION, "Bearer t".parse().expect("header"));
-        assert_eq!(fed.authorized(&headers).map_err(|e| e.status()), Err(StatusCode::UNAUTHORIZED));
+        assert_eq!(fed.authorized(&headers, None).map_err(|e| e.status()), Err(StatusCode::UNAUTHORIZED));
         headers.insert(axum::http::header::AUTHORIZATION, "Bearer s".parse().expect("header"));
-        assert!(fed.authorized(&headers).is_ok());
+        assert!(fed.authorized(&headers, None).is_ok());
         let off = Federation::new("a", FederationConfig::default()).expect("federation");
-        assert_eq!(off.authorized(&headers).map_err(|e| e.status()), Err(StatusCode::FORBIDDEN));
+        assert_eq!(off.authorized(&headers, None).map_err(|e| e.status()), Err(StatusCode::FORBIDDEN));
     }
 
     /// The announcement on the wire keeps its field names, and one from a

@@ -51,6 +51,7 @@ mod server;
 mod site;
 mod state;
 pub mod supervisor;
+pub mod tls;
 pub mod wire;
 
 pub use api::events::{EVENTS_PAGE_MAX, EVENTS_SCAN_MAX};
@@ -66,4 +67,5 @@ pub use loops::dispatch::{
 pub use server::{serve, ServerLimits, CONNECTIONS_MAX, CONNECTIONS_PER_IP_MAX, HEADER_BYTES_MAX, HEADER_READ_TIMEOUT};
 pub use site::{Site, SiteConfig, Stopper, SHUTDOWN_GRACE};
 pub use state::{ApiConfig, AppState};
+pub use tls::{Tls, TlsFiles};
 pub use wire::{envelope, xml};

@@ -115,7 +115,10 @@ impl Drop for Counted {
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops
 /// accepting and waits for the open connections to finish their requests
-/// (the caller bounds that wait).
+/// (the caller bounds that wait). With `tls`, every connection is TLS: its
+/// handshake must finish within the header timeout, and a client
+/// certificate it verified reaches each request as a
+/// [`PeerCertificate`](crate::tls::PeerCertificate) extension.
 ///
 /// # Errors
 /// None so far: accept errors are logged and retried.
@@ -123,6 +126,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ServerLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.connections_max.max(1)));
@@ -160,9 +164,45 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        let service = TowerToHyperService::new(app.clone());
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
+        let Some(tls) = &tls else {
+            let service = TowerToHyperService::new(app.clone());
+            let conn = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                drop((permit, counted));
+            });
+            continue;
+        };
+        let (tls, app, builder, watcher) = (tls.clone(), app.clone(), builder.clone(), graceful.watcher());
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
+            let stream = match tokio::time::timeout(handshake_timeout, tls.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let certificate = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|leaf| crate::tls::PeerCertificate(Arc::new(leaf.clone().into_owned())));
+            let app = tower::ServiceExt::map_request(app, move |mut request: axum::extract::Request<_>| {
+                if let Some(certificate) = &certificate {
+                    request.extensions_mut().insert(certificate.clone());
+                }
+                request
+            });
+            let service = TowerToHyperService::new(app);
+            let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }

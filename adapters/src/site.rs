@@ -45,6 +45,8 @@ pub struct SiteConfig {
     pub api: ApiConfig,
     /// The connection loop's limits.
     pub server: ServerLimits,
+    /// The certificate, key and peer CA, to serve HTTPS (`tls`).
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// An open site, ready to [`run`](Site::run).
@@ -54,6 +56,7 @@ pub struct Site {
     listener: TcpListener,
     addr: SocketAddr,
     server: ServerLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Stops a running site from elsewhere (a signal handler, a test). It
@@ -83,7 +86,11 @@ impl Site {
     /// newer format), the address cannot be bound, or the configuration
     /// is refused (federation, recording policy, edge settings).
     pub async fn open(config: SiteConfig) -> std::io::Result<Site> {
-        let SiteConfig { data, listen, options, api, server } = config;
+        let SiteConfig { data, listen, options, mut api, server, tls } = config;
+        // TLS first: a bad certificate is refused before the store opens.
+        let tls = tls.as_ref().map(crate::tls::Tls::load).transpose().map_err(std::io::Error::other)?;
+        let acceptor = tls.as_ref().map(crate::tls::Tls::acceptor);
+        api.federation.tls = tls;
         let folder = data.display().to_string();
         let store = tokio::task::spawn_blocking(move || Store::open(&data, options))
             .await
@@ -104,12 +111,21 @@ impl Site {
                 return Err(failed("cannot load the site's state", e));
             }
         };
-        Ok(Site { store, state, listener, addr, server })
+        Ok(Site { store, state, listener, addr, server, tls: acceptor })
     }
 
     /// The address the API listens on (with the port chosen when it was 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The TLS of a client of this site's own address (its agent), when
+    /// it serves HTTPS: it trusts exactly this site's certificate.
+    ///
+    /// # Errors
+    /// The TLS configuration cannot be built.
+    pub fn own_client_tls(&self) -> Result<Option<rustls::ClientConfig>, String> {
+        self.state.config.federation.tls.as_ref().map(crate::tls::Tls::own_client_config).transpose()
     }
 
     /// The site's store.
@@ -134,7 +150,7 @@ impl Site {
     /// A store read while starting the supervisor fails, or accepting
     /// connections fails.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
-        let Site { store, state, listener, addr, server } = self;
+        let Site { store, state, listener, addr, server, tls } = self;
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(crate::loops::expiry::run_expiry(state.clone()));
         tasks.spawn(crate::loops::expiry::run_tuple_expiry(state.clone()));
@@ -158,7 +174,7 @@ impl Site {
                 }
             }
         };
-        let served = crate::server::serve(listener, app, server, stopping);
+        let served = crate::server::serve(listener, app, server, tls, stopping);
         // A client that stopped reading can keep its stream from ever
         // noticing the shutdown; it gets SHUTDOWN_GRACE, then is cut off.
         let outcome = tokio::select! {

@@ -139,6 +139,9 @@ impl AppState {
             config.admin_token.as_ref().map(crate::auth::Secret::expose),
             config.federation.secret.as_deref(),
             principals,
+        )
+        .requiring_peer_certificates(
+            config.federation.tls.as_ref().is_some_and(|t| t.peer_certificates_required),
         ));
         let federation = Arc::new(
             crate::federation::Federation::new(store.site(), config.federation.clone())

@@ -78,7 +78,7 @@ impl Server {
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_string();
-        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+        assert!(url.starts_with("http://127.0.0.1:") || url.starts_with("https://127.0.0.1:"), "{url}");
         Server { run: Running::Process(child), url, _dir: None }
     }
 
@@ -90,9 +90,10 @@ impl Server {
         let mut flags: Vec<std::ffi::OsString> = vec!["--data".into(), data.into()];
         flags.extend(with_defaults(extra).into_iter().map(Into::into));
         let args = pepper::config::parse_serve_flags(flags).unwrap_or_else(|e| panic!("{e}"));
-        let pepper::config::Site { data, listen, options, api, server, agent: _, insecure: _ } =
+        let pepper::config::Site { data, listen, options, api, server, agent: _, insecure: _, tls } =
             pepper::config::resolve(args).unwrap_or_else(|e| panic!("{e:#}"));
-        let config = pepper_adapters::SiteConfig { data, listen, options, api, server };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let config = pepper_adapters::SiteConfig { data, listen, options, api, server, tls };
         let (opened, open) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("embedded-site".into())
@@ -123,7 +124,7 @@ impl Server {
             })
             .unwrap();
         let (addr, stopper) = open.recv().unwrap().unwrap_or_else(|e| panic!("the site did not open: {e}"));
-        Server { run: Running::Embedded { stopper, thread: Some(thread) }, url: format!("http://{addr}"), _dir: None }
+        Server { run: Running::Embedded { stopper, thread: Some(thread) }, url: format!("{scheme}://{addr}"), _dir: None }
     }
 
     /// Starts `pepper serve` on a temporary data folder of its own, removed

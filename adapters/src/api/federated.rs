@@ -218,11 +218,12 @@ async fn fan_out(state: AppState, params: Params, request: Request) -> Result<Re
     let me = state.store.site().to_string();
     let (_, body) = crate::edge::read_whole(request, &state.body_reading).await?;
     let asked = sites_to_ask(&state, &params)?;
-    let client = state.federation.client().clone();
+    let (client, own_client) = (state.federation.client().clone(), state.federation.own_client.clone());
     let deadline = params.deadline;
     let query = params.site_query();
     let calls = asked.into_iter().map(|(ask, base)| {
-        let (client, method, body, content_type) = (client.clone(), method.clone(), body.clone(), content_type.clone());
+        let client = if ask.site == me { own_client.clone() } else { client.clone() };
+        let (method, body, content_type) = (method.clone(), body.clone(), content_type.clone());
         let bearer = match (&own_token, ask.site == me) {
             (Some(own), true) => own.clone(),
             _ => HeaderValue::from_str(&state.federation.bearer()).unwrap_or(HeaderValue::from_static("")),

@@ -26,6 +26,7 @@ use crate::federation::Announce;
 use crate::federation::SITES_CHANNEL_PREFIX;
 use crate::loops::supervise::Line;
 use crate::state::AppState;
+use crate::tls::PeerProof;
 use crate::supervisor::REPLICA_CHUNK_BYTES;
 use crate::supervisor::REPLICA_IDLE_MAX;
 use crate::wire::frames::decode_batch;
@@ -36,12 +37,16 @@ use crate::wire::frames::{admit, gap_marker};
 /// body is read.
 pub(crate) async fn require_peer(
     State(state): State<AppState>,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    match state.federation.authorized(request.headers()) {
-        Ok(()) => next.run(request).await,
+    let certificate = request.extensions().get::<crate::tls::PeerCertificate>();
+    match state.federation.authorized(request.headers(), certificate) {
+        Ok(proof) => {
+            request.extensions_mut().insert(proof);
+            next.run(request).await
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -49,10 +54,12 @@ pub(crate) async fn require_peer(
 /// `POST /v1/peer/heartbeat`: a peer's announcement; answers with ours.
 pub(crate) async fn heartbeat(
     State(state): State<AppState>,
+    proof: axum::Extension<PeerProof>,
     body: Result<Json<Announce>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Announce>, ApiError> {
     let fed = &state.federation;
     let Json(a) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
+    proof.vouches_for(&a.name)?;
     fed.heard(a, state.store.last_seq()).map_err(ApiError::invalid_body)?;
     Ok(Json(fed.announce(state.store.last_seq(), state.store.earliest_seq())))
 }
@@ -63,6 +70,7 @@ pub(crate) async fn heartbeat(
 /// "mark"}`.
 pub(crate) async fn records(
     State(state): State<AppState>,
+    proof: axum::Extension<PeerProof>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
@@ -73,6 +81,8 @@ pub(crate) async fn records(
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let origin = header("x-pepper-origin").ok_or_else(|| ApiError::invalid_body("x-pepper-origin is missing"))?;
     check_site(&origin).map_err(ApiError::invalid_body)?;
+    // Each origin forwards its own records only (docs/federation.md).
+    proof.vouches_for(&origin)?;
     if let Some(gap) = header("x-pepper-gap") {
         let (from, to) = gap
             .split_once('-')
@@ -134,11 +144,13 @@ async fn gap_markers(state: &AppState, origin: &str, from: u64, to: u64) -> Resu
 /// holds, and the next sequence number its forwarder sends Y.
 pub(crate) async fn cut(
     State(state): State<AppState>,
+    proof: axum::Extension<PeerProof>,
     query: Result<axum::extract::Query<CutQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let axum::extract::Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     check_site(&q.site).map_err(ApiError::invalid_query)?;
     check_site(&q.toward).map_err(ApiError::invalid_query)?;
+    proof.vouches_for(&q.site)?;
     let fed = &state.federation;
     // The version first: a seq read after it is at least where the log was
     // when the interests arrived.
@@ -177,6 +189,7 @@ pub const REPLICA_STREAM_TIME_MAX: Duration = Duration::from_secs(600);
 /// value, and an end line with the counts.
 pub(crate) async fn replica(
     State(state): State<AppState>,
+    proof: axum::Extension<PeerProof>,
     query: Result<Query<ReplicaQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let q = match query {
@@ -185,6 +198,9 @@ pub(crate) async fn replica(
     };
     if let Err(e) = pepper_storage::validate::monitor_pattern(&q.pattern) {
         return ApiError::invalid_query(e.to_string()).into_response();
+    }
+    if let Err(e) = proof.vouches_for(&q.site) {
+        return e.into_response();
     }
     if state.federation.interests_version_of(&q.site) < q.version {
         let message = format!("this site does not hold {}'s interests version {} yet; ask again", q.site, q.version);

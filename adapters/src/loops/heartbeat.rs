@@ -25,7 +25,7 @@ pub async fn run(state: AppState, listening: std::net::SocketAddr) {
     // For this site's own part of a federated query, and the url to
     // announce when none is configured.
     let loopback = loopback_of(listening);
-    let local = format!("http://{loopback}");
+    let local = format!("{}://{loopback}", fed.scheme());
     *write(&fed.local_url) = local.clone();
     if fed.url().is_empty() {
         if loopback != listening {

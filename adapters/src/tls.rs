@@ -1,0 +1,291 @@
+//! TLS for the API and between sites, with rustls (and its `ring`
+//! provider: no C toolchain beyond what RocksDB needs).
+//!
+//! A site given a certificate and key ([`TlsFiles`]) serves HTTPS only. With
+//! a peer CA as well, it asks every client for a certificate: clients
+//! without one (people, the CLI, the agent) still connect and authenticate
+//! with their token, but the site-to-site endpoints then require a
+//! certificate signed by the peer CA **and valid for the sending site's
+//! name**, besides the peer secret. So a peer can announce itself and
+//! forward records only under its own name ([`PeerCertificate::names`]); a
+//! stolen peer secret alone is not enough. The site presents its own
+//! certificate to its peers as its client certificate, and trusts servers
+//! whose certificate the peer CA (or the system's roots) signed.
+//!
+//! The rejected alternative, a TLS-terminating proxy in front of each site,
+//! leaves the peer's identity at the proxy: the site could not bind a
+//! certificate to the site name a request claims.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// Where a site's TLS material is.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The site's certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// The CA (PEM, one or more certificates) that signs the sites'
+    /// certificates. With it, peers must present a certificate it signed,
+    /// valid for their site name; and peers' servers are verified by it.
+    pub peer_ca: Option<PathBuf>,
+}
+
+/// A site's loaded TLS material.
+#[derive(Clone)]
+pub struct Tls {
+    /// The server side: the certificate, and the peer CA's client verifier.
+    pub(crate) server: Arc<rustls::ServerConfig>,
+    /// The certificate and key, PEM, as the peer client's identity.
+    pub(crate) identity_pem: Vec<u8>,
+    /// The peer CA's certificates, DER, trusted by the peer client.
+    pub(crate) peer_roots: Vec<CertificateDer<'static>>,
+    /// Whether peers must present a certificate (a peer CA is configured).
+    pub(crate) peer_certificates_required: bool,
+    /// The site's own certificate chain and key, for its own client.
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("peer_roots", &self.peer_roots.len())
+            .field("peer_certificates_required", &self.peer_certificates_required)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(what: &str, path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))
+}
+
+/// The certificates in PEM `pem`, refusing none.
+fn certificates(what: &str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the {what} {} is not valid PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("the {what} {} holds no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The crypto provider every TLS config here uses: `ring`, as reqwest's
+/// own TLS does. rustls marks it deprecated because it has no
+/// post-quantum key exchange; the provider that has one (aws-lc-rs) needs
+/// CMake and another large C build. docs/security.md names the gap.
+#[allow(deprecated)]
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl Tls {
+    /// Loads and checks the files: the key must match the certificate.
+    ///
+    /// # Errors
+    /// An unreadable file, PEM without a certificate or key, a key that
+    /// does not match, or a peer CA that is not a usable trust anchor;
+    /// each message names the file.
+    pub fn load(files: &TlsFiles) -> Result<Tls, String> {
+        let cert_pem = read("certificate", &files.cert)?;
+        let key_pem = read("key", &files.key)?;
+        let chain = certificates("certificate", &files.cert, &cert_pem)?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem)
+            .map_err(|e| format!("the key {} holds no usable private key: {e}", files.key.display()))?;
+        let (verifier, peer_roots) = match &files.peer_ca {
+            Some(path) => {
+                let pem = read("peer CA", path)?;
+                let roots = certificates("peer CA", path, &pem)?;
+                let mut store = rustls::RootCertStore::empty();
+                for root in &roots {
+                    store.add(root.clone()).map_err(|e| format!("the peer CA {}: {e}", path.display()))?;
+                }
+                // Clients without a certificate connect too; the peer
+                // endpoints are the ones that require one.
+                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider())
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| format!("the peer CA {}: {e}", path.display()))?;
+                (Some(verifier), roots)
+            }
+            None => (None, Vec::new()),
+        };
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?;
+        let builder = match verifier {
+            Some(v) => builder.with_client_cert_verifier(v),
+            None => builder.with_no_client_auth(),
+        };
+        let mut server = builder.with_single_cert(chain.clone(), key.clone_key()).map_err(|e| {
+            format!("the key {} does not fit the certificate {}: {e}", files.key.display(), files.cert.display())
+        })?;
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut identity_pem = cert_pem;
+        identity_pem.push(b'\n');
+        identity_pem.extend_from_slice(&key_pem);
+        Ok(Tls {
+            server: Arc::new(server),
+            identity_pem,
+            peer_certificates_required: files.peer_ca.is_some(),
+            peer_roots,
+            chain,
+            key: Arc::new(key),
+        })
+    }
+
+    /// The acceptor for the API's connections.
+    pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.server.clone())
+    }
+
+    /// Configures a peer client: trusts the peer CA besides the system's
+    /// roots, and presents this site's certificate.
+    ///
+    /// # Errors
+    /// The certificate or key cannot serve as a client identity.
+    pub(crate) fn peer_client(&self, builder: reqwest::ClientBuilder) -> Result<reqwest::ClientBuilder, String> {
+        let mut builder = builder.use_rustls_tls();
+        for root in &self.peer_roots {
+            let cert = reqwest::Certificate::from_der(root).map_err(|e| format!("the peer CA: {e}"))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        if self.peer_certificates_required {
+            let identity = reqwest::Identity::from_pem(&self.identity_pem)
+                .map_err(|e| format!("the site's certificate as a client identity: {e}"))?;
+            builder = builder.identity(identity);
+        }
+        Ok(builder)
+    }
+}
+
+/// The certificate a client presented on its connection, verified by the
+/// peer CA. The server puts it on each of the connection's requests.
+#[derive(Clone, Debug)]
+pub struct PeerCertificate(pub(crate) Arc<CertificateDer<'static>>);
+
+impl PeerCertificate {
+    /// Whether the certificate is valid for site `site` (one of its DNS
+    /// names is the site's name).
+    pub(crate) fn names(&self, site: &str) -> bool {
+        let Ok(name) = ServerName::try_from(site) else { return false };
+        ParsedCertificate::try_from(self.0.as_ref())
+            .is_ok_and(|cert| rustls::client::verify_server_name(&cert, &name).is_ok())
+    }
+}
+
+/// What a peer request proved about its sender: the certificate it
+/// presented, when the site requires one. Set by the peer endpoints'
+/// middleware; each endpoint checks the site name it acts for.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PeerProof(pub(crate) Option<PeerCertificate>);
+
+impl PeerProof {
+    /// Refuses `site` unless no certificate is required or the one
+    /// presented is valid for it.
+    pub(crate) fn vouches_for(&self, site: &str) -> Result<(), crate::error::ApiError> {
+        match &self.0 {
+            None => Ok(()),
+            Some(cert) if cert.names(site) => Ok(()),
+            Some(_) => Err(crate::error::ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "peer_certificate_mismatch",
+                format!("the client certificate is not valid for site {site:?}: a peer speaks only for itself"),
+            )),
+        }
+    }
+}
+
+/// Trusts exactly one certificate: this site's own, for the leg of a
+/// federated query it sends itself over loopback. Its certificate names
+/// the site's public host, not the loopback address, so the usual name
+/// check cannot pass; comparing the whole certificate is stricter.
+#[derive(Debug)]
+struct OwnCertificate {
+    leaf: CertificateDer<'static>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for OwnCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.leaf.as_ref() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl Tls {
+    /// A client for this site's own loopback address that trusts only
+    /// this site's certificate (and presents it, where peers must).
+    ///
+    /// # Errors
+    /// The TLS configuration cannot be built.
+    pub(crate) fn own_client(&self) -> Result<reqwest::Client, String> {
+        reqwest::Client::builder()
+            .use_preconfigured_tls(self.own_client_config()?)
+            .pool_max_idle_per_host(8)
+            .build()
+            .map_err(|e| format!("cannot build the site's own client: {e}"))
+    }
+
+    /// The TLS of a client of this site's own address (its agent, its own
+    /// leg of a federated query): it trusts only this site's certificate,
+    /// and presents it where peers must.
+    ///
+    /// # Errors
+    /// The TLS configuration cannot be built.
+    pub fn own_client_config(&self) -> Result<rustls::ClientConfig, String> {
+        let Some(leaf) = self.chain.first().cloned() else { return Err("TLS: the site has no certificate".into()) };
+        let verifier = Arc::new(OwnCertificate { leaf, provider: provider() });
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let config = if self.peer_certificates_required {
+            config
+                .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
+                .map_err(|e| format!("the site's certificate as a client identity: {e}"))?
+        } else {
+            config.with_no_client_auth()
+        };
+        Ok(config)
+    }
+}
