@@ -465,12 +465,15 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
             pepper_adapters::HEADER_READ_TIMEOUT,
         )?,
     };
-    let tls = match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key), args.tls_peer_ca.or(file.tls_peer_ca)) {
-        (Some(cert), Some(key), peer_ca) => Some(pepper_adapters::TlsFiles { cert, key, peer_ca }),
-        (None, None, None) => None,
-        (None, None, Some(_)) => anyhow::bail!("tls_peer_ca needs tls_cert and tls_key: peers verify this site too"),
-        _ => anyhow::bail!("tls_cert and tls_key go together"),
-    };
+    let tls =
+        match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key), args.tls_peer_ca.or(file.tls_peer_ca)) {
+            (Some(cert), Some(key), peer_ca) => Some(pepper_adapters::TlsFiles { cert, key, peer_ca }),
+            (None, None, None) => None,
+            (None, None, Some(_)) => {
+                anyhow::bail!("tls_peer_ca needs tls_cert and tls_key: peers verify this site too")
+            }
+            _ => anyhow::bail!("tls_cert and tls_key go together"),
+        };
     Ok(Site {
         tls,
         data: args.data.or(file.data).unwrap_or_else(|| PathBuf::from(DATA_DEFAULT)),

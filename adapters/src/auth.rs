@@ -672,7 +672,23 @@ pub const AUDIT_TYPE: &str = "pepper.audit";
 /// `token.revoke`, `policy.put`, ...) on `target`, with `detail`. Never a
 /// secret in it: tokens appear by id.
 pub fn audit_event(caller: &Caller, action: &str, target: &str, detail: serde_json::Value) -> pepper_storage::Body {
-    let payload = serde_json::json!({ "action": action, "by": caller.name(), "target": target, "detail": detail });
+    audit(caller.name(), caller.stamp(), action, target, detail)
+}
+
+/// An audit event of a change no principal made: `by` names who did
+/// (`site:NAME` for what a peer announced).
+pub fn audit_event_by(by: &str, action: &str, target: &str, detail: serde_json::Value) -> pepper_storage::Body {
+    audit(by, None, action, target, detail)
+}
+
+fn audit(
+    by: &str,
+    principal: Option<String>,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+) -> pepper_storage::Body {
+    let payload = serde_json::json!({ "action": action, "by": by, "target": target, "detail": detail });
     pepper_storage::Body::Event(pepper_storage::Event {
         id: crate::wire::envelope::new_event_id(),
         channel: AUDIT_CHANNEL.to_string(),
@@ -683,7 +699,7 @@ pub fn audit_event(caller: &Caller, action: &str, target: &str, detail: serde_js
         payload: payload.to_string().into_bytes(),
         assigned: Vec::new(),
         tuple: None,
-        principal: caller.stamp(),
+        principal,
     })
 }
 

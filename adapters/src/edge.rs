@@ -204,7 +204,8 @@ pub(crate) async fn check_host(State(check): State<Arc<HostCheck>>, request: Req
     // A peer proves itself with the peer secret, which no web page has (and
     // a browser sends `Authorization` cross-origin only after a preflight):
     // it may name this site however its configuration does.
-    if request.headers().contains_key(header::AUTHORIZATION) && check.federation.secret_given(request.headers()).is_ok() {
+    if request.headers().contains_key(header::AUTHORIZATION) && check.federation.secret_given(request.headers()).is_ok()
+    {
         return next.run(request).await;
     }
     let hosts = &check.hosts;

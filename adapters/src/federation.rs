@@ -80,6 +80,12 @@ pub struct FederationConfig {
     /// The site's TLS, when it serves HTTPS: its peer client trusts the
     /// peer CA and presents the site's certificate (`tls`).
     pub tls: Option<crate::tls::Tls>,
+    /// The site key (`keys`), set when the site opens: its public half is
+    /// announced and it signs control requests.
+    pub site_key: Option<std::sync::Arc<crate::keys::SiteKey>>,
+    /// Peers' keys pinned in earlier runs, read from the store when the
+    /// site opens: (name, public key hex).
+    pub pinned: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for FederationConfig {
@@ -91,7 +97,35 @@ impl std::fmt::Debug for FederationConfig {
             .field("secret", &self.secret.as_ref().map(|_| "(set)"))
             .field("heartbeat", &self.heartbeat)
             .field("tls", &self.tls)
+            .field("site_key", &self.site_key)
+            .field("pinned", &self.pinned.len())
             .finish()
+    }
+}
+
+/// Where pinned peer keys are kept: one document per peer.
+pub const PIN_DOC_PREFIX: &str = "pepper/peers/keys/";
+
+/// The peers' keys pinned in earlier runs.
+///
+/// # Errors
+/// Store read errors.
+pub(crate) async fn load_pins(store: &Store) -> Result<Vec<(String, String)>, pepper_storage::Error> {
+    let mut pins = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let from = after.clone();
+        let page = store.read(move |v| v.docs(PIN_DOC_PREFIX, from.as_deref(), 1000)).await?;
+        for doc in &page.items {
+            if let (Some(name), Ok(key)) = (doc.key.strip_prefix(PIN_DOC_PREFIX), String::from_utf8(doc.value.clone()))
+            {
+                pins.push((name.to_string(), key));
+            }
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(pins),
+        }
     }
 }
 
@@ -159,6 +193,10 @@ pub struct Federation {
     peer_certificates_required: bool,
     /// The site serves HTTPS.
     tls_on: bool,
+    /// The site key, if the site has one (a site opened by `Site` does).
+    site_key: Option<std::sync::Arc<crate::keys::SiteKey>>,
+    /// Checks the control requests addressed to this site.
+    control: Mutex<pepper_router::Verifier>,
 }
 
 /// A `RwLock` read that survives a panicked writer: what it guards holds
@@ -200,6 +238,8 @@ impl Federation {
             heartbeat: config.heartbeat,
             incarnation: rand::random::<u64>() | 1,
             url_ok,
+            key: config.site_key.as_ref().map(|k| k.public_hex()),
+            pinned: config.pinned,
         })
         .map_err(|e| e.to_string())?;
         let mut client = reqwest::Client::builder().pool_max_idle_per_host(8);
@@ -227,6 +267,8 @@ impl Federation {
             own_client,
             peer_certificates_required: config.tls.as_ref().is_some_and(|t| t.peer_certificates_required),
             tls_on: config.tls.is_some(),
+            site_key: config.site_key,
+            control: Mutex::new(pepper_router::Verifier::new(site, now_us())),
         })
     }
 
@@ -351,6 +393,11 @@ impl Federation {
         &self.client
     }
 
+    /// This site's public key, hex, if it has a site key.
+    pub fn public_key(&self) -> Option<String> {
+        self.site_key.as_ref().map(|k| k.public_hex())
+    }
+
     /// Whether this site serves HTTPS (its own url's scheme).
     pub(crate) fn scheme(&self) -> &'static str {
         if self.tls_on {
@@ -417,9 +464,100 @@ impl Federation {
     /// # Errors
     /// The registry's refusal (a bad announcement, or no room for a new
     /// peer); nothing changed.
-    pub(crate) fn heard(&self, a: Announce, head: u64) -> Result<(), String> {
+    pub(crate) fn heard(&self, a: Announce, head: u64) -> pepper_router::Result<Vec<RegistryAction>> {
         let input = RegistryInput::Announced { announcement: a, local_head: head, wall_us: now_us() };
-        self.step(input).map(drop).map_err(|e| e.to_string())
+        self.step(input)
+    }
+
+    /// Keeps what the registry learned that outlives the run and that an
+    /// operator audits: a pinned key (a document, `pepper/peers/keys/NAME`,
+    /// with its audit event in the same append) and a peer that joined
+    /// (an audit event). A failed write is logged; the pin holds in memory
+    /// for this run either way.
+    pub(crate) async fn record(&self, store: &Store, actions: &[RegistryAction]) {
+        for action in actions {
+            let bodies = match action {
+                RegistryAction::KeyPinned { peer, key } => {
+                    tracing::info!(%peer, %key, "pinned a peer's site key");
+                    vec![
+                        pepper_storage::Body::DocPut(pepper_storage::DocPut {
+                            key: format!("{PIN_DOC_PREFIX}{peer}"),
+                            value: key.clone().into_bytes(),
+                        }),
+                        crate::auth::audit_event_by(
+                            &format!("site:{peer}"),
+                            "peer.key_pin",
+                            peer,
+                            serde_json::json!({ "key": key }),
+                        ),
+                    ]
+                }
+                RegistryAction::PeerLearned { peer, url, via } => {
+                    tracing::info!(%peer, %url, via = via.as_deref().unwrap_or("itself"), "learned of a peer");
+                    let by = format!("site:{}", via.as_deref().unwrap_or(peer));
+                    let detail = serde_json::json!({ "url": url, "via": via });
+                    vec![crate::auth::audit_event_by(&by, "peer.add", peer, detail)]
+                }
+                _ => continue,
+            };
+            if let Err(e) = store.append(bodies).await {
+                tracing::warn!(error = %e, "cannot record a peer change");
+            }
+        }
+    }
+
+    /// Signs a control request for `audience` on behalf of `principal`,
+    /// valid for `ttl` from now (at most `pepper_router::CONTROL_TTL_MAX`).
+    /// The caller checked the principal's grant first.
+    ///
+    /// # Errors
+    /// The site has no key.
+    pub fn sign_control(
+        &self,
+        principal: &str,
+        audience: &str,
+        action: &str,
+        channel: &str,
+        body: serde_json::Value,
+        ttl: Duration,
+    ) -> Result<pepper_router::SignedControl, String> {
+        let key = self.site_key.as_ref().ok_or("this site has no site key")?;
+        let now = now_us();
+        let ttl = ttl.min(pepper_router::CONTROL_TTL_MAX);
+        let request = pepper_router::ControlRequest {
+            principal: principal.to_string(),
+            site: self.site.clone(),
+            audience: audience.to_string(),
+            action: action.to_string(),
+            channel: channel.to_string(),
+            body,
+            nonce: hex::encode(rand::random::<[u8; 16]>()),
+            issued_us: now,
+            expires_us: now.saturating_add(u64::try_from(ttl.as_micros()).unwrap_or(u64::MAX)),
+        };
+        pepper_router::sign(&request, key.signing()).map_err(|e| e.to_string())
+    }
+
+    /// Checks a control request addressed to this site against `scope`,
+    /// with the keys pinned for its peers (and its own): see
+    /// `pepper_router::control`.
+    ///
+    /// # Errors
+    /// The refusal, saying which check failed.
+    pub fn verify_control(
+        &self,
+        signed: &pepper_router::SignedControl,
+        scope: &pepper_router::Scope,
+    ) -> Result<pepper_router::ControlRequest, pepper_router::ControlRefusal> {
+        let keys: BTreeMap<String, String> = {
+            let registry = lock(&self.registry);
+            let signer = serde_json::from_str::<serde_json::Value>(&signed.payload)
+                .ok()
+                .and_then(|v| v.get("site").and_then(|s| s.as_str()).map(str::to_string));
+            signer.and_then(|s| registry.key_of(&s).map(|k| (s, k.to_string()))).into_iter().collect()
+        };
+        let key_of = |site: &str| keys.get(site).and_then(|k| pepper_router::parse_public_key(k).ok());
+        lock(&self.control).verify(signed, key_of, scope, now_us())
     }
 
     /// This site's announcement now, with its log's range.
@@ -472,8 +610,9 @@ impl Federation {
                             local_head: store.last_seq(),
                             wall_us: now_us(),
                         };
-                        if let Err(e) = self.step(input) {
-                            tracing::warn!(peer = %name, error = %e, "bad announcement");
+                        match self.step(input) {
+                            Ok(actions) => self.record(store, &actions).await,
+                            Err(e) => tracing::warn!(peer = %name, error = %e, "bad announcement"),
                         }
                     }
                     Ok(a) => tracing::warn!(peer = %name, answered_as = %a.name, "peer answered under another name"),
@@ -603,13 +742,53 @@ mod tests {
     fn the_secret_is_required_and_compared() {
         let fed = Federation::new("a", config(&[])).expect("federation");
         let mut headers = HeaderMap::new();
-        assert_eq!(fed.authorized(&headers, None).map_err(|e| e.status()), Err(StatusCode::UNAUTHORIZED));
+        assert_eq!(fed.authorized(&headers, None).map(drop).map_err(|e| e.status()), Err(StatusCode::UNAUTHORIZED));
         headers.insert(axum::http::header::AUTHORIZATION, "Bearer t".parse().expect("header"));
-        assert_eq!(fed.authorized(&headers, None).map_err(|e| e.status()), Err(StatusCode::UNAUTHORIZED));
+        assert_eq!(fed.authorized(&headers, None).map(drop).map_err(|e| e.status()), Err(StatusCode::UNAUTHORIZED));
         headers.insert(axum::http::header::AUTHORIZATION, "Bearer s".parse().expect("header"));
         assert!(fed.authorized(&headers, None).is_ok());
         let off = Federation::new("a", FederationConfig::default()).expect("federation");
-        assert_eq!(off.authorized(&headers, None).map_err(|e| e.status()), Err(StatusCode::FORBIDDEN));
+        assert_eq!(off.authorized(&headers, None).map(drop).map_err(|e| e.status()), Err(StatusCode::FORBIDDEN));
+    }
+
+    #[test]
+    fn a_control_request_signed_by_a_pinned_peer_verifies_once_and_only_for_its_audience() {
+        let keyed = |site: &str| {
+            let config = FederationConfig {
+                site_key: Some(std::sync::Arc::new(crate::keys::SiteKey::generate())),
+                url: Some(format!("http://{site}.invalid:1")),
+                ..config(&[])
+            };
+            Federation::new(site, config).expect("federation")
+        };
+        let (a, b, c) = (keyed("a"), keyed("b"), keyed("c"));
+        let scope = pepper_router::Scope {
+            action: "deploy".into(),
+            subtree: pepper_router::Pattern::parse("/example.com/deploy/").expect("pattern"),
+        };
+        let ttl = Duration::from_secs(60);
+        let body = serde_json::json!({ "step": 1 });
+        let signed = a.sign_control("ops", "b", "deploy", "/example.com/deploy/web/", body, ttl).expect("signed");
+        // Before b pinned a's key, a is no one to b.
+        assert_eq!(b.verify_control(&signed, &scope).map_err(|e| e.reason()), Err("unknown_site"));
+        // a announces itself to b (over the authenticated peer endpoint).
+        let actions = b.heard(a.announce(0, 0), 0).expect("heard");
+        assert!(actions.iter().any(|x| matches!(x, RegistryAction::KeyPinned { peer, .. } if peer == "a")));
+        let request = b.verify_control(&signed, &scope).expect("verified");
+        assert_eq!((request.principal.as_str(), request.site.as_str()), ("ops", "a"));
+        assert_eq!(b.verify_control(&signed, &scope).map_err(|e| e.reason()), Err("replayed"));
+        // c, which also pinned a, is not its audience.
+        c.heard(a.announce(0, 0), 0).expect("heard");
+        assert_eq!(c.verify_control(&signed, &scope).map_err(|e| e.reason()), Err("wrong_audience"));
+        // Someone else announcing as a, with their own key, is refused.
+        let impostor = keyed("a");
+        let refused = b.heard(impostor.announce(0, 0), 0);
+        assert!(matches!(refused, Err(pepper_router::Error::KeyMismatch { .. })), "{refused:?}");
+        // A site without a key signs nothing.
+        assert!(Federation::new("d", config(&[]))
+            .expect("fed")
+            .sign_control("ops", "b", "deploy", "/x/", serde_json::Value::Null, ttl)
+            .is_err());
     }
 
     /// The announcement on the wire keeps its field names, and one from a

@@ -41,6 +41,7 @@ mod edge;
 mod error;
 pub mod expiry;
 pub mod federation;
+pub mod keys;
 mod limits;
 pub mod loops;
 mod metrics;

@@ -92,10 +92,25 @@ impl Site {
         let acceptor = tls.as_ref().map(crate::tls::Tls::acceptor);
         api.federation.tls = tls;
         let folder = data.display().to_string();
+        let data_folder = data.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&data, options))
             .await
             .map_err(|e| failed("the store's open task failed", e))?
             .map_err(|e| failed(&format!("cannot open the store in {folder}"), e))?;
+        // The key beside the store, once the store's lock is held: no
+        // other process creates it at the same time.
+        let key_folder = data_folder.clone();
+        match tokio::task::spawn_blocking(move || crate::keys::SiteKey::load_or_create(&key_folder)).await {
+            Ok(Ok(key)) => api.federation.site_key = Some(Arc::new(key)),
+            Ok(Err(e)) => {
+                store.close();
+                return Err(std::io::Error::other(e));
+            }
+            Err(e) => {
+                store.close();
+                return Err(failed("the site key's task failed", e));
+            }
+        }
         let listener = match TcpListener::bind(listen).await {
             Ok(listener) => listener,
             Err(e) => {

@@ -135,16 +135,18 @@ impl AppState {
         crate::expiry::load_tuple_index(&store, &tuples).await?;
         models.load(&store).await?;
         principals.load(&store).await?;
-        let auth = Arc::new(crate::auth::Auth::new(
-            config.admin_token.as_ref().map(crate::auth::Secret::expose),
-            config.federation.secret.as_deref(),
-            principals,
-        )
-        .requiring_peer_certificates(
-            config.federation.tls.as_ref().is_some_and(|t| t.peer_certificates_required),
-        ));
+        let auth = Arc::new(
+            crate::auth::Auth::new(
+                config.admin_token.as_ref().map(crate::auth::Secret::expose),
+                config.federation.secret.as_deref(),
+                principals,
+            )
+            .requiring_peer_certificates(config.federation.tls.as_ref().is_some_and(|t| t.peer_certificates_required)),
+        );
+        let mut federation_config = config.federation.clone();
+        federation_config.pinned = crate::federation::load_pins(&store).await?;
         let federation = Arc::new(
-            crate::federation::Federation::new(store.site(), config.federation.clone())
+            crate::federation::Federation::new(store.site(), federation_config)
                 .map_err(|reason| pepper_storage::Error::InvalidInput { what: "federation", reason })?,
         );
         let supervisor = crate::supervisor::Supervisor::load(&store, &config.supervisor).await.map_err(|e| {

@@ -32,6 +32,18 @@ pub enum Error {
         /// The limit reached.
         limit: usize,
     },
+    /// A peer announced another key than the one pinned for it, or none
+    /// (HTTP 403): someone else may be speaking under its name. The
+    /// registry is unchanged.
+    #[error("site {site:?} announced key {given}, but key {pinned} is pinned for it (docs/security.md)")]
+    KeyMismatch {
+        /// The site named.
+        site: String,
+        /// Its pinned key.
+        pinned: String,
+        /// The key announced (`none`).
+        given: String,
+    },
     /// The federation settings break a rule: the site does not start.
     #[error("{reason}")]
     InvalidConfig {

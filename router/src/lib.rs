@@ -27,6 +27,7 @@
 
 mod access;
 mod channel;
+mod control;
 mod dispatch;
 mod error;
 mod expiry;
@@ -37,10 +38,15 @@ mod trie;
 
 pub use access::{allows, covers, Action, Grant, Resource, ResourceKind, GRANT_NAMESPACE_BYTES_MAX};
 pub use channel::{subtrees, Channel, Pattern, Segment, CHANNEL_BYTES_MAX, CHANNEL_DEPTH_MAX, RESERVED_AUTHORITY};
+pub use control::{
+    parse_public_key, sign, ControlRefusal, ControlRequest, Scope, SignedControl, Verifier, CLOCK_SKEW_MAX,
+    CONTROL_BYTES_MAX, CONTROL_TTL_MAX, NONCES_MAX, NONCE_BYTES_MAX, NONCE_BYTES_MIN,
+};
 pub use dispatch::{
     should_join, Action as DispatchAction, Detach, Dispatch, EndReason, EventHead, Holder, Input as DispatchInput,
     Meaning, Routed, Subscriber, SubscriberId, GAP_EVENT_TYPE, HANDOFF_LAG_MAX,
 };
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use error::{Error, Result};
 pub use expiry::{ExpiryAction, ExpiryIndex, ExpiryOutcome, ExpiryPass};
 pub use forwarder::{

@@ -140,6 +140,10 @@ pub struct Announcement {
     /// The peers it knows.
     #[serde(default)]
     pub peers: Vec<PeerInfo>,
+    /// Its Ed25519 site key, public part, hex: pinned by a site that hears
+    /// the announcement over an authenticated connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// A peer's liveness, from the age of its last announcement. Ordered from
@@ -290,6 +294,25 @@ pub enum Action {
     },
     /// Call [`Registry::tick`] at this time at the latest.
     WakeAt(Duration),
+    /// A peer's key was pinned, on its first announcement over an
+    /// authenticated connection: keep the pin (it outlives the run) and
+    /// audit it.
+    KeyPinned {
+        /// The peer.
+        peer: String,
+        /// Its public key, hex.
+        key: String,
+    },
+    /// A peer joined the registry: audit it.
+    PeerLearned {
+        /// The peer.
+        peer: String,
+        /// Its url.
+        url: String,
+        /// The peer whose announcement named it; `None`: it announced
+        /// itself.
+        via: Option<String>,
+    },
 }
 
 /// Federation settings the registry checks and keeps.
@@ -312,6 +335,10 @@ pub struct RegistryConfig {
     /// pass their HTTP client's own parser, so that what the registry keeps
     /// is what the client can reach; the registry adds the length limit.
     pub url_ok: fn(&str) -> bool,
+    /// This site's public key, hex, to announce.
+    pub key: Option<String>,
+    /// Peers' keys pinned before (kept by the driver): (name, key).
+    pub pinned: Vec<(String, String)>,
 }
 
 /// One peer in the registry.
@@ -398,6 +425,8 @@ pub struct KnownPeer<'a> {
     pub interests_version: u64,
     /// The last failed announcement to it.
     pub last_error: Option<&'a str>,
+    /// Its pinned public key, hex.
+    pub key: Option<&'a str>,
 }
 
 /// Where the heartbeat rounds are.
@@ -433,6 +462,10 @@ pub struct Registry {
     /// Peers whose forwarder was started.
     forwarders: BTreeSet<String>,
     rounds: Rounds,
+    /// This site's public key, hex.
+    key: Option<String>,
+    /// Peers' pinned keys, by name: a pin outlives the peer's entry.
+    pins: BTreeMap<String, String>,
 }
 
 impl Registry {
@@ -459,7 +492,12 @@ impl Registry {
         if let Some(region) = &config.region {
             check_name("region", region).map_err(invalid)?;
         }
+        for key in config.key.iter().chain(config.pinned.iter().map(|(_, k)| k)) {
+            crate::parse_public_key(key).map_err(invalid)?;
+        }
         Ok(Registry {
+            key: config.key,
+            pins: config.pinned.into_iter().collect(),
             site: config.site,
             region: config.region,
             url: config.url.unwrap_or_default(),
@@ -531,6 +569,7 @@ impl Registry {
             interests: self.interests.clone(),
             interests_version: self.interests_version,
             incarnation: self.incarnation,
+            key: self.key.clone(),
             peers: self
                 .peers
                 .iter()
@@ -564,7 +603,17 @@ impl Registry {
             interests: p.wants.as_ref().map(|w| w.len()),
             interests_version: p.interests_version,
             last_error: p.last_error.as_deref(),
+            key: self.pins.get(name).map(String::as_str),
         })
+    }
+
+    /// The public key pinned for `site` (this site's own for its name).
+    pub fn key_of(&self, site: &str) -> Option<&str> {
+        if site == self.site {
+            self.key.as_deref()
+        } else {
+            self.pins.get(site).map(String::as_str)
+        }
     }
 
     /// `peer`'s state at `now`; `None` for a peer not known.
@@ -800,8 +849,32 @@ impl Registry {
         if !self.peers.contains_key(&a.name) && self.peers.len() >= PEERS_MAX {
             return Err(Error::PeersFull { limit: PEERS_MAX });
         }
+        if let Some(key) = &a.key {
+            crate::parse_public_key(key).map_err(Error::announcement)?;
+        }
+        // A pinned key never changes, and is never dropped: an
+        // announcement without it is as suspect as one with another.
+        if let Some(pinned) = self.pins.get(&a.name) {
+            if a.key.as_deref() != Some(pinned.as_str()) {
+                return Err(Error::KeyMismatch {
+                    site: a.name.clone(),
+                    pinned: pinned.clone(),
+                    given: a.key.clone().unwrap_or_else(|| "none".into()),
+                });
+            }
+        }
 
         let mut actions = Vec::new();
+        // Pinned only from what the peer itself sent us, authenticated by
+        // the peer secret (and its certificate where required); an answer
+        // to our announcement proves nothing of who answered.
+        if let (Some(key), None, false) = (&a.key, rtt, self.pins.contains_key(&a.name)) {
+            self.pins.insert(a.name.clone(), key.clone());
+            actions.push(Action::KeyPinned { peer: a.name.clone(), key: key.clone() });
+        }
+        if !self.peers.contains_key(&a.name) {
+            actions.push(Action::PeerLearned { peer: a.name.clone(), url: a.url.clone(), via: None });
+        }
         let heartbeat = self.heartbeat;
         let p = self.peers.entry(a.name.clone()).or_insert_with(|| Peer::new(a.url.clone(), a.region.clone()));
         p.url = a.url.trim_end_matches('/').to_string();
@@ -850,6 +923,11 @@ impl Registry {
                     info.name.clone(),
                     Peer::new(info.url.trim_end_matches('/').to_string(), info.region.clone()),
                 );
+                actions.push(Action::PeerLearned {
+                    peer: info.name.clone(),
+                    url: info.url.clone(),
+                    via: Some(a.name.clone()),
+                });
             }
         }
         Ok(actions)
@@ -959,6 +1037,8 @@ mod tests {
             heartbeat: HB,
             incarnation: 1,
             url_ok,
+            key: None,
+            pinned: Vec::new(),
         }
     }
 
@@ -978,7 +1058,83 @@ mod tests {
             interests_version: version,
             incarnation,
             peers: vec![PeerInfo { name: "c".into(), url: "http://127.0.0.1:3".into(), region: None }],
+            key: None,
         }
+    }
+
+    fn key_hex(seed: u8) -> String {
+        hex::encode(crate::SigningKey::from_bytes(&[seed; 32]).verifying_key().to_bytes())
+    }
+
+    #[test]
+    fn a_key_is_pinned_from_an_authenticated_announcement_and_never_replaced() {
+        let mut r = registry(&[("b", "http://127.0.0.1:2")]);
+        let keyed = |seed: Option<u8>| Announcement { key: seed.map(key_hex), ..announce(1, 1, &[]) };
+        // An answer to our announcement proves nothing of who answered.
+        let answered = Input::Answered {
+            peer: "b".into(),
+            announcement: keyed(Some(1)),
+            rtt: Duration::from_millis(1),
+            local_head: 0,
+            wall_us: 7,
+        };
+        let actions = r.step(secs(1), answered).expect("answered");
+        assert!(!actions.iter().any(|a| matches!(a, Action::KeyPinned { .. })));
+        assert_eq!(r.key_of("b"), None);
+        // Its own announcement, which the driver authenticated, pins it.
+        let actions = hear(&mut r, secs(2), keyed(Some(1)), 0).expect("heard");
+        assert!(actions
+            .iter()
+            .any(|a| matches!(a, Action::KeyPinned { peer, key } if peer == "b" && *key == key_hex(1))));
+        assert_eq!(r.key_of("b"), Some(key_hex(1).as_str()));
+        assert_eq!(r.peers(secs(2)).find(|p| p.name == "b").and_then(|p| p.key), Some(key_hex(1).as_str()));
+        // Another key, or none, is refused and changes nothing.
+        for other in [Some(2), None] {
+            let refused = hear(&mut r, secs(3), keyed(other), 0);
+            assert!(matches!(refused, Err(Error::KeyMismatch { .. })), "{refused:?}");
+            let answered = Input::Answered {
+                peer: "b".into(),
+                announcement: keyed(other),
+                rtt: Duration::from_millis(1),
+                local_head: 0,
+                wall_us: 7,
+            };
+            assert!(matches!(r.step(secs(3), answered), Err(Error::KeyMismatch { .. })));
+        }
+        assert_eq!(r.key_of("b"), Some(key_hex(1).as_str()));
+        assert_eq!(r.peers(secs(3)).find(|p| p.name == "b").and_then(|p| p.last_seen_wall_us), Some(7));
+        // Not a key at all.
+        let bad = Announcement { key: Some("zz".into()), ..announce(1, 1, &[]) };
+        assert!(matches!(hear(&mut r, secs(3), bad, 0), Err(Error::InvalidAnnouncement { .. })));
+    }
+
+    #[test]
+    fn pins_from_before_a_restart_hold_and_this_sites_key_is_announced() {
+        let keyed = RegistryConfig { key: Some(key_hex(9)), pinned: vec![("b".into(), key_hex(1))], ..config(&[]) };
+        let mut r = Registry::new(keyed).expect("registry");
+        assert_eq!(r.announcement(0, 0, 0).key, Some(key_hex(9)));
+        assert_eq!(r.key_of("a"), Some(key_hex(9).as_str()), "its own key under its own name");
+        let other = Announcement { key: Some(key_hex(2)), ..announce(1, 1, &[]) };
+        assert!(matches!(hear(&mut r, secs(1), other, 0), Err(Error::KeyMismatch { .. })));
+        assert!(r.is_empty(), "a refused announcement adds no peer");
+        let bad = RegistryConfig { pinned: vec![("b".into(), "nope".into())], ..config(&[]) };
+        assert!(Registry::new(bad).is_err());
+    }
+
+    #[test]
+    fn peers_joining_are_reported_with_who_named_them() {
+        let mut r = registry(&[]);
+        let actions = hear(&mut r, secs(1), announce(1, 1, &[]), 0).expect("heard");
+        let learned: Vec<(&str, Option<&str>)> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::PeerLearned { peer, via, .. } => Some((peer.as_str(), via.as_deref())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(learned, [("b", None), ("c", Some("b"))]);
+        let again = hear(&mut r, secs(2), announce(1, 1, &[]), 0).expect("heard");
+        assert!(!again.iter().any(|a| matches!(a, Action::PeerLearned { .. })), "known peers are not news");
     }
 
     fn hear(r: &mut Registry, now: Duration, a: Announcement, local_head: u64) -> Result<Vec<Action>> {

@@ -124,7 +124,11 @@ impl Server {
             })
             .unwrap();
         let (addr, stopper) = open.recv().unwrap().unwrap_or_else(|e| panic!("the site did not open: {e}"));
-        Server { run: Running::Embedded { stopper, thread: Some(thread) }, url: format!("{scheme}://{addr}"), _dir: None }
+        Server {
+            run: Running::Embedded { stopper, thread: Some(thread) },
+            url: format!("{scheme}://{addr}"),
+            _dir: None,
+        }
     }
 
     /// Starts `pepper serve` on a temporary data folder of its own, removed

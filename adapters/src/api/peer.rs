@@ -26,9 +26,9 @@ use crate::federation::Announce;
 use crate::federation::SITES_CHANNEL_PREFIX;
 use crate::loops::supervise::Line;
 use crate::state::AppState;
-use crate::tls::PeerProof;
 use crate::supervisor::REPLICA_CHUNK_BYTES;
 use crate::supervisor::REPLICA_IDLE_MAX;
+use crate::tls::PeerProof;
 use crate::wire::frames::decode_batch;
 use crate::wire::frames::PEER_BODY_BYTES_MAX;
 use crate::wire::frames::{admit, gap_marker};
@@ -60,7 +60,14 @@ pub(crate) async fn heartbeat(
     let fed = &state.federation;
     let Json(a) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
     proof.vouches_for(&a.name)?;
-    fed.heard(a, state.store.last_seq()).map_err(ApiError::invalid_body)?;
+    let actions = fed.heard(a, state.store.last_seq()).map_err(|e| match e {
+        pepper_router::Error::KeyMismatch { .. } => {
+            tracing::warn!(error = %e, "refused an announcement under a pinned name");
+            ApiError::new(StatusCode::FORBIDDEN, "key_mismatch", e.to_string())
+        }
+        e => ApiError::invalid_body(e.to_string()),
+    })?;
+    fed.record(&state.store, &actions).await;
     Ok(Json(fed.announce(state.store.last_seq(), state.store.earliest_seq())))
 }
 

@@ -41,6 +41,7 @@ pub(crate) async fn sites(State(state): State<AppState>, caller: Caller) -> Resu
                         "forwarded": f.map_or(0, |f| f.forwarded),
                         "last_error": f.and_then(|f| f.last_error.as_deref()),
                         "stalled": f.is_some_and(|f| f.stalled),
+                        "key": p.key,
                     })
                 })
                 .collect()
@@ -50,6 +51,7 @@ pub(crate) async fn sites(State(state): State<AppState>, caller: Caller) -> Resu
         "site": fed.site,
         "region": fed.region(),
         "url": fed.url(),
+        "key": fed.public_key(),
         "seq": head,
         "federation": fed.enabled(),
         "heartbeat_ms": fed.heartbeat().as_millis() as u64,
