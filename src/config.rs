@@ -421,8 +421,11 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
         peers,
         secret: peer_secret,
         heartbeat: Duration::from_millis(heartbeat_ms),
-        // Loaded with the site (`Site::open`), from `tls` below.
+        // Loaded with the site (`Site::open`): the TLS files below, the
+        // site key and the pinned keys from its data folder.
         tls: None,
+        site_key: None,
+        pinned: Vec::new(),
     };
     let record = if args.record.is_empty() { file.record } else { args.record };
     let policies = record

@@ -685,3 +685,36 @@ fn leases_and_groups_belong_to_their_principal() {
     assert_eq!(got(&alice, "alice-2"), 1, "alice's group gets the job");
     assert_eq!(got(&mallory, "mallory-1"), 1, "mallory's own group gets its own copy, not alice's");
 }
+
+/// A principal's live leases are in at most 8 anycast groups (the site
+/// holds 64): a ninth is 429 with Retry-After and grants nothing, while
+/// joining a group it is in, a lease without a group, and the admin pass.
+#[test]
+fn a_principal_in_too_many_anycast_groups_gets_429_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = site(dir.path());
+    let api = Api { http: Client::new(), server: &server };
+    let token = api.principal("grouper", &[("subscribe", "/g/")]);
+    let grant = |token: &str, id: &str, group: Option<&str>| {
+        let body = json!({"channel": "/g/", "ttl_s": 60, "id": id, "group": group});
+        api.call(Method::POST, "/v1/leases", Some(token), Some(&body))
+    };
+    let max = pepper_adapters::quota::GROUPS_PER_PRINCIPAL_MAX;
+    for i in 0..max {
+        assert_eq!(grant(&token, &format!("l{i}"), Some(&format!("g{i}"))).status(), 201);
+    }
+    let before = api.state();
+    let res = grant(&token, "over", Some("one-too-many"));
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().get("retry-after").is_some(), "Retry-After");
+    let body: Value = res.json().unwrap();
+    assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
+    assert_eq!(api.state(), before, "nothing granted");
+    assert_eq!(grant(&token, "again", Some("g0")).status(), 201, "a group it is in");
+    assert_eq!(grant(&token, "plain", None).status(), 201, "no group");
+    assert_eq!(grant(ADMIN, "admin", Some("admin-group")).status(), 201, "the admin has no quota");
+    // Releasing a lease frees its group's place.
+    assert!(api.call(Method::DELETE, "/v1/leases/l0", Some(&token), None).status().is_success());
+    assert!(api.call(Method::DELETE, "/v1/leases/again", Some(&token), None).status().is_success());
+    assert_eq!(grant(&token, "now", Some("new-group")).status(), 201);
+}

@@ -3,8 +3,9 @@
 //! queries with manifests through a SIGSTOP, interest withdrawn when a
 //! lease expires, and a retried batch dropped as a duplicate.
 //!
-//! Every site runs with auth on (an admin token; the test's requests carry
-//! it), so federation is tested as it is deployed.
+//! Every site runs with auth and TLS on (an admin token, a certificate from
+//! the tests' CA, and peer certificates required; the test's requests carry
+//! the token and trust the CA), so federation is tested as it is deployed.
 //!
 //! Sites run in this process ([`Server::embedded`]) except those a test
 //! kills or stops with a signal, which are real `pepper serve` processes:
@@ -34,6 +35,9 @@ fn args(dir: &std::path::Path, name: &str, extra: &[&str]) -> Vec<String> {
             .into_iter()
             .map(String::from)
             .collect();
+    // Auth and TLS on, with peer certificates required: the federation
+    // works through both.
+    args.extend(common::tls_flags(dir, name));
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }

@@ -9,8 +9,9 @@
 //! this process ([`Server::embedded`]); the placement and stop rules in
 //! detail are the router's state machines' and the simulator's.
 //!
-//! The federated sites run with auth on (an admin token; the test's
-//! requests carry it), as they are deployed.
+//! The federated sites run with auth and TLS on (an admin token, a
+//! certificate from the tests' CA, peer certificates required; the test's
+//! requests carry the token and trust the CA), as they are deployed.
 //!
 //! No test waits on the clock to see that nothing happens: a steady state
 //! is checked after every site's supervisor has evaluated the policy a few
@@ -71,7 +72,10 @@ fn args(dir: &std::path::Path, name: &str, region: &str, peer: Option<&str>) -> 
     if let Some(p) = peer {
         args.extend(["--peer", p]);
     }
-    args.into_iter().map(String::from).collect()
+    // Auth and TLS on, with peer certificates required.
+    let mut args: Vec<String> = args.into_iter().map(String::from).collect();
+    args.extend(common::tls_flags(dir, name));
+    args
 }
 
 /// How many times `s`'s supervisor has evaluated the policy.

@@ -32,6 +32,16 @@ const _: () = assert!(PUBLISH_BURST_EVENTS as usize >= pepper_storage::limits::B
 /// Live streams (lease streams and watches) one principal holds open.
 pub const STREAMS_PER_PRINCIPAL_MAX: usize = 256;
 
+/// Live leases one principal holds (the site holds at most
+/// `limits::LEASES_MAX`).
+pub const LEASES_PER_PRINCIPAL_MAX: usize = 1_000;
+
+/// Anycast groups one principal's live leases are in (the site holds at
+/// most `pepper_storage::limits::ANYCAST_GROUPS_MAX`).
+pub const GROUPS_PER_PRINCIPAL_MAX: usize = 8;
+
+const _: () = assert!(GROUPS_PER_PRINCIPAL_MAX < pepper_storage::limits::ANYCAST_GROUPS_MAX);
+
 /// A token bucket of events.
 #[derive(Clone, Copy, Debug)]
 pub struct Bucket {
@@ -105,6 +115,49 @@ impl Quotas {
         })
     }
 
+    /// Whether the caller may hold one more lease, `id` in `group`
+    /// (stored name), given the live leases it holds now, `held` (id and
+    /// group of each). Granting an id it already holds replaces that
+    /// lease, so it does not count twice.
+    ///
+    /// Leases are counted from the store when one is granted, so grants
+    /// racing each other may pass the quota by as many as race.
+    ///
+    /// # Errors
+    /// 429 `quota_exceeded` past [`LEASES_PER_PRINCIPAL_MAX`] leases or
+    /// [`GROUPS_PER_PRINCIPAL_MAX`] groups.
+    pub fn lease(
+        caller: &Caller,
+        held: &[(String, Option<String>)],
+        id: Option<&str>,
+        group: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let Some(name) = quota_holder(caller) else { return Ok(()) };
+        let others: Vec<&(String, Option<String>)> = held.iter().filter(|(h, _)| Some(h.as_str()) != id).collect();
+        if others.len() >= LEASES_PER_PRINCIPAL_MAX {
+            return Err(exceeded(
+                format!(
+                    "principal {name} holds {LEASES_PER_PRINCIPAL_MAX} live leases, its quota; release one or \
+                     let one expire"
+                ),
+                Duration::from_secs(1),
+            ));
+        }
+        if let Some(group) = group {
+            let groups: std::collections::BTreeSet<&str> = others.iter().filter_map(|(_, g)| g.as_deref()).collect();
+            if !groups.contains(group) && groups.len() >= GROUPS_PER_PRINCIPAL_MAX {
+                return Err(exceeded(
+                    format!(
+                        "principal {name}'s leases are in {GROUPS_PER_PRINCIPAL_MAX} anycast groups, its quota; \
+                         join one of them"
+                    ),
+                    Duration::from_secs(1),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// One of the caller's stream slots, held as long as the stream is
     /// open; `None` for a caller without quotas.
     ///
@@ -166,6 +219,26 @@ mod tests {
         assert_eq!((e.status().as_u16(), e.code()), (429, "quota_exceeded"));
         drop(held);
         assert!(q.stream(&p).expect("freed").is_some(), "a closed stream frees its slot");
+    }
+
+    #[test]
+    fn a_principal_holds_a_bounded_number_of_leases_and_groups() {
+        let doc = crate::auth::PrincipalDoc { name: "p".into(), grants: vec![], tokens: vec![], created_us: 0 };
+        let p = Caller::Principal(Arc::new(crate::auth::Principal { doc, grants: vec![], seq: 1 }));
+        let full: Vec<(String, Option<String>)> =
+            (0..LEASES_PER_PRINCIPAL_MAX).map(|i| (format!("l{i}"), None)).collect();
+        let e = Quotas::lease(&p, &full, Some("new"), None).expect_err("over");
+        assert_eq!((e.status().as_u16(), e.code()), (429, "quota_exceeded"));
+        assert!(Quotas::lease(&p, &full, Some("l7"), None).is_ok(), "replacing a held lease adds none");
+        assert!(Quotas::lease(&p, &full[1..], None, None).is_ok());
+        let grouped: Vec<(String, Option<String>)> =
+            (0..GROUPS_PER_PRINCIPAL_MAX).map(|i| (format!("l{i}"), Some(format!("p:g{i}")))).collect();
+        assert!(Quotas::lease(&p, &grouped, None, Some("p:g0")).is_ok(), "an existing group");
+        assert!(Quotas::lease(&p, &grouped, None, None).is_ok(), "no group");
+        let e = Quotas::lease(&p, &grouped, None, Some("p:new")).expect_err("a group too many");
+        assert_eq!(e.code(), "quota_exceeded");
+        assert!(Quotas::lease(&p, &grouped, Some("l0"), Some("p:new")).is_ok(), "moving a lease to a new group");
+        assert!(Quotas::lease(&Caller::Admin, &full, None, Some("x")).is_ok(), "the admin has none");
     }
 
     #[test]

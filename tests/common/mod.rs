@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 /// A running site.
 pub struct Server {
     run: Running,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS on).
     pub url: String,
     /// The data folder, when the server owns it ([`Server::temporary`]).
     _dir: Option<tempfile::TempDir>,
@@ -267,11 +267,91 @@ pub fn admin_auth() -> String {
 }
 
 /// A client whose every request carries [`ADMIN_TOKEN`] (unless it sets
-/// its own `Authorization`).
+/// its own `Authorization`). It trusts the [`test_ca`] and presents the
+/// [`harness_identity`], so it reaches sites with TLS on too.
 pub fn admin_client(timeout: Duration) -> reqwest::blocking::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(reqwest::header::AUTHORIZATION, admin_auth().parse().unwrap());
-    reqwest::blocking::Client::builder().default_headers(headers).timeout(timeout).build().unwrap()
+    tls_client().default_headers(headers).timeout(timeout).build().unwrap()
+}
+
+/// A client builder that trusts the [`test_ca`] and presents the
+/// [`harness_identity`] to a site that asks for a certificate.
+pub fn tls_client() -> reqwest::blocking::ClientBuilder {
+    let ca = reqwest::Certificate::from_pem(test_ca().pem.as_bytes()).unwrap();
+    reqwest::blocking::Client::builder().add_root_certificate(ca).identity(harness_identity())
+}
+
+/// The tests' certificate authority, made once per test process: it signs
+/// every site's certificate and the harness's.
+pub struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+    /// The CA certificate, PEM.
+    pub pem: String,
+}
+
+/// The tests' CA.
+pub fn test_ca() -> &'static TestCa {
+    static CA: std::sync::OnceLock<TestCa> = std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        params.distinguished_name.push(rcgen::DnType::CommonName, "pepper test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let pem = cert.pem();
+        TestCa { cert, key, pem }
+    })
+}
+
+impl TestCa {
+    /// A certificate and its key (PEM) for `names` (DNS names) and
+    /// 127.0.0.1, for servers and clients both.
+    pub fn issue(&self, names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.subject_alt_names.push(rcgen::SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        params.extended_key_usages =
+            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// The harness's own certificate: it speaks for the made-up peers the
+/// tests post as (`x`, `y`, `z`) where a site requires peer certificates.
+pub fn harness_identity() -> reqwest::Identity {
+    static PEM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let pem = PEM.get_or_init(|| {
+        let (cert, key) = test_ca().issue(&["x", "y", "z", "harness"]);
+        format!("{cert}\n{key}")
+    });
+    reqwest::Identity::from_pem(pem.as_bytes()).unwrap()
+}
+
+/// The flags that give site `site` TLS: a certificate for its name (and
+/// 127.0.0.1) signed by the [`test_ca`], its key, and the CA as the peer
+/// CA, all written under `dir`.
+pub fn tls_flags(dir: &Path, site: &str) -> Vec<String> {
+    let folder = dir.join(format!("tls-{site}"));
+    std::fs::create_dir_all(&folder).unwrap();
+    let (cert, key) = test_ca().issue(&[site, "localhost"]);
+    let write = |name: &str, text: &str| {
+        let path = folder.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    vec![
+        "--tls-cert".into(),
+        write("site.crt", &cert),
+        "--tls-key".into(),
+        write("site.key", &key),
+        "--tls-peer-ca".into(),
+        write("ca.crt", &test_ca().pem),
+    ]
 }
 
 /// Polls `check` every 20 ms until it holds or `within` passes.
@@ -309,7 +389,7 @@ pub struct SseReader {
 impl SseReader {
     /// Opens `url` as an event stream, with optional extra headers.
     pub fn open(url: &str, headers: &[(&str, &str)]) -> SseReader {
-        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        let client = tls_client().timeout(Duration::from_secs(60)).build().unwrap();
         let mut req = client.get(url).header("accept", "text/event-stream");
         for (k, v) in headers {
             req = req.header(*k, *v);

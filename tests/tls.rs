@@ -1,0 +1,221 @@
+//! TLS and site keys, with certificates made in the test (`common::test_ca`):
+//! a site with TLS serves HTTPS only and the CLI reaches it with
+//! `--cacert`; the peer endpoints require a client certificate valid for
+//! the site a request speaks for; a peer's key is pinned from its own
+//! authenticated announcement, kept across a restart, and a site coming
+//! back under the same name with another key is refused. The federation
+//! and supervisor suites run all their sites with TLS on as well.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{eventually, Server};
+use serde_json::{json, Value};
+
+const SECRET: &str = "test-secret-for-tls-tests-0123456789abc";
+
+fn flags(dir: &std::path::Path, name: &str, extra: &[&str]) -> Vec<String> {
+    let secret = common::secret_file(dir, SECRET);
+    let admin = common::admin_token_file(dir);
+    let mut args: Vec<String> =
+        ["--site", name, "--peer-secret-file", &secret, "--admin-token-file", &admin, "--heartbeat-ms", "100"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+    args.extend(common::tls_flags(dir, name));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn site(dir: &std::path::Path, name: &str, extra: &[&str]) -> Server {
+    let args = flags(dir, name, extra);
+    Server::embedded(&dir.join(name), &args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn get(http: &reqwest::blocking::Client, s: &Server, path: &str) -> Value {
+    let res = http.get(s.at(path)).send().unwrap();
+    assert!(res.status().is_success(), "{path}: {}", res.status());
+    res.json().unwrap()
+}
+
+#[test]
+fn a_site_with_tls_serves_https_only_and_the_cli_trusts_its_cacert() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = site(dir.path(), "solo", &[]);
+    assert!(s.url.starts_with("https://127.0.0.1:"), "{}", s.url);
+    // Trusting the CA: served.
+    let http = common::admin_client(Duration::from_secs(10));
+    assert_eq!(get(&http, &s, "/v1/health")["status"], "ok");
+    // Not trusting it: the handshake fails, nothing is served.
+    let untrusting = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let refused = untrusting.get(s.at("/v1/health")).send().expect_err("an unknown CA");
+    assert!(format!("{refused:?}").to_lowercase().contains("certificate"), "{refused:?}");
+    // Plain HTTP on the same port gets no answer.
+    let plain = s.url.replacen("https://", "http://", 1);
+    assert!(untrusting.get(format!("{plain}/v1/health")).send().is_err(), "plain HTTP is not served");
+
+    // The CLI: --cacert makes it trust the site; without, it fails.
+    let ca = dir.path().join("tls-solo").join("ca.crt");
+    let cli = |cacert: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pepper"));
+        command.env("PEPPER_TOKEN", common::ADMIN_TOKEN).env_remove("PEPPER_CACERT");
+        if cacert {
+            command.arg("--cacert").arg(&ca);
+        }
+        command.args(["leases", "--server", &s.url]).output().unwrap()
+    };
+    let trusted = cli(true);
+    assert!(trusted.status.success(), "{}", String::from_utf8_lossy(&trusted.stderr));
+    let untrusted = cli(false);
+    assert!(!untrusted.status.success(), "without --cacert the site's certificate is unknown");
+    // A --cacert that is no certificate is a clear error.
+    let bogus = dir.path().join("bogus.pem");
+    std::fs::write(&bogus, "not a certificate").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pepper"))
+        .arg("--cacert")
+        .arg(&bogus)
+        .args(["leases", "--server", &s.url])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bogus.pem"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_bad_certificate_or_key_stops_the_site_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = common::tls_flags(dir.path(), "x");
+    let (cert, key) = (flags[1].clone(), flags[3].clone());
+    let (other_cert, _) = common::test_ca().issue(&["other"]);
+    let mismatched = dir.path().join("other.crt");
+    std::fs::write(&mismatched, other_cert).unwrap();
+    let bin = env!("CARGO_BIN_EXE_pepper");
+    for (args, says) in [
+        (vec!["--tls-cert", mismatched.to_str().unwrap(), "--tls-key", &key], "does not fit"),
+        (vec!["--tls-cert", &key, "--tls-key", &key], "holds no certificate"),
+        (vec!["--tls-cert", &cert, "--tls-key", "/nonexistent/key.pem"], "cannot read the key"),
+    ] {
+        let data = dir.path().join("data");
+        let out = Command::new(bin)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&data)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
+/// Posts a heartbeat to `to` as `name` with `key`, with the peer secret,
+/// through `http`.
+fn announce(http: &reqwest::blocking::Client, to: &Server, name: &str, key: Option<&str>) -> (u16, Value) {
+    let a = json!({"name": name, "url": "https://127.0.0.1:1", "seq": 0, "time_us": 0, "key": key});
+    let res = http.post(to.at("/v1/peer/heartbeat")).bearer_auth(SECRET).json(&a).send().unwrap();
+    (res.status().as_u16(), res.json().unwrap_or(Value::Null))
+}
+
+fn key_hex(seed: u8) -> String {
+    let key = pepper_router::SigningKey::from_bytes(&[seed; 32]);
+    key.verifying_key().to_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn peers_need_a_certificate_for_the_name_they_speak_for_and_keep_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = site(dir.path(), "b", &[]);
+    let admin = common::admin_client(Duration::from_secs(10));
+    // The peer secret without a client certificate: refused, on the peer
+    // endpoints and as a federated query's leg alike.
+    let ca = reqwest::Certificate::from_pem(common::test_ca().pem.as_bytes()).unwrap();
+    let no_cert = reqwest::blocking::Client::builder().add_root_certificate(ca).build().unwrap();
+    let (status, body) = announce(&no_cert, &b, "x", Some(&key_hex(1)));
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("peer_certificate_required")), "{body}");
+    let leg = no_cert.get(b.at("/v1/tuples?channel=/t/")).bearer_auth(SECRET).send().unwrap();
+    assert_eq!(leg.status(), 401);
+    // A certificate for x, y and z (the harness's): it may not speak as a.
+    let harness = common::tls_client().build().unwrap();
+    let (status, body) = announce(&harness, &b, "a", Some(&key_hex(1)));
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("peer_certificate_mismatch")), "{body}");
+    let leg = harness.get(b.at("/v1/tuples?channel=/t/")).bearer_auth(SECRET).send().unwrap();
+    assert_eq!(leg.status(), 200, "a certified peer reads through a federated leg");
+    // As x it may: x's key is pinned from its own announcement.
+    let (status, body) = announce(&harness, &b, "x", Some(&key_hex(1)));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["name"], "b");
+    assert_eq!(body["key"].as_str().map(str::len), Some(64), "b announces its own key: {body}");
+    let sites = get(&admin, &b, "/v1/sites");
+    let x = sites["peers"].as_array().unwrap().iter().find(|p| p["name"] == "x").unwrap().clone();
+    assert_eq!(x["key"], key_hex(1), "{x}");
+    // Another key under x's name, or none: refused; the pin holds.
+    for other in [Some(key_hex(2)), None] {
+        let (status, body) = announce(&harness, &b, "x", other.as_deref());
+        assert_eq!((status, body["error"]["code"].as_str()), (403, Some("key_mismatch")), "{body}");
+    }
+    let sites = get(&admin, &b, "/v1/sites");
+    let x = sites["peers"].as_array().unwrap().iter().find(|p| p["name"] == "x").unwrap().clone();
+    assert_eq!(x["key"], key_hex(1));
+    // Both changes are audited, by the site that made them.
+    let audit = get(&admin, &b, "/v1/events?channel=/pepper/audit/");
+    let seen: Vec<(String, String, String)> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let p = &e["payload"];
+            let text = |k: &str| p[k].as_str().unwrap().to_string();
+            (text("action"), text("by"), text("target"))
+        })
+        .collect();
+    for want in [("peer.add", "site:x", "x"), ("peer.key_pin", "site:x", "x")] {
+        assert!(seen.iter().any(|s| (s.0.as_str(), s.1.as_str(), s.2.as_str()) == want), "{want:?} in {seen:?}");
+    }
+}
+
+#[test]
+fn a_peers_key_is_pinned_kept_across_a_restart_and_a_new_key_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = site(dir.path(), "a", &[]);
+    let b = site(dir.path(), "b", &["--peer", &format!("a={}", a.url)]);
+    let http = common::admin_client(Duration::from_secs(10));
+    let a_key = get(&http, &a, "/v1/sites")["key"].as_str().unwrap().to_string();
+    let key_on_b = |b: &Server| {
+        let sites = get(&http, b, "/v1/sites");
+        sites["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "a")
+            .and_then(|p| p["key"].as_str().map(String::from))
+    };
+    assert!(eventually(Duration::from_secs(10), || key_on_b(&b).as_deref() == Some(a_key.as_str())));
+    // The key file: in the data folder, readable by its owner only.
+    let key_file = dir.path().join("a").join(pepper_adapters::keys::SITE_KEY_FILE);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    // Both stop; b restarts alone and still holds a's key.
+    let a_port = a.port();
+    assert!(a.stop().success());
+    assert!(b.stop().success());
+    let b = site(dir.path(), "b", &["--peer", &format!("a=https://127.0.0.1:{a_port}")]);
+    assert_eq!(key_on_b(&b).as_deref(), Some(a_key.as_str()), "the pin outlives b's restart");
+    // a comes back under its name with another key: b refuses it.
+    std::fs::remove_file(&key_file).unwrap();
+    let listen = format!("127.0.0.1:{a_port}");
+    let a = site(dir.path(), "a", &["--listen", &listen, "--peer", &format!("b={}", b.url)]);
+    let new_key = get(&http, &a, "/v1/sites")["key"].as_str().unwrap().to_string();
+    assert_ne!(new_key, a_key);
+    let b_error_on_a = || {
+        let sites = get(&http, &a, "/v1/sites");
+        let peer = sites["peers"].as_array().unwrap().iter().find(|p| p["name"] == "b").cloned();
+        peer.and_then(|p| p["last_error"].as_str().map(String::from)).unwrap_or_default()
+    };
+    assert!(eventually(Duration::from_secs(10), || b_error_on_a().contains("403")), "{}", b_error_on_a());
+    assert_eq!(key_on_b(&b).as_deref(), Some(a_key.as_str()), "the old pin holds");
+}
