@@ -218,4 +218,13 @@ fn a_peers_key_is_pinned_kept_across_a_restart_and_a_new_key_refused() {
     };
     assert!(eventually(Duration::from_secs(10), || b_error_on_a().contains("403")), "{}", b_error_on_a());
     assert_eq!(key_on_b(&b).as_deref(), Some(a_key.as_str()), "the old pin holds");
+    // An operator who knows a lost its key unpins it on b: a's next
+    // announcement pins the new one. Unpinning is audited.
+    assert_eq!(http.delete(b.at("/v1/sites/a/key")).send().unwrap().status(), 204);
+    assert!(eventually(Duration::from_secs(10), || key_on_b(&b).as_deref() == Some(new_key.as_str())));
+    assert_eq!(http.delete(b.at("/v1/sites/nobody/key")).send().unwrap().status(), 404);
+    let audit = get(&http, &b, "/v1/events?channel=/pepper/audit/");
+    let actions: Vec<&str> =
+        audit["events"].as_array().unwrap().iter().filter_map(|e| e["payload"]["action"].as_str()).collect();
+    assert!(actions.contains(&"peer.key_unpin"), "{actions:?}");
 }

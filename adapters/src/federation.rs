@@ -506,6 +506,31 @@ impl Federation {
         }
     }
 
+    /// Forgets `peer`'s pinned key, in the store (with its audit event,
+    /// in one append) and then in the registry, so its next authenticated
+    /// announcement pins a new one. Whether one was pinned.
+    ///
+    /// # Errors
+    /// The store's.
+    pub(crate) async fn unpin(
+        &self,
+        store: &Store,
+        caller: &crate::auth::Caller,
+        peer: &str,
+    ) -> Result<bool, pepper_storage::Error> {
+        let Some(key) = lock(&self.registry).key_of(peer).map(str::to_string).filter(|_| peer != self.site) else {
+            return Ok(false);
+        };
+        let bodies = vec![
+            pepper_storage::Body::DocDelete(pepper_storage::DocDelete { key: format!("{PIN_DOC_PREFIX}{peer}") }),
+            crate::auth::audit_event(caller, "peer.key_unpin", peer, serde_json::json!({ "key": key })),
+        ];
+        store.append(bodies).await?;
+        lock(&self.registry).unpin(peer);
+        tracing::warn!(%peer, %key, by = caller.name(), "unpinned a peer's site key");
+        Ok(true)
+    }
+
     /// Signs a control request for `audience` on behalf of `principal`,
     /// valid for `ttl` from now (at most `pepper_router::CONTROL_TTL_MAX`).
     /// The caller checked the principal's grant first.

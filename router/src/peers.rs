@@ -607,6 +607,13 @@ impl Registry {
         })
     }
 
+    /// Forgets the key pinned for `peer`, so its next authenticated
+    /// announcement pins a new one (an operator's decision: the peer lost
+    /// its key). Whether one was pinned.
+    pub fn unpin(&mut self, peer: &str) -> bool {
+        self.pins.remove(peer).is_some()
+    }
+
     /// The public key pinned for `site` (this site's own for its name).
     pub fn key_of(&self, site: &str) -> Option<&str> {
         if site == self.site {
@@ -1103,6 +1110,11 @@ mod tests {
         }
         assert_eq!(r.key_of("b"), Some(key_hex(1).as_str()));
         assert_eq!(r.peers(secs(3)).find(|p| p.name == "b").and_then(|p| p.last_seen_wall_us), Some(7));
+        // An operator unpins it: the next authenticated announcement pins anew.
+        assert!(r.unpin("b"));
+        assert!(!r.unpin("b"), "nothing left to unpin");
+        let actions = hear(&mut r, secs(4), keyed(Some(2)), 0).expect("re-pinned");
+        assert!(actions.iter().any(|a| matches!(a, Action::KeyPinned { key, .. } if *key == key_hex(2))));
         // Not a key at all.
         let bad = Announcement { key: Some("zz".into()), ..announce(1, 1, &[]) };
         assert!(matches!(hear(&mut r, secs(3), bad, 0), Err(Error::InvalidAnnouncement { .. })));

@@ -99,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         .api("/v1/leases/{id}/events", get(crate::api::streams::lease_events))
         .api("/v1/watch", get(crate::api::streams::watch))
         .api("/v1/sites", get(crate::api::sites::sites))
+        .api("/v1/sites/{name}/key", axum::routing::delete(crate::api::sites::unpin))
         .api("/v1/auth/whoami", get(crate::api::principals::whoami))
         .api("/v1/auth/principals", get(crate::api::principals::list).post(crate::api::principals::create))
         .api("/v1/auth/principals/{name}", axum::routing::delete(crate::api::principals::remove))

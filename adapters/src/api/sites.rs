@@ -1,9 +1,11 @@
 //! `GET /v1/sites`: this site and every peer it knows, with its state (up,
 //! suspect, down), heartbeat latency, forwarding cursor and errors, read
 //! from the peer registry (`pepper_router::Registry`) and the forwarders'
-//! status, both held in `federation`.
+//! status, both held in `federation`. `DELETE /v1/sites/{name}/key`
+//! forgets a peer's pinned site key.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
@@ -58,4 +60,26 @@ pub(crate) async fn sites(State(state): State<AppState>, caller: Caller) -> Resu
         "interests": fed.interests(),
         "peers": peers,
     })))
+}
+
+/// `DELETE /v1/sites/{name}/key`: forgets the site key pinned for peer
+/// `name` (it lost its data folder, say), so its next authenticated
+/// announcement pins a new one. 204, or 404 when none is pinned.
+pub(crate) async fn unpin(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Action::Sites, &Resource::Site)?;
+    let state2 = state.clone();
+    let done =
+        tokio::spawn(async move { state2.federation.unpin(&state2.store, &caller, &name).await.map(|d| (d, name)) })
+            .await
+            .map_err(ApiError::task_failed)??;
+    match done {
+        (true, _) => Ok(StatusCode::NO_CONTENT),
+        (false, name) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no site key is pinned for {name:?}")))
+        }
+    }
 }
