@@ -127,7 +127,7 @@ fn every_endpoint_refuses_each_kind_of_bad_caller_and_changes_nothing() {
         ),
         case(Method::GET, "/v1/recording", None, ("recording", "*"), 200),
         case(Method::GET, "/v1/sites", None, ("sites", "*"), 200),
-        case(Method::DELETE, "/v1/sites/nobody/key", None, ("sites", "*"), 404),
+        case(Method::DELETE, "/v1/sites/nobody/key", None, ("admin", "*"), 404),
         case(Method::GET, "/metrics", None, ("metrics", "*"), 200),
         case(Method::GET, "/v1/auth/principals", None, ("admin", "*"), 200),
         case(Method::DELETE, "/v1/tuples?channel=/m/x/&field=f", None, ("tuples.delete", "/m/"), 200),

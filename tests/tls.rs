@@ -92,11 +92,18 @@ fn a_bad_certificate_or_key_stops_the_site_with_a_clear_error() {
     let (other_cert, _) = common::test_ca().issue(&["other"]);
     let mismatched = dir.path().join("other.crt");
     std::fs::write(&mismatched, other_cert).unwrap();
+    let open_key = dir.path().join("open.key");
+    std::fs::copy(&key, &open_key).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let bin = env!("CARGO_BIN_EXE_pepper");
     for (args, says) in [
         (vec!["--tls-cert", mismatched.to_str().unwrap(), "--tls-key", &key], "does not fit"),
         (vec!["--tls-cert", &key, "--tls-key", &key], "holds no certificate"),
         (vec!["--tls-cert", &cert, "--tls-key", "/nonexistent/key.pem"], "cannot read the key"),
+        (vec!["--tls-cert", &cert, "--tls-key", open_key.to_str().unwrap()], "chmod 600"),
     ] {
         let data = dir.path().join("data");
         let out = Command::new(bin)
@@ -143,6 +150,34 @@ fn peers_need_a_certificate_for_the_name_they_speak_for_and_keep_their_key() {
     assert_eq!((status, body["error"]["code"].as_str()), (403, Some("peer_certificate_mismatch")), "{body}");
     let leg = harness.get(b.at("/v1/tuples?channel=/t/")).bearer_auth(SECRET).send().unwrap();
     assert_eq!(leg.status(), 200, "a certified peer reads through a federated leg");
+    // Nor forward records from a, nor ask for a cut or a replica as a.
+    let record = common::peer_event("a", 1, "forged", "/t/", "t");
+    let forged = harness
+        .post(b.at("/v1/peer/records"))
+        .bearer_auth(SECRET)
+        .header("x-pepper-origin", "a")
+        .header("content-type", "application/octet-stream")
+        .body(common::peer_batch([&record]))
+        .send()
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    for path in ["/v1/peer/cut?site=a&toward=x", "/v1/peer/replica?pattern=/t/&site=a&version=0"] {
+        let res = harness.get(b.at(path)).bearer_auth(SECRET).send().unwrap();
+        assert_eq!(res.status(), 403, "{path}");
+        let body: Value = res.json().unwrap();
+        assert_eq!(body["error"]["code"], "peer_certificate_mismatch", "{path}: {body}");
+    }
+    // As itself, z may forward its own records.
+    let own = common::peer_event("z", 1, "own", "/t/", "t");
+    let res = harness
+        .post(b.at("/v1/peer/records"))
+        .bearer_auth(SECRET)
+        .header("x-pepper-origin", "z")
+        .header("content-type", "application/octet-stream")
+        .body(common::peer_batch([&own]))
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
     // As x it may: x's key is pinned from its own announcement.
     let (status, body) = announce(&harness, &b, "x", Some(&key_hex(1)));
     assert_eq!(status, 200, "{body}");
@@ -159,6 +194,12 @@ fn peers_need_a_certificate_for_the_name_they_speak_for_and_keep_their_key() {
     let sites = get(&admin, &b, "/v1/sites");
     let x = sites["peers"].as_array().unwrap().iter().find(|p| p["name"] == "x").unwrap().clone();
     assert_eq!(x["key"], key_hex(1));
+    // The refusals are counted by reason.
+    let metrics = admin.get(b.at("/metrics")).send().unwrap().text().unwrap();
+    for reason in ["no_peer_certificate", "peer_certificate_mismatch", "key_mismatch"] {
+        let line = format!("pepper_auth_refusals_total{{reason=\"{reason}\"}}");
+        assert!(metrics.lines().any(|l| l.starts_with(&line)), "{reason} in\n{metrics}");
+    }
     // Both changes are audited, by the site that made them.
     let audit = get(&admin, &b, "/v1/events?channel=/pepper/audit/");
     let seen: Vec<(String, String, String)> = audit["events"]
@@ -216,10 +257,20 @@ fn a_peers_key_is_pinned_kept_across_a_restart_and_a_new_key_refused() {
         let peer = sites["peers"].as_array().unwrap().iter().find(|p| p["name"] == "b").cloned();
         peer.and_then(|p| p["last_error"].as_str().map(String::from)).unwrap_or_default()
     };
-    assert!(eventually(Duration::from_secs(10), || b_error_on_a().contains("403")), "{}", b_error_on_a());
+    assert!(eventually(Duration::from_secs(10), || b_error_on_a().contains("key_mismatch")), "{}", b_error_on_a());
     assert_eq!(key_on_b(&b).as_deref(), Some(a_key.as_str()), "the old pin holds");
-    // An operator who knows a lost its key unpins it on b: a's next
-    // announcement pins the new one. Unpinning is audited.
+    // An operator who knows a lost its key unpins it on b (the admin: a
+    // reader of the federation may not): a's next announcement pins the
+    // new one. Unpinning is audited.
+    let reader = {
+        let body = json!({"name": "reader", "grants": [{"action": "sites", "resource": "*"}]});
+        assert_eq!(http.post(b.at("/v1/auth/principals")).json(&body).send().unwrap().status(), 201);
+        let token: Value =
+            http.post(b.at("/v1/auth/principals/reader/tokens")).json(&json!({})).send().unwrap().json().unwrap();
+        token["token"].as_str().unwrap().to_string()
+    };
+    let as_reader = http.delete(b.at("/v1/sites/a/key")).bearer_auth(&reader).send().unwrap();
+    assert_eq!(as_reader.status(), 403);
     assert_eq!(http.delete(b.at("/v1/sites/a/key")).send().unwrap().status(), 204);
     assert!(eventually(Duration::from_secs(10), || key_on_b(&b).as_deref() == Some(new_key.as_str())));
     assert_eq!(http.delete(b.at("/v1/sites/nobody/key")).send().unwrap().status(), 404);
@@ -227,4 +278,35 @@ fn a_peers_key_is_pinned_kept_across_a_restart_and_a_new_key_refused() {
     let actions: Vec<&str> =
         audit["events"].as_array().unwrap().iter().filter_map(|e| e["payload"]["action"].as_str()).collect();
     assert!(actions.contains(&"peer.key_unpin"), "{actions:?}");
+}
+
+/// With TLS on, a peer is reached over https only, and an answer counts
+/// only from a server whose certificate names the peer asked: a url that
+/// leads to another site (a certified peer announcing someone else's name
+/// with its own url, say) gets nothing meant for that name.
+#[test]
+fn peers_are_reached_over_https_and_answers_come_from_the_named_site() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = site(dir.path(), "b", &[]);
+    // a believes c is at b's url.
+    let a = site(dir.path(), "a", &["--peer", &format!("c={}", b.url)]);
+    let http = common::admin_client(Duration::from_secs(10));
+    let c_error = || {
+        let sites = get(&http, &a, "/v1/sites");
+        let c = sites["peers"].as_array().unwrap().iter().find(|p| p["name"] == "c").cloned().unwrap();
+        (c["state"].as_str().unwrap().to_string(), c["last_error"].as_str().unwrap_or_default().to_string())
+    };
+    assert!(eventually(Duration::from_secs(10), || c_error().1.contains("does not name")), "{:?}", c_error());
+    assert_ne!(c_error().0, "up", "an answer from b is not c's");
+
+    let args = flags(dir.path(), "d", &["--peer", "x=http://127.0.0.1:1", "--listen", "127.0.0.1:0"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_pepper"))
+        .args(["serve", "--data"])
+        .arg(dir.path().join("d"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not https"), "{stderr}");
 }

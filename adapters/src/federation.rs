@@ -197,6 +197,8 @@ pub struct Federation {
     site_key: Option<std::sync::Arc<crate::keys::SiteKey>>,
     /// Checks the control requests addressed to this site.
     control: Mutex<pepper_router::Verifier>,
+    /// Held while a pin or an unpin is taken and written.
+    pin_writes: tokio::sync::Mutex<()>,
 }
 
 /// A `RwLock` read that survives a panicked writer: what it guards holds
@@ -220,6 +222,12 @@ fn url_ok(url: &str) -> bool {
     matches!(reqwest::Url::parse(url), Ok(u) if u.scheme() == "http" || u.scheme() == "https")
 }
 
+/// Whether `url` is an absolute https url: a site with TLS on sends its
+/// peer secret and records over TLS only, whatever an announcement says.
+fn https_url_ok(url: &str) -> bool {
+    matches!(reqwest::Url::parse(url), Ok(u) if u.scheme() == "https")
+}
+
 impl Federation {
     /// The federation of site `site`.
     ///
@@ -230,6 +238,13 @@ impl Federation {
         if !config.peers.is_empty() && config.secret.is_none() {
             return Err("peers are configured but no peer secret: site-to-site traffic must be authenticated".into());
         }
+        if config.tls.is_some() {
+            if let Some((name, url)) = config.peers.iter().find(|(_, url)| !https_url_ok(url)) {
+                return Err(format!(
+                    "peer {name}'s url {url} is not https: with TLS on, peers are reached over TLS only"
+                ));
+            }
+        }
         let registry = Registry::new(RegistryConfig {
             site: site.to_string(),
             region: config.region,
@@ -237,7 +252,7 @@ impl Federation {
             peers: config.peers,
             heartbeat: config.heartbeat,
             incarnation: rand::random::<u64>() | 1,
-            url_ok,
+            url_ok: if config.tls.is_some() { https_url_ok } else { url_ok },
             key: config.site_key.as_ref().map(|k| k.public_hex()),
             pinned: config.pinned,
         })
@@ -269,6 +284,7 @@ impl Federation {
             tls_on: config.tls.is_some(),
             site_key: config.site_key,
             control: Mutex::new(pepper_router::Verifier::new(site, now_us())),
+            pin_writes: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -393,6 +409,25 @@ impl Federation {
         &self.client
     }
 
+    /// Checks that an answer to a site-to-site request came from `site`:
+    /// where this site requires peer certificates, the server's
+    /// certificate (which the peer CA signed) must name it, so a peer that
+    /// announced another site's name with its own url gets nothing
+    /// meant for that site.
+    ///
+    /// # Errors
+    /// Why the answer is not `site`'s.
+    pub(crate) fn answered_by(&self, res: &reqwest::Response, site: &str) -> Result<(), String> {
+        if !self.peer_certificates_required {
+            return Ok(());
+        }
+        match res.extensions().get::<reqwest::tls::TlsInfo>().and_then(reqwest::tls::TlsInfo::peer_certificate) {
+            Some(der) if crate::tls::names_site(der, site) => Ok(()),
+            Some(_) => Err(format!("the server at {}'s url has a certificate that does not name {site:?}", site)),
+            None => Err(format!("{site} answered without a server certificate")),
+        }
+    }
+
     /// This site's public key, hex, if it has a site key.
     pub fn public_key(&self) -> Option<String> {
         self.site_key.as_ref().map(|k| k.public_hex())
@@ -474,8 +509,12 @@ impl Federation {
     /// with its audit event in the same append) and a peer that joined
     /// (an audit event). A failed write is logged; the pin holds in memory
     /// for this run either way.
-    pub(crate) async fn record(&self, store: &Store, actions: &[RegistryAction]) {
+    ///
+    /// # Errors
+    /// A pinned key could not be written (peers joining are only logged).
+    pub(crate) async fn record(&self, store: &Store, actions: &[RegistryAction]) -> Result<(), pepper_storage::Error> {
         for action in actions {
+            let pin = matches!(action, RegistryAction::KeyPinned { .. });
             let bodies = match action {
                 RegistryAction::KeyPinned { peer, key } => {
                     tracing::info!(%peer, %key, "pinned a peer's site key");
@@ -492,18 +531,54 @@ impl Federation {
                         ),
                     ]
                 }
-                RegistryAction::PeerLearned { peer, url, via } => {
+                RegistryAction::PeerLearned { peer, url, via, in_answer } => {
                     tracing::info!(%peer, %url, via = via.as_deref().unwrap_or("itself"), "learned of a peer");
                     let by = format!("site:{}", via.as_deref().unwrap_or(peer));
-                    let detail = serde_json::json!({ "url": url, "via": via });
+                    let heard_in = if *in_answer { "answer" } else { "announcement" };
+                    let detail = serde_json::json!({ "url": url, "via": via, "heard_in": heard_in });
                     vec![crate::auth::audit_event_by(&by, "peer.add", peer, detail)]
                 }
                 _ => continue,
             };
-            if let Err(e) = store.append(bodies).await {
-                tracing::warn!(error = %e, "cannot record a peer change");
+            match store.append(bodies).await {
+                Ok(_) => {}
+                Err(e) if pin => return Err(e),
+                Err(e) => tracing::warn!(error = %e, "cannot record a peer change"),
             }
         }
+        Ok(())
+    }
+
+    /// Takes in an announcement a peer posted (authenticated by the peer
+    /// endpoint's checks). A key it pins is in the store before the
+    /// answer: if the write fails, the pin is undone and the peer gets
+    /// 503, so the store's pins and the registry's never disagree. Pins
+    /// and unpins are taken one at a time. Run it in its own task: a
+    /// client that goes away must not cancel it halfway.
+    ///
+    /// # Errors
+    /// 403 `key_mismatch`, 400 for a bad announcement, 503 when the pin
+    /// could not be kept.
+    pub(crate) async fn hear(&self, store: &Store, a: Announce) -> Result<(), ApiError> {
+        let _one_at_a_time = self.pin_writes.lock().await;
+        let name = a.name.clone();
+        let actions = self.heard(a, store.last_seq()).map_err(|e| match e {
+            pepper_router::Error::KeyMismatch { .. } => {
+                tracing::warn!(error = %e, "refused an announcement under a pinned name");
+                ApiError::new(StatusCode::FORBIDDEN, "key_mismatch", e.to_string())
+            }
+            e => ApiError::invalid_body(e.to_string()),
+        })?;
+        if let Err(e) = self.record(store, &actions).await {
+            lock(&self.registry).unpin(&name);
+            tracing::warn!(peer = %name, error = %e, "cannot keep a peer's pinned key; not pinned");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("cannot keep {name}'s site key: {e}"),
+            ));
+        }
+        Ok(())
     }
 
     /// Forgets `peer`'s pinned key, in the store (with its audit event,
@@ -518,6 +593,7 @@ impl Federation {
         caller: &crate::auth::Caller,
         peer: &str,
     ) -> Result<bool, pepper_storage::Error> {
+        let _one_at_a_time = self.pin_writes.lock().await;
         let Some(key) = lock(&self.registry).key_of(peer).map(str::to_string).filter(|_| peer != self.site) else {
             return Ok(false);
         };
@@ -574,14 +650,13 @@ impl Federation {
         signed: &pepper_router::SignedControl,
         scope: &pepper_router::Scope,
     ) -> Result<pepper_router::ControlRequest, pepper_router::ControlRefusal> {
-        let keys: BTreeMap<String, String> = {
-            let registry = lock(&self.registry);
-            let signer = serde_json::from_str::<serde_json::Value>(&signed.payload)
-                .ok()
-                .and_then(|v| v.get("site").and_then(|s| s.as_str()).map(str::to_string));
-            signer.and_then(|s| registry.key_of(&s).map(|k| (s, k.to_string()))).into_iter().collect()
+        // The verifier checks the size and parses before it asks for a key;
+        // the registry is locked for that lookup only (always after the
+        // verifier's lock, never the other way round).
+        let key_of = |site: &str| {
+            let pinned = lock(&self.registry).key_of(site).map(str::to_string);
+            pinned.and_then(|k| pepper_router::parse_public_key(&k).ok())
         };
-        let key_of = |site: &str| keys.get(site).and_then(|k| pepper_router::parse_public_key(k).ok());
         lock(&self.control).verify(signed, key_of, scope, now_us())
     }
 
@@ -622,8 +697,20 @@ impl Federation {
                     .send()
                     .await;
                 let answer = match sent {
-                    Ok(res) if res.status().is_success() => res.json::<Announce>().await.map_err(|e| e.to_string()),
-                    Ok(res) => Err(format!("answered {}", res.status())),
+                    Ok(res) => match self.answered_by(&res, &name) {
+                        Err(e) => Err(e),
+                        Ok(()) if res.status().is_success() => res.json::<Announce>().await.map_err(|e| e.to_string()),
+                        Ok(()) => {
+                            let status = res.status();
+                            let code = res
+                                .json::<serde_json::Value>()
+                                .await
+                                .ok()
+                                .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
+                                .unwrap_or_default();
+                            Err(format!("answered {status} {code}").trim_end().to_string())
+                        }
+                    },
                     Err(e) => Err(e.to_string()),
                 };
                 match answer {
@@ -636,7 +723,12 @@ impl Federation {
                             wall_us: now_us(),
                         };
                         match self.step(input) {
-                            Ok(actions) => self.record(store, &actions).await,
+                            // An answer pins nothing; what it teaches is logged.
+                            Ok(actions) => {
+                                if let Err(e) = self.record(store, &actions).await {
+                                    tracing::warn!(error = %e, "cannot record a peer change");
+                                }
+                            }
                             Err(e) => tracing::warn!(peer = %name, error = %e, "bad announcement"),
                         }
                     }
@@ -787,6 +879,11 @@ mod tests {
             Federation::new(site, config).expect("federation")
         };
         let (a, b, c) = (keyed("a"), keyed("b"), keyed("c"));
+        // As if b and c had started a minute ago: a request issued within
+        // the clock skew of a start is refused (the last run's may be).
+        for f in [&b, &c] {
+            *lock(&f.control) = pepper_router::Verifier::new(&f.site, now_us() - 60_000_000);
+        }
         let scope = pepper_router::Scope {
             action: "deploy".into(),
             subtree: pepper_router::Pattern::parse("/example.com/deploy/").expect("pattern"),

@@ -42,6 +42,53 @@ pub const GROUPS_PER_PRINCIPAL_MAX: usize = 8;
 
 const _: () = assert!(GROUPS_PER_PRINCIPAL_MAX < pepper_storage::limits::ANYCAST_GROUPS_MAX);
 
+/// The live leases of each principal, with their anycast groups: an index
+/// that follows the log (`state::SiteFold` sets and removes entries as
+/// each durable group commits), so a lease grant checks its quota without
+/// reading every lease. Leases granted with auth off have no owner and
+/// are not in it.
+#[derive(Default)]
+pub struct LeaseHolders(Mutex<LeaseHoldersInner>);
+
+#[derive(Default)]
+struct LeaseHoldersInner {
+    /// Each owned lease's owner and group.
+    by_id: HashMap<String, (String, Option<String>)>,
+    /// Each owner's lease ids.
+    by_owner: HashMap<String, std::collections::BTreeSet<String>>,
+}
+
+impl LeaseHolders {
+    /// Lease `id` is live, held by `owner` (none: auth was off) in `group`.
+    pub fn set(&self, id: &str, owner: Option<&str>, group: Option<&str>) {
+        self.remove(id);
+        let Some(owner) = owner else { return };
+        let mut inner = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner.by_id.insert(id.to_string(), (owner.to_string(), group.map(str::to_string)));
+        inner.by_owner.entry(owner.to_string()).or_default().insert(id.to_string());
+    }
+
+    /// Lease `id` ended (released or expired).
+    pub fn remove(&self, id: &str) {
+        let mut inner = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((owner, _)) = inner.by_id.remove(id) {
+            if let Some(ids) = inner.by_owner.get_mut(&owner) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    inner.by_owner.remove(&owner);
+                }
+            }
+        }
+    }
+
+    /// The leases `owner` holds: (id, group) of each.
+    pub fn held(&self, owner: &str) -> Vec<(String, Option<String>)> {
+        let inner = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(ids) = inner.by_owner.get(owner) else { return Vec::new() };
+        ids.iter().filter_map(|id| inner.by_id.get(id).map(|(_, group)| (id.clone(), group.clone()))).collect()
+    }
+}
+
 /// A token bucket of events.
 #[derive(Clone, Copy, Debug)]
 pub struct Bucket {
@@ -120,8 +167,8 @@ impl Quotas {
     /// group of each). Granting an id it already holds replaces that
     /// lease, so it does not count twice.
     ///
-    /// Leases are counted from the store when one is granted, so grants
-    /// racing each other may pass the quota by as many as race.
+    /// `held` comes from [`LeaseHolders`], as of the last commit, so
+    /// grants racing each other may pass the quota by as many as race.
     ///
     /// # Errors
     /// 429 `quota_exceeded` past [`LEASES_PER_PRINCIPAL_MAX`] leases or
@@ -239,6 +286,23 @@ mod tests {
         assert_eq!(e.code(), "quota_exceeded");
         assert!(Quotas::lease(&p, &grouped, Some("l0"), Some("p:new")).is_ok(), "moving a lease to a new group");
         assert!(Quotas::lease(&Caller::Admin, &full, None, Some("x")).is_ok(), "the admin has none");
+    }
+
+    #[test]
+    fn lease_holders_follow_grants_moves_and_ends() {
+        let h = LeaseHolders::default();
+        h.set("a", Some("p"), Some("p:g"));
+        h.set("b", Some("p"), None);
+        h.set("c", Some("q"), None);
+        h.set("d", None, Some("g"));
+        assert_eq!(h.held("p"), [("a".to_string(), Some("p:g".to_string())), ("b".to_string(), None)]);
+        h.set("a", Some("q"), None);
+        assert_eq!(h.held("p").len(), 1, "a lease granted again to another moves");
+        h.remove("b");
+        assert!(h.held("p").is_empty());
+        assert_eq!(h.held("q").len(), 2);
+        h.remove("nothing");
+        assert!(h.held("nobody").is_empty());
     }
 
     #[test]

@@ -55,6 +55,8 @@ struct SiteFold {
     models: Arc<crate::models::Models>,
     /// Principals, their tokens and grants.
     principals: Arc<crate::auth::Principals>,
+    /// Each principal's live leases, for its quota.
+    lease_holders: Arc<crate::quota::LeaseHolders>,
 }
 
 impl pepper_storage::Fold for SiteFold {
@@ -62,6 +64,12 @@ impl pepper_storage::Fold for SiteFold {
         self.expiry.committed(group);
         self.models.committed(group);
         self.principals.committed(group);
+        for (id, lease) in group.leases() {
+            match lease {
+                Some(l) => self.lease_holders.set(id, l.owner.as_deref(), l.group.as_deref()),
+                None => self.lease_holders.remove(id),
+            }
+        }
     }
 }
 
@@ -106,6 +114,8 @@ pub struct AppState {
     pub(crate) auth: Arc<crate::auth::Auth>,
     /// Each principal's publish rate and open streams.
     pub(crate) quotas: Arc<crate::quota::Quotas>,
+    /// Each principal's live leases and their groups (quotas).
+    pub(crate) lease_holders: Arc<crate::quota::LeaseHolders>,
     /// Principal changes one at a time, so each reads the one before.
     pub(crate) principal_writes: Arc<tokio::sync::Mutex<()>>,
     /// Recording policy changes one at a time, so the store's policy, the
@@ -128,9 +138,16 @@ impl AppState {
         let models = Arc::new(crate::models::Models::new());
         let principals = Arc::new(crate::auth::Principals::default());
         let expiry = crate::expiry::ExpiryFold { leases: leases.clone(), tuples: tuples.clone() };
-        store.set_fold(Arc::new(SiteFold { expiry, models: models.clone(), principals: principals.clone() }));
+        let lease_holders = Arc::new(crate::quota::LeaseHolders::default());
+        store.set_fold(Arc::new(SiteFold {
+            expiry,
+            models: models.clone(),
+            principals: principals.clone(),
+            lease_holders: lease_holders.clone(),
+        }));
         for l in store.read(|v| v.leases()).await? {
             leases.set(&l.id, l.expires_at_us, l.renewed_seq);
+            lease_holders.set(&l.id, l.owner.as_deref(), l.group.as_deref());
         }
         crate::expiry::load_tuple_index(&store, &tuples).await?;
         models.load(&store).await?;
@@ -183,6 +200,7 @@ impl AppState {
             policy_writes: Arc::new(tokio::sync::Mutex::new(())),
             principal_writes: Arc::new(tokio::sync::Mutex::new(())),
             quotas: Arc::new(crate::quota::Quotas::default()),
+            lease_holders,
             auth,
             host_check: Arc::new(crate::edge::HostCheck { hosts, federation: federation.clone() }),
             federation,

@@ -19,7 +19,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
@@ -65,6 +65,31 @@ fn read(what: &str, path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))
 }
 
+/// Refuses a key file anyone on the machine may read (a group, such as
+/// `ssl-cert`, may).
+#[cfg(unix)]
+fn not_world_readable(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read the mode of the key {}: {e}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "the key {} may be read by anyone on this machine (mode {:o}): chmod 600 (or 640) it, and replace \
+             it if others did",
+            path.display(),
+            mode & 0o777
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn not_world_readable(_: &Path) -> Result<(), String> {
+    Ok(())
+}
+
 /// The certificates in PEM `pem`, refusing none.
 fn certificates(what: &str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(pem)
@@ -95,6 +120,7 @@ impl Tls {
     pub fn load(files: &TlsFiles) -> Result<Tls, String> {
         let cert_pem = read("certificate", &files.cert)?;
         let key_pem = read("key", &files.key)?;
+        not_world_readable(&files.key)?;
         let chain = certificates("certificate", &files.cert, &cert_pem)?;
         let key = PrivateKeyDer::from_pem_slice(&key_pem)
             .map_err(|e| format!("the key {} holds no usable private key: {e}", files.key.display()))?;
@@ -151,7 +177,10 @@ impl Tls {
     /// # Errors
     /// The certificate or key cannot serve as a client identity.
     pub(crate) fn peer_client(&self, builder: reqwest::ClientBuilder) -> Result<reqwest::ClientBuilder, String> {
-        let mut builder = builder.use_rustls_tls();
+        // With a peer CA, peers are whom it signed and no one else: not any
+        // server a public CA vouches for. Each answer's certificate is then
+        // checked for the peer's name (`Federation::answered_by`).
+        let mut builder = builder.use_rustls_tls().tls_info(true).tls_built_in_root_certs(self.peer_roots.is_empty());
         for root in &self.peer_roots {
             let cert = reqwest::Certificate::from_der(root).map_err(|e| format!("the peer CA: {e}"))?;
             builder = builder.add_root_certificate(cert);
@@ -171,13 +200,22 @@ impl Tls {
 pub struct PeerCertificate(pub(crate) Arc<CertificateDer<'static>>);
 
 impl PeerCertificate {
-    /// Whether the certificate is valid for site `site` (one of its DNS
-    /// names is the site's name).
+    /// Whether the certificate speaks for site `site` ([`names_site`]).
     pub(crate) fn names(&self, site: &str) -> bool {
-        let Ok(name) = ServerName::try_from(site) else { return false };
-        ParsedCertificate::try_from(self.0.as_ref())
-            .is_ok_and(|cert| rustls::client::verify_server_name(&cert, &name).is_ok())
+        names_site(self.0.as_ref(), site)
     }
+}
+
+/// Whether the certificate `der` (already verified against the peer CA)
+/// names site `site`: one of its DNS subject alternative names is the site
+/// name, byte for byte. Site names are identities, not host names: no case
+/// folding, no trailing dot, no wildcard (a `*.example.org` certificate
+/// would otherwise speak for every site under it), no IP address.
+pub(crate) fn names_site(der: &[u8], site: &str) -> bool {
+    let der = CertificateDer::from(der);
+    let Ok(cert) = webpki::EndEntityCert::try_from(&der) else { return false };
+    let names_it = cert.valid_dns_names().any(|name| name == site && !name.contains('*'));
+    names_it
 }
 
 /// What a peer request proved about its sender: the certificate it
@@ -199,6 +237,28 @@ impl PeerProof {
                 format!("the client certificate is not valid for site {site:?}: a peer speaks only for itself"),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_names_a_site_only_byte_for_byte() {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["lab-1".to_string(), "*.example.org".to_string(), "LAB-2".to_string()])
+                .expect("params");
+        params.subject_alt_names.push(rcgen::SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("cert");
+        let der = cert.der().to_vec();
+        assert!(names_site(&der, "lab-1"));
+        assert!(names_site(&der, "LAB-2"));
+        for not_named in ["LAB-1", "lab-1.", "lab-2", "x.example.org", "*.example.org", "127.0.0.1", "lab", ""] {
+            assert!(!names_site(&der, not_named), "{not_named:?}");
+        }
+        assert!(!names_site(b"not a certificate", "lab-1"));
     }
 }
 

@@ -19,8 +19,10 @@
 //!    serves (a deployment endpoint takes `deploy` under its subtree only);
 //! 5. the validity window: issued no later than now plus
 //!    [`CLOCK_SKEW_MAX`], not expired, at most [`CONTROL_TTL_MAX`] long,
-//!    and issued after this verifier started (minus nothing: a request
-//!    from before a restart may have been taken already);
+//!    and issued more than [`CLOCK_SKEW_MAX`] after this verifier
+//!    started: the last run may have taken a request issued up to its
+//!    end plus the skew, and its nonces are gone. So for that long after a
+//!    start, every request is refused as stale and is signed again;
 //! 6. the nonce is new. Nonces are remembered until their request
 //!    expires; at most [`NONCES_MAX`] at once, past which requests are
 //!    refused ([`ControlRefusal::Busy`]) rather than a nonce forgotten.
@@ -34,7 +36,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier as _, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::{Channel, Pattern};
@@ -179,18 +181,6 @@ fn signed_bytes(payload: &str) -> Vec<u8> {
     bytes
 }
 
-/// A public key from its hex form.
-///
-/// # Errors
-/// Not 64 hex digits, or not a valid Ed25519 point.
-pub fn parse_public_key(hex_key: &str) -> Result<VerifyingKey, String> {
-    let bytes: [u8; 32] = hex::decode(hex_key)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| format!("{hex_key:?} is not a public key: 64 hex digits expected"))?;
-    VerifyingKey::from_bytes(&bytes).map_err(|e| format!("{hex_key:?} is not an Ed25519 public key: {e}"))
-}
-
 /// Checks control requests addressed to one site; remembers nonces.
 #[derive(Debug)]
 pub struct Verifier {
@@ -203,8 +193,8 @@ pub struct Verifier {
 
 impl Verifier {
     /// The verifier of site `site`, started at `started_us`: requests
-    /// issued before then are refused, since this run cannot know whether
-    /// the last one took them.
+    /// issued before then plus [`CLOCK_SKEW_MAX`] are refused, since this
+    /// run cannot know whether the last one took them.
     pub fn new(site: &str, started_us: u64) -> Verifier {
         Verifier { site: site.to_string(), started_us, by_expiry: BTreeSet::new(), seen: HashSet::new() }
     }
@@ -246,7 +236,7 @@ impl Verifier {
             .and_then(|b| <[u8; 64]>::try_from(b).ok())
             .map(|b| Signature::from_bytes(&b))
             .ok_or_else(|| ControlRefusal::BadSignature(request.site.clone()))?;
-        key.verify(&signed_bytes(&signed.payload), &signature)
+        key.verify_strict(&signed_bytes(&signed.payload), &signature)
             .map_err(|_| ControlRefusal::BadSignature(request.site.clone()))?;
         if request.audience != self.site {
             return Err(ControlRefusal::WrongAudience(request.audience));
@@ -275,8 +265,13 @@ impl Verifier {
         if request.expires_us.saturating_sub(request.issued_us) > us(CONTROL_TTL_MAX) {
             return Err(ControlRefusal::Stale(format!("valid for longer than {CONTROL_TTL_MAX:?}")));
         }
-        if request.issued_us < self.started_us {
-            return Err(ControlRefusal::Stale("issued before this site started: sign it again".into()));
+        // The last run may have taken any request issued up to its last
+        // moment plus the skew a signer's clock may be ahead: this run
+        // takes only what was issued after that.
+        if request.issued_us <= self.started_us.saturating_add(us(CLOCK_SKEW_MAX)) {
+            return Err(ControlRefusal::Stale(format!(
+                "issued before this site started, or within {CLOCK_SKEW_MAX:?} after: sign it again"
+            )));
         }
         if self.seen.contains(&request.nonce) {
             return Err(ControlRefusal::Replayed(request.nonce));
@@ -310,6 +305,8 @@ mod tests {
 
     const NOW: u64 = 1_000_000_000_000;
     const STARTED: u64 = NOW - 60_000_000;
+    /// The first issue time a verifier started at STARTED takes.
+    const FIRST_TAKEN: u64 = STARTED + 30_000_001;
 
     fn key(seed: u8) -> SigningKey {
         SigningKey::from_bytes(&[seed; 32])
@@ -388,6 +385,26 @@ mod tests {
         assert_eq!(reason(verify(&signed(|r| r.issued_us = NOW + 31_000_000))), Err("stale"));
         assert_eq!(reason(verify(&signed(|r| r.expires_us = r.issued_us + 301_000_000))), Err("stale"));
         assert_eq!(reason(verify(&signed(|r| r.issued_us = STARTED - 1))), Err("stale"));
+        // Issued within the skew after this run started: the last run may
+        // have taken it (a signer's clock up to 30 s ahead).
+        assert_eq!(reason(verify(&signed(|r| r.issued_us = FIRST_TAKEN - 1))), Err("stale"));
+        assert!(verify(&signed(|r| r.issued_us = FIRST_TAKEN)).is_ok());
+        // A signature that is valid but not canonical (S not reduced) is
+        // refused by the strict check.
+        let mut malleable = signed(|_| {});
+        let mut sig = hex::decode(&malleable.signature).expect("hex");
+        let order: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let mut carry = 0u16;
+        for (s, l) in sig[32..].iter_mut().zip(order) {
+            let sum = u16::from(*s) + u16::from(l) + carry;
+            *s = (sum & 0xff) as u8;
+            carry = sum >> 8;
+        }
+        malleable.signature = hex::encode(sig);
+        assert_eq!(reason(verify(&malleable)), Err("bad_signature"));
         // Malformed: not JSON, an unknown field, a short nonce, too large.
         let not_json = SignedControl { payload: "{".into(), signature: String::new() };
         assert_eq!(reason(verify(&not_json)), Err("malformed"));

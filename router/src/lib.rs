@@ -34,13 +34,14 @@ mod expiry;
 mod forwarder;
 mod interest;
 mod peers;
+mod site_key;
 mod trie;
 
 pub use access::{allows, covers, Action, Grant, Resource, ResourceKind, GRANT_NAMESPACE_BYTES_MAX};
 pub use channel::{subtrees, Channel, Pattern, Segment, CHANNEL_BYTES_MAX, CHANNEL_DEPTH_MAX, RESERVED_AUTHORITY};
 pub use control::{
-    parse_public_key, sign, ControlRefusal, ControlRequest, Scope, SignedControl, Verifier, CLOCK_SKEW_MAX,
-    CONTROL_BYTES_MAX, CONTROL_TTL_MAX, NONCES_MAX, NONCE_BYTES_MAX, NONCE_BYTES_MIN,
+    sign, ControlRefusal, ControlRequest, Scope, SignedControl, Verifier, CLOCK_SKEW_MAX, CONTROL_BYTES_MAX,
+    CONTROL_TTL_MAX, NONCES_MAX, NONCE_BYTES_MAX, NONCE_BYTES_MIN,
 };
 pub use dispatch::{
     should_join, Action as DispatchAction, Detach, Dispatch, EndReason, EventHead, Holder, Input as DispatchInput,
@@ -59,6 +60,7 @@ pub use peers::{
     PeerState, Registry, RegistryConfig, Target, ANNOUNCE_TIMEOUT_MIN, DOWN_AFTER_HEARTBEATS, HEARTBEAT_DEFAULT,
     INTERESTS_MAX, INTEREST_PUSH_WAIT, NAME_BYTES_MAX, PEERS_MAX, SITE_BYTES_MAX, SUSPECT_AFTER_HEARTBEATS,
 };
+pub use site_key::parse_public_key;
 pub use trie::Trie;
 
 mod placement;

@@ -312,6 +312,10 @@ pub enum Action {
         /// The peer whose announcement named it; `None`: it announced
         /// itself.
         via: Option<String>,
+        /// Whether the announcement was an answer to ours (authenticated
+        /// only where the driver checks who answered) rather than one the
+        /// peer sent us.
+        in_answer: bool,
     },
 }
 
@@ -493,7 +497,7 @@ impl Registry {
             check_name("region", region).map_err(invalid)?;
         }
         for key in config.key.iter().chain(config.pinned.iter().map(|(_, k)| k)) {
-            crate::parse_public_key(key).map_err(invalid)?;
+            crate::site_key::parse_public_key(key).map_err(invalid)?;
         }
         Ok(Registry {
             key: config.key,
@@ -857,7 +861,7 @@ impl Registry {
             return Err(Error::PeersFull { limit: PEERS_MAX });
         }
         if let Some(key) = &a.key {
-            crate::parse_public_key(key).map_err(Error::announcement)?;
+            crate::site_key::parse_public_key(key).map_err(Error::announcement)?;
         }
         // A pinned key never changes, and is never dropped: an
         // announcement without it is as suspect as one with another.
@@ -880,7 +884,12 @@ impl Registry {
             actions.push(Action::KeyPinned { peer: a.name.clone(), key: key.clone() });
         }
         if !self.peers.contains_key(&a.name) {
-            actions.push(Action::PeerLearned { peer: a.name.clone(), url: a.url.clone(), via: None });
+            actions.push(Action::PeerLearned {
+                peer: a.name.clone(),
+                url: a.url.clone(),
+                via: None,
+                in_answer: rtt.is_some(),
+            });
         }
         let heartbeat = self.heartbeat;
         let p = self.peers.entry(a.name.clone()).or_insert_with(|| Peer::new(a.url.clone(), a.region.clone()));
@@ -934,6 +943,7 @@ impl Registry {
                     peer: info.name.clone(),
                     url: info.url.clone(),
                     via: Some(a.name.clone()),
+                    in_answer: rtt.is_some(),
                 });
             }
         }

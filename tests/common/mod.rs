@@ -342,6 +342,10 @@ pub fn tls_flags(dir: &Path, site: &str) -> Vec<String> {
     let write = |name: &str, text: &str| {
         let path = folder.join(name);
         std::fs::write(&path, text).unwrap();
+        // A key readable by anyone is refused, as an operator's would be.
+        let mut permissions = std::fs::metadata(&path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o600);
+        std::fs::set_permissions(&path, permissions).unwrap();
         path.to_str().unwrap().to_string()
     };
     vec![

@@ -221,6 +221,7 @@ async fn fan_out(state: AppState, params: Params, request: Request) -> Result<Re
     let (client, own_client) = (state.federation.client().clone(), state.federation.own_client.clone());
     let deadline = params.deadline;
     let query = params.site_query();
+    let (fed, me_ref) = (&state.federation, &me);
     let calls = asked.into_iter().map(|(ask, base)| {
         let client = if ask.site == me { own_client.clone() } else { client.clone() };
         let (method, body, content_type) = (method.clone(), body.clone(), content_type.clone());
@@ -246,10 +247,15 @@ async fn fan_out(state: AppState, params: Params, request: Request) -> Result<Re
             let t = Instant::now();
             let outcome = tokio::time::timeout(deadline, async {
                 let res = req.send().await?;
+                if site != *me_ref {
+                    if let Err(e) = fed.answered_by(&res, &site) {
+                        return Ok(Err(e));
+                    }
+                }
                 let status = res.status();
                 let time = res.headers().get(TIME_HEADER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
                 let value: Value = res.json().await?;
-                Ok::<_, reqwest::Error>((status, time, value))
+                Ok::<_, reqwest::Error>(Ok((status, time, value)))
             })
             .await;
             let latency_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -258,8 +264,11 @@ async fn fan_out(state: AppState, params: Params, request: Request) -> Result<Re
                 Ok(Err(e)) if e.is_timeout() => Outcome::TimedOut,
                 Ok(Err(e)) if e.is_connect() => Outcome::Unreachable(e.to_string()),
                 Ok(Err(e)) => Outcome::Failed(e.to_string()),
-                Ok(Ok((status, time, value))) if status.is_success() => Outcome::Answered { value, made_at_us: time },
-                Ok(Ok((status, _, value))) => {
+                Ok(Ok(Err(not_the_site))) => Outcome::Failed(not_the_site),
+                Ok(Ok(Ok((status, time, value)))) if status.is_success() => {
+                    Outcome::Answered { value, made_at_us: time }
+                }
+                Ok(Ok(Ok((status, _, value)))) => {
                     return SiteAnswer::refused(&site, &status.to_string(), &value, latency_ms)
                 }
             };

@@ -203,15 +203,7 @@ pub(crate) async fn grant(
         (_, g) => g.clone(),
     };
     if let Some(owner) = caller.stamp().filter(|_| !caller.unrestricted()) {
-        let now = now_us();
-        let held: Vec<(String, Option<String>)> = state
-            .store
-            .read(|v| v.leases())
-            .await?
-            .into_iter()
-            .filter(|l| l.owner.as_deref() == Some(owner.as_str()) && l.expires_at_us > now)
-            .map(|l| (l.id, l.group))
-            .collect();
+        let held = state.lease_holders.held(&owner);
         crate::quota::Quotas::lease(&caller, &held, req.id.as_deref(), group.as_deref())?;
     }
     if state.leases.len() >= LEASES_MAX {

@@ -42,13 +42,25 @@ pub(crate) async fn require_peer(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let certificate = request.extensions().get::<crate::tls::PeerCertificate>();
-    match state.federation.authorized(request.headers(), certificate) {
+    let response = match state.federation.authorized(request.headers(), certificate) {
         Ok(proof) => {
             request.extensions_mut().insert(proof);
             next.run(request).await
         }
         Err(e) => e.into_response(),
+    };
+    // Refusals of who a peer is are counted with the API's, by reason.
+    let code = response.extensions().get::<crate::error::ErrorCode>().map(|c| c.0);
+    let reason = match code {
+        Some("unauthorized") => Some("peer_secret"),
+        Some("peer_certificate_required") => Some("no_peer_certificate"),
+        Some(r @ ("peer_certificate_mismatch" | "key_mismatch")) => Some(r),
+        _ => None,
+    };
+    if let Some(reason) = reason {
+        state.auth.refusals.get_or_create(&crate::auth::RefusalLabel { reason }).inc();
     }
+    response
 }
 
 /// `POST /v1/peer/heartbeat`: a peer's announcement; answers with ours.
@@ -60,14 +72,8 @@ pub(crate) async fn heartbeat(
     let fed = &state.federation;
     let Json(a) = body.map_err(|e| ApiError::invalid_body(e.body_text()))?;
     proof.vouches_for(&a.name)?;
-    let actions = fed.heard(a, state.store.last_seq()).map_err(|e| match e {
-        pepper_router::Error::KeyMismatch { .. } => {
-            tracing::warn!(error = %e, "refused an announcement under a pinned name");
-            ApiError::new(StatusCode::FORBIDDEN, "key_mismatch", e.to_string())
-        }
-        e => ApiError::invalid_body(e.to_string()),
-    })?;
-    fed.record(&state.store, &actions).await;
+    let (fed2, store) = (fed.clone(), state.store.clone());
+    tokio::spawn(async move { fed2.hear(&store, a).await }).await.map_err(ApiError::task_failed)??;
     Ok(Json(fed.announce(state.store.last_seq(), state.store.earliest_seq())))
 }
 

@@ -70,7 +70,9 @@ pub(crate) async fn unpin(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Action::Sites, &Resource::Site)?;
+    // Unpinning lets the next announcement under that name pin any key:
+    // the operator's decision, not a reader's of the federation.
+    caller.require(Action::Admin, &Resource::Site)?;
     let state2 = state.clone();
     let done =
         tokio::spawn(async move { state2.federation.unpin(&state2.store, &caller, &name).await.map(|d| (d, name)) })

@@ -276,6 +276,7 @@ async fn send(
         req = req.header("x-pepper-gap", format!("{from}-{to}"));
     }
     let res = req.send().await.map_err(|e| e.to_string())?;
+    fed.answered_by(&res, peer)?;
     let status = res.status();
     let answer: Value = res.json().await.map_err(|e| e.to_string())?;
     if !status.is_success() {

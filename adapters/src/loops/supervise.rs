@@ -416,6 +416,10 @@ async fn ask_cut(state: &AppState, name: &str, url: Option<&String>, me: &str, y
         .send()
         .await;
     match answer {
+        Ok(res) if fed.answered_by(&res, name).is_err() => {
+            tracing::warn!(peer = %name, "a cut answered by a server that is not the peer; passed over");
+            CutReply::Unreachable
+        }
         Ok(res) if res.status().is_success() => match res.json::<Value>().await {
             Ok(cut) => CutReply::Answer {
                 interests_version: cut["interests_version"].as_u64().unwrap_or(0),
@@ -476,6 +480,7 @@ async fn copy(state: &AppState, pattern: &str, y: &str) -> Result<(Vec<(String, 
             Ok(Err(e)) => return Err(format!("cannot reach {y}: {e}")),
             Ok(Ok(res)) => res,
         };
+        fed.answered_by(&res, y)?;
         if res.status().is_success() {
             break res;
         }
