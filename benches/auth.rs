@@ -11,7 +11,11 @@
 //!   measured by criterion; then `SUMMARY` lines from interleaved turns
 //!   (off, on, off, on, ...) so both see the same machine state, with the
 //!   median rate of each and their ratio. The bound: auth on at
-//!   most 5% slower.
+//!   most 5% slower. A third side runs auth on over TLS (a certificate
+//!   from the tests' CA): what HTTPS costs on kept-alive connections.
+//! - `control-request`: signing a control request with a site key, and
+//!   verifying one (size, parse, Ed25519 strict verification, scope,
+//!   validity, nonce), in process.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 #[path = "../tests/common/mod.rs"]
@@ -62,15 +66,23 @@ fn token_check(c: &mut Criterion) {
 
 /// A site with auth on and a principal that may publish the load: its url
 /// and the principal's token.
-fn auth_site() -> (common::Server, String) {
+fn auth_site(tls: bool) -> (common::Server, String) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("admin-token");
     std::fs::write(&file, ADMIN).unwrap();
-    let mut server = common::Server::start(
-        &dir.path().join("data"),
-        &["--site", "bench", "--admin-token-file", file.to_str().unwrap()],
-    );
-    let http = reqwest::blocking::Client::new();
+    // The quota far above the load: what is measured is the check, not
+    // the throttle (which is 2,000 events/s by default).
+    let mut flags: Vec<String> =
+        ["--site", "bench", "--admin-token-file", file.to_str().unwrap(), "--publish-quota-per-s", "10000000"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+    if tls {
+        flags.extend(common::tls_flags(dir.path(), "bench"));
+    }
+    let mut server =
+        common::Server::start(&dir.path().join("data"), &flags.iter().map(String::as_str).collect::<Vec<_>>());
+    let http = common::tls_client().build().unwrap();
     let body =
         serde_json::json!({"name": "load", "grants": [{"action": "publish", "resource": "/bench.example.com/"}]});
     let res = http.post(server.at("/v1/auth/principals")).bearer_auth(ADMIN).json(&body).send().unwrap();
@@ -88,11 +100,17 @@ fn auth_site() -> (common::Server, String) {
 
 fn publish(c: &mut Criterion) {
     let off = common::Server::temporary(&["--site", "bench"]);
-    let (on, token) = auth_site();
+    let (on, token) = auth_site(false);
+    let (on_tls, tls_token) = auth_site(true);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let client = reqwest::Client::builder().pool_max_idle_per_host(CLIENTS).build().unwrap();
+    let ca = reqwest::Certificate::from_pem(common::test_ca().pem.as_bytes()).unwrap();
+    let client = reqwest::Client::builder().pool_max_idle_per_host(CLIENTS).add_root_certificate(ca).build().unwrap();
     let counter = Arc::new(AtomicU64::new(0));
-    let sides = [("off", format!("{}/v1/events", off.url), None), ("on", format!("{}/v1/events", on.url), Some(token))];
+    let sides = [
+        ("off", format!("{}/v1/events", off.url), None),
+        ("on", format!("{}/v1/events", on.url), Some(token)),
+        ("on-tls", format!("{}/v1/events", on_tls.url), Some(tls_token)),
+    ];
     let mut group = c.benchmark_group("publish-64-clients");
     group.sample_size(10).measurement_time(Duration::from_secs(10)).warm_up_time(Duration::from_secs(2));
     group.throughput(Throughput::Elements(1));
@@ -120,7 +138,7 @@ fn publish(c: &mut Criterion) {
     // machine's disk and CPU falls on both sides alike.
     const TURNS: usize = 10;
     const PER_CLIENT: u64 = 50;
-    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut rates: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..TURNS {
         for (i, (_, url, token)) in sides.iter().enumerate() {
             let start = Instant::now();
@@ -141,13 +159,53 @@ fn publish(c: &mut Criterion) {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (off_rate, on_rate) = (median(&mut rates[0]), median(&mut rates[1]));
+    let [off_rates, on_rates, tls_rates] = &mut rates;
+    let (off_rate, on_rate, tls_rate) = (median(off_rates), median(on_rates), median(tls_rates));
     println!(
-        "SUMMARY publish, 64 clients, 1 event per request, {TURNS} interleaved turns of {} requests: auth off {off_rate:.0}/s, auth on {on_rate:.0}/s, on/off {:.3}",
+        "SUMMARY publish, 64 clients, 1 event per request, {TURNS} interleaved turns of {} requests: auth off {off_rate:.0}/s, auth on {on_rate:.0}/s, on/off {:.3}; auth on over TLS {tls_rate:.0}/s, tls/on {:.3}",
         CLIENTS as u64 * PER_CLIENT,
-        on_rate / off_rate
+        on_rate / off_rate,
+        tls_rate / on_rate
     );
 }
 
-criterion_group!(benches, token_check, publish);
+fn control_request(c: &mut Criterion) {
+    use pepper_router::{sign, ControlRequest, Pattern, Scope, SigningKey, Verifier};
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let public = key.verifying_key();
+    let now = pepper_storage::now_us();
+    let request = |nonce: u64| ControlRequest {
+        principal: "deployer".into(),
+        site: "a".into(),
+        audience: "b".into(),
+        action: "deploy".into(),
+        channel: "/bench.example.com/deploy/web/".into(),
+        body: serde_json::json!({"step": "install", "package": "nginx", "version": "1.24"}),
+        nonce: format!("{nonce:032x}"),
+        issued_us: now,
+        expires_us: now + 60_000_000,
+    };
+    let scope = Scope { action: "deploy".into(), subtree: Pattern::parse("/bench.example.com/deploy/").unwrap() };
+    let mut group = c.benchmark_group("control-request");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("sign", |b| b.iter(|| sign(&request(1), &key).unwrap()));
+    // Fresh nonces, signed ahead: a verifier remembers each it takes.
+    let signed: Vec<_> = (0..50_000u64).map(|n| sign(&request(n), &key).unwrap()).collect();
+    let mut verifier = Verifier::new("b", now - 60_000_000);
+    let mut next = 0usize;
+    group.bench_function("verify", |b| {
+        b.iter(|| {
+            if next == signed.len() {
+                verifier = Verifier::new("b", now - 60_000_000);
+                next = 0;
+            }
+            let one = &signed[next];
+            next += 1;
+            verifier.verify(one, |_| Some(public), &scope, now).unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, token_check, control_request, publish);
 criterion_main!(benches);

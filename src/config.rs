@@ -33,6 +33,11 @@
 //! body_read_timeout_s = 60
 //! connections_max = 16384
 //!
+//! # Auth (docs/security.md): the admin token, and each principal's
+//! # publish quota (events/s, bursts of twice that).
+//! admin_token_file = "/etc/pepper/admin-token"
+//! publish_quota_per_s = 2000
+//!
 //! # TLS (docs/security.md): HTTPS only, and peers must present a
 //! # certificate the peer CA signed for their site name.
 //! tls_cert = "/etc/pepper/site.crt"
@@ -135,6 +140,10 @@ pub struct ServeArgs {
     /// `ps` would show.
     #[arg(long, env = "PEPPER_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
+    /// Events a principal may publish per second, sustained, in bursts of
+    /// twice that [default: 2000]; past it, 429 (docs/security.md).
+    #[arg(long, env = "PEPPER_PUBLISH_QUOTA_PER_S", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    publish_quota_per_s: Option<u32>,
     /// Serve beyond loopback without auth. Anyone who reaches the port can
     /// then publish, read and change everything: for a closed lab network
     /// only. Logged loudly at start.
@@ -253,6 +262,7 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     admin_token_file: Option<PathBuf>,
+    publish_quota_per_s: Option<u32>,
     insecure: Option<bool>,
     data: Option<PathBuf>,
     listen: Option<SocketAddr>,
@@ -489,6 +499,16 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Site> {
             supervisor,
             edge,
             admin_token,
+            publish_rate: match args.publish_quota_per_s.or(file.publish_quota_per_s) {
+                None => pepper_adapters::quota::PublishRate::default(),
+                Some(n @ 1..=pepper_adapters::quota::PUBLISH_QUOTA_PER_S_MAX) => {
+                    pepper_adapters::quota::PublishRate::new(n)
+                }
+                Some(n) => anyhow::bail!(
+                    "publish_quota_per_s must be 1 to {}, not {n}",
+                    pepper_adapters::quota::PUBLISH_QUOTA_PER_S_MAX
+                ),
+            },
         },
         agent: args.agent || file.agent.unwrap_or(false),
         insecure,

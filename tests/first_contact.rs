@@ -38,10 +38,10 @@ fn touch(root: &Path, path: &str) {
     std::fs::write(&file, "").unwrap();
 }
 
-/// A fake root with a C++ compiler and make, and no libclang.
+/// A fake root with C and C++ compilers and make, and no libclang.
 fn toolchain_root() -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
-    for tool in ["usr/bin/c++", "usr/bin/make"] {
+    for tool in ["usr/bin/cc", "usr/bin/c++", "usr/bin/make"] {
         touch(root.path(), tool);
         let file = root.path().join(tool);
         let mut perms = std::fs::metadata(&file).unwrap().permissions();
@@ -81,7 +81,17 @@ fn each_name_bindgen_loads_counts_as_libclang() {
 #[test]
 fn an_empty_machine_needs_a_compiler_make_and_libclang() {
     let root = tempfile::tempdir().unwrap();
-    assert_eq!(would_install(root.path()), "install: g++ make libclang-dev");
+    assert_eq!(would_install(root.path()), "install: gcc g++ make libclang-dev");
+}
+
+/// ring (rustls, site keys) compiles C: a machine with a C++ compiler but
+/// no `cc` gets gcc.
+#[test]
+fn a_machine_without_a_c_compiler_gets_gcc() {
+    let root = toolchain_root();
+    std::fs::remove_file(root.path().join("usr/bin/cc")).unwrap();
+    touch(root.path(), "usr/lib/llvm-14/lib/libclang.so.1");
+    assert_eq!(would_install(root.path()), "install: gcc");
 }
 
 /// Runs `pepper ARGS` with its stdout already closed by its reader, as

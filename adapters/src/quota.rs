@@ -19,15 +19,47 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::auth::Caller;
 use crate::error::ApiError;
 
-/// Events a principal may publish per second, sustained.
+/// Events a principal may publish per second, sustained, unless the site
+/// is configured otherwise (`--publish-quota-per-s`).
 pub const PUBLISH_EVENTS_PER_S: u32 = 2_000;
 
 /// Events a principal may publish at once after a quiet spell (the
-/// bucket's size): a full batch fits.
+/// bucket's size) with the default rate: twice the rate, and never less
+/// than a full batch.
 pub const PUBLISH_BURST_EVENTS: u32 = 4_000;
+
+/// The highest publish quota a site may be given, events per second.
+pub const PUBLISH_QUOTA_PER_S_MAX: u32 = 10_000_000;
 
 // A whole publish request always fits a full bucket.
 const _: () = assert!(PUBLISH_BURST_EVENTS as usize >= pepper_storage::limits::BATCH_RECORDS_MAX);
+
+/// A principal's publish quota: a sustained rate and a burst.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PublishRate {
+    /// Events per second, sustained.
+    pub per_s: u32,
+    /// Events at once after a quiet spell.
+    pub burst: u32,
+}
+
+impl PublishRate {
+    /// `per_s` events a second (1 to [`PUBLISH_QUOTA_PER_S_MAX`]), bursts of
+    /// twice that, and never less than a full batch.
+    pub fn new(per_s: u32) -> PublishRate {
+        let per_s = per_s.clamp(1, PUBLISH_QUOTA_PER_S_MAX);
+        let batch = u32::try_from(pepper_storage::limits::BATCH_RECORDS_MAX).unwrap_or(u32::MAX);
+        PublishRate { per_s, burst: per_s.saturating_mul(2).max(batch) }
+    }
+}
+
+impl Default for PublishRate {
+    fn default() -> PublishRate {
+        PublishRate::new(PUBLISH_EVENTS_PER_S)
+    }
+}
+
+const _: () = assert!(PUBLISH_EVENTS_PER_S * 2 == PUBLISH_BURST_EVENTS);
 
 /// Live streams (lease streams and watches) one principal holds open.
 pub const STREAMS_PER_PRINCIPAL_MAX: usize = 256;
@@ -94,34 +126,37 @@ impl LeaseHolders {
 pub struct Bucket {
     tokens: f64,
     at: Instant,
+    rate: PublishRate,
 }
 
 impl Bucket {
-    /// A full bucket at `now`.
-    pub fn full(now: Instant) -> Bucket {
-        Bucket { tokens: f64::from(PUBLISH_BURST_EVENTS), at: now }
+    /// A full bucket of `rate` at `now`.
+    pub fn full(now: Instant, rate: PublishRate) -> Bucket {
+        Bucket { tokens: f64::from(rate.burst), at: now, rate }
     }
 
     /// Takes `n` events at `now`, or says how long until they would fit.
     /// Taking nothing always fits; a request larger than the burst is
     /// refused with the time to fill the whole bucket.
     pub fn take(&mut self, n: u32, now: Instant) -> Result<(), Duration> {
+        let (per_s, burst) = (f64::from(self.rate.per_s), f64::from(self.rate.burst));
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * f64::from(PUBLISH_EVENTS_PER_S)).min(f64::from(PUBLISH_BURST_EVENTS));
+        self.tokens = (self.tokens + elapsed * per_s).min(burst);
         self.at = now;
         let want = f64::from(n);
         if want <= self.tokens {
             self.tokens -= want;
             return Ok(());
         }
-        let missing = want.min(f64::from(PUBLISH_BURST_EVENTS)) - self.tokens;
-        Err(Duration::from_secs_f64(missing.max(0.0) / f64::from(PUBLISH_EVENTS_PER_S)))
+        let missing = want.min(burst) - self.tokens;
+        Err(Duration::from_secs_f64(missing.max(0.0) / per_s))
     }
 }
 
 /// The quotas of every principal.
 #[derive(Default)]
 pub struct Quotas {
+    rate: PublishRate,
     buckets: Mutex<HashMap<String, Bucket>>,
     streams: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
@@ -142,6 +177,11 @@ fn exceeded(message: String, wait: Duration) -> ApiError {
 }
 
 impl Quotas {
+    /// Quotas with a publish rate of `rate` per principal.
+    pub fn new(rate: PublishRate) -> Quotas {
+        Quotas { rate, ..Quotas::default() }
+    }
+
     /// Takes `events` from the caller's publish bucket at `now`.
     ///
     /// # Errors
@@ -150,12 +190,13 @@ impl Quotas {
         let Some(name) = quota_holder(caller) else { return Ok(()) };
         let n = u32::try_from(events).unwrap_or(u32::MAX);
         let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let bucket = buckets.entry(name.to_string()).or_insert_with(|| Bucket::full(now));
+        let rate = self.rate;
+        let bucket = buckets.entry(name.to_string()).or_insert_with(|| Bucket::full(now, rate));
         bucket.take(n, now).map_err(|wait| {
             exceeded(
                 format!(
-                    "principal {name} publishes over its quota of {PUBLISH_EVENTS_PER_S} events/s \
-                     (bursts of {PUBLISH_BURST_EVENTS}); retry in {wait:.1?}"
+                    "principal {name} publishes over its quota of {} events/s (bursts of {}); retry in {wait:.1?}",
+                    rate.per_s, rate.burst
                 ),
                 wait,
             )
@@ -236,7 +277,7 @@ mod tests {
     #[test]
     fn the_bucket_refills_at_its_rate_up_to_its_burst() {
         let t0 = Instant::now();
-        let mut b = Bucket::full(t0);
+        let mut b = Bucket::full(t0, PublishRate::default());
         assert!(b.take(PUBLISH_BURST_EVENTS, t0).is_ok(), "a full bucket takes a burst");
         let wait = b.take(1, t0).expect_err("empty");
         assert!(wait > Duration::ZERO && wait <= Duration::from_millis(1), "{wait:?}");
@@ -249,10 +290,23 @@ mod tests {
         assert!(b.take(PUBLISH_BURST_EVENTS, t2).is_ok());
         assert!(b.take(1, t2).is_err());
         // More than a burst at once never fits; the wait is to fill it.
-        let mut b = Bucket::full(t2);
+        let mut b = Bucket::full(t2, PublishRate::default());
         let wait = b.take(PUBLISH_BURST_EVENTS + 1, t2).expect_err("too big");
         assert_eq!(wait, Duration::ZERO, "it is full: nothing to wait for, and still too big");
         assert!(b.take(0, t2).is_ok());
+    }
+
+    #[test]
+    fn a_configured_rate_bursts_twice_itself_and_always_fits_a_batch() {
+        assert_eq!(PublishRate::default(), PublishRate { per_s: 2_000, burst: 4_000 });
+        assert_eq!(PublishRate::new(100_000), PublishRate { per_s: 100_000, burst: 200_000 });
+        assert_eq!(PublishRate::new(10).burst, 1024, "a full batch still fits");
+        assert_eq!(PublishRate::new(0).per_s, 1);
+        assert_eq!(PublishRate::new(u32::MAX).per_s, PUBLISH_QUOTA_PER_S_MAX);
+        let t0 = Instant::now();
+        let mut b = Bucket::full(t0, PublishRate::new(100_000));
+        assert!(b.take(200_000, t0).is_ok());
+        assert!(b.take(100_000, t0 + Duration::from_secs(1)).is_ok());
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct ApiConfig {
     pub edge: crate::edge::EdgeConfig,
     /// The admin token: with one, auth is on (`auth`).
     pub admin_token: Option<crate::auth::Secret>,
+    /// Each principal's publish quota (`quota`).
+    pub publish_rate: crate::quota::PublishRate,
 }
 
 impl Default for ApiConfig {
@@ -41,6 +43,7 @@ impl Default for ApiConfig {
             supervisor: crate::supervisor::SupervisorConfig::default(),
             edge: crate::edge::EdgeConfig::default(),
             admin_token: None,
+            publish_rate: crate::quota::PublishRate::default(),
         }
     }
 }
@@ -199,7 +202,7 @@ impl AppState {
             replica_streams: Arc::new(Semaphore::new(crate::limits::REPLICA_STREAMS_MAX)),
             policy_writes: Arc::new(tokio::sync::Mutex::new(())),
             principal_writes: Arc::new(tokio::sync::Mutex::new(())),
-            quotas: Arc::new(crate::quota::Quotas::default()),
+            quotas: Arc::new(crate::quota::Quotas::new(config.publish_rate)),
             lease_holders,
             auth,
             host_check: Arc::new(crate::edge::HostCheck { hosts, federation: federation.clone() }),
