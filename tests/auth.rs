@@ -519,19 +519,7 @@ fn changes_are_audited_and_refusals_counted() {
     assert_eq!(res.status(), 204);
     api.admin(Method::DELETE, "/v1/auth/principals/ops", None);
     let audit = api.admin(Method::GET, "/v1/events?channel=/pepper/audit/", None);
-    let seen: Vec<(String, String, String)> = audit["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            let p = &e["payload"];
-            (
-                p["action"].as_str().unwrap().into(),
-                p["by"].as_str().unwrap().into(),
-                p["target"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
+    let seen = common::audit_entries(&audit);
     let want: Vec<(String, String, String)> = [
         ("principal.create", "ops"),
         ("token.create", "ops"),

@@ -27,19 +27,10 @@ use serde_json::{json, Value};
 
 const SECRET: &str = "test-secret-for-federation-0123456789";
 
+/// Auth and TLS on, with peer certificates required: the federation
+/// works through both.
 fn args(dir: &std::path::Path, name: &str, extra: &[&str]) -> Vec<String> {
-    let secret = common::secret_file(dir, SECRET);
-    let admin = common::admin_token_file(dir);
-    let mut args: Vec<String> =
-        ["--site", name, "--peer-secret-file", &secret, "--admin-token-file", &admin, "--heartbeat-ms", "100"]
-            .into_iter()
-            .map(String::from)
-            .collect();
-    // Auth and TLS on, with peer certificates required: the federation
-    // works through both.
-    args.extend(common::tls_flags(dir, name));
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+    common::federated_flags(dir, name, SECRET, extra)
 }
 
 /// A site in this process.

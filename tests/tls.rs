@@ -18,16 +18,7 @@ use serde_json::{json, Value};
 const SECRET: &str = "test-secret-for-tls-tests-0123456789abc";
 
 fn flags(dir: &std::path::Path, name: &str, extra: &[&str]) -> Vec<String> {
-    let secret = common::secret_file(dir, SECRET);
-    let admin = common::admin_token_file(dir);
-    let mut args: Vec<String> =
-        ["--site", name, "--peer-secret-file", &secret, "--admin-token-file", &admin, "--heartbeat-ms", "100"]
-            .into_iter()
-            .map(String::from)
-            .collect();
-    args.extend(common::tls_flags(dir, name));
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+    common::federated_flags(dir, name, SECRET, extra)
 }
 
 fn site(dir: &std::path::Path, name: &str, extra: &[&str]) -> Server {
@@ -151,16 +142,19 @@ fn peers_need_a_certificate_for_the_name_they_speak_for_and_keep_their_key() {
     let leg = harness.get(b.at("/v1/tuples?channel=/t/")).bearer_auth(SECRET).send().unwrap();
     assert_eq!(leg.status(), 200, "a certified peer reads through a federated leg");
     // Nor forward records from a, nor ask for a cut or a replica as a.
-    let record = common::peer_event("a", 1, "forged", "/t/", "t");
-    let forged = harness
-        .post(b.at("/v1/peer/records"))
-        .bearer_auth(SECRET)
-        .header("x-pepper-origin", "a")
-        .header("content-type", "application/octet-stream")
-        .body(common::peer_batch([&record]))
-        .send()
-        .unwrap();
-    assert_eq!(forged.status(), 403);
+    let forward = |origin: &str, id: &str| {
+        let record = common::peer_event(origin, 1, id, "/t/", "t");
+        harness
+            .post(b.at("/v1/peer/records"))
+            .bearer_auth(SECRET)
+            .header("x-pepper-origin", origin)
+            .header("content-type", "application/octet-stream")
+            .body(common::peer_batch([&record]))
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(forward("a", "forged"), 403);
     for path in ["/v1/peer/cut?site=a&toward=x", "/v1/peer/replica?pattern=/t/&site=a&version=0"] {
         let res = harness.get(b.at(path)).bearer_auth(SECRET).send().unwrap();
         assert_eq!(res.status(), 403, "{path}");
@@ -168,16 +162,7 @@ fn peers_need_a_certificate_for_the_name_they_speak_for_and_keep_their_key() {
         assert_eq!(body["error"]["code"], "peer_certificate_mismatch", "{path}: {body}");
     }
     // As itself, z may forward its own records.
-    let own = common::peer_event("z", 1, "own", "/t/", "t");
-    let res = harness
-        .post(b.at("/v1/peer/records"))
-        .bearer_auth(SECRET)
-        .header("x-pepper-origin", "z")
-        .header("content-type", "application/octet-stream")
-        .body(common::peer_batch([&own]))
-        .send()
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    assert_eq!(forward("z", "own"), 200);
     // As x it may: x's key is pinned from its own announcement.
     let (status, body) = announce(&harness, &b, "x", Some(&key_hex(1)));
     assert_eq!(status, 200, "{body}");
@@ -186,6 +171,32 @@ fn peers_need_a_certificate_for_the_name_they_speak_for_and_keep_their_key() {
     let sites = get(&admin, &b, "/v1/sites");
     let x = sites["peers"].as_array().unwrap().iter().find(|p| p["name"] == "x").unwrap().clone();
     assert_eq!(x["key"], key_hex(1), "{x}");
+    // Once x's key is pinned, records under x's name need its signature.
+    let record = common::peer_event("x", 1, "signed", "/t/", "t");
+    let body = common::peer_batch([&record]);
+    let post = |signature: Option<String>| {
+        let mut req = harness
+            .post(b.at("/v1/peer/records"))
+            .bearer_auth(SECRET)
+            .header("x-pepper-origin", "x")
+            .header("content-type", "application/octet-stream")
+            .body(body.clone());
+        if let Some(s) = signature {
+            req = req.header("x-pepper-signature", s);
+        }
+        let res = req.send().unwrap();
+        (res.status().as_u16(), res.json::<Value>().unwrap_or(Value::Null))
+    };
+    let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&body).into();
+    let sign = |seed: u8, audience: &str| {
+        pepper_router::batch_signature(&pepper_router::SigningKey::from_bytes(&[seed; 32]), "x", audience, "", &digest)
+    };
+    for (signature, why) in [(None, "unsigned"), (Some(sign(2, "b")), "another key"), (Some(sign(1, "c")), "for c")] {
+        let (status, body) = post(signature);
+        assert_eq!((status, body["error"]["code"].as_str()), (403, Some("bad_signature")), "{why}: {body}");
+    }
+    let (status, body) = post(Some(sign(1, "b")));
+    assert_eq!((status, body["appended"].as_u64()), (200, Some(1)), "{body}");
     // Another key under x's name, or none: refused; the pin holds.
     for other in [Some(key_hex(2)), None] {
         let (status, body) = announce(&harness, &b, "x", other.as_deref());
@@ -196,22 +207,12 @@ fn peers_need_a_certificate_for_the_name_they_speak_for_and_keep_their_key() {
     assert_eq!(x["key"], key_hex(1));
     // The refusals are counted by reason.
     let metrics = admin.get(b.at("/metrics")).send().unwrap().text().unwrap();
-    for reason in ["no_peer_certificate", "peer_certificate_mismatch", "key_mismatch"] {
+    for reason in ["no_peer_certificate", "peer_certificate_mismatch", "key_mismatch", "bad_signature"] {
         let line = format!("pepper_auth_refusals_total{{reason=\"{reason}\"}}");
         assert!(metrics.lines().any(|l| l.starts_with(&line)), "{reason} in\n{metrics}");
     }
     // Both changes are audited, by the site that made them.
-    let audit = get(&admin, &b, "/v1/events?channel=/pepper/audit/");
-    let seen: Vec<(String, String, String)> = audit["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            let p = &e["payload"];
-            let text = |k: &str| p[k].as_str().unwrap().to_string();
-            (text("action"), text("by"), text("target"))
-        })
-        .collect();
+    let seen = common::audit_entries(&get(&admin, &b, "/v1/events?channel=/pepper/audit/"));
     for want in [("peer.add", "site:x", "x"), ("peer.key_pin", "site:x", "x")] {
         assert!(seen.iter().any(|s| (s.0.as_str(), s.1.as_str(), s.2.as_str()) == want), "{want:?} in {seen:?}");
     }
@@ -274,10 +275,13 @@ fn a_peers_key_is_pinned_kept_across_a_restart_and_a_new_key_refused() {
     assert_eq!(http.delete(b.at("/v1/sites/a/key")).send().unwrap().status(), 204);
     assert!(eventually(Duration::from_secs(10), || key_on_b(&b).as_deref() == Some(new_key.as_str())));
     assert_eq!(http.delete(b.at("/v1/sites/nobody/key")).send().unwrap().status(), 404);
-    let audit = get(&http, &b, "/v1/events?channel=/pepper/audit/");
-    let actions: Vec<&str> =
-        audit["events"].as_array().unwrap().iter().filter_map(|e| e["payload"]["action"].as_str()).collect();
-    assert!(actions.contains(&"peer.key_unpin"), "{actions:?}");
+    let seen = common::audit_entries(&get(&http, &b, "/v1/events?channel=/pepper/audit/"));
+    assert!(
+        seen.iter()
+            .any(|(action, by, target)| (action.as_str(), by.as_str(), target.as_str())
+                == ("peer.key_unpin", "admin", "a")),
+        "{seen:?}"
+    );
 }
 
 /// With TLS on, a peer is reached over https only, and an answer counts

@@ -428,6 +428,36 @@ impl Federation {
         }
     }
 
+    /// The signature header of a batch this site forwards to `peer`
+    /// (`x-pepper-signature`), with gap header `gap` ("" for records);
+    /// `None` for a site without a key.
+    pub(crate) fn sign_batch(&self, peer: &str, gap: &str, body: &[u8]) -> Option<String> {
+        let key = self.site_key.as_ref()?;
+        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(body).into();
+        Some(pepper_router::batch_signature(key.signing(), &self.site, peer, gap, &digest))
+    }
+
+    /// Checks a batch of records that came in under `origin`'s name: when
+    /// its key is pinned here, the batch must carry its signature. A site
+    /// not pinned yet (or of an earlier version, which signs nothing) is
+    /// taken on the peer secret alone.
+    ///
+    /// # Errors
+    /// 403 `bad_signature`.
+    pub(crate) fn check_batch(
+        &self,
+        origin: &str,
+        signature: Option<&str>,
+        gap: &str,
+        body: &[u8],
+    ) -> Result<(), ApiError> {
+        let Some(pinned) = lock(&self.registry).key_of(origin).map(str::to_string) else { return Ok(()) };
+        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(body).into();
+        pepper_router::parse_public_key(&pinned)
+            .and_then(|key| pepper_router::verify_batch(&key, signature, origin, &self.site, gap, &digest))
+            .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "bad_signature", e))
+    }
+
     /// This site's public key, hex, if it has a site key.
     pub fn public_key(&self) -> Option<String> {
         self.site_key.as_ref().map(|k| k.public_hex())

@@ -60,7 +60,7 @@ pub use peers::{
     PeerState, Registry, RegistryConfig, Target, ANNOUNCE_TIMEOUT_MIN, DOWN_AFTER_HEARTBEATS, HEARTBEAT_DEFAULT,
     INTERESTS_MAX, INTEREST_PUSH_WAIT, NAME_BYTES_MAX, PEERS_MAX, SITE_BYTES_MAX, SUSPECT_AFTER_HEARTBEATS,
 };
-pub use site_key::parse_public_key;
+pub use site_key::{batch_signature, parse_public_key, verify_batch};
 pub use trie::Trie;
 
 mod placement;

@@ -332,6 +332,35 @@ pub fn harness_identity() -> reqwest::Identity {
     reqwest::Identity::from_pem(pem.as_bytes()).unwrap()
 }
 
+/// The flags of a federated site `name` as the tests run one: the peer
+/// secret `secret` and the admin token (files under `dir`), heartbeats
+/// every 100 ms, and TLS with peer certificates required ([`tls_flags`]);
+/// then `extra`.
+pub fn federated_flags(dir: &Path, name: &str, secret: &str, extra: &[&str]) -> Vec<String> {
+    let secret = secret_file(dir, secret);
+    let admin = admin_token_file(dir);
+    let mut args: Vec<String> =
+        ["--site", name, "--peer-secret-file", &secret, "--admin-token-file", &admin, "--heartbeat-ms", "100"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+    args.extend(tls_flags(dir, name));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// `(action, by, target)` of each audit event in a `GET /v1/events` answer.
+pub fn audit_entries(answer: &serde_json::Value) -> Vec<(String, String, String)> {
+    let events = answer["events"].as_array().map(Vec::as_slice).unwrap_or_default();
+    events
+        .iter()
+        .map(|e| {
+            let text = |k: &str| e["payload"][k].as_str().unwrap_or_default().to_string();
+            (text("action"), text("by"), text("target"))
+        })
+        .collect()
+}
+
 /// The flags that give site `site` TLS: a certificate for its name (and
 /// 127.0.0.1) signed by the [`test_ca`], its key, and the CA as the peer
 /// CA, all written under `dir`.

@@ -54,7 +54,7 @@ pub(crate) async fn require_peer(
     let reason = match code {
         Some("unauthorized") => Some("peer_secret"),
         Some("peer_certificate_required") => Some("no_peer_certificate"),
-        Some(r @ ("peer_certificate_mismatch" | "key_mismatch")) => Some(r),
+        Some(r @ ("peer_certificate_mismatch" | "key_mismatch" | "bad_signature")) => Some(r),
         _ => None,
     };
     if let Some(reason) = reason {
@@ -94,8 +94,12 @@ pub(crate) async fn records(
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let origin = header("x-pepper-origin").ok_or_else(|| ApiError::invalid_body("x-pepper-origin is missing"))?;
     check_site(&origin).map_err(ApiError::invalid_body)?;
-    // Each origin forwards its own records only (docs/federation.md).
+    // Each origin forwards its own records only (docs/federation.md): its
+    // certificate where the site requires one, its site key's signature
+    // once its key is pinned here.
     proof.vouches_for(&origin)?;
+    let gap_header = header("x-pepper-gap").unwrap_or_default();
+    state.federation.check_batch(&origin, header("x-pepper-signature").as_deref(), &gap_header, &body)?;
     if let Some(gap) = header("x-pepper-gap") {
         let (from, to) = gap
             .split_once('-')

@@ -264,6 +264,8 @@ async fn send(
         body.extend_from_slice(&len.to_be_bytes());
         body.extend_from_slice(f);
     }
+    let gap_header = gap.map(|(from, to)| format!("{from}-{to}"));
+    let signature = fed.sign_batch(peer, gap_header.as_deref().unwrap_or(""), &body);
     let mut req = fed
         .client
         .post(format!("{url}/v1/peer/records"))
@@ -272,8 +274,11 @@ async fn send(
         .header("x-pepper-origin", fed.site.as_str())
         .timeout(Duration::from_secs(10))
         .body(body);
-    if let Some((from, to)) = gap {
-        req = req.header("x-pepper-gap", format!("{from}-{to}"));
+    if let Some(gap) = gap_header {
+        req = req.header("x-pepper-gap", gap);
+    }
+    if let Some(signature) = signature {
+        req = req.header("x-pepper-signature", signature);
     }
     let res = req.send().await.map_err(|e| e.to_string())?;
     fed.answered_by(&res, peer)?;
