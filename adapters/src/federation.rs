@@ -117,9 +117,16 @@ pub(crate) async fn load_pins(store: &Store) -> Result<Vec<(String, String)>, pe
         let from = after.clone();
         let page = store.read(move |v| v.docs(PIN_DOC_PREFIX, from.as_deref(), 1000)).await?;
         for doc in &page.items {
-            if let (Some(name), Ok(key)) = (doc.key.strip_prefix(PIN_DOC_PREFIX), String::from_utf8(doc.value.clone()))
-            {
-                pins.push((name.to_string(), key));
+            let Some(name) = doc.key.strip_prefix(PIN_DOC_PREFIX) else { continue };
+            // A pin this version would not take (a weak key pinned by an
+            // earlier one, say) is skipped, loudly, rather than keep the
+            // site from starting, where it could be unpinned.
+            let key = String::from_utf8(doc.value.clone()).map_err(|e| e.to_string());
+            match key.and_then(|key| pepper_router::parse_public_key(&key).map(|_| key)) {
+                Ok(key) => pins.push((name.to_string(), key)),
+                Err(e) => {
+                    tracing::error!(peer = %name, error = %e, "ignoring a pinned site key; the next announcement pins anew");
+                }
             }
         }
         match page.next {
@@ -534,80 +541,72 @@ impl Federation {
         self.step(input)
     }
 
-    /// Keeps what the registry learned that outlives the run and that an
-    /// operator audits: a pinned key (a document, `pepper/peers/keys/NAME`,
-    /// with its audit event in the same append) and a peer that joined
-    /// (an audit event). A failed write is logged; the pin holds in memory
-    /// for this run either way.
-    ///
-    /// # Errors
-    /// A pinned key could not be written (peers joining are only logged).
-    pub(crate) async fn record(&self, store: &Store, actions: &[RegistryAction]) -> Result<(), pepper_storage::Error> {
+    /// Audits the peers the registry learned of (an audit event each). A
+    /// failed write is logged: the peer is known either way. Pins are
+    /// written by [`Federation::hear`], before they take effect.
+    pub(crate) async fn record(&self, store: &Store, actions: &[RegistryAction]) {
         for action in actions {
-            let pin = matches!(action, RegistryAction::KeyPinned { .. });
-            let bodies = match action {
-                RegistryAction::KeyPinned { peer, key } => {
-                    tracing::info!(%peer, %key, "pinned a peer's site key");
-                    vec![
-                        pepper_storage::Body::DocPut(pepper_storage::DocPut {
-                            key: format!("{PIN_DOC_PREFIX}{peer}"),
-                            value: key.clone().into_bytes(),
-                        }),
-                        crate::auth::audit_event_by(
-                            &format!("site:{peer}"),
-                            "peer.key_pin",
-                            peer,
-                            serde_json::json!({ "key": key }),
-                        ),
-                    ]
-                }
-                RegistryAction::PeerLearned { peer, url, via, in_answer } => {
-                    tracing::info!(%peer, %url, via = via.as_deref().unwrap_or("itself"), "learned of a peer");
-                    let by = format!("site:{}", via.as_deref().unwrap_or(peer));
-                    let heard_in = if *in_answer { "answer" } else { "announcement" };
-                    let detail = serde_json::json!({ "url": url, "via": via, "heard_in": heard_in });
-                    vec![crate::auth::audit_event_by(&by, "peer.add", peer, detail)]
-                }
-                _ => continue,
-            };
-            match store.append(bodies).await {
-                Ok(_) => {}
-                Err(e) if pin => return Err(e),
-                Err(e) => tracing::warn!(error = %e, "cannot record a peer change"),
+            let RegistryAction::PeerLearned { peer, url, via, in_answer } = action else { continue };
+            tracing::info!(%peer, %url, via = via.as_deref().unwrap_or("itself"), "learned of a peer");
+            let by = format!("site:{}", via.as_deref().unwrap_or(peer));
+            let heard_in = if *in_answer { "answer" } else { "announcement" };
+            let detail = serde_json::json!({ "url": url, "via": via, "heard_in": heard_in });
+            if let Err(e) = store.append(vec![crate::auth::audit_event_by(&by, "peer.add", peer, detail)]).await {
+                tracing::warn!(error = %e, "cannot audit a peer change");
             }
         }
-        Ok(())
     }
 
     /// Takes in an announcement a peer posted (authenticated by the peer
-    /// endpoint's checks). A key it pins is in the store before the
-    /// answer: if the write fails, the pin is undone and the peer gets
-    /// 503, so the store's pins and the registry's never disagree. Pins
-    /// and unpins are taken one at a time. Run it in its own task: a
-    /// client that goes away must not cancel it halfway.
+    /// endpoint's checks). A key it pins is durable before it takes
+    /// effect: the pin's document and audit event are written first, and
+    /// a failed write changes nothing (503). Only an announcement that
+    /// pins waits for the pin lock (pins and unpins one at a time); the
+    /// others, nearly all of them, go straight to the registry. Run it in
+    /// its own task: a client that goes away must not cancel it halfway.
     ///
     /// # Errors
     /// 403 `key_mismatch`, 400 for a bad announcement, 503 when the pin
     /// could not be kept.
     pub(crate) async fn hear(&self, store: &Store, a: Announce) -> Result<(), ApiError> {
-        let _one_at_a_time = self.pin_writes.lock().await;
-        let name = a.name.clone();
-        let actions = self.heard(a, store.last_seq()).map_err(|e| match e {
+        let refused = |e: pepper_router::Error| match e {
             pepper_router::Error::KeyMismatch { .. } => {
                 tracing::warn!(error = %e, "refused an announcement under a pinned name");
                 ApiError::new(StatusCode::FORBIDDEN, "key_mismatch", e.to_string())
             }
             e => ApiError::invalid_body(e.to_string()),
-        })?;
-        if let Err(e) = self.record(store, &actions).await {
-            lock(&self.registry).unpin(&name);
-            tracing::warn!(peer = %name, error = %e, "cannot keep a peer's pinned key; not pinned");
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                format!("cannot keep {name}'s site key: {e}"),
-            ));
+        };
+        let pins = lock(&self.registry).would_pin(&a).map_err(refused)?.is_some();
+        let one_at_a_time = if pins { Some(self.pin_writes.lock().await) } else { None };
+        // Asked again under the lock: another announcement may have pinned
+        // the name meanwhile.
+        let pin = if pins { lock(&self.registry).would_pin(&a).map_err(refused)? } else { None };
+        if let Some(key) = pin {
+            let bodies = vec![
+                pepper_storage::Body::DocPut(pepper_storage::DocPut {
+                    key: format!("{PIN_DOC_PREFIX}{}", a.name),
+                    value: key.clone().into_bytes(),
+                }),
+                crate::auth::audit_event_by(
+                    &format!("site:{}", a.name),
+                    "peer.key_pin",
+                    &a.name,
+                    serde_json::json!({ "key": key }),
+                ),
+            ];
+            store.append(bodies).await.map_err(|e| {
+                tracing::warn!(peer = %a.name, error = %e, "cannot keep a peer's site key; not pinned");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!("cannot keep {}'s site key: {e}", a.name),
+                )
+            })?;
+            tracing::info!(peer = %a.name, %key, "pinned a peer's site key");
         }
+        let actions = self.heard(a, store.last_seq()).map_err(refused)?;
+        drop(one_at_a_time);
+        self.record(store, &actions).await;
         Ok(())
     }
 
@@ -753,12 +752,8 @@ impl Federation {
                             wall_us: now_us(),
                         };
                         match self.step(input) {
-                            // An answer pins nothing; what it teaches is logged.
-                            Ok(actions) => {
-                                if let Err(e) = self.record(store, &actions).await {
-                                    tracing::warn!(error = %e, "cannot record a peer change");
-                                }
-                            }
+                            // An answer pins nothing; the peers it names are audited.
+                            Ok(actions) => self.record(store, &actions).await,
                             Err(e) => tracing::warn!(peer = %name, error = %e, "bad announcement"),
                         }
                     }
@@ -941,6 +936,44 @@ mod tests {
             .expect("fed")
             .sign_control("ops", "b", "deploy", "/x/", serde_json::Value::Null, ttl)
             .is_err());
+    }
+
+    #[tokio::test]
+    async fn a_pin_is_durable_before_it_takes_effect_and_a_failed_write_changes_nothing() {
+        use pepper_storage::{Fault, FaultEngine, MemoryEngine, SystemClock};
+        let faults = std::sync::Arc::new(FaultEngine::new(std::sync::Arc::new(MemoryEngine::new())));
+        let store =
+            Store::open_with(faults.clone(), std::sync::Arc::new(SystemClock), pepper_storage::Options::new("b"))
+                .expect("open");
+        let keyed = |site: &str| {
+            let config = FederationConfig {
+                site_key: Some(std::sync::Arc::new(crate::keys::SiteKey::generate())),
+                url: Some(format!("http://{site}.invalid:1")),
+                ..config(&[])
+            };
+            Federation::new(site, config).expect("federation")
+        };
+        let (a, b) = (keyed("a"), keyed("b"));
+        faults.arm(Fault::FailWrite(1));
+        let refused = b.hear(&store, a.announce(0, 0)).await.expect_err("the pin's write failed");
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(lock(&b.registry).key_of("a"), None, "not pinned");
+        assert!(b.peer_list().is_empty(), "and nothing else of the announcement taken in");
+        // A failed write poisons that store (docs/storage-format.md); on a
+        // healthy one the pin is written, then taken.
+        assert!(store.poisoned().is_some());
+        let store = Store::open_with(
+            std::sync::Arc::new(MemoryEngine::new()),
+            std::sync::Arc::new(SystemClock),
+            pepper_storage::Options::new("b"),
+        )
+        .expect("open");
+        b.hear(&store, a.announce(0, 0)).await.expect("heard");
+        assert_eq!(lock(&b.registry).key_of("a"), a.public_key().as_deref());
+        assert_eq!(load_pins(&store).await.expect("pins"), vec![("a".to_string(), a.public_key().expect("key"))]);
+        // Heard again, nothing more to pin: no second document.
+        b.hear(&store, a.announce(0, 0)).await.expect("heard");
+        assert_eq!(load_pins(&store).await.expect("pins").len(), 1);
     }
 
     /// The announcement on the wire keeps its field names, and one from a

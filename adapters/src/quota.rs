@@ -93,24 +93,16 @@ struct LeaseHoldersInner {
 impl LeaseHolders {
     /// Lease `id` is live, held by `owner` (none: auth was off) in `group`.
     pub fn set(&self, id: &str, owner: Option<&str>, group: Option<&str>) {
-        self.remove(id);
-        let Some(owner) = owner else { return };
         let mut inner = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner.remove(id);
+        let Some(owner) = owner else { return };
         inner.by_id.insert(id.to_string(), (owner.to_string(), group.map(str::to_string)));
         inner.by_owner.entry(owner.to_string()).or_default().insert(id.to_string());
     }
 
     /// Lease `id` ended (released or expired).
     pub fn remove(&self, id: &str) {
-        let mut inner = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((owner, _)) = inner.by_id.remove(id) {
-            if let Some(ids) = inner.by_owner.get_mut(&owner) {
-                ids.remove(id);
-                if ids.is_empty() {
-                    inner.by_owner.remove(&owner);
-                }
-            }
-        }
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
     }
 
     /// The leases `owner` holds: (id, group) of each.
@@ -118,6 +110,19 @@ impl LeaseHolders {
         let inner = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(ids) = inner.by_owner.get(owner) else { return Vec::new() };
         ids.iter().filter_map(|id| inner.by_id.get(id).map(|(_, group)| (id.clone(), group.clone()))).collect()
+    }
+}
+
+impl LeaseHoldersInner {
+    fn remove(&mut self, id: &str) {
+        if let Some((owner, _)) = self.by_id.remove(id) {
+            if let Some(ids) = self.by_owner.get_mut(&owner) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    self.by_owner.remove(&owner);
+                }
+            }
+        }
     }
 }
 

@@ -835,45 +835,8 @@ impl Registry {
         local_head: u64,
         wall_us: u64,
     ) -> Result<Vec<Action>> {
+        let wants = self.check(a)?;
         let checks = Checks { url_ok: self.url_ok };
-        check_site(&a.name).map_err(Error::announcement)?;
-        checks.url(&a.url).map_err(Error::announcement)?;
-        if let Some(r) = &a.region {
-            check_name("region", r).map_err(Error::announcement)?;
-        }
-        if a.name == self.site {
-            return Err(Error::announcement(format!("announcement from {} names this site", a.name)));
-        }
-        if a.earliest_seq > a.seq.saturating_add(1) {
-            return Err(Error::announcement(format!(
-                "announcement says its log starts at seq {} but ends at {}; the start is at most the end + 1",
-                a.earliest_seq, a.seq
-            )));
-        }
-        if a.interests.len() > INTERESTS_MAX {
-            return Err(Error::announcement(format!(
-                "{} interests, over the limit of {INTERESTS_MAX}",
-                a.interests.len()
-            )));
-        }
-        let wants = Wants::parse(&a.interests).map_err(|e| Error::announcement(e.to_string()))?;
-        if !self.peers.contains_key(&a.name) && self.peers.len() >= PEERS_MAX {
-            return Err(Error::PeersFull { limit: PEERS_MAX });
-        }
-        if let Some(key) = &a.key {
-            crate::site_key::parse_public_key(key).map_err(Error::announcement)?;
-        }
-        // A pinned key never changes, and is never dropped: an
-        // announcement without it is as suspect as one with another.
-        if let Some(pinned) = self.pins.get(&a.name) {
-            if a.key.as_deref() != Some(pinned.as_str()) {
-                return Err(Error::KeyMismatch {
-                    site: a.name.clone(),
-                    pinned: pinned.clone(),
-                    given: a.key.clone().unwrap_or_else(|| "none".into()),
-                });
-            }
-        }
 
         let mut actions = Vec::new();
         // Pinned only from what the peer itself sent us, authenticated by
@@ -948,6 +911,62 @@ impl Registry {
             }
         }
         Ok(actions)
+    }
+
+    /// What taking in `a`, announced to this site by its sender, would
+    /// pin: its key, when it names one and none is pinned for its name.
+    /// The driver keeps the pin durable before it steps the announcement.
+    ///
+    /// # Errors
+    /// Every refusal [`Registry::step`] would give it, with nothing changed.
+    pub fn would_pin(&self, a: &Announcement) -> Result<Option<String>> {
+        self.check(a)?;
+        Ok(a.key.clone().filter(|_| !self.pins.contains_key(&a.name)))
+    }
+
+    /// Every check of an announcement, before anything changes; its
+    /// interests, parsed.
+    fn check(&self, a: &Announcement) -> Result<Wants> {
+        let checks = Checks { url_ok: self.url_ok };
+        check_site(&a.name).map_err(Error::announcement)?;
+        checks.url(&a.url).map_err(Error::announcement)?;
+        if let Some(r) = &a.region {
+            check_name("region", r).map_err(Error::announcement)?;
+        }
+        if a.name == self.site {
+            return Err(Error::announcement(format!("announcement from {} names this site", a.name)));
+        }
+        if a.earliest_seq > a.seq.saturating_add(1) {
+            return Err(Error::announcement(format!(
+                "announcement says its log starts at seq {} but ends at {}; the start is at most the end + 1",
+                a.earliest_seq, a.seq
+            )));
+        }
+        if a.interests.len() > INTERESTS_MAX {
+            return Err(Error::announcement(format!(
+                "{} interests, over the limit of {INTERESTS_MAX}",
+                a.interests.len()
+            )));
+        }
+        let wants = Wants::parse(&a.interests).map_err(|e| Error::announcement(e.to_string()))?;
+        if !self.peers.contains_key(&a.name) && self.peers.len() >= PEERS_MAX {
+            return Err(Error::PeersFull { limit: PEERS_MAX });
+        }
+        if let Some(key) = &a.key {
+            crate::site_key::parse_public_key(key).map_err(Error::announcement)?;
+        }
+        // A pinned key never changes, and is never dropped: an
+        // announcement without it is as suspect as one with another.
+        if let Some(pinned) = self.pins.get(&a.name) {
+            if a.key.as_deref() != Some(pinned.as_str()) {
+                return Err(Error::KeyMismatch {
+                    site: a.name.clone(),
+                    pinned: pinned.clone(),
+                    given: a.key.clone().unwrap_or_else(|| "none".into()),
+                });
+            }
+        }
+        Ok(wants)
     }
 }
 
@@ -1098,8 +1117,13 @@ mod tests {
         let actions = r.step(secs(1), answered).expect("answered");
         assert!(!actions.iter().any(|a| matches!(a, Action::KeyPinned { .. })));
         assert_eq!(r.key_of("b"), None);
-        // Its own announcement, which the driver authenticated, pins it.
+        // Its own announcement, which the driver authenticated, pins it;
+        // the driver asks first, to make the pin durable before it steps.
+        assert_eq!(r.would_pin(&keyed(Some(1))).expect("admitted"), Some(key_hex(1)));
+        assert_eq!(r.would_pin(&keyed(None)).expect("admitted"), None, "no key, nothing to pin");
         let actions = hear(&mut r, secs(2), keyed(Some(1)), 0).expect("heard");
+        assert_eq!(r.would_pin(&keyed(Some(1))).expect("admitted"), None, "pinned already");
+        assert!(matches!(r.would_pin(&keyed(Some(2))), Err(Error::KeyMismatch { .. })));
         assert!(actions
             .iter()
             .any(|a| matches!(a, Action::KeyPinned { peer, key } if peer == "b" && *key == key_hex(1))));
