@@ -314,3 +314,20 @@ fn peers_are_reached_over_https_and_answers_come_from_the_named_site() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not https"), "{stderr}");
 }
+
+/// `pepper serve --agent` with TLS and auth on: the agent inside the site
+/// reaches it over HTTPS, trusting exactly the site's certificate, with
+/// the admin token.
+#[test]
+fn the_agent_inside_a_site_with_tls_publishes_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = flags(dir.path(), "agented", &["--agent"]);
+    let server = Server::start(&dir.path().join("agented"), &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let http = common::admin_client(Duration::from_secs(10));
+    let kernel_published = || {
+        let v = get(&http, &server, "/v1/tuples?channel=/agented/node/&recursive=true&limit=1000");
+        v["tuples"].as_array().is_some_and(|t| t.iter().any(|t| t["field"] == "kernel"))
+    };
+    assert!(eventually(Duration::from_secs(10), kernel_published), "the agent published nothing");
+}
