@@ -37,13 +37,16 @@ fn now_us() -> u64 {
 
 fn site(name: &str, peer: Option<&Server>) -> Server {
     let peer_arg = peer.map(|p| format!("a={}", p.url));
-    let dir = std::env::temp_dir().join(format!("pepper-bench-{}", std::process::id()));
-    let secret = common::secret_file(&dir, SECRET);
+    // The secret's folder lives as long as the site, then is removed.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = common::secret_file(dir.path(), SECRET);
     let mut args = vec!["--site", name, "--peer-secret-file", &secret, "--heartbeat-ms", "200"];
     if let Some(p) = &peer_arg {
         args.extend(["--peer", p.as_str()]);
     }
-    Server::temporary(&args)
+    let mut server = Server::temporary(&args);
+    server.keep(dir);
+    server
 }
 
 async fn sites(client: &reqwest::Client, s: &Server) -> Value {

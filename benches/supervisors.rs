@@ -34,8 +34,9 @@ const PATTERN: &str = "/bench/node/";
 
 fn site(name: &str, region: &str, seed: Option<&Server>, interval_ms: &str) -> Server {
     let peer = seed.map(|p| format!("s1={}", p.url));
-    let dir = std::env::temp_dir().join(format!("pepper-bench-{}", std::process::id()));
-    let secret = common::secret_file(&dir, SECRET);
+    // The secret's folder lives as long as the site, then is removed.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = common::secret_file(dir.path(), SECRET);
     let mut args = vec![
         "--site",
         name,
@@ -53,7 +54,9 @@ fn site(name: &str, region: &str, seed: Option<&Server>, interval_ms: &str) -> S
     if let Some(p) = &peer {
         args.extend(["--peer", p.as_str()]);
     }
-    Server::temporary(&args)
+    let mut server = Server::temporary(&args);
+    server.keep(dir);
+    server
 }
 
 async fn recording(client: &reqwest::Client, s: &Server) -> Value {

@@ -645,11 +645,14 @@ fn serve(site: config::Site) -> anyhow::Result<ExitCode> {
                 }
             })?;
         }
-        tracing::info!(%addr, site = store.site(), data = %data.display(), auth, "pepper serving");
+        tracing::info!(%addr, site = store.site(), data = %data.display(), auth, tls = scheme == "https", "pepper serving");
         if !auth && insecure && !addr.ip().is_loopback() {
             tracing::warn!(%addr, "INSECURE: auth is off and this site serves beyond loopback; anyone who reaches it can publish, read and change everything");
         } else if !auth {
             tracing::info!("auth is off: every caller may do everything (loopback only); docs/security.md turns it on");
+        }
+        if scheme == "http" && !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "no TLS beyond loopback: tokens and the peer secret cross the network in clear text; docs/security.md sets up TLS");
         }
         site.run(shutdown_signal()).await?;
         anyhow::Ok(store)

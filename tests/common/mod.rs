@@ -21,8 +21,9 @@ pub struct Server {
     run: Running,
     /// `http://127.0.0.1:PORT` (`https://` with TLS on).
     pub url: String,
-    /// The data folder, when the server owns it ([`Server::temporary`]).
-    _dir: Option<tempfile::TempDir>,
+    /// Folders removed when the server is dropped: its data folder when it
+    /// owns it ([`Server::temporary`]), and any it was told to keep.
+    _dirs: Vec<tempfile::TempDir>,
 }
 
 enum Running {
@@ -79,7 +80,7 @@ impl Server {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_string();
         assert!(url.starts_with("http://127.0.0.1:") || url.starts_with("https://127.0.0.1:"), "{url}");
-        Server { run: Running::Process(child), url, _dir: None }
+        Server { run: Running::Process(child), url, _dirs: Vec::new() }
     }
 
     /// Runs a site in this process on `data`, configured by the flags
@@ -127,7 +128,7 @@ impl Server {
         Server {
             run: Running::Embedded { stopper, thread: Some(thread) },
             url: format!("{scheme}://{addr}"),
-            _dir: None,
+            _dirs: Vec::new(),
         }
     }
 
@@ -136,14 +137,14 @@ impl Server {
     pub fn temporary(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let mut server = Server::start(dir.path(), extra);
-        server._dir = Some(dir);
+        server._dirs.push(dir);
         server
     }
 
     /// Keeps `dir` (the server's data and files) until the server is
-    /// dropped.
+    /// dropped, with any it keeps already.
     pub fn keep(&mut self, dir: tempfile::TempDir) {
-        self._dir = Some(dir);
+        self._dirs.push(dir);
     }
 
     /// `url` + `path`.
