@@ -284,10 +284,11 @@ fn a_peers_key_is_pinned_kept_across_a_restart_and_a_new_key_refused() {
     );
 }
 
-/// With TLS on, a peer is reached over https only, and an answer counts
-/// only from a server whose certificate names the peer asked: a url that
+/// With TLS on, a peer is reached over https only, and only a server whose
+/// certificate names the peer asked completes the handshake: a url that
 /// leads to another site (a certified peer announcing someone else's name
-/// with its own url, say) gets nothing meant for that name.
+/// with its own url, say) gets nothing meant for that name, not even the
+/// request.
 #[test]
 fn peers_are_reached_over_https_and_answers_come_from_the_named_site() {
     let dir = tempfile::tempdir().unwrap();
@@ -302,6 +303,10 @@ fn peers_are_reached_over_https_and_answers_come_from_the_named_site() {
     };
     assert!(eventually(Duration::from_secs(10), || c_error().1.contains("does not name")), "{:?}", c_error());
     assert_ne!(c_error().0, "up", "an answer from b is not c's");
+    // The handshake failed before a byte of the heartbeat was sent: b never
+    // heard of a.
+    let b_peers = get(&http, &b, "/v1/sites")["peers"].clone();
+    assert!(b_peers.as_array().unwrap().iter().all(|p| p["name"] != "a"), "{b_peers}");
 
     let args = flags(dir.path(), "d", &["--peer", "x=http://127.0.0.1:1", "--listen", "127.0.0.1:0"]);
     let out = Command::new(env!("CARGO_BIN_EXE_pepper"))

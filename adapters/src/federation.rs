@@ -192,7 +192,8 @@ pub struct Federation {
     wants: Mutex<BTreeMap<String, tokio::sync::watch::Sender<Option<PeerWants>>>>,
     /// Wakes the heartbeat loop early (interests changed).
     pub(crate) wake: tokio::sync::Notify,
-    pub(crate) client: reqwest::Client,
+    /// The peer client where peers need no certificate (the system roots).
+    client: reqwest::Client,
     /// The client of this site's own leg of a federated query (over
     /// loopback; with TLS it trusts exactly this site's certificate).
     pub(crate) own_client: reqwest::Client,
@@ -206,6 +207,10 @@ pub struct Federation {
     control: Mutex<pepper_router::Verifier>,
     /// Held while a pin or an unpin is taken and written.
     pin_writes: tokio::sync::Mutex<()>,
+    /// The site's TLS, for the peers' clients.
+    tls: Option<crate::tls::Tls>,
+    /// Each peer's client, where peers need certificates (`client_for`).
+    peer_clients: Mutex<BTreeMap<String, reqwest::Client>>,
 }
 
 /// A `RwLock` read that survives a panicked writer: what it guards holds
@@ -222,6 +227,22 @@ pub(crate) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 /// bad input whole before it changes anything).
 pub(crate) fn lock<T>(lock: &Mutex<T>) -> MutexGuard<'_, T> {
     lock.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An error with its sources, as one line: a TLS refusal is only in the
+/// source of a request's error.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = s.source();
+    }
+    line
 }
 
 /// Whether `url` is an absolute http(s) url by the peer client's parser.
@@ -264,11 +285,13 @@ impl Federation {
             pinned: config.pinned,
         })
         .map_err(|e| e.to_string())?;
-        let mut client = reqwest::Client::builder().pool_max_idle_per_host(8);
-        if let Some(tls) = &config.tls {
-            client = tls.peer_client(client)?;
-        }
-        let client = client.build().map_err(|e| format!("cannot build the peer client: {e}"))?;
+        // Without a peer CA, peers' servers are trusted by the system's
+        // roots; with one, each peer has its own client (`client_for`).
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .pool_max_idle_per_host(8)
+            .build()
+            .map_err(|e| format!("cannot build the peer client: {e}"))?;
         let own_client = match &config.tls {
             Some(tls) => tls.own_client()?,
             None => client.clone(),
@@ -292,6 +315,8 @@ impl Federation {
             site_key: config.site_key,
             control: Mutex::new(pepper_router::Verifier::new(site, now_us())),
             pin_writes: tokio::sync::Mutex::new(()),
+            tls: config.tls,
+            peer_clients: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -412,27 +437,29 @@ impl Federation {
         lock(&self.registry).gap_allowed(origin, to)
     }
 
-    pub(crate) fn client(&self) -> &reqwest::Client {
-        &self.client
-    }
-
-    /// Checks that an answer to a site-to-site request came from `site`:
-    /// where this site requires peer certificates, the server's
-    /// certificate (which the peer CA signed) must name it, so a peer that
-    /// announced another site's name with its own url gets nothing
-    /// meant for that site.
+    /// The client to reach peer `peer` with. Where peers need
+    /// certificates, each peer has its own: it trusts only the peer CA,
+    /// presents this site's certificate, and takes only a server whose
+    /// certificate names `peer`, so a peer that put its own url under
+    /// another site's name fails the handshake before a request is sent.
     ///
     /// # Errors
-    /// Why the answer is not `site`'s.
-    pub(crate) fn answered_by(&self, res: &reqwest::Response, site: &str) -> Result<(), String> {
-        if !self.peer_certificates_required {
-            return Ok(());
+    /// The peer's client cannot be built (its TLS configuration).
+    pub(crate) fn client_for(&self, peer: &str) -> Result<reqwest::Client, String> {
+        let Some(tls) = self.tls.as_ref().filter(|t| t.peer_certificates_required) else {
+            return Ok(self.client.clone());
+        };
+        let mut clients = lock(&self.peer_clients);
+        if let Some(client) = clients.get(peer) {
+            return Ok(client.clone());
         }
-        match res.extensions().get::<reqwest::tls::TlsInfo>().and_then(reqwest::tls::TlsInfo::peer_certificate) {
-            Some(der) if crate::tls::names_site(der, site) => Ok(()),
-            Some(_) => Err(format!("the server at {}'s url has a certificate that does not name {site:?}", site)),
-            None => Err(format!("{site} answered without a server certificate")),
+        let client = tls.client_for_peer(peer)?;
+        // One per known peer; a name past the registry's bound gets a
+        // client that is not kept.
+        if clients.len() < PEERS_MAX {
+            clients.insert(peer.to_string(), client.clone());
         }
+        Ok(client)
     }
 
     /// The signature header of a batch this site forwards to `peer`
@@ -717,30 +744,30 @@ impl Federation {
             let me = &me;
             async move {
                 let started = Instant::now();
-                let sent = self
-                    .client
-                    .post(format!("{url}/v1/peer/heartbeat"))
-                    .header(axum::http::header::AUTHORIZATION, self.bearer())
-                    .timeout(timeout)
-                    .json(me)
-                    .send()
-                    .await;
+                let sent = match self.client_for(&name) {
+                    Ok(client) => client
+                        .post(format!("{url}/v1/peer/heartbeat"))
+                        .header(axum::http::header::AUTHORIZATION, self.bearer())
+                        .timeout(timeout)
+                        .json(me)
+                        .send()
+                        .await
+                        .map_err(|e| error_chain(&e)),
+                    Err(e) => Err(e),
+                };
                 let answer = match sent {
-                    Ok(res) => match self.answered_by(&res, &name) {
-                        Err(e) => Err(e),
-                        Ok(()) if res.status().is_success() => res.json::<Announce>().await.map_err(|e| e.to_string()),
-                        Ok(()) => {
-                            let status = res.status();
-                            let code = res
-                                .json::<serde_json::Value>()
-                                .await
-                                .ok()
-                                .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
-                                .unwrap_or_default();
-                            Err(format!("answered {status} {code}").trim_end().to_string())
-                        }
-                    },
-                    Err(e) => Err(e.to_string()),
+                    Ok(res) if res.status().is_success() => res.json::<Announce>().await.map_err(|e| e.to_string()),
+                    Ok(res) => {
+                        let status = res.status();
+                        let code = res
+                            .json::<serde_json::Value>()
+                            .await
+                            .ok()
+                            .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
+                            .unwrap_or_default();
+                        Err(format!("answered {status} {code}").trim_end().to_string())
+                    }
+                    Err(e) => Err(e),
                 };
                 match answer {
                     Ok(a) if a.name == name => {

@@ -9,8 +9,10 @@
 //! name**, besides the peer secret. So a peer can announce itself and
 //! forward records only under its own name ([`PeerCertificate::names`]); a
 //! stolen peer secret alone is not enough. The site presents its own
-//! certificate to its peers as its client certificate, and trusts servers
-//! whose certificate the peer CA (or the system's roots) signed.
+//! certificate to its peers as its client certificate, and reaches each
+//! peer with a client of its own ([`Tls::client_for_peer`]) that completes
+//! a handshake only with a server the peer CA signed for that peer's name.
+//! Without a peer CA, peers' servers are trusted by the system's roots.
 //!
 //! The rejected alternative, a TLS-terminating proxy in front of each site,
 //! leaves the peer's identity at the proxy: the site could not bind a
@@ -41,8 +43,6 @@ pub struct TlsFiles {
 pub struct Tls {
     /// The server side: the certificate, and the peer CA's client verifier.
     pub(crate) server: Arc<rustls::ServerConfig>,
-    /// The certificate and key, PEM, as the peer client's identity.
-    pub(crate) identity_pem: Vec<u8>,
     /// The peer CA's certificates, DER, trusted by the peer client.
     pub(crate) peer_roots: Vec<CertificateDer<'static>>,
     /// Whether peers must present a certificate (a peer CA is configured).
@@ -153,12 +153,8 @@ impl Tls {
             format!("the key {} does not fit the certificate {}: {e}", files.key.display(), files.cert.display())
         })?;
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let mut identity_pem = cert_pem;
-        identity_pem.push(b'\n');
-        identity_pem.extend_from_slice(&key_pem);
         Ok(Tls {
             server: Arc::new(server),
-            identity_pem,
             peer_certificates_required: files.peer_ca.is_some(),
             peer_roots,
             chain,
@@ -169,28 +165,6 @@ impl Tls {
     /// The acceptor for the API's connections.
     pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(self.server.clone())
-    }
-
-    /// Configures a peer client: trusts the peer CA besides the system's
-    /// roots, and presents this site's certificate.
-    ///
-    /// # Errors
-    /// The certificate or key cannot serve as a client identity.
-    pub(crate) fn peer_client(&self, builder: reqwest::ClientBuilder) -> Result<reqwest::ClientBuilder, String> {
-        // With a peer CA, peers are whom it signed and no one else: not any
-        // server a public CA vouches for. Each answer's certificate is then
-        // checked for the peer's name (`Federation::answered_by`).
-        let mut builder = builder.use_rustls_tls().tls_info(true).tls_built_in_root_certs(self.peer_roots.is_empty());
-        for root in &self.peer_roots {
-            let cert = reqwest::Certificate::from_der(root).map_err(|e| format!("the peer CA: {e}"))?;
-            builder = builder.add_root_certificate(cert);
-        }
-        if self.peer_certificates_required {
-            let identity = reqwest::Identity::from_pem(&self.identity_pem)
-                .map_err(|e| format!("the site's certificate as a client identity: {e}"))?;
-            builder = builder.identity(identity);
-        }
-        Ok(builder)
     }
 }
 
@@ -259,6 +233,88 @@ mod tests {
             assert!(!names_site(&der, not_named), "{not_named:?}");
         }
         assert!(!names_site(b"not a certificate", "lab-1"));
+    }
+}
+
+/// Verifies a peer's server the usual way (the chain to the peer CA, the
+/// url's host), and then that its certificate names the site this client
+/// is for: a peer that put its own url under another site's name fails
+/// the handshake, before a byte of the request is sent.
+#[derive(Debug)]
+struct NamedPeer {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    site: String,
+}
+
+impl rustls::client::danger::ServerCertVerifier for NamedPeer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        if names_site(end_entity.as_ref(), &self.site) {
+            Ok(verified)
+        } else {
+            Err(rustls::Error::General(format!("the server's certificate does not name site {:?}", self.site)))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+impl Tls {
+    /// A client for peer `site`, where peers need certificates: it trusts
+    /// only the peer CA, takes only a server certified for `site`, and
+    /// presents this site's certificate.
+    ///
+    /// # Errors
+    /// The TLS configuration cannot be built.
+    pub(crate) fn client_for_peer(&self, site: &str) -> Result<reqwest::Client, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for root in &self.peer_roots {
+            roots.add(root.clone()).map_err(|e| format!("the peer CA: {e}"))?;
+        }
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| format!("the peer CA: {e}"))?;
+        let verifier = Arc::new(NamedPeer { inner, site: site.to_string() });
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| format!("the site's certificate as a client identity: {e}"))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        reqwest::Client::builder()
+            .use_preconfigured_tls(config)
+            .pool_max_idle_per_host(8)
+            .build()
+            .map_err(|e| format!("cannot build the client of peer {site}: {e}"))
     }
 }
 

@@ -218,12 +218,12 @@ async fn fan_out(state: AppState, params: Params, request: Request) -> Result<Re
     let me = state.store.site().to_string();
     let (_, body) = crate::edge::read_whole(request, &state.body_reading).await?;
     let asked = sites_to_ask(&state, &params)?;
-    let (client, own_client) = (state.federation.client().clone(), state.federation.own_client.clone());
+    let own_client = state.federation.own_client.clone();
     let deadline = params.deadline;
     let query = params.site_query();
-    let (fed, me_ref) = (&state.federation, &me);
+    let fed = &state.federation;
     let calls = asked.into_iter().map(|(ask, base)| {
-        let client = if ask.site == me { own_client.clone() } else { client.clone() };
+        let client = if ask.site == me { Ok(own_client.clone()) } else { fed.client_for(&ask.site) };
         let (method, body, content_type) = (method.clone(), body.clone(), content_type.clone());
         let bearer = match (&own_token, ask.site == me) {
             (Some(own), true) => own.clone(),
@@ -233,6 +233,10 @@ async fn fan_out(state: AppState, params: Params, request: Request) -> Result<Re
         async move {
             let site = ask.site;
             let Some(base) = base else { return SiteAnswer::unknown(&site) };
+            let client = match client {
+                Ok(client) => client,
+                Err(e) => return SiteAnswer { site, latency_ms: 0.0, outcome: Outcome::Failed(e) },
+            };
             let mut url = match reqwest::Url::parse(&format!("{base}{path}")) {
                 Ok(u) => u,
                 Err(e) => return SiteAnswer { site, latency_ms: 0.0, outcome: Outcome::Unreachable(e.to_string()) },
@@ -247,28 +251,20 @@ async fn fan_out(state: AppState, params: Params, request: Request) -> Result<Re
             let t = Instant::now();
             let outcome = tokio::time::timeout(deadline, async {
                 let res = req.send().await?;
-                if site != *me_ref {
-                    if let Err(e) = fed.answered_by(&res, &site) {
-                        return Ok(Err(e));
-                    }
-                }
                 let status = res.status();
                 let time = res.headers().get(TIME_HEADER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
                 let value: Value = res.json().await?;
-                Ok::<_, reqwest::Error>(Ok((status, time, value)))
+                Ok::<_, reqwest::Error>((status, time, value))
             })
             .await;
             let latency_ms = t.elapsed().as_secs_f64() * 1e3;
             let outcome = match outcome {
                 Err(_) => Outcome::TimedOut,
                 Ok(Err(e)) if e.is_timeout() => Outcome::TimedOut,
-                Ok(Err(e)) if e.is_connect() => Outcome::Unreachable(e.to_string()),
-                Ok(Err(e)) => Outcome::Failed(e.to_string()),
-                Ok(Ok(Err(not_the_site))) => Outcome::Failed(not_the_site),
-                Ok(Ok(Ok((status, time, value)))) if status.is_success() => {
-                    Outcome::Answered { value, made_at_us: time }
-                }
-                Ok(Ok(Ok((status, _, value)))) => {
+                Ok(Err(e)) if e.is_connect() => Outcome::Unreachable(crate::federation::error_chain(&e)),
+                Ok(Err(e)) => Outcome::Failed(crate::federation::error_chain(&e)),
+                Ok(Ok((status, time, value))) if status.is_success() => Outcome::Answered { value, made_at_us: time },
+                Ok(Ok((status, _, value))) => {
                     return SiteAnswer::refused(&site, &status.to_string(), &value, latency_ms)
                 }
             };

@@ -267,7 +267,7 @@ async fn send(
     let gap_header = gap.map(|(from, to)| format!("{from}-{to}"));
     let signature = fed.sign_batch(peer, gap_header.as_deref().unwrap_or(""), &body);
     let mut req = fed
-        .client
+        .client_for(peer)?
         .post(format!("{url}/v1/peer/records"))
         .header(axum::http::header::AUTHORIZATION, fed.bearer())
         .header(axum::http::header::CONTENT_TYPE, "application/octet-stream")
@@ -280,8 +280,7 @@ async fn send(
     if let Some(signature) = signature {
         req = req.header("x-pepper-signature", signature);
     }
-    let res = req.send().await.map_err(|e| e.to_string())?;
-    fed.answered_by(&res, peer)?;
+    let res = req.send().await.map_err(|e| crate::federation::error_chain(&e))?;
     let status = res.status();
     let answer: Value = res.json().await.map_err(|e| e.to_string())?;
     if !status.is_success() {

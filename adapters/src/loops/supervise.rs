@@ -407,8 +407,14 @@ async fn wait_for_cut(state: &AppState, y: &str) -> Result<(), String> {
 async fn ask_cut(state: &AppState, name: &str, url: Option<&String>, me: &str, y: &str) -> CutReply {
     let fed = &state.federation;
     let Some(url) = url else { return CutReply::Retry };
-    let answer = fed
-        .client()
+    let client = match fed.client_for(name) {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::warn!(peer = %name, error = %e, "no client for a peer during a backfill's cut; passed over");
+            return CutReply::Unreachable;
+        }
+    };
+    let answer = client
         .get(format!("{url}/v1/peer/cut"))
         .query(&[("site", me), ("toward", y)])
         .header(axum::http::header::AUTHORIZATION, fed.authorization())
@@ -416,10 +422,6 @@ async fn ask_cut(state: &AppState, name: &str, url: Option<&String>, me: &str, y
         .send()
         .await;
     match answer {
-        Ok(res) if fed.answered_by(&res, name).is_err() => {
-            tracing::warn!(peer = %name, "a cut answered by a server that is not the peer; passed over");
-            CutReply::Unreachable
-        }
         Ok(res) if res.status().is_success() => match res.json::<Value>().await {
             Ok(cut) => CutReply::Answer {
                 interests_version: cut["interests_version"].as_u64().unwrap_or(0),
@@ -468,9 +470,9 @@ async fn copy(state: &AppState, pattern: &str, y: &str) -> Result<(Vec<(String, 
     // subtree: Y's own updates after the snapshot are then forwarded here.
     let version = fed.interests_version().to_string();
     let deadline = Instant::now() + CUT_WAIT_MAX;
+    let client = fed.client_for(y)?;
     let res = loop {
-        let sent = fed
-            .client()
+        let sent = client
             .get(format!("{url}/v1/peer/replica"))
             .query(&[("pattern", pattern), ("site", me.as_str()), ("version", version.as_str())])
             .header(axum::http::header::AUTHORIZATION, fed.authorization())
@@ -480,7 +482,6 @@ async fn copy(state: &AppState, pattern: &str, y: &str) -> Result<(Vec<(String, 
             Ok(Err(e)) => return Err(format!("cannot reach {y}: {e}")),
             Ok(Ok(res)) => res,
         };
-        fed.answered_by(&res, y)?;
         if res.status().is_success() {
             break res;
         }
