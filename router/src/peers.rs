@@ -68,7 +68,7 @@ pub const DOWN_AFTER_HEARTBEATS: u32 = 10;
 
 /// Most peers a registry holds. An announcement from one more site is
 /// refused ([`Error::PeersFull`]); peers learned from announcements past it
-/// are skipped. Peers given by configuration are all kept.
+/// are skipped; a configuration naming more is refused at start.
 pub const PEERS_MAX: usize = 256;
 
 /// Most interests one announcement may carry; one with more is refused. A
@@ -481,6 +481,9 @@ impl Registry {
     pub fn new(config: RegistryConfig) -> Result<Registry> {
         let checks = Checks { url_ok: config.url_ok };
         let invalid = |reason: String| Error::InvalidConfig { reason };
+        if config.peers.len() > PEERS_MAX {
+            return Err(invalid(format!("{} peers configured, over the limit of {PEERS_MAX}", config.peers.len())));
+        }
         let mut peers = BTreeMap::new();
         for (name, url) in config.peers {
             check_site(&name).map_err(invalid)?;
@@ -1248,6 +1251,13 @@ mod tests {
         assert!(bad(config(&[("b", &long)])).contains("at most 256 bytes"));
         assert!(bad(RegistryConfig { url: Some("no scheme".into()), ..config(&[]) }).contains("http(s) url"));
         assert!(bad(RegistryConfig { region: Some("e/u".into()), ..config(&[]) }).contains("region"));
+        let many: Vec<(String, String)> =
+            (0..=PEERS_MAX).map(|i| (format!("p{i}"), format!("http://127.0.0.1:{}", 1000 + i))).collect();
+        assert!(bad(RegistryConfig { peers: many.clone(), ..config(&[]) }).contains("over the limit"));
+        assert!(
+            Registry::new(RegistryConfig { peers: many[1..].to_vec(), ..config(&[]) }).is_ok(),
+            "exactly the limit"
+        );
         let r = Registry::new(RegistryConfig { heartbeat: Duration::ZERO, ..config(&[("b", "http://x:1/")]) })
             .expect("registry");
         assert_eq!(r.heartbeat(), HEARTBEAT_DEFAULT);
