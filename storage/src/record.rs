@@ -116,37 +116,6 @@ pub struct Event {
     pub principal: Option<String>,
 }
 
-/// An event as record version 4 laid it out: without `principal`.
-#[derive(Deserialize)]
-struct EventV4 {
-    id: String,
-    channel: String,
-    event_type: String,
-    from: Party,
-    to: Target,
-    distribution: Distribution,
-    payload: Vec<u8>,
-    assigned: Vec<String>,
-    tuple: Option<TupleUpdate>,
-}
-
-impl From<EventV4> for Event {
-    fn from(e: EventV4) -> Event {
-        Event {
-            id: e.id,
-            channel: e.channel,
-            event_type: e.event_type,
-            from: e.from,
-            to: e.to,
-            distribution: e.distribution,
-            payload: e.payload,
-            assigned: e.assigned,
-            tuple: e.tuple,
-            principal: None,
-        }
-    }
-}
-
 /// The tuple an attribute event sets on its own channel.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TupleUpdate {
@@ -175,88 +144,11 @@ struct TupleUpdateV1 {
     expires_at_us: Option<u64>,
 }
 
-/// An event as record version 3 laid it out: its sidecar without `recorded`.
-#[derive(Deserialize)]
-struct EventV3 {
-    id: String,
-    channel: String,
-    event_type: String,
-    from: Party,
-    to: Target,
-    distribution: Distribution,
-    payload: Vec<u8>,
-    assigned: Vec<String>,
-    tuple: Option<TupleUpdateV1>,
-}
-
-impl From<EventV3> for Event {
-    fn from(e: EventV3) -> Event {
-        Event {
-            id: e.id,
-            channel: e.channel,
-            event_type: e.event_type,
-            from: e.from,
-            to: e.to,
-            distribution: e.distribution,
-            payload: e.payload,
-            assigned: e.assigned,
-            tuple: e.tuple.map(|t| TupleUpdate {
-                field: t.field,
-                value: t.value,
-                expires_at_us: t.expires_at_us,
-                recorded: true,
-            }),
-            principal: None,
-        }
-    }
-}
-
-impl From<EventV1> for EventV2 {
-    fn from(e: EventV1) -> EventV2 {
-        EventV2 {
-            id: e.id,
-            channel: e.channel,
-            event_type: e.event_type,
-            from: e.from,
-            to: e.to,
-            distribution: e.distribution,
-            payload: e.payload,
-            assigned: Vec::new(),
-        }
-    }
-}
-
-impl From<EventV2> for Event {
-    fn from(e: EventV2) -> Event {
-        Event {
-            id: e.id,
-            channel: e.channel,
-            event_type: e.event_type,
-            from: e.from,
-            to: e.to,
-            distribution: e.distribution,
-            payload: e.payload,
-            assigned: e.assigned,
-            tuple: None,
-            principal: None,
-        }
-    }
-}
-
-/// An event as record version 2 laid it out: without `tuple`.
-#[derive(Deserialize)]
-struct EventV2 {
-    id: String,
-    channel: String,
-    event_type: String,
-    from: Party,
-    to: Target,
-    distribution: Distribution,
-    payload: Vec<u8>,
-    assigned: Vec<String>,
-}
-
-/// An event as record version 1 laid it out: without `assigned`.
+/// The fields every version of an event starts with (all of version 1).
+/// Later versions only append: `assigned` in version 2, the tuple sidecar
+/// in 3 (`recorded` added to it in 4), `principal` in 5. Postcard lays a
+/// struct out as its fields in order, so an older event decodes as this
+/// followed by what its version appended.
 #[derive(Deserialize)]
 struct EventV1 {
     id: String,
@@ -266,6 +158,21 @@ struct EventV1 {
     to: Target,
     distribution: Distribution,
     payload: Vec<u8>,
+}
+
+impl EventV1 {
+    /// The event, with what later versions added.
+    fn with(self, assigned: Vec<String>, tuple: Option<TupleUpdate>, principal: Option<String>) -> Event {
+        let EventV1 { id, channel, event_type, from, to, distribution, payload } = self;
+        Event { id, channel, event_type, from, to, distribution, payload, assigned, tuple, principal }
+    }
+}
+
+impl From<TupleUpdateV1> for TupleUpdate {
+    /// Events before version 4 were all recorded.
+    fn from(t: TupleUpdateV1) -> TupleUpdate {
+        TupleUpdate { field: t.field, value: t.value, expires_at_us: t.expires_at_us, recorded: true }
+    }
 }
 
 /// Sets the latest value of the tuple (channel, field) and appends a history row.
@@ -724,10 +631,19 @@ impl Body {
             }
         }
         Ok(match kind {
-            Kind::Event if version == 1 => Body::Event(EventV2::from(whole::<EventV1>(bytes)?).into()),
-            Kind::Event if version == 2 => Body::Event(whole::<EventV2>(bytes)?.into()),
-            Kind::Event if version == 3 => Body::Event(whole::<EventV3>(bytes)?.into()),
-            Kind::Event if version == 4 => Body::Event(whole::<EventV4>(bytes)?.into()),
+            Kind::Event if version == 1 => Body::Event(whole::<EventV1>(bytes)?.with(Vec::new(), None, None)),
+            Kind::Event if version == 2 => {
+                let (event, assigned) = whole::<(EventV1, Vec<String>)>(bytes)?;
+                Body::Event(event.with(assigned, None, None))
+            }
+            Kind::Event if version == 3 => {
+                let (event, assigned, tuple) = whole::<(EventV1, Vec<String>, Option<TupleUpdateV1>)>(bytes)?;
+                Body::Event(event.with(assigned, tuple.map(TupleUpdate::from), None))
+            }
+            Kind::Event if version == 4 => {
+                let (event, assigned, tuple) = whole::<(EventV1, Vec<String>, Option<TupleUpdate>)>(bytes)?;
+                Body::Event(event.with(assigned, tuple, None))
+            }
             Kind::Event => Body::Event(whole(bytes)?),
             Kind::TupleSet => Body::TupleSet(whole(bytes)?),
             Kind::LeaseGrant if version == 1 => {
@@ -1098,6 +1014,14 @@ mod tests {
         let Body::Event(e) = Record::decode(&bytes).expect("v1 decodes").body else { panic!("kind") };
         assert_eq!((e.id.as_str(), e.distribution, e.payload.as_slice()), ("e", Distribution::One, &b"p"[..]));
         assert!(e.assigned.is_empty() && e.tuple.is_none());
+
+        // Version 2 appended the lease ids assigned to a distribution-one event.
+        let mut body = Vec::new();
+        postcard::to_io(&(&v1, vec!["l1", "l2"]), &mut body).expect("encode");
+        let bytes = with_version(frame(4, 1, "s", Kind::Event, &body).expect("frame"), 2);
+        let Body::Event(e) = Record::decode(&bytes).expect("v2 decodes").body else { panic!("kind") };
+        assert_eq!((e.id.as_str(), e.assigned), ("e", vec!["l1".to_string(), "l2".to_string()]));
+        assert!(e.tuple.is_none() && e.principal.is_none());
     }
 
     /// An event logged before `principal` existed still reads, with none;
