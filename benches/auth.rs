@@ -111,6 +111,13 @@ fn publish(c: &mut Criterion) {
         ("on", format!("{}/v1/events", on.url), Some(token)),
         ("on-tls", format!("{}/v1/events", on_tls.url), Some(tls_token)),
     ];
+    // `per` single-event requests from each of the 64 clients to `url`;
+    // how long they took.
+    let load = |url: &str, token: Option<&str>, per: u64| {
+        let start = Instant::now();
+        runtime.block_on(common::publish_load(&client, url, token, CLIENTS, per, 1, "metric", &counter));
+        start.elapsed()
+    };
     let mut group = c.benchmark_group("publish-64-clients");
     group.sample_size(10).measurement_time(Duration::from_secs(10)).warm_up_time(Duration::from_secs(2));
     group.throughput(Throughput::Elements(1));
@@ -118,18 +125,7 @@ fn publish(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("auth", name), |b| {
             b.iter_custom(|iters| {
                 let per = iters.div_ceil(CLIENTS as u64);
-                let start = Instant::now();
-                runtime.block_on(common::publish_load(
-                    &client,
-                    url,
-                    token.as_deref(),
-                    CLIENTS,
-                    per,
-                    1,
-                    "metric",
-                    &counter,
-                ));
-                start.elapsed().mul_f64(iters as f64 / (per * CLIENTS as u64) as f64)
+                load(url, token.as_deref(), per).mul_f64(iters as f64 / (per * CLIENTS as u64) as f64)
             })
         });
     }
@@ -141,18 +137,8 @@ fn publish(c: &mut Criterion) {
     let mut rates: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..TURNS {
         for (i, (_, url, token)) in sides.iter().enumerate() {
-            let start = Instant::now();
-            runtime.block_on(common::publish_load(
-                &client,
-                url,
-                token.as_deref(),
-                CLIENTS,
-                PER_CLIENT,
-                1,
-                "metric",
-                &counter,
-            ));
-            rates[i].push((CLIENTS as u64 * PER_CLIENT) as f64 / start.elapsed().as_secs_f64());
+            let took = load(url, token.as_deref(), PER_CLIENT);
+            rates[i].push((CLIENTS as u64 * PER_CLIENT) as f64 / took.as_secs_f64());
         }
     }
     let median = |v: &mut Vec<f64>| {

@@ -707,3 +707,25 @@ fn a_principal_in_too_many_anycast_groups_gets_429_and_changes_nothing() {
     assert!(api.call(Method::DELETE, "/v1/leases/again", Some(&token), None).status().is_success());
     assert_eq!(grant(&token, "now", Some("new-group")).status(), 201);
 }
+
+/// The publish quota is the site's to set (`--publish-quota-per-s`): at
+/// 10 events/s a principal still sends one full batch (bursts never hold
+/// less), and the next event is 429 naming the configured rate.
+#[test]
+fn the_publish_quota_is_configurable() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admin-token");
+    std::fs::write(&file, format!("{ADMIN}\n")).unwrap();
+    let file = file.to_str().unwrap().to_string();
+    let server =
+        Server::embedded(&dir.path().join("data"), &["--admin-token-file", &file, "--publish-quota-per-s", "10"]);
+    let api = Api { http: Client::new(), server: &server };
+    let token = api.principal("slow", &[("publish", "/q/")]);
+    let batch: Vec<Value> = (0..1024).map(|i| json!({"channel": "/q/", "type": "t", "payload": i})).collect();
+    assert_eq!(api.call(Method::POST, "/v1/events", Some(&token), Some(&json!(batch))).status(), 200);
+    let one = json!({"channel": "/q/", "type": "t", "payload": "more"});
+    let res = api.call(Method::POST, "/v1/events", Some(&token), Some(&one));
+    assert_eq!(res.status(), 429);
+    let body: Value = res.json().unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("10 events/s"), "{body}");
+}

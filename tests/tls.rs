@@ -336,3 +336,30 @@ fn the_agent_inside_a_site_with_tls_publishes_over_https() {
     };
     assert!(eventually(Duration::from_secs(10), kernel_published), "the agent published nothing");
 }
+
+/// A client that opens a connection and never finishes its TLS handshake
+/// (silent, or a few bytes of a ClientHello) is cut off by the header
+/// timeout, and the site keeps serving.
+#[test]
+fn a_handshake_that_never_finishes_is_cut_off() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let s = site(dir.path(), "slow", &["--header-read-timeout-s", "1"]);
+    let connect = || {
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", s.port())).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        tcp
+    };
+    let silent = connect();
+    let mut trickling = connect();
+    trickling.write_all(&[0x16, 0x03, 0x01]).unwrap();
+    for mut tcp in [silent, trickling] {
+        let start = std::time::Instant::now();
+        let mut answer = Vec::new();
+        let closed = tcp.read_to_end(&mut answer);
+        assert!(closed.is_ok(), "the site closed the connection: {closed:?}");
+        assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    }
+    let http = common::admin_client(Duration::from_secs(10));
+    assert_eq!(get(&http, &s, "/v1/health")["status"], "ok");
+}

@@ -603,11 +603,13 @@ impl Federation {
             }
             e => ApiError::invalid_body(e.to_string()),
         };
-        let pins = lock(&self.registry).would_pin(&a).map_err(refused)?.is_some();
-        let one_at_a_time = if pins { Some(self.pin_writes.lock().await) } else { None };
-        // Asked again under the lock: another announcement may have pinned
-        // the name meanwhile.
-        let pin = if pins { lock(&self.registry).would_pin(&a).map_err(refused)? } else { None };
+        // Nearly every announcement is from a peer pinned long ago: it goes
+        // straight to the registry, whose step checks it once. One that may
+        // pin waits for the pin lock and is checked whole before its pin is
+        // written (another announcement may have pinned the name meanwhile).
+        let may_pin = a.key.is_some() && lock(&self.registry).key_of(&a.name).is_none();
+        let one_at_a_time = if may_pin { Some(self.pin_writes.lock().await) } else { None };
+        let pin = if may_pin { lock(&self.registry).would_pin(&a).map_err(refused)? } else { None };
         if let Some(key) = pin {
             let bodies = vec![
                 pepper_storage::Body::DocPut(pepper_storage::DocPut {
@@ -907,6 +909,16 @@ mod tests {
         }
     }
 
+    /// The federation of site `site`, with a site key of its own.
+    fn keyed(site: &str) -> Federation {
+        let config = FederationConfig {
+            site_key: Some(std::sync::Arc::new(crate::keys::SiteKey::generate())),
+            url: Some(format!("http://{site}.invalid:1")),
+            ..config(&[])
+        };
+        Federation::new(site, config).expect("federation")
+    }
+
     #[test]
     fn the_secret_is_required_and_compared() {
         let fed = Federation::new("a", config(&[])).expect("federation");
@@ -922,14 +934,6 @@ mod tests {
 
     #[test]
     fn a_control_request_signed_by_a_pinned_peer_verifies_once_and_only_for_its_audience() {
-        let keyed = |site: &str| {
-            let config = FederationConfig {
-                site_key: Some(std::sync::Arc::new(crate::keys::SiteKey::generate())),
-                url: Some(format!("http://{site}.invalid:1")),
-                ..config(&[])
-            };
-            Federation::new(site, config).expect("federation")
-        };
         let (a, b, c) = (keyed("a"), keyed("b"), keyed("c"));
         // As if b and c had started a minute ago: a request issued within
         // the clock skew of a start is refused (the last run's may be).
@@ -972,14 +976,6 @@ mod tests {
         let store =
             Store::open_with(faults.clone(), std::sync::Arc::new(SystemClock), pepper_storage::Options::new("b"))
                 .expect("open");
-        let keyed = |site: &str| {
-            let config = FederationConfig {
-                site_key: Some(std::sync::Arc::new(crate::keys::SiteKey::generate())),
-                url: Some(format!("http://{site}.invalid:1")),
-                ..config(&[])
-            };
-            Federation::new(site, config).expect("federation")
-        };
         let (a, b) = (keyed("a"), keyed("b"));
         faults.arm(Fault::FailWrite(1));
         let refused = b.hear(&store, a.announce(0, 0)).await.expect_err("the pin's write failed");
@@ -1001,6 +997,31 @@ mod tests {
         // Heard again, nothing more to pin: no second document.
         b.hear(&store, a.announce(0, 0)).await.expect("heard");
         assert_eq!(load_pins(&store).await.expect("pins").len(), 1);
+    }
+
+    /// A stored pin this version would not take (a weak key, or not a key)
+    /// is skipped at start rather than keep the site from starting.
+    #[tokio::test]
+    async fn pins_this_version_would_not_take_are_skipped_at_start() {
+        use pepper_storage::{Body, DocPut, MemoryEngine, SystemClock};
+        let store = Store::open_with(
+            std::sync::Arc::new(MemoryEngine::new()),
+            std::sync::Arc::new(SystemClock),
+            pepper_storage::Options::new("b"),
+        )
+        .expect("open");
+        let good = crate::keys::SiteKey::generate().public_hex();
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let pin = |name: &str, key: &str| {
+            Body::DocPut(DocPut { key: format!("{PIN_DOC_PREFIX}{name}"), value: key.as_bytes().to_vec() })
+        };
+        let docs = vec![pin("good", &good), pin("weak", &hex::encode(identity)), pin("junk", "zz")];
+        store.append(docs).await.expect("append");
+        assert_eq!(load_pins(&store).await.expect("pins"), vec![("good".to_string(), good.clone())]);
+        let config = FederationConfig { pinned: load_pins(&store).await.expect("pins"), ..config(&[]) };
+        let fed = Federation::new("b", config).expect("the site starts");
+        assert_eq!(lock(&fed.registry).key_of("good"), Some(good.as_str()));
     }
 
     /// The announcement on the wire keeps its field names, and one from a

@@ -236,17 +236,30 @@ mod tests {
     }
 }
 
-/// Verifies a peer's server the usual way (the chain to the peer CA, the
-/// url's host), and then that its certificate names the site this client
-/// is for: a peer that put its own url under another site's name fails
-/// the handshake, before a byte of the request is sent.
+/// The server certificate a client of this site takes.
 #[derive(Debug)]
-struct NamedPeer {
-    inner: Arc<rustls::client::WebPkiServerVerifier>,
-    site: String,
+enum Expected {
+    /// A peer's: the chain to the peer CA and the url's host, the usual
+    /// way, and then that it names the peer's site, so a peer that put its
+    /// own url under another site's name fails the handshake before a byte
+    /// of the request is sent.
+    Peer { chain: Arc<rustls::client::WebPkiServerVerifier>, site: String },
+    /// This site's own, exactly: for its own leg of a federated query and
+    /// its agent, over loopback. Its certificate names the site's public
+    /// host, not the loopback address, so the usual name check cannot
+    /// pass; comparing the whole certificate is stricter.
+    Exactly(CertificateDer<'static>),
 }
 
-impl rustls::client::danger::ServerCertVerifier for NamedPeer {
+/// Checks a server's certificate as [`Expected`] says, and its handshake
+/// signatures with the provider's algorithms.
+#[derive(Debug)]
+struct ServerCheck {
+    expected: Expected,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for ServerCheck {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -255,92 +268,21 @@ impl rustls::client::danger::ServerCertVerifier for NamedPeer {
         ocsp_response: &[u8],
         now: rustls_pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let verified = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
-        if names_site(end_entity.as_ref(), &self.site) {
-            Ok(verified)
-        } else {
-            Err(rustls::Error::General(format!("the server's certificate does not name site {:?}", self.site)))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-impl Tls {
-    /// A client for peer `site`, where peers need certificates: it trusts
-    /// only the peer CA, takes only a server certified for `site`, and
-    /// presents this site's certificate.
-    ///
-    /// # Errors
-    /// The TLS configuration cannot be built.
-    pub(crate) fn client_for_peer(&self, site: &str) -> Result<reqwest::Client, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        for root in &self.peer_roots {
-            roots.add(root.clone()).map_err(|e| format!("the peer CA: {e}"))?;
-        }
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-            .build()
-            .map_err(|e| format!("the peer CA: {e}"))?;
-        let verifier = Arc::new(NamedPeer { inner, site: site.to_string() });
-        let mut config = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(|e| format!("the site's certificate as a client identity: {e}"))?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        reqwest::Client::builder()
-            .use_preconfigured_tls(config)
-            .pool_max_idle_per_host(8)
-            .build()
-            .map_err(|e| format!("cannot build the client of peer {site}: {e}"))
-    }
-}
-
-/// Trusts exactly one certificate: this site's own, for the leg of a
-/// federated query it sends itself over loopback. Its certificate names
-/// the site's public host, not the loopback address, so the usual name
-/// check cannot pass; comparing the whole certificate is stricter.
-#[derive(Debug)]
-struct OwnCertificate {
-    leaf: CertificateDer<'static>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for OwnCertificate {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.leaf.as_ref() {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+        match &self.expected {
+            Expected::Peer { chain, site } => {
+                let verified = chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+                if names_site(end_entity.as_ref(), site) {
+                    Ok(verified)
+                } else {
+                    Err(rustls::Error::General(format!("the server's certificate does not name site {site:?}")))
+                }
+            }
+            Expected::Exactly(leaf) if end_entity.as_ref() == leaf.as_ref() => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            Expected::Exactly(_) => {
+                Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+            }
         }
     }
 
@@ -368,17 +310,51 @@ impl rustls::client::danger::ServerCertVerifier for OwnCertificate {
 }
 
 impl Tls {
-    /// A client for this site's own loopback address that trusts only
-    /// this site's certificate (and presents it, where peers must).
+    /// A client TLS configuration that takes the server `expected`, and
+    /// presents this site's certificate when `present` is set.
+    fn client_config(&self, expected: Expected, present: bool) -> Result<rustls::ClientConfig, String> {
+        let check = Arc::new(ServerCheck { expected, provider: provider() });
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .dangerous()
+            .with_custom_certificate_verifier(check);
+        let mut config = if present {
+            config
+                .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
+                .map_err(|e| format!("the site's certificate as a client identity: {e}"))?
+        } else {
+            config.with_no_client_auth()
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
+    /// A client for peer `site`, where peers need certificates: it trusts
+    /// only the peer CA, takes only a server certified for `site`, and
+    /// presents this site's certificate.
+    ///
+    /// # Errors
+    /// The TLS configuration cannot be built.
+    pub(crate) fn client_for_peer(&self, site: &str) -> Result<reqwest::Client, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for root in &self.peer_roots {
+            roots.add(root.clone()).map_err(|e| format!("the peer CA: {e}"))?;
+        }
+        let chain = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| format!("the peer CA: {e}"))?;
+        let config = self.client_config(Expected::Peer { chain, site: site.to_string() }, true)?;
+        client(config).map_err(|e| format!("cannot build the client of peer {site}: {e}"))
+    }
+
+    /// A client for this site's own loopback address (see
+    /// [`Tls::own_client_config`]).
     ///
     /// # Errors
     /// The TLS configuration cannot be built.
     pub(crate) fn own_client(&self) -> Result<reqwest::Client, String> {
-        reqwest::Client::builder()
-            .use_preconfigured_tls(self.own_client_config()?)
-            .pool_max_idle_per_host(8)
-            .build()
-            .map_err(|e| format!("cannot build the site's own client: {e}"))
+        client(self.own_client_config()?).map_err(|e| format!("cannot build the site's own client: {e}"))
     }
 
     /// The TLS of a client of this site's own address (its agent, its own
@@ -389,19 +365,11 @@ impl Tls {
     /// The TLS configuration cannot be built.
     pub fn own_client_config(&self) -> Result<rustls::ClientConfig, String> {
         let Some(leaf) = self.chain.first().cloned() else { return Err("TLS: the site has no certificate".into()) };
-        let verifier = Arc::new(OwnCertificate { leaf, provider: provider() });
-        let config = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier);
-        let config = if self.peer_certificates_required {
-            config
-                .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
-                .map_err(|e| format!("the site's certificate as a client identity: {e}"))?
-        } else {
-            config.with_no_client_auth()
-        };
-        Ok(config)
+        self.client_config(Expected::Exactly(leaf), self.peer_certificates_required)
     }
+}
+
+/// A pooled HTTP client with TLS configuration `config`.
+fn client(config: rustls::ClientConfig) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder().use_preconfigured_tls(config).pool_max_idle_per_host(8).build()
 }

@@ -194,6 +194,35 @@ mod tests {
     use serde_json::Value;
     use tower::ServiceExt;
 
+    /// Each principal's live leases, for its quota, are read from the
+    /// store when the site loads and then follow its commits.
+    #[tokio::test]
+    async fn lease_holders_are_loaded_at_start_and_follow_commits() {
+        use pepper_storage::{Body as Record, LeaseEnd, LeaseGrant, Party};
+        let grant = |id: &str, owner: Option<&str>, group: Option<&str>| {
+            Record::LeaseGrant(LeaseGrant {
+                id: id.into(),
+                pattern: "/a/".into(),
+                types: Vec::new(),
+                ttl_ms: 60_000,
+                expires_at_us: pepper_storage::now_us() + 60_000_000,
+                group: group.map(str::to_string),
+                from_seq: None,
+                holder: Party::default(),
+                owner: owner.map(str::to_string),
+            })
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), pepper_storage::Options::new("t")).expect("open");
+        store.append(vec![grant("l1", Some("p"), Some("p:g")), grant("l2", None, None)]).await.expect("append");
+        let state = AppState::load(store.clone(), ApiConfig::default()).await.expect("state");
+        assert_eq!(state.lease_holders.held("p"), [("l1".to_string(), Some("p:g".to_string()))]);
+        store.append(vec![grant("l3", Some("p"), None)]).await.expect("append");
+        assert_eq!(state.lease_holders.held("p").len(), 2, "a grant after the load");
+        store.append(vec![Record::LeaseRelease(LeaseEnd { id: "l1".into() })]).await.expect("append");
+        assert_eq!(state.lease_holders.held("p"), [("l3".to_string(), None)], "a release");
+    }
+
     #[tokio::test]
     async fn an_oversized_body_gets_413_in_the_error_shape_and_writes_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
