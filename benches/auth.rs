@@ -132,13 +132,16 @@ fn publish(c: &mut Criterion) {
     group.finish();
     // Interleaved turns: the same load, alternately, so drift in the
     // machine's disk and CPU falls on both sides alike.
-    const TURNS: usize = 10;
-    const PER_CLIENT: u64 = 50;
+    // Longer or more turns steady the medians on a noisy machine:
+    // PEPPER_BENCH_TURNS (10) and PEPPER_BENCH_PER_CLIENT (50).
+    let knob = |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let turns = usize::try_from(knob("PEPPER_BENCH_TURNS", 10)).unwrap();
+    let per_client = knob("PEPPER_BENCH_PER_CLIENT", 50);
     let mut rates: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-    for _ in 0..TURNS {
+    for _ in 0..turns {
         for (i, (_, url, token)) in sides.iter().enumerate() {
-            let took = load(url, token.as_deref(), PER_CLIENT);
-            rates[i].push((CLIENTS as u64 * PER_CLIENT) as f64 / took.as_secs_f64());
+            let took = load(url, token.as_deref(), per_client);
+            rates[i].push((CLIENTS as u64 * per_client) as f64 / took.as_secs_f64());
         }
     }
     let median = |v: &mut Vec<f64>| {
@@ -148,8 +151,8 @@ fn publish(c: &mut Criterion) {
     let [off_rates, on_rates, tls_rates] = &mut rates;
     let (off_rate, on_rate, tls_rate) = (median(off_rates), median(on_rates), median(tls_rates));
     println!(
-        "SUMMARY publish, 64 clients, 1 event per request, {TURNS} interleaved turns of {} requests: auth off {off_rate:.0}/s, auth on {on_rate:.0}/s, on/off {:.3}; auth on over TLS {tls_rate:.0}/s, tls/on {:.3}",
-        CLIENTS as u64 * PER_CLIENT,
+        "SUMMARY publish, 64 clients, 1 event per request, {turns} interleaved turns of {} requests: auth off {off_rate:.0}/s, auth on {on_rate:.0}/s, on/off {:.3}; auth on over TLS {tls_rate:.0}/s, tls/on {:.3}",
+        CLIENTS as u64 * per_client,
         on_rate / off_rate,
         tls_rate / on_rate
     );
